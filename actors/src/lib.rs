@@ -1,0 +1,1 @@
+//! dagflow engine
