@@ -1,0 +1,624 @@
+//! The flow spec a client submits, and its validation into a [`Dag`].
+//!
+//! This is part of the pure core: no I/O. Validation collects every problem it
+//! finds instead of stopping at the first, so a client fixes its flow in one
+//! round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeIdx;
+
+/// Default queue of a node that names none.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Default maximum number of nodes in one flow.
+pub const DEFAULT_MAX_NODES: usize = 10_000;
+/// Default maximum length of a node, handler, queue or flow name, in bytes.
+pub const DEFAULT_MAX_NAME_LEN: usize = 256;
+/// Default maximum size of one node's `data`, as JSON text, in bytes.
+pub const DEFAULT_MAX_DATA_BYTES: usize = 256 * 1024;
+/// Default number of times a job may be reclaimed from a dead worker before it fails as stalled.
+pub const DEFAULT_MAX_STALLED: u32 = 3;
+/// Largest `attempts` a node may ask for; beyond this a typo would retry forever.
+pub const MAX_ATTEMPTS: u32 = 1_000;
+
+/// A flow as submitted: nodes and the edges between them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowSpec {
+    /// Human-readable name; not an id, need not be unique.
+    #[serde(default)]
+    pub name: String,
+    /// The jobs of the flow.
+    pub nodes: Vec<NodeSpec>,
+    /// Flow-wide behaviour.
+    #[serde(default)]
+    pub opts: FlowOpts,
+}
+
+/// One node (job) of a flow.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Unique within the flow; children refer to it by this name.
+    pub name: String,
+    /// Nodes whose results this node needs; it runs after all of them completed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
+    /// Nodes that need this node's result; the BullMQ-style way of writing the same edges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<String>,
+    /// Handler that runs the job; defaults to the node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
+    /// Queue the job goes to; defaults to [`DEFAULT_QUEUE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The node's own input, handed to its handler next to its parents' results.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// Retry, timeout and failure behaviour.
+    #[serde(default)]
+    pub opts: NodeOpts,
+    /// Same as `opts.continueOnFailure`, accepted at the node level too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_failure: bool,
+}
+
+/// Per-node behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeOpts {
+    /// Total tries of the job in one run, the first included.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Delay between tries; none means retry at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    /// Time limit of one try; a try that exceeds it fails (retryable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// When the node fails for good, its children still run with `{"error": ...}` in its slot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continue_on_failure: bool,
+    /// How often a job may be reclaimed from a worker that vanished before it fails as stalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stalled: Option<u32>,
+}
+
+fn default_attempts() -> u32 {
+    1
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        NodeOpts {
+            attempts: 1,
+            backoff: None,
+            timeout_ms: None,
+            continue_on_failure: false,
+            max_stalled: None,
+        }
+    }
+}
+
+/// Delay before a retry.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    /// How the delay grows with the attempt number.
+    #[serde(rename = "type")]
+    pub kind: BackoffKind,
+    /// Base delay.
+    pub delay_ms: u64,
+}
+
+/// Shape of a backoff.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum BackoffKind {
+    /// The same delay before every retry.
+    Fixed,
+    /// `delayMs * 2^(n-1)` before the n-th retry.
+    Exponential,
+}
+
+impl Backoff {
+    /// Delay before retry number `retry` (1 for the first retry), capped at one day so
+    /// that an exponent cannot overflow into a job that never runs.
+    pub fn delay_for(&self, retry: u32) -> u64 {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let delay = match self.kind {
+            BackoffKind::Fixed => self.delay_ms,
+            BackoffKind::Exponential => {
+                let shift = retry.saturating_sub(1).min(40);
+                self.delay_ms.saturating_mul(1u64 << shift)
+            }
+        };
+        delay.min(DAY_MS)
+    }
+}
+
+/// Flow-wide behaviour.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowOpts {
+    /// What a permanent node failure does to the rest of the flow.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What a permanent node failure does to the rest of the flow.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// Independent branches finish; the failed node's descendants are skipped.
+    #[default]
+    Continue,
+    /// Everything not yet finished is cancelled at the first permanent failure.
+    FailFast,
+}
+
+/// Limits that keep one flow from exhausting the engine.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most nodes in one flow.
+    pub max_nodes: usize,
+    /// Longest name (node, handler, queue, flow), in bytes.
+    pub max_name_len: usize,
+    /// Largest `data` of one node, as JSON text, in bytes.
+    pub max_data_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nodes: DEFAULT_MAX_NODES,
+            max_name_len: DEFAULT_MAX_NAME_LEN,
+            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+        }
+    }
+}
+
+/// One thing wrong with a flow spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    /// Stable machine-readable kind, e.g. `cycle` or `unknown_parent`.
+    pub code: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// The node the problem is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// Why a spec was refused: every problem found, not just the first.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("invalid flow: {}", summary(.problems))]
+pub struct SpecError {
+    /// All problems, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+fn summary(problems: &[Problem]) -> String {
+    let mut out = problems
+        .iter()
+        .take(3)
+        .map(|p| p.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > 3 {
+        out.push_str(&format!(" (and {} more)", problems.len() - 3));
+    }
+    out
+}
+
+/// A node of a validated flow, with defaults filled in and edges as indices.
+#[derive(Debug, Clone)]
+pub struct DagNode {
+    /// Unique name within the flow.
+    pub name: Arc<str>,
+    /// Handler name (defaulted).
+    pub handler: Arc<str>,
+    /// Queue name (defaulted).
+    pub queue: Arc<str>,
+    /// The node's own data as JSON text, kept as text so that building a job's input never re-serializes it.
+    pub data: Arc<str>,
+    /// Behaviour, with `continueOnFailure` merged from both places it may be written.
+    pub opts: NodeOpts,
+    /// Parents, in the order first written.
+    pub parents: Vec<NodeIdx>,
+    /// Children, in the order first written.
+    pub children: Vec<NodeIdx>,
+}
+
+/// A validated flow: acyclic, every edge known, both edge directions agreeing.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    /// The flow's name.
+    pub name: String,
+    /// Flow-wide behaviour.
+    pub opts: FlowOpts,
+    /// Nodes by index; the index is the node's position in the submitted spec.
+    pub nodes: Vec<DagNode>,
+    index: HashMap<Arc<str>, NodeIdx>,
+}
+
+impl Dag {
+    /// Index of the node with this name.
+    pub fn lookup(&self, name: &str) -> Option<NodeIdx> {
+        self.index.get(name).copied()
+    }
+
+    /// The node at `idx`. Indices come from this DAG, so they are always in range.
+    pub fn node(&self, idx: NodeIdx) -> &DagNode {
+        &self.nodes[idx.as_usize()]
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A validated DAG is never empty; this exists for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node index.
+    pub fn indices(&self) -> impl Iterator<Item = NodeIdx> + '_ {
+        (0..self.nodes.len()).map(NodeIdx::from_usize)
+    }
+}
+
+/// Parses a spec from JSON text, naming the line and column of a syntax error.
+pub fn parse(json: &[u8]) -> Result<FlowSpec, serde_json::Error> {
+    serde_json::from_slice(json)
+}
+
+/// Checks a spec and builds its DAG, reporting every problem at once.
+pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
+    let mut problems = Vec::new();
+    let mut push = |code: &'static str, node: Option<&str>, message: String| {
+        problems.push(Problem {
+            code,
+            message,
+            node: node.map(str::to_owned),
+        })
+    };
+
+    if spec.nodes.is_empty() {
+        push("empty_flow", None, "the flow has no nodes".to_owned());
+    }
+    if spec.nodes.len() > limits.max_nodes {
+        push(
+            "too_many_nodes",
+            None,
+            format!(
+                "the flow has {} nodes, more than the limit of {}",
+                spec.nodes.len(),
+                limits.max_nodes
+            ),
+        );
+        // Checking each of a million nodes would only make the answer huge.
+        return Err(SpecError { problems });
+    }
+    if spec.name.len() > limits.max_name_len {
+        push(
+            "name_too_long",
+            None,
+            format!(
+                "the flow name is {} bytes, more than the limit of {}",
+                spec.name.len(),
+                limits.max_name_len
+            ),
+        );
+    }
+
+    let mut index: HashMap<Arc<str>, NodeIdx> = HashMap::with_capacity(spec.nodes.len());
+    let mut names: Vec<Arc<str>> = Vec::with_capacity(spec.nodes.len());
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let name: Arc<str> = Arc::from(node.name.as_str());
+        if node.name.is_empty() {
+            push("empty_name", None, format!("node #{i} has an empty name"));
+        }
+        check_name(&mut push, &node.name, "node name", &node.name, limits);
+        if let Some(h) = &node.handler {
+            if h.is_empty() {
+                push(
+                    "empty_name",
+                    Some(&node.name),
+                    format!("node '{}' has an empty handler name", node.name),
+                );
+            }
+            check_name(&mut push, &node.name, "handler name", h, limits);
+        }
+        if let Some(q) = &node.queue {
+            if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                push(
+                    "bad_queue_name",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' names queue '{}': a queue name is ASCII letters, digits, '-', '_' or '.'",
+                        node.name, q
+                    ),
+                );
+            }
+            check_name(&mut push, &node.name, "queue name", q, limits);
+        }
+        if node.opts.attempts == 0 || node.opts.attempts > MAX_ATTEMPTS {
+            push(
+                "bad_attempts",
+                Some(&node.name),
+                format!(
+                    "node '{}' asks for {} attempts; allowed are 1 to {MAX_ATTEMPTS}",
+                    node.name, node.opts.attempts
+                ),
+            );
+        }
+        if node.opts.timeout_ms == Some(0) {
+            push(
+                "bad_timeout",
+                Some(&node.name),
+                format!("node '{}' has a timeout of 0 ms", node.name),
+            );
+        }
+        let data_len = serde_json::to_string(&node.data).map(|s| s.len()).unwrap_or(0);
+        if data_len > limits.max_data_bytes {
+            push(
+                "data_too_large",
+                Some(&node.name),
+                format!(
+                    "node '{}' has {data_len} bytes of data, more than the limit of {}",
+                    node.name, limits.max_data_bytes
+                ),
+            );
+        }
+        if index.contains_key(&name) {
+            push(
+                "duplicate_name",
+                Some(&node.name),
+                format!("node name '{}' is used more than once", node.name),
+            );
+        } else {
+            index.insert(name.clone(), NodeIdx::from_usize(i));
+        }
+        names.push(name);
+    }
+
+    // Edges, from both directions. An edge written on one side only is fine; written
+    // on both sides it must agree, which it does by construction of the set below.
+    // It disagrees when a node lists a child that does not list it back while that
+    // child does list parents of its own (it then stated its parents completely).
+    let mut parents: Vec<Vec<NodeIdx>> = vec![Vec::new(); spec.nodes.len()];
+    let mut children: Vec<Vec<NodeIdx>> = vec![Vec::new(); spec.nodes.len()];
+    let mut edges: HashSet<(NodeIdx, NodeIdx)> = HashSet::new();
+    let mut add_edge = |from: NodeIdx, to: NodeIdx, parents: &mut Vec<Vec<NodeIdx>>, children: &mut Vec<Vec<NodeIdx>>| {
+        if edges.insert((from, to)) {
+            parents[to.as_usize()].push(from);
+            children[from.as_usize()].push(to);
+        }
+    };
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let me = NodeIdx::from_usize(i);
+        // A duplicate name's edges would be ambiguous; its problem is already reported.
+        if index.get(node.name.as_str()) != Some(&me) {
+            continue;
+        }
+        let mut seen_parents = HashSet::new();
+        for p in &node.parents {
+            if !seen_parents.insert(p.as_str()) {
+                push(
+                    "duplicate_edge",
+                    Some(&node.name),
+                    format!("node '{}' lists parent '{p}' more than once", node.name),
+                );
+                continue;
+            }
+            if p == &node.name {
+                push(
+                    "self_edge",
+                    Some(&node.name),
+                    format!("node '{}' lists itself as a parent", node.name),
+                );
+                continue;
+            }
+            match index.get(p.as_str()) {
+                Some(&pi) => add_edge(pi, me, &mut parents, &mut children),
+                None => push(
+                    "unknown_parent",
+                    Some(&node.name),
+                    format!("node '{}' names unknown parent '{p}'", node.name),
+                ),
+            }
+        }
+        let mut seen_children = HashSet::new();
+        for c in &node.children {
+            if !seen_children.insert(c.as_str()) {
+                push(
+                    "duplicate_edge",
+                    Some(&node.name),
+                    format!("node '{}' lists child '{c}' more than once", node.name),
+                );
+                continue;
+            }
+            if c == &node.name {
+                push(
+                    "self_edge",
+                    Some(&node.name),
+                    format!("node '{}' lists itself as a child", node.name),
+                );
+                continue;
+            }
+            match index.get(c.as_str()) {
+                Some(&ci) => {
+                    let child = &spec.nodes[ci.as_usize()];
+                    if !child.parents.is_empty() && !child.parents.iter().any(|p| p == &node.name) {
+                        push(
+                            "edge_mismatch",
+                            Some(&node.name),
+                            format!(
+                                "node '{}' lists child '{c}', but '{c}' does not list '{}' among its parents",
+                                node.name, node.name
+                            ),
+                        );
+                        continue;
+                    }
+                    add_edge(me, ci, &mut parents, &mut children)
+                }
+                None => push(
+                    "unknown_child",
+                    Some(&node.name),
+                    format!("node '{}' names unknown child '{c}'", node.name),
+                ),
+            }
+        }
+    }
+    // The other direction of disagreement: a parent that lists its children
+    // completely but leaves this node out.
+    for (i, node) in spec.nodes.iter().enumerate() {
+        let me = NodeIdx::from_usize(i);
+        if index.get(node.name.as_str()) != Some(&me) {
+            continue;
+        }
+        for p in &node.parents {
+            if let Some(&pi) = index.get(p.as_str()) {
+                let parent = &spec.nodes[pi.as_usize()];
+                if pi != me
+                    && !parent.children.is_empty()
+                    && !parent.children.iter().any(|c| c == &node.name)
+                {
+                    push(
+                        "edge_mismatch",
+                        Some(&node.name),
+                        format!(
+                            "node '{}' lists parent '{p}', but '{p}' does not list '{}' among its children",
+                            node.name, node.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    if let Some(cycle) = find_cycle(&children) {
+        let mut path: Vec<&str> = cycle.iter().map(|i| names[i.as_usize()].as_ref()).collect();
+        if let Some(first) = path.first().copied() {
+            path.push(first);
+        }
+        push(
+            "cycle",
+            Some(&names[cycle[0].as_usize()]),
+            format!("the flow has a cycle: {}", path.join(" -> ")),
+        );
+    }
+
+    if !problems.is_empty() {
+        return Err(SpecError { problems });
+    }
+
+    let nodes = spec
+        .nodes
+        .iter()
+        .zip(parents)
+        .zip(children)
+        .zip(names)
+        .map(|(((node, parents), children), name)| {
+            let mut opts = node.opts.clone();
+            opts.continue_on_failure |= node.continue_on_failure;
+            DagNode {
+                handler: node
+                    .handler
+                    .as_deref()
+                    .map(Arc::from)
+                    .unwrap_or_else(|| name.clone()),
+                queue: Arc::from(node.queue.as_deref().unwrap_or(DEFAULT_QUEUE)),
+                data: Arc::from(serde_json::to_string(&node.data).unwrap_or_else(|_| "null".to_owned())),
+                name,
+                opts,
+                parents,
+                children,
+            }
+        })
+        .collect();
+    Ok(Dag {
+        name: spec.name.clone(),
+        opts: spec.opts.clone(),
+        nodes,
+        index,
+    })
+}
+
+fn check_name(
+    push: &mut impl FnMut(&'static str, Option<&str>, String),
+    node: &str,
+    what: &str,
+    value: &str,
+    limits: &Limits,
+) {
+    if value.len() > limits.max_name_len {
+        let shown: String = node.chars().take(40).collect();
+        push(
+            "name_too_long",
+            Some(&shown),
+            format!(
+                "{what} of node '{shown}…' is {} bytes, more than the limit of {}",
+                value.len(),
+                limits.max_name_len
+            ),
+        );
+    }
+}
+
+/// Finds one cycle, if any, as the list of nodes on it in edge order. Iterative so
+/// that a chain of ten thousand nodes cannot overflow the stack.
+fn find_cycle(children: &[Vec<NodeIdx>]) -> Option<Vec<NodeIdx>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnStack,
+        Done,
+    }
+    let n = children.len();
+    let mut mark = vec![Mark::New; n];
+    for start in 0..n {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        // Stack of (node, next child position).
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        mark[start] = Mark::OnStack;
+        while let Some(&mut (node, ref mut pos)) = stack.last_mut() {
+            if let Some(&child) = children[node].get(*pos) {
+                *pos += 1;
+                let c = child.as_usize();
+                match mark[c] {
+                    Mark::New => {
+                        mark[c] = Mark::OnStack;
+                        stack.push((c, 0));
+                    }
+                    Mark::OnStack => {
+                        let from = stack.iter().position(|&(s, _)| s == c).unwrap_or(0);
+                        return Some(
+                            stack[from..]
+                                .iter()
+                                .map(|&(s, _)| NodeIdx::from_usize(s))
+                                .collect(),
+                        );
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                mark[node] = Mark::Done;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,534 @@
+//! The sled snapshot store: the durable truth about every flow.
+//!
+//! Layout (one sled tree each):
+//! - `flows`: flow id (16 bytes, time-ordered) → flow record (status, seq, times)
+//! - `specs`: flow id → the submitted spec as JSON text, written once
+//! - `nodes`: flow id ++ node index (u32, big-endian) → node record
+//! - `idempotency`: client key → flow id
+//! - `meta`: engine-wide values (the engine's stable consumer id)
+//!
+//! Records are bincode with a leading format version byte. A completion rewrites
+//! the flow record and the nodes it changed, never the spec or the other nodes, so
+//! its cost does not grow with the size of the flow. Nothing here flushes on its
+//! own: [`Store::flush`] is called by the group-commit writer, once per batch.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{FlowId, NodeIdx};
+use crate::state::{FlowHeader, FlowStatus, NodeState, NodeStatus};
+
+/// Version byte in front of every record; bump it when a record's shape changes and
+/// keep a decoder for the old one.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Default sled page cache, far below sled's own 1 GiB default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be encoded.
+    #[error("encoding record: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    /// A record on disk could not be decoded.
+    #[error("decoding record: {0}")]
+    Decode(String),
+    /// A record has a format version this build does not know.
+    #[error("record format version {0} is not supported (this build writes {FORMAT_VERSION})")]
+    Version(u8),
+}
+
+/// The flow record as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FlowRecord {
+    /// The flow's name, copied from the spec for listing without reading the spec.
+    pub name: String,
+    /// `FlowStatus` as a number (see `status_code`).
+    pub status: u8,
+    /// Last event number.
+    pub seq: u64,
+    /// Creation time (ms).
+    pub created_at: u64,
+    /// Last change (ms).
+    pub updated_at: u64,
+    /// When the flow ended.
+    pub finished_at: Option<u64>,
+    /// Number of nodes.
+    pub node_count: u32,
+    /// Nodes terminal so far, for progress in listings.
+    pub done_count: u32,
+    /// The client's idempotency key, so that deleting the flow frees it.
+    pub idempotency_key: Option<String>,
+    /// Why the engine itself failed the flow, if it did.
+    pub engine_error: Option<String>,
+}
+
+/// The node record as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecord {
+    /// `NodeStatus` as a number.
+    pub status: u8,
+    /// Current attempt.
+    pub attempt: u32,
+    /// First attempt of the current run.
+    pub run_first_attempt: u32,
+    /// Result, as JSON text (bincode cannot carry `serde_json::Value`).
+    pub result: Option<String>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Last progress, as JSON text.
+    pub progress: Option<String>,
+    /// Times, in ms.
+    pub queued_at: Option<u64>,
+    /// When a delayed retry is due.
+    pub due_at: Option<u64>,
+    /// When the attempt started.
+    pub started_at: Option<u64>,
+    /// When the node ended.
+    pub finished_at: Option<u64>,
+}
+
+/// Stable numbers for statuses on disk (never reorder).
+fn node_status_code(s: NodeStatus) -> u8 {
+    match s {
+        NodeStatus::Pending => 0,
+        NodeStatus::Queued => 1,
+        NodeStatus::Active => 2,
+        NodeStatus::Completed => 3,
+        NodeStatus::Failed => 4,
+        NodeStatus::Skipped => 5,
+        NodeStatus::Cancelled => 6,
+    }
+}
+
+fn node_status_from(c: u8) -> Result<NodeStatus, StoreError> {
+    Ok(match c {
+        0 => NodeStatus::Pending,
+        1 => NodeStatus::Queued,
+        2 => NodeStatus::Active,
+        3 => NodeStatus::Completed,
+        4 => NodeStatus::Failed,
+        5 => NodeStatus::Skipped,
+        6 => NodeStatus::Cancelled,
+        other => return Err(StoreError::Decode(format!("unknown node status {other}"))),
+    })
+}
+
+/// Stable number of a flow status on disk.
+pub fn status_code(s: FlowStatus) -> u8 {
+    match s {
+        FlowStatus::Running => 0,
+        FlowStatus::Completed => 1,
+        FlowStatus::Failed => 2,
+        FlowStatus::Cancelled => 3,
+    }
+}
+
+/// The flow status of a stored number.
+pub fn status_from(c: u8) -> Result<FlowStatus, StoreError> {
+    Ok(match c {
+        0 => FlowStatus::Running,
+        1 => FlowStatus::Completed,
+        2 => FlowStatus::Failed,
+        3 => FlowStatus::Cancelled,
+        other => return Err(StoreError::Decode(format!("unknown flow status {other}"))),
+    })
+}
+
+impl NodeRecord {
+    /// The record of a node's state.
+    pub fn from_state(n: &NodeState) -> Self {
+        NodeRecord {
+            status: node_status_code(n.status),
+            attempt: n.attempt,
+            run_first_attempt: n.run_first_attempt,
+            result: n.result.as_deref().map(str::to_owned),
+            error: n.error.clone(),
+            progress: n.progress.as_deref().map(str::to_owned),
+            queued_at: n.queued_at,
+            due_at: n.due_at,
+            started_at: n.started_at,
+            finished_at: n.finished_at,
+        }
+    }
+
+    /// The node state this record holds.
+    pub fn into_state(self) -> Result<NodeState, StoreError> {
+        Ok(NodeState {
+            status: node_status_from(self.status)?,
+            attempt: self.attempt,
+            run_first_attempt: self.run_first_attempt,
+            result: self.result.map(Arc::from),
+            error: self.error,
+            progress: self.progress.map(Arc::from),
+            queued_at: self.queued_at,
+            due_at: self.due_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+impl FlowRecord {
+    /// The header this record holds.
+    pub fn header(&self) -> Result<FlowHeader, StoreError> {
+        Ok(FlowHeader {
+            status: status_from(self.status)?,
+            seq: self.seq,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        })
+    }
+
+    /// The flow's status.
+    pub fn flow_status(&self) -> Result<FlowStatus, StoreError> {
+        status_from(self.status)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(bincode::serde::encode_to_vec(value, bincode::config::standard())?);
+    Ok(out)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            bincode::serde::decode_from_slice(rest, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| StoreError::Decode(e.to_string()))
+        }
+        Some((&v, _)) => Err(StoreError::Version(v)),
+        None => Err(StoreError::Decode("empty record".to_owned())),
+    }
+}
+
+fn node_key(flow: FlowId, node: NodeIdx) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..16].copy_from_slice(flow.as_bytes());
+    key[16..].copy_from_slice(&node.get().to_be_bytes());
+    key
+}
+
+/// One write, as the group-commit writer receives it.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Create or replace a flow record.
+    Flow(FlowId, FlowRecord),
+    /// Store a flow's spec (JSON text); written once, at creation.
+    Spec(FlowId, String),
+    /// Create or replace a node record.
+    Node(FlowId, NodeIdx, NodeRecord),
+    /// Map an idempotency key to its flow.
+    Idempotency(String, FlowId),
+}
+
+/// Everything stored about one flow, as loaded.
+#[derive(Debug, Clone)]
+pub struct StoredFlow {
+    /// The flow's id.
+    pub id: FlowId,
+    /// The flow record.
+    pub record: FlowRecord,
+    /// The spec, as JSON text.
+    pub spec_json: String,
+    /// Node records by index; a node with no record yet is fresh.
+    pub nodes: Vec<NodeState>,
+}
+
+/// The sled database of one engine.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    flows: sled::Tree,
+    specs: sled::Tree,
+    nodes: sled::Tree,
+    idempotency: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. One process per directory: sled locks it.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // The group-commit writer flushes; sled's own timer would only add fsyncs.
+            .flush_every_ms(None)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    /// A store that lives in a temporary directory and vanishes on drop (tests, benchmarks).
+    pub fn temporary() -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Store, StoreError> {
+        Ok(Store {
+            flows: db.open_tree("flows")?,
+            specs: db.open_tree("specs")?,
+            nodes: db.open_tree("nodes")?,
+            idempotency: db.open_tree("idempotency")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Applies writes to sled's memory; durable only after the next [`Store::flush`].
+    pub fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                WriteOp::Flow(id, rec) => {
+                    self.flows.insert(id.as_bytes(), encode(rec)?)?;
+                }
+                WriteOp::Spec(id, json) => {
+                    self.specs.insert(id.as_bytes(), json.as_bytes())?;
+                }
+                WriteOp::Node(id, idx, rec) => {
+                    self.nodes.insert(node_key(*id, *idx), encode(rec)?)?;
+                }
+                WriteOp::Idempotency(key, id) => {
+                    self.idempotency.insert(key.as_bytes(), id.as_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything applied so far durable (one fsync for the whole batch).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The flow record, if the flow exists.
+    pub fn flow_record(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
+        self.flows.get(id.as_bytes())?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Everything stored about a flow.
+    pub fn load(&self, id: FlowId) -> Result<Option<StoredFlow>, StoreError> {
+        let Some(record) = self.flow_record(id)? else {
+            return Ok(None);
+        };
+        let spec_json = match self.specs.get(id.as_bytes())? {
+            Some(b) => String::from_utf8(b.to_vec())
+                .map_err(|e| StoreError::Decode(format!("spec of flow {id} is not UTF-8: {e}")))?,
+            None => return Err(StoreError::Decode(format!("flow {id} has no spec"))),
+        };
+        let mut nodes = vec![NodeState::default(); record.node_count as usize];
+        for item in self.nodes.scan_prefix(id.as_bytes()) {
+            let (key, value) = item?;
+            let idx = key
+                .get(16..20)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| StoreError::Decode(format!("bad node key in flow {id}")))?;
+            let state = decode::<NodeRecord>(&value)?.into_state()?;
+            if let Some(slot) = nodes.get_mut(idx as usize) {
+                *slot = state;
+            }
+        }
+        Ok(Some(StoredFlow {
+            id,
+            record,
+            spec_json,
+            nodes,
+        }))
+    }
+
+    /// Ids of every flow still running, oldest first: what a restart must resume.
+    pub fn unfinished(&self) -> Result<Vec<FlowId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.flows.iter() {
+            let (key, value) = item?;
+            let rec: FlowRecord = decode(&value)?;
+            if rec.status == status_code(FlowStatus::Running) {
+                out.push(flow_id_of(&key)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A page of flow records, newest first, starting after `after` (exclusive).
+    pub fn list(
+        &self,
+        status: Option<FlowStatus>,
+        after: Option<FlowId>,
+        limit: usize,
+    ) -> Result<Vec<(FlowId, FlowRecord)>, StoreError> {
+        let iter = match after {
+            Some(cursor) => self.flows.range(..cursor.as_bytes().to_vec()),
+            None => self.flows.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        for item in iter.rev() {
+            let (key, value) = item?;
+            let rec: FlowRecord = decode(&value)?;
+            if status.is_none_or(|s| status_code(s) == rec.status) {
+                out.push((flow_id_of(&key)?, rec));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The flow created with this idempotency key, if any.
+    pub fn idempotent_flow(&self, key: &str) -> Result<Option<FlowId>, StoreError> {
+        self.idempotency
+            .get(key.as_bytes())?
+            .map(|b| flow_id_of(&b))
+            .transpose()
+    }
+
+    /// Removes every record of a flow and flushes. Returns whether it existed.
+    pub async fn delete(&self, id: FlowId) -> Result<bool, StoreError> {
+        let Some(record) = self.flow_record(id)? else {
+            return Ok(false);
+        };
+        let mut batch = sled::Batch::default();
+        for item in self.nodes.scan_prefix(id.as_bytes()) {
+            let (key, _) = item?;
+            batch.remove(key);
+        }
+        self.nodes.apply_batch(batch)?;
+        self.specs.remove(id.as_bytes())?;
+        if let Some(key) = &record.idempotency_key {
+            self.idempotency.remove(key.as_bytes())?;
+        }
+        self.flows.remove(id.as_bytes())?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    /// Number of node records of a flow (tests check that delete leaves none).
+    pub fn node_record_count(&self, id: FlowId) -> usize {
+        self.nodes.scan_prefix(id.as_bytes()).count()
+    }
+
+    /// A value of the `meta` tree.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.meta
+            .get(key.as_bytes())?
+            .map(|b| {
+                String::from_utf8(b.to_vec()).map_err(|e| StoreError::Decode(e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// Sets a value of the `meta` tree and flushes.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.meta.insert(key.as_bytes(), value.as_bytes())?;
+        self.flush().await
+    }
+
+    /// Whether sled answers; for readiness checks.
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.meta.get(b"engine-id")?;
+        Ok(())
+    }
+}
+
+fn flow_id_of(bytes: &[u8]) -> Result<FlowId, StoreError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(FlowId::from_bytes)
+        .map_err(|_| StoreError::Decode("bad flow key".to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(status: FlowStatus) -> FlowRecord {
+        FlowRecord {
+            name: "f".into(),
+            status: status_code(status),
+            seq: 3,
+            created_at: 1,
+            updated_at: 2,
+            finished_at: None,
+            node_count: 2,
+            done_count: 0,
+            idempotency_key: Some("k".into()),
+            engine_error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_round_trip_and_delete_removes_all() {
+        let store = Store::temporary().unwrap();
+        let id = FlowId::new();
+        let node = NodeState {
+            status: NodeStatus::Completed,
+            attempt: 2,
+            run_first_attempt: 1,
+            result: Some(Arc::from("{\"a\":[1,2]}")),
+            error: Some("boom".into()),
+            progress: None,
+            queued_at: Some(5),
+            due_at: None,
+            started_at: Some(6),
+            finished_at: Some(7),
+        };
+        store
+            .apply(&[
+                WriteOp::Flow(id, record(FlowStatus::Running)),
+                WriteOp::Spec(id, "{\"nodes\":[]}".into()),
+                WriteOp::Node(id, NodeIdx::from_u32(1), NodeRecord::from_state(&node)),
+                WriteOp::Idempotency("k".into(), id),
+            ])
+            .unwrap();
+        store.flush().await.unwrap();
+        let loaded = store.load(id).unwrap().unwrap();
+        assert_eq!(loaded.record, record(FlowStatus::Running));
+        assert_eq!(loaded.nodes[1], node);
+        assert_eq!(loaded.nodes[0], NodeState::default());
+        assert_eq!(store.unfinished().unwrap(), vec![id]);
+        assert_eq!(store.idempotent_flow("k").unwrap(), Some(id));
+        assert!(store.delete(id).await.unwrap());
+        assert!(store.load(id).unwrap().is_none());
+        assert_eq!(store.node_record_count(id), 0);
+        assert_eq!(store.idempotent_flow("k").unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let bytes = [9u8, 0, 0];
+        assert!(matches!(decode::<FlowRecord>(&bytes), Err(StoreError::Version(9))));
+    }
+
+    #[tokio::test]
+    async fn list_is_newest_first_with_cursor_and_filter() {
+        let store = Store::temporary().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let id = FlowId::new();
+            let status = if i % 2 == 0 { FlowStatus::Running } else { FlowStatus::Completed };
+            store.apply(&[WriteOp::Flow(id, record(status))]).unwrap();
+            ids.push(id);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let page = store.list(None, None, 2).unwrap();
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+        let next = store.list(None, Some(ids[3]), 10).unwrap();
+        assert_eq!(next.iter().map(|p| p.0).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+        let running = store.list(Some(FlowStatus::Running), None, 10).unwrap();
+        assert_eq!(running.len(), 3);
+    }
+}
