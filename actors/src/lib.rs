@@ -11,3 +11,6 @@ pub mod state;
 pub mod store;
 pub mod handler;
 pub mod view;
+pub mod queue;
+#[doc(hidden)]
+pub mod testing;

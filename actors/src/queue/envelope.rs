@@ -1,0 +1,328 @@
+//! The wire formats that travel through Redis: the job envelope on the queue streams,
+//! the outcome a worker reports, and the completion record on `P:completions`.
+//!
+//! These are read by workers in other languages (`docs/PROTOCOL.md`), so they are
+//! versioned JSON; changing a field is a compatibility decision.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::error::QueueError;
+
+/// The envelope format version written by this code; readers reject other versions.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// The completion record format version written by this code.
+pub const COMPLETION_VERSION: u8 = 1;
+
+/// Name of the stream entry field that holds the envelope JSON.
+pub const ENVELOPE_FIELD: &str = "envelope";
+
+/// The deterministic job id `{flow_id}:{node}:{attempt}`.
+///
+/// Because it is derived, re-enqueueing a job after a crash names the same job, and a
+/// handler can use it as its idempotency key.
+pub fn job_id(flow_id: &str, node: &str, attempt: u32) -> String {
+    format!("{flow_id}:{node}:{attempt}")
+}
+
+/// The field `{node}:{attempt}` of a job in its flow's jobs hash.
+pub fn job_field(node: &str, attempt: u32) -> String {
+    format!("{node}:{attempt}")
+}
+
+/// The job as it travels through Redis: everything a worker needs to run it.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct JobEnvelope {
+    /// Format version, [`ENVELOPE_VERSION`]; lets a reader refuse what it cannot read.
+    pub v: u8,
+    /// `{flow_id}:{node}:{attempt}`, the idempotency key of this run.
+    pub id: String,
+    /// The flow the job belongs to; routes its completion back to the flow's actor.
+    pub flow_id: String,
+    /// The node's name within the flow.
+    pub node: String,
+    /// Which attempt this is, from 1; a completion for another attempt is ignored.
+    pub attempt: u32,
+    /// The handler a worker must run.
+    pub handler: String,
+    /// The queue the job was put on; a worker only serves the queues it was told to.
+    pub queue: String,
+    /// `{"data": ..., "parents": {...}}` built by the engine, passed through unparsed so
+    /// large parent results are not re-encoded on every hop.
+    pub input: Box<RawValue>,
+    /// How long the handler may run before it is failed as timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// How many times the job may be reclaimed from a dead worker before it fails as
+    /// stalled.
+    pub max_stalled: u32,
+    /// When the engine enqueued it (ms since the epoch), for queue-latency metrics.
+    pub enqueued_at_ms: u64,
+}
+
+impl JobEnvelope {
+    /// The job's field in its flow's jobs hash.
+    pub fn job_field(&self) -> String {
+        job_field(&self.node, self.attempt)
+    }
+
+    /// Encodes the envelope as the JSON stored in Redis.
+    pub fn to_json(&self) -> Result<String, QueueError> {
+        serde_json::to_string(self).map_err(|e| QueueError::Envelope(e.to_string()))
+    }
+
+    /// Decodes an envelope read from Redis, refusing versions this code does not know.
+    pub fn from_json(json: &[u8]) -> Result<Self, QueueError> {
+        let envelope: JobEnvelope =
+            serde_json::from_slice(json).map_err(|e| QueueError::Envelope(e.to_string()))?;
+        if envelope.v != ENVELOPE_VERSION {
+            return Err(QueueError::Envelope(format!(
+                "unsupported version {} (this reader knows {ENVELOPE_VERSION})",
+                envelope.v
+            )));
+        }
+        Ok(envelope)
+    }
+}
+
+/// One job to add to a queue.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    /// The job itself.
+    pub envelope: JobEnvelope,
+    /// Retry backoff: above 0 the job waits in the delayed set this long before it
+    /// becomes readable; 0 puts it straight on the stream.
+    pub delay_ms: u64,
+}
+
+/// A job read from a queue stream.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The queue it was read from.
+    pub queue: String,
+    /// Its stream entry id: what gets acknowledged, renewed and deleted.
+    pub entry_id: String,
+    /// The job.
+    pub envelope: JobEnvelope,
+}
+
+/// What a worker reports about a job; also the payload of a completion record.
+///
+/// JSON with a `kind` tag: `{"kind":"completed","result":...}`,
+/// `{"kind":"failed","message":"...","retryable":true}`,
+/// `{"kind":"progress","progress":...}`, `{"kind":"started"}`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase", tag = "kind", try_from = "OutcomeWire")]
+pub enum Outcome {
+    /// The handler returned a result; ends the job.
+    Completed {
+        /// The handler's result, passed through unparsed.
+        result: Box<RawValue>,
+    },
+    /// The handler failed; ends the job. The flow actor decides about a retry.
+    Failed {
+        /// What went wrong, for people.
+        message: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+    /// The handler reported progress; the job goes on.
+    Progress {
+        /// Whatever the handler reported.
+        progress: Box<RawValue>,
+    },
+    /// A worker began running the job; the job goes on.
+    Started,
+}
+
+impl Outcome {
+    /// True for outcomes that end the job (completed or failed): those acknowledge and
+    /// delete the job's stream entry.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Outcome::Completed { .. } | Outcome::Failed { .. })
+    }
+}
+
+/// The flat shape `Outcome` is decoded through.
+///
+/// serde cannot decode a `RawValue` inside an internally tagged enum (it buffers the
+/// content first and loses the raw text), so the tag is dispatched by hand.
+#[derive(Deserialize)]
+struct OutcomeWire {
+    /// The variant name.
+    kind: String,
+    /// Set for `completed`.
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    /// Set for `failed`.
+    #[serde(default)]
+    message: Option<String>,
+    /// Set for `failed`.
+    #[serde(default)]
+    retryable: Option<bool>,
+    /// Set for `progress`.
+    #[serde(default)]
+    progress: Option<Box<RawValue>>,
+}
+
+impl TryFrom<OutcomeWire> for Outcome {
+    type Error = String;
+
+    fn try_from(wire: OutcomeWire) -> Result<Self, Self::Error> {
+        match wire.kind.as_str() {
+            "completed" => Ok(Outcome::Completed {
+                result: wire.result.ok_or("completed outcome without result")?,
+            }),
+            "failed" => Ok(Outcome::Failed {
+                message: wire.message.unwrap_or_default(),
+                retryable: wire.retryable.unwrap_or(false),
+            }),
+            "progress" => Ok(Outcome::Progress {
+                progress: wire.progress.ok_or("progress outcome without progress")?,
+            }),
+            "started" => Ok(Outcome::Started),
+            other => Err(format!("unknown outcome kind {other:?}")),
+        }
+    }
+}
+
+/// A record read from `P:completions`.
+#[derive(Clone, Debug)]
+pub struct CompletionRecord {
+    /// Its entry id in the completions stream; acknowledge it once applied durably.
+    pub entry_id: String,
+    /// The flow the job belongs to; records of unknown flows are acked and dropped.
+    pub flow_id: String,
+    /// The node's name.
+    pub node: String,
+    /// The attempt reported on; a stale attempt is ignored by the state machine.
+    pub attempt: u32,
+    /// `{flow_id}:{node}:{attempt}`.
+    pub job_id: String,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+impl CompletionRecord {
+    /// Decodes a completions-stream entry from its fields; the error says what is wrong.
+    pub(crate) fn from_fields(entry_id: &str, fields: &[(String, Vec<u8>)]) -> Result<Self, String> {
+        let get = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let text = |name: &str| -> Result<String, String> {
+            let bytes = get(name).ok_or_else(|| format!("missing field {name}"))?;
+            String::from_utf8(bytes.to_vec()).map_err(|_| format!("field {name} is not utf-8"))
+        };
+        if let Some(v) = get("v") {
+            if v != COMPLETION_VERSION.to_string().as_bytes() {
+                return Err(format!(
+                    "unsupported version {}",
+                    String::from_utf8_lossy(v)
+                ));
+            }
+        }
+        let attempt = text("attempt")?
+            .parse::<u32>()
+            .map_err(|_| "field attempt is not a number".to_owned())?;
+        let outcome_json = get("outcome").ok_or("missing field outcome")?;
+        let outcome: Outcome =
+            serde_json::from_slice(outcome_json).map_err(|e| format!("bad outcome: {e}"))?;
+        Ok(CompletionRecord {
+            entry_id: entry_id.to_owned(),
+            flow_id: text("flow")?,
+            node: text("node")?,
+            attempt,
+            job_id: text("job")?,
+            outcome,
+        })
+    }
+}
+
+/// Acknowledges a job that a worker in this process finished, once the flow actor has
+/// made its result durable.
+#[derive(Clone, Debug)]
+pub struct LocalAck {
+    /// The queue the job was read from.
+    pub queue: String,
+    /// Its stream entry id.
+    pub entry_id: String,
+    /// Its flow, whose jobs hash records it as done.
+    pub flow_id: String,
+    /// `{node}:{attempt}`, its field in the jobs hash.
+    pub job_field: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn outcome_round_trips_with_raw_values() {
+        let cases = [
+            Outcome::Completed {
+                result: raw(r#"{"a":[1,2.5,"x"]}"#),
+            },
+            Outcome::Failed {
+                message: "boom".into(),
+                retryable: true,
+            },
+            Outcome::Progress {
+                progress: raw("42"),
+            },
+            Outcome::Started,
+        ];
+        for outcome in cases {
+            let json = serde_json::to_string(&outcome).unwrap();
+            let back: Outcome = serde_json::from_str(&json).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+        }
+        let json = serde_json::to_string(&Outcome::Completed { result: raw("[1]") }).unwrap();
+        assert_eq!(json, r#"{"kind":"completed","result":[1]}"#);
+        assert_eq!(
+            serde_json::to_string(&Outcome::Started).unwrap(),
+            r#"{"kind":"started"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_outcome_kind_is_an_error() {
+        assert!(serde_json::from_str::<Outcome>(r#"{"kind":"exploded"}"#).is_err());
+        assert!(serde_json::from_str::<Outcome>(r#"{"kind":"completed"}"#).is_err());
+    }
+
+    #[test]
+    fn envelope_uses_camel_case_and_checks_version() {
+        let env = JobEnvelope {
+            v: ENVELOPE_VERSION,
+            id: job_id("f", "n", 1),
+            flow_id: "f".into(),
+            node: "n".into(),
+            attempt: 1,
+            handler: "h".into(),
+            queue: "default".into(),
+            input: raw(r#"{"data":null,"parents":{}}"#),
+            timeout_ms: None,
+            max_stalled: 1,
+            enqueued_at_ms: 5,
+        };
+        let json = env.to_json().unwrap();
+        assert!(json.contains(r#""flowId":"f""#));
+        assert!(json.contains(r#""maxStalled":1"#));
+        assert!(!json.contains("timeoutMs"));
+        let back = JobEnvelope::from_json(json.as_bytes()).unwrap();
+        assert_eq!(back.id, "f:n:1");
+        assert_eq!(back.job_field(), "n:1");
+        let future = json.replace(r#""v":1"#, r#""v":2"#);
+        assert!(JobEnvelope::from_json(future.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,31 @@
+-- ack.lua: acknowledge jobs that workers in the engine's process finished, after the
+-- flow actor made their results durable.
+--
+-- KEYS[2k-1]   P:q:{queue}             stream of job k (k = 1..n)
+-- KEYS[2k]     P:flow:{flow_id}:jobs   jobs hash of job k's flow
+-- ARGV[1]      consumer group of the queue streams ("workers")
+-- ARGV[2k]     stream entry id of job k
+-- ARGV[2k+1]   field of job k: "{node}:{attempt}"
+-- Returns the number of jobs given. Idempotent.
+
+local group = ARGV[1]
+local n = (#ARGV - 1) / 2
+
+for k = 1, n do
+  local stream = KEYS[2 * k - 1]
+  local hash = KEYS[2 * k]
+  local id = ARGV[2 * k]
+  local field = ARGV[2 * k + 1]
+
+  -- XACK clears the pending entry, XDEL the entry itself: a finished job holds no
+  -- memory. pcall: the group is gone if Redis lost its data, which is not an error here.
+  redis.pcall('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+  -- Only mark a job the hash still knows: a flow deleted meanwhile must not be
+  -- brought back as a one-field hash that nothing would ever remove.
+  if redis.call('HEXISTS', hash, field) == 1 then
+    redis.call('HSET', hash, field, 'done')
+  end
+end
+
+return n

@@ -1,0 +1,31 @@
+//! The Lua scripts, one per atomic operation, loaded from `lua/*.lua`.
+//!
+//! `redis::Script` sends `EVALSHA` and loads the script on `NOSCRIPT`, so a Redis that
+//! restarted (and forgot its script cache) is handled without any setup step.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Adds a flow's jobs idempotently (`lua/enqueue.lua`).
+pub(crate) static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
+
+/// Acknowledges jobs finished by local workers (`lua/ack.lua`).
+pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
+
+/// Reports a remote worker's outcome (`lua/report.lua`).
+pub(crate) static REPORT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/report.lua")));
+
+/// Moves due delayed jobs into their stream (`lua/promote.lua`).
+pub(crate) static PROMOTE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
+
+/// Removes everything Redis holds for a flow (`lua/cleanup.lua`).
+pub(crate) static CLEANUP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/cleanup.lua")));
+
+/// Records a worker heartbeat and prunes dead workers (`lua/heartbeat.lua`).
+pub(crate) static HEARTBEAT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/heartbeat.lua")));

@@ -1,0 +1,699 @@
+//! The Redis queue against a real Redis (one server per test process, a unique key
+//! prefix per test).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dagflow_actors::queue::{
+    job_id, CancelListener, CompletionReader, Delivery, JobEnvelope, Keys, LocalAck, NewJob,
+    Outcome, Queue, QueueReader, ENVELOPE_VERSION,
+};
+use dagflow_actors::testing::{keys_matching, redis, unique_prefix};
+use serde_json::value::RawValue;
+
+/// A fresh prefix, its keys, and a connected client.
+async fn setup() -> (String, Keys, Queue) {
+    let url = redis().url.clone();
+    let keys = Keys::new(&unique_prefix());
+    let queue = Queue::connect(&url, keys.clone()).await.unwrap();
+    (url, keys, queue)
+}
+
+/// A plain connection for poking at Redis directly.
+async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn envelope(flow: &str, node: &str, attempt: u32, queue: &str, max_stalled: u32) -> JobEnvelope {
+    JobEnvelope {
+        v: ENVELOPE_VERSION,
+        id: job_id(flow, node, attempt),
+        flow_id: flow.to_owned(),
+        node: node.to_owned(),
+        attempt,
+        handler: "echo".to_owned(),
+        queue: queue.to_owned(),
+        input: RawValue::from_string(r#"{"data":{"n":1},"parents":{}}"#.to_owned()).unwrap(),
+        timeout_ms: Some(1000),
+        max_stalled,
+        enqueued_at_ms: now_ms(),
+    }
+}
+
+fn job(flow: &str, node: &str, queue: &str) -> NewJob {
+    NewJob {
+        envelope: envelope(flow, node, 1, queue, 1),
+        delay_ms: 0,
+    }
+}
+
+/// A polling deadline: call `tick` between attempts; it panics once time is up.
+struct Deadline {
+    /// When to give up.
+    at: Instant,
+    /// What is being waited for, for the panic message.
+    what: &'static str,
+}
+
+impl Deadline {
+    fn new(timeout: Duration, what: &'static str) -> Self {
+        Deadline {
+            at: Instant::now() + timeout,
+            what,
+        }
+    }
+
+    async fn tick(&self) {
+        assert!(Instant::now() < self.at, "timed out waiting for {}", self.what);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Number of pending entries of `group` on `stream`.
+async fn pending_count(url: &str, stream: &str, group: &str) -> i64 {
+    let mut conn = raw_conn(url).await;
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match reply {
+        redis::Value::Array(items) => match &items[0] {
+            redis::Value::Int(n) => *n,
+            other => panic!("unexpected xpending reply {other:?}"),
+        },
+        other => panic!("unexpected xpending reply {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent() {
+    let (url, keys, queue) = setup().await;
+    let jobs = [job("f1", "a", "default"), job("f1", "b", "default")];
+    queue.enqueue("f1", &jobs).await.unwrap();
+    queue.enqueue("f1", &jobs).await.unwrap();
+    queue.enqueue("f1", &jobs[..1]).await.unwrap();
+    assert_eq!(queue.depth("default").await.unwrap(), (2, 0));
+
+    let states = queue.job_states("f1").await.unwrap();
+    assert_eq!(states.len(), 2);
+    let a: serde_json::Value = serde_json::from_str(&states["a:1"]).unwrap();
+    assert_eq!(a["s"], "queued");
+    assert_eq!(a["q"], "default");
+
+    // A finished job is not enqueued again either.
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let got = reader.read(10, 100).await.unwrap();
+    assert_eq!(got.len(), 2);
+    queue.ack_local(&[local_ack(&got[0])]).await.unwrap();
+    queue.enqueue("f1", &jobs).await.unwrap();
+    assert_eq!(queue.depth("default").await.unwrap(), (1, 0));
+}
+
+#[tokio::test]
+async fn enqueue_rejects_a_job_of_another_flow() {
+    let (_url, _keys, queue) = setup().await;
+    let err = queue
+        .enqueue("f1", &[job("f2", "a", "default")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to flow f2"), "{err}");
+}
+
+fn local_ack(delivery: &Delivery) -> LocalAck {
+    LocalAck {
+        queue: delivery.queue.clone(),
+        entry_id: delivery.entry_id.clone(),
+        flow_id: delivery.envelope.flow_id.clone(),
+        job_field: delivery.envelope.job_field(),
+    }
+}
+
+#[tokio::test]
+async fn delayed_job_is_readable_only_after_promotion() {
+    let (url, keys, queue) = setup().await;
+    let mut retry = job("f1", "a", "default");
+    retry.envelope.attempt = 2;
+    retry.envelope.id = job_id("f1", "a", 2);
+    retry.delay_ms = 60_000;
+    queue.enqueue("f1", &[retry]).await.unwrap();
+    assert_eq!(queue.depth("default").await.unwrap(), (0, 1));
+
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    assert!(reader.read(10, 0).await.unwrap().is_empty());
+    assert_eq!(reader.promote_delayed(now_ms()).await.unwrap(), 0);
+    assert!(reader.read(10, 0).await.unwrap().is_empty());
+
+    assert_eq!(reader.promote_delayed(now_ms() + 120_000).await.unwrap(), 1);
+    assert_eq!(queue.depth("default").await.unwrap(), (1, 0));
+    let got = reader.read(10, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.id, "f1:a:2");
+    let states = queue.job_states("f1").await.unwrap();
+    let state: serde_json::Value = serde_json::from_str(&states["a:2"]).unwrap();
+    assert_eq!(state["s"], "queued");
+    assert_eq!(state["e"], got[0].entry_id.as_str());
+
+    // Promoting again moves nothing.
+    assert_eq!(reader.promote_delayed(now_ms() + 120_000).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn own_pending_entries_come_first_after_reconnect() {
+    let (url, keys, queue) = setup().await;
+    queue
+        .enqueue("f1", &[job("f1", "a", "default"), job("f1", "b", "default")])
+        .await
+        .unwrap();
+    let first = {
+        let mut reader = QueueReader::connect(&url, keys.clone(), "default", "engine-1")
+            .await
+            .unwrap();
+        reader.read(10, 100).await.unwrap()
+    };
+    assert_eq!(first.len(), 2);
+    queue.enqueue("f1", &[job("f1", "c", "default")]).await.unwrap();
+
+    // Same consumer name: the two unacknowledged jobs come back first, at once.
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "engine-1")
+        .await
+        .unwrap();
+    let again = reader.read(1, 100).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].entry_id, first[0].entry_id);
+    let again = reader.read(10, 100).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].entry_id, first[1].entry_id);
+    let new = reader.read(10, 100).await.unwrap();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].envelope.node, "c");
+    assert!(reader.read(10, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reclaim_takes_over_idle_jobs_and_reports_stalled_ones() {
+    let (url, keys, queue) = setup().await;
+    let mut stalling = job("f1", "a", "default");
+    stalling.envelope.max_stalled = 1;
+    queue.enqueue("f1", &[stalling]).await.unwrap();
+
+    // A consumer reads the job and vanishes.
+    let taken = {
+        let mut dead = QueueReader::connect(&url, keys.clone(), "default", "dead")
+            .await
+            .unwrap();
+        dead.read(10, 100).await.unwrap()
+    };
+    assert_eq!(taken.len(), 1);
+
+    let mut second = QueueReader::connect(&url, keys.clone(), "default", "second")
+        .await
+        .unwrap();
+    // Not idle long enough yet.
+    assert!(second.reclaim(60_000, 10).await.unwrap().claimed.is_empty());
+    let deadline = Deadline::new(Duration::from_secs(5), "reclaim");
+    let reclaimed = loop {
+        let r = second.reclaim(50, 10).await.unwrap();
+        if !r.claimed.is_empty() || !r.stalled.is_empty() {
+            break r;
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(reclaimed.claimed.len(), 1);
+    assert!(reclaimed.stalled.is_empty());
+    assert_eq!(reclaimed.claimed[0].entry_id, taken[0].entry_id);
+
+    // A renewed lease is not taken away.
+    second
+        .renew(&[reclaimed.claimed[0].entry_id.clone()])
+        .await
+        .unwrap();
+    let mut third = QueueReader::connect(&url, keys.clone(), "default", "third")
+        .await
+        .unwrap();
+    let r = third.reclaim(2_000, 10).await.unwrap();
+    assert!(r.claimed.is_empty() && r.stalled.is_empty());
+
+    // The second consumer vanishes too: one claim more than max_stalled = 1.
+    let deadline = Deadline::new(Duration::from_secs(5), "stalled");
+    let stalled = loop {
+        let r = third.reclaim(50, 10).await.unwrap();
+        assert!(r.claimed.is_empty());
+        if !r.stalled.is_empty() {
+            break r.stalled;
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(stalled.len(), 1);
+    assert_eq!(stalled[0].envelope.id, "f1:a:1");
+    // It stays pending on the reclaimer until the caller fails it.
+    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 1);
+    queue.ack_local(&[local_ack(&stalled[0])]).await.unwrap();
+    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 0);
+}
+
+#[tokio::test]
+async fn report_remote_adds_a_completion_record_and_removes_the_job() {
+    let (url, keys, queue) = setup().await;
+    queue.enqueue("f1", &[job("f1", "a", "gpu")]).await.unwrap();
+    let mut worker = QueueReader::connect(&url, keys.clone(), "gpu", "remote-1")
+        .await
+        .unwrap();
+    let got = worker.read(1, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+
+    queue.report_remote(&got[0], &Outcome::Started).await.unwrap();
+    let progress = Outcome::Progress {
+        progress: RawValue::from_string("50".into()).unwrap(),
+    };
+    queue.report_remote(&got[0], &progress).await.unwrap();
+    // Not final: the job is still there and pending.
+    assert_eq!(queue.depth("gpu").await.unwrap(), (1, 0));
+    let completed = Outcome::Completed {
+        result: RawValue::from_string(r#"{"ok":true}"#.into()).unwrap(),
+    };
+    queue.report_remote(&got[0], &completed).await.unwrap();
+    assert_eq!(queue.depth("gpu").await.unwrap(), (0, 0));
+    assert_eq!(pending_count(&url, &keys.queue("gpu"), "workers").await, 0);
+    assert_eq!(queue.job_states("f1").await.unwrap()["a:1"], "done");
+
+    let mut router = CompletionReader::connect(&url, keys.clone(), "router")
+        .await
+        .unwrap();
+    let records = router.read(10, 100).await.unwrap();
+    assert_eq!(records.len(), 3);
+    assert!(matches!(records[0].outcome, Outcome::Started));
+    assert!(matches!(records[1].outcome, Outcome::Progress { .. }));
+    let last = &records[2];
+    assert_eq!(last.flow_id, "f1");
+    assert_eq!(last.node, "a");
+    assert_eq!(last.attempt, 1);
+    assert_eq!(last.job_id, "f1:a:1");
+    match &last.outcome {
+        Outcome::Completed { result } => assert_eq!(result.get(), r#"{"ok":true}"#),
+        other => panic!("unexpected outcome {other:?}"),
+    }
+
+    // Unacknowledged records come back to a restarted router, acknowledged ones do not.
+    queue
+        .ack_completions(&[records[0].entry_id.clone(), records[1].entry_id.clone()])
+        .await
+        .unwrap();
+    let mut router = CompletionReader::connect(&url, keys.clone(), "router")
+        .await
+        .unwrap();
+    let again = router.read(10, 100).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].entry_id, last.entry_id);
+    queue.ack_completions(&[last.entry_id.clone()]).await.unwrap();
+    assert!(router.read(10, 0).await.unwrap().is_empty());
+    assert_eq!(pending_count(&url, &keys.completions(), "engine").await, 0);
+}
+
+#[tokio::test]
+async fn failed_outcome_round_trips() {
+    let (url, keys, queue) = setup().await;
+    queue.enqueue("f1", &[job("f1", "a", "default")]).await.unwrap();
+    let mut worker = QueueReader::connect(&url, keys.clone(), "default", "w")
+        .await
+        .unwrap();
+    let got = worker.read(1, 100).await.unwrap();
+    let failed = Outcome::Failed {
+        message: "boom".into(),
+        retryable: true,
+    };
+    queue.report_remote(&got[0], &failed).await.unwrap();
+    let mut router = CompletionReader::connect(&url, keys, "router").await.unwrap();
+    let records = router.read(10, 100).await.unwrap();
+    match &records[0].outcome {
+        Outcome::Failed { message, retryable } => {
+            assert_eq!(message, "boom");
+            assert!(*retryable);
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ack_local_removes_the_entry() {
+    let (url, keys, queue) = setup().await;
+    queue
+        .enqueue("f1", &[job("f1", "a", "default"), job("f1", "b", "default")])
+        .await
+        .unwrap();
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "local")
+        .await
+        .unwrap();
+    let got = reader.read(10, 100).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let acks: Vec<LocalAck> = got.iter().map(local_ack).collect();
+    queue.ack_local(&acks).await.unwrap();
+    queue.ack_local(&acks).await.unwrap();
+    assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
+    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 0);
+    let states = queue.job_states("f1").await.unwrap();
+    assert_eq!(states["a:1"], "done");
+    assert_eq!(states["b:1"], "done");
+    // A restarted reader finds nothing of them.
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "local")
+        .await
+        .unwrap();
+    assert!(reader.read(10, 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cleanup_flow_leaves_nothing_behind() {
+    let (url, keys, queue) = setup().await;
+    let flow = "0197a3c2-dead-7000-8000-00000000beef";
+    let mut delayed = job(flow, "retry", "default");
+    delayed.delay_ms = 60_000;
+    queue
+        .enqueue(
+            flow,
+            &[
+                job(flow, "a", "default"),
+                job(flow, "b", "default"),
+                job(flow, "c", "gpu"),
+                delayed,
+            ],
+        )
+        .await
+        .unwrap();
+    queue
+        .enqueue("other", &[job("other", "a", "default")])
+        .await
+        .unwrap();
+    // One job is running (pending on a consumer), one is done.
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let got = reader.read(2, 100).await.unwrap();
+    assert_eq!(got.len(), 2);
+    let mine: Vec<&Delivery> = got.iter().filter(|d| d.envelope.flow_id == flow).collect();
+    queue.ack_local(&[local_ack(mine[0])]).await.unwrap();
+
+    queue.cleanup_flow(flow).await.unwrap();
+
+    assert!(keys_matching(&url, &format!("*{flow}*")).await.is_empty());
+    let (default_len, default_delayed) = queue.depth("default").await.unwrap();
+    assert_eq!(default_delayed, 0);
+    assert_eq!(queue.depth("gpu").await.unwrap(), (0, 0));
+    // Only the other flow's job is left, and nothing of this flow is pending.
+    let mut conn = raw_conn(&url).await;
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(keys.queue("default"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(default_len as usize, entries.len());
+    for (_, fields) in &entries {
+        assert!(!fields[0].1.contains(flow));
+    }
+    let pending = pending_count(&url, &keys.queue("default"), "workers").await;
+    let others_pending = got.iter().filter(|d| d.envelope.flow_id != flow).count() as i64;
+    assert_eq!(pending, others_pending);
+    assert_eq!(queue.job_states("other").await.unwrap().len(), 1);
+
+    // Late acknowledgements and reports must not bring the flow back.
+    queue.ack_local(&[local_ack(mine[0])]).await.unwrap();
+    if mine.len() > 1 {
+        queue
+            .report_remote(mine[1], &Outcome::Started)
+            .await
+            .unwrap();
+    }
+    assert!(keys_matching(&url, &format!("*{flow}*")).await.is_empty());
+    // Idempotent.
+    queue.cleanup_flow(flow).await.unwrap();
+}
+
+#[tokio::test]
+async fn cleanup_flow_removes_promoted_jobs_too() {
+    let (url, keys, queue) = setup().await;
+    let mut delayed = job("f1", "a", "default");
+    delayed.delay_ms = 1;
+    queue.enqueue("f1", &[delayed]).await.unwrap();
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    assert_eq!(reader.promote_delayed(now_ms() + 1000).await.unwrap(), 1);
+    queue.cleanup_flow("f1").await.unwrap();
+    assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
+    assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix())).await.is_empty());
+}
+
+#[tokio::test]
+async fn promotion_skips_jobs_of_deleted_flows() {
+    let (url, keys, queue) = setup().await;
+    let mut delayed = job("f1", "a", "default");
+    delayed.delay_ms = 1;
+    queue.enqueue("f1", &[delayed]).await.unwrap();
+    // Simulate a flow deleted by hand, leaving the delayed member behind.
+    let mut conn = raw_conn(&url).await;
+    redis::cmd("DEL")
+        .arg(keys.flow_jobs("f1"))
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    assert_eq!(reader.promote_delayed(now_ms() + 1000).await.unwrap(), 0);
+    assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
+    assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix())).await.is_empty());
+}
+
+#[tokio::test]
+async fn cancel_is_delivered_over_pub_sub() {
+    let (url, keys, queue) = setup().await;
+    let mut listener = CancelListener::connect(&url, keys.clone()).await.unwrap();
+    queue
+        .publish_cancel(&["f1:a:1".to_owned(), "f1:b:2".to_owned()])
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), listener.next())
+        .await
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), listener.next())
+        .await
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("f1:a:1"));
+    assert_eq!(second.as_deref(), Some("f1:b:2"));
+}
+
+#[tokio::test]
+async fn marker_reports_lost_data() {
+    let (url, keys, queue) = setup().await;
+    assert!(queue.ensure_marker("engine-1").await.unwrap());
+    assert!(!queue.ensure_marker("engine-1").await.unwrap());
+    // What a Redis restart without persistence does to it.
+    let mut conn = raw_conn(&url).await;
+    redis::cmd("DEL")
+        .arg(keys.marker())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(queue.ensure_marker("engine-1").await.unwrap());
+}
+
+#[tokio::test]
+async fn blocking_read_outlasts_the_default_response_timeout() {
+    let (url, keys, queue) = setup().await;
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = reader.read(10, 2000).await.unwrap();
+    assert!(got.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+
+    // A job that arrives during the block is returned at once.
+    let producer = queue.clone();
+    let enqueue = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        producer
+            .enqueue("f1", &[job("f1", "a", "default")])
+            .await
+            .unwrap();
+    });
+    let started = Instant::now();
+    let got = reader.read(10, 2000).await.unwrap();
+    enqueue.await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(started.elapsed() < Duration::from_millis(1900));
+
+    let mut router = CompletionReader::connect(&url, keys, "router").await.unwrap();
+    assert!(router.read(10, 1500).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_entries_are_dropped_without_error() {
+    let (url, keys, queue) = setup().await;
+    let stream = keys.queue("default");
+    let mut conn = raw_conn(&url).await;
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    for (field, value) in [
+        ("envelope", "not json"),
+        ("something", "else"),
+        ("envelope", r#"{"v":99,"id":"x"}"#),
+    ] {
+        redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg(field)
+            .arg(value)
+            .query_async::<String>(&mut conn)
+            .await
+            .unwrap();
+    }
+    queue.enqueue("f1", &[job("f1", "a", "default")]).await.unwrap();
+    let got = reader.read(10, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.id, "f1:a:1");
+    assert_eq!(queue.depth("default").await.unwrap(), (1, 0));
+    assert_eq!(pending_count(&url, &stream, "workers").await, 1);
+
+    // The same for completion records.
+    let completions = keys.completions();
+    let mut router = CompletionReader::connect(&url, keys.clone(), "router")
+        .await
+        .unwrap();
+    for outcome in ["nope", r#"{"kind":"exploded"}"#] {
+        redis::cmd("XADD")
+            .arg(&completions)
+            .arg("*")
+            .arg("flow")
+            .arg("f1")
+            .arg("node")
+            .arg("a")
+            .arg("attempt")
+            .arg("1")
+            .arg("job")
+            .arg("f1:a:1")
+            .arg("outcome")
+            .arg(outcome)
+            .query_async::<String>(&mut conn)
+            .await
+            .unwrap();
+    }
+    queue.report_remote(&got[0], &Outcome::Started).await.unwrap();
+    let records = router.read(10, 100).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert!(matches!(records[0].outcome, Outcome::Started));
+    assert_eq!(pending_count(&url, &completions, "engine").await, 1);
+}
+
+#[tokio::test]
+async fn pending_entries_deleted_meanwhile_are_skipped() {
+    let (url, keys, queue) = setup().await;
+    queue
+        .enqueue("f1", &[job("f1", "a", "default"), job("f1", "b", "default")])
+        .await
+        .unwrap();
+    let first = {
+        let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+            .await
+            .unwrap();
+        reader.read(10, 100).await.unwrap()
+    };
+    // Deleted without acknowledgement: the pending record outlives the entry.
+    let mut conn = raw_conn(&url).await;
+    redis::cmd("XDEL")
+        .arg(keys.queue("default"))
+        .arg(&first[0].entry_id)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap();
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let again = reader.read(10, 100).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].entry_id, first[1].entry_id);
+    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 1);
+}
+
+#[tokio::test]
+async fn readers_recreate_a_lost_group() {
+    let (url, keys, queue) = setup().await;
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let mut router = CompletionReader::connect(&url, keys.clone(), "router")
+        .await
+        .unwrap();
+    // What a Redis restart without persistence does to the streams.
+    let mut conn = raw_conn(&url).await;
+    redis::cmd("DEL")
+        .arg(keys.queue("default"))
+        .arg(keys.completions())
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    assert!(reader.read(10, 100).await.unwrap().is_empty());
+    assert!(router.read(10, 100).await.unwrap().is_empty());
+    queue.enqueue("f1", &[job("f1", "a", "default")]).await.unwrap();
+    let got = reader.read(10, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+    queue.report_remote(&got[0], &Outcome::Started).await.unwrap();
+    assert_eq!(router.read(10, 100).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn heartbeats_list_live_workers_and_forget_dead_ones() {
+    let (url, keys, queue) = setup().await;
+    let mut conn = raw_conn(&url).await;
+    redis::cmd("HSET")
+        .arg(keys.workers())
+        .arg("dead")
+        .arg(r#"{"ts":1,"queues":["default"]}"#)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let info = serde_json::json!({"queues": ["default", "gpu"], "handlers": [], "intervalMs": 60000});
+    queue.heartbeat("w1", &info).await.unwrap();
+    let workers = queue.workers().await.unwrap();
+    assert_eq!(workers.len(), 1);
+    let (id, beat) = &workers[0];
+    assert_eq!(id, "w1");
+    assert_eq!(beat["queues"], serde_json::json!(["default", "gpu"]));
+    assert_eq!(beat["handlers"], serde_json::json!([]));
+    let ts = beat["ts"].as_u64().unwrap();
+    assert!(ts.abs_diff(now_ms()) < 60_000, "ts {ts}");
+}
+
+#[tokio::test]
+async fn ping_answers() {
+    let (_url, _keys, queue) = setup().await;
+    queue.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_errors_are_recognised() {
+    // Nothing listens on port 1.
+    let err = Queue::connect("redis://127.0.0.1:1", Keys::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_connection(), "{err:?}");
+}
