@@ -14,3 +14,15 @@ pub mod view;
 pub mod queue;
 #[doc(hidden)]
 pub mod testing;
+pub mod actors;
+pub mod engine;
+pub mod error;
+pub mod hub;
+
+pub use engine::{Engine, EngineBuilder, ListQuery, Subscription};
+pub use error::EngineError;
+pub use handler::{handler_fn, Handler, JobContext, JobError};
+pub use ids::{FlowId, JobId, NodeIdx};
+pub use spec::{FlowSpec, Limits};
+pub use state::{FlowStatus, NodeStatus};
+pub use view::{FlowEvent, FlowPage, FlowSummary, FlowView, NodeView};

@@ -1,0 +1,286 @@
+//! `FlowSupervisor`: spawns one [`FlowActor`] per running flow, linked to itself,
+//! and keeps the [`Directory`](super::Directory) that finds them.
+//!
+//! ractor has no restart policies and its default supervisor stops when a child
+//! fails, so both are written here: a flow actor that fails is restarted from its
+//! last snapshot, at most [`MAX_RESTARTS`] times within [`RESTART_WINDOW`]; past
+//! that the flow is failed with an engine error and other flows go on untouched.
+//! At start it resumes every unfinished flow from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tracing::{error, info, warn};
+
+use super::flow::{delete_flow, FlowActor, FlowArgs, FlowInit, FlowMsg};
+use super::{load_state, Shared};
+use crate::error::EngineError;
+use crate::ids::FlowId;
+use crate::spec::Dag;
+
+/// Restarts of one flow's actor allowed within [`RESTART_WINDOW`].
+pub const MAX_RESTARTS: u32 = 3;
+/// Window in which restarts are counted.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// The supervisor of all flow actors.
+pub struct FlowSupervisor;
+
+/// What the supervisor starts with.
+pub struct SupervisorArgs {
+    /// Engine-wide handles.
+    pub shared: Arc<Shared>,
+}
+
+/// The supervisor's state.
+pub struct SupervisorState {
+    shared: Arc<Shared>,
+    /// Which flow each child actor runs.
+    children: HashMap<ActorId, FlowId>,
+    /// Recent restarts per flow: count and start of the window.
+    restarts: HashMap<FlowId, (u32, Instant)>,
+    /// Idempotency keys of flows being created, not yet durable in the store.
+    creating: HashMap<String, FlowId>,
+}
+
+/// Messages of the supervisor.
+pub enum SupervisorMsg {
+    /// Start a new flow; `reply` gets its id once it is durable.
+    CreateFlow {
+        /// The validated DAG.
+        dag: Arc<Dag>,
+        /// The spec as submitted.
+        spec_json: String,
+        /// Returns the same flow for the same key.
+        idempotency_key: Option<String>,
+        /// Answered once the flow is durable.
+        reply: tokio::sync::oneshot::Sender<Result<FlowId, EngineError>>,
+    },
+    /// Re-run a flow's failed, skipped and cancelled nodes (its actor is started
+    /// from the snapshot if the flow had ended).
+    RetryFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
+    /// Remove a flow everywhere.
+    DeleteFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
+    /// Redis lost its data: every flow enqueues its jobs again.
+    Resync,
+    /// A create with an idempotency key became durable (or failed): forget the key.
+    Created(String),
+}
+
+impl Actor for FlowSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            shared: args.shared,
+            children: HashMap::new(),
+            restarts: HashMap::new(),
+            creating: HashMap::new(),
+        };
+        let unfinished = state.shared.store.unfinished()?;
+        let count = unfinished.len();
+        for id in unfinished {
+            if let Err(e) = state.spawn_restored(&myself, id, None).await {
+                error!(flow = %id, error = %e, "could not resume flow");
+            }
+        }
+        if count > 0 {
+            info!(flows = count, "resumed unfinished flows");
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::CreateFlow {
+                dag,
+                spec_json,
+                idempotency_key,
+                reply,
+            } => {
+                if let Some(key) = &idempotency_key {
+                    let existing = match state.creating.get(key) {
+                        Some(id) => Some(*id),
+                        None => match state.shared.store.idempotent_flow(key) {
+                            Ok(found) => found,
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                                return Ok(());
+                            }
+                        },
+                    };
+                    if let Some(id) = existing {
+                        let _ = reply.send(Ok(id));
+                        return Ok(());
+                    }
+                }
+                let id = FlowId::new();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let init = FlowInit::Create {
+                    id,
+                    dag,
+                    spec_json,
+                    idempotency_key: idempotency_key.clone(),
+                    reply: tx,
+                };
+                if let Err(e) = state.spawn(&myself, id, init).await {
+                    let _ = reply.send(Err(EngineError::Internal(format!("spawning flow actor: {e}"))));
+                    return Ok(());
+                }
+                if let Some(key) = idempotency_key.clone() {
+                    state.creating.insert(key, id);
+                }
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    let result = rx.await.unwrap_or_else(|_| {
+                        Err(EngineError::Internal("flow actor stopped before the flow was durable".to_owned()))
+                    });
+                    if let Some(key) = idempotency_key {
+                        let _ = me.cast(SupervisorMsg::Created(key));
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+            SupervisorMsg::Created(key) => {
+                state.creating.remove(&key);
+            }
+            SupervisorMsg::RetryFlow(id, reply) => {
+                let actor = match state.live_actor(id) {
+                    Some(actor) => actor,
+                    None => match state.spawn_restored(&myself, id, None).await {
+                        Ok(Some(actor)) => actor,
+                        Ok(None) => {
+                            let _ = reply.send(Err(EngineError::NotFound(id.to_string())));
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return Ok(());
+                        }
+                    },
+                };
+                if let Err(e) = actor.cast(FlowMsg::Retry(reply)) {
+                    warn!(flow = %id, error = %e, "flow actor vanished during retry");
+                }
+            }
+            SupervisorMsg::DeleteFlow(id, reply) => match state.live_actor(id) {
+                Some(actor) => {
+                    if let Err(e) = actor.cast(FlowMsg::Delete(reply)) {
+                        warn!(flow = %id, error = %e, "flow actor vanished during delete");
+                    }
+                }
+                None => {
+                    let shared = Arc::clone(&state.shared);
+                    tokio::spawn(async move {
+                        let _ = reply.send(delete_flow(&shared, id).await);
+                    });
+                }
+            },
+            SupervisorMsg::Resync => {
+                for actor in state.shared.directory.all() {
+                    let _ = actor.cast(FlowMsg::Resync);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(id) = state.children.remove(&cell.get_id()) {
+                    state.shared.directory.remove_if(id, cell.get_id());
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(id) = state.children.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                state.shared.directory.remove_if(id, cell.get_id());
+                let now = Instant::now();
+                let entry = state.restarts.entry(id).or_insert((0, now));
+                if now.duration_since(entry.1) > RESTART_WINDOW {
+                    *entry = (0, now);
+                }
+                entry.0 += 1;
+                let restarts = entry.0;
+                let abort = (restarts > MAX_RESTARTS).then(|| {
+                    format!("engine error: the flow's actor failed {restarts} times within {RESTART_WINDOW:?}, last: {err}")
+                });
+                warn!(flow = %id, restarts, error = %err, "flow actor failed; restarting from its snapshot");
+                if let Err(e) = state.spawn_restored(&myself, id, abort).await {
+                    error!(flow = %id, error = %e, "could not restart flow actor");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    /// The flow's actor if one is running and not stopping.
+    fn live_actor(&self, id: FlowId) -> Option<ActorRef<FlowMsg>> {
+        self.shared
+            .directory
+            .get(id)
+            .filter(|a| a.get_status() == ractor::ActorStatus::Running)
+    }
+
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: FlowId,
+        init: FlowInit,
+    ) -> Result<ActorRef<FlowMsg>, ractor::SpawnErr> {
+        let args = FlowArgs {
+            shared: Arc::clone(&self.shared),
+            init,
+        };
+        let (actor, _) = Actor::spawn_linked(None, FlowActor, args, myself.get_cell()).await?;
+        self.children.insert(actor.get_id(), id);
+        self.shared.directory.insert(id, actor.clone());
+        Ok(actor)
+    }
+
+    /// Starts a flow's actor from its snapshot; `None` when the flow does not exist.
+    async fn spawn_restored(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: FlowId,
+        abort: Option<String>,
+    ) -> Result<Option<ActorRef<FlowMsg>>, EngineError> {
+        let Some((state, record)) = load_state(&self.shared.store, id)? else {
+            return Ok(None);
+        };
+        let init = FlowInit::Restore {
+            state,
+            idempotency_key: record.idempotency_key,
+            engine_error: record.engine_error,
+            abort,
+        };
+        let actor = self
+            .spawn(myself, id, init)
+            .await
+            .map_err(|e| EngineError::Internal(format!("spawning flow actor: {e}")))?;
+        Ok(Some(actor))
+    }
+}

@@ -1,0 +1,590 @@
+//! The worker pool: per queue, a `QueueFetcher` actor reads jobs (on its own Redis
+//! connection) and hands each to an idle `WorkerActor`; there are exactly
+//! `concurrency` workers per queue, so at most that many jobs of the queue run at
+//! once and no job is read before a worker is free to take it.
+//!
+//! A worker runs the handler in its own task, so a panic fails the job and not the
+//! worker, with the node's timeout and a cancellation token. It reports:
+//! - in the engine's process, straight to the flow actor (a message, no Redis); the
+//!   job is acknowledged by the flow actor after the flush that holds the result;
+//! - elsewhere (or when the flow has no actor here), through the completions stream
+//!   with one atomic script.
+//!
+//! The fetcher also promotes due retries, renews the lease of running jobs, and
+//! reclaims jobs of workers that vanished (failing those reclaimed too often).
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::flow::{Ack, FlowMsg};
+use super::{now_ms, Directory};
+use crate::handler::{Handlers, JobContext};
+use crate::ids::{FlowId, JobId};
+use crate::queue::{CancelListener, Delivery, Keys, LocalAck, Outcome, Queue, QueueReader};
+
+/// How long one read blocks; also the tick of retry promotion when idle.
+const BLOCK_MS: u64 = 250;
+/// How often due retries are moved onto the stream.
+const PROMOTE_EVERY: Duration = Duration::from_millis(100);
+/// How often a worker process announces itself in `P:workers`.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// What every worker of a process shares.
+pub struct WorkerCtx {
+    /// The shared Redis client.
+    pub queue: Queue,
+    /// Redis URL, for the connections of readers and the cancel listener.
+    pub redis_url: String,
+    /// Key names.
+    pub keys: Keys,
+    /// Handlers by name.
+    pub handlers: Handlers,
+    /// The flow actors of this process, when it runs an engine (the fast path).
+    pub directory: Option<Directory>,
+    /// Running jobs' cancellation tokens by job id.
+    pub cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// Time a cancelled handler gets to return before its task is aborted.
+    pub cancel_grace: Duration,
+    /// A job reclaimed from a dead worker after this long.
+    pub lease: Duration,
+    /// Jobs running now, across queues.
+    pub running: AtomicUsize,
+    /// Consumer name of this process in every queue's group.
+    pub consumer: String,
+}
+
+/// A pool of workers: one fetcher per queue plus the process-wide tasks.
+pub struct WorkerPool {
+    ctx: Arc<WorkerCtx>,
+    fetchers: Vec<(ActorRef<()>, CancellationToken)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts fetchers and workers for `queues` (name, concurrency).
+    pub async fn start(ctx: Arc<WorkerCtx>, queues: &[(String, usize)]) -> Result<WorkerPool, crate::error::EngineError> {
+        let mut fetchers = Vec::new();
+        for (queue, concurrency) in queues {
+            let stop = CancellationToken::new();
+            let reader = QueueReader::connect(&ctx.redis_url, ctx.keys.clone(), queue, &ctx.consumer).await?;
+            let args = FetcherArgs {
+                ctx: Arc::clone(&ctx),
+                reader: Mutex::new(Some(reader)),
+                concurrency: (*concurrency).max(1),
+                stop: stop.clone(),
+            };
+            let (actor, _) = Actor::spawn(None, QueueFetcher, args)
+                .await
+                .map_err(|e| crate::error::EngineError::Internal(format!("spawning fetcher: {e}")))?;
+            fetchers.push((actor, stop));
+        }
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(cancel_loop(Arc::clone(&ctx))));
+        let info = serde_json::json!({
+            "queues": queues.iter().map(|(q, c)| serde_json::json!({"name": q, "concurrency": c})).collect::<Vec<_>>(),
+            "handlers": ctx.handlers.names(),
+            "pid": std::process::id(),
+        });
+        tasks.push(tokio::spawn(heartbeat_loop(Arc::clone(&ctx), info)));
+        info!(queues = queues.len(), consumer = %ctx.consumer, "worker pool started");
+        Ok(WorkerPool { ctx, fetchers, tasks })
+    }
+
+    /// Jobs running now.
+    pub fn running(&self) -> usize {
+        self.ctx.running.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking jobs, lets running ones finish until `deadline`, then cancels the
+    /// rest (they stay pending in Redis and run again elsewhere or after a restart).
+    pub async fn shutdown(self, deadline: Duration) {
+        for (_, stop) in &self.fetchers {
+            stop.cancel();
+        }
+        let until = Instant::now() + deadline;
+        while self.running() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.running() > 0 {
+            warn!(running = self.running(), "shutdown deadline passed; cancelling running jobs");
+            let tokens: Vec<CancellationToken> = self
+                .ctx
+                .cancels
+                .lock()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for t in tokens {
+                t.cancel();
+            }
+            let until = Instant::now() + self.ctx.cancel_grace + Duration::from_millis(200);
+            while self.running() > 0 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for (actor, _) in &self.fetchers {
+            let _ = actor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Reads one queue and dispatches to its workers.
+pub struct QueueFetcher;
+
+/// What a fetcher starts with.
+pub struct FetcherArgs {
+    ctx: Arc<WorkerCtx>,
+    /// Taken by the read loop at start (an `Option` because `Arguments` must be moved in).
+    reader: Mutex<Option<QueueReader>>,
+    concurrency: usize,
+    stop: CancellationToken,
+}
+
+/// The fetcher's state.
+pub struct FetcherState {
+    ctx: Arc<WorkerCtx>,
+    idle_tx: mpsc::Sender<ActorRef<WorkerMsg>>,
+    task: JoinHandle<()>,
+}
+
+impl Actor for QueueFetcher {
+    type Msg = ();
+    type State = FetcherState;
+    type Arguments = FetcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: FetcherArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (idle_tx, idle_rx) = mpsc::channel(args.concurrency + 1);
+        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+        for _ in 0..args.concurrency {
+            let worker = spawn_worker(&myself, &args.ctx, &idle_tx, &running).await?;
+            idle_tx.send(worker).await?;
+        }
+        let reader = args
+            .reader
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .ok_or("fetcher started without a reader")?;
+        let task = tokio::spawn(fetch_loop(Arc::clone(&args.ctx), reader, idle_rx, running, args.stop));
+        Ok(FetcherState {
+            ctx: args.ctx,
+            idle_tx,
+            task,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut FetcherState) -> Result<(), ActorProcessingErr> {
+        state.task.abort();
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut FetcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A worker only fails through a bug of its own (handlers run in their own
+        // task); replace it so the pool keeps its size.
+        if let SupervisionEvent::ActorFailed(_, err) = event {
+            warn!(error = %err, "worker actor failed; replacing it");
+            let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+            let worker = spawn_worker(&myself, &state.ctx, &state.idle_tx, &running).await?;
+            state.idle_tx.send(worker).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_worker(
+    fetcher: &ActorRef<()>,
+    ctx: &Arc<WorkerCtx>,
+    idle_tx: &mpsc::Sender<ActorRef<WorkerMsg>>,
+    running: &Arc<Mutex<HashSet<String>>>,
+) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
+    let args = WorkerArgs {
+        ctx: Arc::clone(ctx),
+        idle_tx: idle_tx.clone(),
+        running: Arc::clone(running),
+    };
+    let (worker, _) = Actor::spawn_linked(None, WorkerActor, args, fetcher.get_cell()).await?;
+    Ok(worker)
+}
+
+async fn fetch_loop(
+    ctx: Arc<WorkerCtx>,
+    mut reader: QueueReader,
+    mut idle_rx: mpsc::Receiver<ActorRef<WorkerMsg>>,
+    running: Arc<Mutex<HashSet<String>>>,
+    stop: CancellationToken,
+) {
+    let lease_ms = ctx.lease.as_millis() as u64;
+    let renew_every = ctx.lease / 3;
+    let reclaim_every = (ctx.lease / 2).max(Duration::from_millis(50));
+    let mut idle: Vec<ActorRef<WorkerMsg>> = Vec::new();
+    let mut last_promote = Instant::now() - PROMOTE_EVERY;
+    let mut last_renew = Instant::now();
+    let mut last_reclaim = Instant::now();
+    while !stop.is_cancelled() {
+        while let Ok(w) = idle_rx.try_recv() {
+            idle.push(w);
+        }
+        let result: Result<(), crate::queue::QueueError> = async {
+            let now = Instant::now();
+            if now.duration_since(last_promote) >= PROMOTE_EVERY {
+                last_promote = now;
+                reader.promote_delayed(now_ms()).await?;
+            }
+            if now.duration_since(last_renew) >= renew_every {
+                last_renew = now;
+                let ids: Vec<String> = running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
+                if !ids.is_empty() {
+                    reader.renew(&ids).await?;
+                }
+            }
+            if !idle.is_empty() && now.duration_since(last_reclaim) >= reclaim_every {
+                last_reclaim = now;
+                let reclaimed = reader.reclaim(lease_ms, idle.len()).await?;
+                for delivery in reclaimed.stalled {
+                    let claims = delivery.envelope.max_stalled;
+                    warn!(job = %delivery.envelope.id, "job stalled too often; failing it");
+                    let outcome = Outcome::Failed {
+                        message: format!(
+                            "job stalled: its worker stopped responding more than {claims} times (lease {lease_ms} ms)"
+                        ),
+                        retryable: false,
+                    };
+                    report(&ctx, &delivery, outcome).await;
+                }
+                for delivery in reclaimed.claimed {
+                    info!(job = %delivery.envelope.id, "reclaimed a job whose lease expired");
+                    dispatch(&ctx, &mut idle, &running, delivery);
+                }
+            }
+            if idle.is_empty() {
+                // Every worker is busy: wait for one, waking up for the timers.
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    w = idle_rx.recv() => { if let Some(w) = w { idle.push(w) } }
+                    _ = tokio::time::sleep(PROMOTE_EVERY) => {}
+                }
+                return Ok(());
+            }
+            let deliveries = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                r = reader.read(idle.len(), BLOCK_MS) => r?,
+            };
+            for delivery in deliveries {
+                dispatch(&ctx, &mut idle, &running, delivery);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(queue = reader.queue(), error = %e, "queue read failed; retrying");
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+    debug!(queue = reader.queue(), "fetcher stopped");
+}
+
+fn dispatch(
+    ctx: &WorkerCtx,
+    idle: &mut Vec<ActorRef<WorkerMsg>>,
+    running: &Mutex<HashSet<String>>,
+    delivery: Delivery,
+) {
+    let Some(worker) = idle.pop() else {
+        // Cannot happen: reads ask for at most as many jobs as there are idle workers.
+        // The job stays pending and is reclaimed after its lease.
+        warn!(job = %delivery.envelope.id, "no idle worker for a job read");
+        return;
+    };
+    if let Ok(mut r) = running.lock() {
+        r.insert(delivery.entry_id.clone());
+    }
+    ctx.running.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = worker.cast(WorkerMsg::Run(delivery)) {
+        ctx.running.fetch_sub(1, Ordering::Relaxed);
+        warn!(error = %e, "worker gone; its job will be reclaimed after the lease");
+    }
+}
+
+/// Runs one job at a time.
+pub struct WorkerActor;
+
+/// What a worker starts with.
+pub struct WorkerArgs {
+    ctx: Arc<WorkerCtx>,
+    idle_tx: mpsc::Sender<ActorRef<WorkerMsg>>,
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Messages of a worker.
+pub enum WorkerMsg {
+    /// Run this job, report it, then offer yourself again.
+    Run(Delivery),
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = WorkerArgs;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: WorkerArgs) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: WorkerMsg,
+        state: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run(delivery) = message;
+        let outcome = run_job(&state.ctx, &delivery).await;
+        report(&state.ctx, &delivery, outcome).await;
+        if let Ok(mut r) = state.running.lock() {
+            r.remove(&delivery.entry_id);
+        }
+        state.ctx.running.fetch_sub(1, Ordering::Relaxed);
+        // The fetcher is gone only during shutdown; then nobody needs this worker.
+        let _ = state.idle_tx.send(myself).await;
+        Ok(())
+    }
+}
+
+/// The input a job carries.
+#[derive(Deserialize, Default)]
+struct JobInput {
+    #[serde(default)]
+    data: serde_json::Value,
+    #[serde(default)]
+    parents: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Outcome {
+    let env = &delivery.envelope;
+    let Some(handler) = ctx.handlers.get(&env.handler).cloned() else {
+        return Outcome::Failed {
+            message: format!(
+                "no handler named '{}' on worker {} (queue '{}')",
+                env.handler, ctx.consumer, env.queue
+            ),
+            retryable: false,
+        };
+    };
+    let Ok(flow_id) = FlowId::from_str(&env.flow_id) else {
+        return Outcome::Failed {
+            message: format!("job {} has a malformed flow id", env.id),
+            retryable: false,
+        };
+    };
+    let input: JobInput = match serde_json::from_str(env.input.get()) {
+        Ok(i) => i,
+        Err(e) => {
+            return Outcome::Failed {
+                message: format!("job input is not an object with data and parents: {e}"),
+                retryable: false,
+            }
+        }
+    };
+    let token = CancellationToken::new();
+    if let Ok(mut c) = ctx.cancels.lock() {
+        c.insert(env.id.clone(), token.clone());
+    }
+    report(ctx, delivery, Outcome::Started).await;
+    let progress_ctx = Arc::clone(ctx);
+    let progress_delivery = delivery.clone();
+    let job = JobContext {
+        job_id: JobId::from_wire(env.id.clone()),
+        flow_id,
+        node: env.node.clone(),
+        attempt: env.attempt,
+        data: input.data,
+        parents: input.parents,
+        cancel: token.clone(),
+        progress: Arc::new(move |value: serde_json::Value| {
+            let ctx = Arc::clone(&progress_ctx);
+            let delivery = progress_delivery.clone();
+            tokio::spawn(async move {
+                if let Ok(progress) = serde_json::value::to_raw_value(&value) {
+                    report(&ctx, &delivery, Outcome::Progress { progress }).await;
+                }
+            });
+        }),
+    };
+    let mut task = tokio::spawn(async move { handler.run(job).await });
+    let timeout = env.timeout_ms.map(Duration::from_millis);
+    let outcome = tokio::select! {
+        joined = &mut task => joined_outcome(joined),
+        _ = sleep_opt(timeout) => {
+            task.abort();
+            Outcome::Failed {
+                message: format!("timed out after {} ms", env.timeout_ms.unwrap_or_default()),
+                retryable: true,
+            }
+        }
+        _ = token.cancelled() => {
+            // Cooperative first: the handler sees its token and may return; after
+            // the grace period its task is aborted.
+            match tokio::time::timeout(ctx.cancel_grace, &mut task).await {
+                Ok(joined) => match joined_outcome(joined) {
+                    Outcome::Completed { result } => Outcome::Completed { result },
+                    _ => cancelled(),
+                },
+                Err(_) => {
+                    task.abort();
+                    cancelled()
+                }
+            }
+        }
+    };
+    if let Ok(mut c) = ctx.cancels.lock() {
+        c.remove(&env.id);
+    }
+    outcome
+}
+
+fn cancelled() -> Outcome {
+    Outcome::Failed {
+        message: "cancelled".to_owned(),
+        retryable: false,
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn joined_outcome(
+    joined: Result<Result<serde_json::Value, crate::handler::JobError>, tokio::task::JoinError>,
+) -> Outcome {
+    match joined {
+        Ok(Ok(value)) => match serde_json::value::to_raw_value(&value) {
+            Ok(result) => Outcome::Completed { result },
+            Err(e) => Outcome::Failed {
+                message: format!("result is not serializable: {e}"),
+                retryable: false,
+            },
+        },
+        Ok(Err(e)) => Outcome::Failed {
+            message: e.message,
+            retryable: e.retryable,
+        },
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Outcome::Failed {
+                message: format!("handler panicked: {msg}"),
+                retryable: true,
+            }
+        }
+        Err(_) => cancelled(),
+    }
+}
+
+/// Hands a report to the flow actor of this process when there is one (the fast
+/// path); otherwise writes it to the completions stream, retrying while Redis is
+/// unreachable.
+async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
+    let env = &delivery.envelope;
+    if let Some(directory) = &ctx.directory {
+        if let Some(actor) = FlowId::from_str(&env.flow_id).ok().and_then(|id| directory.get(id)) {
+            let ack = if outcome.is_final() {
+                Ack::Local(LocalAck {
+                    queue: delivery.queue.clone(),
+                    entry_id: delivery.entry_id.clone(),
+                    flow_id: env.flow_id.clone(),
+                    job_field: env.job_field(),
+                })
+            } else {
+                Ack::None
+            };
+            let msg = FlowMsg::JobReported {
+                node: env.node.clone(),
+                attempt: env.attempt,
+                outcome: outcome.clone(),
+                ack,
+            };
+            if actor.cast(msg).is_ok() {
+                return;
+            }
+        }
+        if !outcome.is_final() {
+            // Progress of a flow with no actor here is of no use to anybody.
+            return;
+        }
+    }
+    for attempt in 0..40u32 {
+        match ctx.queue.report_remote(delivery, &outcome).await {
+            Ok(()) => return,
+            Err(e) => {
+                if attempt == 0 {
+                    warn!(job = %env.id, error = %e, "reporting a job failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    warn!(job = %env.id, "gave up reporting a job; it runs again after its lease");
+}
+
+async fn cancel_loop(ctx: Arc<WorkerCtx>) {
+    loop {
+        match CancelListener::connect(&ctx.redis_url, ctx.keys.clone()).await {
+            Ok(mut listener) => {
+                while let Some(job_id) = listener.next().await {
+                    let token = ctx.cancels.lock().ok().and_then(|c| c.get(&job_id).cloned());
+                    if let Some(token) = token {
+                        debug!(job = %job_id, "cancelling running job");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "cancel listener could not connect"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn heartbeat_loop(ctx: Arc<WorkerCtx>, info: serde_json::Value) {
+    loop {
+        if let Err(e) = ctx.queue.heartbeat(&ctx.consumer, &info).await {
+            debug!(error = %e, "heartbeat failed");
+        }
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
+/// Makes a `RawValue` out of JSON text the engine produced.
+pub fn raw(text: &str) -> Option<Box<RawValue>> {
+    RawValue::from_string(text.to_owned()).ok()
+}

@@ -1,0 +1,590 @@
+//! `Engine`: the handle an embedding program (and the server) holds.
+//!
+//! Built with [`EngineBuilder`]; cheap to clone. A full engine runs flows (the
+//! supervisor, its flow actors, the snapshot writer, the completion router) and,
+//! when given queues, workers for them. A worker-only engine runs just workers, for
+//! extra processes or machines on the same Redis.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{call_t, Actor, ActorRef};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::actors::flow::FlowMsg;
+use crate::actors::router::{CompletionRouter, RouterArgs};
+use crate::actors::supervisor::{FlowSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::worker::{WorkerCtx, WorkerPool};
+use crate::actors::writer::{SnapshotWriter, WriterArgs, WriterMsg};
+use crate::actors::{load_state, Directory, Shared};
+use crate::error::EngineError;
+use crate::handler::{Handler, Handlers};
+use crate::hub::{EventHub, DEFAULT_EVENT_CAPACITY};
+use crate::ids::FlowId;
+use crate::queue::{Keys, Queue};
+use crate::spec::{self, FlowSpec, Limits, DEFAULT_MAX_STALLED};
+use crate::state::FlowStatus;
+use crate::store::{Store, DEFAULT_CACHE_BYTES};
+use crate::view::{FlowEvent, FlowPage, FlowSummary, FlowView, NodeView};
+
+/// Default Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "dagflow";
+/// Default lease: a job whose worker has not renewed it for this long is reclaimed.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Default time a cancelled handler gets to return before it is aborted.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How long API calls wait for an actor's answer (it comes after a flush).
+const CALL_TIMEOUT_MS: u64 = 30_000;
+/// Largest page of a listing.
+pub const MAX_PAGE: usize = 1000;
+
+/// Configures and starts an [`Engine`].
+pub struct EngineBuilder {
+    redis_url: String,
+    prefix: String,
+    data_dir: Option<PathBuf>,
+    queues: Vec<(String, usize)>,
+    handlers: Handlers,
+    limits: Limits,
+    lease: Duration,
+    cancel_grace: Duration,
+    cache_bytes: u64,
+    max_stalled: u32,
+    event_capacity: usize,
+    worker_only: bool,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            redis_url: DEFAULT_REDIS_URL.to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            data_dir: None,
+            queues: Vec::new(),
+            handlers: Handlers::default(),
+            limits: Limits::default(),
+            lease: DEFAULT_LEASE,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            max_stalled: DEFAULT_MAX_STALLED,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            worker_only: false,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Redis to use (`redis://host:port/db`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = url.into();
+        self
+    }
+
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Directory of the sled snapshots; without one the engine keeps them in a
+    /// temporary directory that vanishes with it (tests, benchmarks).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Runs workers for `queue`, at most `concurrency` jobs at once.
+    pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
+        self.queues.push((queue.into(), concurrency.max(1)));
+        self
+    }
+
+    /// Registers the handler nodes name in their `handler` (or `name`).
+    pub fn handler(mut self, name: impl Into<String>, handler: impl Handler) -> Self {
+        self.handlers.insert(name, Arc::new(handler));
+        self
+    }
+
+    /// Registers an already shared handler.
+    pub fn handler_arc(mut self, name: impl Into<String>, handler: Arc<dyn Handler>) -> Self {
+        self.handlers.insert(name, handler);
+        self
+    }
+
+    /// Spec limits for new flows.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Lease of a running job; a job not renewed for this long is reclaimed.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Time a cancelled handler gets to return before its task is aborted.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// sled page cache size.
+    pub fn cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Default `maxStalled` of nodes that set none.
+    pub fn max_stalled(mut self, n: u32) -> Self {
+        self.max_stalled = n;
+        self
+    }
+
+    /// Events kept for slow subscribers before they are told they lagged.
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Runs only workers: no flows, no store (for extra worker processes).
+    pub fn worker_only(mut self) -> Self {
+        self.worker_only = true;
+        self
+    }
+
+    /// Connects, opens the store, resumes unfinished flows and starts the workers.
+    pub async fn build(self) -> Result<Engine, EngineError> {
+        let keys = Keys::new(&self.prefix);
+        let queue = Queue::connect(&self.redis_url, keys.clone()).await?;
+        let hub = EventHub::new(self.event_capacity);
+        let directory = Directory::default();
+        let mut flows = None;
+        let consumer;
+        if self.worker_only {
+            consumer = format!("worker-{}", uuid::Uuid::now_v7());
+        } else {
+            let store = match &self.data_dir {
+                Some(dir) => Store::open(dir, self.cache_bytes)?,
+                None => Store::temporary()?,
+            };
+            // A stable consumer name lets a restarted engine re-read its own pending
+            // jobs and completions at once instead of waiting out their lease.
+            let engine_id = match store.meta("engine-id")? {
+                Some(id) => id,
+                None => {
+                    let id = format!("engine-{}", uuid::Uuid::now_v7());
+                    store.set_meta("engine-id", &id).await?;
+                    id
+                }
+            };
+            consumer = engine_id;
+            let (writer, _) = Actor::spawn(None, SnapshotWriter, WriterArgs { store: store.clone() })
+                .await
+                .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
+            let shared = Arc::new(Shared {
+                store,
+                queue: queue.clone(),
+                writer: writer.clone(),
+                hub: hub.clone(),
+                directory: directory.clone(),
+                limits: self.limits.clone(),
+                max_stalled: self.max_stalled,
+            });
+            // Mark this Redis as known before anything is enqueued; a missing marker
+            // later means Redis lost its data.
+            queue.ensure_marker(&consumer).await?;
+            let (supervisor, _) = Actor::spawn(
+                None,
+                FlowSupervisor,
+                SupervisorArgs {
+                    shared: Arc::clone(&shared),
+                },
+            )
+            .await
+            .map_err(|e| EngineError::Internal(format!("spawning flow supervisor: {e}")))?;
+            let (router, _) = Actor::spawn(
+                None,
+                CompletionRouter,
+                RouterArgs {
+                    shared: Arc::clone(&shared),
+                    redis_url: self.redis_url.clone(),
+                    keys: keys.clone(),
+                    consumer: consumer.clone(),
+                },
+            )
+            .await
+            .map_err(|e| EngineError::Internal(format!("spawning completion router: {e}")))?;
+            let watchdog = tokio::spawn(watch_redis(queue.clone(), consumer.clone(), supervisor.clone()));
+            flows = Some(Flows {
+                shared,
+                supervisor,
+                router,
+                writer,
+                watchdog,
+            });
+        }
+        let pool = if self.queues.is_empty() {
+            None
+        } else {
+            let ctx = Arc::new(WorkerCtx {
+                queue: queue.clone(),
+                redis_url: self.redis_url.clone(),
+                keys: keys.clone(),
+                handlers: self.handlers,
+                directory: flows.as_ref().map(|_| directory.clone()),
+                cancels: Mutex::default(),
+                cancel_grace: self.cancel_grace,
+                lease: self.lease,
+                running: Default::default(),
+                consumer: consumer.clone(),
+            });
+            Some(WorkerPool::start(ctx, &self.queues).await?)
+        };
+        info!(prefix = %self.prefix, worker_only = self.worker_only, "engine started");
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                flows,
+                pool: tokio::sync::Mutex::new(pool),
+                queue,
+                hub,
+                limits: self.limits,
+                stopping: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// The parts of an engine that run flows.
+struct Flows {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    router: ActorRef<()>,
+    writer: ActorRef<WriterMsg>,
+    watchdog: JoinHandle<()>,
+}
+
+struct Inner {
+    flows: Option<Flows>,
+    pool: tokio::sync::Mutex<Option<WorkerPool>>,
+    queue: Queue,
+    hub: EventHub,
+    limits: Limits,
+    stopping: AtomicBool,
+}
+
+/// A running dagflow engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// What [`Engine::list`] returns: which flows, from where.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only flows in this status.
+    pub status: Option<FlowStatus>,
+    /// Continue after this cursor (from the previous page's `next_cursor`).
+    pub cursor: Option<String>,
+    /// Page size (1 to [`MAX_PAGE`]; default 50).
+    pub limit: Option<usize>,
+}
+
+/// A live feed of events, with the snapshot it continues from.
+pub struct Subscription {
+    /// Every event from the moment of subscribing on; filter with [`Subscription::wants`].
+    pub receiver: broadcast::Receiver<Arc<FlowEvent>>,
+    /// Only this flow's events, or all when `None`.
+    pub flow: Option<FlowId>,
+    /// The flow's state when subscribing (`None` for all flows); events with a `seq`
+    /// at or below its `seq` are already in it.
+    pub snapshot: Option<FlowView>,
+}
+
+impl Subscription {
+    /// Whether an event belongs to this subscription and is newer than its snapshot.
+    pub fn wants(&self, event: &FlowEvent) -> bool {
+        match self.flow {
+            None => true,
+            Some(id) => {
+                event.flow_id == id && self.snapshot.as_ref().is_none_or(|s| event.seq > s.seq)
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// A builder with the defaults.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    fn flows(&self) -> Result<&Flows, EngineError> {
+        if self.inner.stopping.load(Ordering::Relaxed) {
+            return Err(EngineError::NotRunning("the engine is shutting down".to_owned()));
+        }
+        self.inner
+            .flows
+            .as_ref()
+            .ok_or_else(|| EngineError::NotRunning("this engine runs workers only".to_owned()))
+    }
+
+    /// The spec limits new flows are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Validates and starts a flow. With an idempotency key, a second call with the
+    /// same key returns the first flow's id and starts nothing.
+    pub async fn create(&self, spec: &FlowSpec, idempotency_key: Option<String>) -> Result<FlowId, EngineError> {
+        let flows = self.flows()?;
+        let dag = spec::validate(spec, &self.inner.limits)?;
+        let spec_json = serde_json::to_string(spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        flows
+            .supervisor
+            .cast(SupervisorMsg::CreateFlow {
+                dag: Arc::new(dag),
+                spec_json,
+                idempotency_key,
+                reply: tx,
+            })
+            .map_err(|e| EngineError::NotRunning(format!("flow supervisor unavailable: {e}")))?;
+        match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EngineError::Internal("flow creation was dropped".to_owned())),
+            Err(_) => Err(EngineError::Timeout("the new flow to become durable".to_owned())),
+        }
+    }
+
+    /// Parses JSON text and creates the flow it describes.
+    pub async fn create_json(&self, json: &str, idempotency_key: Option<String>) -> Result<FlowId, EngineError> {
+        let spec = spec::parse(json.as_bytes()).map_err(|e| {
+            EngineError::Spec(spec::SpecError {
+                problems: vec![spec::Problem {
+                    code: "malformed_json",
+                    message: e.to_string(),
+                    node: None,
+                }],
+            })
+        })?;
+        self.create(&spec, idempotency_key).await
+    }
+
+    /// The flow as of its last durable state.
+    pub async fn get(&self, id: FlowId) -> Result<FlowView, EngineError> {
+        let flows = self.flows()?;
+        if let Some(actor) = flows.shared.directory.get(id) {
+            if let Ok(view) = call_t!(actor, FlowMsg::GetFlow, CALL_TIMEOUT_MS) {
+                return Ok(view);
+            }
+        }
+        // No actor: the flow ended (or was just restarting); the store has it.
+        let (state, record) = load_view_state(&flows.shared, id)?;
+        Ok(FlowView::from_state(&state, record.engine_error))
+    }
+
+    /// One node with its input and result.
+    pub async fn node(&self, id: FlowId, name: &str) -> Result<NodeView, EngineError> {
+        let flows = self.flows()?;
+        let missing = || EngineError::NodeNotFound {
+            flow: id.to_string(),
+            node: name.chars().take(256).collect(),
+        };
+        if let Some(actor) = flows.shared.directory.get(id) {
+            if let Ok(view) = call_t!(actor, FlowMsg::GetNode, CALL_TIMEOUT_MS, name.to_owned()) {
+                return view.ok_or_else(missing);
+            }
+        }
+        let (state, _) = load_view_state(&flows.shared, id)?;
+        let idx = state.dag().lookup(name).ok_or_else(missing)?;
+        Ok(NodeView::from_state(&state, idx, true))
+    }
+
+    /// A page of flows, newest first.
+    pub fn list(&self, query: &ListQuery) -> Result<FlowPage, EngineError> {
+        let flows = self.flows()?;
+        let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+        let after = match &query.cursor {
+            Some(c) => Some(
+                FlowId::from_str(c).map_err(|_| EngineError::Conflict(format!("'{c}' is not a valid cursor")))?,
+            ),
+            None => None,
+        };
+        let records = flows.shared.store.list(query.status, after, limit + 1)?;
+        let more = records.len() > limit;
+        let flows: Vec<FlowSummary> = records
+            .iter()
+            .take(limit)
+            .filter_map(|(id, rec)| FlowSummary::from_record(*id, rec))
+            .collect();
+        let next_cursor = if more { flows.last().map(|f| f.id.to_string()) } else { None };
+        Ok(FlowPage { flows, next_cursor })
+    }
+
+    /// Cancels a running flow: running jobs are told to stop, the rest never run.
+    pub async fn cancel(&self, id: FlowId) -> Result<(), EngineError> {
+        let flows = self.flows()?;
+        if let Some(actor) = flows.shared.directory.get(id) {
+            match call_t!(actor, FlowMsg::Cancel, CALL_TIMEOUT_MS) {
+                Ok(result) => return result,
+                Err(ractor::RactorErr::Timeout) => return Err(EngineError::Timeout("the flow to cancel".to_owned())),
+                Err(_) => {} // the actor just ended; the store says how
+            }
+        }
+        match flows.shared.store.flow_record(id)? {
+            None => Err(EngineError::NotFound(id.to_string())),
+            Some(rec) => Err(EngineError::Conflict(format!(
+                "flow {id} is {}, only a running flow can be cancelled",
+                rec.flow_status().map(|s| s.as_str()).unwrap_or("unknown")
+            ))),
+        }
+    }
+
+    /// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
+    pub async fn retry(&self, id: FlowId) -> Result<(), EngineError> {
+        let flows = self.flows()?;
+        call_t!(flows.supervisor, SupervisorMsg::RetryFlow, CALL_TIMEOUT_MS, id)?
+    }
+
+    /// Removes a flow: its jobs leave Redis, its records leave the disk.
+    pub async fn delete(&self, id: FlowId) -> Result<(), EngineError> {
+        let flows = self.flows()?;
+        call_t!(flows.supervisor, SupervisorMsg::DeleteFlow, CALL_TIMEOUT_MS, id)?
+    }
+
+    /// Events of one flow (with its current snapshot), or of all flows (`None`).
+    pub async fn subscribe(&self, flow: Option<FlowId>) -> Result<Subscription, EngineError> {
+        // Subscribe before taking the snapshot: an event in between is then both in
+        // the feed and (possibly) in the snapshot, and `wants` drops the duplicate.
+        let receiver = self.inner.hub.subscribe();
+        let snapshot = match flow {
+            Some(id) => Some(self.get(id).await?),
+            None => None,
+        };
+        Ok(Subscription {
+            receiver,
+            flow,
+            snapshot,
+        })
+    }
+
+    /// The raw event feed of every flow (for servers that do their own filtering).
+    pub fn events(&self) -> broadcast::Receiver<Arc<FlowEvent>> {
+        self.inner.hub.subscribe()
+    }
+
+    /// Waits until the flow ends (or `timeout` passes) and returns its final state.
+    pub async fn wait(&self, id: FlowId, timeout: Duration) -> Result<FlowView, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut sub = self.subscribe(Some(id)).await?;
+        if let Some(view) = sub.snapshot.take().filter(|v| v.status.is_terminal()) {
+            return Ok(view);
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, sub.receiver.recv()).await {
+                Err(_) => return Err(EngineError::Timeout(format!("flow {id} to finish"))),
+                Ok(Ok(event)) => {
+                    if event.flow_id == id && event.is_flow_end() {
+                        return self.get(id).await;
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let view = self.get(id).await?;
+                    if view.status.is_terminal() {
+                        return Ok(view);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(EngineError::NotRunning("the engine stopped".to_owned()))
+                }
+            }
+        }
+    }
+
+    /// Whether Redis answers (readiness).
+    pub async fn check_redis(&self) -> Result<(), EngineError> {
+        Ok(self.inner.queue.ping().await?)
+    }
+
+    /// Whether the store answers (readiness).
+    pub fn check_store(&self) -> Result<(), EngineError> {
+        match &self.inner.flows {
+            Some(f) => Ok(f.shared.store.check()?),
+            None => Ok(()),
+        }
+    }
+
+    /// The shared Redis client (metrics, tests).
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
+    }
+
+    /// Number of flows with a live actor.
+    pub fn running_flows(&self) -> usize {
+        self.inner.flows.as_ref().map_or(0, |f| f.shared.directory.len())
+    }
+
+    /// Number of event subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.inner.hub.subscriber_count()
+    }
+
+    /// Stops gracefully: no new jobs are taken, running jobs get until `deadline`,
+    /// every flow's last writes are flushed and their Redis work done.
+    pub async fn shutdown(&self, deadline: Duration) {
+        if self.inner.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(pool) = self.inner.pool.lock().await.take() {
+            pool.shutdown(deadline).await;
+        }
+        if let Some(flows) = &self.inner.flows {
+            flows.watchdog.abort();
+            for actor in flows.shared.directory.all() {
+                if let Err(e) = call_t!(actor, FlowMsg::Drain, 5_000) {
+                    warn!(error = %e, "a flow did not drain before shutdown");
+                }
+            }
+            flows.router.stop(None);
+            let _ = flows
+                .supervisor
+                .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
+            let _ = flows.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+            let _ = flows.writer.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+            if let Err(e) = flows.shared.store.flush().await {
+                warn!(error = %e, "final flush failed");
+            }
+        }
+        info!("engine stopped");
+    }
+}
+
+fn load_view_state(shared: &Shared, id: FlowId) -> Result<(crate::state::FlowState, crate::store::FlowRecord), EngineError> {
+    load_state(&shared.store, id)?.ok_or_else(|| EngineError::NotFound(id.to_string()))
+}
+
+/// Notices Redis losing its data (restarted without persistence, flushed): the
+/// marker key this engine set is gone. Every flow then enqueues its jobs again;
+/// the snapshots are the source of truth.
+async fn watch_redis(queue: Queue, marker: String, supervisor: ActorRef<SupervisorMsg>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match queue.ensure_marker(&marker).await {
+            Ok(true) => {
+                warn!("redis lost its data; re-enqueueing the jobs of every running flow");
+                let _ = supervisor.cast(SupervisorMsg::Resync);
+            }
+            Ok(false) => {}
+            Err(_) => {} // Redis down; checked again in a second.
+        }
+    }
+}
