@@ -76,7 +76,11 @@ impl Deadline {
     }
 
     async fn tick(&self) {
-        assert!(Instant::now() < self.at, "timed out waiting for {}", self.what);
+        assert!(
+            Instant::now() < self.at,
+            "timed out waiting for {}",
+            self.what
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -179,7 +183,10 @@ async fn delayed_job_is_readable_only_after_promotion() {
 async fn own_pending_entries_come_first_after_reconnect() {
     let (url, keys, queue) = setup().await;
     queue
-        .enqueue("f1", &[job("f1", "a", "default"), job("f1", "b", "default")])
+        .enqueue(
+            "f1",
+            &[job("f1", "a", "default"), job("f1", "b", "default")],
+        )
         .await
         .unwrap();
     let first = {
@@ -189,7 +196,10 @@ async fn own_pending_entries_come_first_after_reconnect() {
         reader.read(10, 100).await.unwrap()
     };
     assert_eq!(first.len(), 2);
-    queue.enqueue("f1", &[job("f1", "c", "default")]).await.unwrap();
+    queue
+        .enqueue("f1", &[job("f1", "c", "default")])
+        .await
+        .unwrap();
 
     // Same consumer name: the two unacknowledged jobs come back first, at once.
     let mut reader = QueueReader::connect(&url, keys.clone(), "default", "engine-1")
@@ -264,9 +274,15 @@ async fn reclaim_takes_over_idle_jobs_and_reports_stalled_ones() {
     assert_eq!(stalled.len(), 1);
     assert_eq!(stalled[0].envelope.id, "f1:a:1");
     // It stays pending on the reclaimer until the caller fails it.
-    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 1);
+    assert_eq!(
+        pending_count(&url, &keys.queue("default"), "workers").await,
+        1
+    );
     queue.ack_local(&[local_ack(&stalled[0])]).await.unwrap();
-    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 0);
+    assert_eq!(
+        pending_count(&url, &keys.queue("default"), "workers").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -279,7 +295,10 @@ async fn report_remote_adds_a_completion_record_and_removes_the_job() {
     let got = worker.read(1, 100).await.unwrap();
     assert_eq!(got.len(), 1);
 
-    queue.report_remote(&got[0], &Outcome::Started).await.unwrap();
+    queue
+        .report_remote(&got[0], &Outcome::Started)
+        .await
+        .unwrap();
     let progress = Outcome::Progress {
         progress: RawValue::from_string("50".into()).unwrap(),
     };
@@ -322,7 +341,10 @@ async fn report_remote_adds_a_completion_record_and_removes_the_job() {
     let again = router.read(10, 100).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].entry_id, last.entry_id);
-    queue.ack_completions(&[last.entry_id.clone()]).await.unwrap();
+    queue
+        .ack_completions(std::slice::from_ref(&last.entry_id))
+        .await
+        .unwrap();
     assert!(router.read(10, 0).await.unwrap().is_empty());
     assert_eq!(pending_count(&url, &keys.completions(), "engine").await, 0);
 }
@@ -330,7 +352,10 @@ async fn report_remote_adds_a_completion_record_and_removes_the_job() {
 #[tokio::test]
 async fn failed_outcome_round_trips() {
     let (url, keys, queue) = setup().await;
-    queue.enqueue("f1", &[job("f1", "a", "default")]).await.unwrap();
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
     let mut worker = QueueReader::connect(&url, keys.clone(), "default", "w")
         .await
         .unwrap();
@@ -340,7 +365,9 @@ async fn failed_outcome_round_trips() {
         retryable: true,
     };
     queue.report_remote(&got[0], &failed).await.unwrap();
-    let mut router = CompletionReader::connect(&url, keys, "router").await.unwrap();
+    let mut router = CompletionReader::connect(&url, keys, "router")
+        .await
+        .unwrap();
     let records = router.read(10, 100).await.unwrap();
     match &records[0].outcome {
         Outcome::Failed { message, retryable } => {
@@ -355,7 +382,10 @@ async fn failed_outcome_round_trips() {
 async fn ack_local_removes_the_entry() {
     let (url, keys, queue) = setup().await;
     queue
-        .enqueue("f1", &[job("f1", "a", "default"), job("f1", "b", "default")])
+        .enqueue(
+            "f1",
+            &[job("f1", "a", "default"), job("f1", "b", "default")],
+        )
         .await
         .unwrap();
     let mut reader = QueueReader::connect(&url, keys.clone(), "default", "local")
@@ -367,7 +397,10 @@ async fn ack_local_removes_the_entry() {
     queue.ack_local(&acks).await.unwrap();
     queue.ack_local(&acks).await.unwrap();
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
-    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 0);
+    assert_eq!(
+        pending_count(&url, &keys.queue("default"), "workers").await,
+        0
+    );
     let states = queue.job_states("f1").await.unwrap();
     assert_eq!(states["a:1"], "done");
     assert_eq!(states["b:1"], "done");
@@ -458,7 +491,9 @@ async fn cleanup_flow_removes_promoted_jobs_too() {
     assert_eq!(reader.promote_delayed(now_ms() + 1000).await.unwrap(), 1);
     queue.cleanup_flow("f1").await.unwrap();
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
-    assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix())).await.is_empty());
+    assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix()))
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -479,7 +514,9 @@ async fn promotion_skips_jobs_of_deleted_flows() {
         .unwrap();
     assert_eq!(reader.promote_delayed(now_ms() + 1000).await.unwrap(), 0);
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
-    assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix())).await.is_empty());
+    assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix()))
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -541,7 +578,9 @@ async fn blocking_read_outlasts_the_default_response_timeout() {
     assert_eq!(got.len(), 1);
     assert!(started.elapsed() < Duration::from_millis(1900));
 
-    let mut router = CompletionReader::connect(&url, keys, "router").await.unwrap();
+    let mut router = CompletionReader::connect(&url, keys, "router")
+        .await
+        .unwrap();
     assert!(router.read(10, 1500).await.unwrap().is_empty());
 }
 
@@ -567,7 +606,10 @@ async fn malformed_entries_are_dropped_without_error() {
             .await
             .unwrap();
     }
-    queue.enqueue("f1", &[job("f1", "a", "default")]).await.unwrap();
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
     let got = reader.read(10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.id, "f1:a:1");
@@ -597,7 +639,10 @@ async fn malformed_entries_are_dropped_without_error() {
             .await
             .unwrap();
     }
-    queue.report_remote(&got[0], &Outcome::Started).await.unwrap();
+    queue
+        .report_remote(&got[0], &Outcome::Started)
+        .await
+        .unwrap();
     let records = router.read(10, 100).await.unwrap();
     assert_eq!(records.len(), 1);
     assert!(matches!(records[0].outcome, Outcome::Started));
@@ -608,7 +653,10 @@ async fn malformed_entries_are_dropped_without_error() {
 async fn pending_entries_deleted_meanwhile_are_skipped() {
     let (url, keys, queue) = setup().await;
     queue
-        .enqueue("f1", &[job("f1", "a", "default"), job("f1", "b", "default")])
+        .enqueue(
+            "f1",
+            &[job("f1", "a", "default"), job("f1", "b", "default")],
+        )
         .await
         .unwrap();
     let first = {
@@ -631,7 +679,10 @@ async fn pending_entries_deleted_meanwhile_are_skipped() {
     let again = reader.read(10, 100).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].entry_id, first[1].entry_id);
-    assert_eq!(pending_count(&url, &keys.queue("default"), "workers").await, 1);
+    assert_eq!(
+        pending_count(&url, &keys.queue("default"), "workers").await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -653,10 +704,16 @@ async fn readers_recreate_a_lost_group() {
         .unwrap();
     assert!(reader.read(10, 100).await.unwrap().is_empty());
     assert!(router.read(10, 100).await.unwrap().is_empty());
-    queue.enqueue("f1", &[job("f1", "a", "default")]).await.unwrap();
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
     let got = reader.read(10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
-    queue.report_remote(&got[0], &Outcome::Started).await.unwrap();
+    queue
+        .report_remote(&got[0], &Outcome::Started)
+        .await
+        .unwrap();
     assert_eq!(router.read(10, 100).await.unwrap().len(), 1);
 }
 
@@ -671,7 +728,8 @@ async fn heartbeats_list_live_workers_and_forget_dead_ones() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let info = serde_json::json!({"queues": ["default", "gpu"], "handlers": [], "intervalMs": 60000});
+    let info =
+        serde_json::json!({"queues": ["default", "gpu"], "handlers": [], "intervalMs": 60000});
     queue.heartbeat("w1", &info).await.unwrap();
     let workers = queue.workers().await.unwrap();
     assert_eq!(workers.len(), 1);

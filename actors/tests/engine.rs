@@ -1,0 +1,49 @@
+//! End-to-end tests of the engine as a library: real Redis, real sled, real actors.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use dagflow_actors::testing;
+use dagflow_actors::{FlowStatus, NodeStatus};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diamond_passes_both_results() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 4)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let flow = spec(json!({
+        "name": "diamond",
+        "nodes": [
+            {"name": "a", "handler": "sum", "data": {"n": 1}},
+            {"name": "b", "handler": "sum", "parents": ["a"], "data": {"n": 10}},
+            {"name": "c", "handler": "sum", "parents": ["a"], "data": {"n": 100}},
+            {"name": "d", "handler": "sum", "parents": ["b", "c"], "data": {"n": 1000}}
+        ]
+    }));
+    let id = engine.create(&flow, None).await.unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    let d = view.node("d").unwrap();
+    assert_eq!(d.status, NodeStatus::Completed);
+    assert_eq!(d.result, Some(json!({"sum": 1000 + 10 + 1 + 100 + 1, "parents": ["b", "c"]})));
+    let node = engine.node(id, "d").await.unwrap();
+    let input = node.input.unwrap();
+    assert_eq!(input["data"], json!({"n": 1000}));
+    assert_eq!(input["parents"]["b"]["sum"], json!(11));
+    assert_eq!(input["parents"]["c"]["sum"], json!(101));
+    // A finished flow leaves nothing in Redis but the engine-wide keys.
+    eventually("flow keys to vanish", || async {
+        !keys(&prefix).await.iter().any(|k| k.contains(&id.to_string()))
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
