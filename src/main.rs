@@ -1,1 +1,2 @@
+//! The `dagflow` binary.
 fn main() {}

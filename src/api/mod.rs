@@ -1,0 +1,1 @@
+//! The warp REST and WebSocket API.
