@@ -14,18 +14,114 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// the free port between our probe and the server's bind).
 const START_ATTEMPTS: usize = 3;
 
-/// The Redis the tests of this process use.
+/// A Redis for tests: the shared one from [`redis`], or a private one from
+/// [`TestRedis::dedicated`] for tests that stop or restart it.
 pub struct TestRedis {
     /// Where to connect: `redis://127.0.0.1:{port}`.
     pub url: String,
-    /// The shell that owns redis-server. Its stdin is a pipe held open by this static;
-    /// when the test process exits, however it exits, the pipe closes and the shell
-    /// kills redis-server, so no server outlives its tests.
-    _guard: Option<Mutex<Child>>,
+    /// The server we started, if we started one (`None` for `REDIS_URL`).
+    server: Option<Mutex<Server>>,
+}
+
+/// A redis-server we started, and how to stop it.
+struct Server {
+    /// Its port, kept so that a restart comes back at the same address.
+    port: u16,
+    /// The shell that owns redis-server, while it runs. Its stdin is a pipe held open
+    /// here; when it closes (stop, drop, or the test process exiting however it exits)
+    /// the shell kills redis-server, so no server outlives its tests.
+    shell: Option<Child>,
+}
+
+impl Server {
+    /// Stops redis-server and waits for it to be gone.
+    fn stop(&mut self) {
+        if let Some(mut shell) = self.shell.take() {
+            drop(shell.stdin.take());
+            let _ = shell.wait();
+            // The shell returns once kill is sent; wait until the port is free.
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl TestRedis {
+    /// A redis-server of its own on a free port, stopped when this is dropped. For tests
+    /// that stop or restart Redis, which must not disturb the shared one.
+    ///
+    /// # Panics
+    ///
+    /// If no redis-server can be started.
+    pub fn dedicated() -> TestRedis {
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match free_port().and_then(start_on) {
+                Ok(server) => {
+                    return TestRedis {
+                        url: format!("redis://127.0.0.1:{}", server.port),
+                        server: Some(Mutex::new(server)),
+                    }
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        panic!(
+            "could not start redis-server for the tests (install it, or set REDIS_URL): {last_error}"
+        );
+    }
+
+    /// Stops the server (clients see connection errors until [`TestRedis::start`]).
+    ///
+    /// # Panics
+    ///
+    /// On a Redis this harness did not start (`REDIS_URL`).
+    pub fn stop(&self) {
+        self.with_server(Server::stop);
+    }
+
+    /// Starts the stopped server again on the same port, empty, as a Redis without
+    /// persistence comes back after a restart.
+    ///
+    /// # Panics
+    ///
+    /// If it cannot be started, or on a Redis this harness did not start.
+    pub fn start(&self) {
+        self.with_server(|server| {
+            server.stop();
+            let port = server.port;
+            *server = start_on(port).unwrap_or_else(|e| panic!("restart failed: {e}"));
+        });
+    }
+
+    /// Runs `f` on the server this harness started.
+    fn with_server(&self, f: impl FnOnce(&mut Server)) {
+        let Some(server) = &self.server else {
+            panic!("this redis was not started by the test harness");
+        };
+        let mut server = server
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut server);
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .stop();
+        }
+    }
 }
 
 /// The Redis shared by all tests of this process: `REDIS_URL` if set, else a
-/// redis-server started on a free port the first time this is called.
+/// redis-server started on a free port the first time this is called. Never stop it.
 ///
 /// # Panics
 ///
@@ -34,8 +130,8 @@ pub struct TestRedis {
 pub fn redis() -> &'static TestRedis {
     static REDIS: OnceLock<TestRedis> = OnceLock::new();
     REDIS.get_or_init(|| match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => TestRedis { url, _guard: None },
-        _ => start(),
+        Ok(url) if !url.is_empty() => TestRedis { url, server: None },
+        _ => TestRedis::dedicated(),
     })
 }
 
@@ -77,24 +173,16 @@ pub async fn keys_matching(url: &str, pattern: &str) -> Vec<String> {
     keys
 }
 
-/// Starts redis-server on a free port and waits until it answers.
-fn start() -> TestRedis {
-    let mut last_error = String::new();
-    for _ in 0..START_ATTEMPTS {
-        match try_start() {
-            Ok(redis) => return redis,
-            Err(e) => last_error = e,
-        }
-    }
-    panic!("could not start redis-server for the tests (install it, or set REDIS_URL): {last_error}");
+/// A port nothing listens on right now.
+fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
-/// One attempt at [`start`].
-fn try_start() -> Result<TestRedis, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
+/// Starts redis-server on `port`, without persistence, and waits until it answers.
+fn start_on(port: u16) -> Result<Server, String> {
     // A name only this server has, checked below, so that we never mistake another
     // process's server that grabbed the port for ours. Nothing is ever saved to it.
     let tag = format!("dagflow-test-{}.rdb", uuid::Uuid::now_v7().simple());
@@ -102,7 +190,7 @@ fn try_start() -> Result<TestRedis, String> {
         "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no \
          --dbfilename {tag} --dir /tmp & pid=$!; read _; kill $pid"
     );
-    let mut child = Command::new("sh")
+    let shell = Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(Stdio::piped())
@@ -110,26 +198,22 @@ fn try_start() -> Result<TestRedis, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot run sh: {e}"))?;
+    let mut server = Server {
+        port,
+        shell: Some(shell),
+    };
     let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
+    while Instant::now() < deadline {
         if let Ok(reply) = command(port, &["CONFIG", "GET", "dbfilename"]) {
             if reply.contains(&tag) {
-                return Ok(TestRedis {
-                    url: format!("redis://127.0.0.1:{port}"),
-                    _guard: Some(Mutex::new(child)),
-                });
+                return Ok(server);
             }
             // Someone else's server is on the port (ours failed to bind), or the
             // reply came in pieces: look again until the deadline.
         }
-        if Instant::now() > deadline {
-            break;
-        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Closing stdin makes the shell kill its redis-server, if it started at all.
-    drop(child.stdin.take());
-    let _ = child.wait();
+    server.stop();
     Err(format!("redis-server on port {port} did not become ready"))
 }
 

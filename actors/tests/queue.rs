@@ -9,7 +9,7 @@ use dagflow_actors::queue::{
     job_id, CancelListener, CompletionReader, Delivery, JobEnvelope, Keys, LocalAck, NewJob,
     Outcome, Queue, QueueReader, ENVELOPE_VERSION,
 };
-use dagflow_actors::testing::{keys_matching, redis, unique_prefix};
+use dagflow_actors::testing::{keys_matching, redis, unique_prefix, TestRedis};
 use serde_json::value::RawValue;
 
 /// A fresh prefix, its keys, and a connected client.
@@ -754,4 +754,62 @@ async fn connection_errors_are_recognised() {
         .await
         .unwrap_err();
     assert!(err.is_connection(), "{err:?}");
+}
+
+#[tokio::test]
+async fn clients_survive_a_redis_restart() {
+    let server = TestRedis::dedicated();
+    let keys = Keys::new(&unique_prefix());
+    let queue = Queue::connect(&server.url, keys.clone()).await.unwrap();
+    assert!(queue.ensure_marker("engine-1").await.unwrap());
+    let mut reader = QueueReader::connect(&server.url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let mut router = CompletionReader::connect(&server.url, keys.clone(), "router")
+        .await
+        .unwrap();
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
+    assert_eq!(reader.read(10, 100).await.unwrap().len(), 1);
+
+    server.stop();
+    let err = queue.ping().await.unwrap_err();
+    assert!(err.is_connection(), "{err:?}");
+    let err = reader.read(10, 100).await.unwrap_err();
+    assert!(err.is_connection(), "{err:?}");
+    let err = router.read(10, 100).await.unwrap_err();
+    assert!(err.is_connection(), "{err:?}");
+
+    // Redis comes back empty, as it does without persistence.
+    server.start();
+    let deadline = Deadline::new(Duration::from_secs(10), "shared client to reconnect");
+    while queue.ping().await.is_err() {
+        deadline.tick().await;
+    }
+    assert!(queue.ensure_marker("engine-1").await.unwrap());
+    let deadline = Deadline::new(Duration::from_secs(10), "reader to reconnect");
+    while reader.read(10, 100).await.is_err() {
+        deadline.tick().await;
+    }
+    // The lost job is enqueued again from the engine's snapshots: not a no-op any more.
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
+    let got = reader.read(10, 100).await.unwrap();
+    assert_eq!(got.len(), 1);
+    queue
+        .report_remote(&got[0], &Outcome::Started)
+        .await
+        .unwrap();
+    let deadline = Deadline::new(Duration::from_secs(10), "router to reconnect");
+    let records = loop {
+        match router.read(10, 100).await {
+            Ok(records) if !records.is_empty() => break records,
+            _ => deadline.tick().await,
+        }
+    };
+    assert_eq!(records[0].job_id, "f1:a:1");
 }

@@ -207,7 +207,10 @@ pub struct CompletionRecord {
 
 impl CompletionRecord {
     /// Decodes a completions-stream entry from its fields; the error says what is wrong.
-    pub(crate) fn from_fields(entry_id: &str, fields: &[(String, Vec<u8>)]) -> Result<Self, String> {
+    pub(crate) fn from_fields(
+        entry_id: &str,
+        fields: &[(String, Vec<u8>)],
+    ) -> Result<Self, String> {
         let get = |name: &str| {
             fields
                 .iter()

@@ -108,7 +108,9 @@ impl Queue {
         }
         let now = now_ms();
         let mut invocation = scripts::ENQUEUE.prepare_invoke();
-        invocation.key(self.keys.flow_jobs(flow_id)).arg(WORKERS_GROUP);
+        invocation
+            .key(self.keys.flow_jobs(flow_id))
+            .arg(WORKERS_GROUP);
         for job in jobs {
             let envelope = &job.envelope;
             if envelope.flow_id != flow_id {

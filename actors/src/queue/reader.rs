@@ -325,7 +325,8 @@ impl QueueReader {
         queue: &str,
         consumer: &str,
     ) -> Result<QueueReader, QueueError> {
-        let stream = StreamConn::open(redis_url, keys.queue(queue), WORKERS_GROUP, consumer).await?;
+        let stream =
+            StreamConn::open(redis_url, keys.queue(queue), WORKERS_GROUP, consumer).await?;
         Ok(QueueReader {
             stream,
             keys,
@@ -523,7 +524,8 @@ impl CompletionReader {
         keys: Keys,
         consumer: &str,
     ) -> Result<CompletionReader, QueueError> {
-        let stream = StreamConn::open(redis_url, keys.completions(), ENGINE_GROUP, consumer).await?;
+        let stream =
+            StreamConn::open(redis_url, keys.completions(), ENGINE_GROUP, consumer).await?;
         Ok(CompletionReader { stream })
     }
 

@@ -8,13 +8,16 @@ use redis::Value;
 
 use super::error::QueueError;
 
+/// An entry's field/value pairs, in stream order.
+pub(crate) type Fields = Vec<(String, Vec<u8>)>;
+
 /// One stream entry as Redis returned it.
 #[derive(Debug)]
 pub(crate) struct RawEntry {
     /// The entry id.
     pub(crate) id: String,
     /// Its field/value pairs; `None` when the entry was deleted but is still pending.
-    pub(crate) fields: Option<Vec<(String, Vec<u8>)>>,
+    pub(crate) fields: Option<Fields>,
 }
 
 impl RawEntry {
@@ -37,7 +40,9 @@ pub(crate) fn text(value: &Value) -> Result<String, QueueError> {
         Value::VerbatimString { text, .. } => Ok(text.clone()),
         Value::Okay => Ok("OK".into()),
         Value::Int(i) => Ok(i.to_string()),
-        other => Err(QueueError::Protocol(format!("expected a string, got {other:?}"))),
+        other => Err(QueueError::Protocol(format!(
+            "expected a string, got {other:?}"
+        ))),
     }
 }
 
@@ -56,12 +61,14 @@ pub(crate) fn array(value: Value) -> Result<Vec<Value>, QueueError> {
     match value {
         Value::Array(items) | Value::Set(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),
-        other => Err(QueueError::Protocol(format!("expected an array, got {other:?}"))),
+        other => Err(QueueError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 
 /// A flat field/value list (RESP2) or a map (RESP3).
-fn fields(value: Value) -> Result<Option<Vec<(String, Vec<u8>)>>, QueueError> {
+fn fields(value: Value) -> Result<Option<Fields>, QueueError> {
     let pairs: Vec<(Value, Value)> = match value {
         Value::Nil => return Ok(None),
         Value::Map(pairs) => pairs,

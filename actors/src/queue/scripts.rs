@@ -12,7 +12,8 @@ pub(crate) static ENQUEUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
 
 /// Acknowledges jobs finished by local workers (`lua/ack.lua`).
-pub(crate) static ACK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
+pub(crate) static ACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));
 
 /// Reports a remote worker's outcome (`lua/report.lua`).
 pub(crate) static REPORT: LazyLock<Script> =
