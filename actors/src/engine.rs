@@ -245,6 +245,7 @@ impl EngineBuilder {
                 lease: self.lease,
                 running: Default::default(),
                 consumer: consumer.clone(),
+                abandon: Default::default(),
             });
             Some(WorkerPool::start(ctx, &self.queues).await?)
         };
@@ -530,6 +531,14 @@ impl Engine {
     /// Number of flows with a live actor.
     pub fn running_flows(&self) -> usize {
         self.inner.flows.as_ref().map_or(0, |f| f.shared.directory.len())
+    }
+
+    /// Fault injection for supervision tests: makes the flow's actor fail as if it
+    /// had a bug. Returns whether the flow had a live actor.
+    #[doc(hidden)]
+    pub fn inject_flow_failure(&self, id: FlowId) -> bool {
+        let actor = self.inner.flows.as_ref().and_then(|f| f.shared.directory.get(id));
+        actor.is_some_and(|a| a.cast(FlowMsg::InjectFailure("injected failure".to_owned())).is_ok())
     }
 
     /// Number of event subscribers.

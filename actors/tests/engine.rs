@@ -47,3 +47,63 @@ async fn diamond_passes_both_results() {
     .await;
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Builds `{"name": "...", "nodes": [...]}` for a fan-out/fan-in of `width` nodes.
+fn fan(width: usize) -> serde_json::Value {
+    let mut nodes = vec![json!({"name": "src", "handler": "sum", "data": {"n": 1}})];
+    let mut mids = Vec::new();
+    for i in 0..width {
+        let name = format!("m{i}");
+        nodes.push(json!({"name": name, "handler": "sum", "parents": ["src"], "data": {"n": 1}}));
+        mids.push(name);
+    }
+    nodes.push(json!({"name": "sink", "handler": "sum", "parents": mids}));
+    json!({"name": "fan", "nodes": nodes})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_fan_in_of_1000() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 16)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let id = engine.create(&spec(fan(1000)), None).await.unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    let sink = view.node("sink").unwrap();
+    // Every middle node adds its own 1 to src's 1.
+    assert_eq!(sink.result.as_ref().unwrap()["sum"], json!(2000));
+    assert_eq!(sink.result.as_ref().unwrap()["parents"].as_array().unwrap().len(), 1000);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_of_100() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let nodes: Vec<_> = (0..100)
+        .map(|i| {
+            if i == 0 {
+                json!({"name": "n0", "handler": "sum", "data": {"n": 1}})
+            } else {
+                json!({"name": format!("n{i}"), "handler": "sum", "parents": [format!("n{}", i - 1)], "data": {"n": 1}})
+            }
+        })
+        .collect();
+    let id = engine
+        .create(&spec(json!({"name": "chain", "nodes": nodes})), None)
+        .await
+        .unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("n99").unwrap().result.as_ref().unwrap()["sum"], json!(100));
+    engine.shutdown(Duration::from_secs(5)).await;
+}

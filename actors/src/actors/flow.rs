@@ -200,6 +200,9 @@ pub enum FlowMsg {
     },
     /// Retry the Redis work that failed.
     RetryOutbox,
+    /// Fault injection for supervision tests: the actor fails with this reason.
+    #[doc(hidden)]
+    InjectFailure(String),
 }
 
 impl Actor for FlowActor {
@@ -396,6 +399,7 @@ impl Actor for FlowActor {
             FlowMsg::Flushed { token, result } => {
                 state.on_flushed(&myself, token, result).await?;
             }
+            FlowMsg::InjectFailure(reason) => return Err(reason.into()),
             FlowMsg::RetryOutbox => {
                 state.outbox_retry_scheduled = false;
                 state.drain_outbox(&myself).await;

@@ -62,6 +62,9 @@ pub struct WorkerCtx {
     pub running: AtomicUsize,
     /// Consumer name of this process in every queue's group.
     pub consumer: String,
+    /// Fires when shutdown's deadline passes: running jobs are abandoned unreported,
+    /// so they stay pending in Redis and run again (after a restart, at once).
+    pub abandon: CancellationToken,
 }
 
 /// A pool of workers: one fetcher per queue plus the process-wide tasks.
@@ -117,16 +120,8 @@ impl WorkerPool {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.running() > 0 {
-            warn!(running = self.running(), "shutdown deadline passed; cancelling running jobs");
-            let tokens: Vec<CancellationToken> = self
-                .ctx
-                .cancels
-                .lock()
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
-            for t in tokens {
-                t.cancel();
-            }
+            warn!(running = self.running(), "shutdown deadline passed; abandoning running jobs");
+            self.ctx.abandon.cancel();
             let until = Instant::now() + self.ctx.cancel_grace + Duration::from_millis(200);
             while self.running() > 0 && Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -362,8 +357,9 @@ impl Actor for WorkerActor {
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Run(delivery) = message;
-        let outcome = run_job(&state.ctx, &delivery).await;
-        report(&state.ctx, &delivery, outcome).await;
+        if let Some(outcome) = run_job(&state.ctx, &delivery).await {
+            report(&state.ctx, &delivery, outcome).await;
+        }
         if let Ok(mut r) = state.running.lock() {
             r.remove(&delivery.entry_id);
         }
@@ -383,30 +379,31 @@ struct JobInput {
     parents: serde_json::Map<String, serde_json::Value>,
 }
 
-async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Outcome {
+/// Runs a job; `None` when it was abandoned by shutdown and must not be reported.
+async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     let env = &delivery.envelope;
     let Some(handler) = ctx.handlers.get(&env.handler).cloned() else {
-        return Outcome::Failed {
+        return Some(Outcome::Failed {
             message: format!(
                 "no handler named '{}' on worker {} (queue '{}')",
                 env.handler, ctx.consumer, env.queue
             ),
             retryable: false,
-        };
+        });
     };
     let Ok(flow_id) = FlowId::from_str(&env.flow_id) else {
-        return Outcome::Failed {
+        return Some(Outcome::Failed {
             message: format!("job {} has a malformed flow id", env.id),
             retryable: false,
-        };
+        });
     };
     let input: JobInput = match serde_json::from_str(env.input.get()) {
         Ok(i) => i,
         Err(e) => {
-            return Outcome::Failed {
+            return Some(Outcome::Failed {
                 message: format!("job input is not an object with data and parents: {e}"),
                 retryable: false,
-            }
+            })
         }
     };
     let token = CancellationToken::new();
@@ -437,18 +434,25 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Outcome {
     let mut task = tokio::spawn(async move { handler.run(job).await });
     let timeout = env.timeout_ms.map(Duration::from_millis);
     let outcome = tokio::select! {
-        joined = &mut task => joined_outcome(joined),
+        joined = &mut task => Some(joined_outcome(joined)),
+        _ = ctx.abandon.cancelled() => {
+            token.cancel();
+            if tokio::time::timeout(ctx.cancel_grace, &mut task).await.is_err() {
+                task.abort();
+            }
+            None
+        }
         _ = sleep_opt(timeout) => {
             task.abort();
-            Outcome::Failed {
+            Some(Outcome::Failed {
                 message: format!("timed out after {} ms", env.timeout_ms.unwrap_or_default()),
                 retryable: true,
-            }
+            })
         }
         _ = token.cancelled() => {
             // Cooperative first: the handler sees its token and may return; after
             // the grace period its task is aborted.
-            match tokio::time::timeout(ctx.cancel_grace, &mut task).await {
+            Some(match tokio::time::timeout(ctx.cancel_grace, &mut task).await {
                 Ok(joined) => match joined_outcome(joined) {
                     Outcome::Completed { result } => Outcome::Completed { result },
                     _ => cancelled(),
@@ -457,7 +461,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Outcome {
                     task.abort();
                     cancelled()
                 }
-            }
+            })
         }
     };
     if let Ok(mut c) = ctx.cancels.lock() {

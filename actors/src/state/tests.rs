@@ -1,0 +1,1650 @@
+//! Tests of the flow state machine: hand-written scenarios first, then property
+//! tests that drive random DAGs with a random scheduler, duplicate and stale
+//! deliveries, failures, cancellations and crashes modelled as restores.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::*;
+use crate::spec::{self, Backoff, BackoffKind, Limits};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A start time far from zero, so that a forgotten `now` shows up as a wrong delay.
+const T0: u64 = 1_700_000_000_000;
+
+fn flow_id() -> FlowId {
+    FlowId::from_bytes([7; 16])
+}
+
+fn dag(value: Value) -> Arc<Dag> {
+    let spec = spec::parse(&serde_json::to_vec(&value).unwrap()).unwrap();
+    Arc::new(spec::validate(&spec, &Limits::default()).unwrap())
+}
+
+fn new_flow(value: Value) -> FlowState {
+    FlowState::new(flow_id(), dag(value), T0)
+}
+
+fn idx(state: &FlowState, name: &str) -> NodeIdx {
+    state.dag().lookup(name).unwrap()
+}
+
+fn status_of(state: &FlowState, name: &str) -> NodeStatus {
+    state.node(idx(state, name)).status
+}
+
+fn attempt_of(state: &FlowState, name: &str) -> u32 {
+    state.node(idx(state, name)).attempt
+}
+
+/// Applies an input and checks the shape every effect list must have: nothing at
+/// all, or `Persist` first (listing each node once, in order), then the jobs to
+/// enqueue or cancel, then the events numbered on from the previous `seq` without
+/// gaps, then at most one `Finished`, last.
+fn apply(state: &mut FlowState, input: Input, now: u64) -> Vec<Effect> {
+    let before_seq = state.seq();
+    let before_status = state.status();
+    let effects = state.apply(input, now);
+    check_shape(&effects, before_seq, before_status, state);
+    effects
+}
+
+fn check_shape(effects: &[Effect], before_seq: u64, before_status: FlowStatus, state: &FlowState) {
+    if effects.is_empty() {
+        assert_eq!(state.seq(), before_seq, "no effects, yet seq moved");
+        return;
+    }
+    let Effect::Persist(changes) = &effects[0] else {
+        panic!("first effect is not Persist: {effects:?}");
+    };
+    assert!(
+        changes.nodes.windows(2).all(|w| w[0] < w[1]),
+        "Persist lists a node twice or out of order: {:?}",
+        changes.nodes
+    );
+    // 0: jobs, 1: events, 2: finished.
+    let mut phase = 0;
+    let mut seq = before_seq;
+    let mut finished = 0;
+    for effect in &effects[1..] {
+        match effect {
+            Effect::Persist(_) => panic!("second Persist: {effects:?}"),
+            Effect::Enqueue(_) | Effect::CancelJob { .. } => {
+                assert_eq!(phase, 0, "job effect after an event: {effects:?}")
+            }
+            Effect::Emit(event) => {
+                assert!(phase <= 1, "event after Finished: {effects:?}");
+                phase = 1;
+                seq += 1;
+                assert_eq!(event.seq, seq, "event seq is not the next one: {effects:?}");
+            }
+            Effect::Finished(status) => {
+                phase = 2;
+                finished += 1;
+                assert_eq!(*status, state.status());
+                assert!(status.is_terminal());
+            }
+        }
+    }
+    assert!(seq > before_seq, "effects without any event: {effects:?}");
+    assert_eq!(state.seq(), seq, "header seq is not the last event's");
+    assert!(finished <= 1);
+    // Finished exactly when this input ended the flow.
+    assert_eq!(
+        finished == 1,
+        !before_status.is_terminal() && state.status().is_terminal(),
+        "Finished does not match the status change: {effects:?}"
+    );
+}
+
+fn persisted(effects: &[Effect]) -> Vec<NodeIdx> {
+    match effects.first() {
+        Some(Effect::Persist(changes)) => changes.nodes.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn enqueued(effects: &[Effect]) -> Vec<EnqueueJob> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Enqueue(job) => Some(*job),
+            _ => None,
+        })
+        .collect()
+}
+
+fn enqueued_names(state: &FlowState, effects: &[Effect]) -> Vec<String> {
+    enqueued(effects)
+        .iter()
+        .map(|j| state.dag().node(j.node).name.to_string())
+        .collect()
+}
+
+fn cancelled_jobs(effects: &[Effect]) -> Vec<(NodeIdx, u32)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::CancelJob { node, attempt } => Some((*node, *attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(effects: &[Effect]) -> Vec<Event> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Emit(event) => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(effects: &[Effect]) -> Option<FlowStatus> {
+    effects.iter().find_map(|e| match e {
+        Effect::Finished(status) => Some(*status),
+        _ => None,
+    })
+}
+
+fn started(state: &mut FlowState, name: &str, now: u64) -> Vec<Effect> {
+    let node = idx(state, name);
+    let attempt = state.node(node).attempt;
+    apply(state, Input::JobStarted { node, attempt }, now)
+}
+
+fn complete(state: &mut FlowState, name: &str, result: Value, now: u64) -> Vec<Effect> {
+    let node = idx(state, name);
+    let attempt = state.node(node).attempt;
+    let result: Arc<str> = Arc::from(result.to_string());
+    apply(
+        state,
+        Input::JobCompleted {
+            node,
+            attempt,
+            result,
+        },
+        now,
+    )
+}
+
+fn fail(state: &mut FlowState, name: &str, error: &str, retryable: bool, now: u64) -> Vec<Effect> {
+    let node = idx(state, name);
+    let attempt = state.node(node).attempt;
+    apply(
+        state,
+        Input::JobFailed {
+            node,
+            attempt,
+            error: error.to_owned(),
+            retryable,
+        },
+        now,
+    )
+}
+
+fn input_of(state: &FlowState, name: &str) -> Value {
+    serde_json::from_str(&state.job_input(idx(state, name))).unwrap()
+}
+
+/// Everything a client or the store can observe of a flow.
+fn observable(state: &FlowState) -> (FlowHeader, Vec<NodeState>, usize, bool) {
+    (
+        state.header().clone(),
+        state.nodes().to_vec(),
+        state.remaining(),
+        state.can_retry(),
+    )
+}
+
+fn diamond() -> FlowState {
+    new_flow(json!({ "name": "diamond", "nodes": [
+        { "name": "a", "data": { "seed": 1 } },
+        { "name": "b", "parents": ["a"] },
+        { "name": "c", "parents": ["a"] },
+        { "name": "d", "parents": ["b", "c"], "data": { "own": true } }
+    ]}))
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------
+
+#[test]
+fn start_queues_the_roots_and_nothing_else() {
+    let mut state = diamond();
+    assert_eq!(state.seq(), 0);
+    assert_eq!(state.status(), FlowStatus::Running);
+    assert!(state.resume(T0).is_empty(), "nothing to resume before Start");
+
+    let a = idx(&state, "a");
+    let effects = apply(&mut state, Input::Start, T0 + 1);
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Persist(Changes { nodes: vec![a] }),
+            Effect::Enqueue(EnqueueJob {
+                node: a,
+                attempt: 1,
+                delay_ms: 0
+            }),
+            Effect::Emit(Event {
+                seq: 1,
+                ts: T0 + 1,
+                node: None,
+                status: EventStatus::Flow(FlowStatus::Running),
+                attempt: 0,
+                progress: None,
+                error: None,
+            }),
+            Effect::Emit(Event {
+                seq: 2,
+                ts: T0 + 1,
+                node: Some(a),
+                status: EventStatus::Node(NodeStatus::Queued),
+                attempt: 1,
+                progress: None,
+                error: None,
+            }),
+        ]
+    );
+    let node = state.node(a);
+    assert_eq!(node.status, NodeStatus::Queued);
+    assert_eq!(node.attempt, 1);
+    assert_eq!(node.run_first_attempt, 1);
+    assert_eq!(node.queued_at, Some(T0 + 1));
+    assert_eq!(node.due_at, None);
+    for name in ["b", "c", "d"] {
+        assert_eq!(status_of(&state, name), NodeStatus::Pending);
+        assert_eq!(attempt_of(&state, name), 0);
+    }
+    assert_eq!(state.header().updated_at, T0 + 1);
+    assert_eq!(state.header().created_at, T0);
+
+    // A second Start does nothing.
+    let before = observable(&state);
+    assert!(apply(&mut state, Input::Start, T0 + 2).is_empty());
+    assert_eq!(observable(&state), before);
+}
+
+#[test]
+fn diamond_runs_children_after_all_parents_with_their_results() {
+    let mut state = diamond();
+    apply(&mut state, Input::Start, T0);
+
+    let effects = started(&mut state, "a", T0 + 1);
+    assert_eq!(enqueued(&effects), []);
+    assert_eq!(status_of(&state, "a"), NodeStatus::Active);
+    assert_eq!(state.node(idx(&state, "a")).started_at, Some(T0 + 1));
+
+    assert_eq!(input_of(&state, "a"), json!({ "data": { "seed": 1 }, "parents": {} }));
+    let effects = complete(&mut state, "a", json!({ "image": "raw" }), T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["b", "c"]);
+    assert_eq!(finished(&effects), None);
+    let statuses: Vec<_> = events(&effects).iter().map(|e| e.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            EventStatus::Node(NodeStatus::Completed),
+            EventStatus::Node(NodeStatus::Queued),
+            EventStatus::Node(NodeStatus::Queued)
+        ]
+    );
+    assert_eq!(
+        persisted(&effects),
+        [idx(&state, "a"), idx(&state, "b"), idx(&state, "c")]
+    );
+    assert_eq!(input_of(&state, "b"), json!({ "data": null, "parents": { "a": { "image": "raw" } } }));
+
+    // One parent of d done: d still waits.
+    let effects = complete(&mut state, "c", json!("c-result"), T0 + 3);
+    assert_eq!(enqueued(&effects), []);
+    assert_eq!(status_of(&state, "d"), NodeStatus::Pending);
+
+    // The last parent done: d is queued, with both results in its input.
+    let effects = complete(&mut state, "b", json!([1, 2, 3]), T0 + 4);
+    assert_eq!(enqueued_names(&state, &effects), ["d"]);
+    assert_eq!(
+        input_of(&state, "d"),
+        json!({ "data": { "own": true }, "parents": { "b": [1, 2, 3], "c": "c-result" } })
+    );
+
+    let effects = complete(&mut state, "d", json!(null), T0 + 5);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+    assert_eq!(events(&effects).last().unwrap().status, EventStatus::Flow(FlowStatus::Completed));
+    assert_eq!(state.status(), FlowStatus::Completed);
+    assert_eq!(state.header().finished_at, Some(T0 + 5));
+    assert_eq!(state.remaining(), 0);
+    assert!(!state.can_retry());
+    for n in state.nodes() {
+        assert_eq!(n.status, NodeStatus::Completed);
+        assert_eq!(n.attempt, 1);
+    }
+    // A node completed without a JobStarted still gets a start time.
+    assert_eq!(state.node(idx(&state, "d")).started_at, Some(T0 + 5));
+    assert_eq!(state.node(idx(&state, "d")).finished_at, Some(T0 + 5));
+    assert!(state.resume(T0 + 6).is_empty());
+    // Nothing changes a completed flow.
+    assert!(apply(&mut state, Input::Cancel, T0 + 6).is_empty());
+    assert!(apply(&mut state, Input::Retry, T0 + 6).is_empty());
+    assert!(apply(&mut state, Input::Start, T0 + 6).is_empty());
+}
+
+#[test]
+fn duplicate_and_stale_inputs_change_nothing() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "r", "opts": { "attempts": 3 } },
+        { "name": "child", "parents": ["a"] }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    let a = idx(&state, "a");
+    let r = idx(&state, "r");
+    complete(&mut state, "a", json!("first"), T0 + 1);
+
+    let before = observable(&state);
+    let stale = [
+        // The same completion again.
+        Input::JobCompleted {
+            node: a,
+            attempt: 1,
+            result: Arc::from("\"second\""),
+        },
+        Input::JobFailed {
+            node: a,
+            attempt: 1,
+            error: "late".into(),
+            retryable: false,
+        },
+        Input::JobStarted { node: a, attempt: 1 },
+        Input::Progress {
+            node: a,
+            attempt: 1,
+            progress: Arc::from("1"),
+        },
+        // Attempts that are not r's current one.
+        Input::JobCompleted {
+            node: r,
+            attempt: 2,
+            result: Arc::from("0"),
+        },
+        Input::JobCompleted {
+            node: r,
+            attempt: 0,
+            result: Arc::from("0"),
+        },
+        Input::JobStarted { node: r, attempt: 2 },
+        // A node that does not exist.
+        Input::JobCompleted {
+            node: NodeIdx::from_usize(99),
+            attempt: 1,
+            result: Arc::from("0"),
+        },
+        Input::JobStarted {
+            node: NodeIdx::from_usize(99),
+            attempt: 1,
+        },
+        Input::Progress {
+            node: NodeIdx::from_usize(99),
+            attempt: 1,
+            progress: Arc::from("0"),
+        },
+        Input::JobFailed {
+            node: NodeIdx::from_usize(99),
+            attempt: 1,
+            error: "x".into(),
+            retryable: true,
+        },
+        Input::Start,
+        // Retry only applies to a failed or cancelled flow.
+        Input::Retry,
+    ];
+    for input in stale {
+        let effects = apply(&mut state, input.clone(), T0 + 2);
+        assert!(effects.is_empty(), "{input:?} gave {effects:?}");
+        assert_eq!(observable(&state), before, "{input:?} changed the state");
+    }
+    assert_eq!(state.node(a).result.as_deref(), Some("\"first\""));
+
+    // r fails once; the late completion of its first attempt is then stale.
+    fail(&mut state, "r", "flaky", true, T0 + 3);
+    assert_eq!(state.node(r).attempt, 2);
+    let before = observable(&state);
+    for input in [
+        Input::JobCompleted {
+            node: r,
+            attempt: 1,
+            result: Arc::from("\"late\""),
+        },
+        Input::JobFailed {
+            node: r,
+            attempt: 1,
+            error: "late".into(),
+            retryable: true,
+        },
+        Input::JobStarted { node: r, attempt: 1 },
+    ] {
+        assert!(apply(&mut state, input, T0 + 4).is_empty());
+        assert_eq!(observable(&state), before);
+    }
+    // Starting the current attempt twice is one transition.
+    assert!(!started(&mut state, "r", T0 + 5).is_empty());
+    let before = observable(&state);
+    assert!(started(&mut state, "r", T0 + 6).is_empty());
+    assert_eq!(observable(&state), before);
+}
+
+#[test]
+fn retryable_failure_requeues_with_exponential_backoff() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "n", "opts": { "attempts": 3, "backoff": { "type": "exponential", "delayMs": 100 } } },
+        { "name": "after", "parents": ["n"] }
+    ]}));
+    let n = idx(&state, "n");
+    apply(&mut state, Input::Start, T0);
+    started(&mut state, "n", T0 + 1);
+
+    let effects = fail(&mut state, "n", "connection reset", true, T0 + 10);
+    assert_eq!(
+        effects,
+        vec![
+            Effect::Persist(Changes { nodes: vec![n] }),
+            Effect::Enqueue(EnqueueJob {
+                node: n,
+                attempt: 2,
+                delay_ms: 100
+            }),
+            Effect::Emit(Event {
+                // 1: flow running, 2: queued, 3: active, 4: queued again.
+                seq: 4,
+                ts: T0 + 10,
+                node: Some(n),
+                status: EventStatus::Node(NodeStatus::Queued),
+                attempt: 2,
+                progress: None,
+                error: Some("connection reset".into()),
+            }),
+        ]
+    );
+    let node = state.node(n);
+    assert_eq!(node.status, NodeStatus::Queued);
+    assert_eq!(node.attempt, 2);
+    assert_eq!(node.run_first_attempt, 1);
+    assert_eq!(node.due_at, Some(T0 + 110));
+    assert_eq!(node.started_at, None);
+    assert_eq!(node.error.as_deref(), Some("connection reset"), "the error stays visible while retrying");
+    // The remaining backoff is what a restart would wait.
+    assert_eq!(
+        state.resume(T0 + 40),
+        [EnqueueJob {
+            node: n,
+            attempt: 2,
+            delay_ms: 70
+        }]
+    );
+    assert_eq!(state.resume(T0 + 500)[0].delay_ms, 0);
+
+    // Failing without having started also counts as an attempt.
+    let effects = fail(&mut state, "n", "again", true, T0 + 200);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: n,
+            attempt: 3,
+            delay_ms: 200
+        }]
+    );
+    // The third try is the last: the node fails for good and its child is skipped.
+    let effects = fail(&mut state, "n", "still broken", true, T0 + 500);
+    assert_eq!(enqueued(&effects), []);
+    assert_eq!(state.node(n).status, NodeStatus::Failed);
+    assert_eq!(state.node(n).error.as_deref(), Some("still broken"));
+    assert_eq!(state.node(n).due_at, None);
+    assert_eq!(status_of(&state, "after"), NodeStatus::Skipped);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    let failed_event = events(&effects)
+        .into_iter()
+        .find(|e| e.node == Some(n))
+        .unwrap();
+    assert_eq!(failed_event.status, EventStatus::Node(NodeStatus::Failed));
+    assert_eq!(failed_event.error.as_deref(), Some("still broken"));
+    assert_eq!(failed_event.attempt, 3);
+}
+
+#[test]
+fn fixed_backoff_and_no_backoff() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "fixed", "opts": { "attempts": 3, "backoff": { "type": "fixed", "delayMs": 250 } } },
+        { "name": "none", "opts": { "attempts": 2 } }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    for (attempt, now) in [(2, T0 + 1), (3, T0 + 2)] {
+        let effects = fail(&mut state, "fixed", "x", true, now);
+        let job = enqueued(&effects)[0];
+        assert_eq!((job.attempt, job.delay_ms), (attempt, 250));
+    }
+    let effects = fail(&mut state, "none", "x", true, T0 + 3);
+    let job = enqueued(&effects)[0];
+    assert_eq!((job.attempt, job.delay_ms), (2, 0));
+    assert_eq!(state.node(job.node).due_at, None);
+}
+
+#[test]
+fn non_retryable_failure_fails_at_once() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "n", "opts": { "attempts": 5, "backoff": { "type": "fixed", "delayMs": 10 } } }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    let effects = fail(&mut state, "n", "bad input", false, T0 + 1);
+    assert_eq!(enqueued(&effects), []);
+    assert_eq!(status_of(&state, "n"), NodeStatus::Failed);
+    assert_eq!(attempt_of(&state, "n"), 1);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    assert_eq!(state.status(), FlowStatus::Failed);
+}
+
+#[test]
+fn continue_policy_skips_descendants_only() {
+    // a -> b -> c -> d <- e -> f, and g alone. b fails: c and d are skipped,
+    // e, f and g still run, the flow ends failed once they are done.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"] },
+        { "name": "c", "parents": ["b"] },
+        { "name": "d", "parents": ["c", "e"] },
+        { "name": "e" },
+        { "name": "f", "parents": ["e"] },
+        { "name": "g" }
+    ], "opts": { "onFailure": "continue" } }));
+    let effects = apply(&mut state, Input::Start, T0);
+    assert_eq!(enqueued_names(&state, &effects), ["a", "e", "g"]);
+    complete(&mut state, "a", json!(1), T0 + 1);
+
+    let effects = fail(&mut state, "b", "boom", false, T0 + 2);
+    assert_eq!(enqueued(&effects), []);
+    assert_eq!(cancelled_jobs(&effects), []);
+    assert_eq!(finished(&effects), None);
+    assert_eq!(status_of(&state, "b"), NodeStatus::Failed);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Skipped);
+    assert_eq!(status_of(&state, "d"), NodeStatus::Skipped);
+    for name in ["e", "g"] {
+        assert_eq!(status_of(&state, name), NodeStatus::Queued);
+    }
+    assert_eq!(status_of(&state, "f"), NodeStatus::Pending);
+    assert_eq!(state.status(), FlowStatus::Running);
+    assert_eq!(
+        persisted(&effects),
+        [idx(&state, "b"), idx(&state, "c"), idx(&state, "d")]
+    );
+    let skipped: Vec<_> = events(&effects)
+        .into_iter()
+        .filter(|e| e.status == EventStatus::Node(NodeStatus::Skipped))
+        .map(|e| e.node.unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 2);
+
+    // e completing does not queue the skipped d, but does queue f.
+    let effects = complete(&mut state, "e", json!(2), T0 + 3);
+    assert_eq!(enqueued_names(&state, &effects), ["f"]);
+    assert!(finished(&complete(&mut state, "f", json!(3), T0 + 4)).is_none());
+    let effects = complete(&mut state, "g", json!(4), T0 + 5);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    assert_eq!(state.status(), FlowStatus::Failed);
+    assert!(state.can_retry());
+}
+
+#[test]
+fn fail_fast_cancels_everything_not_finished() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "r1" },
+        { "name": "r2" },
+        { "name": "r3" },
+        { "name": "done" },
+        { "name": "x", "parents": ["r1", "r2"] }
+    ], "opts": { "onFailure": "failFast" } }));
+    apply(&mut state, Input::Start, T0);
+    started(&mut state, "r2", T0 + 1);
+    complete(&mut state, "done", json!("ok"), T0 + 2);
+
+    let effects = fail(&mut state, "r1", "fatal", false, T0 + 3);
+    let r2 = idx(&state, "r2");
+    let r3 = idx(&state, "r3");
+    assert_eq!(cancelled_jobs(&effects), [(r2, 1), (r3, 1)], "queued and active jobs are stopped");
+    assert_eq!(enqueued(&effects), []);
+    assert_eq!(status_of(&state, "r1"), NodeStatus::Failed);
+    for name in ["r2", "r3", "x"] {
+        assert_eq!(status_of(&state, name), NodeStatus::Cancelled, "{name}");
+        assert_eq!(state.node(idx(&state, name)).finished_at, Some(T0 + 3));
+    }
+    assert_eq!(status_of(&state, "done"), NodeStatus::Completed);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    assert_eq!(state.status(), FlowStatus::Failed);
+    assert_eq!(
+        persisted(&effects),
+        [idx(&state, "r1"), r2, r3, idx(&state, "x")]
+    );
+
+    // The stopped job's late completion changes nothing.
+    let before = observable(&state);
+    let late = Input::JobCompleted {
+        node: r2,
+        attempt: 1,
+        result: Arc::from("1"),
+    };
+    assert!(apply(&mut state, late, T0 + 4).is_empty());
+    assert_eq!(observable(&state), before);
+}
+
+#[test]
+fn fail_fast_ignores_failures_with_continue_on_failure() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "soft", "continueOnFailure": true },
+        { "name": "other" },
+        { "name": "child", "parents": ["soft"] }
+    ], "opts": { "onFailure": "failFast" } }));
+    apply(&mut state, Input::Start, T0);
+    let effects = fail(&mut state, "soft", "meh", false, T0 + 1);
+    assert_eq!(cancelled_jobs(&effects), []);
+    assert_eq!(enqueued_names(&state, &effects), ["child"]);
+    assert_eq!(status_of(&state, "other"), NodeStatus::Queued);
+}
+
+#[test]
+fn continue_on_failure_passes_the_error_to_children() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "flaky", "opts": { "continueOnFailure": true, "attempts": 2 } },
+        { "name": "fine" },
+        { "name": "child", "parents": ["flaky", "fine"], "data": 5 }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "fine", json!({ "ok": true }), T0 + 1);
+    // A retryable failure with attempts left is still a retry.
+    let effects = fail(&mut state, "flaky", "first", true, T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["flaky"]);
+
+    let effects = fail(&mut state, "flaky", "disk \"full\"", true, T0 + 3);
+    assert_eq!(status_of(&state, "flaky"), NodeStatus::Failed);
+    assert_eq!(enqueued_names(&state, &effects), ["child"]);
+    assert_eq!(
+        input_of(&state, "child"),
+        json!({ "data": 5, "parents": { "flaky": { "error": "disk \"full\"" }, "fine": { "ok": true } } })
+    );
+    let effects = complete(&mut state, "child", json!("made do"), T0 + 4);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+    assert_eq!(state.status(), FlowStatus::Completed);
+    assert_eq!(status_of(&state, "flaky"), NodeStatus::Failed);
+    assert!(!state.can_retry());
+}
+
+#[test]
+fn cancel_stops_running_and_queued_jobs_and_keeps_completed_ones() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "done" },
+        { "name": "running" },
+        { "name": "waiting" },
+        { "name": "later", "parents": ["running"] }
+    ]}));
+    // Cancel before Start does nothing: the flow has not begun.
+    assert!(apply(&mut state, Input::Cancel, T0).is_empty());
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "done", json!(1), T0 + 1);
+    started(&mut state, "running", T0 + 2);
+
+    let effects = apply(&mut state, Input::Cancel, T0 + 3);
+    assert_eq!(
+        cancelled_jobs(&effects),
+        [(idx(&state, "running"), 1), (idx(&state, "waiting"), 1)]
+    );
+    assert_eq!(finished(&effects), Some(FlowStatus::Cancelled));
+    assert_eq!(
+        events(&effects).last().unwrap().status,
+        EventStatus::Flow(FlowStatus::Cancelled)
+    );
+    assert_eq!(state.status(), FlowStatus::Cancelled);
+    assert_eq!(status_of(&state, "done"), NodeStatus::Completed);
+    for name in ["running", "waiting", "later"] {
+        assert_eq!(status_of(&state, name), NodeStatus::Cancelled);
+    }
+    assert_eq!(state.remaining(), 0);
+    assert!(state.resume(T0 + 4).is_empty());
+    assert!(state.can_retry());
+
+    // A second cancel, and completions that arrive after it, change nothing.
+    let before = observable(&state);
+    assert!(apply(&mut state, Input::Cancel, T0 + 4).is_empty());
+    assert!(complete(&mut state, "running", json!(2), T0 + 5).is_empty());
+    assert_eq!(observable(&state), before);
+}
+
+#[test]
+fn retry_reruns_failed_skipped_and_cancelled_nodes_with_fresh_attempts() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "ok" },
+        { "name": "bad", "parents": ["ok"], "opts": { "attempts": 2 } },
+        { "name": "below", "parents": ["bad"] },
+        { "name": "side" }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "ok", json!("kept"), T0 + 1);
+    fail(&mut state, "bad", "one", true, T0 + 2);
+    let effects = fail(&mut state, "bad", "two", true, T0 + 3);
+    assert_eq!(finished(&effects), None, "side is still running");
+    let effects = complete(&mut state, "side", json!("s"), T0 + 4);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    assert_eq!(attempt_of(&state, "bad"), 2);
+    assert_eq!(status_of(&state, "below"), NodeStatus::Skipped);
+
+    let effects = apply(&mut state, Input::Retry, T0 + 10);
+    let bad = idx(&state, "bad");
+    let below = idx(&state, "below");
+    // Only `bad` can run: its parent's result is kept; `below` waits for it.
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: bad,
+            attempt: 3,
+            delay_ms: 0
+        }]
+    );
+    assert_eq!(persisted(&effects), [bad, below]);
+    assert_eq!(events(&effects)[0].status, EventStatus::Flow(FlowStatus::Running));
+    assert_eq!(state.status(), FlowStatus::Running);
+    assert_eq!(state.header().finished_at, None);
+    assert_eq!(state.node(bad).run_first_attempt, 3);
+    assert_eq!(state.node(bad).error, None);
+    assert_eq!(status_of(&state, "below"), NodeStatus::Pending);
+    assert_eq!(status_of(&state, "ok"), NodeStatus::Completed);
+    assert_eq!(state.node(idx(&state, "ok")).attempt, 1);
+    assert_eq!(status_of(&state, "side"), NodeStatus::Completed);
+    assert!(!state.can_retry());
+    // A retry while running does nothing.
+    assert!(apply(&mut state, Input::Retry, T0 + 11).is_empty());
+
+    // The new run has its own budget of attempts: one retry is allowed again.
+    let effects = fail(&mut state, "bad", "three", true, T0 + 12);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: bad,
+            attempt: 4,
+            delay_ms: 0
+        }]
+    );
+    // The stale attempts of the earlier run are ignored.
+    for attempt in [1, 2, 3] {
+        let late = Input::JobCompleted {
+            node: bad,
+            attempt,
+            result: Arc::from("0"),
+        };
+        assert!(apply(&mut state, late, T0 + 13).is_empty());
+    }
+    let effects = complete(&mut state, "bad", json!("fixed"), T0 + 14);
+    assert_eq!(enqueued_names(&state, &effects), ["below"]);
+    assert_eq!(
+        input_of(&state, "below"),
+        json!({ "data": null, "parents": { "bad": "fixed" } })
+    );
+    assert_eq!(attempt_of(&state, "below"), 1);
+    let effects = complete(&mut state, "below", json!(0), T0 + 15);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+    assert!(state.nodes().iter().all(|n| n.status == NodeStatus::Completed));
+}
+
+#[test]
+fn retry_after_cancel_reruns_the_cancelled_nodes() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"] }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    started(&mut state, "a", T0 + 1);
+    apply(&mut state, Input::Cancel, T0 + 2);
+    let effects = apply(&mut state, Input::Retry, T0 + 3);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: idx(&state, "a"),
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
+    complete(&mut state, "a", json!(1), T0 + 4);
+    let effects = complete(&mut state, "b", json!(2), T0 + 5);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+}
+
+#[test]
+fn abort_fails_the_flow_with_a_reason_and_can_be_retried() {
+    let mut state = diamond();
+    apply(&mut state, Input::Start, T0);
+    started(&mut state, "a", T0 + 1);
+    let effects = apply(
+        &mut state,
+        Input::Abort {
+            reason: "actor kept crashing".into(),
+        },
+        T0 + 2,
+    );
+    assert_eq!(cancelled_jobs(&effects), [(idx(&state, "a"), 1)]);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    let last = events(&effects).pop().unwrap();
+    assert_eq!(last.status, EventStatus::Flow(FlowStatus::Failed));
+    assert_eq!(last.error.as_deref(), Some("actor kept crashing"));
+    assert!(state.nodes().iter().all(|n| n.status == NodeStatus::Cancelled));
+    assert!(apply(&mut state, Input::Abort { reason: "again".into() }, T0 + 3).is_empty());
+
+    let effects = apply(&mut state, Input::Retry, T0 + 4);
+    assert_eq!(enqueued_names(&state, &effects), ["a"]);
+}
+
+#[test]
+fn progress_marks_the_node_active_and_is_an_event() {
+    let mut state = new_flow(json!({ "nodes": [{ "name": "n", "opts": { "attempts": 2, "backoff": { "type": "fixed", "delayMs": 50 } } }] }));
+    apply(&mut state, Input::Start, T0);
+    let n = idx(&state, "n");
+    fail(&mut state, "n", "x", true, T0 + 1);
+    assert_eq!(state.node(n).due_at, Some(T0 + 51));
+
+    // Progress from a worker that never reported the start still means it runs.
+    let progress = Input::Progress {
+        node: n,
+        attempt: 2,
+        progress: Arc::from("{\"pct\":10}"),
+    };
+    let effects = apply(&mut state, progress, T0 + 60);
+    let event = events(&effects).pop().unwrap();
+    assert_eq!(event.status, EventStatus::Node(NodeStatus::Active));
+    assert_eq!(event.attempt, 2);
+    assert_eq!(event.progress.as_deref(), Some("{\"pct\":10}"));
+    let node = state.node(n);
+    assert_eq!(node.status, NodeStatus::Active);
+    assert_eq!(node.started_at, Some(T0 + 60));
+    assert_eq!(node.due_at, None);
+    assert_eq!(node.progress.as_deref(), Some("{\"pct\":10}"));
+    // The start arriving after the progress changes nothing.
+    assert!(started(&mut state, "n", T0 + 61).is_empty());
+}
+
+#[test]
+fn job_input_escapes_names_and_keeps_data_verbatim() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "we\"ird\\name" },
+        { "name": "child", "parents": ["we\"ird\\name"], "data": { "nested": [1, { "x": "ünï" }] } }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "we\"ird\\name", json!({ "s": "line\nbreak" }), T0 + 1);
+    assert_eq!(
+        input_of(&state, "child"),
+        json!({
+            "data": { "nested": [1, { "x": "ünï" }] },
+            "parents": { "we\"ird\\name": { "s": "line\nbreak" } }
+        })
+    );
+}
+
+#[test]
+fn every_event_is_numbered_without_gaps() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a", "opts": { "attempts": 2 } },
+        { "name": "b", "parents": ["a"] },
+        { "name": "c", "parents": ["a"] }
+    ]}));
+    let mut all = Vec::new();
+    all.extend(events(&apply(&mut state, Input::Start, T0)));
+    all.extend(events(&started(&mut state, "a", T0)));
+    all.extend(events(&fail(&mut state, "a", "x", true, T0)));
+    all.extend(events(&complete(&mut state, "a", json!(1), T0)));
+    let c = idx(&state, "c");
+    all.extend(events(&apply(
+        &mut state,
+        Input::Progress {
+            node: c,
+            attempt: 1,
+            progress: Arc::from("0.5"),
+        },
+        T0,
+    )));
+    all.extend(events(&complete(&mut state, "b", json!(2), T0)));
+    all.extend(events(&complete(&mut state, "c", json!(3), T0)));
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(state.seq(), all.len() as u64);
+    assert_eq!(all.last().unwrap().status, EventStatus::Flow(FlowStatus::Completed));
+}
+
+#[test]
+fn restore_then_resume_returns_the_outstanding_jobs() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "done" },
+        { "name": "active" },
+        { "name": "delayed", "opts": { "attempts": 2, "backoff": { "type": "fixed", "delayMs": 1000 } } },
+        { "name": "fresh" },
+        { "name": "pending", "parents": ["done", "active"] }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "done", json!("d"), T0 + 1);
+    started(&mut state, "active", T0 + 2);
+    fail(&mut state, "delayed", "x", true, T0 + 3);
+
+    // A crash: only the persisted records survive.
+    let restored = FlowState::restore(
+        state.id(),
+        Arc::clone(state.dag()),
+        state.header().clone(),
+        state.nodes().to_vec(),
+    );
+    assert_eq!(observable(&restored), observable(&state));
+    assert_eq!(restored.id(), flow_id());
+    let expected = vec![
+        EnqueueJob {
+            node: idx(&state, "active"),
+            attempt: 1,
+            delay_ms: 0,
+        },
+        EnqueueJob {
+            node: idx(&state, "delayed"),
+            attempt: 2,
+            delay_ms: 600,
+        },
+        EnqueueJob {
+            node: idx(&state, "fresh"),
+            attempt: 1,
+            delay_ms: 0,
+        },
+    ];
+    assert_eq!(restored.resume(T0 + 403), expected);
+    assert_eq!(state.resume(T0 + 403), expected);
+
+    // The restored flow carries on exactly like the original.
+    let mut original = state;
+    let mut restored = restored;
+    for (name, value) in [("active", json!("a")), ("delayed", json!(1)), ("fresh", json!(2))] {
+        let e1 = complete(&mut original, name, value.clone(), T0 + 2000);
+        let e2 = complete(&mut restored, name, value, T0 + 2000);
+        assert_eq!(e1, e2);
+    }
+    assert_eq!(status_of(&restored, "pending"), NodeStatus::Queued);
+    assert_eq!(
+        input_of(&restored, "pending"),
+        json!({ "data": null, "parents": { "done": "d", "active": "a" } })
+    );
+    let effects = complete(&mut restored, "pending", json!(0), T0 + 3000);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+}
+
+#[test]
+fn restore_with_missing_node_records_treats_them_as_fresh() {
+    let state = diamond();
+    let restored = FlowState::restore(flow_id(), Arc::clone(state.dag()), state.header().clone(), Vec::new());
+    assert_eq!(restored.nodes().len(), 4);
+    assert_eq!(observable(&restored), observable(&state));
+}
+
+#[test]
+fn failing_the_root_of_a_long_chain_skips_it_iteratively() {
+    let n = spec::DEFAULT_MAX_NODES;
+    let nodes: Vec<Value> = (0..n)
+        .map(|i| {
+            if i == 0 {
+                json!({ "name": "n0" })
+            } else {
+                json!({ "name": format!("n{i}"), "parents": [format!("n{}", i - 1)] })
+            }
+        })
+        .collect();
+    let mut state = new_flow(json!({ "nodes": nodes }));
+    apply(&mut state, Input::Start, T0);
+    let effects = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let effects = fail(&mut state, "n0", "x", false, T0 + 1);
+            (effects, state)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    let (effects, state) = effects;
+    assert_eq!(persisted(&effects).len(), n, "each node persisted once");
+    assert_eq!(events(&effects).len(), n + 1);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    assert_eq!(
+        state.nodes().iter().filter(|n| n.status == NodeStatus::Skipped).count(),
+        n - 1
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Property tests
+// ---------------------------------------------------------------------------
+
+/// One node of a generated DAG.
+#[derive(Debug, Clone)]
+struct GenNode {
+    /// Picks among the lower-indexed nodes; duplicates collapse.
+    parents: Vec<prop::sample::Index>,
+    attempts: u32,
+    continue_on_failure: bool,
+    /// Whether the node's incoming edges are written on its parents' `children`
+    /// lists instead of its own `parents` list, to exercise both spellings.
+    via_children: bool,
+    /// `None`, or (exponential?, delay).
+    backoff: Option<(bool, u64)>,
+}
+
+/// A generated flow and how to drive it.
+#[derive(Debug, Clone)]
+struct GenFlow {
+    nodes: Vec<GenNode>,
+    fail_fast: bool,
+    /// Without it the scheduler never fails a job, cancels, aborts or retries.
+    inject_failures: bool,
+    /// Chance, in percent, that an answered job fails, when failures are injected.
+    fail_percent: u64,
+    seed: u64,
+}
+
+fn gen_node() -> impl Strategy<Value = GenNode> {
+    (
+        prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        1u32..=3,
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.3),
+        prop::option::weighted(0.3, (any::<bool>(), 1u64..1000)),
+    )
+        .prop_map(
+            |(parents, attempts, continue_on_failure, via_children, backoff)| GenNode {
+                parents,
+                attempts,
+                continue_on_failure,
+                via_children,
+                backoff,
+            },
+        )
+}
+
+fn gen_flow() -> impl Strategy<Value = GenFlow> {
+    (
+        prop::collection::vec(gen_node(), 1..=200),
+        any::<bool>(),
+        prop::bool::weighted(0.7),
+        1u64..25,
+        any::<u64>(),
+    )
+        .prop_map(|(nodes, fail_fast, inject_failures, fail_percent, seed)| GenFlow {
+            nodes,
+            fail_fast,
+            inject_failures,
+            fail_percent,
+            seed,
+        })
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+impl GenFlow {
+    /// Parents of each node, as indices: edges go only from lower to higher index.
+    fn parent_sets(&self) -> Vec<Vec<usize>> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                if i == 0 {
+                    return Vec::new();
+                }
+                let mut ps: Vec<usize> = n.parents.iter().map(|p| p.index(i)).collect();
+                ps.sort_unstable();
+                ps.dedup();
+                ps
+            })
+            .collect()
+    }
+
+    /// The spec as a client would write it. A node that lists its parents lists
+    /// all of them; a node that lists children lists all of them (a written list
+    /// is complete), so both spellings agree.
+    fn spec_json(&self) -> Value {
+        let parents = self.parent_sets();
+        let mut children = vec![Vec::new(); self.nodes.len()];
+        for (c, ps) in parents.iter().enumerate() {
+            for &p in ps {
+                children[p].push(c);
+            }
+        }
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut node = json!({
+                    "name": node_name(i),
+                    "data": { "i": i },
+                    "opts": { "attempts": n.attempts, "continueOnFailure": n.continue_on_failure },
+                });
+                if !n.via_children && !parents[i].is_empty() {
+                    node["parents"] = parents[i].iter().map(|&p| node_name(p)).collect();
+                }
+                if children[i].iter().any(|&c| self.nodes[c].via_children) {
+                    node["children"] = children[i].iter().map(|&c| node_name(c)).collect();
+                }
+                if let Some((exponential, delay_ms)) = n.backoff {
+                    node["opts"]["backoff"] = json!({
+                        "type": if exponential { "exponential" } else { "fixed" },
+                        "delayMs": delay_ms,
+                    });
+                }
+                node
+            })
+            .collect();
+        json!({
+            "name": "generated",
+            "nodes": nodes,
+            "opts": { "onFailure": if self.fail_fast { "failFast" } else { "continue" } },
+        })
+    }
+}
+
+/// splitmix64: the scheduler's choices, reproducible from the generated seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A job the scheduler still owes an answer for, as the queue would hold it.
+#[derive(Debug, Clone, Copy)]
+struct Outstanding {
+    /// When the job becomes due (enqueue time plus backoff).
+    due: u64,
+    /// A worker reported it started (or reported progress).
+    started: bool,
+}
+
+/// Drives one flow, checking every property after every input.
+struct Sim {
+    dag: Arc<Dag>,
+    /// The flow under test; replaced by a restored copy at each simulated crash.
+    state: FlowState,
+    /// The same inputs applied to a flow that never crashes: both must agree on
+    /// every effect, which checks that `restore` rebuilds all derived state.
+    shadow: FlowState,
+    rng: Rng,
+    now: u64,
+    /// Every input with its time, for the replay check at the end.
+    log: Vec<(Input, u64)>,
+    /// Every effect, in order, for the replay check at the end.
+    all_effects: Vec<Effect>,
+    /// Jobs enqueued and neither answered nor cancelled, by (node, attempt).
+    outstanding: BTreeMap<(usize, u32), Outstanding>,
+    /// Every (node, attempt) ever enqueued.
+    enqueued: HashSet<(usize, u32)>,
+    /// Job inputs that were accepted, for duplicate deliveries.
+    accepted: Vec<Input>,
+    /// The result delivered in the accepted completion of each node.
+    results: Vec<Option<Value>>,
+    /// The last seq seen in an event.
+    last_seq: u64,
+    /// `Finished` effects in the current run (since the last Start or Retry).
+    finished_this_run: u32,
+    runs: u32,
+}
+
+impl Sim {
+    fn new(dag: Arc<Dag>, seed: u64) -> Self {
+        let state = FlowState::new(flow_id(), Arc::clone(&dag), T0);
+        Sim {
+            shadow: state.clone(),
+            results: vec![None; dag.len()],
+            dag,
+            state,
+            rng: Rng(seed),
+            now: T0,
+            log: Vec::new(),
+            all_effects: Vec::new(),
+            outstanding: BTreeMap::new(),
+            enqueued: HashSet::new(),
+            accepted: Vec::new(),
+            last_seq: 0,
+            finished_this_run: 0,
+            runs: 0,
+        }
+    }
+
+    fn apply(&mut self, input: Input) -> Vec<Effect> {
+        let before = self.state.clone();
+        let effects = self.state.apply(input.clone(), self.now);
+        let shadow_effects = self.shadow.apply(input.clone(), self.now);
+        assert_eq!(effects, shadow_effects, "a restored flow behaves differently from one never restored");
+        self.log.push((input.clone(), self.now));
+        self.all_effects.extend(effects.iter().cloned());
+        self.check(&before, &input, &effects);
+        effects
+    }
+
+    /// Checks one apply against the model and the invariants.
+    fn check(&mut self, before: &FlowState, input: &Input, effects: &[Effect]) {
+        check_shape(effects, before.seq(), before.status(), &self.state);
+        if effects.is_empty() {
+            assert_eq!(self.state.header(), before.header(), "{input:?}: no effects, yet the header changed");
+            assert_eq!(self.state.nodes(), before.nodes(), "{input:?}: no effects, yet a node changed");
+        } else {
+            // Durability: every node whose record changed is in Persist.
+            let persisted = persisted(effects);
+            for i in 0..self.state.nodes().len() {
+                if self.state.nodes()[i] != before.nodes()[i] {
+                    assert!(
+                        persisted.contains(&NodeIdx::from_usize(i)),
+                        "{input:?}: node {i} changed but is not persisted"
+                    );
+                }
+            }
+        }
+
+        // Answers and starts take the job off, or mark it, in the model queue.
+        if !effects.is_empty() {
+            match input {
+                Input::JobCompleted {
+                    node,
+                    attempt,
+                    result,
+                } => {
+                    let i = node.as_usize();
+                    assert!(self.outstanding.remove(&(i, *attempt)).is_some());
+                    self.results[i] = Some(serde_json::from_str(result).unwrap());
+                    self.accepted.push(input.clone());
+                }
+                Input::JobFailed { node, attempt, .. } => {
+                    assert!(self.outstanding.remove(&(node.as_usize(), *attempt)).is_some());
+                    self.accepted.push(input.clone());
+                }
+                Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
+                    self.outstanding
+                        .get_mut(&(node.as_usize(), *attempt))
+                        .expect("start of a job that is not outstanding")
+                        .started = true;
+                    if matches!(input, Input::JobStarted { .. }) {
+                        self.accepted.push(input.clone());
+                    }
+                }
+                Input::Start | Input::Retry => {
+                    if matches!(input, Input::Retry) {
+                        assert_eq!(self.finished_this_run, 1, "a run ended without exactly one Finished");
+                    }
+                    self.finished_this_run = 0;
+                    self.runs += 1;
+                }
+                Input::Cancel | Input::Abort { .. } => {}
+            }
+        }
+
+        let mut last_event_status: BTreeMap<usize, NodeStatus> = BTreeMap::new();
+        for effect in effects {
+            match effect {
+                Effect::Persist(_) => {}
+                Effect::Enqueue(job) => self.check_enqueue(job),
+                Effect::CancelJob { node, attempt } => {
+                    let i = node.as_usize();
+                    assert!(
+                        self.outstanding.remove(&(i, *attempt)).is_some(),
+                        "CancelJob for a job that is not outstanding: ({i}, {attempt})"
+                    );
+                    assert_eq!(self.state.nodes()[i].status, NodeStatus::Cancelled);
+                }
+                Effect::Emit(event) => {
+                    assert_eq!(event.seq, self.last_seq + 1, "a gap in seq");
+                    self.last_seq = event.seq;
+                    assert_eq!(event.ts, self.now);
+                    if let (Some(node), EventStatus::Node(status)) = (event.node, event.status) {
+                        last_event_status.insert(node.as_usize(), status);
+                    }
+                }
+                Effect::Finished(status) => {
+                    self.finished_this_run += 1;
+                    assert_eq!(self.finished_this_run, 1, "Finished twice in one run");
+                    assert_eq!(*status, self.state.status());
+                }
+            }
+        }
+        assert_eq!(self.state.seq(), self.last_seq);
+        // A node's last event in an apply tells its status after the apply.
+        for (i, status) in last_event_status {
+            assert_eq!(self.state.nodes()[i].status, status, "node {i}: last event is stale");
+        }
+        self.check_invariants();
+    }
+
+    fn check_enqueue(&mut self, job: &EnqueueJob) {
+        let state = &self.state;
+        let i = job.node.as_usize();
+        assert!(
+            self.enqueued.insert((i, job.attempt)),
+            "({i}, {}) enqueued twice",
+            job.attempt
+        );
+        let node = &state.nodes()[i];
+        assert_eq!(node.status, NodeStatus::Queued);
+        assert_eq!(node.attempt, job.attempt);
+        // Every parent is done: completed, or failed with continueOnFailure.
+        let dag_node = self.dag.node(job.node);
+        for &p in &dag_node.parents {
+            let parent = &state.nodes()[p.as_usize()];
+            let cof = self.dag.node(p).opts.continue_on_failure;
+            assert!(
+                parent.status == NodeStatus::Completed || (parent.status == NodeStatus::Failed && cof),
+                "node {i} enqueued while parent {} is {:?}",
+                p.as_usize(),
+                parent.status
+            );
+        }
+        // The first try of a run goes at once; a retry waits out its backoff.
+        let retry = job.attempt - node.run_first_attempt;
+        let expected_delay = if retry == 0 {
+            0
+        } else {
+            dag_node.opts.backoff.map_or(0, |b| b.delay_for(retry))
+        };
+        assert_eq!(job.delay_ms, expected_delay, "node {i} attempt {}", job.attempt);
+        // The input holds the node's data and every parent's result.
+        let input: Value = serde_json::from_str(&state.job_input(job.node)).unwrap();
+        assert_eq!(input["data"], json!({ "i": i }));
+        let parents = input["parents"].as_object().unwrap();
+        assert_eq!(parents.len(), dag_node.parents.len());
+        for &p in &dag_node.parents {
+            let parent = &state.nodes()[p.as_usize()];
+            let slot = &parents[&*self.dag.node(p).name];
+            if parent.status == NodeStatus::Completed {
+                assert_eq!(Some(slot), self.results[p.as_usize()].as_ref());
+            } else {
+                assert_eq!(slot, &json!({ "error": parent.error.as_deref().unwrap() }));
+            }
+        }
+        self.outstanding.insert(
+            (i, job.attempt),
+            Outstanding {
+                due: self.now + job.delay_ms,
+                started: false,
+            },
+        );
+    }
+
+    fn check_invariants(&self) {
+        let state = &self.state;
+        let all_terminal = state.nodes().iter().all(|n| n.status.is_terminal());
+        assert_eq!(
+            state.status().is_terminal(),
+            all_terminal,
+            "flow {:?} while all nodes terminal = {all_terminal}",
+            state.status()
+        );
+        assert_eq!(
+            state.remaining(),
+            state.nodes().iter().filter(|n| !n.status.is_terminal()).count()
+        );
+        // The model queue holds exactly the queued and active attempts.
+        let live: Vec<(usize, u32)> = state
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| matches!(n.status, NodeStatus::Queued | NodeStatus::Active))
+            .map(|(i, n)| (i, n.attempt))
+            .collect();
+        let outstanding: Vec<(usize, u32)> = self.outstanding.keys().copied().collect();
+        assert_eq!(live, outstanding);
+        // A started flow that is still running always has something to wait for.
+        if state.status() == FlowStatus::Running && state.seq() > 0 {
+            assert!(!self.outstanding.is_empty(), "running flow with no job: stuck");
+        }
+        for (i, n) in state.nodes().iter().enumerate() {
+            if n.status == NodeStatus::Completed {
+                assert_eq!(
+                    n.result.as_deref().map(|r| serde_json::from_str::<Value>(r).unwrap()),
+                    self.results[i],
+                    "node {i} holds a result other than the one accepted"
+                );
+            }
+        }
+    }
+
+    /// A crash: rebuild the flow from what was persisted, and check that nothing
+    /// observable was lost and that resume names exactly the outstanding jobs.
+    fn crash(&mut self) {
+        let restored = FlowState::restore(
+            self.state.id(),
+            Arc::clone(&self.dag),
+            self.state.header().clone(),
+            self.state.nodes().to_vec(),
+        );
+        assert_eq!(observable(&restored), observable(&self.state));
+        let expected: Vec<EnqueueJob> = self
+            .outstanding
+            .iter()
+            .map(|(&(node, attempt), job)| EnqueueJob {
+                node: NodeIdx::from_usize(node),
+                attempt,
+                delay_ms: if job.started { 0 } else { job.due.saturating_sub(self.now) },
+            })
+            .collect();
+        assert_eq!(restored.resume(self.now), expected);
+        for job in &expected {
+            assert_eq!(restored.job_input(job.node), self.state.job_input(job.node));
+        }
+        self.state = restored;
+    }
+
+    /// An input for an attempt that is not current: must be ignored.
+    fn stale_input(&mut self) -> Input {
+        let i = self.rng.below(self.dag.len() as u64) as usize;
+        let node = NodeIdx::from_usize(i);
+        let n = &self.state.nodes()[i];
+        let live = matches!(n.status, NodeStatus::Queued | NodeStatus::Active)
+            && self.state.status() == FlowStatus::Running;
+        let attempt = match self.rng.below(3) {
+            0 => n.attempt + 1,
+            1 => n.attempt.saturating_sub(1),
+            _ if live => n.attempt + 7,
+            _ => n.attempt,
+        };
+        match self.rng.below(4) {
+            0 => Input::JobStarted { node, attempt },
+            1 => Input::JobCompleted {
+                node,
+                attempt,
+                result: Arc::from("{\"stale\":true}"),
+            },
+            2 => Input::Progress {
+                node,
+                attempt,
+                progress: Arc::from("\"stale\""),
+            },
+            _ => Input::JobFailed {
+                node,
+                attempt,
+                error: "stale".into(),
+                retryable: false,
+            },
+        }
+    }
+
+    /// Runs the flow to its end, possibly over several runs.
+    fn run(&mut self, inject_failures: bool, fail_percent: u64) {
+        let effects = self.apply(Input::Start);
+        assert!(!effects.is_empty());
+        let mut retries_left = 3;
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 50_000, "the flow does not end");
+            self.now += self.rng.below(20);
+
+            if self.state.status().is_terminal() {
+                assert_eq!(self.finished_this_run, 1);
+                if inject_failures && retries_left > 0 && self.state.can_retry() && self.rng.chance(70) {
+                    retries_left -= 1;
+                    let effects = self.apply(Input::Retry);
+                    assert!(!effects.is_empty());
+                    continue;
+                }
+                break;
+            }
+            if self.rng.chance(3) {
+                self.crash();
+            }
+
+            let roll = self.rng.below(1000);
+            if roll < 60 && !self.accepted.is_empty() {
+                // A duplicate delivery of an input already applied.
+                let k = self.rng.below(self.accepted.len() as u64) as usize;
+                let input = self.accepted[k].clone();
+                let effects = self.apply(input.clone());
+                assert!(effects.is_empty(), "duplicate {input:?} gave {effects:?}");
+            } else if roll < 100 {
+                let input = self.stale_input();
+                let effects = self.apply(input.clone());
+                assert!(effects.is_empty(), "stale {input:?} gave {effects:?}");
+            } else if roll < 110 {
+                let effects = self.apply(Input::Start);
+                assert!(effects.is_empty());
+            } else if roll < 140 {
+                let (node, attempt) = self.pick_outstanding();
+                let input = Input::Progress {
+                    node,
+                    attempt,
+                    progress: Arc::from(format!("{}", self.now).as_str()),
+                };
+                assert!(!self.apply(input).is_empty());
+            } else if inject_failures && roll < 143 {
+                let effects = self.apply(Input::Cancel);
+                assert_eq!(finished(&effects), Some(FlowStatus::Cancelled));
+            } else if inject_failures && roll < 144 {
+                let effects = self.apply(Input::Abort {
+                    reason: "engine gave up".into(),
+                });
+                assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+            } else {
+                let (node, attempt) = self.pick_outstanding();
+                let started = self.outstanding[&(node.as_usize(), attempt)].started;
+                let input = if !started && self.rng.chance(50) {
+                    Input::JobStarted { node, attempt }
+                } else if inject_failures && self.rng.chance(fail_percent) {
+                    Input::JobFailed {
+                        node,
+                        attempt,
+                        error: format!("boom {}/{attempt}", node.as_usize()),
+                        retryable: self.rng.chance(60),
+                    }
+                } else {
+                    Input::JobCompleted {
+                        node,
+                        attempt,
+                        result: Arc::from(json!({ "n": node.as_usize(), "attempt": attempt }).to_string()),
+                    }
+                };
+                assert!(!self.apply(input).is_empty());
+            }
+        }
+        assert_eq!(self.finished_this_run, 1);
+        assert!(self.outstanding.is_empty());
+    }
+
+    fn pick_outstanding(&mut self) -> (NodeIdx, u32) {
+        let k = self.rng.below(self.outstanding.len() as u64) as usize;
+        let (&(node, attempt), _) = self.outstanding.iter().nth(k).unwrap();
+        (NodeIdx::from_usize(node), attempt)
+    }
+
+    /// Replays the whole input log on a fresh flow: same effects, same state.
+    fn check_replay(&self) {
+        let mut fresh = FlowState::new(flow_id(), Arc::clone(&self.dag), T0);
+        let mut effects = Vec::new();
+        for (input, now) in &self.log {
+            effects.extend(fresh.apply(input.clone(), *now));
+        }
+        assert_eq!(effects, self.all_effects);
+        assert_eq!(observable(&fresh), observable(&self.state));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A generated spec validates into exactly the generated edges, whichever
+    /// side each edge was written on.
+    #[test]
+    fn generated_specs_validate_to_the_generated_edges(flow in gen_flow()) {
+        let dag = dag(flow.spec_json());
+        let parents = flow.parent_sets();
+        prop_assert_eq!(dag.len(), flow.nodes.len());
+        for (i, expected) in parents.iter().enumerate() {
+            let node = dag.node(NodeIdx::from_usize(i));
+            let mut got: Vec<usize> = node.parents.iter().map(|p| p.as_usize()).collect();
+            got.sort_unstable();
+            prop_assert_eq!(&got, expected);
+            for &c in &node.children {
+                prop_assert!(parents[c.as_usize()].contains(&i));
+            }
+            prop_assert_eq!(node.opts.attempts, flow.nodes[i].attempts);
+            prop_assert_eq!(node.opts.continue_on_failure, flow.nodes[i].continue_on_failure);
+            prop_assert_eq!(
+                node.opts.backoff,
+                flow.nodes[i].backoff.map(|(exponential, delay_ms)| Backoff {
+                    kind: if exponential { BackoffKind::Exponential } else { BackoffKind::Fixed },
+                    delay_ms,
+                })
+            );
+        }
+    }
+
+    /// Random DAGs under a random scheduler with duplicates, stale attempts,
+    /// progress, failures, cancellations and crashes keep every invariant, and
+    /// replaying the inputs gives the same flow.
+    #[test]
+    fn random_flows_keep_every_invariant(flow in gen_flow()) {
+        let dag = dag(flow.spec_json());
+        let mut sim = Sim::new(Arc::clone(&dag), flow.seed);
+        sim.run(flow.inject_failures, flow.fail_percent);
+
+        let state = &sim.state;
+        prop_assert!(state.status().is_terminal());
+        prop_assert!(state.nodes().iter().all(|n| n.status.is_terminal()));
+        if !flow.inject_failures {
+            prop_assert_eq!(state.status(), FlowStatus::Completed);
+            prop_assert!(state.nodes().iter().all(|n| n.status == NodeStatus::Completed));
+            prop_assert_eq!(sim.runs, 1);
+        }
+        // Each run ended exactly once.
+        let finished_count = sim.all_effects.iter().filter(|e| matches!(e, Effect::Finished(_))).count();
+        prop_assert_eq!(finished_count as u32, sim.runs);
+        prop_assert_eq!(state.seq(), sim.last_seq);
+        sim.check_replay();
+        let count = |f: &dyn Fn(&Input) -> bool| sim.log.iter().filter(|(i, _)| f(i)).count();
+        eprintln!("STATS n={} fail={} steps={} runs={} status={:?} cancels={} aborts={} retries={} failed_inputs={} completed_nodes={}",
+            flow.nodes.len(), flow.inject_failures, sim.log.len(), sim.runs, state.status(),
+            count(&|i| matches!(i, Input::Cancel)), count(&|i| matches!(i, Input::Abort{..})), count(&|i| matches!(i, Input::Retry)),
+            count(&|i| matches!(i, Input::JobFailed{..})),
+            state.nodes().iter().filter(|n| n.status == NodeStatus::Completed).count());
+    }
+}
