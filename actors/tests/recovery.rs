@@ -1,0 +1,350 @@
+//! Workers elsewhere, workers that vanish, flow actors that fail, engines that
+//! restart, and reports that arrive twice or late.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dagflow_actors::queue::{Delivery, JobEnvelope, Keys, Outcome, Queue};
+use dagflow_actors::testing;
+use dagflow_actors::{handler_fn, FlowStatus, JobError, NodeStatus};
+use serde_json::json;
+
+/// A handler that blocks until released, counting its runs.
+fn gate(runs: Arc<AtomicUsize>, release: Arc<tokio::sync::Notify>) -> impl dagflow_actors::Handler {
+    handler_fn(move |ctx| {
+        let (runs, release) = (Arc::clone(&runs), Arc::clone(&release));
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::select! {
+                _ = release.notified() => Ok::<_, JobError>(json!({"gated": ctx.node})),
+                _ = ctx.cancel.cancelled() => Err(JobError::retryable("stopped")),
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_served_only_by_a_worker_only_engine_completes() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let worker = builder(&prefix)
+        .worker_only()
+        .queue("remote", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "sum", "data": {"n": 1}},
+                {"name": "b", "handler": "sum", "queue": "remote", "parents": ["a"], "data": {"n": 2}},
+                {"name": "c", "handler": "sum", "parents": ["b"], "data": {"n": 4}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("c").unwrap().result.as_ref().unwrap()["sum"], json!(7));
+    // The worker-only engine has no flows.
+    assert!(worker.get(id).await.is_err());
+    worker.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_workers_job_is_reclaimed_after_the_lease() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let never = Arc::new(tokio::sync::Notify::new());
+    // The first worker takes the job and dies with it (abandons it unreported).
+    let doomed = builder(&prefix)
+        .worker_only()
+        .queue("work", 1)
+        .handler("gate", gate(Arc::clone(&runs), never))
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(&spec(json!({"nodes": [{"name": "job", "handler": "gate", "queue": "work"}]})), None)
+        .await
+        .unwrap();
+    eventually("the first worker to take the job", || {
+        let runs = Arc::clone(&runs);
+        async move { runs.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    doomed.shutdown(Duration::ZERO).await;
+    let died = Instant::now();
+    // A second worker picks it up once the lease (1.5 s) has expired.
+    let rescuer = builder(&prefix)
+        .worker_only()
+        .queue("work", 1)
+        .handler("gate", handler_fn(|_ctx| async move { Ok::<_, JobError>(json!("rescued")) }))
+        .build()
+        .await
+        .unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("job").unwrap().result, Some(json!("rescued")));
+    assert!(died.elapsed() >= Duration::from_millis(1000), "reclaimed only after the lease");
+    rescuer.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stalled_too_often_fails_with_a_clear_error() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix).build().await.unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [{"name": "job", "handler": "gate", "queue": "work", "opts": {"maxStalled": 1}}]})),
+            None,
+        )
+        .await
+        .unwrap();
+    // Workers that take the job and vanish, over and over.
+    for _ in 0..3 {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let w = builder(&prefix)
+            .worker_only()
+            .queue("work", 1)
+            .handler("gate", gate(Arc::clone(&runs), Arc::new(tokio::sync::Notify::new())))
+            .build()
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while runs.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            if engine.get(id).await.unwrap().status.is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        w.shutdown(Duration::ZERO).await;
+    }
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Failed);
+    let error = view.node("job").unwrap().error.clone().unwrap();
+    assert!(error.contains("stalled"), "{error}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flow_actor_is_restarted_from_its_snapshot() {
+    let prefix = testing::unique_prefix();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .handler("gate", gate(Arc::clone(&runs), Arc::clone(&release)))
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "sum", "data": {"n": 1}},
+                {"name": "g", "handler": "gate", "parents": ["a"]},
+                {"name": "z", "handler": "sum", "parents": ["g", "a"], "data": {"n": 2}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    let other = engine
+        .create(&spec(json!({"nodes": [{"name": "x", "handler": "sum"}]})), None)
+        .await
+        .unwrap();
+    eventually("the gate to start", || {
+        let runs = Arc::clone(&runs);
+        async move { runs.load(Ordering::SeqCst) >= 1 }
+    })
+    .await;
+    assert!(engine.inject_flow_failure(id));
+    eventually("the restarted actor to answer", || {
+        let engine = engine.clone();
+        async move { engine.get(id).await.is_ok_and(|v| v.node("a").unwrap().status == NodeStatus::Completed) }
+    })
+    .await;
+    release.notify_waiters();
+    // The gate may have been re-enqueued by the restart; release every run.
+    let view = loop {
+        release.notify_waiters();
+        if let Ok(v) = engine.wait(id, Duration::from_millis(200)).await {
+            break v;
+        }
+    };
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("z").unwrap().result.as_ref().unwrap()["sum"], json!(3));
+    assert_eq!(engine.wait(other, WAIT).await.unwrap().status, FlowStatus::Completed);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_actor_failing_past_the_bound_fails_the_flow_only() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .handler("gate", gate(Arc::default(), Arc::new(tokio::sync::Notify::new())))
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(&spec(json!({"nodes": [{"name": "g", "handler": "gate"}]})), None)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        eventually("a live flow actor", || {
+            let engine = engine.clone();
+            async move { engine.inject_flow_failure(id) }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Failed);
+    assert!(view.error.as_deref().unwrap_or("").contains("engine error"), "{view:?}");
+    assert_eq!(view.node("g").unwrap().status, NodeStatus::Cancelled);
+    // Other flows are unaffected.
+    let other = engine
+        .create(&spec(json!({"nodes": [{"name": "x", "handler": "sum"}]})), None)
+        .await
+        .unwrap();
+    assert_eq!(engine.wait(other, WAIT).await.unwrap().status, FlowStatus::Completed);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_flow_resumes_to_the_right_results_at_once() {
+    let prefix = testing::unique_prefix();
+    let dir = temp_dir();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let first = builder(&prefix)
+        .data_dir(dir.path())
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .handler("gate", gate(Arc::clone(&runs), Arc::new(tokio::sync::Notify::new())))
+        .build()
+        .await
+        .unwrap();
+    let id = first
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "sum", "data": {"n": 1}},
+                {"name": "g", "handler": "gate", "parents": ["a"]},
+                {"name": "z", "handler": "sum", "parents": ["g", "a"], "data": {"n": 2}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    eventually("the gate to start", || {
+        let runs = Arc::clone(&runs);
+        async move { runs.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    // Stop with the gate job running: it is abandoned, pending under this engine.
+    first.shutdown(Duration::ZERO).await;
+    drop(first);
+
+    let second = builder(&prefix)
+        .data_dir(dir.path())
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .handler("gate", handler_fn(|_ctx| async move { Ok::<_, JobError>(json!({"sum": 10})) }))
+        // A long lease: the job must come back from the engine's own pending list,
+        // not from a lease expiry.
+        .lease(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let view = second.wait(id, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("z").unwrap().result.as_ref().unwrap()["sum"], json!(13));
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_and_stale_reports_change_nothing() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "sum", "queue": "manual"},
+                {"name": "b", "handler": "sum", "queue": "manual", "parents": ["a"]}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    // Play a remote worker by hand on the "manual" queue.
+    let url = testing::redis().url.clone();
+    let queue = Queue::connect(&url, Keys::new(&prefix)).await.unwrap();
+    let mut reader = dagflow_actors::queue::QueueReader::connect(&url, Keys::new(&prefix), "manual", "hand")
+        .await
+        .unwrap();
+    let jobs = reader.read(10, 1000).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    let a: Delivery = jobs[0].clone();
+    let done = |v: serde_json::Value| Outcome::Completed {
+        result: serde_json::value::to_raw_value(&v).unwrap(),
+    };
+    queue.report_remote(&a, &done(json!({"sum": 1}))).await.unwrap();
+    eventually("b to be queued", || {
+        let engine = engine.clone();
+        async move { engine.get(id).await.unwrap().node("b").unwrap().status == NodeStatus::Queued }
+    })
+    .await;
+    let seq = engine.get(id).await.unwrap().seq;
+    // The same completion again, a different result for it, and a stale attempt.
+    queue.report_remote(&a, &done(json!({"sum": 999}))).await.unwrap();
+    let mut stale: JobEnvelope = a.envelope.clone();
+    stale.attempt = 7;
+    let stale = Delivery { envelope: stale, ..a.clone() };
+    queue.report_remote(&stale, &done(json!({"sum": 555}))).await.unwrap();
+    queue
+        .report_remote(&a, &Outcome::Failed { message: "late".into(), retryable: false })
+        .await
+        .unwrap();
+    // Give the router time to apply them, then check that nothing moved.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = engine.get(id).await.unwrap();
+    assert_eq!(view.seq, seq, "no event for duplicate or stale reports");
+    assert_eq!(view.node("a").unwrap().result, Some(json!({"sum": 1})));
+    // And all of them were acknowledged: the completions stream has nothing pending.
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(format!("{prefix}:completions"))
+        .arg("engine")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(format!("{pending:?}").to_lowercase().starts_with("array([int(0)"), "{pending:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
