@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dagflow_actors::queue::{Delivery, JobEnvelope, Keys, Outcome, Queue};
 use dagflow_actors::testing;
-use dagflow_actors::{handler_fn, FlowStatus, JobError, NodeStatus};
+use dagflow_actors::{handler_fn, Engine, FlowStatus, JobError, NodeStatus};
 use serde_json::json;
 
 /// A handler that blocks until released, counting its runs.
@@ -58,7 +58,10 @@ async fn a_queue_served_only_by_a_worker_only_engine_completes() {
         .unwrap();
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
-    assert_eq!(view.node("c").unwrap().result.as_ref().unwrap()["sum"], json!(7));
+    assert_eq!(
+        view.node("c").unwrap().result.as_ref().unwrap()["sum"],
+        json!(7)
+    );
     // The worker-only engine has no flows.
     assert!(worker.get(id).await.is_err());
     worker.shutdown(Duration::from_secs(5)).await;
@@ -85,7 +88,10 @@ async fn a_vanished_workers_job_is_reclaimed_after_the_lease() {
         .await
         .unwrap();
     let id = engine
-        .create(&spec(json!({"nodes": [{"name": "job", "handler": "gate", "queue": "work"}]})), None)
+        .create(
+            &spec(json!({"nodes": [{"name": "job", "handler": "gate", "queue": "work"}]})),
+            None,
+        )
         .await
         .unwrap();
     eventually("the first worker to take the job", || {
@@ -99,14 +105,20 @@ async fn a_vanished_workers_job_is_reclaimed_after_the_lease() {
     let rescuer = builder(&prefix)
         .worker_only()
         .queue("work", 1)
-        .handler("gate", handler_fn(|_ctx| async move { Ok::<_, JobError>(json!("rescued")) }))
+        .handler(
+            "gate",
+            handler_fn(|_ctx| async move { Ok::<_, JobError>(json!("rescued")) }),
+        )
         .build()
         .await
         .unwrap();
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
     assert_eq!(view.node("job").unwrap().result, Some(json!("rescued")));
-    assert!(died.elapsed() >= Duration::from_millis(1000), "reclaimed only after the lease");
+    assert!(
+        died.elapsed() >= Duration::from_millis(1000),
+        "reclaimed only after the lease"
+    );
     rescuer.shutdown(Duration::from_secs(5)).await;
     engine.shutdown(Duration::from_secs(5)).await;
 }
@@ -128,7 +140,10 @@ async fn a_job_stalled_too_often_fails_with_a_clear_error() {
         let w = builder(&prefix)
             .worker_only()
             .queue("work", 1)
-            .handler("gate", gate(Arc::clone(&runs), Arc::new(tokio::sync::Notify::new())))
+            .handler(
+                "gate",
+                gate(Arc::clone(&runs), Arc::new(tokio::sync::Notify::new())),
+            )
             .build()
             .await
             .unwrap();
@@ -172,7 +187,10 @@ async fn a_failed_flow_actor_is_restarted_from_its_snapshot() {
         .await
         .unwrap();
     let other = engine
-        .create(&spec(json!({"nodes": [{"name": "x", "handler": "sum"}]})), None)
+        .create(
+            &spec(json!({"nodes": [{"name": "x", "handler": "sum"}]})),
+            None,
+        )
         .await
         .unwrap();
     eventually("the gate to start", || {
@@ -183,7 +201,12 @@ async fn a_failed_flow_actor_is_restarted_from_its_snapshot() {
     assert!(engine.inject_flow_failure(id));
     eventually("the restarted actor to answer", || {
         let engine = engine.clone();
-        async move { engine.get(id).await.is_ok_and(|v| v.node("a").unwrap().status == NodeStatus::Completed) }
+        async move {
+            engine
+                .get(id)
+                .await
+                .is_ok_and(|v| v.node("a").unwrap().status == NodeStatus::Completed)
+        }
     })
     .await;
     release.notify_waiters();
@@ -195,8 +218,14 @@ async fn a_failed_flow_actor_is_restarted_from_its_snapshot() {
         }
     };
     assert_eq!(view.status, FlowStatus::Completed);
-    assert_eq!(view.node("z").unwrap().result.as_ref().unwrap()["sum"], json!(3));
-    assert_eq!(engine.wait(other, WAIT).await.unwrap().status, FlowStatus::Completed);
+    assert_eq!(
+        view.node("z").unwrap().result.as_ref().unwrap()["sum"],
+        json!(3)
+    );
+    assert_eq!(
+        engine.wait(other, WAIT).await.unwrap().status,
+        FlowStatus::Completed
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -206,12 +235,18 @@ async fn a_flow_actor_failing_past_the_bound_fails_the_flow_only() {
     let engine = builder(&prefix)
         .queue("default", 2)
         .handler("sum", sum_handler())
-        .handler("gate", gate(Arc::default(), Arc::new(tokio::sync::Notify::new())))
+        .handler(
+            "gate",
+            gate(Arc::default(), Arc::new(tokio::sync::Notify::new())),
+        )
         .build()
         .await
         .unwrap();
     let id = engine
-        .create(&spec(json!({"nodes": [{"name": "g", "handler": "gate"}]})), None)
+        .create(
+            &spec(json!({"nodes": [{"name": "g", "handler": "gate"}]})),
+            None,
+        )
         .await
         .unwrap();
     for _ in 0..4 {
@@ -224,14 +259,23 @@ async fn a_flow_actor_failing_past_the_bound_fails_the_flow_only() {
     }
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Failed);
-    assert!(view.error.as_deref().unwrap_or("").contains("engine error"), "{view:?}");
+    assert!(
+        view.error.as_deref().unwrap_or("").contains("engine error"),
+        "{view:?}"
+    );
     assert_eq!(view.node("g").unwrap().status, NodeStatus::Cancelled);
     // Other flows are unaffected.
     let other = engine
-        .create(&spec(json!({"nodes": [{"name": "x", "handler": "sum"}]})), None)
+        .create(
+            &spec(json!({"nodes": [{"name": "x", "handler": "sum"}]})),
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(engine.wait(other, WAIT).await.unwrap().status, FlowStatus::Completed);
+    assert_eq!(
+        engine.wait(other, WAIT).await.unwrap().status,
+        FlowStatus::Completed
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -244,7 +288,10 @@ async fn restart_mid_flow_resumes_to_the_right_results_at_once() {
         .data_dir(dir.path())
         .queue("default", 2)
         .handler("sum", sum_handler())
-        .handler("gate", gate(Arc::clone(&runs), Arc::new(tokio::sync::Notify::new())))
+        .handler(
+            "gate",
+            gate(Arc::clone(&runs), Arc::new(tokio::sync::Notify::new())),
+        )
         .build()
         .await
         .unwrap();
@@ -272,7 +319,10 @@ async fn restart_mid_flow_resumes_to_the_right_results_at_once() {
         .data_dir(dir.path())
         .queue("default", 2)
         .handler("sum", sum_handler())
-        .handler("gate", handler_fn(|_ctx| async move { Ok::<_, JobError>(json!({"sum": 10})) }))
+        .handler(
+            "gate",
+            handler_fn(|_ctx| async move { Ok::<_, JobError>(json!({"sum": 10})) }),
+        )
         // A long lease: the job must come back from the engine's own pending list,
         // not from a lease expiry.
         .lease(Duration::from_secs(60))
@@ -281,7 +331,10 @@ async fn restart_mid_flow_resumes_to_the_right_results_at_once() {
         .unwrap();
     let view = second.wait(id, Duration::from_secs(10)).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
-    assert_eq!(view.node("z").unwrap().result.as_ref().unwrap()["sum"], json!(13));
+    assert_eq!(
+        view.node("z").unwrap().result.as_ref().unwrap()["sum"],
+        json!(13)
+    );
     second.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -306,16 +359,20 @@ async fn duplicate_and_stale_reports_change_nothing() {
     // Play a remote worker by hand on the "manual" queue.
     let url = testing::redis().url.clone();
     let queue = Queue::connect(&url, Keys::new(&prefix)).await.unwrap();
-    let mut reader = dagflow_actors::queue::QueueReader::connect(&url, Keys::new(&prefix), "manual", "hand")
-        .await
-        .unwrap();
+    let mut reader =
+        dagflow_actors::queue::QueueReader::connect(&url, Keys::new(&prefix), "manual", "hand")
+            .await
+            .unwrap();
     let jobs = reader.read(10, 1000).await.unwrap();
     assert_eq!(jobs.len(), 1);
     let a: Delivery = jobs[0].clone();
     let done = |v: serde_json::Value| Outcome::Completed {
         result: serde_json::value::to_raw_value(&v).unwrap(),
     };
-    queue.report_remote(&a, &done(json!({"sum": 1}))).await.unwrap();
+    queue
+        .report_remote(&a, &done(json!({"sum": 1})))
+        .await
+        .unwrap();
     eventually("b to be queued", || {
         let engine = engine.clone();
         async move { engine.get(id).await.unwrap().node("b").unwrap().status == NodeStatus::Queued }
@@ -323,13 +380,28 @@ async fn duplicate_and_stale_reports_change_nothing() {
     .await;
     let seq = engine.get(id).await.unwrap().seq;
     // The same completion again, a different result for it, and a stale attempt.
-    queue.report_remote(&a, &done(json!({"sum": 999}))).await.unwrap();
+    queue
+        .report_remote(&a, &done(json!({"sum": 999})))
+        .await
+        .unwrap();
     let mut stale: JobEnvelope = a.envelope.clone();
     stale.attempt = 7;
-    let stale = Delivery { envelope: stale, ..a.clone() };
-    queue.report_remote(&stale, &done(json!({"sum": 555}))).await.unwrap();
+    let stale = Delivery {
+        envelope: stale,
+        ..a.clone()
+    };
     queue
-        .report_remote(&a, &Outcome::Failed { message: "late".into(), retryable: false })
+        .report_remote(&stale, &done(json!({"sum": 555})))
+        .await
+        .unwrap();
+    queue
+        .report_remote(
+            &a,
+            &Outcome::Failed {
+                message: "late".into(),
+                retryable: false,
+            },
+        )
         .await
         .unwrap();
     // Give the router time to apply them, then check that nothing moved.
@@ -338,13 +410,74 @@ async fn duplicate_and_stale_reports_change_nothing() {
     assert_eq!(view.seq, seq, "no event for duplicate or stale reports");
     assert_eq!(view.node("a").unwrap().result, Some(json!({"sum": 1})));
     // And all of them were acknowledged: the completions stream has nothing pending.
-    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(format!("{prefix}:completions"))
         .arg("engine")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(format!("{pending:?}").to_lowercase().starts_with("array([int(0)"), "{pending:?}");
+    assert!(
+        format!("{pending:?}")
+            .to_lowercase()
+            .starts_with("array([int(0)"),
+        "{pending:?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_mid_flow_the_flow_still_completes() {
+    let redis = testing::TestRedis::dedicated();
+    let prefix = testing::unique_prefix();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = Engine::builder()
+        .redis_url(redis.url.clone())
+        .prefix(&prefix)
+        .lease(Duration::from_millis(1500))
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .handler("gate", gate(Arc::clone(&runs), Arc::clone(&release)))
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "sum", "data": {"n": 1}},
+                {"name": "g", "handler": "gate", "parents": ["a"]},
+                {"name": "z", "handler": "sum", "parents": ["g"], "data": {"n": 2}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    eventually("the gate to start", || {
+        let runs = Arc::clone(&runs);
+        async move { runs.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    // Redis restarts without persistence: every key is gone, the gate's job too.
+    redis.stop();
+    redis.start();
+    // The engine notices the lost marker and enqueues the gate again.
+    eventually("the gate to run again", || {
+        let runs = Arc::clone(&runs);
+        async move { runs.load(Ordering::SeqCst) >= 2 }
+    })
+    .await;
+    let view = loop {
+        release.notify_waiters();
+        if let Ok(v) = engine.wait(id, Duration::from_millis(200)).await {
+            break v;
+        }
+    };
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("z").unwrap().result.as_ref().unwrap()["sum"], json!(2));
     engine.shutdown(Duration::from_secs(5)).await;
 }
