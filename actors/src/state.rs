@@ -617,7 +617,7 @@ impl FlowState {
         let dag = Arc::clone(&self.dag);
         let opts = &dag.node(node).opts;
         let n = &self.nodes[node.as_usize()];
-        let tries = n.attempt;
+        let tries = n.attempt - n.run_first_attempt + 1;
         if retryable && tries < opts.attempts {
             let delay = opts.backoff.map_or(0, |b| b.delay_for(tries));
             self.nodes[node.as_usize()].error = Some(error.clone());

@@ -223,7 +223,10 @@ fn start_queues_the_roots_and_nothing_else() {
     let mut state = diamond();
     assert_eq!(state.seq(), 0);
     assert_eq!(state.status(), FlowStatus::Running);
-    assert!(state.resume(T0).is_empty(), "nothing to resume before Start");
+    assert!(
+        state.resume(T0).is_empty(),
+        "nothing to resume before Start"
+    );
 
     let a = idx(&state, "a");
     let effects = apply(&mut state, Input::Start, T0 + 1);
@@ -285,7 +288,10 @@ fn diamond_runs_children_after_all_parents_with_their_results() {
     assert_eq!(status_of(&state, "a"), NodeStatus::Active);
     assert_eq!(state.node(idx(&state, "a")).started_at, Some(T0 + 1));
 
-    assert_eq!(input_of(&state, "a"), json!({ "data": { "seed": 1 }, "parents": {} }));
+    assert_eq!(
+        input_of(&state, "a"),
+        json!({ "data": { "seed": 1 }, "parents": {} })
+    );
     let effects = complete(&mut state, "a", json!({ "image": "raw" }), T0 + 2);
     assert_eq!(enqueued_names(&state, &effects), ["b", "c"]);
     assert_eq!(finished(&effects), None);
@@ -302,7 +308,10 @@ fn diamond_runs_children_after_all_parents_with_their_results() {
         persisted(&effects),
         [idx(&state, "a"), idx(&state, "b"), idx(&state, "c")]
     );
-    assert_eq!(input_of(&state, "b"), json!({ "data": null, "parents": { "a": { "image": "raw" } } }));
+    assert_eq!(
+        input_of(&state, "b"),
+        json!({ "data": null, "parents": { "a": { "image": "raw" } } })
+    );
 
     // One parent of d done: d still waits.
     let effects = complete(&mut state, "c", json!("c-result"), T0 + 3);
@@ -319,7 +328,10 @@ fn diamond_runs_children_after_all_parents_with_their_results() {
 
     let effects = complete(&mut state, "d", json!(null), T0 + 5);
     assert_eq!(finished(&effects), Some(FlowStatus::Completed));
-    assert_eq!(events(&effects).last().unwrap().status, EventStatus::Flow(FlowStatus::Completed));
+    assert_eq!(
+        events(&effects).last().unwrap().status,
+        EventStatus::Flow(FlowStatus::Completed)
+    );
     assert_eq!(state.status(), FlowStatus::Completed);
     assert_eq!(state.header().finished_at, Some(T0 + 5));
     assert_eq!(state.remaining(), 0);
@@ -364,7 +376,10 @@ fn duplicate_and_stale_inputs_change_nothing() {
             error: "late".into(),
             retryable: false,
         },
-        Input::JobStarted { node: a, attempt: 1 },
+        Input::JobStarted {
+            node: a,
+            attempt: 1,
+        },
         Input::Progress {
             node: a,
             attempt: 1,
@@ -381,7 +396,10 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 0,
             result: Arc::from("0"),
         },
-        Input::JobStarted { node: r, attempt: 2 },
+        Input::JobStarted {
+            node: r,
+            attempt: 2,
+        },
         // A node that does not exist.
         Input::JobCompleted {
             node: NodeIdx::from_usize(99),
@@ -430,7 +448,10 @@ fn duplicate_and_stale_inputs_change_nothing() {
             error: "late".into(),
             retryable: true,
         },
-        Input::JobStarted { node: r, attempt: 1 },
+        Input::JobStarted {
+            node: r,
+            attempt: 1,
+        },
     ] {
         assert!(apply(&mut state, input, T0 + 4).is_empty());
         assert_eq!(observable(&state), before);
@@ -480,7 +501,11 @@ fn retryable_failure_requeues_with_exponential_backoff() {
     assert_eq!(node.run_first_attempt, 1);
     assert_eq!(node.due_at, Some(T0 + 110));
     assert_eq!(node.started_at, None);
-    assert_eq!(node.error.as_deref(), Some("connection reset"), "the error stays visible while retrying");
+    assert_eq!(
+        node.error.as_deref(),
+        Some("connection reset"),
+        "the error stays visible while retrying"
+    );
     // The remaining backoff is what a restart would wait.
     assert_eq!(
         state.resume(T0 + 40),
@@ -617,7 +642,11 @@ fn fail_fast_cancels_everything_not_finished() {
     let effects = fail(&mut state, "r1", "fatal", false, T0 + 3);
     let r2 = idx(&state, "r2");
     let r3 = idx(&state, "r3");
-    assert_eq!(cancelled_jobs(&effects), [(r2, 1), (r3, 1)], "queued and active jobs are stopped");
+    assert_eq!(
+        cancelled_jobs(&effects),
+        [(r2, 1), (r3, 1)],
+        "queued and active jobs are stopped"
+    );
     assert_eq!(enqueued(&effects), []);
     assert_eq!(status_of(&state, "r1"), NodeStatus::Failed);
     for name in ["r2", "r3", "x"] {
@@ -755,7 +784,10 @@ fn retry_reruns_failed_skipped_and_cancelled_nodes_with_fresh_attempts() {
         }]
     );
     assert_eq!(persisted(&effects), [bad, below]);
-    assert_eq!(events(&effects)[0].status, EventStatus::Flow(FlowStatus::Running));
+    assert_eq!(
+        events(&effects)[0].status,
+        EventStatus::Flow(FlowStatus::Running)
+    );
     assert_eq!(state.status(), FlowStatus::Running);
     assert_eq!(state.header().finished_at, None);
     assert_eq!(state.node(bad).run_first_attempt, 3);
@@ -796,7 +828,10 @@ fn retry_reruns_failed_skipped_and_cancelled_nodes_with_fresh_attempts() {
     assert_eq!(attempt_of(&state, "below"), 1);
     let effects = complete(&mut state, "below", json!(0), T0 + 15);
     assert_eq!(finished(&effects), Some(FlowStatus::Completed));
-    assert!(state.nodes().iter().all(|n| n.status == NodeStatus::Completed));
+    assert!(state
+        .nodes()
+        .iter()
+        .all(|n| n.status == NodeStatus::Completed));
 }
 
 #[test]
@@ -839,8 +874,18 @@ fn abort_fails_the_flow_with_a_reason_and_can_be_retried() {
     let last = events(&effects).pop().unwrap();
     assert_eq!(last.status, EventStatus::Flow(FlowStatus::Failed));
     assert_eq!(last.error.as_deref(), Some("actor kept crashing"));
-    assert!(state.nodes().iter().all(|n| n.status == NodeStatus::Cancelled));
-    assert!(apply(&mut state, Input::Abort { reason: "again".into() }, T0 + 3).is_empty());
+    assert!(state
+        .nodes()
+        .iter()
+        .all(|n| n.status == NodeStatus::Cancelled));
+    assert!(apply(
+        &mut state,
+        Input::Abort {
+            reason: "again".into()
+        },
+        T0 + 3
+    )
+    .is_empty());
 
     let effects = apply(&mut state, Input::Retry, T0 + 4);
     assert_eq!(enqueued_names(&state, &effects), ["a"]);
@@ -848,7 +893,9 @@ fn abort_fails_the_flow_with_a_reason_and_can_be_retried() {
 
 #[test]
 fn progress_marks_the_node_active_and_is_an_event() {
-    let mut state = new_flow(json!({ "nodes": [{ "name": "n", "opts": { "attempts": 2, "backoff": { "type": "fixed", "delayMs": 50 } } }] }));
+    let mut state = new_flow(
+        json!({ "nodes": [{ "name": "n", "opts": { "attempts": 2, "backoff": { "type": "fixed", "delayMs": 50 } } }] }),
+    );
     apply(&mut state, Input::Start, T0);
     let n = idx(&state, "n");
     fail(&mut state, "n", "x", true, T0 + 1);
@@ -881,7 +928,12 @@ fn job_input_escapes_names_and_keeps_data_verbatim() {
         { "name": "child", "parents": ["we\"ird\\name"], "data": { "nested": [1, { "x": "ünï" }] } }
     ]}));
     apply(&mut state, Input::Start, T0);
-    complete(&mut state, "we\"ird\\name", json!({ "s": "line\nbreak" }), T0 + 1);
+    complete(
+        &mut state,
+        "we\"ird\\name",
+        json!({ "s": "line\nbreak" }),
+        T0 + 1,
+    );
     assert_eq!(
         input_of(&state, "child"),
         json!({
@@ -918,7 +970,10 @@ fn every_event_is_numbered_without_gaps() {
     let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
     assert_eq!(state.seq(), all.len() as u64);
-    assert_eq!(all.last().unwrap().status, EventStatus::Flow(FlowStatus::Completed));
+    assert_eq!(
+        all.last().unwrap().status,
+        EventStatus::Flow(FlowStatus::Completed)
+    );
 }
 
 #[test]
@@ -967,7 +1022,11 @@ fn restore_then_resume_returns_the_outstanding_jobs() {
     // The restored flow carries on exactly like the original.
     let mut original = state;
     let mut restored = restored;
-    for (name, value) in [("active", json!("a")), ("delayed", json!(1)), ("fresh", json!(2))] {
+    for (name, value) in [
+        ("active", json!("a")),
+        ("delayed", json!(1)),
+        ("fresh", json!(2)),
+    ] {
         let e1 = complete(&mut original, name, value.clone(), T0 + 2000);
         let e2 = complete(&mut restored, name, value, T0 + 2000);
         assert_eq!(e1, e2);
@@ -984,7 +1043,12 @@ fn restore_then_resume_returns_the_outstanding_jobs() {
 #[test]
 fn restore_with_missing_node_records_treats_them_as_fresh() {
     let state = diamond();
-    let restored = FlowState::restore(flow_id(), Arc::clone(state.dag()), state.header().clone(), Vec::new());
+    let restored = FlowState::restore(
+        flow_id(),
+        Arc::clone(state.dag()),
+        state.header().clone(),
+        Vec::new(),
+    );
     assert_eq!(restored.nodes().len(), 4);
     assert_eq!(observable(&restored), observable(&state));
 }
@@ -1017,7 +1081,11 @@ fn failing_the_root_of_a_long_chain_skips_it_iteratively() {
     assert_eq!(events(&effects).len(), n + 1);
     assert_eq!(finished(&effects), Some(FlowStatus::Failed));
     assert_eq!(
-        state.nodes().iter().filter(|n| n.status == NodeStatus::Skipped).count(),
+        state
+            .nodes()
+            .iter()
+            .filter(|n| n.status == NodeStatus::Skipped)
+            .count(),
         n - 1
     );
 }
@@ -1079,13 +1147,15 @@ fn gen_flow() -> impl Strategy<Value = GenFlow> {
         1u64..25,
         any::<u64>(),
     )
-        .prop_map(|(nodes, fail_fast, inject_failures, fail_percent, seed)| GenFlow {
-            nodes,
-            fail_fast,
-            inject_failures,
-            fail_percent,
-            seed,
-        })
+        .prop_map(
+            |(nodes, fail_fast, inject_failures, fail_percent, seed)| GenFlow {
+                nodes,
+                fail_fast,
+                inject_failures,
+                fail_percent,
+                seed,
+            },
+        )
 }
 
 fn node_name(i: usize) -> String {
@@ -1238,7 +1308,10 @@ impl Sim {
         let before = self.state.clone();
         let effects = self.state.apply(input.clone(), self.now);
         let shadow_effects = self.shadow.apply(input.clone(), self.now);
-        assert_eq!(effects, shadow_effects, "a restored flow behaves differently from one never restored");
+        assert_eq!(
+            effects, shadow_effects,
+            "a restored flow behaves differently from one never restored"
+        );
         self.log.push((input.clone(), self.now));
         self.all_effects.extend(effects.iter().cloned());
         self.check(&before, &input, &effects);
@@ -1249,8 +1322,16 @@ impl Sim {
     fn check(&mut self, before: &FlowState, input: &Input, effects: &[Effect]) {
         check_shape(effects, before.seq(), before.status(), &self.state);
         if effects.is_empty() {
-            assert_eq!(self.state.header(), before.header(), "{input:?}: no effects, yet the header changed");
-            assert_eq!(self.state.nodes(), before.nodes(), "{input:?}: no effects, yet a node changed");
+            assert_eq!(
+                self.state.header(),
+                before.header(),
+                "{input:?}: no effects, yet the header changed"
+            );
+            assert_eq!(
+                self.state.nodes(),
+                before.nodes(),
+                "{input:?}: no effects, yet a node changed"
+            );
         } else {
             // Durability: every node whose record changed is in Persist.
             let persisted = persisted(effects);
@@ -1278,7 +1359,10 @@ impl Sim {
                     self.accepted.push(input.clone());
                 }
                 Input::JobFailed { node, attempt, .. } => {
-                    assert!(self.outstanding.remove(&(node.as_usize(), *attempt)).is_some());
+                    assert!(self
+                        .outstanding
+                        .remove(&(node.as_usize(), *attempt))
+                        .is_some());
                     self.accepted.push(input.clone());
                 }
                 Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
@@ -1292,7 +1376,10 @@ impl Sim {
                 }
                 Input::Start | Input::Retry => {
                     if matches!(input, Input::Retry) {
-                        assert_eq!(self.finished_this_run, 1, "a run ended without exactly one Finished");
+                        assert_eq!(
+                            self.finished_this_run, 1,
+                            "a run ended without exactly one Finished"
+                        );
                     }
                     self.finished_this_run = 0;
                     self.runs += 1;
@@ -1332,7 +1419,11 @@ impl Sim {
         assert_eq!(self.state.seq(), self.last_seq);
         // A node's last event in an apply tells its status after the apply.
         for (i, status) in last_event_status {
-            assert_eq!(self.state.nodes()[i].status, status, "node {i}: last event is stale");
+            assert_eq!(
+                self.state.nodes()[i].status,
+                status,
+                "node {i}: last event is stale"
+            );
         }
         self.check_invariants();
     }
@@ -1354,7 +1445,8 @@ impl Sim {
             let parent = &state.nodes()[p.as_usize()];
             let cof = self.dag.node(p).opts.continue_on_failure;
             assert!(
-                parent.status == NodeStatus::Completed || (parent.status == NodeStatus::Failed && cof),
+                parent.status == NodeStatus::Completed
+                    || (parent.status == NodeStatus::Failed && cof),
                 "node {i} enqueued while parent {} is {:?}",
                 p.as_usize(),
                 parent.status
@@ -1367,7 +1459,11 @@ impl Sim {
         } else {
             dag_node.opts.backoff.map_or(0, |b| b.delay_for(retry))
         };
-        assert_eq!(job.delay_ms, expected_delay, "node {i} attempt {}", job.attempt);
+        assert_eq!(
+            job.delay_ms, expected_delay,
+            "node {i} attempt {}",
+            job.attempt
+        );
         // The input holds the node's data and every parent's result.
         let input: Value = serde_json::from_str(&state.job_input(job.node)).unwrap();
         assert_eq!(input["data"], json!({ "i": i }));
@@ -1402,7 +1498,11 @@ impl Sim {
         );
         assert_eq!(
             state.remaining(),
-            state.nodes().iter().filter(|n| !n.status.is_terminal()).count()
+            state
+                .nodes()
+                .iter()
+                .filter(|n| !n.status.is_terminal())
+                .count()
         );
         // The model queue holds exactly the queued and active attempts.
         let live: Vec<(usize, u32)> = state
@@ -1416,12 +1516,17 @@ impl Sim {
         assert_eq!(live, outstanding);
         // A started flow that is still running always has something to wait for.
         if state.status() == FlowStatus::Running && state.seq() > 0 {
-            assert!(!self.outstanding.is_empty(), "running flow with no job: stuck");
+            assert!(
+                !self.outstanding.is_empty(),
+                "running flow with no job: stuck"
+            );
         }
         for (i, n) in state.nodes().iter().enumerate() {
             if n.status == NodeStatus::Completed {
                 assert_eq!(
-                    n.result.as_deref().map(|r| serde_json::from_str::<Value>(r).unwrap()),
+                    n.result
+                        .as_deref()
+                        .map(|r| serde_json::from_str::<Value>(r).unwrap()),
                     self.results[i],
                     "node {i} holds a result other than the one accepted"
                 );
@@ -1445,7 +1550,11 @@ impl Sim {
             .map(|(&(node, attempt), job)| EnqueueJob {
                 node: NodeIdx::from_usize(node),
                 attempt,
-                delay_ms: if job.started { 0 } else { job.due.saturating_sub(self.now) },
+                delay_ms: if job.started {
+                    0
+                } else {
+                    job.due.saturating_sub(self.now)
+                },
             })
             .collect();
         assert_eq!(restored.resume(self.now), expected);
@@ -1502,7 +1611,11 @@ impl Sim {
 
             if self.state.status().is_terminal() {
                 assert_eq!(self.finished_this_run, 1);
-                if inject_failures && retries_left > 0 && self.state.can_retry() && self.rng.chance(70) {
+                if inject_failures
+                    && retries_left > 0
+                    && self.state.can_retry()
+                    && self.rng.chance(70)
+                {
                     retries_left -= 1;
                     let effects = self.apply(Input::Retry);
                     assert!(!effects.is_empty());
@@ -1560,7 +1673,9 @@ impl Sim {
                     Input::JobCompleted {
                         node,
                         attempt,
-                        result: Arc::from(json!({ "n": node.as_usize(), "attempt": attempt }).to_string()),
+                        result: Arc::from(
+                            json!({ "n": node.as_usize(), "attempt": attempt }).to_string(),
+                        ),
                     }
                 };
                 assert!(!self.apply(input).is_empty());
@@ -1640,11 +1755,5 @@ proptest! {
         prop_assert_eq!(finished_count as u32, sim.runs);
         prop_assert_eq!(state.seq(), sim.last_seq);
         sim.check_replay();
-        let count = |f: &dyn Fn(&Input) -> bool| sim.log.iter().filter(|(i, _)| f(i)).count();
-        eprintln!("STATS n={} fail={} steps={} runs={} status={:?} cancels={} aborts={} retries={} failed_inputs={} completed_nodes={}",
-            flow.nodes.len(), flow.inject_failures, sim.log.len(), sim.runs, state.status(),
-            count(&|i| matches!(i, Input::Cancel)), count(&|i| matches!(i, Input::Abort{..})), count(&|i| matches!(i, Input::Retry)),
-            count(&|i| matches!(i, Input::JobFailed{..})),
-            state.nodes().iter().filter(|n| n.status == NodeStatus::Completed).count());
     }
 }
