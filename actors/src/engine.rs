@@ -186,9 +186,15 @@ impl EngineBuilder {
                 }
             };
             consumer = engine_id;
-            let (writer, _) = Actor::spawn(None, SnapshotWriter, WriterArgs { store: store.clone() })
-                .await
-                .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
+            let (writer, _) = Actor::spawn(
+                None,
+                SnapshotWriter,
+                WriterArgs {
+                    store: store.clone(),
+                },
+            )
+            .await
+            .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
             let shared = Arc::new(Shared {
                 store,
                 queue: queue.clone(),
@@ -222,7 +228,11 @@ impl EngineBuilder {
             )
             .await
             .map_err(|e| EngineError::Internal(format!("spawning completion router: {e}")))?;
-            let watchdog = tokio::spawn(watch_redis(queue.clone(), consumer.clone(), supervisor.clone()));
+            let watchdog = tokio::spawn(watch_redis(
+                queue.clone(),
+                consumer.clone(),
+                supervisor.clone(),
+            ));
             flows = Some(Flows {
                 shared,
                 supervisor,
@@ -329,7 +339,9 @@ impl Engine {
 
     fn flows(&self) -> Result<&Flows, EngineError> {
         if self.inner.stopping.load(Ordering::Relaxed) {
-            return Err(EngineError::NotRunning("the engine is shutting down".to_owned()));
+            return Err(EngineError::NotRunning(
+                "the engine is shutting down".to_owned(),
+            ));
         }
         self.inner
             .flows
@@ -344,10 +356,15 @@ impl Engine {
 
     /// Validates and starts a flow. With an idempotency key, a second call with the
     /// same key returns the first flow's id and starts nothing.
-    pub async fn create(&self, spec: &FlowSpec, idempotency_key: Option<String>) -> Result<FlowId, EngineError> {
+    pub async fn create(
+        &self,
+        spec: &FlowSpec,
+        idempotency_key: Option<String>,
+    ) -> Result<FlowId, EngineError> {
         let flows = self.flows()?;
         let dag = spec::validate(spec, &self.inner.limits)?;
-        let spec_json = serde_json::to_string(spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| EngineError::Internal(e.to_string()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         flows
             .supervisor
@@ -360,13 +377,21 @@ impl Engine {
             .map_err(|e| EngineError::NotRunning(format!("flow supervisor unavailable: {e}")))?;
         match tokio::time::timeout(Duration::from_millis(CALL_TIMEOUT_MS), rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(EngineError::Internal("flow creation was dropped".to_owned())),
-            Err(_) => Err(EngineError::Timeout("the new flow to become durable".to_owned())),
+            Ok(Err(_)) => Err(EngineError::Internal(
+                "flow creation was dropped".to_owned(),
+            )),
+            Err(_) => Err(EngineError::Timeout(
+                "the new flow to become durable".to_owned(),
+            )),
         }
     }
 
     /// Parses JSON text and creates the flow it describes.
-    pub async fn create_json(&self, json: &str, idempotency_key: Option<String>) -> Result<FlowId, EngineError> {
+    pub async fn create_json(
+        &self,
+        json: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<FlowId, EngineError> {
         let spec = spec::parse(json.as_bytes()).map_err(|e| {
             EngineError::Spec(spec::SpecError {
                 problems: vec![spec::Problem {
@@ -415,7 +440,8 @@ impl Engine {
         let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
         let after = match &query.cursor {
             Some(c) => Some(
-                FlowId::from_str(c).map_err(|_| EngineError::Conflict(format!("'{c}' is not a valid cursor")))?,
+                FlowId::from_str(c)
+                    .map_err(|_| EngineError::Conflict(format!("'{c}' is not a valid cursor")))?,
             ),
             None => None,
         };
@@ -426,7 +452,11 @@ impl Engine {
             .take(limit)
             .filter_map(|(id, rec)| FlowSummary::from_record(*id, rec))
             .collect();
-        let next_cursor = if more { flows.last().map(|f| f.id.to_string()) } else { None };
+        let next_cursor = if more {
+            flows.last().map(|f| f.id.to_string())
+        } else {
+            None
+        };
         Ok(FlowPage { flows, next_cursor })
     }
 
@@ -436,7 +466,9 @@ impl Engine {
         if let Some(actor) = flows.shared.directory.get(id) {
             match call_t!(actor, FlowMsg::Cancel, CALL_TIMEOUT_MS) {
                 Ok(result) => return result,
-                Err(ractor::RactorErr::Timeout) => return Err(EngineError::Timeout("the flow to cancel".to_owned())),
+                Err(ractor::RactorErr::Timeout) => {
+                    return Err(EngineError::Timeout("the flow to cancel".to_owned()))
+                }
                 Err(_) => {} // the actor just ended; the store says how
             }
         }
@@ -452,13 +484,23 @@ impl Engine {
     /// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
     pub async fn retry(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        call_t!(flows.supervisor, SupervisorMsg::RetryFlow, CALL_TIMEOUT_MS, id)?
+        call_t!(
+            flows.supervisor,
+            SupervisorMsg::RetryFlow,
+            CALL_TIMEOUT_MS,
+            id
+        )?
     }
 
     /// Removes a flow: its jobs leave Redis, its records leave the disk.
     pub async fn delete(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        call_t!(flows.supervisor, SupervisorMsg::DeleteFlow, CALL_TIMEOUT_MS, id)?
+        call_t!(
+            flows.supervisor,
+            SupervisorMsg::DeleteFlow,
+            CALL_TIMEOUT_MS,
+            id
+        )?
     }
 
     /// Events of one flow (with its current snapshot), or of all flows (`None`).
@@ -530,15 +572,25 @@ impl Engine {
 
     /// Number of flows with a live actor.
     pub fn running_flows(&self) -> usize {
-        self.inner.flows.as_ref().map_or(0, |f| f.shared.directory.len())
+        self.inner
+            .flows
+            .as_ref()
+            .map_or(0, |f| f.shared.directory.len())
     }
 
     /// Fault injection for supervision tests: makes the flow's actor fail as if it
     /// had a bug. Returns whether the flow had a live actor.
     #[doc(hidden)]
     pub fn inject_flow_failure(&self, id: FlowId) -> bool {
-        let actor = self.inner.flows.as_ref().and_then(|f| f.shared.directory.get(id));
-        actor.is_some_and(|a| a.cast(FlowMsg::InjectFailure("injected failure".to_owned())).is_ok())
+        let actor = self
+            .inner
+            .flows
+            .as_ref()
+            .and_then(|f| f.shared.directory.get(id));
+        actor.is_some_and(|a| {
+            a.cast(FlowMsg::InjectFailure("injected failure".to_owned()))
+                .is_ok()
+        })
     }
 
     /// Number of event subscribers.
@@ -567,8 +619,14 @@ impl Engine {
                 .supervisor
                 .stop_children_and_wait(None, Some(Duration::from_secs(5)))
                 .await;
-            let _ = flows.supervisor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
-            let _ = flows.writer.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+            let _ = flows
+                .supervisor
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
+            let _ = flows
+                .writer
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
             if let Err(e) = flows.shared.store.flush().await {
                 warn!(error = %e, "final flush failed");
             }
@@ -577,7 +635,10 @@ impl Engine {
     }
 }
 
-fn load_view_state(shared: &Shared, id: FlowId) -> Result<(crate::state::FlowState, crate::store::FlowRecord), EngineError> {
+fn load_view_state(
+    shared: &Shared,
+    id: FlowId,
+) -> Result<(crate::state::FlowState, crate::store::FlowRecord), EngineError> {
     load_state(&shared.store, id)?.ok_or_else(|| EngineError::NotFound(id.to_string()))
 }
 

@@ -75,7 +75,10 @@ pub struct JobContext {
 
 impl JobContext {
     /// Builds a context outside a worker, for unit-testing a handler.
-    pub fn for_test(data: serde_json::Value, parents: serde_json::Map<String, serde_json::Value>) -> Self {
+    pub fn for_test(
+        data: serde_json::Value,
+        parents: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
         let flow_id = FlowId::new();
         JobContext {
             job_id: JobId::new(flow_id, "test", 1),

@@ -5,19 +5,19 @@
 //! sees it, puts ready jobs on Redis streams and hands each child the results of all
 //! its parents. Start here: [`Engine`].
 
-pub mod ids;
-pub mod spec;
-pub mod state;
-pub mod store;
-pub mod handler;
-pub mod view;
-pub mod queue;
-#[doc(hidden)]
-pub mod testing;
 pub mod actors;
 pub mod engine;
 pub mod error;
+pub mod handler;
 pub mod hub;
+pub mod ids;
+pub mod queue;
+pub mod spec;
+pub mod state;
+pub mod store;
+#[doc(hidden)]
+pub mod testing;
+pub mod view;
 
 pub use engine::{Engine, EngineBuilder, ListQuery, Subscription};
 pub use error::EngineError;

@@ -337,7 +337,11 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
             check_name(&mut push, &node.name, "handler name", h, limits);
         }
         if let Some(q) = &node.queue {
-            if q.is_empty() || !q.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if q.is_empty()
+                || !q
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 push(
                     "bad_queue_name",
                     Some(&node.name),
@@ -366,7 +370,9 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                 format!("node '{}' has a timeout of 0 ms", node.name),
             );
         }
-        let data_len = serde_json::to_string(&node.data).map(|s| s.len()).unwrap_or(0);
+        let data_len = serde_json::to_string(&node.data)
+            .map(|s| s.len())
+            .unwrap_or(0);
         if data_len > limits.max_data_bytes {
             push(
                 "data_too_large",
@@ -396,7 +402,10 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
     let mut parents: Vec<Vec<NodeIdx>> = vec![Vec::new(); spec.nodes.len()];
     let mut children: Vec<Vec<NodeIdx>> = vec![Vec::new(); spec.nodes.len()];
     let mut edges: HashSet<(NodeIdx, NodeIdx)> = HashSet::new();
-    let mut add_edge = |from: NodeIdx, to: NodeIdx, parents: &mut Vec<Vec<NodeIdx>>, children: &mut Vec<Vec<NodeIdx>>| {
+    let mut add_edge = |from: NodeIdx,
+                        to: NodeIdx,
+                        parents: &mut Vec<Vec<NodeIdx>>,
+                        children: &mut Vec<Vec<NodeIdx>>| {
         if edges.insert((from, to)) {
             parents[to.as_usize()].push(from);
             children[from.as_usize()].push(to);
@@ -536,7 +545,9 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                     .map(Arc::from)
                     .unwrap_or_else(|| name.clone()),
                 queue: Arc::from(node.queue.as_deref().unwrap_or(DEFAULT_QUEUE)),
-                data: Arc::from(serde_json::to_string(&node.data).unwrap_or_else(|_| "null".to_owned())),
+                data: Arc::from(
+                    serde_json::to_string(&node.data).unwrap_or_else(|_| "null".to_owned()),
+                ),
                 name,
                 opts,
                 parents,

@@ -195,7 +195,10 @@ impl FlowRecord {
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![FORMAT_VERSION];
-    out.extend(bincode::serde::encode_to_vec(value, bincode::config::standard())?);
+    out.extend(bincode::serde::encode_to_vec(
+        value,
+        bincode::config::standard(),
+    )?);
     Ok(out)
 }
 
@@ -316,7 +319,10 @@ impl Store {
 
     /// The flow record, if the flow exists.
     pub fn flow_record(&self, id: FlowId) -> Result<Option<FlowRecord>, StoreError> {
-        self.flows.get(id.as_bytes())?.map(|b| decode(&b)).transpose()
+        self.flows
+            .get(id.as_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     /// Everything stored about a flow.
@@ -425,9 +431,7 @@ impl Store {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.meta
             .get(key.as_bytes())?
-            .map(|b| {
-                String::from_utf8(b.to_vec()).map_err(|e| StoreError::Decode(e.to_string()))
-            })
+            .map(|b| String::from_utf8(b.to_vec()).map_err(|e| StoreError::Decode(e.to_string())))
             .transpose()
     }
 
@@ -510,7 +514,10 @@ mod tests {
     #[test]
     fn unknown_version_is_refused() {
         let bytes = [9u8, 0, 0];
-        assert!(matches!(decode::<FlowRecord>(&bytes), Err(StoreError::Version(9))));
+        assert!(matches!(
+            decode::<FlowRecord>(&bytes),
+            Err(StoreError::Version(9))
+        ));
     }
 
     #[tokio::test]
@@ -519,15 +526,25 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..5 {
             let id = FlowId::new();
-            let status = if i % 2 == 0 { FlowStatus::Running } else { FlowStatus::Completed };
+            let status = if i % 2 == 0 {
+                FlowStatus::Running
+            } else {
+                FlowStatus::Completed
+            };
             store.apply(&[WriteOp::Flow(id, record(status))]).unwrap();
             ids.push(id);
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         let page = store.list(None, None, 2).unwrap();
-        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![ids[4], ids[3]]);
+        assert_eq!(
+            page.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![ids[4], ids[3]]
+        );
         let next = store.list(None, Some(ids[3]), 10).unwrap();
-        assert_eq!(next.iter().map(|p| p.0).collect::<Vec<_>>(), vec![ids[2], ids[1], ids[0]]);
+        assert_eq!(
+            next.iter().map(|p| p.0).collect::<Vec<_>>(),
+            vec![ids[2], ids[1], ids[0]]
+        );
         let running = store.list(Some(FlowStatus::Running), None, 10).unwrap();
         assert_eq!(running.len(), 3);
     }

@@ -193,7 +193,8 @@ impl NodeView {
             handler: node.handler.to_string(),
             parents: names(&node.parents),
             children: names(&node.children),
-            job_id: (n.attempt > 0).then(|| JobId::new(state.id(), &node.name, n.attempt).to_string()),
+            job_id: (n.attempt > 0)
+                .then(|| JobId::new(state.id(), &node.name, n.attempt).to_string()),
             queued_at: n.queued_at,
             due_at: n.due_at,
             started_at: n.started_at,

@@ -34,7 +34,10 @@ async fn diamond_passes_both_results() {
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
     let d = view.node("d").unwrap();
     assert_eq!(d.status, NodeStatus::Completed);
-    assert_eq!(d.result, Some(json!({"sum": 1000 + 10 + 1 + 100 + 1, "parents": ["b", "c"]})));
+    assert_eq!(
+        d.result,
+        Some(json!({"sum": 1000 + 10 + 1 + 100 + 1, "parents": ["b", "c"]}))
+    );
     let node = engine.node(id, "d").await.unwrap();
     let input = node.input.unwrap();
     assert_eq!(input["data"], json!({"n": 1000}));
@@ -42,7 +45,10 @@ async fn diamond_passes_both_results() {
     assert_eq!(input["parents"]["c"]["sum"], json!(101));
     // A finished flow leaves nothing in Redis but the engine-wide keys.
     eventually("flow keys to vanish", || async {
-        !keys(&prefix).await.iter().any(|k| k.contains(&id.to_string()))
+        !keys(&prefix)
+            .await
+            .iter()
+            .any(|k| k.contains(&id.to_string()))
     })
     .await;
     engine.shutdown(Duration::from_secs(5)).await;
@@ -76,7 +82,13 @@ async fn fan_out_fan_in_of_1000() {
     let sink = view.node("sink").unwrap();
     // Every middle node adds its own 1 to src's 1.
     assert_eq!(sink.result.as_ref().unwrap()["sum"], json!(2000));
-    assert_eq!(sink.result.as_ref().unwrap()["parents"].as_array().unwrap().len(), 1000);
+    assert_eq!(
+        sink.result.as_ref().unwrap()["parents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1000
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -104,6 +116,9 @@ async fn chain_of_100() {
         .unwrap();
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
-    assert_eq!(view.node("n99").unwrap().result.as_ref().unwrap()["sum"], json!(100));
+    assert_eq!(
+        view.node("n99").unwrap().result.as_ref().unwrap()["sum"],
+        json!(100)
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }

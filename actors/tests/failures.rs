@@ -21,7 +21,10 @@ fn flaky(times: u32, log: Arc<Mutex<Vec<(u32, Instant)>>>) -> impl dagflow_actor
         async move {
             log.lock().unwrap().push((ctx.attempt, Instant::now()));
             if ctx.attempt <= times {
-                Err(JobError::retryable(format!("flaky attempt {}", ctx.attempt)))
+                Err(JobError::retryable(format!(
+                    "flaky attempt {}",
+                    ctx.attempt
+                )))
             } else {
                 Ok(json!({"attempt": ctx.attempt}))
             }
@@ -30,7 +33,9 @@ fn flaky(times: u32, log: Arc<Mutex<Vec<(u32, Instant)>>>) -> impl dagflow_actor
 }
 
 fn always_fails() -> impl dagflow_actors::Handler {
-    handler_fn(|_ctx| async move { Err::<serde_json::Value, _>(JobError::fatal("broken on purpose")) })
+    handler_fn(
+        |_ctx| async move { Err::<serde_json::Value, _>(JobError::fatal("broken on purpose")) },
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +99,10 @@ async fn permanent_failure_under_continue_skips_descendants_only() {
     assert_eq!(status("bad"), NodeStatus::Failed);
     // A fatal error is not retried, whatever the attempts.
     assert_eq!(view.node("bad").unwrap().attempt, 1);
-    assert_eq!(view.node("bad").unwrap().error.as_deref(), Some("broken on purpose"));
+    assert_eq!(
+        view.node("bad").unwrap().error.as_deref(),
+        Some("broken on purpose")
+    );
     assert_eq!(status("after-bad"), NodeStatus::Skipped);
     assert_eq!(status("deeper"), NodeStatus::Skipped);
     assert_eq!(status("ok"), NodeStatus::Completed);
@@ -140,7 +148,10 @@ async fn fail_fast_cancels_the_rest_and_stops_running_handlers() {
         .unwrap();
     let start = Instant::now();
     let view = engine.wait(id, WAIT).await.unwrap();
-    assert!(start.elapsed() < Duration::from_secs(10), "failFast must not wait for the slow node");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "failFast must not wait for the slow node"
+    );
     assert_eq!(view.status, FlowStatus::Failed);
     assert_eq!(view.node("bad").unwrap().status, NodeStatus::Failed);
     assert_eq!(view.node("slow").unwrap().status, NodeStatus::Cancelled);
@@ -187,11 +198,18 @@ async fn continue_on_failure_hands_the_error_to_children() {
         .await
         .unwrap();
     let view = engine.wait(id, WAIT).await.unwrap();
-    assert_eq!(view.status, FlowStatus::Completed, "continueOnFailure does not fail the flow");
+    assert_eq!(
+        view.status,
+        FlowStatus::Completed,
+        "continueOnFailure does not fail the flow"
+    );
     assert_eq!(view.node("bad").unwrap().status, NodeStatus::Failed);
     assert_eq!(view.node("join").unwrap().status, NodeStatus::Completed);
     let input = seen.lock().unwrap().clone();
-    assert_eq!(input["parents"]["bad"], json!({"error": "broken on purpose"}));
+    assert_eq!(
+        input["parents"]["bad"],
+        json!({"error": "broken on purpose"})
+    );
     assert_eq!(input["parents"]["good"]["sum"], json!(5));
     engine.shutdown(Duration::from_secs(5)).await;
 }
@@ -240,7 +258,10 @@ async fn cancel_stops_a_running_handler_and_retry_reruns() {
     })
     .await;
     // A running flow cannot be retried.
-    assert!(matches!(engine.retry(id).await, Err(dagflow_actors::EngineError::Conflict(_))));
+    assert!(matches!(
+        engine.retry(id).await,
+        Err(dagflow_actors::EngineError::Conflict(_))
+    ));
     engine.cancel(id).await.unwrap();
     let view = engine.get(id).await.unwrap();
     assert_eq!(view.status, FlowStatus::Cancelled);
@@ -252,12 +273,19 @@ async fn cancel_stops_a_running_handler_and_retry_reruns() {
     })
     .await;
     // Cancelling twice is a conflict, not a crash.
-    assert!(matches!(engine.cancel(id).await, Err(dagflow_actors::EngineError::Conflict(_))));
+    assert!(matches!(
+        engine.cancel(id).await,
+        Err(dagflow_actors::EngineError::Conflict(_))
+    ));
 
     engine.retry(id).await.unwrap();
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
-    assert_eq!(view.node("slow").unwrap().attempt, 2, "a retry runs a fresh attempt");
+    assert_eq!(
+        view.node("slow").unwrap().attempt,
+        2,
+        "a retry runs a fresh attempt"
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -292,21 +320,42 @@ async fn delete_leaves_no_key_and_no_record() {
         .await
         .unwrap();
     let done = engine
-        .create(&spec(json!({"nodes": [{"name": "a", "handler": "sum"}]})), None)
+        .create(
+            &spec(json!({"nodes": [{"name": "a", "handler": "sum"}]})),
+            None,
+        )
         .await
         .unwrap();
     engine.wait(done, WAIT).await.unwrap();
     eventually("the slow job to start", || {
         let engine = engine.clone();
-        async move { engine.get(running).await.unwrap().node("slow").unwrap().status == NodeStatus::Active }
+        async move {
+            engine
+                .get(running)
+                .await
+                .unwrap()
+                .node("slow")
+                .unwrap()
+                .status
+                == NodeStatus::Active
+        }
     })
     .await;
     for id in [running, done] {
         engine.delete(id).await.unwrap();
-        assert!(matches!(engine.get(id).await, Err(dagflow_actors::EngineError::NotFound(_))));
-        assert!(matches!(engine.delete(id).await, Err(dagflow_actors::EngineError::NotFound(_))));
+        assert!(matches!(
+            engine.get(id).await,
+            Err(dagflow_actors::EngineError::NotFound(_))
+        ));
+        assert!(matches!(
+            engine.delete(id).await,
+            Err(dagflow_actors::EngineError::NotFound(_))
+        ));
         let left: Vec<String> = keys(&prefix).await;
-        assert!(!left.iter().any(|k| k.contains(&id.to_string())), "{left:?}");
+        assert!(
+            !left.iter().any(|k| k.contains(&id.to_string())),
+            "{left:?}"
+        );
     }
     // No stream or delayed set holds a job of the deleted flows.
     let mut conn = redis::Client::open(testing::redis().url.as_str())
@@ -325,7 +374,10 @@ async fn delete_leaves_no_key_and_no_record() {
     assert!(!text.contains(&running.to_string()), "{text}");
     // The idempotency key is free again: the same key makes a new flow.
     let again = engine
-        .create(&spec(json!({"nodes": [{"name": "a", "handler": "sum"}]})), Some("delete-me".into()))
+        .create(
+            &spec(json!({"nodes": [{"name": "a", "handler": "sum"}]})),
+            Some("delete-me".into()),
+        )
         .await
         .unwrap();
     assert_ne!(again, running);

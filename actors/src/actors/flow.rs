@@ -104,7 +104,10 @@ impl RedisWork {
 
 /// A caller waiting for the flush that makes its answer true.
 enum Reply {
-    Created(tokio::sync::oneshot::Sender<Result<FlowId, EngineError>>, FlowId),
+    Created(
+        tokio::sync::oneshot::Sender<Result<FlowId, EngineError>>,
+        FlowId,
+    ),
     Done(RpcReplyPort<Result<(), EngineError>>),
     Flow(RpcReplyPort<FlowView>, FlowView),
     Node(RpcReplyPort<Option<NodeView>>, Option<NodeView>),
@@ -234,14 +237,25 @@ impl Actor for FlowActor {
                 // A new flow writes every node once so that a listing of its records
                 // is complete; later writes only touch what changed.
                 for i in actor.state.dag().indices() {
-                    ops.push(WriteOp::Node(id, i, NodeRecord::from_state(actor.state.node(i))));
+                    ops.push(WriteOp::Node(
+                        id,
+                        i,
+                        NodeRecord::from_state(actor.state.node(i)),
+                    ));
                 }
                 let effects = effects
                     .into_iter()
                     .filter(|e| !matches!(e, Effect::Persist(_)))
                     .collect::<Vec<_>>();
                 // The creator hears of the flow only once it is durable.
-                actor.commit(&myself, effects, Ack::None, Some(Reply::Created(reply, id)), ops, true);
+                actor.commit(
+                    &myself,
+                    effects,
+                    Ack::None,
+                    Some(Reply::Created(reply, id)),
+                    ops,
+                    true,
+                );
                 Ok(actor)
             }
             FlowInit::Restore {
@@ -283,8 +297,13 @@ impl Actor for FlowActor {
             // Being deleted: only the flushes still matter; everything Redis holds
             // for the flow is about to be removed, reports included.
             return match message {
-                FlowMsg::Flushed { token, result } => state.on_flushed(&myself, token, result).await,
-                FlowMsg::Cancel(reply) | FlowMsg::Retry(reply) | FlowMsg::Drain(reply) | FlowMsg::Delete(reply) => {
+                FlowMsg::Flushed { token, result } => {
+                    state.on_flushed(&myself, token, result).await
+                }
+                FlowMsg::Cancel(reply)
+                | FlowMsg::Retry(reply)
+                | FlowMsg::Drain(reply)
+                | FlowMsg::Delete(reply) => {
                     let _ = reply.send(Err(EngineError::NotFound(state.state.id().to_string())));
                     Ok(())
                 }
@@ -334,7 +353,14 @@ impl Actor for FlowActor {
                     ))));
                 } else {
                     let effects = state.state.apply(Input::Cancel, now);
-                    state.commit(&myself, effects, Ack::None, Some(Reply::Done(reply)), Vec::new(), false);
+                    state.commit(
+                        &myself,
+                        effects,
+                        Ack::None,
+                        Some(Reply::Done(reply)),
+                        Vec::new(),
+                        false,
+                    );
                 }
             }
             FlowMsg::Retry(reply) => {
@@ -347,7 +373,14 @@ impl Actor for FlowActor {
                 } else {
                     state.engine_error = None;
                     let effects = state.state.apply(Input::Retry, now);
-                    state.commit(&myself, effects, Ack::None, Some(Reply::Done(reply)), Vec::new(), false);
+                    state.commit(
+                        &myself,
+                        effects,
+                        Ack::None,
+                        Some(Reply::Done(reply)),
+                        Vec::new(),
+                        false,
+                    );
                 }
             }
             FlowMsg::Delete(reply) => {
@@ -357,7 +390,9 @@ impl Actor for FlowActor {
                     .state
                     .dag()
                     .indices()
-                    .filter(|&i| !state.state.node(i).status.is_terminal() && state.state.node(i).attempt > 0)
+                    .filter(|&i| {
+                        !state.state.node(i).status.is_terminal() && state.state.node(i).attempt > 0
+                    })
                     .map(|i| state.job_id(i, state.state.node(i).attempt))
                     .collect();
                 if !cancels.is_empty() {
@@ -490,7 +525,11 @@ impl FlowActorState {
             match effect {
                 Effect::Persist(changes) => {
                     for n in changes.nodes {
-                        ops.push(WriteOp::Node(id, n, NodeRecord::from_state(self.state.node(n))));
+                        ops.push(WriteOp::Node(
+                            id,
+                            n,
+                            NodeRecord::from_state(self.state.node(n)),
+                        ));
                     }
                 }
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
@@ -572,7 +611,9 @@ impl FlowActorState {
             return Err(format!("snapshot flush failed: {e}").into());
         }
         while self.pending.front().is_some_and(|p| p.token <= token) {
-            let Some(p) = self.pending.pop_front() else { break };
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
             for event in p.events {
                 self.shared.hub.publish(event);
             }

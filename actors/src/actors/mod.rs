@@ -18,10 +18,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::ActorRef;
 
+use crate::error::EngineError;
 use crate::hub::EventHub;
 use crate::ids::FlowId;
 use crate::queue::Queue;
-use crate::error::EngineError;
 use crate::spec::{self, Limits};
 use crate::state::FlowState;
 use crate::store::{FlowRecord, Store};
@@ -104,7 +104,10 @@ pub fn now_ms() -> u64 {
 }
 
 /// Rebuilds a flow's state from the store; `None` when the flow does not exist.
-pub(crate) fn load_state(store: &Store, id: FlowId) -> Result<Option<(FlowState, FlowRecord)>, EngineError> {
+pub(crate) fn load_state(
+    store: &Store,
+    id: FlowId,
+) -> Result<Option<(FlowState, FlowRecord)>, EngineError> {
     let Some(stored) = store.load(id)? else {
         return Ok(None);
     };

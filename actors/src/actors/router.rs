@@ -58,7 +58,8 @@ impl Actor for CompletionRouter {
         _myself: ActorRef<Self::Msg>,
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let reader = CompletionReader::connect(&args.redis_url, args.keys.clone(), &args.consumer).await?;
+        let reader =
+            CompletionReader::connect(&args.redis_url, args.keys.clone(), &args.consumer).await?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(read_loop(args, reader, stop.clone()));
         Ok(RouterState { task, stop })
@@ -99,7 +100,9 @@ async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: Cancell
             Err(e) => {
                 warn!(error = %e, "reading completions failed; reconnecting");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                match CompletionReader::connect(&args.redis_url, args.keys.clone(), &args.consumer).await {
+                match CompletionReader::connect(&args.redis_url, args.keys.clone(), &args.consumer)
+                    .await
+                {
                     Ok(r) => reader = r,
                     Err(e) => debug!(error = %e, "reconnecting the completion reader failed"),
                 }
@@ -136,7 +139,11 @@ async fn route(shared: &Shared, record: CompletionRecord, parked: &mut Vec<Compl
 
 async fn drop_record(shared: &Shared, record: &CompletionRecord, why: &str) {
     debug!(flow = %record.flow_id, node = %record.node, why, "dropping completion record");
-    if let Err(e) = shared.queue.ack_completions(std::slice::from_ref(&record.entry_id)).await {
+    if let Err(e) = shared
+        .queue
+        .ack_completions(std::slice::from_ref(&record.entry_id))
+        .await
+    {
         debug!(error = %e, "acknowledging a dropped completion failed; it will be read again");
     }
 }

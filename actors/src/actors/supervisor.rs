@@ -137,7 +137,9 @@ impl Actor for FlowSupervisor {
                     reply: tx,
                 };
                 if let Err(e) = state.spawn(&myself, id, init).await {
-                    let _ = reply.send(Err(EngineError::Internal(format!("spawning flow actor: {e}"))));
+                    let _ = reply.send(Err(EngineError::Internal(format!(
+                        "spawning flow actor: {e}"
+                    ))));
                     return Ok(());
                 }
                 if let Some(key) = idempotency_key.clone() {
@@ -146,7 +148,9 @@ impl Actor for FlowSupervisor {
                 let me = myself.clone();
                 tokio::spawn(async move {
                     let result = rx.await.unwrap_or_else(|_| {
-                        Err(EngineError::Internal("flow actor stopped before the flow was durable".to_owned()))
+                        Err(EngineError::Internal(
+                            "flow actor stopped before the flow was durable".to_owned(),
+                        ))
                     });
                     if let Some(key) = idempotency_key {
                         let _ = me.cast(SupervisorMsg::Created(key));

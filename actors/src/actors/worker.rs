@@ -76,20 +76,25 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Starts fetchers and workers for `queues` (name, concurrency).
-    pub async fn start(ctx: Arc<WorkerCtx>, queues: &[(String, usize)]) -> Result<WorkerPool, crate::error::EngineError> {
+    pub async fn start(
+        ctx: Arc<WorkerCtx>,
+        queues: &[(String, usize)],
+    ) -> Result<WorkerPool, crate::error::EngineError> {
         let mut fetchers = Vec::new();
         for (queue, concurrency) in queues {
             let stop = CancellationToken::new();
-            let reader = QueueReader::connect(&ctx.redis_url, ctx.keys.clone(), queue, &ctx.consumer).await?;
+            let reader =
+                QueueReader::connect(&ctx.redis_url, ctx.keys.clone(), queue, &ctx.consumer)
+                    .await?;
             let args = FetcherArgs {
                 ctx: Arc::clone(&ctx),
                 reader: Mutex::new(Some(reader)),
                 concurrency: (*concurrency).max(1),
                 stop: stop.clone(),
             };
-            let (actor, _) = Actor::spawn(None, QueueFetcher, args)
-                .await
-                .map_err(|e| crate::error::EngineError::Internal(format!("spawning fetcher: {e}")))?;
+            let (actor, _) = Actor::spawn(None, QueueFetcher, args).await.map_err(|e| {
+                crate::error::EngineError::Internal(format!("spawning fetcher: {e}"))
+            })?;
             fetchers.push((actor, stop));
         }
         let mut tasks = Vec::new();
@@ -101,7 +106,11 @@ impl WorkerPool {
         });
         tasks.push(tokio::spawn(heartbeat_loop(Arc::clone(&ctx), info)));
         info!(queues = queues.len(), consumer = %ctx.consumer, "worker pool started");
-        Ok(WorkerPool { ctx, fetchers, tasks })
+        Ok(WorkerPool {
+            ctx,
+            fetchers,
+            tasks,
+        })
     }
 
     /// Jobs running now.
@@ -120,7 +129,10 @@ impl WorkerPool {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if self.running() > 0 {
-            warn!(running = self.running(), "shutdown deadline passed; abandoning running jobs");
+            warn!(
+                running = self.running(),
+                "shutdown deadline passed; abandoning running jobs"
+            );
             self.ctx.abandon.cancel();
             let until = Instant::now() + self.ctx.cancel_grace + Duration::from_millis(200);
             while self.running() > 0 && Instant::now() < until {
@@ -128,7 +140,9 @@ impl WorkerPool {
             }
         }
         for (actor, _) in &self.fetchers {
-            let _ = actor.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+            let _ = actor
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
         }
         for t in &self.tasks {
             t.abort();
@@ -177,7 +191,13 @@ impl Actor for QueueFetcher {
             .ok()
             .and_then(|mut r| r.take())
             .ok_or("fetcher started without a reader")?;
-        let task = tokio::spawn(fetch_loop(Arc::clone(&args.ctx), reader, idle_rx, running, args.stop));
+        let task = tokio::spawn(fetch_loop(
+            Arc::clone(&args.ctx),
+            reader,
+            idle_rx,
+            running,
+            args.stop,
+        ));
         Ok(FetcherState {
             ctx: args.ctx,
             idle_tx,
@@ -185,7 +205,11 @@ impl Actor for QueueFetcher {
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<Self::Msg>, state: &mut FetcherState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut FetcherState,
+    ) -> Result<(), ActorProcessingErr> {
         state.task.abort();
         Ok(())
     }
@@ -346,7 +370,11 @@ impl Actor for WorkerActor {
     type State = WorkerArgs;
     type Arguments = WorkerArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, args: WorkerArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WorkerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(args)
     }
 
@@ -521,7 +549,10 @@ fn joined_outcome(
 async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
     let env = &delivery.envelope;
     if let Some(directory) = &ctx.directory {
-        if let Some(actor) = FlowId::from_str(&env.flow_id).ok().and_then(|id| directory.get(id)) {
+        if let Some(actor) = FlowId::from_str(&env.flow_id)
+            .ok()
+            .and_then(|id| directory.get(id))
+        {
             let ack = if outcome.is_final() {
                 Ack::Local(LocalAck {
                     queue: delivery.queue.clone(),
@@ -566,7 +597,11 @@ async fn cancel_loop(ctx: Arc<WorkerCtx>) {
         match CancelListener::connect(&ctx.redis_url, ctx.keys.clone()).await {
             Ok(mut listener) => {
                 while let Some(job_id) = listener.next().await {
-                    let token = ctx.cancels.lock().ok().and_then(|c| c.get(&job_id).cloned());
+                    let token = ctx
+                        .cancels
+                        .lock()
+                        .ok()
+                        .and_then(|c| c.get(&job_id).cloned());
                     if let Some(token) = token {
                         debug!(job = %job_id, "cancelling running job");
                         token.cancel();

@@ -2,8 +2,6 @@
 //! Helpers of the engine's integration tests: an engine on the test Redis with a
 //! unique key prefix and a temp sled dir, and handlers that compute from their input.
 
-
-
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
