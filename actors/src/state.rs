@@ -722,8 +722,16 @@ impl FlowState {
         self.header.finished_at = None;
         self.push_event(tx, None, EventStatus::Flow(FlowStatus::Running), 0, now, None, None);
         for i in (0..self.dag.len()).map(NodeIdx::from_usize) {
-            if self.nodes[i.as_usize()].status == NodeStatus::Pending && self.waiting[i.as_usize()] == 0 {
-                self.queue(tx, i, true, 0, now, None);
+            if self.nodes[i.as_usize()].status == NodeStatus::Pending {
+                if self.waiting[i.as_usize()] == 0 {
+                    self.queue(tx, i, true, 0, now, None);
+                } else {
+                    // Fix (found by the state tests): a reset node that must wait for
+                    // its parents went from failed, skipped or cancelled back to
+                    // pending without an event, so a client following the events kept
+                    // showing its old status. Every state change is one event.
+                    self.node_event(tx, i, now, None);
+                }
             }
         }
     }

@@ -784,6 +784,19 @@ fn retry_reruns_failed_skipped_and_cancelled_nodes_with_fresh_attempts() {
         }]
     );
     assert_eq!(persisted(&effects), [bad, below]);
+    // The flow runs again, `bad` is queued and `below` is told to be pending again.
+    let told: Vec<_> = events(&effects)
+        .iter()
+        .map(|e| (e.node, e.status))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            (None, EventStatus::Flow(FlowStatus::Running)),
+            (Some(bad), EventStatus::Node(NodeStatus::Queued)),
+            (Some(below), EventStatus::Node(NodeStatus::Pending)),
+        ]
+    );
     assert_eq!(
         events(&effects)[0].status,
         EventStatus::Flow(FlowStatus::Running)
@@ -1275,7 +1288,7 @@ struct Sim {
     /// Job inputs that were accepted, for duplicate deliveries.
     accepted: Vec<Input>,
     /// The result delivered in the accepted completion of each node.
-    results: Vec<Option<Value>>,
+    results: Vec<Option<Arc<str>>>,
     /// The last seq seen in an event.
     last_seq: u64,
     /// `Finished` effects in the current run (since the last Start or Retry).
@@ -1355,7 +1368,7 @@ impl Sim {
                 } => {
                     let i = node.as_usize();
                     assert!(self.outstanding.remove(&(i, *attempt)).is_some());
-                    self.results[i] = Some(serde_json::from_str(result).unwrap());
+                    self.results[i] = Some(Arc::clone(result));
                     self.accepted.push(input.clone());
                 }
                 Input::JobFailed { node, attempt, .. } => {
@@ -1417,7 +1430,18 @@ impl Sim {
             }
         }
         assert_eq!(self.state.seq(), self.last_seq);
-        // A node's last event in an apply tells its status after the apply.
+        // Every status change is told: a node whose status changed has an event,
+        // and its last event in an apply tells its status after the apply.
+        for (i, (old, new)) in before.nodes().iter().zip(self.state.nodes()).enumerate() {
+            if old.status != new.status {
+                assert!(
+                    last_event_status.contains_key(&i),
+                    "{input:?}: node {i} went from {:?} to {:?} without an event",
+                    old.status,
+                    new.status
+                );
+            }
+        }
         for (i, status) in last_event_status {
             assert_eq!(
                 self.state.nodes()[i].status,
@@ -1473,7 +1497,8 @@ impl Sim {
             let parent = &state.nodes()[p.as_usize()];
             let slot = &parents[&*self.dag.node(p).name];
             if parent.status == NodeStatus::Completed {
-                assert_eq!(Some(slot), self.results[p.as_usize()].as_ref());
+                let delivered = self.results[p.as_usize()].as_deref().unwrap();
+                assert_eq!(slot, &serde_json::from_str::<Value>(delivered).unwrap());
             } else {
                 assert_eq!(slot, &json!({ "error": parent.error.as_deref().unwrap() }));
             }
@@ -1524,10 +1549,7 @@ impl Sim {
         for (i, n) in state.nodes().iter().enumerate() {
             if n.status == NodeStatus::Completed {
                 assert_eq!(
-                    n.result
-                        .as_deref()
-                        .map(|r| serde_json::from_str::<Value>(r).unwrap()),
-                    self.results[i],
+                    n.result, self.results[i],
                     "node {i} holds a result other than the one accepted"
                 );
             }
