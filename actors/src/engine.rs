@@ -484,23 +484,13 @@ impl Engine {
     /// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
     pub async fn retry(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        call_t!(
-            flows.supervisor,
-            SupervisorMsg::RetryFlow,
-            CALL_TIMEOUT_MS,
-            id
-        )?
+        call_flow_op(&flows.supervisor, id, SupervisorMsg::RetryFlow).await
     }
 
     /// Removes a flow: its jobs leave Redis, its records leave the disk.
     pub async fn delete(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        call_t!(
-            flows.supervisor,
-            SupervisorMsg::DeleteFlow,
-            CALL_TIMEOUT_MS,
-            id
-        )?
+        call_flow_op(&flows.supervisor, id, SupervisorMsg::DeleteFlow).await
     }
 
     /// Events of one flow (with its current snapshot), or of all flows (`None`).
@@ -640,6 +630,29 @@ fn load_view_state(
     id: FlowId,
 ) -> Result<(crate::state::FlowState, crate::store::FlowRecord), EngineError> {
     load_state(&shared.store, id)?.ok_or_else(|| EngineError::NotFound(id.to_string()))
+}
+
+/// Asks the supervisor to retry or delete a flow. The supervisor forwards the
+/// request to the flow's actor; an actor that was just stopping (its flow ended a
+/// moment ago) drops it, and the reply port closes. Asking again then reaches the
+/// supervisor after it saw the actor stop, and it works from the snapshot.
+async fn call_flow_op(
+    supervisor: &ActorRef<SupervisorMsg>,
+    id: FlowId,
+    msg: fn(FlowId, ractor::RpcReplyPort<Result<(), EngineError>>) -> SupervisorMsg,
+) -> Result<(), EngineError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match call_t!(supervisor, msg, CALL_TIMEOUT_MS, id) {
+            Ok(result) => return result,
+            Err(ractor::RactorErr::Timeout) => {
+                return Err(EngineError::Timeout(format!("flow {id}")))
+            }
+            Err(e) if tries >= 5 => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20 * tries)).await,
+        }
+    }
 }
 
 /// Notices Redis losing its data (restarted without persistence, flushed): the
