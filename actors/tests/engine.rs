@@ -122,3 +122,45 @@ async fn chain_of_100() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_see_every_change_in_seq_order_after_the_snapshot() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let mut all = engine.subscribe(None).await.unwrap();
+    let id = engine.create(&spec(fan(20)), None).await.unwrap();
+    let mut one = engine.subscribe(Some(id)).await.unwrap();
+    let snapshot = one.snapshot.clone().unwrap();
+    let mut seqs = Vec::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, one.receiver.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if !one.wants(&event) {
+            continue;
+        }
+        seqs.push(event.seq);
+        if event.is_flow_end() {
+            break;
+        }
+    }
+    let expected: Vec<u64> = (snapshot.seq + 1..=snapshot.seq + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "no gap, no duplicate after the snapshot");
+    let view = engine.get(id).await.unwrap();
+    assert_eq!(view.seq, *seqs.last().unwrap());
+    // The "*" subscriber saw the same flow from its first event.
+    let mut from_all = Vec::new();
+    while let Ok(event) = all.receiver.try_recv() {
+        if event.flow_id == id {
+            from_all.push(event.seq);
+        }
+    }
+    assert_eq!(from_all, (1..=view.seq).collect::<Vec<_>>());
+    engine.shutdown(Duration::from_secs(5)).await;
+}

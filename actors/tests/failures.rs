@@ -382,4 +382,12 @@ async fn delete_leaves_no_key_and_no_record() {
         .unwrap();
     assert_ne!(again, running);
     engine.shutdown(Duration::from_secs(5)).await;
+    drop(engine);
+    // On disk: no flow record, no spec, no node record of the deleted flows.
+    let store = dagflow_actors::store::Store::open(dir.path(), 1 << 20).unwrap();
+    for id in [running, done] {
+        assert!(store.load(id).unwrap().is_none());
+        assert_eq!(store.node_record_count(id), 0);
+    }
+    assert!(store.load(again).unwrap().is_some());
 }
