@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let redis_url =
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let data_dir = tempfile::tempdir()?;
 
     let engine = Engine::builder()
@@ -83,7 +84,10 @@ async fn main() -> anyhow::Result<()> {
 
     let flow = engine.wait(id, Duration::from_secs(30)).await?;
     for node in &flow.nodes {
-        println!("{:<15} {:?} (attempt {})", node.name, node.status, node.attempt);
+        println!(
+            "{:<15} {:?} (attempt {})",
+            node.name, node.status, node.attempt
+        );
     }
     let saved = flow
         .node("save-to-s3")
@@ -92,6 +96,10 @@ async fn main() -> anyhow::Result<()> {
     println!("saved result: {}", serde_json::to_string_pretty(&saved)?);
 
     engine.shutdown(Duration::from_secs(5)).await;
-    anyhow::ensure!(flow.status == FlowStatus::Completed, "flow ended {:?}", flow.status);
+    anyhow::ensure!(
+        flow.status == FlowStatus::Completed,
+        "flow ended {:?}",
+        flow.status
+    );
     Ok(())
 }

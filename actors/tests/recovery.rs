@@ -478,6 +478,9 @@ async fn redis_restarted_empty_mid_flow_the_flow_still_completes() {
         }
     };
     assert_eq!(view.status, FlowStatus::Completed);
-    assert_eq!(view.node("z").unwrap().result.as_ref().unwrap()["sum"], json!(2));
+    assert_eq!(
+        view.node("z").unwrap().result.as_ref().unwrap()["sum"],
+        json!(2)
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
