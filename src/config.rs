@@ -1,1 +1,312 @@
-//! Configuration.
+//! Configuration: every flag of the `dagflow` binary, its `DAGFLOW_*` environment twin
+//! and its default, in one [`Config`] parsed once in `main`.
+//!
+//! Nothing else in the crate reads the environment; the rest of the program gets the
+//! values from here. The defaults are named constants so that the README, `--help`
+//! and the code cannot drift apart.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Address `dagflow serve` listens on: loopback only, so that an instance without a
+/// token is not reachable from the network by accident.
+pub const DEFAULT_BIND: &str = "127.0.0.1:7700";
+/// Redis of the queues, completions and worker heartbeats.
+pub const DEFAULT_REDIS_URL: &str = dagflow_actors::engine::DEFAULT_REDIS_URL;
+/// Prefix of every Redis key, so that several deployments share one Redis.
+pub const DEFAULT_PREFIX: &str = dagflow_actors::engine::DEFAULT_PREFIX;
+/// Where `dagflow serve` keeps its sled snapshots.
+pub const DEFAULT_DATA_DIR: &str = "./dagflow-data";
+/// Queues served when none are given.
+pub const DEFAULT_QUEUES: &str = "default";
+/// Jobs of one queue that run at once in one process, for a queue given without
+/// `=concurrency`.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Largest request body the API accepts (1 MiB).
+pub const DEFAULT_BODY_LIMIT: u64 = crate::api::DEFAULT_BODY_LIMIT;
+/// How long a graceful shutdown lets running jobs finish before they are cancelled.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+/// Server the client commands talk to.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
+/// Log filter when `RUST_LOG` is not set.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// The `dagflow` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "dagflow", version, about = "DAG workflow orchestrator", long_about = None)]
+pub struct Config {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing-subscriber `EnvFilter` syntax, e.g. `info,dagflow=debug`).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = DEFAULT_LOG_FILTER)]
+    pub log_filter: String,
+    /// Log one JSON object per line instead of human-readable text.
+    #[arg(long, global = true, env = "DAGFLOW_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the API, the engine and local workers.
+    Serve(ServeConfig),
+    /// Run workers only, for more processes or machines on the same Redis.
+    Worker(WorkerConfig),
+    /// Submit a flow spec (JSON file, `-` for stdin) and print its id.
+    Submit(SubmitConfig),
+    /// Print a flow with every node as JSON.
+    Status(StatusConfig),
+    /// Print a flow's live events as JSON lines until it ends.
+    Watch(WatchConfig),
+}
+
+/// Where the engine's shared state lives.
+#[derive(Debug, Clone, Args)]
+pub struct RedisConfig {
+    /// Redis URL (`redis://[:password@]host:port[/db]`).
+    #[arg(long, env = "DAGFLOW_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Prefix of every Redis key; processes that work together use the same one.
+    #[arg(long, env = "DAGFLOW_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+/// `dagflow serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address of the REST and WebSocket API.
+    #[arg(long, env = "DAGFLOW_BIND", default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+    /// Redis and key prefix.
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    /// Directory of the sled snapshots; one server process per directory.
+    #[arg(long, env = "DAGFLOW_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Bearer token every route but /healthz and /readyz requires; none by default.
+    #[arg(long, env = "DAGFLOW_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Queues the local workers serve: comma list of `name` or `name=concurrency`
+    /// (empty for none).
+    #[arg(long, env = "DAGFLOW_QUEUES", default_value = DEFAULT_QUEUES)]
+    pub queues: QueueList,
+    /// Largest request body in bytes.
+    #[arg(long, env = "DAGFLOW_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
+    pub body_limit: u64,
+    /// Time running jobs get to finish on SIGINT/SIGTERM (`500ms`, `30s`, `2m`, or
+    /// plain seconds).
+    #[arg(long, env = "DAGFLOW_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub shutdown_timeout: HumanDuration,
+}
+
+/// `dagflow worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// Redis and key prefix (the same as the server's).
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    /// Queues to serve: comma list of `name` or `name=concurrency`.
+    #[arg(long, env = "DAGFLOW_QUEUES", default_value = DEFAULT_QUEUES)]
+    pub queues: QueueList,
+    /// Time running jobs get to finish on SIGINT/SIGTERM.
+    #[arg(long, env = "DAGFLOW_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
+    pub shutdown_timeout: HumanDuration,
+}
+
+/// Which server the client commands talk to, and how.
+#[derive(Debug, Clone, Args)]
+pub struct ClientConfig {
+    /// Base URL of the dagflow server.
+    #[arg(long, env = "DAGFLOW_SERVER", default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "DAGFLOW_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+/// `dagflow submit`.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitConfig {
+    /// The flow spec: a JSON file, or `-` for stdin.
+    pub file: PathBuf,
+    /// Wait for the flow to end, with a progress bar on stderr; print the final flow
+    /// and exit 0 completed, 1 failed, 2 cancelled.
+    #[arg(long, env = "DAGFLOW_WAIT")]
+    pub wait: bool,
+    /// Resubmitting with the same key returns the first flow instead of a new one.
+    #[arg(long, env = "DAGFLOW_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+/// `dagflow status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusConfig {
+    /// The flow id.
+    pub id: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+/// `dagflow watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchConfig {
+    /// The flow id.
+    pub id: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+/// One queue and how many of its jobs run at once in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// The queue's name, as nodes name it in `queue`.
+    pub name: String,
+    /// Jobs of it that run at once.
+    pub concurrency: usize,
+}
+
+/// The `--queues` value: `default,gpu=2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueList(pub Vec<QueueSpec>);
+
+impl FromStr for QueueList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut queues: Vec<QueueSpec> = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (name, concurrency) = match item.split_once('=') {
+                Some((name, n)) => {
+                    let n: usize = n.trim().parse().map_err(|_| {
+                        format!("queue '{item}': concurrency must be a whole number")
+                    })?;
+                    if n == 0 {
+                        return Err(format!("queue '{item}': concurrency must be at least 1"));
+                    }
+                    (name.trim(), n)
+                }
+                None => (item, DEFAULT_CONCURRENCY),
+            };
+            if name.is_empty() {
+                return Err(format!("queue '{item}' has no name"));
+            }
+            if queues.iter().any(|q| q.name == name) {
+                return Err(format!("queue '{name}' is listed twice"));
+            }
+            queues.push(QueueSpec {
+                name: name.to_owned(),
+                concurrency,
+            });
+        }
+        Ok(QueueList(queues))
+    }
+}
+
+impl fmt::Display for QueueList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let items: Vec<String> = self
+            .0
+            .iter()
+            .map(|q| format!("{}={}", q.name, q.concurrency))
+            .collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// A duration flag: `250ms`, `30s`, `2m`, or a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m)"))?;
+        let duration = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            other => return Err(format!("unknown duration unit '{other}' (use ms, s or m)")),
+        };
+        Ok(HumanDuration(duration))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn queue_lists_parse_with_default_concurrency() {
+        let list: QueueList = "default, gpu=2,".parse().unwrap();
+        assert_eq!(
+            list.0,
+            vec![
+                QueueSpec {
+                    name: "default".into(),
+                    concurrency: DEFAULT_CONCURRENCY
+                },
+                QueueSpec {
+                    name: "gpu".into(),
+                    concurrency: 2
+                },
+            ]
+        );
+        assert_eq!("".parse::<QueueList>().unwrap().0, vec![]);
+        assert!("gpu=0".parse::<QueueList>().is_err());
+        assert!("gpu=x".parse::<QueueList>().is_err());
+        assert!("=3".parse::<QueueList>().is_err());
+        assert!("a,a".parse::<QueueList>().is_err());
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let d = |s: &str| s.parse::<HumanDuration>().map(|d| d.0);
+        assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert!(d("soon").is_err());
+        assert!(d("3h").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = Config::try_parse_from(["dagflow", "serve"]).unwrap();
+        let Command::Serve(serve) = config.command else {
+            panic!("not serve");
+        };
+        assert_eq!(serve.bind.to_string(), DEFAULT_BIND);
+        assert_eq!(serve.redis.prefix, "dagflow");
+        assert_eq!(
+            serve.queues.to_string(),
+            format!("default={DEFAULT_CONCURRENCY}")
+        );
+        assert_eq!(serve.shutdown_timeout.0, Duration::from_secs(30));
+        Config::command_for_tests().debug_assert();
+    }
+
+    impl Config {
+        fn command_for_tests() -> clap::Command {
+            <Config as clap::CommandFactory>::command()
+        }
+    }
+}
