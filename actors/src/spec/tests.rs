@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
@@ -749,4 +750,248 @@ fn problems_serialize_for_the_api() {
         value,
         json!([{ "code": "empty_flow", "message": "the flow has no nodes" }])
     );
+}
+
+// ---------------------------------------------------------------------------
+// Property tests
+// ---------------------------------------------------------------------------
+
+/// Names drawn from a small alphabet, so that duplicates, unknown names,
+/// self-edges and cycles all turn up often.
+const ALPHABET: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
+
+fn any_name() -> impl Strategy<Value = String> {
+    prop::sample::select(&ALPHABET[..]).prop_map(str::to_owned)
+}
+
+fn any_node() -> impl Strategy<Value = NodeSpec> {
+    (
+        any_name(),
+        prop::collection::vec(any_name(), 0..3),
+        prop::collection::vec(any_name(), 0..3),
+    )
+        .prop_map(|(name, parents, children)| NodeSpec {
+            name,
+            parents,
+            children,
+            handler: None,
+            queue: None,
+            data: serde_json::Value::Null,
+            opts: NodeOpts::default(),
+            continue_on_failure: false,
+        })
+}
+
+/// Whether the spec writes the edge `from -> to` on either side.
+fn written(spec: &FlowSpec, from: &str, to: &str) -> bool {
+    spec.nodes.iter().any(|n| {
+        (n.name == to && n.parents.iter().any(|p| p == from))
+            || (n.name == from && n.children.iter().any(|c| c == to))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Validation never panics; what it accepts is a real DAG made of exactly the
+    /// written edges; a cycle it reports is a real cycle of written edges.
+    #[test]
+    fn validation_is_sound_on_arbitrary_specs(nodes in prop::collection::vec(any_node(), 0..10)) {
+        let flow = FlowSpec { name: String::new(), nodes, opts: FlowOpts::default() };
+        match validate(&flow, &Limits::default()) {
+            Ok(dag) => {
+                prop_assert_eq!(dag.len(), flow.nodes.len());
+                let mut seen = HashSet::new();
+                for i in dag.indices() {
+                    let node = dag.node(i);
+                    prop_assert!(seen.insert(node.name.clone()), "duplicate name accepted");
+                    prop_assert_eq!(dag.lookup(&node.name), Some(i));
+                    for &c in &node.children {
+                        prop_assert!(c != i, "self-edge accepted");
+                        prop_assert!(dag.node(c).parents.contains(&i));
+                        prop_assert!(written(&flow, &node.name, &dag.node(c).name));
+                    }
+                    for &p in &node.parents {
+                        prop_assert!(dag.node(p).children.contains(&i));
+                    }
+                }
+                // Every written edge is in the DAG.
+                for n in &flow.nodes {
+                    let me = dag.lookup(&n.name).unwrap();
+                    for p in &n.parents {
+                        prop_assert!(dag.node(me).parents.contains(&dag.lookup(p).unwrap()));
+                    }
+                    for c in &n.children {
+                        prop_assert!(dag.node(me).children.contains(&dag.lookup(c).unwrap()));
+                    }
+                }
+                // Acyclic: Kahn's algorithm consumes every node.
+                let mut waiting: Vec<usize> = dag.nodes.iter().map(|n| n.parents.len()).collect();
+                let mut ready: Vec<usize> = (0..dag.len()).filter(|&i| waiting[i] == 0).collect();
+                let mut done = 0;
+                while let Some(i) = ready.pop() {
+                    done += 1;
+                    for &c in &dag.nodes[i].children {
+                        waiting[c.as_usize()] -= 1;
+                        if waiting[c.as_usize()] == 0 {
+                            ready.push(c.as_usize());
+                        }
+                    }
+                }
+                prop_assert_eq!(done, dag.len(), "cycle accepted");
+            }
+            Err(err) => {
+                prop_assert!(!err.problems.is_empty());
+                if flow.nodes.is_empty() {
+                    prop_assert_eq!(codes(&err), ["empty_flow"]);
+                }
+                for problem in err.problems.iter().filter(|p| p.code == "cycle") {
+                    let path = problem.message.strip_prefix("the flow has a cycle: ").unwrap();
+                    let path: Vec<&str> = path.split(" -> ").collect();
+                    prop_assert!(path.len() >= 3, "{}", problem.message);
+                    prop_assert_eq!(path.first(), path.last());
+                    // Each node on the cycle once, then back to the first.
+                    let distinct: HashSet<&str> = path.iter().copied().collect();
+                    prop_assert_eq!(distinct.len(), path.len() - 1);
+                    for pair in path.windows(2) {
+                        prop_assert!(written(&flow, pair[0], pair[1]), "{} is not a written edge", problem.message);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One mistake planted in an otherwise valid spec, and the problem it must cause.
+#[derive(Debug, Clone)]
+enum Mistake {
+    None,
+    /// The parent of an edge also lists the child as its parent: a two-node cycle.
+    BackEdge(prop::sample::Index),
+    UnknownParent(prop::sample::Index),
+    SelfEdge(prop::sample::Index),
+    DuplicateName(prop::sample::Index),
+}
+
+/// A valid spec from a random DAG (edges from lower to higher index), each edge
+/// written on the child's side, the parent's side or both; then one mistake.
+fn planted() -> impl Strategy<Value = (FlowSpec, Vec<Vec<usize>>, Mistake)> {
+    let node = (
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        any::<bool>(),
+    );
+    let mistake = prop_oneof![
+        2 => Just(Mistake::None),
+        1 => any::<prop::sample::Index>().prop_map(Mistake::BackEdge),
+        1 => any::<prop::sample::Index>().prop_map(Mistake::UnknownParent),
+        1 => any::<prop::sample::Index>().prop_map(Mistake::SelfEdge),
+        1 => any::<prop::sample::Index>().prop_map(Mistake::DuplicateName),
+    ];
+    (prop::collection::vec(node, 1..40), mistake).prop_map(|(gen, mistake)| {
+        let n = gen.len();
+        let parents: Vec<Vec<usize>> = gen
+            .iter()
+            .enumerate()
+            .map(|(i, (ps, _))| {
+                let mut ps: Vec<usize> = if i == 0 {
+                    vec![]
+                } else {
+                    ps.iter().map(|p| p.index(i)).collect()
+                };
+                ps.sort_unstable();
+                ps.dedup();
+                ps
+            })
+            .collect();
+        let mut children = vec![Vec::new(); n];
+        for (c, ps) in parents.iter().enumerate() {
+            for &p in ps {
+                children[p].push(c);
+            }
+        }
+        let name = |i: usize| format!("node-{i}");
+        // A node whose incoming edges are written on its parents' side leaves its
+        // own `parents` empty; a parent that writes any child writes all of them.
+        let via_children: Vec<bool> = gen.iter().map(|(_, v)| *v).collect();
+        let mut nodes: Vec<NodeSpec> = (0..n)
+            .map(|i| NodeSpec {
+                name: name(i),
+                parents: if via_children[i] {
+                    vec![]
+                } else {
+                    parents[i].iter().map(|&p| name(p)).collect()
+                },
+                children: if children[i].iter().any(|&c| via_children[c]) {
+                    children[i].iter().map(|&c| name(c)).collect()
+                } else {
+                    vec![]
+                },
+                handler: None,
+                queue: None,
+                data: serde_json::Value::Null,
+                opts: NodeOpts::default(),
+                continue_on_failure: false,
+            })
+            .collect();
+        let edges: Vec<(usize, usize)> = parents
+            .iter()
+            .enumerate()
+            .flat_map(|(c, ps)| ps.iter().map(move |&p| (p, c)))
+            .collect();
+        let mistake = match mistake {
+            Mistake::BackEdge(_) if edges.is_empty() => Mistake::None,
+            Mistake::DuplicateName(_) if n < 2 => Mistake::None,
+            other => other,
+        };
+        match &mistake {
+            Mistake::None => {}
+            Mistake::BackEdge(k) => {
+                let (p, c) = edges[k.index(edges.len())];
+                nodes[p].parents.push(name(c));
+            }
+            Mistake::UnknownParent(k) => nodes[k.index(n)].parents.push("nobody".to_owned()),
+            Mistake::SelfEdge(k) => {
+                let i = k.index(n);
+                nodes[i].children.push(name(i));
+            }
+            Mistake::DuplicateName(k) => {
+                let i = 1 + k.index(n - 1);
+                nodes[i].name = name(0);
+            }
+        }
+        let flow = FlowSpec {
+            name: "planted".to_owned(),
+            nodes,
+            opts: FlowOpts::default(),
+        };
+        (flow, parents, mistake)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A valid spec, however its edges are spelled, validates to exactly its edges;
+    /// one planted mistake is always reported with its code.
+    #[test]
+    fn planted_mistakes_are_found((flow, parents, mistake) in planted()) {
+        let result = validate(&flow, &Limits::default());
+        let expected = match mistake {
+            Mistake::None => {
+                let dag = result.unwrap();
+                for (i, expected) in parents.iter().enumerate() {
+                    let mut got: Vec<usize> = dag.nodes[i].parents.iter().map(|p| p.as_usize()).collect();
+                    got.sort_unstable();
+                    prop_assert_eq!(&got, expected);
+                }
+                return Ok(());
+            }
+            Mistake::BackEdge(_) => "cycle",
+            Mistake::UnknownParent(_) => "unknown_parent",
+            Mistake::SelfEdge(_) => "self_edge",
+            Mistake::DuplicateName(_) => "duplicate_name",
+        };
+        let err = result.unwrap_err();
+        prop_assert!(codes(&err).contains(&expected), "{:?} not in {:?}", expected, codes(&err));
+    }
 }
