@@ -1,0 +1,206 @@
+//! The routes: which request reaches which handler, with what extracted.
+//!
+//! Every route matches its path first, then checks the token, then the method:
+//! an unknown path is a 404 (not a 405, and not a 401), a known path with the
+//! wrong method a 405 once the caller is authenticated. Routes are boxed so that
+//! the combined filter type stays small and quick to compile.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use subtle::ConstantTimeEq;
+use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use super::errors::HttpError;
+use super::{handlers, ws, ApiState};
+
+/// Every route of the API, unrecovered.
+pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .then(handlers::healthz);
+    let ready = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_state(&state))
+        .then(handlers::readyz);
+    let create = warp::path!("flows")
+        .and(auth(&state))
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(warp::header::optional::<String>("idempotency-key"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::content_length_limit(state.cfg.body_limit))
+        .and(warp::body::bytes())
+        .then(|state, key, content_type, body: Bytes| async move {
+            handlers::create(state, key, content_type, body).await
+        });
+    let list = warp::path!("flows")
+        .and(auth(&state))
+        .and(warp::get())
+        .and(with_state(&state))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(handlers::list);
+    let get = warp::path!("flows" / String)
+        .and(auth(&state))
+        .and(warp::get())
+        .and(with_state(&state))
+        .then(handlers::get_flow);
+    let delete = warp::path!("flows" / String)
+        .and(auth(&state))
+        .and(warp::delete())
+        .and(with_state(&state))
+        .then(handlers::delete);
+    let node = warp::path!("flows" / String / "nodes" / String)
+        .and(auth(&state))
+        .and(warp::get())
+        .and(with_state(&state))
+        .then(handlers::get_node);
+    let cancel = warp::path!("flows" / String / "cancel")
+        .and(auth(&state))
+        .and(warp::post())
+        .and(with_state(&state))
+        .then(handlers::cancel);
+    let retry = warp::path!("flows" / String / "retry")
+        .and(auth(&state))
+        .and(warp::post())
+        .and(with_state(&state))
+        .then(handlers::retry);
+    let metrics = warp::path!("metrics")
+        .and(auth(&state))
+        .and(warp::get())
+        .and(with_state(&state))
+        .then(handlers::metrics);
+    let openapi = warp::path!("openapi.json")
+        .and(auth(&state))
+        .and(warp::get())
+        .then(handlers::openapi);
+    let socket = warp::path!("ws")
+        .and(ws_auth(&state))
+        .and(warp::get())
+        .and(with_state(&state))
+        .and(warp::ws())
+        .map(ws::upgrade);
+    health
+        .boxed()
+        .or(ready.boxed())
+        .unify()
+        .or(create.boxed())
+        .unify()
+        .or(list.boxed())
+        .unify()
+        .or(get.boxed())
+        .unify()
+        .or(delete.boxed())
+        .unify()
+        .or(node.boxed())
+        .unify()
+        .or(cancel.boxed())
+        .unify()
+        .or(retry.boxed())
+        .unify()
+        .or(metrics.boxed())
+        .unify()
+        .or(openapi.boxed())
+        .unify()
+        .or(socket.boxed())
+        .unify()
+        .boxed()
+}
+
+fn with_state(
+    state: &Arc<ApiState>,
+) -> impl Filter<Extract = (Arc<ApiState>,), Error = Infallible> + Clone {
+    let state = Arc::clone(state);
+    warp::any().map(move || Arc::clone(&state))
+}
+
+/// Lets the request through when no token is configured or it carries the token
+/// as `Authorization: Bearer <token>`; otherwise rejects with 401.
+fn auth(state: &Arc<ApiState>) -> BoxedFilter<()> {
+    let Some(token) = state.cfg.api_token.clone() else {
+        return warp::any().boxed();
+    };
+    let token = Arc::new(token);
+    warp::header::headers_cloned()
+        .and_then(move |headers: HeaderMap| {
+            let ok = bearer(&headers).is_some_and(|given| token_matches(&token, given));
+            async move { check(ok) }
+        })
+        .untuple_one()
+        .boxed()
+}
+
+/// [`auth`] for `/ws`, which also takes the token as `?token=`, because browsers
+/// cannot set headers on a WebSocket.
+fn ws_auth(state: &Arc<ApiState>) -> BoxedFilter<()> {
+    let Some(token) = state.cfg.api_token.clone() else {
+        return warp::any().boxed();
+    };
+    let token = Arc::new(token);
+    warp::header::headers_cloned()
+        .and(warp::query::<HashMap<String, String>>())
+        .and_then(move |headers: HeaderMap, query: HashMap<String, String>| {
+            let given = bearer(&headers).or(query.get("token").map(|t| t.as_bytes()));
+            let ok = given.is_some_and(|given| token_matches(&token, given));
+            async move { check(ok) }
+        })
+        .untuple_one()
+        .boxed()
+}
+
+fn check(ok: bool) -> Result<(), Rejection> {
+    if ok {
+        Ok(())
+    } else {
+        Err(warp::reject::custom(HttpError::unauthorized()))
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(warp::http::header::AUTHORIZATION)?.as_bytes();
+    let (scheme, rest) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| rest.trim_ascii())
+}
+
+/// Compares in time that depends only on the lengths, so that the answer time does
+/// not tell an attacker how much of a guess was right.
+fn token_matches(expected: &str, given: &[u8]) -> bool {
+    expected.as_bytes().ct_eq(given).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            "authorization",
+            "Bearer abc".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        h.insert(
+            "authorization",
+            "bearer  abc ".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(bearer(&h), Some(&b"abc"[..]));
+        h.insert(
+            "authorization",
+            "Basic abc".parse().unwrap_or_else(|_| unreachable!()),
+        );
+        assert_eq!(bearer(&h), None);
+        assert!(token_matches("abc", b"abc"));
+        assert!(!token_matches("abc", b"abd"));
+        assert!(!token_matches("abc", b"abcd"));
+    }
+}

@@ -1,0 +1,412 @@
+//! What each route does: check the request, call the engine, shape the answer.
+//!
+//! Every handler returns a full response, errors included (as [`HttpError`]
+//! replies, not rejections), so that the error a client sees is the one that
+//! happened. The `#[utoipa::path]` attributes are the OpenAPI description of each
+//! route.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dagflow_actors::FlowId;
+use serde::Serialize;
+use serde_json::json;
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use super::errors::{self, HttpError};
+use super::models::{self, CreatedFlow, ErrorBody, Health, MAX_IDEMPOTENCY_KEY_LEN};
+use super::models::{FlowPageSchema, FlowSpecSchema, FlowViewSchema, NodeViewSchema};
+use super::{openapi, ApiState};
+
+/// How long a readiness or pre-write Redis check may take before Redis counts as down.
+const REDIS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn json_reply<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::Reply::into_response(warp::reply::with_status(warp::reply::json(body), status))
+}
+
+fn respond(result: Result<Response, HttpError>) -> Response {
+    result.unwrap_or_else(HttpError::into_response)
+}
+
+/// A flow id from the path; one that is not even an id names no flow: 404.
+fn flow_id(raw: &str) -> Result<FlowId, HttpError> {
+    FlowId::from_str(raw).map_err(|_| {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            "flow_not_found",
+            format!("flow {} not found", clip(raw)),
+        )
+    })
+}
+
+/// Refuses a write while Redis is unreachable: the engine would keep the change on
+/// disk and apply it to Redis later, but a client is better told to retry now than
+/// left with a flow that silently waits.
+async fn require_redis(state: &ApiState) -> Result<(), HttpError> {
+    match tokio::time::timeout(REDIS_CHECK_TIMEOUT, state.engine.check_redis()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(errors::redis_unavailable()),
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = Health)))]
+pub(crate) async fn healthz() -> Response {
+    json_reply(
+        StatusCode::OK,
+        &Health {
+            status: "ok".to_owned(),
+            checks: HashMap::new(),
+        },
+    )
+}
+
+/// Readiness: Redis and the snapshot store answer.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "ready", body = Health),
+    (status = 503, description = "Redis or the store failed; `details` names which", body = ErrorBody)))]
+pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
+    let redis = match tokio::time::timeout(REDIS_CHECK_TIMEOUT, state.engine.check_redis()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            REDIS_CHECK_TIMEOUT.as_millis()
+        )),
+    };
+    let store = state.engine.check_store().map_err(|e| e.to_string());
+    let checks: HashMap<String, String> = [("redis", &redis), ("store", &store)]
+        .into_iter()
+        .map(|(name, r)| {
+            let outcome = match r {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.clone(),
+            };
+            (name.to_owned(), outcome)
+        })
+        .collect();
+    if redis.is_ok() && store.is_ok() {
+        return json_reply(
+            StatusCode::OK,
+            &Health {
+                status: "ready".to_owned(),
+                checks,
+            },
+        );
+    }
+    HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not ready")
+        .with_details(json!({ "checks": checks }))
+        .into_response()
+}
+
+/// Validates a flow and starts it.
+#[utoipa::path(post, path = "/flows", tag = "flows",
+    request_body(content = FlowSpecSchema, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "a repeated key returns the first flow's id and starts nothing (at most 256 bytes)")),
+    responses(
+        (status = 201, description = "started (or, with a known Idempotency-Key, the earlier flow)", body = CreatedFlow),
+        (status = 400, description = "malformed JSON; `details` has `line` and `column`", body = ErrorBody),
+        (status = 411, description = "no Content-Length", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 422, description = "invalid flow; `details.problems` lists every problem", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn create(
+    state: Arc<ApiState>,
+    idempotency_key: Option<String>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    respond(create_inner(state, idempotency_key, content_type, body).await)
+}
+
+async fn create_inner(
+    state: Arc<ApiState>,
+    idempotency_key: Option<String>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    // A missing Content-Type is taken as JSON (the body says soon enough if it is
+    // not); a declared other type, such as curl's default for `-d`, is refused.
+    if let Some(ct) = content_type.as_deref() {
+        if !is_json(ct) {
+            return Err(errors::unsupported_media_type());
+        }
+    }
+    if let Some(key) = &idempotency_key {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(HttpError::bad_request(
+                "invalid_header",
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+            ));
+        }
+    }
+    let spec = dagflow_actors::spec::parse(&body).map_err(spec_parse_error)?;
+    require_redis(&state).await?;
+    let id = state.engine.create(&spec, idempotency_key).await?;
+    let mut response = json_reply(
+        StatusCode::CREATED,
+        &CreatedFlow {
+            flow_id: id.to_string(),
+        },
+    );
+    if let Ok(location) = HeaderValue::from_str(&format!("/flows/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `application/json`, `application/<anything>+json`, with or without parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Malformed JSON is a 400 that says where; JSON that parses but does not describe
+/// a flow (missing `nodes`, an unknown field, a string for a number) is a 422,
+/// like every other reason a flow is refused.
+fn spec_parse_error(e: serde_json::Error) -> HttpError {
+    use serde_json::error::Category;
+    let (line, column) = (e.line(), e.column());
+    match e.classify() {
+        Category::Data => HttpError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_flow",
+            format!("invalid flow: {e}"),
+        )
+        .with_details(json!({
+            "problems": [{
+                "code": "invalid_spec",
+                "message": e.to_string(),
+                "line": line,
+                "column": column,
+            }]
+        })),
+        Category::Syntax | Category::Eof | Category::Io => HttpError::bad_request(
+            "malformed_json",
+            format!("malformed JSON at line {line}, column {column}: {e}"),
+        )
+        .with_details(json!({ "line": line, "column": column })),
+    }
+}
+
+/// Lists flows, newest first.
+#[utoipa::path(get, path = "/flows", tag = "flows",
+    params(
+        ("status" = Option<String>, Query, description = "running, completed, failed or cancelled"),
+        ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "the nextCursor of the previous page")),
+    responses(
+        (status = 200, description = "one page", body = FlowPageSchema),
+        (status = 400, description = "bad query parameter", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn list(state: Arc<ApiState>, params: HashMap<String, String>) -> Response {
+    respond((|| {
+        let query = models::list_query(&params)?;
+        let page = state.engine.list(&query)?;
+        Ok(json_reply(StatusCode::OK, &page))
+    })())
+}
+
+/// One flow with every node.
+#[utoipa::path(get, path = "/flows/{id}", tag = "flows",
+    params(("id" = String, Path, description = "flow id")),
+    responses(
+        (status = 200, description = "the flow", body = FlowViewSchema),
+        (status = 404, description = "unknown flow", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_flow(id: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let view = state.engine.get(flow_id(&id)?).await?;
+            Ok(json_reply(StatusCode::OK, &view))
+        }
+        .await,
+    )
+}
+
+/// One node, with its input (once its parents are done) and result.
+#[utoipa::path(get, path = "/flows/{id}/nodes/{name}", tag = "flows",
+    params(("id" = String, Path, description = "flow id"),
+        ("name" = String, Path, description = "node name, percent-encoded")),
+    responses(
+        (status = 200, description = "the node", body = NodeViewSchema),
+        (status = 404, description = "unknown flow or node", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_node(id: String, name: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let id = flow_id(&id)?;
+            let name = percent_decode(&name).ok_or_else(|| {
+                HttpError::bad_request(
+                    "invalid_path",
+                    "the node name is not valid percent-encoded UTF-8",
+                )
+            })?;
+            let view = state.engine.node(id, &name).await?;
+            Ok(json_reply(StatusCode::OK, &view))
+        }
+        .await,
+    )
+}
+
+/// Cancels a running flow: running jobs are told to stop, the rest never run.
+#[utoipa::path(post, path = "/flows/{id}/cancel", tag = "flows",
+    params(("id" = String, Path, description = "flow id")),
+    responses(
+        (status = 200, description = "cancelled; the flow as it is now", body = FlowViewSchema),
+        (status = 404, description = "unknown flow", body = ErrorBody),
+        (status = 409, description = "the flow is not running", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn cancel(id: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let id = flow_id(&id)?;
+            require_redis(&state).await?;
+            state.engine.cancel(id).await?;
+            Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
+        }
+        .await,
+    )
+}
+
+/// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
+#[utoipa::path(post, path = "/flows/{id}/retry", tag = "flows",
+    params(("id" = String, Path, description = "flow id")),
+    responses(
+        (status = 200, description = "running again; the flow as it is now", body = FlowViewSchema),
+        (status = 404, description = "unknown flow", body = ErrorBody),
+        (status = 409, description = "the flow is running or completed", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let id = flow_id(&id)?;
+            require_redis(&state).await?;
+            state.engine.retry(id).await?;
+            Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
+        }
+        .await,
+    )
+}
+
+/// Deletes a flow: its jobs leave Redis, its records leave the disk.
+#[utoipa::path(delete, path = "/flows/{id}", tag = "flows",
+    params(("id" = String, Path, description = "flow id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "unknown flow", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn delete(id: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let id = flow_id(&id)?;
+            require_redis(&state).await?;
+            state.engine.delete(id).await?;
+            Ok(warp::Reply::into_response(StatusCode::NO_CONTENT))
+        }
+        .await,
+    )
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)),
+    security(("bearer" = [])))]
+pub(crate) async fn metrics(state: Arc<ApiState>) -> Response {
+    let text = state.metrics.render(&state).await;
+    let mut response = warp::Reply::into_response(text);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// This API's OpenAPI description.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 JSON", content_type = "application/json", body = Object)),
+    security(("bearer" = [])))]
+pub(crate) async fn openapi() -> Response {
+    let mut response = warp::Reply::into_response(openapi::json());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Decodes `%XX` escapes of a path segment (warp leaves them as they came).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("plain-name").as_deref(), Some("plain-name"));
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/vnd.dagflow+json"));
+        assert!(!is_json("application/x-www-form-urlencoded"));
+        assert!(!is_json("text/plain"));
+    }
+
+    #[test]
+    fn parse_errors_say_where() {
+        let e = dagflow_actors::spec::parse(b"{\n  \"nodes\": [,]\n}").unwrap_err();
+        let h = spec_parse_error(e);
+        assert_eq!(h.status, StatusCode::BAD_REQUEST);
+        assert_eq!(h.details["line"], 2);
+        let e = dagflow_actors::spec::parse(b"{\"nodez\": []}").unwrap_err();
+        assert_eq!(spec_parse_error(e).status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+}

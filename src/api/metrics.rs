@@ -1,0 +1,286 @@
+//! Prometheus metrics, served as text on `GET /metrics`.
+//!
+//! Counters and the run-time histogram are fed by a task that reads the engine's
+//! event feed, so they count what happened whichever worker (local or remote) did
+//! the work. Gauges (queue depth, running flows, WebSocket sessions) are read when
+//! scraped. The recorder is this API's own, not the process-global one, so several
+//! servers in one process (tests) keep separate numbers.
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `dagflow_flows_started_total` | counter | |
+//! | `dagflow_flows_retried_total` | counter | |
+//! | `dagflow_flows_finished_total` | counter | `outcome`: completed, failed, cancelled |
+//! | `dagflow_nodes_finished_total` | counter | `outcome`: completed, failed, skipped, cancelled |
+//! | `dagflow_node_retries_total` | counter | |
+//! | `dagflow_node_run_seconds` | histogram | `outcome`: completed, failed, retried |
+//! | `dagflow_flows_running` | gauge | |
+//! | `dagflow_queue_depth` | gauge | `queue`, `state`: ready (in the stream), delayed (backoff) |
+//! | `dagflow_ws_sessions` | gauge | |
+//! | `dagflow_event_subscribers` | gauge | |
+//! | `dagflow_metrics_events_missed_total` | counter | events the metrics task fell behind on |
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagflow_actors::{Engine, FlowEvent, FlowId, FlowStatus, NodeStatus};
+use metrics::{counter, gauge, histogram, with_local_recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use tokio::sync::broadcast;
+use tracing::debug;
+
+use super::ApiState;
+
+/// Upper bounds of the run-time histogram's buckets, in seconds.
+const RUN_SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+/// How long a scrape waits for Redis to report queue depths.
+const DEPTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The API's metrics.
+pub(crate) struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// A recorder, and (inside a Tokio runtime) the task feeding it from `engine`'s
+    /// events; the task ends with the engine's event hub.
+    pub(crate) fn start(engine: &Engine) -> Self {
+        let builder = PrometheusBuilder::new();
+        let builder = builder
+            .set_buckets(&RUN_SECONDS_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = Arc::new(builder.build_recorder());
+        let handle = recorder.handle();
+        with_local_recorder(&*recorder, describe);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(feed(engine.events(), Arc::clone(&recorder)));
+        }
+        Metrics { recorder, handle }
+    }
+
+    /// The Prometheus text, with the gauges read now.
+    pub(crate) async fn render(&self, state: &ApiState) -> String {
+        let depths = queue_depths(&state.engine).await;
+        with_local_recorder(&*self.recorder, || {
+            gauge!("dagflow_flows_running").set(state.engine.running_flows() as f64);
+            gauge!("dagflow_ws_sessions").set(state.open_sessions() as f64);
+            gauge!("dagflow_event_subscribers").set(state.engine.subscribers() as f64);
+            for (queue, ready, delayed) in depths {
+                gauge!("dagflow_queue_depth", "queue" => queue.clone(), "state" => "ready")
+                    .set(ready as f64);
+                gauge!("dagflow_queue_depth", "queue" => queue, "state" => "delayed")
+                    .set(delayed as f64);
+            }
+        });
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("dagflow_flows_started_total", "flows started");
+    describe_counter!("dagflow_flows_retried_total", "flow retries requested");
+    describe_counter!(
+        "dagflow_flows_finished_total",
+        "flows that ended, by outcome"
+    );
+    describe_counter!(
+        "dagflow_nodes_finished_total",
+        "nodes that ended, by outcome"
+    );
+    describe_counter!("dagflow_node_retries_total", "failed attempts queued again");
+    describe_histogram!(
+        "dagflow_node_run_seconds",
+        Unit::Seconds,
+        "time from a worker starting an attempt to its end"
+    );
+    describe_gauge!("dagflow_flows_running", "flows with a live actor");
+    describe_gauge!(
+        "dagflow_queue_depth",
+        "jobs in a queue's stream (ready) and delayed set"
+    );
+    describe_gauge!("dagflow_ws_sessions", "open WebSocket sessions");
+    describe_gauge!(
+        "dagflow_event_subscribers",
+        "receivers of the engine's event feed"
+    );
+    describe_counter!(
+        "dagflow_metrics_events_missed_total",
+        "events the metrics task missed because it fell behind"
+    );
+}
+
+/// `(queue, ready, delayed)` for the default queue and every queue a live worker
+/// serves; empty when Redis does not answer (the scrape still succeeds).
+async fn queue_depths(engine: &Engine) -> Vec<(String, u64, u64)> {
+    let work = async {
+        let mut queues = BTreeSet::from([dagflow_actors::spec::DEFAULT_QUEUE.to_owned()]);
+        for (_, info) in engine.queue().workers().await? {
+            let listed = info.get("queues").and_then(|q| q.as_array()).cloned();
+            for q in listed.unwrap_or_default() {
+                // `{"name", "concurrency"}` objects, or plain names from other workers.
+                let name = q.get("name").and_then(|n| n.as_str()).or(q.as_str());
+                if let Some(name) = name {
+                    queues.insert(name.to_owned());
+                }
+            }
+        }
+        let mut depths = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let (ready, delayed) = engine.queue().depth(&queue).await?;
+            depths.push((queue, ready, delayed));
+        }
+        Ok::<_, dagflow_actors::queue::QueueError>(depths)
+    };
+    match tokio::time::timeout(DEPTH_TIMEOUT, work).await {
+        Ok(Ok(depths)) => depths,
+        Ok(Err(e)) => {
+            debug!(error = %e, "queue depths unavailable for metrics");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// When each running attempt started, by flow, so that a flow's entries go when it
+/// ends and the map stays as small as the work in flight.
+type Started = HashMap<FlowId, HashMap<(String, u32), u64>>;
+
+async fn feed(mut events: broadcast::Receiver<Arc<FlowEvent>>, recorder: Arc<PrometheusRecorder>) {
+    let mut started = Started::new();
+    loop {
+        match events.recv().await {
+            Ok(event) => with_local_recorder(&*recorder, || observe(&event, &mut started)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                with_local_recorder(&*recorder, || {
+                    counter!("dagflow_metrics_events_missed_total").increment(missed)
+                });
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn observe(event: &FlowEvent, started: &mut Started) {
+    let Some(node) = &event.node else {
+        match FlowStatus::parse(&event.status) {
+            Some(FlowStatus::Running) if event.seq <= 1 => {
+                counter!("dagflow_flows_started_total").increment(1)
+            }
+            Some(FlowStatus::Running) => counter!("dagflow_flows_retried_total").increment(1),
+            Some(status) => {
+                counter!("dagflow_flows_finished_total", "outcome" => status.as_str()).increment(1);
+                started.remove(&event.flow_id);
+            }
+            None => {}
+        }
+        return;
+    };
+    let mut run_time = |attempt: u32, outcome: &'static str| {
+        let start = started
+            .get_mut(&event.flow_id)
+            .and_then(|nodes| nodes.remove(&(node.clone(), attempt)));
+        if let Some(start) = start {
+            let seconds = event.ts.saturating_sub(start) as f64 / 1000.0;
+            histogram!("dagflow_node_run_seconds", "outcome" => outcome).record(seconds);
+        }
+    };
+    match node_status(&event.status) {
+        Some(NodeStatus::Active) => {
+            // Progress events repeat `active`; the first one is the start.
+            started
+                .entry(event.flow_id)
+                .or_default()
+                .entry((node.clone(), event.attempt))
+                .or_insert(event.ts);
+        }
+        Some(NodeStatus::Queued) if event.error.is_some() => {
+            // A failed attempt queued again: the previous attempt ended here.
+            counter!("dagflow_node_retries_total").increment(1);
+            run_time(event.attempt.saturating_sub(1), "retried");
+        }
+        Some(status @ (NodeStatus::Completed | NodeStatus::Failed)) => {
+            run_time(event.attempt, status.as_str());
+            counter!("dagflow_nodes_finished_total", "outcome" => status.as_str()).increment(1);
+        }
+        Some(status @ (NodeStatus::Skipped | NodeStatus::Cancelled)) => {
+            counter!("dagflow_nodes_finished_total", "outcome" => status.as_str()).increment(1);
+        }
+        _ => {}
+    }
+}
+
+fn node_status(s: &str) -> Option<NodeStatus> {
+    [
+        NodeStatus::Pending,
+        NodeStatus::Queued,
+        NodeStatus::Active,
+        NodeStatus::Completed,
+        NodeStatus::Failed,
+        NodeStatus::Skipped,
+        NodeStatus::Cancelled,
+    ]
+    .into_iter()
+    .find(|n| n.as_str() == s)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(v: serde_json::Value) -> FlowEvent {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn counts_outcomes_and_run_times() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&RUN_SECONDS_BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        let id = FlowId::new().to_string();
+        let mut started = Started::new();
+        let events = [
+            json!({"flowId": id, "status": "running", "attempt": 0, "seq": 1, "ts": 0}),
+            json!({"flowId": id, "node": "a", "status": "queued", "attempt": 1, "seq": 2, "ts": 0}),
+            json!({"flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 3, "ts": 1000}),
+            json!({"flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 4, "ts": 1100, "progress": 5}),
+            json!({"flowId": id, "node": "a", "status": "completed", "attempt": 1, "seq": 5, "ts": 1500}),
+            json!({"flowId": id, "status": "completed", "attempt": 0, "seq": 6, "ts": 1500}),
+        ];
+        with_local_recorder(&recorder, || {
+            for e in events {
+                observe(&event(e), &mut started);
+            }
+        });
+        assert!(started.is_empty());
+        let text = handle.render();
+        assert!(text.contains("dagflow_flows_started_total 1"), "{text}");
+        assert!(
+            text.contains("dagflow_flows_finished_total{outcome=\"completed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dagflow_nodes_finished_total{outcome=\"completed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dagflow_node_run_seconds_bucket{outcome=\"completed\",le=\"0.5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dagflow_node_run_seconds_sum{outcome=\"completed\"} 0.5"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,560 @@
+//! The wire types of the API: request parameters, replies the API makes itself,
+//! WebSocket messages, and schema mirrors of the engine's views for the OpenAPI
+//! description.
+//!
+//! The engine's views (`FlowView`, `NodeView`, `FlowSummary`, `FlowPage`,
+//! `FlowEvent`) are the REST bodies as they are; the engine crate does not depend
+//! on utoipa, so each has a mirror here that only describes it. A test checks that
+//! every mirror names exactly the fields its view serializes, so the description
+//! cannot drift from the wire.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use dagflow_actors::engine::MAX_PAGE;
+use dagflow_actors::{FlowEvent, FlowId, FlowStatus, FlowView, ListQuery};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::errors::HttpError;
+
+/// Longest `Idempotency-Key` accepted; keys are stored with the flow.
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+
+/// The answer to `POST /flows`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CreatedFlow {
+    /// The new flow's id (or, with a repeated `Idempotency-Key`, the first flow's).
+    #[schema(example = "0194e5c2-7b1d-7c3e-9a40-2f6c1d8e9b10")]
+    pub(crate) flow_id: String,
+}
+
+/// `GET /healthz` and a passing `GET /readyz`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Health {
+    /// `ok` (alive) or `ready`.
+    pub(crate) status: String,
+    /// Each readiness check and its outcome (`ok` or the error); only on `/readyz`.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub(crate) checks: HashMap<String, String>,
+}
+
+/// The error shape of every failed request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong.
+    pub(crate) error: ErrorObject,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ErrorObject {
+    /// Stable and machine-readable: `malformed_json`, `invalid_flow`, `flow_not_found`,
+    /// `node_not_found`, `conflict`, `unauthorized`, `redis_unavailable`, ...
+    #[schema(example = "invalid_flow")]
+    pub(crate) code: String,
+    /// For people.
+    pub(crate) message: String,
+    /// Context: `{"problems": [...]}` for an invalid flow, `{"line", "column"}` for
+    /// malformed JSON, otherwise `null`.
+    #[schema(value_type = Object, nullable)]
+    pub(crate) details: serde_json::Value,
+}
+
+/// The query of `GET /flows`, checked.
+pub(crate) fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, HttpError> {
+    let mut query = ListQuery::default();
+    for (key, value) in params {
+        match key.as_str() {
+            "status" => {
+                query.status = Some(FlowStatus::parse(value).ok_or_else(|| {
+                    HttpError::bad_request(
+                        "invalid_query",
+                        format!(
+                            "status '{value}' is not one of running, completed, failed, cancelled"
+                        ),
+                    )
+                })?)
+            }
+            "limit" => {
+                query.limit = Some(
+                    value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            HttpError::bad_request(
+                                "invalid_query",
+                                format!("limit '{value}' is not a number from 1 to {MAX_PAGE}"),
+                            )
+                        })?,
+                )
+            }
+            "cursor" => {
+                // Checked here: the engine calls a bad cursor a conflict, which is
+                // the wrong status for a malformed query.
+                FlowId::from_str(value).map_err(|_| {
+                    HttpError::bad_request(
+                        "invalid_query",
+                        "cursor is not valid: pass the nextCursor of the previous page",
+                    )
+                })?;
+                query.cursor = Some(value.clone());
+            }
+            other => {
+                return Err(HttpError::bad_request(
+                    "invalid_query",
+                    format!("unknown query parameter '{other}': use status, limit or cursor"),
+                ))
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// A message from a WebSocket client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) enum ClientMessage {
+    /// Start receiving a flow's events (`"*"`: every flow's).
+    Subscribe {
+        /// A flow id, or `*`.
+        #[serde(rename = "flowId")]
+        flow_id: String,
+    },
+    /// Stop receiving them.
+    Unsubscribe {
+        /// A flow id, or `*`.
+        #[serde(rename = "flowId")]
+        flow_id: String,
+    },
+}
+
+/// A message to a WebSocket client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type")]
+pub(crate) enum ServerMessage<'a> {
+    /// The flow as of `flow.seq`; its `flow:updated` events follow.
+    #[serde(rename = "snapshot")]
+    Snapshot {
+        /// The flow.
+        flow: &'a FlowView,
+    },
+    /// One change of a flow.
+    #[serde(rename = "flow:updated")]
+    Updated(&'a FlowEvent),
+    /// Now subscribed to every flow (`flowId` is `*`).
+    #[serde(rename = "subscribed")]
+    Subscribed {
+        /// What was subscribed to.
+        #[serde(rename = "flowId")]
+        flow_id: &'a str,
+    },
+    /// No longer subscribed.
+    #[serde(rename = "unsubscribed")]
+    Unsubscribed {
+        /// What was unsubscribed from.
+        #[serde(rename = "flowId")]
+        flow_id: &'a str,
+    },
+    /// The client fell behind by `missed` engine events; fresh snapshots follow.
+    #[serde(rename = "lagged")]
+    Lagged {
+        /// Engine events (of any flow) that went by unseen.
+        missed: u64,
+    },
+    /// A message could not be handled; the connection stays open.
+    #[serde(rename = "error")]
+    Error {
+        /// What was wrong.
+        message: String,
+        /// The flow it was about, if any.
+        #[serde(rename = "flowId", skip_serializing_if = "Option::is_none")]
+        flow_id: Option<&'a str>,
+    },
+}
+
+/// Describes [`ServerMessage`] in the OpenAPI document.
+#[derive(ToSchema)]
+#[schema(as = ServerMessage)]
+#[serde(tag = "type")]
+#[allow(dead_code)]
+pub(crate) enum ServerMessageSchema {
+    /// The flow as of `flow.seq`; its `flow:updated` events follow.
+    #[serde(rename = "snapshot")]
+    Snapshot {
+        /// The flow.
+        flow: FlowViewSchema,
+    },
+    /// One change of a flow: the event's fields next to `type`.
+    #[serde(rename = "flow:updated")]
+    Updated(FlowEventSchema),
+    /// Now subscribed to every flow (`flowId` is `*`).
+    #[serde(rename = "subscribed")]
+    Subscribed {
+        /// What was subscribed to.
+        #[serde(rename = "flowId")]
+        flow_id: String,
+    },
+    /// No longer subscribed.
+    #[serde(rename = "unsubscribed")]
+    Unsubscribed {
+        /// What was unsubscribed from.
+        #[serde(rename = "flowId")]
+        flow_id: String,
+    },
+    /// The client fell behind by `missed` engine events; fresh snapshots follow.
+    #[serde(rename = "lagged")]
+    Lagged {
+        /// Engine events (of any flow) that went by unseen.
+        missed: u64,
+    },
+    /// A message could not be handled; the connection stays open.
+    #[serde(rename = "error")]
+    Error {
+        /// What was wrong.
+        message: String,
+        /// The flow it was about, if any.
+        #[serde(rename = "flowId")]
+        flow_id: Option<String>,
+    },
+}
+
+/// Where a flow is: `running`, then `completed`, `failed` or `cancelled`.
+#[derive(ToSchema)]
+#[schema(as = FlowStatus)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum FlowStatusSchema {
+    /// Some node is not terminal yet.
+    Running,
+    /// Every node completed.
+    Completed,
+    /// Some node failed for good.
+    Failed,
+    /// A client cancelled it.
+    Cancelled,
+}
+
+/// Where a node is.
+#[derive(ToSchema)]
+#[schema(as = NodeStatus)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum NodeStatusSchema {
+    /// Waiting for its parents.
+    Pending,
+    /// In its queue, or waiting out a retry backoff.
+    Queued,
+    /// A worker runs it.
+    Active,
+    /// Finished with a result.
+    Completed,
+    /// Failed for good.
+    Failed,
+    /// Will not run: an ancestor failed.
+    Skipped,
+    /// Will not run: the flow was cancelled.
+    Cancelled,
+}
+
+/// A flow with every node (`GET /flows/{id}`, WebSocket snapshots).
+#[derive(ToSchema)]
+#[schema(as = FlowView)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct FlowViewSchema {
+    /// The flow's id (a UUIDv7).
+    id: String,
+    /// Its name from the spec.
+    name: String,
+    /// Where it is.
+    status: FlowStatusSchema,
+    /// Events so far; events after this view have a larger `seq`.
+    seq: u64,
+    /// Creation time, ms since the epoch.
+    created_at: u64,
+    /// Last change, ms.
+    updated_at: u64,
+    /// When it ended, ms.
+    finished_at: Option<u64>,
+    /// Why the engine failed the flow, when it did (not a node's error).
+    error: Option<String>,
+    /// Every node, in spec order.
+    nodes: Vec<NodeViewSchema>,
+}
+
+/// One node of a flow (`GET /flows/{id}/nodes/{name}` adds `input`).
+#[derive(ToSchema)]
+#[schema(as = NodeView)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct NodeViewSchema {
+    /// Unique within the flow.
+    name: String,
+    /// Where it is.
+    status: NodeStatusSchema,
+    /// Current attempt, 0 before the first.
+    attempt: u32,
+    /// The queue it runs on.
+    queue: String,
+    /// The handler that runs it.
+    handler: String,
+    /// Parent names.
+    parents: Vec<String>,
+    /// Child names.
+    children: Vec<String>,
+    /// The current attempt's job id, `{flowId}:{node}:{attempt}`.
+    job_id: Option<String>,
+    /// When the current attempt was queued, ms.
+    queued_at: Option<u64>,
+    /// When a delayed retry is due, ms.
+    due_at: Option<u64>,
+    /// When a worker started it, ms.
+    started_at: Option<u64>,
+    /// When it ended, ms.
+    finished_at: Option<u64>,
+    /// Last progress reported (any JSON).
+    #[schema(value_type = Object)]
+    progress: Option<serde_json::Value>,
+    /// Last error (also while a retry waits).
+    error: Option<String>,
+    /// The handler's result, once completed (any JSON).
+    #[schema(value_type = Object)]
+    result: Option<serde_json::Value>,
+    /// `{"data", "parents"}` its handler gets; single-node view only, once every parent is done.
+    #[schema(value_type = Object)]
+    input: Option<serde_json::Value>,
+}
+
+/// A flow in a listing.
+#[derive(ToSchema)]
+#[schema(as = FlowSummary)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct FlowSummarySchema {
+    /// The flow's id.
+    id: String,
+    /// Its name.
+    name: String,
+    /// Where it is.
+    status: FlowStatusSchema,
+    /// Events so far.
+    seq: u64,
+    /// Creation time, ms.
+    created_at: u64,
+    /// Last change, ms.
+    updated_at: u64,
+    /// When it ended, ms.
+    finished_at: Option<u64>,
+    /// Number of nodes.
+    nodes_total: u32,
+    /// Nodes in a terminal status.
+    nodes_done: u32,
+}
+
+/// One page of `GET /flows`.
+#[derive(ToSchema)]
+#[schema(as = FlowPage)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct FlowPageSchema {
+    /// The flows, newest first.
+    flows: Vec<FlowSummarySchema>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// One change of one flow (WebSocket `flow:updated`).
+#[derive(ToSchema)]
+#[schema(as = FlowEvent)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct FlowEventSchema {
+    /// The flow.
+    flow_id: String,
+    /// The node; absent for a change of the flow itself.
+    node: Option<String>,
+    /// The node's (or the flow's) new status.
+    status: String,
+    /// The node's attempt; 0 for flow events.
+    attempt: u32,
+    /// Strictly increasing per flow, without gaps.
+    seq: u64,
+    /// Time of the change, ms.
+    ts: u64,
+    /// Progress, on progress events.
+    #[schema(value_type = Object)]
+    progress: Option<serde_json::Value>,
+    /// The error, on failures and retries.
+    error: Option<String>,
+}
+
+/// A flow spec, as `POST /flows` takes it (see the design's "Flow spec").
+#[derive(ToSchema)]
+#[schema(as = FlowSpec)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct FlowSpecSchema {
+    /// Human-readable, need not be unique.
+    name: Option<String>,
+    /// The jobs.
+    nodes: Vec<NodeSpecSchema>,
+    /// `{"onFailure": "continue" | "failFast"}`.
+    #[schema(value_type = Object)]
+    opts: Option<serde_json::Value>,
+}
+
+/// One node of a flow spec.
+#[derive(ToSchema)]
+#[schema(as = NodeSpec)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct NodeSpecSchema {
+    /// Unique within the flow.
+    name: String,
+    /// Nodes whose results it needs.
+    parents: Option<Vec<String>>,
+    /// Nodes that need its result (must agree with their `parents`).
+    children: Option<Vec<String>>,
+    /// Handler name; defaults to `name`.
+    handler: Option<String>,
+    /// Queue; defaults to `default`.
+    queue: Option<String>,
+    /// The node's own input.
+    #[schema(value_type = Object)]
+    data: Option<serde_json::Value>,
+    /// `{"attempts", "backoff": {"type", "delayMs"}, "timeoutMs", "continueOnFailure", "maxStalled"}`.
+    #[schema(value_type = Object)]
+    opts: Option<serde_json::Value>,
+    /// Children run even if this node fails for good.
+    continue_on_failure: Option<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use serde_json::{json, Value};
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn schema_fields<S: PartialSchema>() -> BTreeSet<String> {
+        match S::schema() {
+            RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
+            _ => panic!("not an object schema"),
+        }
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// A view with every optional field set, as the engine serializes it.
+    fn full_node() -> Value {
+        json!({
+            "name": "a", "status": "completed", "attempt": 1, "queue": "default",
+            "handler": "echo", "parents": [], "children": [], "jobId": "x:a:1",
+            "queuedAt": 1, "dueAt": 2, "startedAt": 3, "finishedAt": 4,
+            "progress": 50, "error": "e", "result": {}, "input": {}
+        })
+    }
+
+    #[test]
+    fn schema_mirrors_match_the_engine_views() {
+        let id = FlowId::new().to_string();
+        let node: dagflow_actors::NodeView = serde_json::from_value(full_node()).unwrap();
+        let node = serde_json::to_value(node).unwrap();
+        assert_eq!(keys(&node), schema_fields::<NodeViewSchema>());
+
+        let flow: FlowView = serde_json::from_value(json!({
+            "id": id, "name": "f", "status": "failed", "seq": 3, "createdAt": 1,
+            "updatedAt": 2, "finishedAt": 3, "error": "e", "nodes": [full_node()]
+        }))
+        .unwrap();
+        assert_eq!(
+            keys(&serde_json::to_value(&flow).unwrap()),
+            schema_fields::<FlowViewSchema>()
+        );
+
+        let summary = json!({
+            "id": id, "name": "f", "status": "running", "seq": 3, "createdAt": 1,
+            "updatedAt": 2, "finishedAt": 3, "nodesTotal": 2, "nodesDone": 1
+        });
+        let summary: dagflow_actors::FlowSummary = serde_json::from_value(summary).unwrap();
+        let summary_json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(keys(&summary_json), schema_fields::<FlowSummarySchema>());
+
+        let page = dagflow_actors::FlowPage {
+            flows: vec![summary],
+            next_cursor: Some(id.clone()),
+        };
+        assert_eq!(
+            keys(&serde_json::to_value(&page).unwrap()),
+            schema_fields::<FlowPageSchema>()
+        );
+
+        let event: FlowEvent = serde_json::from_value(json!({
+            "flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 4,
+            "ts": 5, "progress": 1, "error": "e"
+        }))
+        .unwrap();
+        assert_eq!(
+            keys(&serde_json::to_value(&event).unwrap()),
+            schema_fields::<FlowEventSchema>()
+        );
+    }
+
+    #[test]
+    fn list_query_checks_every_parameter() {
+        let q = |pairs: &[(&str, &str)]| {
+            list_query(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let ok = q(&[("status", "failed"), ("limit", "10")]).unwrap();
+        assert_eq!(ok.status, Some(FlowStatus::Failed));
+        assert_eq!(ok.limit, Some(10));
+        for bad in [
+            &[("status", "weird")][..],
+            &[("limit", "0")],
+            &[("limit", "x")],
+            &[("limit", "1001")],
+            &[("cursor", "nope")],
+            &[("state", "running")],
+        ] {
+            let err = q(bad).unwrap_err();
+            assert_eq!(err.status.as_u16(), 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn server_messages_have_the_documented_shape() {
+        let event: FlowEvent = serde_json::from_value(json!({
+            "flowId": FlowId::new().to_string(), "status": "running", "attempt": 0, "seq": 1, "ts": 5
+        }))
+        .unwrap();
+        let v = serde_json::to_value(ServerMessage::Updated(&event)).unwrap();
+        assert_eq!(v["type"], "flow:updated");
+        assert_eq!(v["seq"], 1);
+        let v = serde_json::to_value(ServerMessage::Lagged { missed: 3 }).unwrap();
+        assert_eq!(v, json!({"type": "lagged", "missed": 3}));
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"subscribe","flowId":"*"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMessage::Subscribe {
+                flow_id: "*".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,538 @@
+//! WebSocket sessions: every connection is one [`WsSession`] actor that holds the
+//! client's subscriptions and decides what the client sees.
+//!
+//! Three tasks serve the actor, and every hop between them is bounded:
+//!
+//! ```text
+//! client ──frames──► reader task ──(≤ 8 in flight)──► WsSession ──bounded mpsc (256)──► writer (this connection's task) ──► client
+//!                                                        ▲
+//! engine EventHub ──broadcast──► pump task ──(≤ 64 in flight)──┘
+//! ```
+//!
+//! ractor mailboxes are unbounded, so the reader and the pump each hold a small
+//! semaphore and put a permit into every message they send; the actor drops it once
+//! the message is handled. When the client stops reading, the writer blocks, the
+//! outgoing buffer fills, the actor waits on it, the pump runs out of permits and
+//! stops taking events, and the engine's broadcast channel (bounded, shared by
+//! every subscriber) moves on without it. When the pump reads again it is told how
+//! many events it lost; the actor sends `lagged` and a fresh snapshot of each
+//! subscribed flow, and only events after that snapshot. The engine never waits for
+//! a session, and a session's memory is bounded by the buffers above.
+//!
+//! The event receiver is created on the first subscribe, before the first snapshot
+//! is read: an event that changes the flow after the snapshot is then certainly in
+//! the receiver, and every event already in the snapshot (`seq` at or below the
+//! snapshot's) is dropped. That is [`dagflow_actors::Subscription::wants`]'s rule,
+//! applied to one receiver shared by all of the session's flows.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dagflow_actors::{Engine, EngineError, FlowEvent, FlowId};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::ws::{Message, WebSocket, Ws};
+
+use super::errors::HttpError;
+use super::models::{ClientMessage, ServerMessage};
+use super::ApiState;
+
+/// Messages waiting for the writer, per session.
+const OUT_BUFFER: usize = 256;
+/// Engine events handed to the actor and not yet handled, per session.
+const EVENT_CREDITS: usize = 64;
+/// Client messages handed to the actor and not yet handled, per session.
+const CLIENT_CREDITS: usize = 8;
+/// Largest message a client may send; subscribe messages are tiny.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// How often the server pings.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A client silent this long (no frame, not even a pong), or one that has not taken
+/// a frame for this long, is disconnected.
+const DEAD_AFTER: Duration = Duration::from_secs(60);
+/// How long a Close frame may take to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Messages written before a flush, when several are waiting.
+const WRITE_BATCH: usize = 64;
+/// Close code for "going away" (server shutdown, dead peer).
+const GOING_AWAY: u16 = 1001;
+
+/// Answers an upgrade request: 503 when the connection limit is reached, otherwise
+/// `101` and a session.
+pub(crate) fn upgrade(state: Arc<ApiState>, ws: Ws) -> Response {
+    let Ok(permit) = Arc::clone(&state.sessions).try_acquire_owned() else {
+        return HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!(
+                "the server already has {} WebSocket connections",
+                state.max_sessions
+            ),
+        )
+        .into_response();
+    };
+    let reply = ws
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| connection(socket, state, permit));
+    warp::Reply::into_response(reply)
+}
+
+/// Runs one connection: spawns its actor, writes to the client until the session
+/// ends, then lets the permit go.
+async fn connection(socket: WebSocket, state: Arc<ApiState>, permit: OwnedSemaphorePermit) {
+    let (sink, stream) = socket.split();
+    let (out, out_rx) = mpsc::channel(OUT_BUFFER);
+    let activity = Arc::new(Activity::new());
+    let args = SessionArgs {
+        engine: state.engine.clone(),
+        out,
+        stream,
+        activity: Arc::clone(&activity),
+        max_subscriptions: state.cfg.max_subscriptions_per_connection,
+    };
+    let (actor, mut handle) = match Actor::spawn(None, WsSession, args).await {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            // The socket went with the arguments; dropping it closes the connection.
+            HttpError::internal(&format!("spawning a websocket session: {e}"));
+            return;
+        }
+    };
+    let writer = write_loop(sink, out_rx, state.shutdown.clone(), activity);
+    tokio::pin!(writer);
+    tokio::select! {
+        reason = &mut writer => {
+            actor.stop(Some(reason.to_owned()));
+            let _ = handle.await;
+        }
+        _ = &mut handle => {
+            // The actor is gone with its sender: the writer sends what is left and Close.
+            let _ = tokio::time::timeout(CLOSE_GRACE * 2, writer).await;
+        }
+    }
+    drop(permit);
+}
+
+/// When the client was last heard from, for the keepalive.
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        self.epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// The session actor of one WebSocket connection.
+pub(crate) struct WsSession;
+
+/// What a session starts with.
+pub(crate) struct SessionArgs {
+    /// Where snapshots and events come from.
+    engine: Engine,
+    /// Frames for the writer; bounded, so a slow client holds this actor back
+    /// rather than growing a queue.
+    out: mpsc::Sender<Message>,
+    /// The client's frames, read by the reader task the actor starts.
+    stream: SplitStream<WebSocket>,
+    /// Touched by the reader on every frame.
+    activity: Arc<Activity>,
+    /// Most flows this client may follow.
+    max_subscriptions: usize,
+}
+
+/// A session's state.
+pub(crate) struct SessionState {
+    engine: Engine,
+    out: mpsc::Sender<Message>,
+    /// Followed flows and the last `seq` the client has of each (in a snapshot or an
+    /// event); events at or below it are not sent.
+    flows: HashMap<FlowId, u64>,
+    /// Subscribed to `*`: every event of every flow.
+    all: bool,
+    max_subscriptions: usize,
+    /// Reads the client's frames.
+    reader: JoinHandle<()>,
+    /// Reads the engine's events; started by the first subscribe.
+    pump: Option<JoinHandle<()>>,
+}
+
+/// A place in one of the session's bounded queues, released when the message that
+/// holds it is handled.
+pub(crate) type Credit = OwnedSemaphorePermit;
+
+/// Messages of a session.
+pub(crate) enum SessionMsg {
+    /// The client sent a message (or something that is not one: the reason).
+    ClientSent(Result<ClientMessage, String>, Credit),
+    /// The engine published an event.
+    EventPublished(Arc<FlowEvent>, Credit),
+    /// The session fell behind the engine's feed by this many events.
+    Lagged(u64, Credit),
+}
+
+impl Actor for WsSession {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SessionArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let reader = tokio::spawn(read_loop(args.stream, myself, args.activity));
+        Ok(SessionState {
+            engine: args.engine,
+            out: args.out,
+            flows: HashMap::new(),
+            all: false,
+            max_subscriptions: args.max_subscriptions,
+            reader,
+            pump: None,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.reader.abort();
+        if let Some(pump) = &state.pump {
+            pump.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let delivered = match message {
+            SessionMsg::ClientSent(Ok(ClientMessage::Subscribe { flow_id }), _credit) => {
+                state.subscribe(&myself, &flow_id).await
+            }
+            SessionMsg::ClientSent(Ok(ClientMessage::Unsubscribe { flow_id }), _credit) => {
+                state.unsubscribe(&flow_id).await
+            }
+            SessionMsg::ClientSent(Err(reason), _credit) => {
+                state
+                    .send(&ServerMessage::Error {
+                        message: reason,
+                        flow_id: None,
+                    })
+                    .await
+            }
+            SessionMsg::EventPublished(event, _credit) => state.event(&event).await,
+            SessionMsg::Lagged(missed, _credit) => state.lagged(missed).await,
+        };
+        if delivered.is_err() {
+            // The writer is gone (client disconnected, or shutdown): nothing more to do.
+            myself.stop(Some("connection closed".to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// The writer went away; the session should end.
+struct Closed;
+
+impl SessionState {
+    /// Queues one message for the client, waiting while its buffer is full.
+    async fn send(&self, msg: &ServerMessage<'_>) -> Result<(), Closed> {
+        let text = match serde_json::to_string(msg) {
+            Ok(text) => text,
+            Err(e) => {
+                HttpError::internal(&format!("serializing a websocket message: {e}"));
+                return Ok(());
+            }
+        };
+        self.out.send(Message::text(text)).await.map_err(|_| Closed)
+    }
+
+    async fn error(&self, message: String, flow_id: Option<&str>) -> Result<(), Closed> {
+        self.send(&ServerMessage::Error { message, flow_id }).await
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.flows.len() + usize::from(self.all)
+    }
+
+    /// Starts reading the engine's events, once.
+    fn ensure_pump(&mut self, myself: &ActorRef<SessionMsg>) {
+        if self.pump.is_none() {
+            let events = self.engine.events();
+            self.pump = Some(tokio::spawn(pump(events, myself.clone())));
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        target: &str,
+    ) -> Result<(), Closed> {
+        if target == "*" {
+            if !self.all && self.subscriptions() >= self.max_subscriptions {
+                return self.too_many(target).await;
+            }
+            self.ensure_pump(myself);
+            self.all = true;
+            return self.send(&ServerMessage::Subscribed { flow_id: "*" }).await;
+        }
+        let Ok(id) = FlowId::from_str(target) else {
+            return self
+                .error(
+                    format!("'{}' is not a flow id or \"*\"", clip(target)),
+                    None,
+                )
+                .await;
+        };
+        if !self.flows.contains_key(&id) && self.subscriptions() >= self.max_subscriptions {
+            return self.too_many(target).await;
+        }
+        // The receiver must exist before the snapshot is read; see the module docs.
+        self.ensure_pump(myself);
+        match self.engine.get(id).await {
+            Ok(view) => {
+                self.flows.insert(id, view.seq);
+                self.send(&ServerMessage::Snapshot { flow: &view }).await
+            }
+            Err(e) => self.error(flow_error(e), Some(target)).await,
+        }
+    }
+
+    async fn too_many(&self, target: &str) -> Result<(), Closed> {
+        let message = format!(
+            "too many subscriptions: a connection may follow at most {} flows",
+            self.max_subscriptions
+        );
+        self.error(message, Some(clip(target))).await
+    }
+
+    async fn unsubscribe(&mut self, target: &str) -> Result<(), Closed> {
+        if target == "*" {
+            self.all = false;
+        } else if let Ok(id) = FlowId::from_str(target) {
+            self.flows.remove(&id);
+        } else {
+            return self
+                .error(
+                    format!("'{}' is not a flow id or \"*\"", clip(target)),
+                    None,
+                )
+                .await;
+        }
+        self.send(&ServerMessage::Unsubscribed { flow_id: target })
+            .await
+    }
+
+    async fn event(&mut self, event: &FlowEvent) -> Result<(), Closed> {
+        let wanted = match self.flows.get_mut(&event.flow_id) {
+            // Already in the client's snapshot, or sent: never twice.
+            Some(seen) if event.seq <= *seen => false,
+            Some(seen) => {
+                *seen = event.seq;
+                true
+            }
+            None => self.all,
+        };
+        if wanted {
+            self.send(&ServerMessage::Updated(event)).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The client missed events: say so, then start each followed flow afresh.
+    async fn lagged(&mut self, missed: u64) -> Result<(), Closed> {
+        debug!(missed, "websocket session lagged");
+        self.send(&ServerMessage::Lagged { missed }).await?;
+        let ids: Vec<FlowId> = self.flows.keys().copied().collect();
+        for id in ids {
+            match self.engine.get(id).await {
+                Ok(view) => {
+                    self.flows.insert(id, view.seq);
+                    self.send(&ServerMessage::Snapshot { flow: &view }).await?;
+                }
+                Err(e) => {
+                    // Deleted meanwhile (or the engine is stopping): stop following it.
+                    self.flows.remove(&id);
+                    let id = id.to_string();
+                    self.error(flow_error(e), Some(&id)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a client is told about a flow it cannot follow; internal causes stay in the log.
+fn flow_error(e: EngineError) -> String {
+    HttpError::from(e).message
+}
+
+/// A client's text, shortened for echoing it back.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Reads the client's frames and hands each message to the actor, at most
+/// [`CLIENT_CREDITS`] at a time; stops the session when the client goes away.
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    actor: ActorRef<SessionMsg>,
+    activity: Arc<Activity>,
+) {
+    let credits = Arc::new(Semaphore::new(CLIENT_CREDITS));
+    while let Some(frame) = stream.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                debug!(error = %e, "websocket read failed");
+                break;
+            }
+        };
+        activity.touch();
+        if frame.is_close() {
+            break;
+        }
+        if frame.is_ping() || frame.is_pong() {
+            continue;
+        }
+        let parsed = match frame.to_str() {
+            Ok(text) => serde_json::from_str::<ClientMessage>(text).map_err(|e| {
+                format!(
+                    "not a valid message ({e}); send {{\"type\":\"subscribe\"|\"unsubscribe\",\"flowId\":\"<id>\"|\"*\"}}"
+                )
+            }),
+            Err(()) => Err("binary frames are not understood: send JSON text".to_owned()),
+        };
+        let Ok(credit) = Arc::clone(&credits).acquire_owned().await else {
+            break;
+        };
+        if actor.cast(SessionMsg::ClientSent(parsed, credit)).is_err() {
+            break;
+        }
+    }
+    actor.stop(Some("client went away".to_owned()));
+}
+
+/// Hands the engine's events to the actor, at most [`EVENT_CREDITS`] at a time.
+/// While the actor is held back by a slow client this task stops receiving, and
+/// the broadcast channel reports the gap when it receives again.
+async fn pump(mut events: broadcast::Receiver<Arc<FlowEvent>>, actor: ActorRef<SessionMsg>) {
+    let credits = Arc::new(Semaphore::new(EVENT_CREDITS));
+    loop {
+        let Ok(credit) = Arc::clone(&credits).acquire_owned().await else {
+            return;
+        };
+        let msg = match events.recv().await {
+            Ok(event) => SessionMsg::EventPublished(event, credit),
+            Err(broadcast::error::RecvError::Lagged(missed)) => SessionMsg::Lagged(missed, credit),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if actor.cast(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the session's messages to the client, pings it, and closes the
+/// connection on shutdown, on a dead client, or when the session ends. Returns why
+/// it stopped.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut out: mpsc::Receiver<Message>,
+    shutdown: CancellationToken,
+    activity: Arc<Activity>,
+) -> &'static str {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                close(&mut sink, GOING_AWAY, "server shutting down").await;
+                return "server shutting down";
+            }
+            msg = out.recv() => match msg {
+                Some(msg) => msg,
+                None => {
+                    close(&mut sink, 1000, "").await;
+                    return "session ended";
+                }
+            },
+            _ = ping.tick() => {
+                if activity.silent_for() > DEAD_AFTER {
+                    close(&mut sink, GOING_AWAY, "keepalive timeout").await;
+                    return "keepalive timeout";
+                }
+                Message::ping(Vec::new())
+            }
+        };
+        let write = async {
+            sink.feed(first).await?;
+            // Whatever else is already waiting goes out with the same flush.
+            for _ in 1..WRITE_BATCH {
+                match out.try_recv() {
+                    Ok(msg) => sink.feed(msg).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = tokio::time::timeout(DEAD_AFTER, write) => Some(r),
+        };
+        match written {
+            None => {
+                close(&mut sink, GOING_AWAY, "server shutting down").await;
+                return "server shutting down";
+            }
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => {
+                debug!(error = %e, "websocket write failed");
+                return "write failed";
+            }
+            Some(Err(_)) => return "client stopped reading",
+        }
+    }
+}
+
+/// Sends Close, giving up after [`CLOSE_GRACE`] (a client that does not read).
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::close_with(code, reason))).await;
+}
