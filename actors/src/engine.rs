@@ -167,6 +167,7 @@ impl EngineBuilder {
         let hub = EventHub::new(self.event_capacity);
         let directory = Directory::default();
         let mut flows = None;
+        let redis_up = Arc::new(AtomicBool::new(true));
         let consumer;
         if self.worker_only {
             consumer = format!("worker-{}", uuid::Uuid::now_v7());
@@ -232,6 +233,7 @@ impl EngineBuilder {
                 queue.clone(),
                 consumer.clone(),
                 supervisor.clone(),
+                Arc::clone(&redis_up),
             ));
             flows = Some(Flows {
                 shared,
@@ -268,6 +270,7 @@ impl EngineBuilder {
                 hub,
                 limits: self.limits,
                 stopping: AtomicBool::new(false),
+                redis_up,
             }),
         })
     }
@@ -289,6 +292,8 @@ struct Inner {
     hub: EventHub,
     limits: Limits,
     stopping: AtomicBool,
+    /// Whether the watchdog reached Redis on its last check (every 500 ms).
+    redis_up: Arc<AtomicBool>,
 }
 
 /// A running dagflow engine.
@@ -363,6 +368,14 @@ impl Engine {
     ) -> Result<FlowId, EngineError> {
         let flows = self.flows()?;
         let dag = spec::validate(spec, &self.inner.limits)?;
+        // A new flow would be accepted and persisted without Redis, its jobs queued
+        // once Redis is back; refusing it instead tells the client at once and keeps
+        // a long outage from piling up work nobody is watching.
+        if !self.inner.redis_up.load(Ordering::Relaxed) {
+            return Err(EngineError::Unavailable(
+                "redis is unreachable; try again later".to_owned(),
+            ));
+        }
         let spec_json =
             serde_json::to_string(spec).map_err(|e| EngineError::Internal(e.to_string()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -658,16 +671,29 @@ async fn call_flow_op(
 /// Notices Redis losing its data (restarted without persistence, flushed): the
 /// marker key this engine set is gone. Every flow then enqueues its jobs again;
 /// the snapshots are the source of truth.
-async fn watch_redis(queue: Queue, marker: String, supervisor: ActorRef<SupervisorMsg>) {
+async fn watch_redis(
+    queue: Queue,
+    marker: String,
+    supervisor: ActorRef<SupervisorMsg>,
+    redis_up: Arc<AtomicBool>,
+) {
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         match queue.ensure_marker(&marker).await {
-            Ok(true) => {
-                warn!("redis lost its data; re-enqueueing the jobs of every running flow");
-                let _ = supervisor.cast(SupervisorMsg::Resync);
+            Ok(lost) => {
+                if !redis_up.swap(true, Ordering::Relaxed) {
+                    info!("redis is reachable again");
+                }
+                if lost {
+                    warn!("redis lost its data; re-enqueueing the jobs of every running flow");
+                    let _ = supervisor.cast(SupervisorMsg::Resync);
+                }
             }
-            Ok(false) => {}
-            Err(_) => {} // Redis down; checked again in a second.
+            Err(e) => {
+                if redis_up.swap(false, Ordering::Relaxed) {
+                    warn!(error = %e, "redis is unreachable; new flows are refused until it is back");
+                }
+            }
         }
     }
 }

@@ -571,12 +571,15 @@ fn check_name(
     limits: &Limits,
 ) {
     if value.len() > limits.max_name_len {
-        let shown: String = node.chars().take(40).collect();
+        let mut shown: String = node.chars().take(40).collect();
+        if shown.len() < node.len() {
+            shown.push('…');
+        }
         push(
             "name_too_long",
             Some(&shown),
             format!(
-                "{what} of node '{shown}…' is {} bytes, more than the limit of {}",
+                "{what} of node '{shown}' is {} bytes, more than the limit of {}",
                 value.len(),
                 limits.max_name_len
             ),

@@ -44,7 +44,10 @@ impl NodeStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            NodeStatus::Completed | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled
+            NodeStatus::Completed
+                | NodeStatus::Failed
+                | NodeStatus::Skipped
+                | NodeStatus::Cancelled
         )
     }
 
@@ -310,7 +313,12 @@ impl FlowState {
     /// Rebuilds a flow from its persisted records.
     ///
     /// `nodes` must have one entry per DAG node; missing entries are treated as fresh.
-    pub fn restore(id: FlowId, dag: Arc<Dag>, header: FlowHeader, mut nodes: Vec<NodeState>) -> Self {
+    pub fn restore(
+        id: FlowId,
+        dag: Arc<Dag>,
+        header: FlowHeader,
+        mut nodes: Vec<NodeState>,
+    ) -> Self {
         nodes.resize(dag.len(), NodeState::default());
         let mut state = FlowState {
             id,
@@ -337,7 +345,11 @@ impl FlowState {
                     .count() as u32
             })
             .collect();
-        self.remaining = self.nodes.iter().filter(|n| !n.status.is_terminal()).count();
+        self.remaining = self
+            .nodes
+            .iter()
+            .filter(|n| !n.status.is_terminal())
+            .count();
         self.hard_failures = self
             .dag
             .indices()
@@ -400,7 +412,10 @@ impl FlowState {
 
     /// Whether `Retry` would do anything: the flow ended without completing.
     pub fn can_retry(&self) -> bool {
-        matches!(self.header.status, FlowStatus::Failed | FlowStatus::Cancelled)
+        matches!(
+            self.header.status,
+            FlowStatus::Failed | FlowStatus::Cancelled
+        )
     }
 
     /// The input a node's handler receives: `{"data": ..., "parents": {name: result}}`,
@@ -414,7 +429,10 @@ impl FlowState {
                     .parents
                     .iter()
                     .map(|p| {
-                        self.nodes[p.as_usize()].result.as_ref().map_or(16, |r| r.len())
+                        self.nodes[p.as_usize()]
+                            .result
+                            .as_ref()
+                            .map_or(16, |r| r.len())
                             + self.dag.node(*p).name.len()
                             + 4
                     })
@@ -529,7 +547,15 @@ impl FlowState {
                     }
                     n.progress = Some(progress.clone());
                     tx.touch(node);
-                    self.push_event(&mut tx, Some(node), EventStatus::Node(NodeStatus::Active), attempt, now, Some(progress), None);
+                    self.push_event(
+                        &mut tx,
+                        Some(node),
+                        EventStatus::Node(NodeStatus::Active),
+                        attempt,
+                        now,
+                        Some(progress),
+                        None,
+                    );
                 }
             }
             Input::Cancel => {
@@ -548,7 +574,15 @@ impl FlowState {
                     self.cancel_rest(&mut tx, now);
                     self.header.status = FlowStatus::Failed;
                     self.header.finished_at = Some(now);
-                    self.push_event(&mut tx, None, EventStatus::Flow(FlowStatus::Failed), 0, now, None, Some(reason));
+                    self.push_event(
+                        &mut tx,
+                        None,
+                        EventStatus::Flow(FlowStatus::Failed),
+                        0,
+                        now,
+                        None,
+                        Some(reason),
+                    );
                     tx.finished = Some(FlowStatus::Failed);
                 }
             }
@@ -569,7 +603,15 @@ impl FlowState {
         if self.header.seq != 0 || self.header.status != FlowStatus::Running {
             return;
         }
-        self.push_event(tx, None, EventStatus::Flow(FlowStatus::Running), 0, now, None, None);
+        self.push_event(
+            tx,
+            None,
+            EventStatus::Flow(FlowStatus::Running),
+            0,
+            now,
+            None,
+            None,
+        );
         for i in (0..self.dag.len()).map(NodeIdx::from_usize) {
             if self.waiting[i.as_usize()] == 0 {
                 self.queue(tx, i, true, 0, now, None);
@@ -578,7 +620,15 @@ impl FlowState {
     }
 
     /// Queues the next attempt of a node. `new_run` starts counting attempts afresh.
-    fn queue(&mut self, tx: &mut Tx, idx: NodeIdx, new_run: bool, delay_ms: u64, now: u64, error: Option<String>) {
+    fn queue(
+        &mut self,
+        tx: &mut Tx,
+        idx: NodeIdx,
+        new_run: bool,
+        delay_ms: u64,
+        now: u64,
+        error: Option<String>,
+    ) {
         let n = &mut self.nodes[idx.as_usize()];
         n.attempt += 1;
         if new_run {
@@ -597,7 +647,15 @@ impl FlowState {
             delay_ms,
         }));
         tx.touch(idx);
-        self.push_event(tx, Some(idx), EventStatus::Node(NodeStatus::Queued), attempt, now, None, error);
+        self.push_event(
+            tx,
+            Some(idx),
+            EventStatus::Node(NodeStatus::Queued),
+            attempt,
+            now,
+            None,
+            error,
+        );
     }
 
     /// A node now satisfies its children: queue those whose last parent it was.
@@ -698,11 +756,27 @@ impl FlowState {
     }
 
     fn retry(&mut self, tx: &mut Tx, now: u64) {
-        for n in &mut self.nodes {
-            if matches!(
-                n.status,
-                NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled
-            ) {
+        // Re-run every failed, skipped or cancelled node, and every descendant of
+        // one: a child that completed from a `continueOnFailure` parent's error must
+        // see the parent's new result.
+        let dag = Arc::clone(&self.dag);
+        let mut reset = vec![false; dag.len()];
+        let mut stack: Vec<NodeIdx> = dag
+            .indices()
+            .filter(|&i| {
+                matches!(
+                    self.nodes[i.as_usize()].status,
+                    NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled
+                )
+            })
+            .collect();
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut reset[i.as_usize()], true) {
+                stack.extend(dag.node(i).children.iter().copied());
+            }
+        }
+        for (n, _) in self.nodes.iter_mut().zip(&reset).filter(|(_, r)| **r) {
+            {
                 n.status = NodeStatus::Pending;
                 n.result = None;
                 n.error = None;
@@ -720,7 +794,15 @@ impl FlowState {
         self.recount();
         self.header.status = FlowStatus::Running;
         self.header.finished_at = None;
-        self.push_event(tx, None, EventStatus::Flow(FlowStatus::Running), 0, now, None, None);
+        self.push_event(
+            tx,
+            None,
+            EventStatus::Flow(FlowStatus::Running),
+            0,
+            now,
+            None,
+            None,
+        );
         for i in (0..self.dag.len()).map(NodeIdx::from_usize) {
             if self.nodes[i.as_usize()].status == NodeStatus::Pending {
                 if self.waiting[i.as_usize()] == 0 {
@@ -740,7 +822,15 @@ impl FlowState {
         let n = &self.nodes[node.as_usize()];
         let (status, attempt) = (n.status, n.attempt);
         tx.touch(node);
-        self.push_event(tx, Some(node), EventStatus::Node(status), attempt, now, None, error);
+        self.push_event(
+            tx,
+            Some(node),
+            EventStatus::Node(status),
+            attempt,
+            now,
+            None,
+            error,
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
