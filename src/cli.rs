@@ -68,15 +68,16 @@ pub enum CliError {
         message: String,
     },
     /// The server answered with an error.
-    #[error("server answered {status} {code}: {message}{}", details_suffix(.details))]
+    #[error("server answered {status} {code}: {message}")]
     Server {
         /// HTTP status.
         status: u16,
         /// The error's `code`.
         code: String,
-        /// The error's `message`.
+        /// The error's `message` (the server puts everything a person needs in it,
+        /// the problems of an invalid flow included).
         message: String,
-        /// The error's `details` (the problems of an invalid flow, say).
+        /// The error's `details`, for programs.
         details: serde_json::Value,
     },
     /// The server's answer was not what the protocol says.
@@ -90,27 +91,6 @@ pub enum CliError {
         /// Why.
         message: String,
     },
-}
-
-/// The problems of a 422 on one line: `; ` between them.
-fn details_suffix(details: &serde_json::Value) -> String {
-    let items: Vec<String> = match details {
-        serde_json::Value::Array(items) => items
-            .iter()
-            .map(|item| match item.get("message").and_then(|m| m.as_str()) {
-                Some(message) => message.to_owned(),
-                None => item.to_string(),
-            })
-            .collect(),
-        serde_json::Value::Null => Vec::new(),
-        serde_json::Value::Object(map) if map.is_empty() => Vec::new(),
-        other => vec![other.to_string()],
-    };
-    if items.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", items.join("; "))
-    }
 }
 
 /// Runs the command `config` describes; the result is the process's exit code.

@@ -167,7 +167,7 @@ impl Progress {
     fn new() -> Progress {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} nodes {msg}",
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} nodes {msg}",
         ) {
             bar.set_style(style);
         }
@@ -346,9 +346,10 @@ impl Client {
     /// Sends a request; a success is its JSON body, anything else a [`CliError`].
     async fn send(&self, request: reqwest::RequestBuilder, path: &str) -> Result<Value, CliError> {
         let url = self.url(path);
+        // The URL is already in the message; reqwest would repeat it.
         let http_error = |e: reqwest::Error| CliError::Http {
             url: url.clone(),
-            message: error_chain(&e),
+            message: error_chain(&e.without_url()),
         };
         let response = request.send().await.map_err(http_error)?;
         let status = response.status();
