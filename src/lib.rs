@@ -4,6 +4,7 @@
 //! [`engine`], so that a program depending on `dagflow` gets both.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod handlers;

@@ -1,0 +1,771 @@
+//! `dagflow bench`: the end-to-end benchmark of the engine.
+//!
+//! One run starts an engine with its workers in this process (or, with
+//! `--over-http`, drives a running server), submits flows of one [`Shape`] with the
+//! built-in `noop` handler, follows the event feed until every flow ended, and
+//! prints one JSON line ([`BenchResult`]) to stdout: throughput, flow and edge
+//! latencies, peak memory and Redis commands per node.
+//!
+//! An embedded run is self-contained and leaves nothing behind: a fresh key prefix
+//! (its keys are removed afterwards with `SCAN` + `UNLINK`) and a fresh sled
+//! directory on disk (a real one, not sled's in-memory temporary mode, so that the
+//! fsyncs of the group commit cost what they cost in production).
+//!
+//! What is measured, exactly:
+//! - `wall_s`: first `create` called → last flow's terminal event seen.
+//! - `flow_latency_ms`: `create` called → the flow's `completed` event `ts`.
+//! - `edge_latency_ms`: for every node with parents, its last parent's `completed`
+//!   event `ts` (the engine applied the completion) → its own `active` event `ts`
+//!   (the engine heard a worker start it). Event times have a 1 ms resolution.
+//! - `peak_rss_mb`: `VmHWM` of this process (engine, workers and the benchmark's
+//!   own bookkeeping), reset before each run through `/proc/self/clear_refs`.
+//! - `redis_cmds_per_node`: `INFO commandstats` calls (every command, including
+//!   those Lua scripts run, minus the `INFO` calls themselves) from just before the
+//!   first submission to the moment every flow actor is gone, divided by the nodes.
+//!   The counters are server-wide: anything else using the same Redis meanwhile
+//!   counts too.
+
+mod http;
+mod redis_probe;
+mod shapes;
+mod tracker;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use async_trait::async_trait;
+use dagflow_actors::{Engine, FlowId, FlowSpec, FlowStatus};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+pub use shapes::Shape;
+pub use tracker::Percentiles;
+
+use redis_probe::RedisProbe;
+use shapes::{ShapeParams, Topology};
+use tracker::Tracker;
+
+/// Queue every benchmark node runs on.
+const QUEUE: &str = "default";
+/// Flows submitted when neither `--flows` nor `--rate` is given.
+const DEFAULT_FLOWS: usize = 200;
+/// How often the wait for the last flows looks at the tracker.
+const POLL: Duration = Duration::from_millis(5);
+/// After a lag, how often flows not seen ending are asked for their status.
+const LAG_POLL: Duration = Duration::from_secs(1);
+/// How long the engine gets to finish its Redis work and stop after the last flow.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// The flags of `dagflow bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Shape of every flow.
+    #[arg(value_enum, default_value = "diamond")]
+    pub shape: Shape,
+    /// Chain length (`chain`).
+    #[arg(long, default_value_t = 100)]
+    pub depth: usize,
+    /// Middle nodes (`diamond`, `wide`), roots (`fanin`) or nodes per layer
+    /// (`layered`); default 10, 1000 for `wide`.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Layers (`layered`).
+    #[arg(long, default_value_t = 10)]
+    pub layers: usize,
+    /// Seed of the random DAG (`layered`).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Flows submitted at once (at most `--in-flight` creates outstanding); default 200.
+    #[arg(long, conflicts_with = "rate")]
+    pub flows: Option<usize>,
+    /// Open loop: submit this many flows per second, for `--duration`, whether or
+    /// not earlier ones finished.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of submission at `--rate`.
+    #[arg(long, default_value_t = 10.0, requires = "rate")]
+    pub duration: f64,
+    /// Creates outstanding at once (`--flows`); over HTTP, also the connections.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Worker concurrency of the queue (embedded runs; a server has its own).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Repeat the run this many times, one JSON line each.
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
+    /// Redis of the engine; over HTTP, the server's Redis, for command counts.
+    #[arg(long, env = "DAGFLOW_REDIS_URL", default_value = dagflow_actors::engine::DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Parent directory of each run's fresh sled directory (default: the system's
+    /// temp dir). Put it on the disk whose fsync cost you want to measure.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Events the engine keeps for the benchmark's subscriber before it lags.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub event_capacity: usize,
+    /// Drive a running server at this URL (`POST /flows`, `/ws`) instead of an
+    /// engine in this process.
+    #[arg(long, value_name = "URL")]
+    pub over_http: Option<String>,
+    /// API token of that server.
+    #[arg(long, env = "DAGFLOW_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Parses `BenchArgs` on its own, for the example and tests.
+#[derive(clap::Parser)]
+#[command(name = "dagflow-bench")]
+struct BenchCli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+impl BenchArgs {
+    /// Parses flags as `dagflow bench` would (the first item is the program name).
+    pub fn try_parse_from<I, T>(args: I) -> Result<BenchArgs, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <BenchCli as clap::Parser>::try_parse_from(args).map(|cli| cli.args)
+    }
+
+    fn shape_params(&self) -> ShapeParams {
+        ShapeParams {
+            depth: self.depth,
+            width: self.width.unwrap_or(self.shape.default_width()),
+            layers: self.layers,
+            seed: self.seed,
+        }
+    }
+}
+
+/// The parameters a run used, echoed in its result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parameters {
+    /// `burst` (`--flows`) or `rate` (`--rate`).
+    pub mode: String,
+    /// Flows submitted at once (burst).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flows: Option<usize>,
+    /// Flows per second (rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Seconds of submission (rate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_s: Option<f64>,
+    /// Chain length (chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Width (all shapes but chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+    /// Layers (layered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
+    /// Seed (layered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Worker concurrency (embedded runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Creates outstanding at once.
+    pub in_flight: usize,
+    /// The server driven, for `--over-http` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub over_http: Option<String>,
+    /// Which run of `--runs` this is (from 1).
+    pub run: u32,
+}
+
+/// The result of one run: what `dagflow bench` prints, one JSON line per run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// `chain`, `diamond`, `wide`, `fanin` or `layered`.
+    pub shape: String,
+    /// The flags that shaped the run.
+    pub parameters: Parameters,
+    /// Nodes in one flow.
+    pub nodes_per_flow: usize,
+    /// Edges in one flow.
+    pub edges_per_flow: usize,
+    /// Flows created (a failed `create` is in `create_errors` instead).
+    pub flows_submitted: usize,
+    /// Flows that ended `completed`.
+    pub flows_completed: usize,
+    /// Flows that ended otherwise (failed or cancelled).
+    pub flows_failed: usize,
+    /// `create` calls that failed.
+    pub create_errors: usize,
+    /// The first of those errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+    /// Whether the run gave up waiting (`--timeout`) before every flow ended.
+    pub timed_out: bool,
+    /// Nodes of the flows created: `flows_submitted × nodes_per_flow`.
+    pub nodes_total: usize,
+    /// First `create` called → last flow ended, in seconds.
+    pub wall_s: f64,
+    /// `nodes_total / wall_s`.
+    pub nodes_per_s: f64,
+    /// `flows_submitted / wall_s`.
+    pub flows_per_s: f64,
+    /// `create` called → flow completed event.
+    pub flow_latency_ms: Percentiles,
+    /// Last parent's completed event → child's active event.
+    pub edge_latency_ms: Percentiles,
+    /// `create` called → `create` answered (flow durable and started).
+    pub create_latency_ms: Percentiles,
+    /// Peak resident memory of this process during the run (`None` over HTTP,
+    /// where the engine is another process, or where `/proc` is missing).
+    pub peak_rss_mb: Option<f64>,
+    /// Redis commands per node (`None` when Redis could not be asked).
+    pub redis_cmds_per_node: Option<f64>,
+    /// The same, by command name (`xadd`, `evalsha`, …); commands below 0.001 per
+    /// node are left out.
+    pub redis_cmds_by_name: BTreeMap<String, f64>,
+    /// Events the benchmark's subscriber lost because it fell behind; latencies of
+    /// what it missed are not in the figures.
+    pub events_lagged: u64,
+    /// The run's Redis key prefix (embedded runs; its keys are gone afterwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// Runs the benchmark `args` describes, `--runs` times, printing one JSON line per
+/// run to stdout. Fails if a run fails, or if not every flow of a run completed
+/// (the line is printed first).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    for run in 1..=args.runs.max(1) {
+        let result = run_one(&args, run).await?;
+        let line = serde_json::to_string(&result)?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+        drop(stdout);
+        if result.timed_out || result.flows_completed < result.flows_submitted {
+            bail!(
+                "run {run}: {} of {} flows completed ({} failed, timed out: {})",
+                result.flows_completed,
+                result.flows_submitted,
+                result.flows_failed,
+                result.timed_out
+            );
+        }
+        if result.create_errors > 0 {
+            bail!(
+                "run {run}: {} creates failed, first: {}",
+                result.create_errors,
+                result.first_error.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the benchmark once (`run` is its number, for the output) and returns its
+/// result.
+pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> {
+    let topology = Topology::new(args.shape, args.shape_params());
+    let spec = topology.spec(&format!("bench-{}", args.shape.as_str()))?;
+    dagflow_actors::spec::validate(&spec, &Default::default()).map_err(|e| {
+        anyhow::anyhow!("the {} shape is not a valid flow: {e}", args.shape.as_str())
+    })?;
+    let load = match args.rate {
+        Some(rate) if !(rate > 0.0 && rate.is_finite()) => bail!("--rate must be positive"),
+        Some(rate) => Load::Rate {
+            rate,
+            total: ((rate * args.duration).round() as usize).max(1),
+        },
+        None => Load::Burst(args.flows.unwrap_or(DEFAULT_FLOWS).max(1)),
+    };
+    let progress = progress_bar(args, load.total());
+    let tracker = Arc::new(Mutex::new(Tracker::new(topology.len(), progress.clone())));
+    let probe = RedisProbe::parse(&args.redis_url)?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+
+    let outcome = match &args.over_http {
+        None => embedded(args, &probe, spec, &load, &tracker, timeout).await?,
+        Some(url) => http::drive(args, url, &probe, spec, &load, &tracker, timeout).await?,
+    };
+    progress.finish_and_clear();
+
+    let t = lock(&tracker);
+    let latencies = t.latencies(&topology);
+    let wall = t
+        .last_end()
+        .map(|end| end.saturating_duration_since(outcome.started))
+        .unwrap_or_else(|| outcome.started.elapsed())
+        .as_secs_f64()
+        .max(1e-6);
+    let submitted = outcome.submitted.created;
+    let nodes_total = submitted * topology.len();
+    let (cmds_per_node, by_name) = match &outcome.redis {
+        Some((before, after)) => command_delta(before, after, nodes_total),
+        None => (None, BTreeMap::new()),
+    };
+    let p = args.shape_params();
+    let is = |shapes: &[Shape]| shapes.contains(&args.shape);
+    Ok(BenchResult {
+        shape: args.shape.as_str().to_owned(),
+        parameters: Parameters {
+            mode: match load {
+                Load::Burst(_) => "burst",
+                Load::Rate { .. } => "rate",
+            }
+            .to_owned(),
+            flows: match load {
+                Load::Burst(n) => Some(n),
+                Load::Rate { .. } => None,
+            },
+            rate: args.rate,
+            duration_s: args.rate.map(|_| args.duration),
+            depth: is(&[Shape::Chain]).then_some(p.depth),
+            width: (!is(&[Shape::Chain])).then_some(p.width),
+            layers: is(&[Shape::Layered]).then_some(p.layers),
+            seed: is(&[Shape::Layered]).then_some(p.seed),
+            concurrency: args.over_http.is_none().then_some(args.concurrency),
+            in_flight: args.in_flight,
+            over_http: args.over_http.clone(),
+            run,
+        },
+        nodes_per_flow: topology.len(),
+        edges_per_flow: topology.edges(),
+        flows_submitted: submitted,
+        flows_completed: t.ended() - t.not_completed(),
+        flows_failed: t.not_completed(),
+        create_errors: outcome.submitted.errors,
+        first_error: outcome.submitted.first_error.clone(),
+        timed_out: outcome.timed_out,
+        nodes_total,
+        wall_s: round3(wall),
+        nodes_per_s: round3(nodes_total as f64 / wall),
+        flows_per_s: round3(submitted as f64 / wall),
+        flow_latency_ms: latencies.flow,
+        edge_latency_ms: latencies.edge,
+        create_latency_ms: latencies.create,
+        peak_rss_mb: outcome.peak_rss_mb,
+        redis_cmds_per_node: cmds_per_node,
+        redis_cmds_by_name: by_name,
+        events_lagged: t.lagged,
+        prefix: outcome.prefix.clone(),
+    })
+}
+
+/// Counts the keys a run left under `prefix` on the Redis at `redis_url` (for the
+/// smoke test: an embedded run leaves none).
+#[doc(hidden)]
+pub async fn count_keys(redis_url: &str, prefix: &str) -> anyhow::Result<u64> {
+    RedisProbe::parse(redis_url)?.count_prefix(prefix).await
+}
+
+/// How flows are submitted.
+enum Load {
+    /// This many, at once (bounded by `--in-flight`).
+    Burst(usize),
+    /// `total` flows, `rate` per second, open loop.
+    Rate {
+        /// Flows per second.
+        rate: f64,
+        /// `rate × duration`.
+        total: usize,
+    },
+}
+
+impl Load {
+    fn total(&self) -> usize {
+        match self {
+            Load::Burst(n) => *n,
+            Load::Rate { total, .. } => *total,
+        }
+    }
+}
+
+/// What a driver hands back to [`run_one`].
+struct Outcome {
+    /// When the first `create` was called.
+    started: Instant,
+    /// What the submission did.
+    submitted: Submitted,
+    /// Whether the wait for the flows gave up.
+    timed_out: bool,
+    /// `INFO commandstats` before the first submission and after the last flow.
+    redis: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
+    /// `VmHWM` of this process.
+    peak_rss_mb: Option<f64>,
+    /// The key prefix of an embedded run.
+    prefix: Option<String>,
+}
+
+/// Creates flows and answers for their status: an engine here, or a server.
+#[async_trait]
+trait Target: Send + Sync + 'static {
+    /// Creates one flow of the run's spec.
+    async fn create(&self) -> anyhow::Result<FlowId>;
+    /// `Some(completed)` once the flow ended, `None` while it runs.
+    async fn ended(&self, id: FlowId) -> anyhow::Result<Option<bool>>;
+}
+
+/// The engine of an embedded run.
+struct EngineTarget {
+    engine: Engine,
+    spec: FlowSpec,
+}
+
+#[async_trait]
+impl Target for EngineTarget {
+    async fn create(&self) -> anyhow::Result<FlowId> {
+        Ok(self.engine.create(&self.spec, None).await?)
+    }
+
+    async fn ended(&self, id: FlowId) -> anyhow::Result<Option<bool>> {
+        let view = self.engine.get(id).await?;
+        Ok(view
+            .status
+            .is_terminal()
+            .then_some(view.status == FlowStatus::Completed))
+    }
+}
+
+/// An embedded run: engine and workers in this process, fresh prefix and data dir.
+async fn embedded(
+    args: &BenchArgs,
+    probe: &RedisProbe,
+    spec: FlowSpec,
+    load: &Load,
+    tracker: &Arc<Mutex<Tracker>>,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let prefix = format!("bench-{}", uuid::Uuid::now_v7().simple());
+    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let data_dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
+    let rss_reset = reset_peak_rss();
+    let engine = Engine::builder()
+        .redis_url(args.redis_url.clone())
+        .prefix(prefix.clone())
+        .data_dir(data_dir.path.clone())
+        .queue(QUEUE, args.concurrency)
+        .handler("noop", crate::handlers::Noop)
+        .event_capacity(args.event_capacity)
+        .build()
+        .await
+        .context("starting the engine")?;
+    let result = async {
+        let collector = tokio::spawn(collect(engine.events(), Arc::clone(tracker)));
+        let before = probe.command_stats().await.ok();
+        let target: Arc<dyn Target> = Arc::new(EngineTarget {
+            engine: engine.clone(),
+            spec,
+        });
+        let started = Instant::now();
+        let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;
+        let timed_out =
+            !wait_for_end(&*target, tracker, submitted.created, started + timeout).await;
+        // The last flows' actors still ack and clean up in Redis after their final
+        // event; their commands belong to the run.
+        let settle = Instant::now() + SETTLE;
+        while engine.running_flows() > 0 && Instant::now() < settle {
+            tokio::time::sleep(POLL).await;
+        }
+        let after = probe.command_stats().await.ok();
+        collector.abort();
+        let peak = if rss_reset { peak_rss_mb() } else { None };
+        Ok::<_, anyhow::Error>(Outcome {
+            started,
+            submitted,
+            timed_out,
+            redis: before.zip(after),
+            peak_rss_mb: peak,
+            prefix: Some(prefix.clone()),
+        })
+    }
+    .await;
+    engine.shutdown(Duration::from_secs(10)).await;
+    // The run's keys go whatever happened; a failure to remove them is reported
+    // but does not hide the run's own error.
+    if let Err(e) = probe.delete_prefix(&prefix).await {
+        eprintln!("dagflow bench: could not remove the keys of prefix {prefix}: {e:#}");
+    }
+    drop(data_dir);
+    result
+}
+
+/// Feeds the engine's events into the tracker until aborted.
+async fn collect(
+    mut events: broadcast::Receiver<Arc<dagflow_actors::FlowEvent>>,
+    tracker: Arc<Mutex<Tracker>>,
+) {
+    loop {
+        let first = events.recv().await;
+        let mut t = lock(&tracker);
+        let mut next = first;
+        // Take everything already waiting under one lock.
+        loop {
+            match next {
+                Ok(e) => t.on_event(e.flow_id, e.node.as_deref(), &e.status, e.ts),
+                Err(broadcast::error::RecvError::Lagged(n)) => t.lagged += n,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+            next = match events.try_recv() {
+                Ok(e) => Ok(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+            };
+        }
+    }
+}
+
+/// What the submission did.
+#[derive(Debug, Default)]
+struct Submitted {
+    /// Flows created.
+    created: usize,
+    /// Creates that failed.
+    errors: usize,
+    /// The first failure.
+    first_error: Option<String>,
+}
+
+impl Submitted {
+    fn add(&mut self, result: anyhow::Result<()>) {
+        match result {
+            Ok(()) => self.created += 1,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+}
+
+/// Submits the load and returns once every `create` answered.
+async fn submit(
+    target: Arc<dyn Target>,
+    tracker: &Arc<Mutex<Tracker>>,
+    load: &Load,
+    in_flight: usize,
+) -> Submitted {
+    let mut submitted = Submitted::default();
+    match *load {
+        Load::Burst(n) => {
+            let mut creates = futures::stream::iter(0..n)
+                .map(|_| create_one(Arc::clone(&target), Arc::clone(tracker)))
+                .buffer_unordered(in_flight.max(1));
+            while let Some(result) = creates.next().await {
+                submitted.add(result);
+            }
+        }
+        Load::Rate { rate, total } => {
+            // Open loop: each flow is due at start + i / rate and is created in a
+            // task of its own, so a slow create never delays the next one.
+            let start = tokio::time::Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..total {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+                tasks.spawn(create_one(Arc::clone(&target), Arc::clone(tracker)));
+                while let Some(done) = tasks.try_join_next() {
+                    submitted.add(done.unwrap_or_else(|e| Err(e.into())));
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                submitted.add(done.unwrap_or_else(|e| Err(e.into())));
+            }
+        }
+    }
+    submitted
+}
+
+/// Creates one flow and records when it was asked for and how long it took.
+async fn create_one(target: Arc<dyn Target>, tracker: Arc<Mutex<Tracker>>) -> anyhow::Result<()> {
+    let submitted_ms = now_ms();
+    let t0 = Instant::now();
+    let id = target.create().await?;
+    let us = t0.elapsed().as_micros() as u64;
+    lock(&tracker).on_created(id, submitted_ms, us);
+    Ok(())
+}
+
+/// Waits until `expected` flows ended; false if `deadline` passed first. After the
+/// feed lagged, flows not seen ending are asked for their status now and then.
+async fn wait_for_end(
+    target: &dyn Target,
+    tracker: &Arc<Mutex<Tracker>>,
+    expected: usize,
+    deadline: Instant,
+) -> bool {
+    let mut next_lag_poll = Instant::now() + LAG_POLL;
+    loop {
+        let (ended, lagged) = {
+            let t = lock(tracker);
+            (t.ended(), t.lagged)
+        };
+        if ended >= expected {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if lagged > 0 && Instant::now() >= next_lag_poll {
+            let unfinished = lock(tracker).unfinished();
+            for id in unfinished {
+                if let Ok(Some(completed)) = target.ended(id).await {
+                    lock(tracker).on_end(id, completed, None);
+                }
+            }
+            next_lag_poll = Instant::now() + LAG_POLL;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Commands per node, total and by name, between two `INFO commandstats`.
+fn command_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    nodes: usize,
+) -> (Option<f64>, BTreeMap<String, f64>) {
+    if nodes == 0 {
+        return (None, BTreeMap::new());
+    }
+    let mut total = 0;
+    let mut by_name = BTreeMap::new();
+    for (name, calls) in after {
+        // The two INFO calls are the benchmark's, not the engine's.
+        if name == "info" {
+            continue;
+        }
+        let delta = calls.saturating_sub(before.get(name).copied().unwrap_or(0));
+        total += delta;
+        let per_node = round3(delta as f64 / nodes as f64);
+        if per_node > 0.0 {
+            by_name.insert(name.clone(), per_node);
+        }
+    }
+    (Some(round3(total as f64 / nodes as f64)), by_name)
+}
+
+/// The progress bar on stderr: flows ended out of flows to submit. Hidden with
+/// `--no-progress` and when stderr is not a terminal.
+fn progress_bar(args: &BenchArgs, total: usize) -> ProgressBar {
+    if args.no_progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {msg} [{elapsed_precise}] {wide_bar} {pos}/{len} flows ({per_sec})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(args.shape.as_str());
+    bar
+}
+
+/// Resets this process's `VmHWM` to its current RSS; false where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// `VmHWM` of this process, in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(round3(kb / 1024.0))
+}
+
+/// Milliseconds since the epoch, the clock of the events' `ts`.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The tracker, even if a task panicked while holding it (its data is still usable
+/// for a benchmark).
+fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
+    tracker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A directory removed, with everything in it, when dropped.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(path: PathBuf) -> anyhow::Result<TempDir> {
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating data dir {}", path.display()))?;
+        Ok(TempDir { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_delta_leaves_out_info() {
+        let before = BTreeMap::from([("xadd".to_owned(), 10), ("info".to_owned(), 5)]);
+        let after = BTreeMap::from([
+            ("xadd".to_owned(), 30),
+            ("info".to_owned(), 6),
+            ("evalsha".to_owned(), 10),
+        ]);
+        let (total, by_name) = command_delta(&before, &after, 10);
+        assert_eq!(total, Some(3.0));
+        assert_eq!(by_name.get("xadd"), Some(&2.0));
+        assert_eq!(by_name.get("evalsha"), Some(&1.0));
+        assert!(!by_name.contains_key("info"));
+    }
+
+    #[test]
+    fn args_parse_with_defaults() {
+        let a = BenchArgs::try_parse_from(["b", "wide"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.shape, Shape::Wide);
+        assert_eq!(a.shape_params().width, 1000);
+        assert!(BenchArgs::try_parse_from(["b", "chain", "--flows", "1", "--rate", "5"]).is_err());
+        assert!(BenchArgs::try_parse_from(["b", "--duration", "5"]).is_err());
+    }
+
+    #[test]
+    fn peak_rss_is_read() {
+        assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
+    }
+}
