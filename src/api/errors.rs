@@ -206,6 +206,25 @@ fn classify(rejection: &Rejection) -> HttpError {
     if rejection.find::<InvalidQuery>().is_some() {
         return HttpError::bad_request("invalid_query", "the query string is not valid");
     }
+    if let Some(name) = rejection
+        .find::<InvalidHeader>()
+        .map(InvalidHeader::name)
+        .or(rejection.find::<MissingHeader>().map(MissingHeader::name))
+    {
+        // `warp::ws()` checks these headers; a plain GET on /ws lands here.
+        let websocket = [
+            "connection",
+            "upgrade",
+            "sec-websocket-key",
+            "sec-websocket-version",
+        ];
+        if websocket.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            return HttpError::bad_request(
+                "websocket_upgrade_required",
+                "this endpoint speaks WebSocket only: send an upgrade request",
+            );
+        }
+    }
     if let Some(e) = rejection.find::<InvalidHeader>() {
         return HttpError::bad_request(
             "invalid_header",

@@ -1,0 +1,547 @@
+//! The REST API end to end: a real server on port 0 over a real engine (test Redis
+//! with a unique prefix, temp sled dir, built-in handlers), driven over HTTP.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use dagflow::engine::testing;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_pipeline_completes_and_save_gets_both_results() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let id = api.create_flow(&image_pipeline()).await;
+    let flow = api.wait_for_status(&id, "completed").await;
+
+    assert_eq!(flow["id"], id);
+    assert_eq!(flow["name"], "image pipeline");
+    let nodes = flow["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 4);
+    for node in nodes {
+        assert_eq!(node["status"], "completed", "{node}");
+        assert_eq!(node["attempt"], 1);
+        assert_eq!(node["queue"], "default");
+        assert_eq!(node["handler"], "echo");
+        assert!(node["jobId"].as_str().unwrap().starts_with(&id));
+        assert!(node["finishedAt"].as_u64().unwrap() >= node["startedAt"].as_u64().unwrap());
+    }
+    assert_eq!(
+        nodes[3]["parents"],
+        json!(["resize-image", "add-watermark"])
+    );
+    assert_eq!(
+        nodes[0]["children"],
+        json!(["resize-image", "add-watermark"])
+    );
+    // Start, then queued + active + completed for each node, then the end.
+    assert_eq!(flow["seq"], 1 + 4 * 3 + 1);
+
+    let (status, save) = api.get(&format!("/flows/{id}/nodes/save-to-s3")).await;
+    assert_eq!(status, StatusCode::OK, "{save}");
+    let input = &save["input"];
+    assert_eq!(input["data"], json!({"bucket": "images"}));
+    let url = json!("https://example.com/a.png");
+    for parent in ["resize-image", "add-watermark"] {
+        // Each parent echoed its own input, which held download-image's result.
+        let result = &input["parents"][parent];
+        assert_eq!(
+            result["parents"]["download-image"]["data"]["url"], url,
+            "{parent}: {result}"
+        );
+    }
+    assert_eq!(
+        input["parents"]["resize-image"]["data"],
+        json!({"width": 800})
+    );
+    assert_eq!(
+        input["parents"]["add-watermark"]["data"],
+        json!({"text": "(c)"})
+    );
+    assert_eq!(save["result"], *input, "echo returns its input");
+
+    // A node name with a space, percent-encoded in the path.
+    let spaced = json!({"nodes": [{"name": "a b", "handler": "noop"}]});
+    let id2 = api.create_flow(&spaced).await;
+    api.wait_for_status(&id2, "completed").await;
+    let (status, node) = api.get(&format!("/flows/{id2}/nodes/a%20b")).await;
+    assert_eq!(status, StatusCode::OK, "{node}");
+    assert_eq!(node["name"], "a b");
+    server.stop().await;
+}
+
+/// Asserts the JSON error shape and returns `error`.
+fn error_of(status: StatusCode, body: &Value, expected: StatusCode, code: &str) -> Value {
+    assert_eq!(status, expected, "{body}");
+    let error = &body["error"];
+    assert_eq!(error["code"], code, "{body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error.get("details").is_some(), "{body}");
+    error.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_its_status_and_the_json_shape() {
+    let server = start_server(ServerOpts {
+        body_limit: Some(4096),
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = server.api();
+
+    // 400: malformed JSON, saying where.
+    let (s, b) = send(
+        api.request(Method::POST, "/flows")
+            .header("content-type", "application/json")
+            .body("{\n  \"nodes\": [\n    {\"name\": \"a\",}\n  ]\n}"),
+    )
+    .await;
+    let e = error_of(s, &b, StatusCode::BAD_REQUEST, "malformed_json");
+    assert_eq!(e["details"]["line"], 3, "{e}");
+    assert!(e["details"]["column"].as_u64().unwrap() > 0);
+    assert!(e["message"].as_str().unwrap().contains("line 3"), "{e}");
+
+    // 415: not JSON (curl -d sends a form content type).
+    let (s, b) = send(
+        api.request(Method::POST, "/flows")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("{\"nodes\": []}"),
+    )
+    .await;
+    error_of(
+        s,
+        &b,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    );
+
+    // 413: over the configured limit, refused from Content-Length alone.
+    let big = json!({"nodes": [{"name": "a", "data": {"pad": "x".repeat(8000)}}]});
+    let (s, b) = api.post("/flows", &big).await;
+    error_of(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    // 411: a chunked body has no length to check against the limit.
+    let (status, text) = raw_http(
+        server.addr,
+        b"POST /flows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 411, "{text}");
+    assert!(text.contains("\"length_required\""), "{text}");
+
+    // 422: an invalid DAG, every problem listed.
+    let bad = json!({"nodes": [
+        {"name": "a", "parents": ["c"]},
+        {"name": "b", "parents": ["a"]},
+        {"name": "c", "parents": ["b"]},
+        {"name": "d", "parents": ["ghost"]},
+        {"name": "d"}
+    ]});
+    let (s, b) = api.post("/flows", &bad).await;
+    let e = error_of(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid_flow");
+    let codes: Vec<&str> = e["details"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.len() >= 3, "{e}");
+    assert!(codes.iter().any(|c| c.contains("cycle")), "{codes:?}");
+    assert!(codes.iter().any(|c| c.contains("duplicate")), "{codes:?}");
+    assert!(codes.iter().any(|c| c.contains("unknown")), "{codes:?}");
+    // JSON that is not a flow spec at all: also 422.
+    let (s, b) = api.post("/flows", &json!({"nodez": []})).await;
+    error_of(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid_flow");
+    let (s, b) = api.post("/flows", &json!({"nodes": []})).await;
+    error_of(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid_flow");
+
+    // 404: unknown flow (well-formed or not), node, route.
+    let unknown = dagflow::engine::FlowId::new();
+    let (s, b) = api.get(&format!("/flows/{unknown}")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    let (s, b) = api.get("/flows/not-an-id").await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    let (s, b) = api.post_empty(&format!("/flows/{unknown}/cancel")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    let id = api.create_flow(&single("noop", Value::Null)).await;
+    api.wait_for_status(&id, "completed").await;
+    let (s, b) = api.get(&format!("/flows/{id}/nodes/nope")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "node_not_found");
+    let (s, b) = api.get("/no/such/route").await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "not_found");
+
+    // 405: a known path, a method it does not take.
+    let (s, b) = send(api.request(Method::PUT, "/flows")).await;
+    error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let (s, b) = send(api.request(Method::PATCH, &format!("/flows/{id}"))).await;
+    error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let (s, b) = api.post_empty("/healthz").await;
+    error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+
+    // 409: actions that do not fit the flow's state.
+    let (s, b) = api.post_empty(&format!("/flows/{id}/cancel")).await;
+    error_of(s, &b, StatusCode::CONFLICT, "conflict");
+    let (s, b) = api.post_empty(&format!("/flows/{id}/retry")).await;
+    error_of(s, &b, StatusCode::CONFLICT, "conflict");
+
+    // 400: bad query parameters and headers.
+    for query in [
+        "status=bogus",
+        "limit=0",
+        "limit=x",
+        "cursor=nope",
+        "colour=red",
+    ] {
+        let (s, b) = api.get(&format!("/flows?{query}")).await;
+        error_of(s, &b, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+    let (s, b) = send(
+        api.request(Method::POST, "/flows")
+            .header("idempotency-key", "k".repeat(300))
+            .json(&single("noop", Value::Null)),
+    )
+    .await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "invalid_header");
+    // A plain GET on the WebSocket endpoint.
+    let (s, b) = api.get("/ws").await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "websocket_upgrade_required");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_503_and_readiness_follows_it() {
+    let redis = testing::TestRedis::dedicated();
+    let server = start_server(ServerOpts {
+        redis_url: Some(redis.url.clone()),
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = server.api();
+    let (s, b) = api.get("/readyz").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["checks"], json!({"redis": "ok", "store": "ok"}));
+    let done = api.create_flow(&single("noop", Value::Null)).await;
+    api.wait_for_status(&done, "completed").await;
+
+    redis.stop();
+    let (s, b) = api.post("/flows", &single("noop", Value::Null)).await;
+    let e = error_of(s, &b, StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable");
+    assert!(!e["message"].as_str().unwrap().contains("127.0.0.1"), "{e}");
+    let (s, b) = api.delete(&format!("/flows/{done}")).await;
+    error_of(s, &b, StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable");
+    let (s, b) = api.get("/readyz").await;
+    let e = error_of(s, &b, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
+    assert_eq!(e["details"]["checks"]["store"], "ok");
+    assert_ne!(e["details"]["checks"]["redis"], "ok");
+    // Liveness and reads do not need Redis.
+    assert_eq!(api.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(api.flow(&done).await["status"], "completed");
+
+    redis.start();
+    eventually("readiness after redis is back", || async {
+        api.get("/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    // The engine notices on its own schedule (a watchdog) that Redis is back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let id = loop {
+        let (s, b) = api.post("/flows", &single("noop", Value::Null)).await;
+        if s == StatusCode::CREATED {
+            break b["flowId"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flows still refused: {b}"
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    api.wait_for_status(&id, "completed").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_returns_the_same_flow() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let spec = single("noop", Value::Null);
+    let create = |key: &'static str| {
+        let api = api.clone();
+        let spec = spec.clone();
+        async move {
+            send(
+                api.request(Method::POST, "/flows")
+                    .header("idempotency-key", key)
+                    .json(&spec),
+            )
+            .await
+        }
+    };
+    let (s1, b1) = create("order-42").await;
+    let (s2, b2) = create("order-42").await;
+    assert_eq!(s1, StatusCode::CREATED, "{b1}");
+    assert_eq!(s2, StatusCode::CREATED, "{b2}");
+    assert_eq!(b1["flowId"], b2["flowId"]);
+    let (_, b3) = create("order-43").await;
+    assert_ne!(b1["flowId"], b3["flowId"]);
+    let (_, page) = api.get("/flows").await;
+    assert_eq!(page["flows"].as_array().unwrap().len(), 2, "{page}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_with_a_cursor_and_filters_by_status() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(api.create_flow(&single("noop", Value::Null)).await);
+    }
+    for id in &ids {
+        api.wait_for_status(id, "completed").await;
+    }
+    let sleeping = api
+        .create_flow(&single("sleep", json!({"ms": 60_000})))
+        .await;
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/flows?status=completed&limit=2&cursor={c}"),
+            None => "/flows?status=completed&limit=2".to_owned(),
+        };
+        let (s, page) = api.get(&path).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        pages += 1;
+        let flows = page["flows"].as_array().unwrap();
+        assert!(flows.len() <= 2);
+        for f in flows {
+            assert_eq!(f["status"], "completed");
+            assert_eq!(f["nodesTotal"], 1);
+            assert_eq!(f["nodesDone"], 1);
+            seen.push(f["id"].as_str().unwrap().to_owned());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    // Newest first, each once.
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    let (_, running) = api.get("/flows?status=running").await;
+    let running: Vec<&str> = running["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(running, [sleeping.as_str()]);
+    let (_, all) = api.get("/flows").await;
+    assert_eq!(all["flows"].as_array().unwrap().len(), 6);
+    assert!(all.get("nextCursor").is_none(), "{all}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_sleeping_flow() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let spec = json!({"nodes": [
+        {"name": "nap", "handler": "sleep", "data": {"ms": 60_000}},
+        {"name": "after", "handler": "noop", "parents": ["nap"]}
+    ]});
+    let id = api.create_flow(&spec).await;
+    api.wait_for_node(&id, "nap", "active").await;
+    let started = std::time::Instant::now();
+    let (s, flow) = api.post_empty(&format!("/flows/{id}/cancel")).await;
+    assert_eq!(s, StatusCode::OK, "{flow}");
+    let flow = api.wait_for_status(&id, "cancelled").await;
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "cancel waited for the sleep"
+    );
+    for node in flow["nodes"].as_array().unwrap() {
+        assert_eq!(node["status"], "cancelled", "{node}");
+    }
+    let (s, b) = api.post_empty(&format!("/flows/{id}/cancel")).await;
+    error_of(s, &b, StatusCode::CONFLICT, "conflict");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_reruns_a_failed_flow() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let spec = json!({"nodes": [
+        {"name": "flaky", "handler": "fail", "data": {"message": "first try fails", "times": 1}},
+        {"name": "after", "handler": "echo", "parents": ["flaky"]}
+    ]});
+    let id = api.create_flow(&spec).await;
+    let failed = api.wait_for_status(&id, "failed").await;
+    assert_eq!(failed["nodes"][0]["status"], "failed");
+    assert_eq!(failed["nodes"][0]["attempt"], 1);
+    assert_eq!(failed["nodes"][0]["error"], "first try fails");
+    assert_eq!(failed["nodes"][1]["status"], "skipped");
+
+    let (s, b) = api.post_empty(&format!("/flows/{id}/retry")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let done = api.wait_for_status(&id, "completed").await;
+    assert_eq!(done["nodes"][0]["attempt"], 2);
+    let (_, after) = api.get(&format!("/flows/{id}/nodes/after")).await;
+    assert_eq!(after["input"]["parents"]["flaky"], json!({"attempt": 2}));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_the_flow_and_its_redis_keys() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let id = api
+        .create_flow(&single("sleep", json!({"ms": 60_000})))
+        .await;
+    api.wait_for_node(&id, "only", "active").await;
+    assert!(
+        server.redis_keys().await.iter().any(|k| k.contains(&id)),
+        "a running flow has keys"
+    );
+    let (s, b) = api.delete(&format!("/flows/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{b}");
+    assert_eq!(b, Value::Null);
+    eventually("the flow's keys to vanish", || async {
+        !server.redis_keys().await.iter().any(|k| k.contains(&id))
+    })
+    .await;
+    let (s, b) = api.get(&format!("/flows/{id}")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    let (s, b) = api.delete(&format!("/flows/{id}")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    let (_, page) = api.get("/flows").await;
+    assert_eq!(page["flows"], json!([]));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_guards_everything_but_health() {
+    let server = start_server(ServerOpts {
+        api_token: Some("s3cret-token".to_owned()),
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = server.api();
+    let anonymous = api.with_token(None);
+    let wrong = api.with_token(Some("s3cret-tokeN"));
+    for client in [&anonymous, &wrong] {
+        for path in ["/flows", "/metrics", "/openapi.json", "/flows/x", "/ws"] {
+            let (s, b) = client.get(path).await;
+            error_of(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+        }
+        let (s, b) = client.post("/flows", &single("noop", Value::Null)).await;
+        error_of(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let (s, _) = send(
+        anonymous
+            .request(Method::GET, "/flows")
+            .header("authorization", "Basic czNjcmV0LXRva2Vu"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(anonymous.get("/readyz").await.0, StatusCode::OK);
+
+    let id = api.create_flow(&single("noop", Value::Null)).await;
+    api.wait_for_status(&id, "completed").await;
+    assert_eq!(api.get("/metrics").await.0, StatusCode::OK);
+
+    // WebSocket: refused without the token, accepted with the header or `?token=`.
+    let refused = WsClient::connect(&server.ws_url, None).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("connected without a token"),
+    }
+    assert!(
+        WsClient::connect(&format!("{}?token=nope", server.ws_url), None)
+            .await
+            .is_err()
+    );
+    let mut by_query = WsClient::connect(&format!("{}?token=s3cret-token", server.ws_url), None)
+        .await
+        .unwrap();
+    by_query.subscribe(&id).await;
+    assert_eq!(by_query.recv_json().await["type"], "snapshot");
+    let mut by_header = server.ws().await;
+    by_header.subscribe(&id).await;
+    assert_eq!(by_header.recv_json().await["flow"]["status"], "completed");
+    server.stop().await;
+
+    // Without a token configured, no header is needed.
+    let open = start_server(ServerOpts::default()).await;
+    assert_eq!(open.api().get("/flows").await.0, StatusCode::OK);
+    open.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_openapi() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = server.api();
+    let ok = api.create_flow(&image_pipeline()).await;
+    api.wait_for_status(&ok, "completed").await;
+    let bad = api
+        .create_flow(&single("fail", json!({"message": "no"})))
+        .await;
+    api.wait_for_status(&bad, "failed").await;
+    let _ws = server.ws().await;
+
+    let metrics = || async {
+        let response = api.request(Method::GET, "/metrics").send().await.unwrap();
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        response.text().await.unwrap()
+    };
+    eventually("metrics to count both flows", || async {
+        let text = metrics().await;
+        text.contains("dagflow_flows_finished_total{outcome=\"failed\"} 1")
+            && text.contains("dagflow_flows_finished_total{outcome=\"completed\"} 1")
+            && text.contains("dagflow_flows_running 0")
+    })
+    .await;
+    let text = metrics().await;
+    for series in [
+        "dagflow_flows_started_total 2",
+        "dagflow_nodes_finished_total{outcome=\"completed\"} 4",
+        "dagflow_nodes_finished_total{outcome=\"failed\"} 1",
+        "dagflow_node_run_seconds_bucket{outcome=\"completed\",le=\"+Inf\"} 4",
+        "dagflow_node_run_seconds_count{outcome=\"failed\"} 1",
+        "dagflow_queue_depth{queue=\"default\",state=\"ready\"}",
+        "dagflow_queue_depth{queue=\"default\",state=\"delayed\"} 0",
+        "dagflow_ws_sessions 1",
+        "# TYPE dagflow_node_run_seconds histogram",
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+
+    let (s, b) = api.get("/healthz").await;
+    assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
+    let (s, doc) = api.get("/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/flows/{id}/nodes/{name}"]["get"].is_object());
+    assert!(doc["components"]["schemas"]["FlowView"]["properties"]["seq"].is_object());
+    server.stop().await;
+}
