@@ -569,11 +569,14 @@ mod tests {
 
     #[test]
     fn error_replies_keep_code_and_details() {
-        let body = br#"{"error":{"code":"invalid_flow","message":"invalid flow","details":[{"message":"cycle a -> a"}]}}"#;
-        let text = server_error(422, body).to_string();
+        let body = br#"{"error":{"code":"invalid_flow","message":"invalid flow: cycle a -> a","details":{"problems":[]}}}"#;
+        let error = server_error(422, body);
         assert_eq!(
-            text,
-            "server answered 422 invalid_flow: invalid flow (cycle a -> a)"
+            error.to_string(),
+            "server answered 422 invalid_flow: invalid flow: cycle a -> a"
+        );
+        assert!(
+            matches!(error, CliError::Server { details, .. } if details["problems"].is_array())
         );
         assert!(server_error(502, b"bad gateway")
             .to_string()
