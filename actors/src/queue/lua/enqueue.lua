@@ -20,6 +20,7 @@ local hash = KEYS[1]
 local group = ARGV[1]
 local njobs = (#ARGV - 1) / 4
 local added = 0
+local checked = {}
 
 for k = 1, njobs do
   local stream = KEYS[2 * k]
@@ -38,8 +39,12 @@ for k = 1, njobs do
     else
       -- A missing stream means a new queue or a Redis that lost its data: create the
       -- group from the start of the stream so no entry is ever invisible to it.
-      if redis.call('EXISTS', stream) == 0 then
-        redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+      -- Checked once per stream per call: a batch of jobs for one queue pays one EXISTS.
+      if not checked[stream] then
+        if redis.call('EXISTS', stream) == 0 then
+          redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+        end
+        checked[stream] = true
       end
       local id = redis.call('XADD', stream, '*', 'envelope', envelope)
       redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, e = id }))
