@@ -545,3 +545,39 @@ async fn metrics_health_and_openapi() {
     assert!(doc["components"]["schemas"]["FlowView"]["properties"]["seq"].is_object());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_work_under_warp_test() {
+    let server = start_server(ServerOpts::default()).await;
+    let routes = dagflow::api::routes(
+        server.engine.clone(),
+        dagflow::api::ApiConfig {
+            api_token: Some("t".to_owned()),
+            ..dagflow::api::ApiConfig::default()
+        },
+    );
+    let health = warp::test::request().path("/healthz").reply(&routes).await;
+    assert_eq!(health.status(), 200);
+    let denied = warp::test::request().path("/flows").reply(&routes).await;
+    assert_eq!(denied.status(), 401);
+    let created = warp::test::request()
+        .method("POST")
+        .path("/flows")
+        .header("authorization", "Bearer t")
+        .json(&single("noop", Value::Null))
+        .reply(&routes)
+        .await;
+    assert_eq!(created.status(), 201);
+    let body: Value = serde_json::from_slice(created.body()).unwrap();
+    let id = body["flowId"].as_str().unwrap();
+    server.api().wait_for_status(id, "completed").await;
+    let debug = format!(
+        "{:?}",
+        dagflow::api::ApiConfig {
+            api_token: Some("hunter2".to_owned()),
+            ..dagflow::api::ApiConfig::default()
+        }
+    );
+    assert!(!debug.contains("hunter2"), "{debug}");
+    server.stop().await;
+}

@@ -10,12 +10,12 @@
 //!
 //! | method and path                 | answer |
 //! |---------------------------------|--------|
-//! | `POST /flows`                   | `201 {"flowId"}`; an `Idempotency-Key` header returns the first flow's id (again 201) |
+//! | `POST /flows`                   | `201 {"flowId"}` and `Location`; an `Idempotency-Key` header returns the first flow's id (again 201) |
 //! | `GET /flows`                    | `{"flows": [...], "nextCursor"?}`, newest first; `?status=running&limit=50&cursor=<nextCursor>` |
 //! | `GET /flows/{id}`               | the flow with every node and its `seq` |
 //! | `GET /flows/{id}/nodes/{name}`  | one node with its input and result |
-//! | `POST /flows/{id}/cancel`       | `202 {"flowId","status":"cancelling"}`; the flow ends `cancelled` |
-//! | `POST /flows/{id}/retry`        | `202 {"flowId","status":"running"}`: failed, skipped and cancelled nodes run again |
+//! | `POST /flows/{id}/cancel`       | `200` with the flow, now `cancelled`: running jobs are told to stop, the rest never run |
+//! | `POST /flows/{id}/retry`        | `200` with the flow, `running` again: its failed, skipped and cancelled nodes run again |
 //! | `DELETE /flows/{id}`            | `204`: its jobs leave Redis, its snapshot the disk |
 //! | `GET /ws`                       | WebSocket, see below |
 //! | `GET /healthz`                  | `200 {"status":"ok"}` while the process serves |
@@ -33,7 +33,12 @@
 //! (the flow is invalid; `details.problems` lists every problem), 503 (Redis
 //! unreachable, engine stopping; with `Retry-After`), 500 (logged; the message says
 //! nothing of the cause). JSON that parses but is not a flow spec (a missing `nodes`,
-//! an unknown field) is a 422 with one problem, not a 400.
+//! an unknown field) is a 422 with one problem, not a 400. A request without
+//! `Content-Type` is read as JSON.
+//!
+//! Writes (create, cancel, retry, delete) first check that Redis answers and are
+//! refused with 503 when it does not, so that a client retries rather than leaving
+//! work that waits silently; reads are served from the snapshots and keep working.
 //!
 //! # Auth
 //!
@@ -98,7 +103,7 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
 const SESSION_DRAIN: Duration = Duration::from_secs(5);
 
 /// How the API behaves; the engine is configured separately.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// When set, every route but the health checks wants `Authorization: Bearer <token>`.
     pub api_token: Option<String>,
@@ -120,6 +125,21 @@ impl Default for ApiConfig {
             max_ws_connections: DEFAULT_MAX_WS_CONNECTIONS,
             max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
         }
+    }
+}
+
+impl std::fmt::Debug for ApiConfig {
+    /// Never prints the token, so that logging the configuration cannot leak it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("body_limit", &self.body_limit)
+            .field("max_ws_connections", &self.max_ws_connections)
+            .field(
+                "max_subscriptions_per_connection",
+                &self.max_subscriptions_per_connection,
+            )
+            .finish()
     }
 }
 
