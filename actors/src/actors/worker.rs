@@ -438,6 +438,8 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     if let Ok(mut c) = ctx.cancels.lock() {
         c.insert(env.id.clone(), token.clone());
     }
+    // One line per handler run: the crash tests count executions from these.
+    debug!(job = %env.id, handler = %env.handler, "running job");
     report(ctx, delivery, Outcome::Started).await;
     let progress_ctx = Arc::clone(ctx);
     let progress_delivery = delivery.clone();
