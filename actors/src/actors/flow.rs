@@ -344,45 +344,8 @@ impl Actor for FlowActor {
                 let effects = state.state.apply(input, now);
                 state.commit(&myself, effects, ack, None, Vec::new(), false);
             }
-            FlowMsg::Cancel(reply) => {
-                if state.state.status() != FlowStatus::Running {
-                    let _ = reply.send(Err(EngineError::Conflict(format!(
-                        "flow {} is {}, only a running flow can be cancelled",
-                        state.state.id(),
-                        state.state.status().as_str()
-                    ))));
-                } else {
-                    let effects = state.state.apply(Input::Cancel, now);
-                    state.commit(
-                        &myself,
-                        effects,
-                        Ack::None,
-                        Some(Reply::Done(reply)),
-                        Vec::new(),
-                        false,
-                    );
-                }
-            }
-            FlowMsg::Retry(reply) => {
-                if !state.state.can_retry() {
-                    let _ = reply.send(Err(EngineError::Conflict(format!(
-                        "flow {} is {}, only a failed or cancelled flow can be retried",
-                        state.state.id(),
-                        state.state.status().as_str()
-                    ))));
-                } else {
-                    state.engine_error = None;
-                    let effects = state.state.apply(Input::Retry, now);
-                    state.commit(
-                        &myself,
-                        effects,
-                        Ack::None,
-                        Some(Reply::Done(reply)),
-                        Vec::new(),
-                        false,
-                    );
-                }
-            }
+            FlowMsg::Cancel(reply) => state.request(&myself, Input::Cancel, reply, now),
+            FlowMsg::Retry(reply) => state.request(&myself, Input::Retry, reply, now),
             FlowMsg::Delete(reply) => {
                 // Stop running jobs now; the rest waits for writes in flight, which
                 // would otherwise land after the delete and resurrect the records.
@@ -458,6 +421,47 @@ impl FlowActorState {
             outbox_retry_scheduled: false,
             deleting: None,
         }
+    }
+
+    /// A client's cancel or retry: refused with `Conflict` when the flow's status
+    /// does not allow it, otherwise applied and answered after the flush.
+    fn request(
+        &mut self,
+        myself: &ActorRef<FlowMsg>,
+        input: Input,
+        reply: RpcReplyPort<Result<(), EngineError>>,
+        now: u64,
+    ) {
+        let status = self.state.status();
+        let refusal = match input {
+            Input::Cancel if status != FlowStatus::Running => {
+                Some("only a running flow can be cancelled")
+            }
+            Input::Retry if !self.state.can_retry() => {
+                Some("only a failed or cancelled flow can be retried")
+            }
+            _ => None,
+        };
+        if let Some(why) = refusal {
+            let _ = reply.send(Err(EngineError::Conflict(format!(
+                "flow {} is {}, {why}",
+                self.state.id(),
+                status.as_str()
+            ))));
+            return;
+        }
+        if matches!(input, Input::Retry) {
+            self.engine_error = None;
+        }
+        let effects = self.state.apply(input, now);
+        self.commit(
+            myself,
+            effects,
+            Ack::None,
+            Some(Reply::Done(reply)),
+            Vec::new(),
+            false,
+        );
     }
 
     fn job_id(&self, node: NodeIdx, attempt: u32) -> String {
