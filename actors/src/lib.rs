@@ -8,6 +8,8 @@
 pub mod actors;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod hub;
 pub mod ids;
