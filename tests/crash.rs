@@ -1,0 +1,751 @@
+//! The crash test: real `dagflow serve` and `dagflow worker` processes on a Redis of
+//! their own, running a seeded mix of flows (chains, diamonds, wide fan-out/fan-in,
+//! random DAGs, nodes that fail before they succeed, sleeps that keep jobs running)
+//! while the test SIGKILLs the server (and restarts it on the same data dir),
+//! SIGKILLs workers (and starts new ones) and restarts Redis empty. At the end every
+//! flow must have completed with exactly the results computed here: `echo` returns
+//! its input, so a node's result nests the results of all its ancestors, and one
+//! wrong or missing edge anywhere shows.
+//!
+//! Every handler run logs `running job job=<id>` (debug, target
+//! `dagflow_actors::actors::worker`); the test counts them in the stderr of every
+//! process it started, killed ones included, and reports how many ran more than
+//! once (delivery is at-least-once). It prints one line:
+//! `crash: flows N, kills K, lost 0, wrong 0, duplicate executions D`.
+//!
+//! `DAGFLOW_SOAK=1` runs a larger and longer version (`DAGFLOW_SOAK_FLOWS` flows,
+//! 400 by default); `DAGFLOW_CRASH_SEED` replays a run.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dagflow::engine::testing::{self, TestRedis};
+use serde_json::{json, Map, Value};
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_dagflow");
+/// Debug for the one line per handler run, info for the rest.
+const LOG_FILTER: &str = "info,dagflow_actors::actors::worker=debug";
+/// Longest a process may take to start (the machine is busy in CI).
+const START: Duration = Duration::from_secs(60);
+/// Longest one HTTP request may take before it is given up and retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a flow submission may keep failing (server restarting, Redis down).
+const SUBMIT_DEADLINE: Duration = Duration::from_secs(120);
+/// Lines of a process's stderr kept to show when something fails.
+const TAIL: usize = 400;
+
+/// How big a run is.
+struct Size {
+    /// Flows submitted.
+    flows: usize,
+    /// SIGKILLs of the server (each followed by a restart on the same data dir).
+    server_kills: usize,
+    /// SIGKILLs of a worker process (each followed by a new one).
+    worker_kills: usize,
+    /// Restarts of Redis, empty.
+    redis_restarts: usize,
+    /// Pause between two flow submissions, ms (inclusive range).
+    submit_pause: (u64, u64),
+    /// How long the flows get to finish once the chaos is over. A worker killed at
+    /// the end leaves its jobs to be reclaimed after the lease (30 s, plus up to 15 s
+    /// until the next reclaim scan).
+    drain: Duration,
+}
+
+impl Size {
+    fn from_env() -> (Size, bool) {
+        let soak = std::env::var("DAGFLOW_SOAK").is_ok_and(|v| !v.is_empty() && v != "0");
+        if !soak {
+            return (
+                Size {
+                    flows: 40,
+                    server_kills: 4,
+                    worker_kills: 2,
+                    redis_restarts: 2,
+                    submit_pause: (200, 1000),
+                    drain: Duration::from_secs(120),
+                },
+                false,
+            );
+        }
+        let flows: usize = std::env::var("DAGFLOW_SOAK_FLOWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400);
+        // About one action every 2.5 s over the time the submissions take.
+        let actions = (flows * 600 / 2500).max(10);
+        (
+            Size {
+                flows,
+                server_kills: actions / 2,
+                worker_kills: actions * 3 / 10,
+                redis_restarts: (actions / 5).max(2),
+                submit_pause: (200, 1000),
+                drain: Duration::from_secs(300),
+            },
+            true,
+        )
+    }
+}
+
+/// A small deterministic generator (SplitMix64): the whole run follows from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Flows and their expected results.
+// ---------------------------------------------------------------------------------
+
+/// One node as the generator builds it.
+struct GenNode {
+    name: String,
+    parents: Vec<String>,
+    /// The node's spec (JSON).
+    spec: Value,
+    /// What its result must be, given its parents' expected results.
+    expect: Expect,
+}
+
+/// How a node's result follows from its definition.
+enum Expect {
+    /// `echo`: `{"data": data, "parents": {p: result of p}}`.
+    Echo(Value),
+    /// `sleep`: `{"sleptMs": ms}`.
+    Sleep(u64),
+    /// `fail` with `times`: succeeds on attempt `times + 1` with `{"attempt": n}`.
+    Fail(u64),
+}
+
+/// A flow to submit and the result every node must end with.
+struct GenFlow {
+    spec: Value,
+    expected: BTreeMap<String, Value>,
+}
+
+/// Builds a node with a random handler and queue.
+fn gen_node(rng: &mut Rng, flow: usize, name: String, parents: Vec<String>) -> GenNode {
+    let queue = if rng.chance(30) { "other" } else { "default" };
+    let roll = rng.next() % 100;
+    let (handler, data, opts, expect) = if roll < 14 {
+        let ms = rng.range(200, 1500);
+        ("sleep", json!({ "ms": ms }), Value::Null, Expect::Sleep(ms))
+    } else if roll < 28 {
+        let times = rng.range(1, 2);
+        (
+            "fail",
+            json!({ "times": times, "message": "flaky on purpose" }),
+            json!({ "attempts": 3, "backoff": { "type": "fixed", "delayMs": 100 } }),
+            Expect::Fail(times),
+        )
+    } else {
+        let data = json!({ "flow": flow, "node": name, "x": rng.next() % 1_000_000 });
+        ("echo", data.clone(), Value::Null, Expect::Echo(data))
+    };
+    let mut spec = json!({
+        "name": name,
+        "handler": handler,
+        "queue": queue,
+        "parents": parents,
+        "data": data,
+    });
+    if !opts.is_null() {
+        spec["opts"] = opts;
+    }
+    GenNode {
+        name,
+        parents,
+        spec,
+        expect,
+    }
+}
+
+/// The `index`th flow of the run: a chain, a diamond, a fan-out/fan-in or a random
+/// DAG. Nodes come in topological order.
+fn gen_flow(rng: &mut Rng, index: usize) -> GenFlow {
+    let mut nodes: Vec<GenNode> = Vec::new();
+    let kind = rng.next() % 4;
+    let kind_name = match kind {
+        0 => {
+            let len = rng.range(3, 8) as usize;
+            for i in 0..len {
+                let parents = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("c{}", i - 1)]
+                };
+                nodes.push(gen_node(rng, index, format!("c{i}"), parents));
+            }
+            "chain"
+        }
+        1 => {
+            let width = rng.range(2, 4) as usize;
+            nodes.push(gen_node(rng, index, "top".into(), vec![]));
+            let mut middle = Vec::new();
+            for i in 0..width {
+                let name = format!("mid{i}");
+                nodes.push(gen_node(rng, index, name.clone(), vec!["top".into()]));
+                middle.push(name);
+            }
+            nodes.push(gen_node(rng, index, "bottom".into(), middle));
+            "diamond"
+        }
+        2 => {
+            let width = rng.range(8, 24) as usize;
+            nodes.push(gen_node(rng, index, "root".into(), vec![]));
+            let mut leaves = Vec::new();
+            for i in 0..width {
+                let name = format!("leaf{i}");
+                nodes.push(gen_node(rng, index, name.clone(), vec!["root".into()]));
+                leaves.push(name);
+            }
+            nodes.push(gen_node(rng, index, "sink".into(), leaves));
+            "fan"
+        }
+        _ => {
+            let n = rng.range(5, 12) as usize;
+            for i in 0..n {
+                let mut parents: Vec<String> = Vec::new();
+                if i > 0 {
+                    for _ in 0..rng.range(1, 3) {
+                        let p = format!("r{}", rng.next() as usize % i);
+                        if !parents.contains(&p) {
+                            parents.push(p);
+                        }
+                    }
+                }
+                nodes.push(gen_node(rng, index, format!("r{i}"), parents));
+            }
+            "random"
+        }
+    };
+    let mut expected: BTreeMap<String, Value> = BTreeMap::new();
+    for node in &nodes {
+        let result = match &node.expect {
+            Expect::Echo(data) => {
+                let parents: Map<String, Value> = node
+                    .parents
+                    .iter()
+                    .map(|p| (p.clone(), expected[p].clone()))
+                    .collect();
+                json!({ "data": data, "parents": parents })
+            }
+            Expect::Sleep(ms) => json!({ "sleptMs": ms }),
+            Expect::Fail(times) => json!({ "attempt": times + 1 }),
+        };
+        expected.insert(node.name.clone(), result);
+    }
+    let spec = json!({
+        "name": format!("crash-{index}-{kind_name}"),
+        "nodes": nodes.iter().map(|n| n.spec.clone()).collect::<Vec<_>>(),
+    });
+    GenFlow { spec, expected }
+}
+
+// ---------------------------------------------------------------------------------
+// Processes.
+// ---------------------------------------------------------------------------------
+
+/// Handler runs per job id, counted from the stderr of every process.
+type Runs = Arc<Mutex<HashMap<String, u32>>>;
+
+/// A `dagflow` process, SIGKILLed when dropped. A thread reads its stderr (JSON log
+/// lines): it counts handler runs into the shared [`Runs`] and keeps the last lines
+/// for failure messages.
+struct Proc {
+    name: String,
+    child: Child,
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn tail(&self) -> String {
+        let tail = self.tail.lock().unwrap();
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- last lines of `{}` ---\n{}", self.name, self.tail());
+        }
+    }
+}
+
+/// One test's deployment: a Redis of its own, a prefix, a data dir, and every
+/// process started so far (their stderr readers, to count runs at the end).
+struct Deployment {
+    redis: TestRedis,
+    prefix: String,
+    data: tempfile::TempDir,
+    runs: Runs,
+    readers: Vec<JoinHandle<()>>,
+    /// Numbers the processes, for their names.
+    started: usize,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        Deployment {
+            redis: TestRedis::dedicated(),
+            prefix: testing::unique_prefix(),
+            data: tempfile::tempdir().unwrap(),
+            runs: Arc::default(),
+            readers: Vec::new(),
+            started: 0,
+        }
+    }
+
+    /// Starts `dagflow args...` and waits for the log line `ready`; returns the
+    /// process and that line.
+    fn spawn(&mut self, args: &[&str], ready: &str) -> (Proc, Value) {
+        self.started += 1;
+        let name = format!("#{} dagflow {}", self.started, args[0]);
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("DAGFLOW_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env_remove("RUST_LOG")
+            .args(args)
+            .args(["--log-json", "--log-filter", LOG_FILTER])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+        let (tx, rx) = mpsc::channel::<Value>();
+        let (runs, kept) = (Arc::clone(&self.runs), Arc::clone(&tail));
+        let ready_message = ready.to_owned();
+        self.readers.push(std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                let message = parsed["fields"]["message"].as_str().unwrap_or("");
+                if message == "running job" {
+                    if let Some(job) = parsed["fields"]["job"].as_str() {
+                        *runs.lock().unwrap().entry(job.to_owned()).or_default() += 1;
+                    }
+                    continue;
+                }
+                if message == ready_message {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(parsed.clone());
+                    }
+                }
+                let mut kept = kept.lock().unwrap();
+                if kept.len() == TAIL {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        }));
+        let mut proc = Proc { name, child, tail };
+        match rx.recv_timeout(START) {
+            Ok(line) => (proc, line),
+            Err(_) => {
+                let exit = proc.child.try_wait();
+                panic!(
+                    "`{}` did not log '{ready}' in {START:?}; exit: {exit:?}; log:\n{}",
+                    proc.name,
+                    proc.tail()
+                )
+            }
+        }
+    }
+
+    /// `dagflow serve` on a free port and the deployment's data dir, once it listens.
+    fn serve(&mut self, queues: &str) -> Server {
+        let (redis_url, prefix) = (self.redis.url.clone(), self.prefix.clone());
+        let data_dir = self.data.path().to_str().unwrap().to_owned();
+        let (proc, line) = self.spawn(
+            &[
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--redis-url",
+                &redis_url,
+                "--prefix",
+                &prefix,
+                "--data-dir",
+                &data_dir,
+                "--queues",
+                queues,
+                "--shutdown-timeout",
+                "5s",
+            ],
+            "dagflow is listening",
+        );
+        let addr = line["fields"]["addr"].as_str().unwrap();
+        Server {
+            url: format!("http://{addr}"),
+            proc,
+        }
+    }
+
+    /// `dagflow worker` for `queues`, once it runs.
+    fn worker(&mut self, queues: &str) -> Proc {
+        let (redis_url, prefix) = (self.redis.url.clone(), self.prefix.clone());
+        self.spawn(
+            &[
+                "worker",
+                "--redis-url",
+                &redis_url,
+                "--prefix",
+                &prefix,
+                "--queues",
+                queues,
+                "--shutdown-timeout",
+                "5s",
+            ],
+            "dagflow worker is running",
+        )
+        .0
+    }
+
+    /// Waits for every stderr reader (call after every process is gone) and returns
+    /// the runs per job id.
+    fn finish(&mut self) -> HashMap<String, u32> {
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+/// A running `dagflow serve`.
+struct Server {
+    proc: Proc,
+    /// `http://127.0.0.1:{port}`.
+    url: String,
+}
+
+/// Queues of the server's local workers: it runs `default` only, so that the nodes
+/// on `other` always go through worker processes and the completions stream.
+const SERVER_QUEUES: &str = "default=8";
+/// Queues of each worker process.
+const WORKER_QUEUES: &str = "default=4,other=4";
+
+/// Runs blocking process work (spawning, waiting for log lines, restarting Redis)
+/// without stalling the runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+// ---------------------------------------------------------------------------------
+// HTTP.
+// ---------------------------------------------------------------------------------
+
+/// Submits a flow with an idempotency key, retrying through server restarts and
+/// Redis outages (the key makes a retry of a request that did create the flow
+/// return that flow). Returns the flow id.
+async fn submit(client: &reqwest::Client, url: &RwLock<String>, spec: &Value, key: &str) -> String {
+    let deadline = Instant::now() + SUBMIT_DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let base = url.read().unwrap().clone();
+        let sent = client
+            .post(format!("{base}/flows"))
+            .header("Idempotency-Key", key)
+            .json(spec)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                match status {
+                    201 => return body["flowId"].as_str().unwrap().to_owned(),
+                    // Redis down, engine stopping, a timeout while it restarts.
+                    503 => last = format!("503 {body}"),
+                    _ => panic!("POST /flows answered {status}: {body}\nspec: {spec}"),
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("flow {key} could not be submitted in {SUBMIT_DEADLINE:?}; last: {last}");
+}
+
+/// `GET path` → (status, body); `None` when the server does not answer.
+async fn get(client: &reqwest::Client, base: &str, path: &str) -> Option<(u16, Value)> {
+    let response = client.get(format!("{base}{path}")).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+/// Ids of the flows still running (every page).
+async fn running_flows(client: &reqwest::Client, base: &str) -> Option<Vec<String>> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/flows?status=running&limit=1000&cursor={c}"),
+            None => "/flows?status=running&limit=1000".to_owned(),
+        };
+        let (status, page) = get(client, base, &path).await?;
+        if status != 200 {
+            return None;
+        }
+        for flow in page["flows"].as_array()? {
+            ids.push(flow["id"].as_str()?.to_owned());
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Some(ids),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The test.
+// ---------------------------------------------------------------------------------
+
+/// What the chaos does next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chaos {
+    KillServer,
+    KillWorker,
+    RestartRedis,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
+    let (size, soak) = Size::from_env();
+    let seed = std::env::var("DAGFLOW_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!(
+        "crash: seed {seed}{} (DAGFLOW_CRASH_SEED={seed} replays it)",
+        if soak { ", soak" } else { "" }
+    );
+    let began = Instant::now();
+    let mut rng = Rng(seed);
+    let flows: Vec<GenFlow> = (0..size.flows).map(|i| gen_flow(&mut rng, i)).collect();
+    let node_count: usize = flows.iter().map(|f| f.expected.len()).sum();
+
+    let mut deployment = blocking(Deployment::new);
+    let mut server = blocking(|| deployment.serve(SERVER_QUEUES));
+    let mut workers: Vec<Proc> =
+        blocking(|| (0..2).map(|_| deployment.worker(WORKER_QUEUES)).collect());
+    let url = Arc::new(RwLock::new(server.url.clone()));
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap();
+
+    // The submitter runs on its own while the chaos goes on: a client retrying
+    // through crashes, as a real one would.
+    let specs: Vec<Value> = flows.iter().map(|f| f.spec.clone()).collect();
+    let mut submit_rng = Rng(seed ^ 0x5EED);
+    let pauses: Vec<u64> = (0..specs.len())
+        .map(|_| submit_rng.range(size.submit_pause.0, size.submit_pause.1))
+        .collect();
+    let submitter = {
+        let pauses = pauses.clone();
+        let (client, url) = (client.clone(), Arc::clone(&url));
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for (i, spec) in specs.iter().enumerate() {
+                ids.push(submit(&client, &url, spec, &format!("crash-{seed}-{i}")).await);
+                tokio::time::sleep(Duration::from_millis(pauses[i])).await;
+            }
+            ids
+        })
+    };
+
+    let mut schedule: Vec<Chaos> = std::iter::repeat_n(Chaos::KillServer, size.server_kills)
+        .chain(std::iter::repeat_n(Chaos::KillWorker, size.worker_kills))
+        .chain(std::iter::repeat_n(
+            Chaos::RestartRedis,
+            size.redis_restarts,
+        ))
+        .collect();
+    for i in (1..schedule.len()).rev() {
+        let j = rng.next() as usize % (i + 1);
+        schedule.swap(i, j);
+    }
+    let (mut server_kills, mut worker_kills, mut redis_restarts) = (0, 0, 0);
+    // The actions are spread over the time the submissions take, so that every one
+    // of them lands while flows run.
+    let submit_ms: u64 = pauses.iter().sum();
+    let gap = submit_ms / (schedule.len() as u64 + 1);
+    for action in &schedule {
+        let pause = rng.range(gap / 2, gap * 3 / 2);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        match action {
+            Chaos::KillServer => {
+                server.proc.kill();
+                server_kills += 1;
+                // Sometimes the server stays down a moment, as after a real crash.
+                let down = if rng.chance(50) {
+                    rng.range(0, 1500)
+                } else {
+                    0
+                };
+                tokio::time::sleep(Duration::from_millis(down)).await;
+                server = blocking(|| deployment.serve(SERVER_QUEUES));
+                *url.write().unwrap() = server.url.clone();
+            }
+            Chaos::KillWorker => {
+                let i = rng.next() as usize % workers.len();
+                workers[i].kill();
+                worker_kills += 1;
+                let down = rng.range(0, 1500);
+                tokio::time::sleep(Duration::from_millis(down)).await;
+                workers[i] = blocking(|| deployment.worker(WORKER_QUEUES));
+            }
+            Chaos::RestartRedis => {
+                let down = rng.range(0, 1000);
+                blocking(|| {
+                    deployment.redis.stop();
+                    std::thread::sleep(Duration::from_millis(down));
+                    deployment.redis.start();
+                });
+                redis_restarts += 1;
+            }
+        }
+        println!("crash: {:>6.1}s {action:?}", began.elapsed().as_secs_f64());
+    }
+    let ids = submitter.await.unwrap();
+    let chaos_over = Instant::now();
+
+    // Every flow must finish; nothing is killed any more.
+    let deadline = chaos_over + size.drain;
+    let mut still_running = Vec::new();
+    while Instant::now() < deadline {
+        match running_flows(&client, &server.url).await {
+            Some(running) if running.is_empty() => {
+                still_running.clear();
+                break;
+            }
+            Some(running) => still_running = running,
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let drained_in = chaos_over.elapsed();
+
+    // Check every node of every flow against its expected result.
+    let mut lost = 0;
+    let mut wrong = 0;
+    let mut problems: Vec<String> = Vec::new();
+    let mut final_jobs: Vec<String> = Vec::new();
+    for (id, gen) in ids.iter().zip(&flows) {
+        let (status, flow) = get(&client, &server.url, &format!("/flows/{id}"))
+            .await
+            .unwrap_or_else(|| panic!("GET /flows/{id}: the server does not answer"));
+        assert_eq!(status, 200, "GET /flows/{id}: {flow}");
+        if flow["status"] != "completed" {
+            lost += 1;
+            problems.push(format!("flow {id} is {}: {flow}", flow["status"]));
+        }
+        let nodes = flow["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), gen.expected.len(), "{flow}");
+        for node in nodes {
+            let name = node["name"].as_str().unwrap();
+            if let Some(job) = node["jobId"].as_str() {
+                final_jobs.push(job.to_owned());
+            }
+            match node.get("result") {
+                Some(result) if *result == gen.expected[name] => {}
+                Some(result) => {
+                    wrong += 1;
+                    problems.push(format!(
+                        "flow {id} node {name}: result {result}, expected {}",
+                        gen.expected[name]
+                    ));
+                }
+                // Only in a flow that is already counted as lost.
+                None => {}
+            }
+        }
+    }
+    let (server_alive, workers_alive) = (
+        server.proc.alive(),
+        workers.iter_mut().map(|w| w.alive()).filter(|a| *a).count(),
+    );
+    if lost > 0 || wrong > 0 {
+        eprintln!("--- last lines of the server ---\n{}", server.proc.tail());
+    }
+    drop(server);
+    drop(workers);
+    let runs = blocking(|| deployment.finish());
+    let executions: u32 = runs.values().sum();
+    let duplicates: u32 = runs.values().map(|n| n.saturating_sub(1)).sum();
+    let unlogged = final_jobs.iter().filter(|j| !runs.contains_key(*j)).count();
+
+    println!(
+        "crash: seed {seed}, {} nodes, server kills {server_kills}, worker kills {worker_kills}, \
+         redis restarts {redis_restarts}, {executions} handler runs of {} jobs, drained in {:.1}s, \
+         took {:.1}s",
+        node_count,
+        runs.len(),
+        drained_in.as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
+    println!(
+        "crash: flows {}, kills {}, lost {lost}, wrong {wrong}, duplicate executions {duplicates}",
+        ids.len(),
+        server_kills + worker_kills
+    );
+    for p in problems.iter().take(20) {
+        eprintln!("{p}");
+    }
+    assert!(server_alive, "the server died on its own");
+    assert_eq!(workers_alive, 2, "a worker died on its own");
+    assert!(
+        still_running.is_empty() || lost > 0,
+        "flows still running: {still_running:?}"
+    );
+    assert_eq!(lost, 0, "flows that did not complete (seed {seed})");
+    assert_eq!(wrong, 0, "nodes with a wrong result (seed {seed})");
+    assert_eq!(
+        unlogged, 0,
+        "jobs whose run left no log line: the run count is not to be trusted"
+    );
+}
