@@ -1,10 +1,10 @@
 //! The warp REST and WebSocket API of a dagflow server.
 //!
-//! Laid out as warp's `todos` example: [`filters`] matches requests and extracts
-//! their parts, [`handlers`] turns them into engine calls, [`models`] holds the wire
-//! types, [`errors`] the one JSON error shape and the `recover` that produces it,
-//! [`ws`] the WebSocket session actor, [`metrics`] the Prometheus text and
-//! [`openapi`] the generated API description.
+//! Laid out as warp's `todos` example: `filters` matches requests and extracts
+//! their parts, `handlers` turns them into engine calls, `models` holds the wire
+//! types, `errors` the one JSON error shape and the `recover` that produces it,
+//! `ws` the WebSocket session actor, `metrics` the Prometheus text and
+//! `openapi` the generated API description.
 //!
 //! # Endpoints
 //!
