@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod handlers;
 
 pub use dagflow_actors as engine;
