@@ -406,6 +406,9 @@
     const dirty = new Set();
     let framePending = false;
     const view = { k: 1, x: 0, y: 0 };
+    // Until the user pans or zooms, the graph stays fitted to its box.
+    let autoFit = true;
+    let viewFar = false;
     let viewport = null;
 
     const nameEl = el('h1', { id: 'flow-name', text: 'Flow' });
@@ -537,6 +540,8 @@
       });
       parts.push('</g></g></svg>');
       graph.innerHTML = parts.join('');
+      // Big graphs skip the running-node animation, which repaints every frame.
+      graph.classList.toggle('large', nodes.length > 300);
       graph.append(el('div', { class: 'hint', text: 'drag to pan · wheel to zoom · click a node for details' }));
       const elems = graph.querySelectorAll('g.node');
       nodes.forEach((n, i) => {
@@ -610,7 +615,14 @@
     // ---- pan and zoom
 
     function applyView() {
-      if (viewport) viewport.setAttribute('transform', `translate(${view.x.toFixed(1)},${view.y.toFixed(1)}) scale(${view.k.toFixed(4)})`);
+      if (!viewport) return;
+      viewport.setAttribute('transform', `translate(${view.x.toFixed(1)},${view.y.toFixed(1)}) scale(${view.k.toFixed(4)})`);
+      // Labels too small to read are not drawn: far out, a big graph paints several times faster.
+      const far = view.k < 0.4;
+      if (far !== viewFar) {
+        viewFar = far;
+        graph.classList.toggle('far', far);
+      }
     }
 
     function fit() {
@@ -619,7 +631,13 @@
       view.k = Math.max(0.02, Math.min(1.25, (r.width - 24) / layoutSize.width, (r.height - 24) / layoutSize.height));
       view.x = (r.width - layoutSize.width * view.k) / 2;
       view.y = (r.height - layoutSize.height * view.k) / 2;
+      autoFit = true;
       applyView();
+    }
+
+    /** Fits again after the box changed size (panel opened, window resized), unless the user moved the graph. */
+    function refit() {
+      if (autoFit) requestAnimationFrame(() => { if (alive && autoFit) fit(); });
     }
 
     function centerOn(i) {
@@ -630,6 +648,7 @@
       view.k = Math.max(view.k, 1);
       view.x = r.width / 2 - (t.matrix.e + W / 2) * view.k;
       view.y = r.height / 2 - (t.matrix.f + H / 2) * view.k;
+      autoFit = false;
       applyView();
     }
 
@@ -639,10 +658,12 @@
       const r = graph.getBoundingClientRect();
       const px = e.clientX - r.left;
       const py = e.clientY - r.top;
-      const k = Math.max(0.02, Math.min(4, view.k * Math.exp(-e.deltaY * 0.0015)));
+      const delta = e.deltaY * (e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1);
+      const k = Math.max(0.02, Math.min(2.5, view.k * Math.exp(-delta * 0.0015)));
       view.x = px - ((px - view.x) * k) / view.k;
       view.y = py - ((py - view.y) * k) / view.k;
       view.k = k;
+      autoFit = false;
       applyView();
     }, { passive: false });
 
@@ -654,6 +675,7 @@
       const dy = e.clientY - drag.y;
       if (!dragged && Math.abs(dx) + Math.abs(dy) < 4) return;
       dragged = true;
+      autoFit = false;
       graph.classList.add('dragging');
       view.x = drag.vx + dx;
       view.y = drag.vy + dy;
@@ -692,6 +714,7 @@
       centerOn(i);
     }
 
+    window.addEventListener('resize', refit);
     const onKey = (e) => { if (e.key === 'Escape' && selected >= 0 && !$('#token-dialog').open) closePanel(); };
     window.addEventListener('keydown', onKey);
 
@@ -701,7 +724,10 @@
       if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.remove('selected');
       selected = i;
       nodes[i].el.classList.add('selected');
-      panel.hidden = false;
+      if (panel.hidden) {
+        panel.hidden = false;
+        refit();
+      }
       fill(panel, el('header', {}, el('h2', { text: nodes[i].name }), closeButton()), el('p', { class: 'muted', text: 'Loading…' }));
       loadDetail();
     }
@@ -714,6 +740,7 @@
       if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.remove('selected');
       selected = -1;
       panel.hidden = true;
+      refit();
     }
 
     function scheduleDetail() {
@@ -821,6 +848,7 @@
       window.removeEventListener('pointermove', onMove);
       window.removeEventListener('pointerup', onUp);
       window.removeEventListener('keydown', onKey);
+      window.removeEventListener('resize', refit);
       document.title = 'dagflow';
     };
   }
