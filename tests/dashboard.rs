@@ -135,7 +135,7 @@ async fn dashboard_in_headless_chromium() {
     assert_eq!(diamond["status"], "completed");
     let (status, d) = api.get(&format!("/flows/{}/nodes/d", id("diamond"))).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(d["result"]["parents"]["b"]["sleptMs"], 500, "{d}");
+    assert_eq!(d["result"]["parents"]["b"]["sleptMs"], 600, "{d}");
     let flaky = api.flow(&id("flaky")).await;
     assert_eq!(flaky["status"], "completed", "retried from the page");
     let (status, _) = api.get(&format!("/flows/{}", id("slow"))).await;

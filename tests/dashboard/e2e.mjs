@@ -203,8 +203,8 @@ async function run(page, result) {
   const diamond = {
     name: 'diamond',
     nodes: [
-      { name: 'a', handler: 'sleep', data: { ms: 500 } },
-      { name: 'b', handler: 'sleep', parents: ['a'], data: { ms: 500 } },
+      { name: 'a', handler: 'sleep', data: { ms: 1000 } },
+      { name: 'b', handler: 'sleep', parents: ['a'], data: { ms: 600 } },
       { name: 'c', handler: 'echo', parents: ['a'], data: { side: 'c' } },
       { name: 'd', handler: 'echo', parents: ['b', 'c'], data: { sink: true } },
     ],
@@ -231,7 +231,7 @@ async function run(page, result) {
   await page.click('g.node[data-name="d"]');
   await page.waitForSelector('#node-result');
   const resultText = await page.textContent('#node-result');
-  check(resultText.includes('"sleptMs": 500') && resultText.includes('"side": "c"'), `d's result holds b's and c's results: ${resultText}`);
+  check(resultText.includes('"sleptMs": 600') && resultText.includes('"side": "c"'), `d's result holds b's and c's results: ${resultText}`);
   check((await page.textContent('#node-detail-status')) === 'completed', 'detail status');
   check((await page.textContent('#node-data')).includes('"sink": true'), 'node data shown');
   check((await page.textContent('#node-panel')).includes('ran'), 'timings shown');
