@@ -184,6 +184,8 @@ fn build(
         cfg,
     });
     let filter = filters::api(Arc::clone(&state))
+        .or(crate::dashboard::routes())
+        .unify()
         .recover(errors::recover)
         .unify();
     (state, filter)
