@@ -102,6 +102,13 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
         Command::Submit(submit) => client::submit(submit).await,
         Command::Status(status) => client::status(status).await,
         Command::Watch(watch) => client::watch(watch).await,
+        Command::Bench(args) => match crate::bench::run(args).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("dagflow bench: {e:#}");
+                Ok(ExitCode::from(EXIT_ERROR))
+            }
+        },
     }
 }
 

@@ -64,6 +64,9 @@ pub enum Command {
     Status(StatusConfig),
     /// Print a flow's live events as JSON lines until it ends.
     Watch(WatchConfig),
+    /// Benchmark an engine in this process (or a server, `--over-http`): one JSON
+    /// line of throughput, latencies, memory and Redis commands per run.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Where the engine's shared state lives.
