@@ -24,6 +24,9 @@
 //!   first submission to the moment every flow actor is gone, divided by the nodes.
 //!   The counters are server-wide: anything else using the same Redis meanwhile
 //!   counts too.
+//! - `cpu_us_per_node`: CPU time of this process (`/proc/self/stat`) and of the
+//!   Redis server (`INFO cpu`) over the same window, per node: where a node's cost
+//!   goes.
 
 mod http;
 mod redis_probe;
@@ -47,7 +50,7 @@ use tokio::sync::broadcast;
 pub use shapes::Shape;
 pub use tracker::Percentiles;
 
-use redis_probe::RedisProbe;
+use redis_probe::{RedisProbe, RedisSnapshot};
 use shapes::{ShapeParams, Topology};
 use tracker::Tracker;
 
@@ -237,12 +240,24 @@ pub struct BenchResult {
     /// The same, by command name (`xadd`, `evalsha`, …); commands below 0.001 per
     /// node are left out.
     pub redis_cmds_by_name: BTreeMap<String, f64>,
+    /// CPU time per node, in µs, over the same window as the Redis commands.
+    pub cpu_us_per_node: CpuPerNode,
     /// Events the benchmark's subscriber lost because it fell behind; latencies of
     /// what it missed are not in the figures.
     pub events_lagged: u64,
     /// The run's Redis key prefix (embedded runs; its keys are gone afterwards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+}
+
+/// CPU time per node, in microseconds: where a node's cost is spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuPerNode {
+    /// This process: engine, workers and the benchmark itself in an embedded run;
+    /// only the benchmark's client over HTTP.
+    pub process: Option<f64>,
+    /// The Redis server (`INFO cpu`, user + system).
+    pub redis: Option<f64>,
 }
 
 /// Runs the benchmark `args` describes, `--runs` times, printing one JSON line per
@@ -313,9 +328,20 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         .max(1e-6);
     let submitted = outcome.submitted.created;
     let nodes_total = submitted * topology.len();
-    let (cmds_per_node, by_name) = match &outcome.redis {
-        Some((before, after)) => command_delta(before, after, nodes_total),
-        None => (None, BTreeMap::new()),
+    let (cmds_per_node, by_name) = match (&outcome.before.redis, &outcome.after.redis) {
+        (Some(before), Some(after)) => command_delta(&before.calls, &after.calls, nodes_total),
+        _ => (None, BTreeMap::new()),
+    };
+    let per_node_us = |before: Option<f64>, after: Option<f64>| {
+        let cpu_s = after? - before?;
+        (nodes_total > 0).then(|| round3(cpu_s * 1e6 / nodes_total as f64))
+    };
+    let cpu_us_per_node = CpuPerNode {
+        process: per_node_us(outcome.before.process_cpu_s, outcome.after.process_cpu_s),
+        redis: per_node_us(
+            outcome.before.redis.as_ref().and_then(|r| r.cpu_s),
+            outcome.after.redis.as_ref().and_then(|r| r.cpu_s),
+        ),
     };
     let p = args.shape_params();
     let is = |shapes: &[Shape]| shapes.contains(&args.shape);
@@ -360,6 +386,7 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         peak_rss_mb: outcome.peak_rss_mb,
         redis_cmds_per_node: cmds_per_node,
         redis_cmds_by_name: by_name,
+        cpu_us_per_node,
         events_lagged: t.lagged,
         prefix: outcome.prefix.clone(),
     })
@@ -402,12 +429,31 @@ struct Outcome {
     submitted: Submitted,
     /// Whether the wait for the flows gave up.
     timed_out: bool,
-    /// `INFO commandstats` before the first submission and after the last flow.
-    redis: Option<(BTreeMap<String, u64>, BTreeMap<String, u64>)>,
+    /// Counters just before the first submission.
+    before: Counters,
+    /// Counters once every flow ended (and, embedded, every flow actor stopped).
+    after: Counters,
     /// `VmHWM` of this process.
     peak_rss_mb: Option<f64>,
     /// The key prefix of an embedded run.
     prefix: Option<String>,
+}
+
+/// The counters read before and after a run.
+struct Counters {
+    /// Redis's command calls and CPU time.
+    redis: Option<RedisSnapshot>,
+    /// CPU seconds of this process.
+    process_cpu_s: Option<f64>,
+}
+
+impl Counters {
+    async fn take(probe: &RedisProbe) -> Counters {
+        Counters {
+            redis: probe.snapshot().await.ok(),
+            process_cpu_s: process_cpu_s(),
+        }
+    }
 }
 
 /// Creates flows and answers for their status: an engine here, or a server.
@@ -465,7 +511,7 @@ async fn embedded(
         .context("starting the engine")?;
     let result = async {
         let collector = tokio::spawn(collect(engine.events(), Arc::clone(tracker)));
-        let before = probe.command_stats().await.ok();
+        let before = Counters::take(probe).await;
         let target: Arc<dyn Target> = Arc::new(EngineTarget {
             engine: engine.clone(),
             spec,
@@ -480,14 +526,15 @@ async fn embedded(
         while engine.running_flows() > 0 && Instant::now() < settle {
             tokio::time::sleep(POLL).await;
         }
-        let after = probe.command_stats().await.ok();
+        let after = Counters::take(probe).await;
         collector.abort();
         let peak = if rss_reset { peak_rss_mb() } else { None };
         Ok::<_, anyhow::Error>(Outcome {
             started,
             submitted,
             timed_out,
-            redis: before.zip(after),
+            before,
+            after,
             peak_rss_mb: peak,
             prefix: Some(prefix.clone()),
         })
@@ -697,6 +744,18 @@ fn peak_rss_mb() -> Option<f64> {
     Some(round3(kb / 1024.0))
 }
 
+/// CPU seconds (user + system) this process used so far, from `/proc/self/stat`.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces);
+    // utime and stime are fields 14 and 15 of the whole line.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
+    let utime: f64 = fields.nth(11)?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // In clock ticks, which the kernel's ABI fixes at 100 per second (USER_HZ).
+    Some((utime + stime) / 100.0)
+}
+
 /// Milliseconds since the epoch, the clock of the events' `ts`.
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -767,5 +826,17 @@ mod tests {
     #[test]
     fn peak_rss_is_read() {
         assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
+    }
+
+    #[test]
+    fn process_cpu_is_read() {
+        let before = process_cpu_s().unwrap_or_else(|| panic!("no cpu time"));
+        let mut x = 0u64;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let after = process_cpu_s().unwrap_or_else(|| panic!("no cpu time"));
+        assert!(after >= before && x > 0);
     }
 }

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::redis_probe::RedisProbe;
 use super::tracker::Tracker;
-use super::{lock, submit, wait_for_end, BenchArgs, Load, Outcome, Target};
+use super::{lock, submit, wait_for_end, BenchArgs, Counters, Load, Outcome, Target};
 
 /// How long the WebSocket may take to connect and confirm the subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,17 +170,18 @@ pub(super) async fn drive(
         token: args.api_token.clone(),
         body: serde_json::to_vec(&spec)?.into(),
     });
-    let before = probe.command_stats().await.ok();
+    let before = Counters::take(probe).await;
     let started = Instant::now();
     let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;
     let timed_out = !wait_for_end(&*target, tracker, submitted.created, started + timeout).await;
-    let after = probe.command_stats().await.ok();
+    let after = Counters::take(probe).await;
     reader.abort();
     Ok(Outcome {
         started,
         submitted,
         timed_out,
-        redis: before.zip(after),
+        before,
+        after,
         peak_rss_mb: None,
         prefix: None,
     })

@@ -30,6 +30,15 @@ pub(crate) struct RedisProbe {
     db: Option<u32>,
 }
 
+/// Counters of a Redis server at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RedisSnapshot {
+    /// Calls by command name (`xadd`, `client|setname`, …).
+    pub(crate) calls: BTreeMap<String, u64>,
+    /// CPU seconds the server used (user + system, main thread and others).
+    pub(crate) cpu_s: Option<f64>,
+}
+
 /// One RESP reply.
 #[derive(Debug)]
 enum Reply {
@@ -73,20 +82,22 @@ impl RedisProbe {
         Ok(RedisProbe { addr, auth, db })
     }
 
-    /// Calls of every command since the server started (or its last `CONFIG
-    /// RESETSTAT`), by command name, as `INFO commandstats` reports them. Commands
-    /// that Lua scripts run are counted under their own names.
-    pub(crate) async fn command_stats(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+    /// The server's counters now: calls of every command since it started (or its
+    /// last `CONFIG RESETSTAT`) as `INFO commandstats` reports them, where commands
+    /// that Lua scripts run count under their own names; and its CPU time.
+    pub(crate) async fn snapshot(&self) -> anyhow::Result<RedisSnapshot> {
         let probe = self.clone();
-        let text = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<RedisSnapshot> {
             let mut conn = probe.connect()?;
-            match conn.call(&["INFO", "commandstats"])? {
+            let mut info = |section: &str| match conn.call(&["INFO", section])? {
                 Reply::Bulk(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-                other => bail!("INFO commandstats answered {other:?}"),
-            }
+                other => bail!("INFO {section} answered {other:?}"),
+            };
+            let calls = parse_commandstats(&info("commandstats")?);
+            let cpu_s = parse_cpu(&info("cpu")?);
+            Ok(RedisSnapshot { calls, cpu_s })
         })
-        .await??;
-        Ok(parse_commandstats(&text))
+        .await?
     }
 
     /// Removes every key that starts with `{prefix}:`; returns how many went.
@@ -248,6 +259,18 @@ fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// `used_cpu_sys` + `used_cpu_user` of `INFO cpu`.
+fn parse_cpu(text: &str) -> Option<f64> {
+    let field = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+}
+
 /// Escapes the characters `SCAN MATCH` treats as a pattern.
 fn escape_glob(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -307,6 +330,12 @@ mod tests {
         let stats = parse_commandstats(text);
         assert_eq!(stats.get("xadd"), Some(&12));
         assert_eq!(stats.get("client|setname"), Some(&2));
+    }
+
+    #[test]
+    fn parses_cpu() {
+        let text = "# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9\r\n";
+        assert_eq!(parse_cpu(text), Some(3.75));
     }
 
     #[test]
