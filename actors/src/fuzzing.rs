@@ -11,12 +11,12 @@ use crate::ids::NodeIdx;
 use crate::spec::{self, Dag, FlowSpec, Limits, SpecError};
 
 /// What [`fuzz_check`] made of one input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// `spec::parse` refused it: not JSON, or not the shape of a flow spec.
     Unparsed,
-    /// Parsed, then refused by `spec::validate` with this many problems.
-    Invalid(usize),
+    /// Parsed, then refused by `spec::validate` with problems of these codes.
+    Invalid(Vec<&'static str>),
     /// Parsed and validated into a DAG of this many nodes.
     Valid(usize),
 }
@@ -34,7 +34,8 @@ fn unlimited() -> Limits {
 /// as `POST /flows` does. Panics if either panics or if the result is inconsistent:
 ///
 /// * a parse error has a message;
-/// * `Err` from validate has at least one problem, each with a code and a message;
+/// * `Err` from validate has at least one problem and at most
+///   [`spec::MAX_PROBLEMS`]` + 1`, each with a code and a message;
 /// * `Ok` is a DAG with one node per spec node, names unique and found by `lookup`,
 ///   parent and child lists mirroring each other, every edge written in the spec
 ///   and every written edge present, no cycle, and retry delays computable;
@@ -52,7 +53,7 @@ pub fn fuzz_check(data: &[u8]) -> Outcome {
     match spec::validate(&spec, &Limits::default()) {
         Err(e) => {
             check_error(&e);
-            Outcome::Invalid(e.problems.len())
+            Outcome::Invalid(e.problems.iter().map(|p| p.code).collect())
         }
         Ok(dag) => {
             check_dag(&spec, &dag);
@@ -67,6 +68,11 @@ fn check_error(e: &SpecError) {
         !e.problems.is_empty(),
         "validate refused a spec with no problem"
     );
+    assert!(
+        e.problems.len() <= spec::MAX_PROBLEMS + 1,
+        "{} problems listed, more than the cap",
+        e.problems.len()
+    );
     for p in &e.problems {
         assert!(!p.code.is_empty(), "problem without a code: {p:?}");
         assert!(!p.message.is_empty(), "problem without a message: {p:?}");
@@ -80,7 +86,11 @@ fn check_dag(spec: &FlowSpec, dag: &Dag) {
     assert!(!dag.is_empty(), "an empty flow validated");
     assert_eq!(dag.indices().count(), n);
 
+    // Everything below is linear in the size of the spec, so that a large input that
+    // validates slowly is the validator's fault and not this check's.
     let mut names = HashSet::with_capacity(n);
+    let mut dag_edges = HashSet::new();
+    let mut child_entries = 0;
     for (i, idx) in dag.indices().enumerate() {
         let node = dag.node(idx);
         assert_eq!(&*node.name, spec.nodes[i].name, "node #{i} renamed");
@@ -101,65 +111,57 @@ fn check_dag(spec: &FlowSpec, dag: &Dag) {
         for &p in &node.parents {
             assert!(p.as_usize() < n, "parent index out of range");
             assert!(
-                dag.node(p).children.contains(&idx),
-                "edge {} -> {} only on the child's side",
-                dag.node(p).name,
-                node.name
-            );
-            assert!(
-                written(spec, p.as_usize(), i),
-                "edge {} -> {} was never written",
+                dag_edges.insert((p, idx)),
+                "parent '{}' of '{}' listed twice",
                 dag.node(p).name,
                 node.name
             );
         }
         for &c in &node.children {
             assert!(c.as_usize() < n, "child index out of range");
+            child_entries += 1;
+        }
+    }
+    // Parent and child lists mirror each other: the same edges, none repeated.
+    assert_eq!(
+        child_entries,
+        dag_edges.len(),
+        "child and parent lists differ"
+    );
+    for idx in dag.indices() {
+        for &c in &dag.node(idx).children {
             assert!(
-                dag.node(c).parents.contains(&idx),
+                dag_edges.contains(&(idx, c)),
                 "edge {} -> {} only on the parent's side",
-                node.name,
+                dag.node(idx).name,
                 dag.node(c).name
             );
         }
-        assert_eq!(
-            node.parents.iter().collect::<HashSet<_>>().len(),
-            node.parents.len(),
-            "repeated parent of '{}'",
-            node.name
-        );
     }
-    // Every edge written in the spec is in the DAG.
+    // The DAG's edges are exactly the edges written in the spec, on either side.
+    let mut written = HashSet::new();
     for (i, node) in spec.nodes.iter().enumerate() {
         let me = NodeIdx::from_usize(i);
         for p in &node.parents {
             let pi = dag
                 .lookup(p)
                 .unwrap_or_else(|| panic!("unknown parent '{p}' accepted"));
-            assert!(
-                dag.node(me).parents.contains(&pi),
-                "written edge {p} -> {} lost",
-                node.name
-            );
+            written.insert((pi, me));
         }
         for c in &node.children {
             let ci = dag
                 .lookup(c)
                 .unwrap_or_else(|| panic!("unknown child '{c}' accepted"));
-            assert!(
-                dag.node(me).children.contains(&ci),
-                "written edge {} -> {c} lost",
-                node.name
-            );
+            written.insert((me, ci));
         }
     }
+    assert!(
+        written == dag_edges,
+        "the DAG's edges differ from the spec's: {} written, {} in the DAG",
+        written.len(),
+        dag_edges.len()
+    );
     assert_acyclic(dag);
-}
-
-/// Whether the spec writes the edge `from -> to`, on either side.
-fn written(spec: &FlowSpec, from: usize, to: usize) -> bool {
-    let (f, t) = (&spec.nodes[from], &spec.nodes[to]);
-    t.parents.contains(&f.name) || f.children.contains(&t.name)
 }
 
 /// Kahn's algorithm, independent of the DFS that `validate` uses: every node must be
