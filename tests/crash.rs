@@ -443,6 +443,13 @@ impl Deployment {
     /// Waits for every stderr reader (call after every process is gone) and returns
     /// the runs per job id.
     fn finish(&mut self) -> HashMap<String, u32> {
+        // A reader ends when its process is gone; one that does not means a process
+        // outlived the test's handles on it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.readers.iter().all(|r| r.is_finished()) {
+            assert!(Instant::now() < deadline, "a process is still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for reader in self.readers.drain(..) {
             reader.join().unwrap();
         }
