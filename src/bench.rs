@@ -242,6 +242,10 @@ pub struct BenchResult {
     pub redis_cmds_by_name: BTreeMap<String, f64>,
     /// CPU time per node, in µs, over the same window as the Redis commands.
     pub cpu_us_per_node: CpuPerNode,
+    /// Cores kept busy by other processes than this one and Redis during the run,
+    /// on average: a figure far above 0 means the run shared the machine and its
+    /// throughput is not the engine's.
+    pub background_cpu_cores: Option<f64>,
     /// Events the benchmark's subscriber lost because it fell behind; latencies of
     /// what it missed are not in the figures.
     pub events_lagged: u64,
@@ -336,6 +340,20 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         let cpu_s = after? - before?;
         (nodes_total > 0).then(|| round3(cpu_s * 1e6 / nodes_total as f64))
     };
+    // What the rest of the machine did meanwhile: a benchmark sharing its cores
+    // with a compiler measures the compiler too.
+    let delta = |f: fn(&Counters) -> Option<f64>| Some(f(&outcome.after)? - f(&outcome.before)?);
+    let background_cores = (|| {
+        let window = outcome
+            .after
+            .at
+            .duration_since(outcome.before.at)
+            .as_secs_f64();
+        let others = delta(|c| c.machine_busy_s)?
+            - delta(|c| c.process_cpu_s)?
+            - delta(|c| c.redis.as_ref()?.cpu_s)?;
+        (window > 0.0).then(|| round3((others / window).max(0.0)))
+    })();
     let cpu_us_per_node = CpuPerNode {
         process: per_node_us(outcome.before.process_cpu_s, outcome.after.process_cpu_s),
         redis: per_node_us(
@@ -387,6 +405,7 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         redis_cmds_per_node: cmds_per_node,
         redis_cmds_by_name: by_name,
         cpu_us_per_node,
+        background_cpu_cores: background_cores,
         events_lagged: t.lagged,
         prefix: outcome.prefix.clone(),
     })
@@ -445,6 +464,10 @@ struct Counters {
     redis: Option<RedisSnapshot>,
     /// CPU seconds of this process.
     process_cpu_s: Option<f64>,
+    /// CPU seconds every core of the machine spent busy, all processes.
+    machine_busy_s: Option<f64>,
+    /// When these were read.
+    at: Instant,
 }
 
 impl Counters {
@@ -452,6 +475,8 @@ impl Counters {
         Counters {
             redis: probe.snapshot().await.ok(),
             process_cpu_s: process_cpu_s(),
+            machine_busy_s: machine_busy_s(),
+            at: Instant::now(),
         }
     }
 }
@@ -754,6 +779,25 @@ fn process_cpu_s() -> Option<f64> {
     let stime: f64 = fields.next()?.parse().ok()?;
     // In clock ticks, which the kernel's ABI fixes at 100 per second (USER_HZ).
     Some((utime + stime) / 100.0)
+}
+
+/// CPU seconds all cores spent busy since boot, from `/proc/stat`: user, nice,
+/// system, irq and softirq time (not idle, iowait, steal; guest time is already in
+/// user time).
+fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|t| t.parse().unwrap_or(0.0))
+        .collect();
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|i| ticks.get(*i).unwrap_or(&0.0))
+        .sum::<f64>();
+    Some(busy / 100.0)
 }
 
 /// Milliseconds since the epoch, the clock of the events' `ts`.

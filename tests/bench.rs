@@ -44,6 +44,7 @@ fn check(r: &BenchResult, flows: usize, nodes_per_flow: usize) {
     // CPU time comes in 10 ms ticks: a tiny run may show none.
     assert!(r.cpu_us_per_node.process.is_some_and(|c| c >= 0.0), "{r:?}");
     assert!(r.cpu_us_per_node.redis.is_some_and(|c| c >= 0.0), "{r:?}");
+    assert!(r.background_cpu_cores.is_some_and(|c| c >= 0.0), "{r:?}");
     // The JSON line has the fields the issue names.
     let json = serde_json::to_value(r).unwrap();
     for field in [
