@@ -26,7 +26,7 @@ pub const MAX_ATTEMPTS: u32 = 1_000;
 /// Most problems one [`SpecError`] lists; past it they are only counted, in one last
 /// `too_many_problems` problem. Without a cap a 1 MiB spec that repeats one parent
 /// 260,000 times under a 256-byte node name made 144 MB of problem text, and a
-/// response to match (found while fuzzing, see docs/FUZZING.md).
+/// response to match (docs/FUZZING.md, finding 2).
 pub const MAX_PROBLEMS: usize = 100;
 
 /// A flow as submitted: nodes and the edges between them.
@@ -409,8 +409,8 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
 
     // Each node's written parents and children as sets, so that the edge-mismatch
     // checks below cost one lookup per edge. Scanning the lists instead made them
-    // quadratic: a 966 KB spec of 9,500 nodes took 1.2 s to validate (found while
-    // fuzzing, see docs/FUZZING.md).
+    // quadratic: a 966 KB spec of 9,500 nodes took 1.2 s to validate
+    // (docs/FUZZING.md, finding 1).
     let parent_names: Vec<HashSet<&str>> = spec
         .nodes
         .iter()
