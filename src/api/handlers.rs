@@ -117,7 +117,7 @@ pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
         (status = 411, description = "no Content-Length", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 422, description = "invalid flow; `details.problems` lists every problem", body = ErrorBody),
+        (status = 422, description = "invalid flow; `details.problems` lists every problem (at most 100, then a count)", body = ErrorBody),
         (status = 503, description = "Redis unreachable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create(

@@ -30,7 +30,7 @@
 //! column, bad query, bad header), 401 (missing or wrong token), 404 (unknown flow,
 //! node or route), 405, 409 (the action does not fit the flow's state), 411 and 413
 //! (body without length or over [`ApiConfig::body_limit`]), 415 (not JSON), 422
-//! (the flow is invalid; `details.problems` lists every problem), 503 (Redis
+//! (the flow is invalid; `details.problems` lists every problem, at most 100), 503 (Redis
 //! unreachable, engine stopping; with `Retry-After`), 500 (logged; the message says
 //! nothing of the cause). JSON that parses but is not a flow spec (a missing `nodes`,
 //! an unknown field) is a 422 with one problem, not a 400. A request without
