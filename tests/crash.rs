@@ -51,6 +51,9 @@ struct Size {
     worker_kills: usize,
     /// Restarts of Redis, empty.
     redis_restarts: usize,
+    /// Everything at once, as in a power loss: server and workers SIGKILLed, Redis
+    /// restarted empty, then all of them started again.
+    power_losses: usize,
     /// Pause between two flow submissions, ms (inclusive range).
     submit_pause: (u64, u64),
     /// How long the flows get to finish once the chaos is over. A worker killed at
@@ -68,7 +71,8 @@ impl Size {
                     flows: 40,
                     server_kills: 4,
                     worker_kills: 2,
-                    redis_restarts: 2,
+                    redis_restarts: 1,
+                    power_losses: 1,
                     submit_pause: (200, 1000),
                     drain: Duration::from_secs(120),
                 },
@@ -86,7 +90,8 @@ impl Size {
                 flows,
                 server_kills: actions / 2,
                 worker_kills: actions * 3 / 10,
-                redis_restarts: (actions / 5).max(2),
+                redis_restarts: (actions / 6).max(2),
+                power_losses: (actions / 12).max(1),
                 submit_pause: (200, 1000),
                 drain: Duration::from_secs(300),
             },
@@ -542,6 +547,72 @@ async fn running_flows(client: &reqwest::Client, base: &str) -> Option<Vec<Strin
     }
 }
 
+/// The flows submitted last (the ones most likely still running).
+fn recent(submitted: &Mutex<Vec<String>>) -> Vec<String> {
+    let ids = submitted.lock().unwrap();
+    ids.iter().rev().take(25).cloned().collect()
+}
+
+/// The flows as a client sees them now (those the server answers for).
+async fn observe(client: &reqwest::Client, base: &str, ids: &[String]) -> Vec<Value> {
+    let mut seen = Vec::new();
+    for id in ids {
+        if let Some((200, flow)) = get(client, base, &format!("/flows/{id}")).await {
+            seen.push(flow);
+        }
+    }
+    seen
+}
+
+/// Compares flows seen before a crash with what the restarted server shows: the
+/// same flow, a `seq` no lower, and every node that had ended ended the same way
+/// with the same result. Returns what was taken back.
+async fn compare_after_crash(client: &reqwest::Client, base: &str, seen: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for before in seen {
+        let id = before["id"].as_str().unwrap();
+        let Some((200, after)) = get(client, base, &format!("/flows/{id}")).await else {
+            problems.push(format!("flow {id} was seen before the crash, not after it"));
+            continue;
+        };
+        if after["seq"].as_u64() < before["seq"].as_u64() {
+            problems.push(format!(
+                "flow {id}: seq {} before the crash, {} after it",
+                before["seq"], after["seq"]
+            ));
+        }
+        if before["status"] != "running" && after["status"] != before["status"] {
+            problems.push(format!(
+                "flow {id}: {} before the crash, {} after it",
+                before["status"], after["status"]
+            ));
+        }
+        let nodes_after = after["nodes"].as_array().unwrap();
+        for node in before["nodes"].as_array().unwrap() {
+            let ended = matches!(
+                node["status"].as_str(),
+                Some("completed" | "failed" | "skipped" | "cancelled")
+            );
+            if !ended {
+                continue;
+            }
+            let same = nodes_after.iter().find(|n| n["name"] == node["name"]);
+            let kept = same.is_some_and(|n| {
+                n["status"] == node["status"]
+                    && n["result"] == node["result"]
+                    && n["attempt"] == node["attempt"]
+            });
+            if !kept {
+                problems.push(format!(
+                    "flow {id} node {}: {node} before the crash, {:?} after it",
+                    node["name"], same
+                ));
+            }
+        }
+    }
+    problems
+}
+
 // ---------------------------------------------------------------------------------
 // The test.
 // ---------------------------------------------------------------------------------
@@ -552,6 +623,7 @@ enum Chaos {
     KillServer,
     KillWorker,
     RestartRedis,
+    PowerLoss,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,18 +664,22 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     let pauses: Vec<u64> = (0..specs.len())
         .map(|_| submit_rng.range(size.submit_pause.0, size.submit_pause.1))
         .collect();
+    let submitted: Arc<Mutex<Vec<String>>> = Arc::default();
     let submitter = {
         let pauses = pauses.clone();
-        let (client, url) = (client.clone(), Arc::clone(&url));
+        let (client, url, submitted) = (client.clone(), Arc::clone(&url), Arc::clone(&submitted));
         tokio::spawn(async move {
-            let mut ids = Vec::new();
             for (i, spec) in specs.iter().enumerate() {
-                ids.push(submit(&client, &url, spec, &format!("crash-{seed}-{i}")).await);
+                let id = submit(&client, &url, spec, &format!("crash-{seed}-{i}")).await;
+                submitted.lock().unwrap().push(id);
                 tokio::time::sleep(Duration::from_millis(pauses[i])).await;
             }
-            ids
         })
     };
+    // What a client saw just before each server crash, to compare with what the
+    // restarted server shows: a crash may not take back anything a client saw.
+    let mut taken_back: Vec<String> = Vec::new();
+    let mut compared = 0usize;
 
     let mut schedule: Vec<Chaos> = std::iter::repeat_n(Chaos::KillServer, size.server_kills)
         .chain(std::iter::repeat_n(Chaos::KillWorker, size.worker_kills))
@@ -611,6 +687,7 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
             Chaos::RestartRedis,
             size.redis_restarts,
         ))
+        .chain(std::iter::repeat_n(Chaos::PowerLoss, size.power_losses))
         .collect();
     for i in (1..schedule.len()).rev() {
         let j = rng.next() as usize % (i + 1);
@@ -618,14 +695,17 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     }
     let (mut server_kills, mut worker_kills, mut redis_restarts) = (0, 0, 0);
     // The actions are spread over the time the submissions take, so that every one
-    // of them lands while flows run.
+    // of them lands while flows run (an action itself takes about a second).
     let submit_ms: u64 = pauses.iter().sum();
-    let gap = submit_ms / (schedule.len() as u64 + 1);
+    let gap = (submit_ms / (schedule.len() as u64 + 1))
+        .saturating_sub(800)
+        .max(300);
     for action in &schedule {
         let pause = rng.range(gap / 2, gap * 3 / 2);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         match action {
             Chaos::KillServer => {
+                let seen = observe(&client, &server.url, &recent(&submitted)).await;
                 server.proc.kill();
                 server_kills += 1;
                 // Sometimes the server stays down a moment, as after a real crash.
@@ -637,6 +717,8 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
                 tokio::time::sleep(Duration::from_millis(down)).await;
                 server = blocking(|| deployment.serve(SERVER_QUEUES));
                 *url.write().unwrap() = server.url.clone();
+                compared += seen.len();
+                taken_back.extend(compare_after_crash(&client, &server.url, &seen).await);
             }
             Chaos::KillWorker => {
                 let i = rng.next() as usize % workers.len();
@@ -655,10 +737,32 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
                 });
                 redis_restarts += 1;
             }
+            Chaos::PowerLoss => {
+                let seen = observe(&client, &server.url, &recent(&submitted)).await;
+                server.proc.kill();
+                for worker in &mut workers {
+                    worker.kill();
+                }
+                blocking(|| {
+                    deployment.redis.stop();
+                    deployment.redis.start();
+                });
+                server_kills += 1;
+                worker_kills += workers.len();
+                redis_restarts += 1;
+                server = blocking(|| deployment.serve(SERVER_QUEUES));
+                *url.write().unwrap() = server.url.clone();
+                for worker in &mut workers {
+                    *worker = blocking(|| deployment.worker(WORKER_QUEUES));
+                }
+                compared += seen.len();
+                taken_back.extend(compare_after_crash(&client, &server.url, &seen).await);
+            }
         }
         println!("crash: {:>6.1}s {action:?}", began.elapsed().as_secs_f64());
     }
-    let ids = submitter.await.unwrap();
+    submitter.await.unwrap();
+    let ids = submitted.lock().unwrap().clone();
     let chaos_over = Instant::now();
 
     // Every flow must finish; nothing is killed any more.
@@ -728,10 +832,11 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
 
     println!(
         "crash: seed {seed}, {} nodes, server kills {server_kills}, worker kills {worker_kills}, \
-         redis restarts {redis_restarts}, {executions} handler runs of {} jobs, drained in {:.1}s, \
-         took {:.1}s",
+         redis restarts {redis_restarts}, {executions} handler runs of {} jobs, {compared} flow views \
+         compared across crashes ({} taken back), drained in {:.1}s, took {:.1}s",
         node_count,
         runs.len(),
+        taken_back.len(),
         drained_in.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
@@ -748,6 +853,11 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     assert!(
         still_running.is_empty() || lost > 0,
         "flows still running: {still_running:?}"
+    );
+    assert!(
+        taken_back.is_empty(),
+        "a crash took back what a client saw:\n{}",
+        taken_back.join("\n")
     );
     assert_eq!(lost, 0, "flows that did not complete (seed {seed})");
     assert_eq!(wrong, 0, "nodes with a wrong result (seed {seed})");
