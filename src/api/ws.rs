@@ -432,14 +432,7 @@ async fn read_loop(
         if frame.is_ping() || frame.is_pong() {
             continue;
         }
-        let parsed = match frame.to_str() {
-            Ok(text) => serde_json::from_str::<ClientMessage>(text).map_err(|e| {
-                format!(
-                    "not a valid message ({e}); send {{\"type\":\"subscribe\"|\"unsubscribe\",\"flowId\":\"<id>\"|\"*\"}}"
-                )
-            }),
-            Err(()) => Err("binary frames are not understood: send JSON text".to_owned()),
-        };
+        let parsed = parse_client_frame(frame.to_str().ok());
         let Ok(credit) = Arc::clone(&credits).acquire_owned().await else {
             break;
         };
@@ -448,6 +441,54 @@ async fn read_loop(
         }
     }
     actor.stop(Some("client went away".to_owned()));
+}
+
+/// Reads one client frame (`None`: not text) as a [`ClientMessage`], or the error
+/// message the client is sent back.
+fn parse_client_frame(text: Option<&str>) -> Result<ClientMessage, String> {
+    match text {
+        Some(text) => serde_json::from_str::<ClientMessage>(text).map_err(|e| {
+            format!(
+                "not a valid message ({e}); send {{\"type\":\"subscribe\"|\"unsubscribe\",\"flowId\":\"<id>\"|\"*\"}}"
+            )
+        }),
+        None => Err("binary frames are not understood: send JSON text".to_owned()),
+    }
+}
+
+/// Fuzzing entry (`fuzz/fuzz_targets/ws_message.rs`, and the corpus replayed by
+/// `tests/ws_fuzz_corpus.rs`): runs a frame through what a session does with it
+/// before touching the engine — decode, parse the target, and build the error
+/// reply — and panics if any of it misbehaves (the reply must be valid JSON, a
+/// parsed target must be `*` or a flow id or be answered with an error).
+#[doc(hidden)]
+pub fn fuzz_client_message(data: &[u8]) {
+    let text = std::str::from_utf8(data).ok();
+    match parse_client_frame(text) {
+        Ok(ClientMessage::Subscribe { flow_id } | ClientMessage::Unsubscribe { flow_id }) => {
+            if flow_id != "*" {
+                // Either a flow id, or the session answers with an error naming it.
+                if FlowId::from_str(&flow_id).is_err() {
+                    check_reply(&ServerMessage::Error {
+                        message: format!("'{flow_id}' is not a flow id"),
+                        flow_id: Some(&flow_id),
+                    });
+                }
+            }
+        }
+        Err(reason) => check_reply(&ServerMessage::Error {
+            message: reason,
+            flow_id: None,
+        }),
+    }
+}
+
+fn check_reply(msg: &ServerMessage<'_>) {
+    let text = serde_json::to_string(msg)
+        .unwrap_or_else(|e| panic!("an error reply does not serialize: {e}"));
+    let back: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("an error reply is not valid JSON: {e}: {text}"));
+    assert_eq!(back["type"], "error", "{text}");
 }
 
 /// Hands the engine's events to the actor, at most [`EVENT_CREDITS`] at a time.
