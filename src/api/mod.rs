@@ -88,7 +88,7 @@ use std::time::Duration;
 use dagflow_actors::Engine;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use warp::Filter;
 
 pub use errors::ApiError;
@@ -103,17 +103,6 @@ pub const DEFAULT_MAX_WS_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
 /// How long [`serve`] waits after shutdown for WebSocket sessions to close.
 const SESSION_DRAIN: Duration = Duration::from_secs(5);
-/// How long a client may take to send a request's head (request line and headers).
-/// The clock starts when the server begins waiting for a head: at connect, and on a
-/// kept-alive connection right after the previous response. A connection that sends
-/// nothing, or trickles its headers a byte at a time (slowloris), is closed after
-/// this; without it each such connection held a task and a buffer for ever
-/// (`tests/hostile.rs`).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's body once its head is in (the
-/// body is at most [`ApiConfig::body_limit`]): past it the request is answered 408
-/// and the connection closed. 30 s lets a full 1 MiB body through at 35 KB/s.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the API behaves; the engine is configured separately.
 #[derive(Clone)]
@@ -243,7 +232,11 @@ pub async fn serve(
         token.cancel();
     };
     let task = tokio::spawn(async move {
-        accept_loop(listener, filter, signal).await;
+        warp::serve(filter)
+            .incoming(listener)
+            .graceful(signal)
+            .run()
+            .await;
         state.shutdown.cancel();
         let all = state.max_sessions;
         match tokio::time::timeout(SESSION_DRAIN, state.sessions.acquire_many(all)).await {
@@ -257,65 +250,4 @@ pub async fn serve(
     });
     info!(%local, "api listening");
     Ok((local, task))
-}
-
-/// What `warp::serve(..).incoming(..).graceful(..)` does, plus the one setting warp
-/// does not expose: hyper's [`HEADER_READ_TIMEOUT`], which needs a timer. HTTP/1.1
-/// only: hyper has no header timeout for HTTP/2, and while its auto builder waits
-/// to tell the two apart (a client that sends `PRI` and stops) no timeout runs at
-/// all. Browsers and our CLI speak HTTP/2 only over TLS, which this server does not
-/// terminate. Returns once `shutdown` resolved and every open request finished;
-/// upgraded WebSocket connections are not waited for (`serve` closes them).
-async fn accept_loop<F>(
-    listener: tokio::net::TcpListener,
-    filter: F,
-    shutdown: impl std::future::Future<Output = ()>,
-) where
-    F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-{
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto;
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // As warp does: a reset before accept is nothing; anything else
-                    // (out of file descriptors) is worth a pause rather than a spin.
-                    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-                    if !matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
-                        warn!(error = %e, "accepting a connection failed; pausing 1 s");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    continue;
-                }
-            },
-        };
-        let service = TowerToHyperService::new(warp::service(filter.clone()));
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                // A header timeout or a client's garbage: theirs, not ours to log loudly.
-                debug!(error = %e, "http connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
 }
