@@ -485,8 +485,10 @@ async fn a_redis_outage_refuses_new_flows_keeps_reads_and_every_flow_completes()
     let refused_after = refused_after.expect("POST /flows was never refused");
     assert!(not_ready_after < NOTICE, "{not_ready_after:?}");
     assert!(refused_after < NOTICE, "{refused_after:?}");
+    // Far below the 30 s an API call may wait for a flow actor: reads do not wait
+    // for Redis. (Generous, for a busy CI machine.)
     assert!(
-        slowest_read < Duration::from_secs(2),
+        slowest_read < Duration::from_secs(5),
         "a read took {slowest_read:?} during the outage"
     );
 
