@@ -122,12 +122,24 @@ impl HttpError {
 impl From<EngineError> for HttpError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Spec(spec) => HttpError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_flow",
-                spec.to_string(),
-            )
-            .with_details(json!({ "problems": spec.problems })),
+            EngineError::Spec(mut spec) => {
+                // Problems quote the client's names, and only node and flow names are
+                // length-checked: a 1 MB parent name came back twice (2 MB), and a
+                // long node name once per problem about it. Quote at most
+                // MAX_QUOTED bytes of each (`tests/hostile.rs`).
+                for problem in &mut spec.problems {
+                    clip_in_place(&mut problem.message);
+                    if let Some(node) = &mut problem.node {
+                        clip_in_place(node);
+                    }
+                }
+                HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_flow",
+                    spec.to_string(),
+                )
+                .with_details(json!({ "problems": spec.problems }))
+            }
             EngineError::NotFound(id) => HttpError::new(
                 StatusCode::NOT_FOUND,
                 "flow_not_found",
@@ -156,6 +168,23 @@ impl From<EngineError> for HttpError {
             }
             e @ (EngineError::Store(_) | EngineError::Internal(_)) => HttpError::internal(&e),
         }
+    }
+}
+
+/// Longest piece of client text (a name in a problem, serde's quote of a field)
+/// echoed back in an error, in bytes.
+const MAX_QUOTED: usize = 1024;
+
+/// Cuts `text` to at most [`MAX_QUOTED`] bytes (at a character boundary), marking
+/// the cut with `…`.
+pub(crate) fn clip_in_place(text: &mut String) {
+    if text.len() > MAX_QUOTED {
+        let mut end = MAX_QUOTED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
     }
 }
 
@@ -276,6 +305,18 @@ pub(crate) fn unsupported_media_type() -> HttpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_whole_characters() {
+        let mut short = "é".repeat(10);
+        clip_in_place(&mut short);
+        assert_eq!(short, "é".repeat(10));
+        // 'é' is two bytes: the cut falls inside one and moves back.
+        let mut long = format!("x{}", "é".repeat(MAX_QUOTED));
+        clip_in_place(&mut long);
+        assert!(long.len() <= MAX_QUOTED + '…'.len_utf8(), "{}", long.len());
+        assert!(long.ends_with("é…"));
+    }
 
     #[test]
     fn engine_errors_map_to_statuses() {

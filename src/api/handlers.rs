@@ -183,23 +183,27 @@ fn is_json(content_type: &str) -> bool {
 fn spec_parse_error(e: serde_json::Error) -> HttpError {
     use serde_json::error::Category;
     let (line, column) = (e.line(), e.column());
+    // serde quotes the offending text (an unknown field's name, a wrong variant):
+    // a 1 MB field name came back twice. Echo a bounded piece of it.
+    let mut message = e.to_string();
+    errors::clip_in_place(&mut message);
     match e.classify() {
         Category::Data => HttpError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_flow",
-            format!("invalid flow: {e}"),
+            format!("invalid flow: {message}"),
         )
         .with_details(json!({
             "problems": [{
                 "code": "invalid_spec",
-                "message": e.to_string(),
+                "message": message,
                 "line": line,
                 "column": column,
             }]
         })),
         Category::Syntax | Category::Eof | Category::Io => HttpError::bad_request(
             "malformed_json",
-            format!("malformed JSON at line {line}, column {column}: {e}"),
+            format!("malformed JSON at line {line}, column {column}: {message}"),
         )
         .with_details(json!({ "line": line, "column": column })),
     }
