@@ -9,15 +9,16 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
 use subtle::ConstantTimeEq;
 use warp::filters::BoxedFilter;
-use warp::http::HeaderMap;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::errors::HttpError;
-use super::{handlers, ws, ApiState};
+use super::{handlers, ws, ApiState, BODY_READ_TIMEOUT};
 
 /// Every route of the API, unrecovered.
 pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
@@ -35,7 +36,7 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .and(warp::header::optional::<String>("idempotency-key"))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(state.cfg.body_limit))
-        .and(warp::body::bytes())
+        .and(body_within_deadline())
         .then(|state, key, content_type, body: Bytes| async move {
             handlers::create(state, key, content_type, body).await
         });
@@ -110,6 +111,44 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(socket.boxed())
         .unify()
         .boxed()
+}
+
+/// The whole request body, if it arrives within [`BODY_READ_TIMEOUT`]; otherwise
+/// 408. `warp::body::bytes()` waits as long as the client likes: a body trickled a
+/// byte at a time held a connection for ever (`tests/hostile.rs`).
+fn body_within_deadline() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::stream().and_then(read_body)
+}
+
+async fn read_body(
+    body: impl futures::Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<Bytes, Rejection> {
+    let read = async move {
+        let mut body = std::pin::pin!(body);
+        let mut bytes = BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|_| {
+                warp::reject::custom(HttpError::bad_request(
+                    "body_read_error",
+                    "the request body could not be read",
+                ))
+            })?;
+            bytes.put(chunk);
+        }
+        Ok(bytes.freeze())
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(warp::reject::custom(HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )))
+        })
 }
 
 fn with_state(

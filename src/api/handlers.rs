@@ -114,6 +114,7 @@ pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
     responses(
         (status = 201, description = "started (or, with a known Idempotency-Key, the earlier flow)", body = CreatedFlow),
         (status = 400, description = "malformed JSON; `details` has `line` and `column`", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within 30 s", body = ErrorBody),
         (status = 411, description = "no Content-Length", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),

@@ -28,13 +28,18 @@
 //! Every failure, whether warp rejected the request or the engine refused it, is
 //! `{"error": {"code", "message", "details"}}`: 400 (malformed JSON with its line and
 //! column, bad query, bad header), 401 (missing or wrong token), 404 (unknown flow,
-//! node or route), 405, 409 (the action does not fit the flow's state), 411 and 413
-//! (body without length or over [`ApiConfig::body_limit`]), 415 (not JSON), 422
+//! node or route), 405, 408 (body not sent within [`BODY_READ_TIMEOUT`]), 409 (the
+//! action does not fit the flow's state), 411 and 413 (body without length or over
+//! [`ApiConfig::body_limit`]), 415 (not JSON), 422
 //! (the flow is invalid; `details.problems` lists every problem, at most 100), 503 (Redis
 //! unreachable, engine stopping; with `Retry-After`), 500 (logged; the message says
 //! nothing of the cause). JSON that parses but is not a flow spec (a missing `nodes`,
 //! an unknown field) is a 422 with one problem, not a 400. A request without
 //! `Content-Type` is read as JSON.
+//!
+//! The server speaks HTTP/1.1 (WebSocket by upgrade). A connection that does not
+//! send a request head within [`HEADER_READ_TIMEOUT`] (idle, or trickling it) is
+//! closed without an answer.
 //!
 //! Writes (create, cancel, retry, delete) first check that Redis answers and are
 //! refused with 503 when it does not, so that a client retries rather than leaving
@@ -88,7 +93,7 @@ use std::time::Duration;
 use dagflow_actors::Engine;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use warp::Filter;
 
 pub use errors::ApiError;
@@ -103,6 +108,17 @@ pub const DEFAULT_MAX_WS_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1000;
 /// How long [`serve`] waits after shutdown for WebSocket sessions to close.
 const SESSION_DRAIN: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's head (request line and headers).
+/// The clock starts when the server begins waiting for a head: at connect, and on a
+/// kept-alive connection right after the previous response. A connection that sends
+/// nothing, or trickles its headers a byte at a time (slowloris), is closed after
+/// this; without it each such connection held a task and a buffer for ever
+/// (`tests/hostile.rs`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's body once its head is in (the
+/// body is at most [`ApiConfig::body_limit`]): past it the request is answered 408
+/// and the connection closed. 30 s lets a full 1 MiB body through at 35 KB/s.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How the API behaves; the engine is configured separately.
 #[derive(Clone)]
@@ -232,11 +248,7 @@ pub async fn serve(
         token.cancel();
     };
     let task = tokio::spawn(async move {
-        warp::serve(filter)
-            .incoming(listener)
-            .graceful(signal)
-            .run()
-            .await;
+        accept_loop(listener, filter, signal).await;
         state.shutdown.cancel();
         let all = state.max_sessions;
         match tokio::time::timeout(SESSION_DRAIN, state.sessions.acquire_many(all)).await {
@@ -250,4 +262,78 @@ pub async fn serve(
     });
     info!(%local, "api listening");
     Ok((local, task))
+}
+
+/// What `warp::serve(..).incoming(..).graceful(..)` does, plus the one setting warp
+/// does not expose: hyper's [`HEADER_READ_TIMEOUT`], which needs a timer. HTTP/1.1
+/// only, which is also what makes that timeout hold: hyper has none for HTTP/2, and
+/// the auto builder warp uses first waits, with no timeout at all, for enough bytes
+/// to tell the two apart (a client that connects and sends nothing, or `PRI`, kept
+/// its connection for ever). Browsers and our CLI speak HTTP/2 only over TLS, which
+/// this server does not terminate. Returns once `shutdown` resolved and every open
+/// request finished; upgraded WebSocket connections are not waited for (`serve`
+/// closes them).
+async fn accept_loop<F>(
+    listener: tokio::net::TcpListener,
+    filter: F,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let stopping = CancellationToken::new();
+    // Every connection task holds a sender; `recv` returns `None` once all are gone.
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // As warp does: a reset before accept is nothing; anything else
+                    // (out of file descriptors) is worth a pause rather than a spin.
+                    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+                    if !matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+                        warn!(error = %e, "accepting a connection failed; pausing 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(warp::service(filter.clone()));
+        let (stopping, alive) = (stopping.clone(), alive.clone());
+        tokio::spawn(async move {
+            let _alive = alive;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    // Finish the request in flight, take no other.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                // A header timeout or a client's garbage: theirs, not ours to log loudly.
+                debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    drop(alive);
+    let _ = all_closed.recv().await;
 }
