@@ -13,8 +13,8 @@
 //! once (delivery is at-least-once). It prints one line:
 //! `crash: flows N, kills K, lost 0, wrong 0, duplicate executions D`.
 //!
-//! A second test cuts one snapshot write short, as a crash can (sled makes its log
-//! durable in the background, so part of a write may be on disk before the flush
+//! A second test cuts one snapshot write short, as a crash can (sled writes its log
+//! buffers out as they fill, so part of a write may be on disk before the flush
 //! that covers it), and checks that the flow still completes.
 //!
 //! `DAGFLOW_SOAK=1` runs a larger and longer version (`DAGFLOW_SOAK_FLOWS` flows,
@@ -909,10 +909,11 @@ async fn open_store(dir: &std::path::Path) -> Store {
 
 /// The write that completes a node holds that node's record, its children's
 /// (now `queued`) and the flow header, applied one insert after the other
-/// (`Store::apply`). sled writes its log out in the background (every 500 ms, and
-/// whenever a log buffer fills), so a SIGKILL between those inserts and the flush
-/// can leave the first of them on disk and not the rest (seen with sled 0.34.7:
-/// two plain inserts into two trees, SIGKILLed 30 times, left one torn pair): here,
+/// (`Store::apply`). sled writes a log buffer out whenever it fills, flush or not,
+/// so a SIGKILL between those inserts and the group flush can leave the first of
+/// them on disk and not the rest (seen with sled 0.34.7 and the store's settings:
+/// pairs of inserts into two trees, a flush every 20 pairs, SIGKILLed 30 times,
+/// left 2 torn pairs): here,
 /// `a` completed and `b` still `pending`. The job of `a` is still in Redis (it is
 /// acknowledged only after the flush), so it runs again after the restart and is
 /// ignored as a duplicate; the flow must still go on to `b`, not wait forever.
