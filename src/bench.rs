@@ -226,6 +226,10 @@ pub struct BenchResult {
     pub nodes_per_s: f64,
     /// `flows_submitted / wall_s`.
     pub flows_per_s: f64,
+    /// Flows created per second: `flows_submitted` over the time from the first
+    /// `create` called to the last one answered (in a burst, the rate at which the
+    /// engine, or the server's `POST /flows`, accepts flows).
+    pub creates_per_s: f64,
     /// `create` called → flow completed event.
     pub flow_latency_ms: Percentiles,
     /// Last parent's completed event → child's active event.
@@ -398,6 +402,7 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         wall_s: round3(wall),
         nodes_per_s: round3(nodes_total as f64 / wall),
         flows_per_s: round3(submitted as f64 / wall),
+        creates_per_s: round3(submitted as f64 / outcome.submitted.took.as_secs_f64().max(1e-6)),
         flow_latency_ms: latencies.flow,
         edge_latency_ms: latencies.edge,
         create_latency_ms: latencies.create,
@@ -614,6 +619,8 @@ struct Submitted {
     errors: usize,
     /// The first failure.
     first_error: Option<String>,
+    /// How long from the first create called to the last one answered.
+    took: Duration,
 }
 
 impl Submitted {
@@ -636,6 +643,7 @@ async fn submit(
     in_flight: usize,
 ) -> Submitted {
     let mut submitted = Submitted::default();
+    let started = Instant::now();
     match *load {
         Load::Burst(n) => {
             let mut creates = futures::stream::iter(0..n)
@@ -662,6 +670,7 @@ async fn submit(
             }
         }
     }
+    submitted.took = started.elapsed();
     submitted
 }
 
