@@ -488,6 +488,37 @@ impl FlowState {
             .collect()
     }
 
+    /// Completes a snapshot that a crash cut short. Each write of a transition is
+    /// atomic, but a snapshot from an older build or a damaged disk may hold a
+    /// parent's outcome without what followed from it: a child left `pending` although
+    /// every parent is done, descendants of a failed node not yet skipped, a flow
+    /// whose nodes are all terminal still `running`. This derives the missing steps
+    /// from the records, exactly as `apply` would have, so the flow goes on instead
+    /// of waiting forever. On a consistent snapshot it returns nothing.
+    pub fn repair(&mut self, now: u64) -> Vec<Effect> {
+        let mut tx = Tx::default();
+        if self.header.status == FlowStatus::Running && self.header.seq > 0 {
+            let dag = Arc::clone(&self.dag);
+            for i in dag.indices() {
+                if self.is_hard_failure(i) {
+                    match dag.opts.on_failure {
+                        OnFailure::Continue => self.skip_descendants(&mut tx, i, now),
+                        OnFailure::FailFast => self.cancel_rest(&mut tx, now),
+                    }
+                }
+            }
+            for i in dag.indices() {
+                if self.nodes[i.as_usize()].status == NodeStatus::Pending
+                    && self.waiting[i.as_usize()] == 0
+                {
+                    self.queue(&mut tx, i, true, 0, now, None);
+                }
+            }
+            self.check_finished(&mut tx, now);
+        }
+        tx.into_effects()
+    }
+
     /// Applies one input and returns what to do about it; nothing when the input
     /// changes nothing (stale, duplicate, or not allowed in the current status).
     pub fn apply(&mut self, input: Input, now: u64) -> Vec<Effect> {

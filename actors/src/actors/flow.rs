@@ -280,6 +280,13 @@ impl Actor for FlowActor {
                         work.enqueue.push(actor.new_job(job, now));
                     }
                     actor.send_write(&myself, Vec::new(), work, Vec::new(), Vec::new());
+                    // A snapshot a crash cut short (see `FlowState::repair`) gets the
+                    // steps that should have followed, persisted like any transition.
+                    let repaired = actor.state.repair(now);
+                    if !repaired.is_empty() {
+                        warn!(flow = %actor.state.id(), "repairing a snapshot cut short by a crash");
+                        actor.commit(&myself, repaired, Ack::None, None, Vec::new(), false);
+                    }
                 }
                 Ok(actor)
             }

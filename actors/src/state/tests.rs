@@ -1779,3 +1779,30 @@ proptest! {
         sim.check_replay();
     }
 }
+
+#[test]
+fn repair_completes_a_snapshot_cut_short_by_a_crash() {
+    let mut state = diamond();
+    apply(&mut state, Input::Start, 1);
+    let a = idx(&state, "a");
+    // The write that completed `a` got to disk only in part: `a` is completed, but
+    // its children were never queued.
+    let mut nodes = state.nodes().to_vec();
+    nodes[a.as_usize()].status = NodeStatus::Completed;
+    nodes[a.as_usize()].result = Some(Arc::from("1"));
+    let mut torn = FlowState::restore(
+        state.id(),
+        Arc::clone(state.dag()),
+        state.header().clone(),
+        nodes,
+    );
+    let effects = torn.repair(10);
+    assert!(matches!(effects.first(), Some(Effect::Persist(_))));
+    let mut queued = enqueued_names(&torn, &effects);
+    queued.sort();
+    assert_eq!(queued, vec!["b", "c"]);
+    assert_eq!(status_of(&torn, "b"), NodeStatus::Queued);
+    // A consistent snapshot needs nothing.
+    assert!(torn.repair(11).is_empty());
+    assert!(state.repair(12).is_empty());
+}
