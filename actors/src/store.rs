@@ -16,6 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
 
 use crate::ids::{FlowId, NodeIdx};
 use crate::state::{FlowHeader, FlowStatus, NodeState, NodeStatus};
@@ -290,25 +292,57 @@ impl Store {
         })
     }
 
-    /// Applies writes to sled's memory; durable only after the next [`Store::flush`].
+    /// Applies one transition's writes to sled's memory, all or nothing; durable only
+    /// after the next [`Store::flush`].
+    ///
+    /// All or nothing matters: sled writes its log out whenever a buffer fills, so
+    /// without a transaction a crash could leave a parent `completed` on disk without
+    /// the children that became ready with it (a flow that would wait for ever), or
+    /// an idempotency key without its flow. One transaction over the trees makes a
+    /// transition reach the disk whole or not at all.
     pub fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        // Encode outside the transaction: its closure may run more than once.
+        let mut encoded: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::with_capacity(ops.len());
         for op in ops {
-            match op {
-                WriteOp::Flow(id, rec) => {
-                    self.flows.insert(id.as_bytes(), encode(rec)?)?;
-                }
-                WriteOp::Spec(id, json) => {
-                    self.specs.insert(id.as_bytes(), json.as_bytes())?;
-                }
-                WriteOp::Node(id, idx, rec) => {
-                    self.nodes.insert(node_key(*id, *idx), encode(rec)?)?;
-                }
+            encoded.push(match op {
+                WriteOp::Flow(id, rec) => (0, id.as_bytes().to_vec(), encode(rec)?),
+                WriteOp::Spec(id, json) => (1, id.as_bytes().to_vec(), json.as_bytes().to_vec()),
+                WriteOp::Node(id, idx, rec) => (2, node_key(*id, *idx).to_vec(), encode(rec)?),
                 WriteOp::Idempotency(key, id) => {
-                    self.idempotency.insert(key.as_bytes(), id.as_bytes())?;
+                    (3, key.as_bytes().to_vec(), id.as_bytes().to_vec())
                 }
-            }
+            });
         }
-        Ok(())
+        if let [(tree, key, value)] = encoded.as_slice() {
+            // A single insert is atomic by itself.
+            self.tree(*tree).insert(key.as_slice(), value.as_slice())?;
+            return Ok(());
+        }
+        (&self.flows, &self.specs, &self.nodes, &self.idempotency)
+            .transaction(|(flows, specs, nodes, idempotency)| {
+                for (tree, key, value) in &encoded {
+                    let tree = match tree {
+                        0 => flows,
+                        1 => specs,
+                        2 => nodes,
+                        _ => idempotency,
+                    };
+                    tree.insert(key.as_slice(), value.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<sled::Error>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) | TransactionError::Storage(e) => StoreError::Sled(e),
+            })
+    }
+
+    fn tree(&self, which: u8) -> &sled::Tree {
+        match which {
+            0 => &self.flows,
+            1 => &self.specs,
+            2 => &self.nodes,
+            _ => &self.idempotency,
+        }
     }
 
     /// Makes everything applied so far durable (one fsync for the whole batch).
