@@ -31,6 +31,8 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BODY_LIMIT: u64 = crate::api::DEFAULT_BODY_LIMIT;
 /// How long a graceful shutdown lets running jobs finish before they are cancelled.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+/// Default job lease (the engine's own default).
+pub const DEFAULT_LEASE: &str = "30s";
 /// Server the client commands talk to.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
 /// Log filter when `RUST_LOG` is not set.
@@ -78,6 +80,10 @@ pub struct RedisConfig {
     /// Prefix of every Redis key; processes that work together use the same one.
     #[arg(long, env = "DAGFLOW_PREFIX", default_value = DEFAULT_PREFIX)]
     pub prefix: String,
+    /// Lease of a running job: a job whose worker stops renewing it for this long
+    /// (it died) is reclaimed by another worker. Same value on every process.
+    #[arg(long, env = "DAGFLOW_LEASE", default_value = DEFAULT_LEASE)]
+    pub lease: HumanDuration,
 }
 
 /// `dagflow serve`.

@@ -391,3 +391,57 @@ async fn delete_leaves_no_key_and_no_record() {
     }
     assert!(store.load(again).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_over_its_timeout_fails_the_attempt_and_is_retried() {
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler(
+            "slow-first",
+            handler_fn(|ctx| async move {
+                if ctx.attempt == 1 {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                }
+                Ok::<_, JobError>(json!({"attempt": ctx.attempt}))
+            }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    // With a second attempt the node completes; a timeout is retryable.
+    let retried = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "t", "handler": "slow-first", "opts": {"timeoutMs": 300, "attempts": 2}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    // With one attempt it fails with the timeout.
+    let failed = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "t", "handler": "slow-first", "opts": {"timeoutMs": 300}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    let view = engine.wait(retried, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(view.node("t").unwrap().result, Some(json!({"attempt": 2})));
+    let view = engine.wait(failed, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Failed);
+    assert_eq!(
+        view.node("t").unwrap().error.as_deref(),
+        Some("timed out after 300 ms")
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the timeout cut the slow runs short"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}

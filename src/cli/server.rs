@@ -121,7 +121,8 @@ pub async fn worker(config: WorkerConfig) -> Result<ExitCode, CliError> {
 fn engine_builder(redis: &RedisConfig, queues: &QueueList) -> EngineBuilder {
     let mut builder = Engine::builder()
         .redis_url(&redis.redis_url)
-        .prefix(&redis.prefix);
+        .prefix(&redis.prefix)
+        .lease(redis.lease.0);
     for (name, handler) in handlers::builtin() {
         builder = builder.handler_arc(name, handler);
     }

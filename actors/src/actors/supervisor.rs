@@ -114,8 +114,12 @@ impl Actor for FlowSupervisor {
                 if let Some(key) = &idempotency_key {
                     let existing = match state.creating.get(key) {
                         Some(id) => Some(*id),
+                        // A key whose flow is gone (deleted, or a data dir from before
+                        // writes were atomic) does not count.
                         None => match state.shared.store.idempotent_flow(key) {
-                            Ok(found) => found,
+                            Ok(found) => found.filter(|id| {
+                                matches!(state.shared.store.flow_record(*id), Ok(Some(_)))
+                            }),
                             Err(e) => {
                                 let _ = reply.send(Err(e.into()));
                                 return Ok(());

@@ -286,7 +286,7 @@ async fn fetch_loop(
                     warn!(job = %delivery.envelope.id, "job stalled too often; failing it");
                     let outcome = Outcome::Failed {
                         message: format!(
-                            "job stalled: its worker stopped responding more than {claims} times (lease {lease_ms} ms)"
+                            "job stalled: claimed from workers that stopped responding more often than maxStalled ({claims}) allows (lease {lease_ms} ms)"
                         ),
                         retryable: false,
                     };
