@@ -53,6 +53,11 @@ const OUT_BUFFER: usize = 256;
 const EVENT_CREDITS: usize = 64;
 /// Client messages handed to the actor and not yet handled, per session.
 const CLIENT_CREDITS: usize = 8;
+/// Frames a session reads from its client per second, sustained ...
+const CLIENT_RATE: f64 = 100.0;
+/// ... and at once after a quiet spell. Past that the reader waits, and TCP holds
+/// the client back.
+const CLIENT_BURST: f64 = 100.0;
 /// Largest message a client may send; subscribe messages are tiny.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// How often the server pings.
@@ -417,7 +422,13 @@ async fn read_loop(
     activity: Arc<Activity>,
 ) {
     let credits = Arc::new(Semaphore::new(CLIENT_CREDITS));
+    let mut pace = Pace::new();
     while let Some(frame) = stream.next().await {
+        // The credits bound what a client has in flight, not how fast it is served:
+        // a client that wrote without reading had ~35,000 frames handled (each an
+        // error reply or a store lookup) before its unread replies filled the socket
+        // buffers, and five of them slowed every flow sixfold (`tests/slow_clients.rs`).
+        pace.next().await;
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
@@ -489,6 +500,36 @@ fn check_reply(msg: &ServerMessage<'_>) {
     let back: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("an error reply is not valid JSON: {e}: {text}"));
     assert_eq!(back["type"], "error", "{text}");
+}
+
+/// A token bucket over a client's frames: [`CLIENT_RATE`] a second, [`CLIENT_BURST`]
+/// at once.
+struct Pace {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            tokens: CLIENT_BURST,
+            last: Instant::now(),
+        }
+    }
+
+    /// Waits until one more frame may be handled, and takes its token.
+    async fn next(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * CLIENT_RATE;
+        self.tokens = (self.tokens + earned).min(CLIENT_BURST);
+        self.last = now;
+        if self.tokens < 1.0 {
+            tokio::time::sleep(Duration::from_secs_f64((1.0 - self.tokens) / CLIENT_RATE)).await;
+            self.tokens = 1.0;
+            self.last = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
 }
 
 /// Hands the engine's events to the actor, at most [`EVENT_CREDITS`] at a time.
@@ -576,4 +617,31 @@ async fn write_loop(
 /// Sends Close, giving up after [`CLOSE_GRACE`] (a client that does not read).
 async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::close_with(code, reason))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pace_lets_a_burst_through_then_holds_to_the_rate() {
+        let mut pace = Pace::new();
+        let start = Instant::now();
+        for _ in 0..CLIENT_BURST as usize {
+            pace.next().await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+        let start = Instant::now();
+        for _ in 0..20 {
+            pace.next().await;
+        }
+        // Twenty more at CLIENT_RATE (100/s): about 200 ms.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(180), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
 }
