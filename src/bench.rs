@@ -248,7 +248,7 @@ pub struct BenchResult {
     pub cpu_us_per_node: CpuPerNode,
     /// Cores kept busy by other processes than this one and Redis during the run,
     /// on average: a figure far above 0 means the run shared the machine and its
-    /// throughput is not the engine's.
+    /// throughput is not the engine's. Over HTTP the server is one of those others.
     pub background_cpu_cores: Option<f64>,
     /// Events the benchmark's subscriber lost because it fell behind; latencies of
     /// what it missed are not in the figures.
