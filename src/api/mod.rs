@@ -175,6 +175,8 @@ pub(crate) struct ApiState {
     pub(crate) max_sessions: u32,
     /// Cancelled when the server shuts down: every session sends Close and ends.
     pub(crate) shutdown: CancellationToken,
+    /// Each event's WebSocket text, serialized once for every session.
+    pub(crate) event_texts: Arc<ws::EventTexts>,
 }
 
 impl ApiState {
@@ -198,6 +200,7 @@ fn build(
         sessions: Arc::new(Semaphore::new(max_sessions as usize)),
         max_sessions,
         shutdown: CancellationToken::new(),
+        event_texts: Arc::new(ws::EventTexts::new()),
         engine,
         cfg,
     });

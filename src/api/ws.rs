@@ -105,6 +105,7 @@ async fn connection(socket: WebSocket, state: Arc<ApiState>, permit: OwnedSemaph
         stream,
         activity: Arc::clone(&activity),
         max_subscriptions: state.cfg.max_subscriptions_per_connection,
+        texts: Arc::clone(&state.event_texts),
     };
     let (actor, mut handle) = match Actor::spawn(None, WsSession, args).await {
         Ok(spawned) => spawned,
@@ -171,6 +172,8 @@ pub(crate) struct SessionArgs {
     activity: Arc<Activity>,
     /// Most flows this client may follow.
     max_subscriptions: usize,
+    /// The text of each event, shared by every session.
+    texts: Arc<EventTexts>,
 }
 
 /// A session's state.
@@ -183,6 +186,7 @@ pub(crate) struct SessionState {
     /// Subscribed to `*`: every event of every flow.
     all: bool,
     max_subscriptions: usize,
+    texts: Arc<EventTexts>,
     /// Reads the client's frames.
     reader: JoinHandle<()>,
     /// Reads the engine's events; started by the first subscribe.
@@ -220,6 +224,7 @@ impl Actor for WsSession {
             flows: HashMap::new(),
             all: false,
             max_subscriptions: args.max_subscriptions,
+            texts: args.texts,
             reader,
             pump: None,
         })
@@ -361,7 +366,7 @@ impl SessionState {
             .await
     }
 
-    async fn event(&mut self, event: &FlowEvent) -> Result<(), Closed> {
+    async fn event(&mut self, event: &Arc<FlowEvent>) -> Result<(), Closed> {
         let wanted = match self.flows.get_mut(&event.flow_id) {
             // Already in the client's snapshot, or sent: never twice.
             Some(seen) if event.seq <= *seen => false,
@@ -372,7 +377,14 @@ impl SessionState {
             None => self.all,
         };
         if wanted {
-            self.send(&ServerMessage::Updated(event)).await
+            match self.texts.text(event) {
+                Some(text) => self
+                    .out
+                    .send(Message::text(&*text))
+                    .await
+                    .map_err(|_| Closed),
+                None => Ok(()),
+            }
         } else {
             Ok(())
         }
@@ -502,6 +514,61 @@ fn check_reply(msg: &ServerMessage<'_>) {
     assert_eq!(back["type"], "error", "{text}");
 }
 
+/// The `flow:updated` text of recent events, made once by the first session that
+/// sends one and reused by every other. Serializing per session was the largest
+/// share of the server's CPU with a hundred clients on `*` (`tests/slow_clients.rs`).
+/// Entries are found by the address of the event's `Arc` (every session gets the
+/// same one from the broadcast); the entry holds that `Arc`, so the address cannot
+/// be reused by another event while it is listed.
+pub(crate) struct EventTexts {
+    recent: std::sync::Mutex<RecentTexts>,
+}
+
+#[derive(Default)]
+struct RecentTexts {
+    /// By `Arc::as_ptr` of the event.
+    texts: HashMap<usize, Arc<str>>,
+    /// Oldest first; keeps each listed event alive.
+    order: std::collections::VecDeque<Arc<FlowEvent>>,
+}
+
+impl EventTexts {
+    /// Events remembered; a session further behind than this serializes anew.
+    const KEPT: usize = 1024;
+
+    pub(crate) fn new() -> Self {
+        EventTexts {
+            recent: std::sync::Mutex::new(RecentTexts::default()),
+        }
+    }
+
+    /// The event's text; `None` (logged) if it cannot be serialized.
+    fn text(&self, event: &Arc<FlowEvent>) -> Option<Arc<str>> {
+        let key = Arc::as_ptr(event) as usize;
+        if let Some(text) = self.recent.lock().ok()?.texts.get(&key) {
+            return Some(Arc::clone(text));
+        }
+        let text: Arc<str> = match serde_json::to_string(&ServerMessage::Updated(event)) {
+            Ok(text) => text.into(),
+            Err(e) => {
+                HttpError::internal(&format!("serializing a websocket message: {e}"));
+                return None;
+            }
+        };
+        let mut recent = self.recent.lock().ok()?;
+        if !recent.texts.contains_key(&key) {
+            if recent.order.len() == Self::KEPT {
+                if let Some(oldest) = recent.order.pop_front() {
+                    recent.texts.remove(&(Arc::as_ptr(&oldest) as usize));
+                }
+            }
+            recent.order.push_back(Arc::clone(event));
+            recent.texts.insert(key, Arc::clone(&text));
+        }
+        Some(text)
+    }
+}
+
 /// A token bucket over a client's frames: [`CLIENT_RATE`] a second, [`CLIENT_BURST`]
 /// at once.
 struct Pace {
@@ -621,7 +688,43 @@ async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'st
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn event(seq: u64) -> Arc<FlowEvent> {
+        Arc::new(FlowEvent {
+            flow_id: FlowId::new(),
+            node: Some("a".to_owned()),
+            status: "active".to_owned(),
+            attempt: 1,
+            seq,
+            ts: 0,
+            progress: None,
+            error: None,
+        })
+    }
+
+    #[test]
+    fn event_texts_serialize_each_event_once() {
+        let texts = EventTexts::new();
+        let first = event(1);
+        let a = texts.text(&first).unwrap();
+        let b = texts.text(&first).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the second session serialized again");
+        let v: serde_json::Value = serde_json::from_str(&a).unwrap();
+        assert_eq!(v["type"], "flow:updated");
+        assert_eq!(v["seq"], 1);
+        // An equal but distinct event is its own entry; the oldest entries go first.
+        for seq in 0..EventTexts::KEPT as u64 {
+            texts.text(&event(seq)).unwrap();
+        }
+        let c = texts.text(&first).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c), "an evicted event was still listed");
+        assert_eq!(a, c);
+        let recent = texts.recent.lock().unwrap();
+        assert_eq!(recent.order.len(), EventTexts::KEPT);
+        assert_eq!(recent.texts.len(), EventTexts::KEPT);
+    }
 
     #[tokio::test]
     async fn pace_lets_a_burst_through_then_holds_to_the_rate() {
