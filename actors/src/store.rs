@@ -292,8 +292,8 @@ impl Store {
         })
     }
 
-    /// Applies one transition's writes to sled's memory, all or nothing; durable only
-    /// after the next [`Store::flush`].
+    /// Applies writes (one transition's, or a group commit's many) to sled's memory,
+    /// all or nothing; durable only after the next [`Store::flush`].
     ///
     /// All or nothing matters: sled writes its log out whenever a buffer fills, so
     /// without a transaction a crash could leave a parent `completed` on disk without
@@ -312,6 +312,10 @@ impl Store {
                     (3, key.as_bytes().to_vec(), id.as_bytes().to_vec())
                 }
             });
+        }
+        if encoded.is_empty() {
+            // A barrier: a transaction would still seal and write sled's log buffer.
+            return Ok(());
         }
         if let [(tree, key, value)] = encoded.as_slice() {
             // A single insert is atomic by itself.

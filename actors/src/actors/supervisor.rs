@@ -234,6 +234,12 @@ impl Actor for FlowSupervisor {
                     format!("engine error: the flow's actor failed {restarts} times within {RESTART_WINDOW:?}, last: {err}")
                 });
                 warn!(flow = %id, restarts, error = %err, "flow actor failed; restarting from its snapshot");
+                // The failed actor's last writes may still wait in the group commit:
+                // the snapshot is read once they are in the store.
+                if let Err(e) = super::writer::barrier(&state.shared.writer).await {
+                    error!(flow = %id, error = %e, "could not restart flow actor");
+                    return Ok(());
+                }
                 if let Err(e) = state.spawn_restored(&myself, id, abort).await {
                     error!(flow = %id, error = %e, "could not restart flow actor");
                 }
