@@ -1,6 +1,7 @@
-//! Smoke tests of `dagflow bench`: every shape at a tiny size, the open-loop mode
-//! and the HTTP mode, against the test Redis. They check that the benchmark works
-//! and that its figures are sane, not how fast anything is.
+//! Smoke tests of `dagflow bench`: every shape at a tiny size, the open-loop mode,
+//! the HTTP mode, and the idle and restart modes (both ways of stopping the first
+//! engine), against the test Redis. They check that the benchmark works and that its
+//! figures are sane, not how fast anything is.
 
 #![allow(clippy::unwrap_used)]
 
@@ -164,4 +165,122 @@ async fn over_http() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// What an idle or restart run must show about the creation of its flows.
+fn check_created(r: &BenchResult, mode: &str, flows: usize, nodes_per_flow: usize, roots: u64) {
+    assert_eq!(r.parameters.mode, mode, "{r:?}");
+    assert_eq!(r.failure(), None, "{r:?}");
+    assert_eq!(r.flows_submitted, flows, "{r:?}");
+    assert_eq!(r.create_errors, 0, "{r:?}");
+    assert!(!r.timed_out, "{r:?}");
+    assert_eq!(r.nodes_per_flow, nodes_per_flow, "{r:?}");
+    // Read from Redis: one job per root of every flow, no more.
+    assert_eq!(r.queued_jobs, Some(roots * flows as u64), "{r:?}");
+    assert!(
+        r.wall_s > 0.0 && r.flows_per_s > 0.0 && r.creates_per_s > 0.0,
+        "{r:?}"
+    );
+    assert_eq!(r.create_latency_ms.samples, flows, "{r:?}");
+    assert!(r.redis_cmds_per_node.is_some_and(|c| c > 0.0), "{r:?}");
+    assert!(
+        r.redis_mem_mb.is_some() && r.redis_mem_per_flow_kb.is_some(),
+        "{r:?}"
+    );
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["parameters"]["mode"], mode, "{json}");
+}
+
+/// The run's keys are gone.
+async fn no_keys_left(r: &BenchResult) {
+    let prefix = r.prefix.as_deref().unwrap();
+    let left = bench::count_keys(&testing::redis().url, prefix)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "keys of {prefix} left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_flows_wait_and_their_memory_is_read() {
+    // The default idle shape: a diamond of width 8, 10 nodes, one root.
+    let r = bench::run_one(&args(&["--idle", "--flows", "50"]), 1)
+        .await
+        .unwrap();
+    check_created(&r, "idle", 50, 10, 1);
+    assert_eq!(r.parameters.width, Some(8), "{r:?}");
+    // Every flow still waits: no node ran.
+    assert_eq!(r.idle_flows, Some(50), "{r:?}");
+    assert_eq!((r.flows_completed, r.flows_failed), (0, 0), "{r:?}");
+    let (rss, baseline, peak) = (
+        r.rss_mb.unwrap(),
+        r.rss_baseline_mb.unwrap(),
+        r.peak_rss_mb.unwrap(),
+    );
+    assert!(baseline > 1.0 && rss > 1.0 && peak >= rss, "{r:?}");
+    let per_flow = r.rss_per_flow_kb.unwrap();
+    assert_eq!(
+        per_flow,
+        ((rss - baseline) * 1024.0 / 50.0 * 1000.0).round() / 1000.0
+    );
+    no_keys_left(&r).await;
+
+    // Three roots per flow: three jobs per flow in the queue.
+    let r = bench::run_one(
+        &args(&["fanin", "--width", "3", "--idle", "--flows", "20"]),
+        1,
+    )
+    .await
+    .unwrap();
+    check_created(&r, "idle", 20, 4, 3);
+    assert_eq!(r.idle_flows, Some(20), "{r:?}");
+    no_keys_left(&r).await;
+}
+
+/// A restart run resumed every flow, and every flow then completed.
+fn check_restart(r: &BenchResult, stop: &str, flows: usize) {
+    assert_eq!(r.parameters.stop.as_deref(), Some(stop), "{r:?}");
+    assert_eq!(r.resumed_flows, Some(flows), "{r:?}");
+    assert_eq!((r.flows_completed, r.flows_failed), (flows, 0), "{r:?}");
+    let (build, restart) = (r.restart_build_s.unwrap(), r.restart_s.unwrap());
+    assert!(build > 0.0 && restart >= build, "{r:?}");
+    assert!(r.resumed_complete_s.is_some_and(|s| s > 0.0), "{r:?}");
+    assert!(r.rss_mb.is_some_and(|mb| mb > 1.0), "{r:?}");
+    assert!(r.rss_baseline_mb.is_some_and(|mb| mb > 1.0), "{r:?}");
+    assert_eq!(r.idle_flows, None, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_a_kill_resumes_every_flow() {
+    let bin = env!("CARGO_BIN_EXE_dagflow");
+    let r = bench::run_one(
+        &args(&["--restart", "--flows", "50", "--server-bin", bin]),
+        1,
+    )
+    .await
+    .unwrap();
+    check_created(&r, "restart", 50, 10, 1);
+    check_restart(&r, "kill", 50);
+    no_keys_left(&r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_after_a_graceful_stop_resumes_every_flow() {
+    let r = bench::run_one(
+        &args(&[
+            "chain",
+            "--depth",
+            "3",
+            "--restart",
+            "--stop",
+            "graceful",
+            "--flows",
+            "50",
+        ]),
+        1,
+    )
+    .await
+    .unwrap();
+    check_created(&r, "restart", 50, 3, 1);
+    check_restart(&r, "graceful", 50);
+    no_keys_left(&r).await;
 }

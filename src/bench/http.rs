@@ -27,7 +27,7 @@ use super::{lock, submit, wait_for_end, BenchArgs, Counters, Load, Outcome, Targ
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server, as the benchmark talks to it.
-struct HttpTarget {
+pub(super) struct HttpTarget {
     client: reqwest::Client,
     base: String,
     token: Option<String>,
@@ -69,6 +69,26 @@ struct Incoming {
 }
 
 impl HttpTarget {
+    /// A client of the server at `base` (no trailing slash) that creates flows of
+    /// `spec`, with up to `in_flight` connections kept open.
+    pub(super) fn new(
+        base: String,
+        token: Option<String>,
+        spec: &FlowSpec,
+        in_flight: usize,
+    ) -> anyhow::Result<HttpTarget> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(in_flight.max(1))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(HttpTarget {
+            client,
+            base,
+            token,
+            body: serde_json::to_vec(spec)?.into(),
+        })
+    }
+
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self.client.request(method, format!("{}{path}", self.base));
         match &self.token {
@@ -160,16 +180,12 @@ pub(super) async fn drive(
     confirmed.map_err(|_| anyhow!("no subscription confirmation from {base}/ws"))??;
     let reader = tokio::spawn(read_events(socket, Arc::clone(tracker)));
 
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.in_flight.max(1))
-        .tcp_nodelay(true)
-        .build()?;
-    let target: Arc<dyn Target> = Arc::new(HttpTarget {
-        client,
+    let target: Arc<dyn Target> = Arc::new(HttpTarget::new(
         base,
-        token: args.api_token.clone(),
-        body: serde_json::to_vec(&spec)?.into(),
-    });
+        args.api_token.clone(),
+        &spec,
+        args.in_flight,
+    )?);
     let before = Counters::take(probe).await;
     let started = Instant::now();
     let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;

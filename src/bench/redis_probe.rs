@@ -1,6 +1,6 @@
 //! What the benchmark asks Redis itself, outside the engine: the command counters
-//! (`INFO commandstats`) before and after a run, and the removal of a run's keys
-//! (`SCAN` + `UNLINK`).
+//! (`INFO commandstats`), CPU and memory (`INFO cpu`, `INFO memory`) before and after
+//! a run, and the removal of a run's keys (`SCAN` + `UNLINK`).
 //!
 //! This is a few lines of RESP over a plain TCP socket rather than the `redis`
 //! crate: only the engine's `queue` module talks to Redis through that crate, and
@@ -37,6 +37,8 @@ pub(crate) struct RedisSnapshot {
     pub(crate) calls: BTreeMap<String, u64>,
     /// CPU seconds the server used (user + system, main thread and others).
     pub(crate) cpu_s: Option<f64>,
+    /// Bytes the server's allocator holds for data (`used_memory` of `INFO memory`).
+    pub(crate) used_memory: Option<u64>,
 }
 
 /// One RESP reply.
@@ -95,7 +97,12 @@ impl RedisProbe {
             };
             let calls = parse_commandstats(&info("commandstats")?);
             let cpu_s = parse_cpu(&info("cpu")?);
-            Ok(RedisSnapshot { calls, cpu_s })
+            let used_memory = info_field(&info("memory")?, "used_memory");
+            Ok(RedisSnapshot {
+                calls,
+                cpu_s,
+                used_memory,
+            })
         })
         .await?
     }
@@ -261,14 +268,16 @@ fn parse_commandstats(text: &str) -> BTreeMap<String, u64> {
 
 /// `used_cpu_sys` + `used_cpu_user` of `INFO cpu`.
 fn parse_cpu(text: &str) -> Option<f64> {
-    let field = |name: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some(field("used_cpu_sys")? + field("used_cpu_user")?)
+    Some(info_field::<f64>(text, "used_cpu_sys")? + info_field::<f64>(text, "used_cpu_user")?)
+}
+
+/// The value of `name:value` in an `INFO` section.
+fn info_field<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Escapes the characters `SCAN MATCH` treats as a pattern.
@@ -336,6 +345,12 @@ mod tests {
     fn parses_cpu() {
         let text = "# CPU\r\nused_cpu_sys:1.5\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9\r\n";
         assert_eq!(parse_cpu(text), Some(3.75));
+    }
+
+    #[test]
+    fn parses_used_memory() {
+        let text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n";
+        assert_eq!(info_field::<u64>(text, "used_memory"), Some(1_048_576));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Nodes are named `n0`, `n1`, … in topological order so that an event's node name
 //! maps back to its index without a lookup table ([`node_index`]). Every node runs
-//! the built-in `noop` handler on the `default` queue.
+//! the built-in `noop` handler, on the `default` queue unless the spec is built for
+//! another (the idle and restart modes put their flows on a queue no worker serves).
 
 use dagflow_actors::FlowSpec;
 use serde_json::json;
@@ -104,15 +105,30 @@ impl Topology {
         self.parents.iter().map(Vec::len).sum()
     }
 
-    /// The flow spec every submission of this topology uses.
-    pub(crate) fn spec(&self, name: &str) -> Result<FlowSpec, serde_json::Error> {
+    /// Number of nodes without parents: the jobs a new flow enqueues at once.
+    pub(crate) fn roots(&self) -> usize {
+        self.parents.iter().filter(|p| p.is_empty()).count()
+    }
+
+    /// The flow spec every submission of this topology uses; its nodes run on
+    /// `queue`, or on the engine's default queue when `None`.
+    pub(crate) fn spec(
+        &self,
+        name: &str,
+        queue: Option<&str>,
+    ) -> Result<FlowSpec, serde_json::Error> {
         let nodes: Vec<serde_json::Value> = self
             .parents
             .iter()
             .enumerate()
             .map(|(i, parents)| {
                 let parents: Vec<String> = parents.iter().map(|p| format!("n{p}")).collect();
-                json!({ "name": format!("n{i}"), "handler": "noop", "parents": parents })
+                let mut node =
+                    json!({ "name": format!("n{i}"), "handler": "noop", "parents": parents });
+                if let Some(queue) = queue {
+                    node["queue"] = json!(queue);
+                }
+                node
             })
             .collect();
         serde_json::from_value(json!({ "name": name, "nodes": nodes }))
@@ -214,10 +230,26 @@ mod tests {
     fn specs_validate() {
         for shape in [Shape::Chain, Shape::Diamond, Shape::Fanin, Shape::Layered] {
             let topo = Topology::new(shape, params(4));
-            let spec = topo.spec("t").unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+            let spec = topo
+                .spec("t", None)
+                .unwrap_or_else(|e| panic!("{shape:?}: {e}"));
             dagflow_actors::spec::validate(&spec, &Default::default())
                 .unwrap_or_else(|e| panic!("{shape:?}: {e:?}"));
             assert_eq!(node_index(&spec.nodes[2].name), Some(2));
         }
+    }
+
+    #[test]
+    fn roots_and_queue() {
+        assert_eq!(Topology::new(Shape::Diamond, params(8)).roots(), 1);
+        assert_eq!(Topology::new(Shape::Fanin, params(3)).roots(), 3);
+        assert_eq!(Topology::new(Shape::Layered, params(5)).roots(), 5);
+        let spec = Topology::new(Shape::Chain, params(3))
+            .spec("t", Some("elsewhere"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(spec
+            .nodes
+            .iter()
+            .all(|n| n.queue.as_deref() == Some("elsewhere")));
     }
 }
