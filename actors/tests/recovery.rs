@@ -69,6 +69,45 @@ async fn a_queue_served_only_by_a_worker_only_engine_completes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_job_that_returns_null_completes_its_node() {
+    // `"result": null` once read as "no result": the report was dropped after the
+    // script had removed the job, and the flow waited for ever.
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let worker = builder(&prefix)
+        .worker_only()
+        .queue("remote", 2)
+        .handler(
+            "nothing",
+            handler_fn(|_ctx| async { Ok::<_, JobError>(serde_json::Value::Null) }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "nothing", "queue": "remote"},
+                {"name": "b", "handler": "sum", "parents": ["a"], "data": {"n": 2}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    let a = engine.node(id, "a").await.unwrap();
+    assert_eq!(a.result, Some(serde_json::Value::Null), "{a:?}");
+    worker.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_workers_job_is_reclaimed_after_the_lease() {
     let prefix = testing::unique_prefix();
     let engine = builder(&prefix)

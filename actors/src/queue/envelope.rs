@@ -172,20 +172,27 @@ impl TryFrom<OutcomeWire> for Outcome {
 
     fn try_from(wire: OutcomeWire) -> Result<Self, Self::Error> {
         match wire.kind.as_str() {
+            // `"result": null` reads as no result (serde's `Option`), and a handler
+            // may well return null (`noop` does): both mean the JSON `null`.
             "completed" => Ok(Outcome::Completed {
-                result: wire.result.ok_or("completed outcome without result")?,
+                result: wire.result.unwrap_or_else(json_null),
             }),
             "failed" => Ok(Outcome::Failed {
                 message: wire.message.unwrap_or_default(),
                 retryable: wire.retryable.unwrap_or(false),
             }),
             "progress" => Ok(Outcome::Progress {
-                progress: wire.progress.ok_or("progress outcome without progress")?,
+                progress: wire.progress.unwrap_or_else(json_null),
             }),
             "started" => Ok(Outcome::Started),
             other => Err(format!("unknown outcome kind {other:?}")),
         }
     }
+}
+
+/// The JSON `null`, as a raw value.
+fn json_null() -> Box<RawValue> {
+    serde_json::value::to_raw_value(&()).unwrap_or_default()
 }
 
 /// A record read from `P:completions`.
