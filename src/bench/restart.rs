@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use dagflow_actors::store::{Store, DEFAULT_CACHE_BYTES};
-use dagflow_actors::{handler_fn, Engine, FlowId, FlowSpec, FlowStatus, JobContext, JobError};
+use dagflow_actors::{Engine, FlowId, FlowSpec, FlowStatus};
 use futures::StreamExt;
 
 use super::http::HttpTarget;
@@ -250,7 +250,7 @@ async fn resume_and_complete(
         .prefix(prefix.to_owned())
         .worker_only()
         .queue(UNSERVED_QUEUE, args.concurrency)
-        .handler("noop", handler_fn(not_null))
+        .handler("noop", crate::handlers::Noop)
         .build()
         .await
         .context("starting the workers")?;
@@ -272,17 +272,6 @@ async fn resume_and_complete(
         completed,
         timed_out: complete_after.is_none(),
     })
-}
-
-/// The nodes' handler for the completion phase: the built-in `noop`, except that
-/// it returns `true` rather than `null`. These workers report through Redis (they
-/// are another engine), and the engine's decoder of a reported outcome
-/// (`OutcomeWire` in `actors/src/queue/envelope.rs`) reads `"result": null` as no
-/// result and drops the report as malformed, after the report script already
-/// removed the job: a node that returns `null` through that path never completes.
-/// Back to `crate::handlers::Noop` once that is fixed.
-async fn not_null(_ctx: JobContext) -> Result<serde_json::Value, JobError> {
-    Ok(serde_json::Value::Bool(true))
 }
 
 /// How many of `ids` the engine reports in a status `wanted` accepts (a flow it
