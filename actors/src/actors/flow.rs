@@ -297,6 +297,9 @@ impl Actor for FlowActor {
         }
     }
 
+    // The Redis and flush paths are boxed: ractor keeps an actor's whole message
+    // loop, sized for its largest `handle` future, allocated for as long as the
+    // actor lives, and most flow actors spend their life idle (docs/PERFORMANCE.md).
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -309,7 +312,7 @@ impl Actor for FlowActor {
             // for the flow is about to be removed, reports included.
             return match message {
                 FlowMsg::Flushed { token, result } => {
-                    state.on_flushed(&myself, token, result).await
+                    Box::pin(state.on_flushed(&myself, token, result)).await
                 }
                 FlowMsg::Cancel(reply)
                 | FlowMsg::Retry(reply)
@@ -370,13 +373,13 @@ impl Actor for FlowActor {
                     .map(|i| state.job_id(i, state.state.node(i).attempt))
                     .collect();
                 if !cancels.is_empty() {
-                    if let Err(e) = state.shared.queue.publish_cancel(&cancels).await {
+                    if let Err(e) = Box::pin(state.shared.queue.publish_cancel(&cancels)).await {
                         debug!(error = %e, "publishing cancels of a deleted flow failed");
                     }
                 }
                 state.deleting = Some(reply);
                 if state.pending.is_empty() {
-                    state.finish_delete(&myself).await;
+                    Box::pin(state.finish_delete(&myself)).await;
                 }
             }
             FlowMsg::GetFlow(reply) => {
@@ -406,12 +409,12 @@ impl Actor for FlowActor {
                 state.send_write(&myself, Vec::new(), work, Vec::new(), Vec::new());
             }
             FlowMsg::Flushed { token, result } => {
-                state.on_flushed(&myself, token, result).await?;
+                Box::pin(state.on_flushed(&myself, token, result)).await?;
             }
             FlowMsg::InjectFailure(reason) => return Err(reason.into()),
             FlowMsg::RetryOutbox => {
                 state.outbox_retry_scheduled = false;
-                state.drain_outbox(&myself).await;
+                Box::pin(state.drain_outbox(&myself)).await;
                 state.stop_if_done(&myself);
             }
         }
@@ -647,6 +650,11 @@ impl FlowActorState {
         }
         if !self.outbox_retry_scheduled {
             self.drain_outbox(myself).await;
+        }
+        if self.pending.is_empty() && self.outbox.is_empty() {
+            // A flow waiting on its jobs should not keep the buffers of its last burst.
+            self.pending = VecDeque::new();
+            self.outbox = VecDeque::new();
         }
         self.stop_if_done(myself);
         Ok(())

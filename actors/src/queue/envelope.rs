@@ -307,7 +307,23 @@ mod tests {
     #[test]
     fn unknown_outcome_kind_is_an_error() {
         assert!(serde_json::from_str::<Outcome>(r#"{"kind":"exploded"}"#).is_err());
-        assert!(serde_json::from_str::<Outcome>(r#"{"kind":"completed"}"#).is_err());
+    }
+
+    #[test]
+    fn a_null_or_missing_result_is_the_json_null() {
+        for json in [
+            r#"{"kind":"completed"}"#,
+            r#"{"kind":"completed","result":null}"#,
+        ] {
+            match serde_json::from_str::<Outcome>(json).unwrap() {
+                Outcome::Completed { result } => assert_eq!(result.get(), "null", "{json}"),
+                other => panic!("{json} read as {other:?}"),
+            }
+        }
+        match serde_json::from_str::<Outcome>(r#"{"kind":"progress","progress":null}"#).unwrap() {
+            Outcome::Progress { progress } => assert_eq!(progress.get(), "null"),
+            other => panic!("read as {other:?}"),
+        }
     }
 
     #[test]
