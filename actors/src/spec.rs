@@ -567,6 +567,18 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         return Err(SpecError { problems });
     }
 
+    // Handler, queue and data strings repeat across a flow's nodes ("default",
+    // "null", one handler for a fan-out): one allocation each, shared. A waiting
+    // flow lives in memory for as long as it waits (docs/PERFORMANCE.md).
+    let mut shared: HashMap<String, Arc<str>> = HashMap::new();
+    let mut intern = |text: String| -> Arc<str> {
+        if let Some(s) = shared.get(&text) {
+            return Arc::clone(s);
+        }
+        let s: Arc<str> = Arc::from(text.as_str());
+        shared.insert(text, Arc::clone(&s));
+        s
+    };
     let nodes = spec
         .nodes
         .iter()
@@ -577,13 +589,12 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
             let mut opts = node.opts.clone();
             opts.continue_on_failure |= node.continue_on_failure;
             DagNode {
-                handler: node
-                    .handler
-                    .as_deref()
-                    .map(Arc::from)
-                    .unwrap_or_else(|| name.clone()),
-                queue: Arc::from(node.queue.as_deref().unwrap_or(DEFAULT_QUEUE)),
-                data: Arc::from(
+                handler: match node.handler.as_deref() {
+                    Some(handler) => intern(handler.to_owned()),
+                    None => name.clone(),
+                },
+                queue: intern(node.queue.as_deref().unwrap_or(DEFAULT_QUEUE).to_owned()),
+                data: intern(
                     serde_json::to_string(&node.data).unwrap_or_else(|_| "null".to_owned()),
                 ),
                 name,
