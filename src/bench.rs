@@ -141,6 +141,11 @@ pub struct BenchArgs {
     /// here (10 nodes per flow).
     #[arg(long, conflicts_with_all = ["rate", "over_http", "restart"])]
     pub idle: bool,
+    /// Idle mode: seconds a waiting flow keeps its actor before it hibernates (the
+    /// engine's default is 10; 0: never). Memory is read again once they all did
+    /// (`hibernated_rss_mb`, `hibernated_rss_per_flow_kb`).
+    #[arg(long, value_name = "SECONDS", requires = "idle")]
+    pub hibernate_after: Option<f64>,
     /// Restart mode: create `--flows` flows on a queue no worker serves with a first
     /// engine, stop it (`--stop`), start a second engine on the same data dir and
     /// prefix and report how long it took to resume them all (`restart_s`); then
@@ -363,6 +368,17 @@ pub struct BenchResult {
     /// flow costs, the engine's fixed cost left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_per_flow_kb: Option<f64>,
+    /// Idle: flows that hibernated (`--hibernate-after`) by the time memory was
+    /// read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernated_flows: Option<usize>,
+    /// Idle: VmRSS once the flows hibernated, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernated_rss_mb: Option<f64>,
+    /// Idle: `(hibernated_rss_mb − rss_baseline_mb) / idle_flows`, KiB: what a
+    /// hibernating flow costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernated_rss_per_flow_kb: Option<f64>,
     /// Growth of Redis's `used_memory` while the flows were created, MiB (the whole
     /// server's: anything else using it counts too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -587,6 +603,9 @@ impl BenchResult {
             rss_mb: None,
             rss_baseline_mb: None,
             rss_per_flow_kb: None,
+            hibernated_flows: None,
+            hibernated_rss_mb: None,
+            hibernated_rss_per_flow_kb: None,
             redis_mem_mb: None,
             redis_mem_per_flow_kb: None,
             restart_build_s: None,

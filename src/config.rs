@@ -31,6 +31,8 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const DEFAULT_BODY_LIMIT: u64 = crate::api::DEFAULT_BODY_LIMIT;
 /// How long a graceful shutdown lets running jobs finish before they are cancelled.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+/// Default of `--hibernate-after` (the engine's own default).
+pub const DEFAULT_HIBERNATE_AFTER: &str = "10s";
 /// Default job lease (the engine's own default).
 pub const DEFAULT_LEASE: &str = "30s";
 /// Server the client commands talk to.
@@ -112,6 +114,11 @@ pub struct ServeConfig {
     /// plain seconds).
     #[arg(long, env = "DAGFLOW_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT)]
     pub shutdown_timeout: HumanDuration,
+    /// A running flow with nothing in flight for this long gives up its actor and
+    /// waits on disk (a waiting flow then costs a few hundred bytes instead of
+    /// ~14 KiB); whatever concerns it next wakes it. `0` keeps every flow awake.
+    #[arg(long, env = "DAGFLOW_HIBERNATE_AFTER", default_value = DEFAULT_HIBERNATE_AFTER)]
+    pub hibernate_after: HumanDuration,
 }
 
 /// `dagflow worker`.

@@ -40,6 +40,8 @@ pub const DEFAULT_PREFIX: &str = "dagflow";
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// Default time a cancelled handler gets to return before it is aborted.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// How long a running flow with nothing in flight keeps its actor by default.
+pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(10);
 /// How long API calls wait for an actor's answer (it comes after a flush).
 const CALL_TIMEOUT_MS: u64 = 30_000;
 /// Largest page of a listing.
@@ -59,6 +61,7 @@ pub struct EngineBuilder {
     max_stalled: u32,
     event_capacity: usize,
     worker_only: bool,
+    hibernate_after: Option<Duration>,
 }
 
 impl Default for EngineBuilder {
@@ -76,6 +79,7 @@ impl Default for EngineBuilder {
             max_stalled: DEFAULT_MAX_STALLED,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             worker_only: false,
+            hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
         }
     }
 }
@@ -154,6 +158,15 @@ impl EngineBuilder {
         self
     }
 
+    /// How long a running flow with nothing in flight keeps its actor before it
+    /// hibernates (`None`: never). A hibernating flow costs a directory entry
+    /// instead of an actor (~14 KiB for a 10-node flow); the next report, request
+    /// or Redis resync that concerns it starts it again from its snapshot.
+    pub fn hibernate_after(mut self, after: Option<Duration>) -> Self {
+        self.hibernate_after = after;
+        self
+    }
+
     /// Runs only workers: no flows, no store (for extra worker processes).
     pub fn worker_only(mut self) -> Self {
         self.worker_only = true;
@@ -204,6 +217,7 @@ impl EngineBuilder {
                 directory: directory.clone(),
                 limits: self.limits.clone(),
                 max_stalled: self.max_stalled,
+                hibernate_after: self.hibernate_after,
             });
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
@@ -222,6 +236,7 @@ impl EngineBuilder {
                 CompletionRouter,
                 RouterArgs {
                     shared: Arc::clone(&shared),
+                    supervisor: supervisor.clone(),
                     redis_url: self.redis_url.clone(),
                     keys: keys.clone(),
                     consumer: consumer.clone(),
@@ -482,16 +497,12 @@ impl Engine {
                 Err(ractor::RactorErr::Timeout) => {
                     return Err(EngineError::Timeout("the flow to cancel".to_owned()))
                 }
-                Err(_) => {} // the actor just ended; the store says how
+                Err(_) => {} // the actor just ended; the supervisor knows why
             }
         }
-        match flows.shared.store.flow_record(id)? {
-            None => Err(EngineError::NotFound(id.to_string())),
-            Some(rec) => Err(EngineError::Conflict(format!(
-                "flow {id} is {}, only a running flow can be cancelled",
-                rec.flow_status().map(|s| s.as_str()).unwrap_or("unknown")
-            ))),
-        }
+        // No actor: the flow ended, hibernates, or is unknown; the supervisor wakes
+        // a hibernating one and answers for the others.
+        call_flow_op(&flows.supervisor, id, SupervisorMsg::CancelFlow).await
     }
 
     /// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
@@ -573,7 +584,8 @@ impl Engine {
         &self.inner.queue
     }
 
-    /// Number of flows with a live actor.
+    /// Number of running flows that are awake (have a live actor); hibernating
+    /// flows, which wait with nothing in flight, are not counted.
     pub fn running_flows(&self) -> usize {
         self.inner
             .flows

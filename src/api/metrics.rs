@@ -99,7 +99,10 @@ fn describe() {
         Unit::Seconds,
         "time from a worker starting an attempt to its end"
     );
-    describe_gauge!("dagflow_flows_running", "flows with a live actor");
+    describe_gauge!(
+        "dagflow_flows_running",
+        "running flows with a live actor (hibernating flows, waiting with nothing in flight, are not counted)"
+    );
     describe_gauge!(
         "dagflow_queue_depth",
         "jobs in a queue's stream (ready) and delayed set"

@@ -145,6 +145,8 @@ async fn restart(
         .redis_url(args.redis_url.clone())
         .prefix(prefix.to_owned())
         .data_dir(data_dir)
+        // Resumed flows are counted, and their end awaited, by their live actors.
+        .hibernate_after(None)
         .build()
         .await
         .context("starting the second engine on the first one's data dir")?;

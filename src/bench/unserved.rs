@@ -39,6 +39,8 @@ use super::{
 pub(super) const UNSERVED_QUEUE: &str = "bench-unserved";
 /// How often the wait for the root jobs asks Redis for the queue's length.
 const ENQUEUE_POLL: Duration = Duration::from_millis(20);
+/// Idle mode: how long past `--hibernate-after` the flows get to hibernate.
+const HIBERNATE_SLACK: Duration = Duration::from_secs(30);
 /// How long the engine gets to stop at the end of a run.
 pub(super) const ENGINE_STOP: Duration = Duration::from_secs(10);
 
@@ -256,13 +258,17 @@ pub(super) async fn run_idle(
     let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     let data_dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
     let rss_reset = reset_peak_rss();
-    let engine = Engine::builder()
+    let mut builder = Engine::builder()
         .redis_url(args.redis_url.clone())
         .prefix(prefix.clone())
-        .data_dir(data_dir.path.clone())
-        .build()
-        .await
-        .context("starting the engine")?;
+        .data_dir(data_dir.path.clone());
+    let hibernate_after = match args.hibernate_after {
+        Some(s) if s <= 0.0 => None,
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => Some(dagflow_actors::engine::DEFAULT_HIBERNATE_AFTER),
+    };
+    builder = builder.hibernate_after(hibernate_after);
+    let engine = builder.build().await.context("starting the engine")?;
     let result = async {
         let queue = connect_queue(&args.redis_url, &prefix).await?;
         let baseline = rss_mb();
@@ -281,6 +287,20 @@ pub(super) async fn run_idle(
         result.rss_mb = rss;
         result.rss_baseline_mb = baseline;
         result.rss_per_flow_kb = per_flow_kb(rss, baseline, waiting);
+        if let Some(after) = hibernate_after {
+            // Every flow waits with nothing in flight: each hibernates `after` past
+            // its last activity. Then give the allocator a moment to return pages.
+            let deadline = Instant::now() + after + HIBERNATE_SLACK;
+            while engine.running_flows() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(ENQUEUE_POLL).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let hibernated = waiting.saturating_sub(engine.running_flows());
+            let rss_after = rss_mb();
+            result.hibernated_flows = Some(hibernated);
+            result.hibernated_rss_mb = rss_after;
+            result.hibernated_rss_per_flow_kb = per_flow_kb(rss_after, baseline, waiting);
+        }
         Ok::<_, anyhow::Error>(result)
     }
     .await;

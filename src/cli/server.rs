@@ -32,8 +32,10 @@ pub async fn serve(config: ServeConfig) -> Result<ExitCode, CliError> {
     // Installed first: a signal during start-up must not kill the process mid-write.
     let mut signals = Signals::install()?;
     // api::serve warns about a non-loopback address without a token.
+    let hibernate_after = Some(config.hibernate_after.0).filter(|d| !d.is_zero());
     let engine = engine_builder(&config.redis, &config.queues)
         .data_dir(&config.data_dir)
+        .hibernate_after(hibernate_after)
         .build()
         .await
         .map_err(|e| startup_error(e, &config.redis, Some(&config.data_dir)))?;

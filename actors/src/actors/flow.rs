@@ -14,12 +14,13 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
+use super::supervisor::SupervisorMsg;
 use super::writer::WriterMsg;
 use super::{now_ms, Shared};
 use crate::error::EngineError;
@@ -32,6 +33,9 @@ use crate::view::{FlowEvent, FlowView, NodeView};
 
 /// How long to wait before retrying Redis work that failed.
 const OUTBOX_RETRY: Duration = Duration::from_millis(500);
+/// How long a hibernating actor, already out of the directory, still takes what
+/// was sent to it by someone who found it there just before.
+const HIBERNATE_GRACE: Duration = Duration::from_secs(1);
 
 /// The actor of one flow.
 pub struct FlowActor;
@@ -164,6 +168,12 @@ pub struct FlowActorState {
     outbox_retry_scheduled: bool,
     /// Set when a delete was asked for: carried out once no write is in flight.
     deleting: Option<RpcReplyPort<Result<(), EngineError>>>,
+    /// When the actor last handled something that concerns the flow.
+    last_active: Instant,
+    /// A `HibernateCheck` is on its way.
+    check_scheduled: bool,
+    /// Out of the directory, waiting out the grace before it stops.
+    in_grace: bool,
 }
 
 /// Messages of a flow actor.
@@ -206,6 +216,15 @@ pub enum FlowMsg {
     /// Fault injection for supervision tests: the actor fails with this reason.
     #[doc(hidden)]
     InjectFailure(String),
+    /// Time to look whether the flow has been quiet long enough to hibernate.
+    HibernateCheck,
+    /// From the supervisor: the flow is out of the directory; stop after a grace
+    /// unless something still arrives.
+    Hibernate,
+    /// The grace ended.
+    HibernateNow,
+    /// From the supervisor: the flow is back in the directory.
+    Awake,
 }
 
 impl Actor for FlowActor {
@@ -297,15 +316,65 @@ impl Actor for FlowActor {
         }
     }
 
-    // The Redis and flush paths are boxed: ractor keeps an actor's whole message
-    // loop, sized for its largest `handle` future, allocated for as long as the
-    // actor lives, and most flow actors spend their life idle (docs/PERFORMANCE.md).
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         message: FlowMsg,
         state: &mut FlowActorState,
     ) -> Result<(), ActorProcessingErr> {
+        match message {
+            FlowMsg::HibernateCheck => {
+                state.check_scheduled = false;
+                state.consider_hibernating(&myself);
+                return Ok(());
+            }
+            FlowMsg::Hibernate => {
+                state.in_grace = true;
+                myself.send_after(HIBERNATE_GRACE, || FlowMsg::HibernateNow);
+                return Ok(());
+            }
+            FlowMsg::HibernateNow => {
+                if state.in_grace {
+                    state.to_supervisor(
+                        &myself,
+                        SupervisorMsg::HibernateDone(state.state.id(), myself.clone()),
+                    );
+                }
+                return Ok(());
+            }
+            FlowMsg::Awake => {
+                state.in_grace = false;
+                return Ok(());
+            }
+            _ => {}
+        }
+        if state.in_grace {
+            // Sent by someone who found the actor in the directory just before it
+            // left: the flow stays awake.
+            state.in_grace = false;
+            state.to_supervisor(
+                &myself,
+                SupervisorMsg::Rejoin(state.state.id(), myself.clone()),
+            );
+        }
+        state.last_active = Instant::now();
+        let result = Box::pin(self.dispatch(&myself, message, state)).await;
+        state.schedule_hibernate_check(&myself);
+        result
+    }
+}
+
+impl FlowActor {
+    // The Redis and flush paths are boxed: ractor keeps an actor's whole message
+    // loop, sized for its largest `handle` future, allocated for as long as the
+    // actor lives, and most flow actors spend their life idle (docs/PERFORMANCE.md).
+    async fn dispatch(
+        &self,
+        myself: &ActorRef<FlowMsg>,
+        message: FlowMsg,
+        state: &mut FlowActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let myself = myself.clone();
         let now = now_ms();
         if state.deleting.is_some() {
             // Being deleted: only the flushes still matter; everything Redis holds
@@ -412,6 +481,10 @@ impl Actor for FlowActor {
                 Box::pin(state.on_flushed(&myself, token, result)).await?;
             }
             FlowMsg::InjectFailure(reason) => return Err(reason.into()),
+            FlowMsg::HibernateCheck
+            | FlowMsg::Hibernate
+            | FlowMsg::HibernateNow
+            | FlowMsg::Awake => {}
             FlowMsg::RetryOutbox => {
                 state.outbox_retry_scheduled = false;
                 Box::pin(state.drain_outbox(&myself)).await;
@@ -434,6 +507,57 @@ impl FlowActorState {
             outbox: VecDeque::new(),
             outbox_retry_scheduled: false,
             deleting: None,
+            last_active: Instant::now(),
+            check_scheduled: false,
+            in_grace: false,
+        }
+    }
+
+    /// Nothing in flight: no write, no Redis step, no delete, and still running.
+    fn is_quiet(&self) -> bool {
+        self.pending.is_empty()
+            && self.outbox.is_empty()
+            && !self.outbox_retry_scheduled
+            && self.deleting.is_none()
+            && self.state.status() == FlowStatus::Running
+    }
+
+    fn schedule_hibernate_check(&mut self, myself: &ActorRef<FlowMsg>) {
+        if let Some(after) = self.shared.hibernate_after {
+            if !self.check_scheduled && !self.in_grace && self.is_quiet() {
+                self.check_scheduled = true;
+                myself.send_after(after, || FlowMsg::HibernateCheck);
+            }
+        }
+    }
+
+    /// Asks the supervisor to hibernate the flow if it has been quiet long enough,
+    /// or looks again when it will have been.
+    fn consider_hibernating(&mut self, myself: &ActorRef<FlowMsg>) {
+        let Some(after) = self.shared.hibernate_after else {
+            return;
+        };
+        if self.in_grace || !self.is_quiet() {
+            // Looked at again once it is quiet (after its next message).
+            return;
+        }
+        let quiet_for = self.last_active.elapsed();
+        if quiet_for < after {
+            self.check_scheduled = true;
+            myself.send_after(after - quiet_for, || FlowMsg::HibernateCheck);
+            return;
+        }
+        self.to_supervisor(myself, SupervisorMsg::Hibernate(self.state.id(), myself.clone()));
+    }
+
+    fn to_supervisor(&self, myself: &ActorRef<FlowMsg>, msg: SupervisorMsg) {
+        match myself.try_get_supervisor() {
+            Some(supervisor) => {
+                if let Err(e) = supervisor.send_message(msg) {
+                    debug!(error = %e, "flow supervisor gone");
+                }
+            }
+            None => debug!("flow actor without a supervisor"),
         }
     }
 

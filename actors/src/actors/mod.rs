@@ -93,6 +93,10 @@ pub struct Shared {
     pub limits: Limits,
     /// Default for nodes that set no `maxStalled`.
     pub max_stalled: u32,
+    /// A running flow with nothing in flight for this long stops its actor (its
+    /// snapshot holds everything) and is woken by the next thing that concerns
+    /// it; `None` keeps every running flow's actor alive.
+    pub hibernate_after: Option<std::time::Duration>,
 }
 
 /// Milliseconds since the epoch; the only clock the engine reads.

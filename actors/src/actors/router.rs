@@ -5,7 +5,8 @@
 //! shared connection never blocks. A record is acknowledged by the flow actor only
 //! after the flush that applies it; a record for a flow that no longer exists (or
 //! has ended) is acknowledged and dropped here. A record for a flow that exists but
-//! has no actor at this instant (it is being restarted) is kept and tried again.
+//! has no actor at this instant (it hibernates, or is being restarted) is kept and
+//! tried again, and the supervisor is asked to wake the flow.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::flow::{Ack, FlowMsg};
+use super::supervisor::SupervisorMsg;
 use super::Shared;
 use crate::ids::FlowId;
 use crate::queue::{CompletionReader, CompletionRecord, Keys};
@@ -34,6 +36,8 @@ pub struct CompletionRouter;
 pub struct RouterArgs {
     /// Engine-wide handles.
     pub shared: Arc<Shared>,
+    /// Wakes hibernating flows that a record concerns.
+    pub supervisor: ActorRef<SupervisorMsg>,
     /// Redis to read from (the reader needs its own connection).
     pub redis_url: String,
     /// Key names.
@@ -78,13 +82,14 @@ impl Actor for CompletionRouter {
 
 async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: CancellationToken) {
     let shared = args.shared;
+    let supervisor = args.supervisor;
     let mut parked: Vec<CompletionRecord> = Vec::new();
     while !stop.is_cancelled() {
         // Records of flows being restarted wait here, and stay pending in Redis so
         // that a crash does not lose them either.
         let retry = std::mem::take(&mut parked);
         for record in retry {
-            route(&shared, record, &mut parked).await;
+            route(&shared, &supervisor, record, &mut parked).await;
         }
         let block = if parked.is_empty() { BLOCK_MS } else { 100 };
         let records = tokio::select! {
@@ -94,7 +99,7 @@ async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: Cancell
         match records {
             Ok(records) => {
                 for record in records {
-                    route(&shared, record, &mut parked).await;
+                    route(&shared, &supervisor, record, &mut parked).await;
                 }
             }
             Err(e) => {
@@ -111,7 +116,12 @@ async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: Cancell
     }
 }
 
-async fn route(shared: &Shared, record: CompletionRecord, parked: &mut Vec<CompletionRecord>) {
+async fn route(
+    shared: &Shared,
+    supervisor: &ActorRef<SupervisorMsg>,
+    record: CompletionRecord,
+    parked: &mut Vec<CompletionRecord>,
+) {
     let Ok(flow) = FlowId::from_str(&record.flow_id) else {
         drop_record(shared, &record, "malformed flow id").await;
         return;
@@ -128,7 +138,12 @@ async fn route(shared: &Shared, record: CompletionRecord, parked: &mut Vec<Compl
         }
     }
     match shared.store.flow_record(flow) {
-        Ok(Some(rec)) if rec.flow_status().ok() == Some(FlowStatus::Running) => parked.push(record),
+        Ok(Some(rec)) if rec.flow_status().ok() == Some(FlowStatus::Running) => {
+            // Hibernating (or being restarted): the supervisor wakes it; the record
+            // is routed again in 100 ms.
+            let _ = supervisor.cast(SupervisorMsg::Wake(flow));
+            parked.push(record);
+        }
         Ok(_) => drop_record(shared, &record, "flow ended or deleted").await,
         Err(e) => {
             warn!(error = %e, "store lookup failed while routing a completion");

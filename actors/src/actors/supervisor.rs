@@ -43,6 +43,10 @@ pub struct SupervisorState {
     restarts: HashMap<FlowId, (u32, Instant)>,
     /// Idempotency keys of flows being created, not yet durable in the store.
     creating: HashMap<String, FlowId>,
+    /// Flow actors out of the directory and about to stop (hibernating), until
+    /// they stop or are taken back. The supervisor alone decides which actor is a
+    /// flow's: never two at once.
+    hibernating: HashMap<FlowId, ActorRef<FlowMsg>>,
 }
 
 /// Messages of the supervisor.
@@ -67,6 +71,16 @@ pub enum SupervisorMsg {
     Resync,
     /// A create with an idempotency key became durable (or failed): forget the key.
     Created(String),
+    /// Cancel a running flow, waking it if it hibernates.
+    CancelFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
+    /// Something concerns this flow: start it again if it hibernates.
+    Wake(FlowId),
+    /// A flow actor with nothing in flight asks to hibernate.
+    Hibernate(FlowId, ActorRef<FlowMsg>),
+    /// A hibernating actor's grace ended with nothing received: stop it.
+    HibernateDone(FlowId, ActorRef<FlowMsg>),
+    /// A hibernating actor received something during its grace: it stays.
+    Rejoin(FlowId, ActorRef<FlowMsg>),
 }
 
 impl Actor for FlowSupervisor {
@@ -84,6 +98,7 @@ impl Actor for FlowSupervisor {
             children: HashMap::new(),
             restarts: HashMap::new(),
             creating: HashMap::new(),
+            hibernating: HashMap::new(),
         };
         let unfinished = state.shared.store.unfinished()?;
         let count = unfinished.len();
@@ -166,7 +181,7 @@ impl Actor for FlowSupervisor {
                 state.creating.remove(&key);
             }
             SupervisorMsg::RetryFlow(id, reply) => {
-                let actor = match state.live_actor(id) {
+                let actor = match state.take_back(id) {
                     Some(actor) => actor,
                     None => match state.spawn_restored(&myself, id, None).await {
                         Ok(Some(actor)) => actor,
@@ -184,7 +199,7 @@ impl Actor for FlowSupervisor {
                     warn!(flow = %id, error = %e, "flow actor vanished during retry");
                 }
             }
-            SupervisorMsg::DeleteFlow(id, reply) => match state.live_actor(id) {
+            SupervisorMsg::DeleteFlow(id, reply) => match state.take_back(id) {
                 Some(actor) => {
                     if let Err(e) = actor.cast(FlowMsg::Delete(reply)) {
                         warn!(flow = %id, error = %e, "flow actor vanished during delete");
@@ -198,8 +213,78 @@ impl Actor for FlowSupervisor {
                 }
             },
             SupervisorMsg::Resync => {
+                let ids: Vec<FlowId> = state.hibernating.keys().copied().collect();
+                for id in ids {
+                    state.take_back(id);
+                }
                 for actor in state.shared.directory.all() {
                     let _ = actor.cast(FlowMsg::Resync);
+                }
+                // Hibernating flows enqueue their jobs again as they start.
+                match state.shared.store.unfinished() {
+                    Ok(unfinished) => {
+                        for id in unfinished {
+                            if state.shared.directory.get(id).is_none() {
+                                if let Err(e) = state.spawn_restored(&myself, id, None).await {
+                                    error!(flow = %id, error = %e, "could not wake flow for a resync");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => error!(error = %e, "listing unfinished flows for a resync failed"),
+                }
+            }
+            SupervisorMsg::CancelFlow(id, reply) => match state.wake(&myself, id).await {
+                Ok(Some(actor)) => {
+                    if let Err(e) = actor.cast(FlowMsg::Cancel(reply)) {
+                        warn!(flow = %id, error = %e, "flow actor vanished during cancel");
+                    }
+                }
+                Ok(None) => {
+                    let _ = reply.send(Err(match state.shared.store.flow_record(id) {
+                        Ok(Some(rec)) => EngineError::Conflict(format!(
+                            "flow {id} is {}, only a running flow can be cancelled",
+                            rec.flow_status().map(|s| s.as_str()).unwrap_or("unknown")
+                        )),
+                        Ok(None) => EngineError::NotFound(id.to_string()),
+                        Err(e) => e.into(),
+                    }));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            SupervisorMsg::Wake(id) => {
+                if let Err(e) = state.wake(&myself, id).await {
+                    warn!(flow = %id, error = %e, "could not wake a hibernating flow");
+                }
+            }
+            SupervisorMsg::Hibernate(id, actor) => {
+                let current = state.live_actor(id);
+                if current.is_some_and(|a| a.get_id() == actor.get_id()) {
+                    state.shared.directory.remove_if(id, actor.get_id());
+                    state.hibernating.insert(id, actor.clone());
+                    let _ = actor.cast(FlowMsg::Hibernate);
+                }
+            }
+            SupervisorMsg::HibernateDone(id, actor) => {
+                if state
+                    .hibernating
+                    .get(&id)
+                    .is_some_and(|a| a.get_id() == actor.get_id())
+                {
+                    state.hibernating.remove(&id);
+                    actor.stop(Some("hibernating".to_owned()));
+                }
+            }
+            SupervisorMsg::Rejoin(id, actor) => {
+                if state
+                    .hibernating
+                    .get(&id)
+                    .is_some_and(|a| a.get_id() == actor.get_id())
+                {
+                    state.hibernating.remove(&id);
+                    state.shared.directory.insert(id, actor);
                 }
             }
         }
@@ -216,6 +301,7 @@ impl Actor for FlowSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(id) = state.children.remove(&cell.get_id()) {
                     state.shared.directory.remove_if(id, cell.get_id());
+                    state.forget_hibernating(id, cell.get_id());
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
@@ -223,6 +309,7 @@ impl Actor for FlowSupervisor {
                     return Ok(());
                 };
                 state.shared.directory.remove_if(id, cell.get_id());
+                state.forget_hibernating(id, cell.get_id());
                 let now = Instant::now();
                 let entry = state.restarts.entry(id).or_insert((0, now));
                 if now.duration_since(entry.1) > RESTART_WINDOW {
@@ -258,6 +345,46 @@ impl SupervisorState {
             .directory
             .get(id)
             .filter(|a| a.get_status() == ractor::ActorStatus::Running)
+    }
+
+    /// The flow's actor if it has one, taking a hibernating one back into the
+    /// directory.
+    fn take_back(&mut self, id: FlowId) -> Option<ActorRef<FlowMsg>> {
+        if let Some(actor) = self.live_actor(id) {
+            return Some(actor);
+        }
+        let actor = self.hibernating.remove(&id)?;
+        self.shared.directory.insert(id, actor.clone());
+        let _ = actor.cast(FlowMsg::Awake);
+        Some(actor)
+    }
+
+    /// The flow's actor, started from its snapshot if the flow is running and has
+    /// none (it hibernated); `None` for an ended or unknown flow.
+    async fn wake(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: FlowId,
+    ) -> Result<Option<ActorRef<FlowMsg>>, EngineError> {
+        if let Some(actor) = self.take_back(id) {
+            return Ok(Some(actor));
+        }
+        match self.shared.store.flow_record(id)? {
+            Some(rec) if rec.flow_status().ok() == Some(crate::state::FlowStatus::Running) => {
+                self.spawn_restored(myself, id, None).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn forget_hibernating(&mut self, id: FlowId, actor: ActorId) {
+        if self
+            .hibernating
+            .get(&id)
+            .is_some_and(|a| a.get_id() == actor)
+        {
+            self.hibernating.remove(&id);
+        }
     }
 
     async fn spawn(
