@@ -347,10 +347,14 @@ pub struct BenchResult {
     // `flows_per_s` and `nodes_per_s` cover the creation of the flows (first
     // `create` called → every root job seen in Redis), and the Redis command and
     // CPU figures the same window.
-    /// Idle: flows with a live actor when memory was read, all waiting on the
-    /// unserved queue.
+    /// Idle: flows waiting on the unserved queue (every created flow, its roots
+    /// in Redis), awake or hibernating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_flows: Option<usize>,
+    /// Idle: of those, flows with a live actor when memory was read (the others
+    /// had hibernated already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awake_flows: Option<usize>,
     /// Idle and restart: entries in the unserved queue's stream once the flows were
     /// created (one per root node of each flow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,7 +380,7 @@ pub struct BenchResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernated_rss_mb: Option<f64>,
     /// Idle: `(hibernated_rss_mb − rss_baseline_mb) / idle_flows`, KiB: what a
-    /// hibernating flow costs.
+    /// hibernating flow costs, as far as the allocator gave memory back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernated_rss_per_flow_kb: Option<f64>,
     /// Growth of Redis's `used_memory` while the flows were created, MiB (the whole
@@ -599,6 +603,7 @@ impl BenchResult {
             events_lagged: 0,
             prefix: None,
             idle_flows: None,
+            awake_flows: None,
             queued_jobs: None,
             rss_mb: None,
             rss_baseline_mb: None,

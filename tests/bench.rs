@@ -203,13 +203,18 @@ async fn no_keys_left(r: &BenchResult) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_flows_wait_and_their_memory_is_read() {
     // The default idle shape: a diamond of width 8, 10 nodes, one root.
-    let r = bench::run_one(&args(&["--idle", "--flows", "50"]), 1)
-        .await
-        .unwrap();
+    let r = bench::run_one(
+        &args(&["--idle", "--flows", "50", "--hibernate-after", "0.5"]),
+        1,
+    )
+    .await
+    .unwrap();
     check_created(&r, "idle", 50, 10, 1);
     assert_eq!(r.parameters.width, Some(8), "{r:?}");
-    // Every flow still waits: no node ran.
+    // Every flow still waits: no node ran. Then every one hibernated.
     assert_eq!(r.idle_flows, Some(50), "{r:?}");
+    assert_eq!(r.hibernated_flows, Some(50), "{r:?}");
+    assert!(r.hibernated_rss_mb.unwrap() > 1.0, "{r:?}");
     assert_eq!((r.flows_completed, r.flows_failed), (0, 0), "{r:?}");
     let (rss, baseline, peak) = (
         r.rss_mb.unwrap(),
@@ -226,13 +231,27 @@ async fn idle_flows_wait_and_their_memory_is_read() {
 
     // Three roots per flow: three jobs per flow in the queue.
     let r = bench::run_one(
-        &args(&["fanin", "--width", "3", "--idle", "--flows", "20"]),
+        &args(&[
+            "fanin",
+            "--width",
+            "3",
+            "--idle",
+            "--flows",
+            "20",
+            "--hibernate-after",
+            "0",
+        ]),
         1,
     )
     .await
     .unwrap();
     check_created(&r, "idle", 20, 4, 3);
     assert_eq!(r.idle_flows, Some(20), "{r:?}");
+    assert_eq!(
+        (r.awake_flows, r.hibernated_flows),
+        (Some(20), None),
+        "{r:?}"
+    );
     no_keys_left(&r).await;
 }
 

@@ -35,6 +35,9 @@ use dagflow::engine::{Engine, FlowStatus, NodeIdx, NodeStatus};
 use serde_json::{json, Map, Value};
 
 /// The binary under test.
+/// `--hibernate-after` of the servers: short, so that hibernation and waking run
+/// all through the test.
+const HIBERNATE_AFTER: &str = "300ms";
 const BIN: &str = env!("CARGO_BIN_EXE_dagflow");
 /// Debug for the one line per handler run, info for the rest.
 const LOG_FILTER: &str = "info,dagflow_actors::actors::worker=debug";
@@ -421,6 +424,10 @@ impl Deployment {
                 queues,
                 "--shutdown-timeout",
                 "5s",
+                // Flows waiting on a sleep or a backoff hibernate and are woken by
+                // their reports, cancels and resyncs, all under the kills.
+                "--hibernate-after",
+                HIBERNATE_AFTER,
             ],
             "dagflow is listening",
         );

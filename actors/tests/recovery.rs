@@ -523,3 +523,135 @@ async fn redis_restarted_empty_mid_flow_the_flow_still_completes() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An engine whose flows hibernate after 200 ms with nothing in flight.
+async fn hibernating_engine(
+    redis_url: &str,
+    runs: &Arc<AtomicUsize>,
+    release: &Arc<tokio::sync::Notify>,
+) -> Engine {
+    Engine::builder()
+        .redis_url(redis_url)
+        .prefix(testing::unique_prefix())
+        .lease(Duration::from_millis(1500))
+        .cancel_grace(Duration::from_millis(500))
+        .hibernate_after(Some(Duration::from_millis(200)))
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .handler("gate", gate(Arc::clone(runs), Arc::clone(release)))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `a` → gate `g` → `z`, with the gate running and the flow hibernating.
+async fn hibernated_gate_flow(engine: &Engine, runs: &Arc<AtomicUsize>) -> dagflow_actors::FlowId {
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "a", "handler": "sum", "data": {"n": 1}},
+                {"name": "g", "handler": "gate", "parents": ["a"]},
+                {"name": "z", "handler": "sum", "parents": ["g"], "data": {"n": 2}}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    eventually("the gate to start", || {
+        let runs = Arc::clone(runs);
+        async move { runs.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    eventually("the flow to hibernate", || {
+        let awake = engine.running_flows();
+        async move { awake == 0 }
+    })
+    .await;
+    id
+}
+
+/// Releases the gate until the flow ends.
+async fn release_until_done(
+    engine: &Engine,
+    id: dagflow_actors::FlowId,
+    release: &tokio::sync::Notify,
+) -> dagflow_actors::FlowView {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        release.notify_waiters();
+        if let Ok(v) = engine.wait(id, Duration::from_millis(200)).await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the flow never ended");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_flow_hibernates_and_its_jobs_report_wakes_it() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = hibernating_engine(&testing::redis().url, &runs, &release).await;
+    let id = hibernated_gate_flow(&engine, &runs).await;
+    // Read from its snapshot while it sleeps.
+    let view = engine.get(id).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Running);
+    assert_eq!(view.node("a").unwrap().status, NodeStatus::Completed);
+    assert_eq!(view.node("z").unwrap().status, NodeStatus::Pending);
+    // The gate's completion (reported through Redis, no actor being there) wakes
+    // the flow, which carries the result on.
+    let view = release_until_done(&engine, id, &release).await;
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    assert_eq!(
+        view.node("z").unwrap().result.as_ref().unwrap()["sum"],
+        json!(2)
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "waking ran the gate again");
+    // A finished flow's actor is gone; it hibernates no more.
+    eventually("the actor to stop", || {
+        let awake = engine.running_flows();
+        async move { awake == 0 }
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hibernating_flow_can_be_cancelled_and_retried() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = hibernating_engine(&testing::redis().url, &runs, &release).await;
+    let id = hibernated_gate_flow(&engine, &runs).await;
+    engine.cancel(id).await.unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Cancelled, "{view:?}");
+    // Cancel again: a conflict, not a lost request.
+    assert!(matches!(
+        engine.cancel(id).await,
+        Err(dagflow_actors::EngineError::Conflict(_))
+    ));
+    engine.retry(id).await.unwrap();
+    let view = release_until_done(&engine, id, &release).await;
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_while_a_flow_hibernates_the_flow_still_completes() {
+    let redis = testing::TestRedis::dedicated();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let engine = hibernating_engine(&redis.url, &runs, &release).await;
+    let id = hibernated_gate_flow(&engine, &runs).await;
+    // Every key is gone, the gate's job too; the resync wakes the flow, which
+    // enqueues the gate again.
+    redis.stop();
+    redis.start();
+    eventually("the gate to run again", || {
+        let runs = Arc::clone(&runs);
+        async move { runs.load(Ordering::SeqCst) >= 2 }
+    })
+    .await;
+    let view = release_until_done(&engine, id, &release).await;
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

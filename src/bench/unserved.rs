@@ -280,10 +280,17 @@ pub(super) async fn run_idle(
         // Read at once: every flow created and waiting, nothing else going on.
         let rss = rss_mb();
         let peak = if rss_reset { peak_rss_mb() } else { None };
-        let waiting = engine.running_flows();
+        let awake = engine.running_flows();
         let mut result = creation_result(args, run, topology, &phase, &prefix);
+        // Every created flow waits (its roots are in Redis), awake or hibernating.
+        let waiting = if phase.timed_out {
+            awake
+        } else {
+            phase.creation.created
+        };
         result.peak_rss_mb = peak;
         result.idle_flows = Some(waiting);
+        result.awake_flows = Some(awake);
         result.rss_mb = rss;
         result.rss_baseline_mb = baseline;
         result.rss_per_flow_kb = per_flow_kb(rss, baseline, waiting);

@@ -547,7 +547,10 @@ impl FlowActorState {
             myself.send_after(after - quiet_for, || FlowMsg::HibernateCheck);
             return;
         }
-        self.to_supervisor(myself, SupervisorMsg::Hibernate(self.state.id(), myself.clone()));
+        self.to_supervisor(
+            myself,
+            SupervisorMsg::Hibernate(self.state.id(), myself.clone()),
+        );
     }
 
     fn to_supervisor(&self, myself: &ActorRef<FlowMsg>, msg: SupervisorMsg) {
