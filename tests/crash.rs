@@ -34,13 +34,14 @@ use dagflow::engine::testing::{self, TestRedis};
 use dagflow::engine::{Engine, FlowStatus, NodeIdx, NodeStatus};
 use serde_json::{json, Map, Value};
 
-/// The binary under test.
 /// `--hibernate-after` of the servers: short, so that hibernation and waking run
 /// all through the test.
 const HIBERNATE_AFTER: &str = "300ms";
+/// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_dagflow");
 /// Debug for the one line per handler run, info for the rest.
-const LOG_FILTER: &str = "info,dagflow_actors::actors::worker=debug";
+const LOG_FILTER: &str =
+    "info,dagflow_actors::actors::worker=debug,dagflow_actors::actors::supervisor=debug";
 /// Longest a process may take to start (the machine is busy in CI).
 const START: Duration = Duration::from_secs(60);
 /// Longest one HTTP request may take before it is given up and retried.
@@ -328,6 +329,8 @@ struct Deployment {
     prefix: String,
     data: tempfile::TempDir,
     runs: Runs,
+    /// Flows that hibernated, in every server process so far.
+    hibernations: Arc<std::sync::atomic::AtomicUsize>,
     readers: Vec<JoinHandle<()>>,
     /// Numbers the processes, for their names.
     started: usize,
@@ -340,6 +343,7 @@ impl Deployment {
             prefix: testing::unique_prefix(),
             data: tempfile::tempdir().unwrap(),
             runs: Arc::default(),
+            hibernations: Arc::default(),
             readers: Vec::new(),
             started: 0,
         }
@@ -367,12 +371,17 @@ impl Deployment {
         let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let (tx, rx) = mpsc::channel::<Value>();
         let (runs, kept) = (Arc::clone(&self.runs), Arc::clone(&tail));
+        let hibernations = Arc::clone(&self.hibernations);
         let ready_message = ready.to_owned();
         self.readers.push(std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 let message = parsed["fields"]["message"].as_str().unwrap_or("");
+                if message == "flow hibernated" {
+                    hibernations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
                 if message == "running job" {
                     if let Some(job) = parsed["fields"]["job"].as_str() {
                         *runs.lock().unwrap().entry(job.to_owned()).or_default() += 1;
@@ -839,6 +848,9 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     drop(server);
     drop(workers);
     let runs = blocking(|| deployment.finish());
+    let hibernations = deployment
+        .hibernations
+        .load(std::sync::atomic::Ordering::Relaxed);
     let executions: u32 = runs.values().sum();
     let duplicates: u32 = runs.values().map(|n| n.saturating_sub(1)).sum();
     let unlogged = final_jobs.iter().filter(|j| !runs.contains_key(*j)).count();
@@ -846,7 +858,8 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     println!(
         "crash: seed {seed}, {} nodes, server kills {server_kills}, worker kills {worker_kills}, \
          redis restarts {redis_restarts}, {executions} handler runs of {} jobs, {compared} flow views \
-         compared across crashes ({} taken back), drained in {:.1}s, took {:.1}s",
+         compared across crashes ({} taken back), {hibernations} hibernations, drained in {:.1}s, \
+         took {:.1}s",
         node_count,
         runs.len(),
         taken_back.len(),
@@ -877,6 +890,10 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     assert_eq!(
         unlogged, 0,
         "jobs whose run left no log line: the run count is not to be trusted"
+    );
+    assert!(
+        hibernations > 0,
+        "no flow hibernated: the test did not exercise waking under crashes"
     );
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::flow::{delete_flow, FlowActor, FlowArgs, FlowInit, FlowMsg};
 use super::{load_state, Shared};
@@ -275,6 +275,7 @@ impl Actor for FlowSupervisor {
                 {
                     state.hibernating.remove(&id);
                     actor.stop(Some("hibernating".to_owned()));
+                    debug!(flow = %id, "flow hibernated");
                 }
             }
             SupervisorMsg::Rejoin(id, actor) => {

@@ -575,10 +575,8 @@ async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
                 return;
             }
         }
-        if !outcome.is_final() {
-            // Progress of a flow with no actor here is of no use to anybody.
-            return;
-        }
+        // No actor here: the flow hibernates (the report wakes it through the
+        // completions stream), or it ended (the router drops the record).
     }
     for attempt in 0..40u32 {
         match ctx.queue.report_remote(delivery, &outcome).await {
