@@ -93,9 +93,11 @@ summary "$OUT/http-64.jsonl" "creates/s:creates_per_s" "nodes/s:nodes_per_s" \
   "create_p99:create_latency_ms.p99"
 kill $SERVER 2>/dev/null || true
 
-# 7. 100,000 flows of 10 nodes (diamond W=8) waiting on a queue nobody serves.
+# 7. 100,000 flows of 10 nodes (diamond W=8) waiting on a queue nobody serves:
+#    memory once created, and once they all hibernated (10 s later).
 bench idle-100k diamond --width 8 --idle --flows "${IDLE_FLOWS:-100000}" --runs 1
-summary "$OUT/idle-100k.jsonl" "rss_mb:rss_mb" "kib/flow:rss_per_flow_kb" "flows/s:flows_per_s"
+summary "$OUT/idle-100k.jsonl" "rss_mb:rss_mb" "kib/flow:rss_per_flow_kb" "flows/s:flows_per_s" \
+  "hibernated_rss_mb:hibernated_rss_mb" "hibernated_kib/flow:hibernated_rss_per_flow_kb"
 
 # 8. Restart with 10,000 unfinished flows: a server SIGKILLed, an engine started on
 #    its data dir; time until every flow's actor is back, then until all complete.
