@@ -329,16 +329,28 @@ impl Actor for FlowActor {
                 return Ok(());
             }
             FlowMsg::Hibernate => {
-                state.in_grace = true;
-                myself.send_after(HIBERNATE_GRACE, || FlowMsg::HibernateNow);
+                if state.is_quiet() {
+                    state.in_grace = true;
+                    myself.send_after(HIBERNATE_GRACE, || FlowMsg::HibernateNow);
+                } else {
+                    // Something came in between asking and being told: a write or a
+                    // Redis step is in flight, whose effects only this actor holds.
+                    state.to_supervisor(
+                        &myself,
+                        SupervisorMsg::Rejoin(state.state.id(), myself.clone()),
+                    );
+                }
                 return Ok(());
             }
             FlowMsg::HibernateNow => {
                 if state.in_grace {
-                    state.to_supervisor(
-                        &myself,
-                        SupervisorMsg::HibernateDone(state.state.id(), myself.clone()),
-                    );
+                    let msg = if state.is_quiet() {
+                        SupervisorMsg::HibernateDone(state.state.id(), myself.clone())
+                    } else {
+                        state.in_grace = false;
+                        SupervisorMsg::Rejoin(state.state.id(), myself.clone())
+                    };
+                    state.to_supervisor(&myself, msg);
                 }
                 return Ok(());
             }
