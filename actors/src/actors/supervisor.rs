@@ -355,6 +355,10 @@ impl SupervisorState {
             return Some(actor);
         }
         let actor = self.hibernating.remove(&id)?;
+        if actor.get_status() != ractor::ActorStatus::Running {
+            // Ended meanwhile (its supervision event is still on its way).
+            return None;
+        }
         self.shared.directory.insert(id, actor.clone());
         let _ = actor.cast(FlowMsg::Awake);
         Some(actor)
