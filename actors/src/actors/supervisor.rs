@@ -268,23 +268,13 @@ impl Actor for FlowSupervisor {
                 }
             }
             SupervisorMsg::HibernateDone(id, actor) => {
-                if state
-                    .hibernating
-                    .get(&id)
-                    .is_some_and(|a| a.get_id() == actor.get_id())
-                {
-                    state.hibernating.remove(&id);
+                if state.forget_hibernating(id, actor.get_id()) {
                     actor.stop(Some("hibernating".to_owned()));
                     debug!(flow = %id, "flow hibernated");
                 }
             }
             SupervisorMsg::Rejoin(id, actor) => {
-                if state
-                    .hibernating
-                    .get(&id)
-                    .is_some_and(|a| a.get_id() == actor.get_id())
-                {
-                    state.hibernating.remove(&id);
+                if state.forget_hibernating(id, actor.get_id()) {
                     state.shared.directory.insert(id, actor);
                 }
             }
@@ -382,14 +372,17 @@ impl SupervisorState {
         }
     }
 
-    fn forget_hibernating(&mut self, id: FlowId, actor: ActorId) {
-        if self
+    /// Takes `actor` off the hibernating list if it is the flow's entry there;
+    /// returns whether it was.
+    fn forget_hibernating(&mut self, id: FlowId, actor: ActorId) -> bool {
+        let listed = self
             .hibernating
             .get(&id)
-            .is_some_and(|a| a.get_id() == actor)
-        {
+            .is_some_and(|a| a.get_id() == actor);
+        if listed {
             self.hibernating.remove(&id);
         }
+        listed
     }
 
     async fn spawn(
