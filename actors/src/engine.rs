@@ -629,7 +629,10 @@ impl Engine {
                     warn!(error = %e, "a flow did not drain before shutdown");
                 }
             }
-            flows.router.stop(None);
+            let _ = flows
+                .router
+                .stop_and_wait(None, Some(Duration::from_secs(5)))
+                .await;
             let _ = flows
                 .supervisor
                 .stop_children_and_wait(None, Some(Duration::from_secs(5)))

@@ -76,6 +76,9 @@ impl Actor for CompletionRouter {
     ) -> Result<(), ActorProcessingErr> {
         state.stop.cancel();
         state.task.abort();
+        // Wait until the task is gone: it holds the store, which a caller may open
+        // again as soon as the engine says it stopped.
+        let _ = (&mut state.task).await;
         Ok(())
     }
 }
