@@ -570,13 +570,13 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
     // Handler, queue and data strings repeat across a flow's nodes ("default",
     // "null", one handler for a fan-out): one allocation each, shared. A waiting
     // flow lives in memory for as long as it waits (docs/PERFORMANCE.md).
-    let mut shared: HashMap<String, Arc<str>> = HashMap::new();
-    let mut intern = |text: String| -> Arc<str> {
-        if let Some(s) = shared.get(&text) {
+    let mut shared: HashSet<Arc<str>> = HashSet::new();
+    let mut intern = |text: &str| -> Arc<str> {
+        if let Some(s) = shared.get(text) {
             return Arc::clone(s);
         }
-        let s: Arc<str> = Arc::from(text.as_str());
-        shared.insert(text, Arc::clone(&s));
+        let s: Arc<str> = Arc::from(text);
+        shared.insert(Arc::clone(&s));
         s
     };
     let nodes = spec
@@ -590,12 +590,12 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
             opts.continue_on_failure |= node.continue_on_failure;
             DagNode {
                 handler: match node.handler.as_deref() {
-                    Some(handler) => intern(handler.to_owned()),
+                    Some(handler) => intern(handler),
                     None => name.clone(),
                 },
-                queue: intern(node.queue.as_deref().unwrap_or(DEFAULT_QUEUE).to_owned()),
+                queue: intern(node.queue.as_deref().unwrap_or(DEFAULT_QUEUE)),
                 data: intern(
-                    serde_json::to_string(&node.data).unwrap_or_else(|_| "null".to_owned()),
+                    &serde_json::to_string(&node.data).unwrap_or_else(|_| "null".to_owned()),
                 ),
                 name,
                 opts,
