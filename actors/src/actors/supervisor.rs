@@ -408,6 +408,11 @@ impl SupervisorState {
         id: FlowId,
         abort: Option<String>,
     ) -> Result<Option<ActorRef<FlowMsg>>, EngineError> {
+        // Never two actors for one flow: a `Wake` or a retry handled between an
+        // actor's failure and its supervision event may have started one already.
+        if let Some(actor) = self.live_actor(id) {
+            return Ok(Some(actor));
+        }
         let Some((state, record)) = load_state(&self.shared.store, id)? else {
             return Ok(None);
         };
