@@ -27,7 +27,7 @@ use crate::error::EngineError;
 use crate::ids::{FlowId, JobId, NodeIdx};
 use crate::queue::{JobEnvelope, LocalAck, NewJob, Outcome, ENVELOPE_VERSION};
 use crate::spec::Dag;
-use crate::state::{Effect, EnqueueJob, FlowState, FlowStatus, Input, NodeState};
+use crate::state::{Effect, EnqueueJob, FlowState, FlowStatus, Input};
 use crate::store::{status_code, FlowRecord, NodeRecord, WriteOp};
 use crate::view::{FlowEvent, FlowView, NodeView};
 
@@ -253,23 +253,8 @@ impl Actor for FlowActor {
                     ops.push(WriteOp::Idempotency(key.clone(), id));
                 }
                 let mut actor = FlowActorState::new(args.shared, state, idempotency_key);
-                // Only the nodes `Start` changed (the roots) get a record: a node
-                // without one loads as fresh, and writing all of them was a quarter
-                // of the inserts of a small flow.
-                let fresh = NodeState::default();
-                for i in actor.state.dag().indices() {
-                    if *actor.state.node(i) != fresh {
-                        ops.push(WriteOp::Node(
-                            id,
-                            i,
-                            NodeRecord::from_state(actor.state.node(i)),
-                        ));
-                    }
-                }
-                let effects = effects
-                    .into_iter()
-                    .filter(|e| !matches!(e, Effect::Persist(_)))
-                    .collect::<Vec<_>>();
+                // `Start`'s `Persist` names the nodes it changed (the roots); the
+                // others get no record and load as fresh.
                 // The creator hears of the flow only once it is durable.
                 actor.commit(
                     &myself,
