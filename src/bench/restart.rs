@@ -34,12 +34,11 @@ use super::http::HttpTarget;
 use super::redis_probe::RedisProbe;
 use super::shapes::Topology;
 use super::unserved::{
-    connect_queue, create_phase, creation_result, fresh_prefix, CreationPhase, ENGINE_STOP,
+    connect_queue, create_phase, creation_result, CreationPhase, RunScope, ENGINE_STOP,
     UNSERVED_QUEUE,
 };
 use super::{
-    peak_rss_mb, reset_peak_rss, round3, rss_mb, BenchArgs, BenchResult, EngineTarget, Stop,
-    Target, TempDir, POLL,
+    peak_rss_mb, round3, rss_mb, BenchArgs, BenchResult, EngineTarget, Stop, Target, POLL,
 };
 
 /// Longest the `dagflow serve` of `--stop kill` may take to answer `/readyz`.
@@ -56,18 +55,21 @@ pub(super) async fn run_restart(
     topology: &Topology,
     spec: FlowSpec,
 ) -> anyhow::Result<BenchResult> {
-    let probe = RedisProbe::parse(&args.redis_url)?;
-    let prefix = fresh_prefix();
-    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     // The run's directory holds the sled directory and, with `--stop kill`, the
     // server's log.
-    let run_dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
-    let rss_reset = reset_peak_rss();
-    let result = restart(args, run, topology, spec, &probe, &prefix, &run_dir.path).await;
-    if let Err(e) = probe.delete_prefix(&prefix).await {
-        eprintln!("dagflow bench: could not remove the keys of prefix {prefix}: {e:#}");
-    }
-    drop(run_dir);
+    let scope = RunScope::new(args)?;
+    let rss_reset = scope.rss_reset;
+    let result = restart(
+        args,
+        run,
+        topology,
+        spec,
+        &scope.probe,
+        &scope.prefix,
+        &scope.dir.path,
+    )
+    .await;
+    scope.finish().await;
     let mut result = result?;
     if rss_reset {
         result.peak_rss_mb = peak_rss_mb();

@@ -140,6 +140,42 @@ pub(super) fn fresh_prefix() -> String {
     format!("bench-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// What an idle or restart run owns: its Redis probe, a fresh key prefix, a data
+/// directory named after it, and whether the peak-RSS counter could be reset.
+pub(super) struct RunScope {
+    pub(super) probe: RedisProbe,
+    pub(super) prefix: String,
+    pub(super) dir: TempDir,
+    pub(super) rss_reset: bool,
+}
+
+impl RunScope {
+    pub(super) fn new(args: &BenchArgs) -> anyhow::Result<RunScope> {
+        let probe = RedisProbe::parse(&args.redis_url)?;
+        let prefix = fresh_prefix();
+        let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
+        let rss_reset = reset_peak_rss();
+        Ok(RunScope {
+            probe,
+            prefix,
+            dir,
+            rss_reset,
+        })
+    }
+
+    /// Removes the run's keys and directory, whatever happened; a failure to remove
+    /// the keys is reported but does not hide the run's own result.
+    pub(super) async fn finish(self) {
+        if let Err(e) = self.probe.delete_prefix(&self.prefix).await {
+            eprintln!(
+                "dagflow bench: could not remove the keys of prefix {}: {e:#}",
+                self.prefix
+            );
+        }
+    }
+}
+
 /// The flows to create: `--flows`, at least one.
 pub(super) fn flow_count(args: &BenchArgs) -> usize {
     args.flows.unwrap_or(DEFAULT_FLOWS).max(1)
@@ -253,15 +289,12 @@ pub(super) async fn run_idle(
     topology: &Topology,
     spec: FlowSpec,
 ) -> anyhow::Result<BenchResult> {
-    let probe = RedisProbe::parse(&args.redis_url)?;
-    let prefix = fresh_prefix();
-    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let data_dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
-    let rss_reset = reset_peak_rss();
+    let scope = RunScope::new(args)?;
+    let (probe, prefix, rss_reset) = (&scope.probe, scope.prefix.clone(), scope.rss_reset);
     let mut builder = Engine::builder()
         .redis_url(args.redis_url.clone())
         .prefix(prefix.clone())
-        .data_dir(data_dir.path.clone());
+        .data_dir(scope.dir.path.clone());
     let hibernate_after = match args.hibernate_after {
         Some(s) if s <= 0.0 => None,
         Some(s) => Some(Duration::from_secs_f64(s)),
@@ -276,7 +309,7 @@ pub(super) async fn run_idle(
             engine: engine.clone(),
             spec,
         });
-        let phase = create_phase(args, &probe, &queue, topology, target, false).await?;
+        let phase = create_phase(args, probe, &queue, topology, target, false).await?;
         // Read at once: every flow created and waiting, nothing else going on.
         let rss = rss_mb();
         let peak = if rss_reset { peak_rss_mb() } else { None };
@@ -313,11 +346,6 @@ pub(super) async fn run_idle(
     .await;
     engine.shutdown(ENGINE_STOP).await;
     drop(engine);
-    // The run's keys go whatever happened; a failure to remove them is reported
-    // but does not hide the run's own error.
-    if let Err(e) = probe.delete_prefix(&prefix).await {
-        eprintln!("dagflow bench: could not remove the keys of prefix {prefix}: {e:#}");
-    }
-    drop(data_dir);
+    scope.finish().await;
     result
 }
