@@ -1,0 +1,335 @@
+/**
+ * The Redis protocol of docs/PROTOCOL.md as data: key names, group names, the job
+ * envelope and the completion record. Pure functions only, no I/O, so that every
+ * rule here is unit-tested without a Redis.
+ *
+ * @module
+ */
+
+/** Consumer group of every queue stream. */
+export const WORKERS_GROUP = "workers";
+/** Consumer group of the completions stream (the engine's). */
+export const ENGINE_GROUP = "engine";
+/** The envelope version this worker reads; others are refused (removed and logged). */
+export const ENVELOPE_VERSION = 1;
+/** The completion record version this worker writes. */
+export const COMPLETION_VERSION = "1";
+/** Name of the one field of a queue-stream entry, holding the envelope JSON. */
+export const ENVELOPE_FIELD = "envelope";
+/** Key prefix of a deployment that configures none. */
+export const DEFAULT_PREFIX = "dagflow";
+/** Job lease when `P:config` does not name one (the engine's default). */
+export const DEFAULT_LEASE_MS = 30_000;
+/** Heartbeat interval assumed for entries of `P:workers` that carry no `intervalMs`. */
+export const DEFAULT_HEARTBEAT_MS = 5_000;
+
+/**
+ * Queue names the engine accepts (`spec.rs`): ASCII letters, digits, `-`, `_`, `.`.
+ * Checked here too so that a typo fails at construction instead of serving a queue
+ * no flow can name.
+ */
+const QUEUE_NAME = /^[A-Za-z0-9_.-]+$/;
+
+/** Whether `name` is a queue name the engine accepts. */
+export function isValidQueueName(name: string): boolean {
+  return QUEUE_NAME.test(name) && name.length <= 256;
+}
+
+/** Every Redis key name of one deployment, built in one place. */
+export class Keys {
+  /** @param prefix the deployment's prefix (`P`), the engine's `--prefix` */
+  constructor(readonly prefix: string = DEFAULT_PREFIX) {
+    if (prefix.length === 0) throw new TypeError("prefix must not be empty");
+  }
+  /** `P:q:{queue}`: the stream of ready and running jobs of a queue. */
+  queue(queue: string): string {
+    return `${this.prefix}:q:${queue}`;
+  }
+  /**
+   * The streams one queue is served from, in reading order. One today; a later
+   * protocol version adds a continuations stream read first, and every reading
+   * path already takes a list.
+   */
+  queueStreams(queue: string): string[] {
+    return [this.queue(queue)];
+  }
+  /** `P:q:{queue}:delayed`: retries waiting out their backoff. */
+  delayed(queue: string): string {
+    return `${this.prefix}:q:${queue}:delayed`;
+  }
+  /** `P:flow:{flowId}:jobs`: per-job state of one flow. */
+  flowJobs(flowId: string): string {
+    return `${this.prefix}:flow:${flowId}:jobs`;
+  }
+  /** `P:completions`: outcome records read by the engine. */
+  completions(): string {
+    return `${this.prefix}:completions`;
+  }
+  /** `P:cancel`: pub/sub channel of cancelled job ids. */
+  cancelChannel(): string {
+    return `${this.prefix}:cancel`;
+  }
+  /** `P:workers`: heartbeats. */
+  workers(): string {
+    return `${this.prefix}:workers`;
+  }
+  /** `P:config`: settings the engine publishes (`leaseMs`, `maxStalled`). */
+  config(): string {
+    return `${this.prefix}:config`;
+  }
+}
+
+/** A job as it travels through Redis (envelope version 1). */
+export interface Envelope {
+  /** Format version, 1. */
+  v: number;
+  /** `{flowId}:{node}:{attempt}`: the idempotency key of this run. */
+  id: string;
+  /** The flow. */
+  flowId: string;
+  /** The node's name within the flow. */
+  node: string;
+  /** Which attempt, from 1. */
+  attempt: number;
+  /** The handler to run. */
+  handler: string;
+  /** The queue it was put on. */
+  queue: string;
+  /** `{"data": ..., "parents": {...}}`, as the engine built it. */
+  input: unknown;
+  /** Time limit of the handler, if any. */
+  timeoutMs?: number;
+  /** How often the job may be reclaimed from a dead worker before it fails as stalled. */
+  maxStalled: number;
+  /** When the engine enqueued it (ms since the epoch). */
+  enqueuedAtMs: number;
+}
+
+/** Thrown by {@link parseEnvelope}; the message says what is wrong, for the log. */
+export class MalformedEnvelope extends Error {
+  override name = "MalformedEnvelope";
+}
+
+function isNonNegativeInteger(value: unknown): value is number {
+  return typeof value === "number" && Number.isInteger(value) && value >= 0;
+}
+
+/**
+ * Decodes and checks an envelope. Required are the fields the reference reader
+ * (`envelope.rs`) requires, so an envelope is malformed for every implementation
+ * alike; unknown fields are ignored, as the protocol says.
+ */
+export function parseEnvelope(json: string | null | undefined): Envelope {
+  if (json === null || json === undefined) throw new MalformedEnvelope(`no ${ENVELOPE_FIELD} field`);
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch (e) {
+    throw new MalformedEnvelope(`envelope is not JSON: ${(e as Error).message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new MalformedEnvelope("envelope is not a JSON object");
+  }
+  const env = value as Record<string, unknown>;
+  if (env.v !== ENVELOPE_VERSION) {
+    throw new MalformedEnvelope(`unsupported version ${JSON.stringify(env.v)} (this reader knows ${ENVELOPE_VERSION})`);
+  }
+  for (const field of ["id", "flowId", "node", "handler", "queue"] as const) {
+    if (typeof env[field] !== "string") throw new MalformedEnvelope(`field ${field} is not a string`);
+  }
+  if (!isNonNegativeInteger(env.attempt) || env.attempt < 1) {
+    throw new MalformedEnvelope("field attempt is not an integer >= 1");
+  }
+  if (!isNonNegativeInteger(env.maxStalled)) throw new MalformedEnvelope("field maxStalled is not an integer >= 0");
+  if (!isNonNegativeInteger(env.enqueuedAtMs)) throw new MalformedEnvelope("field enqueuedAtMs is not an integer >= 0");
+  if (!("input" in env)) throw new MalformedEnvelope("field input is missing");
+  if (env.timeoutMs !== undefined && env.timeoutMs !== null && !isNonNegativeInteger(env.timeoutMs)) {
+    throw new MalformedEnvelope("field timeoutMs is not an integer >= 0");
+  }
+  if (env.timeoutMs === null) delete env.timeoutMs;
+  return env as unknown as Envelope;
+}
+
+/** The job field `{node}:{attempt}` in its flow's jobs hash. */
+export function jobField(env: Pick<Envelope, "node" | "attempt">): string {
+  return `${env.node}:${env.attempt}`;
+}
+
+/** The input of a job, split into what handlers get. */
+export interface JobInput {
+  /** The node's own data; `null` for a node without data. */
+  data: unknown;
+  /** Every parent's result by parent name (`{"error": ...}` for a failed parent with `continueOnFailure`). */
+  parents: Record<string, unknown>;
+}
+
+/**
+ * Splits an envelope's input. Returns a string (the failure message) when the input
+ * is not an object, as the Rust worker does: such a job is failed, not retried.
+ */
+export function splitInput(input: unknown): JobInput | string {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    return "job input is not an object with data and parents";
+  }
+  const obj = input as { data?: unknown; parents?: unknown };
+  const parents = obj.parents ?? {};
+  if (typeof parents !== "object" || parents === null || Array.isArray(parents)) {
+    return "job input's parents is not an object";
+  }
+  return { data: obj.data ?? null, parents: parents as Record<string, unknown> };
+}
+
+/** What a worker reports about a job (the `outcome` JSON of a completion record). */
+export type Outcome =
+  | { kind: "completed"; result: unknown }
+  | { kind: "failed"; message: string; retryable: boolean }
+  | { kind: "progress"; progress: unknown }
+  | { kind: "started" };
+
+/** Whether an outcome ends the job (acknowledges and deletes its entry). */
+export function isFinal(outcome: Outcome): boolean {
+  return outcome.kind === "completed" || outcome.kind === "failed";
+}
+
+/**
+ * JSON of a value a handler produced; `undefined` becomes `null` (the record's
+ * missing result is `null` anyway). Throws on values JSON cannot hold (BigInt,
+ * cycles), which the caller turns into a failure.
+ */
+export function toJson(value: unknown): string {
+  const text = JSON.stringify(value === undefined ? null : value);
+  // JSON.stringify returns undefined for a function or a symbol.
+  return text === undefined ? "null" : text;
+}
+
+/** The outcome JSON; throws if a result or progress value cannot be encoded. */
+export function encodeOutcome(outcome: Outcome): string {
+  switch (outcome.kind) {
+    case "completed":
+      return `{"kind":"completed","result":${toJson(outcome.result)}}`;
+    case "progress":
+      return `{"kind":"progress","progress":${toJson(outcome.progress)}}`;
+    case "failed":
+      return JSON.stringify({ kind: "failed", message: outcome.message, retryable: outcome.retryable });
+    case "started":
+      return '{"kind":"started"}';
+  }
+}
+
+/**
+ * The `KEYS` and `ARGV` of one `report.lua` call for a job read from `stream` as
+ * entry `entryId`: the completion record (v, flow, node, attempt, job, outcome) and,
+ * for a final outcome, the acknowledgement, deletion and `done` mark of the entry.
+ */
+export function reportArgs(
+  keys: Keys,
+  stream: string,
+  entryId: string,
+  env: Pick<Envelope, "id" | "flowId" | "node" | "attempt">,
+  final: boolean,
+  outcomeJson: string,
+): { keys: [string, string, string]; argv: string[] } {
+  return {
+    keys: [keys.completions(), stream, keys.flowJobs(env.flowId)],
+    argv: [
+      WORKERS_GROUP,
+      ENGINE_GROUP,
+      entryId,
+      jobField(env),
+      final ? "1" : "0",
+      "v",
+      COMPLETION_VERSION,
+      "flow",
+      env.flowId,
+      "node",
+      env.node,
+      "attempt",
+      String(env.attempt),
+      "job",
+      env.id,
+      "outcome",
+      outcomeJson,
+    ],
+  };
+}
+
+/**
+ * Whether a delivery count read with XPENDING means the job was claimed more often
+ * than its `maxStalled` allows: the first delivery is the read, every later one a
+ * claim from a worker that stopped renewing it.
+ */
+export function isStalled(deliveries: number, maxStalled: number): boolean {
+  return deliveries > maxStalled + 1;
+}
+
+/** The failure message of a stalled job. */
+export function stalledMessage(deliveries: number, maxStalled: number, leaseMs: number): string {
+  return (
+    `job stalled: claimed ${deliveries - 1} times from workers that stopped renewing it ` +
+    `(lease ${leaseMs} ms), more than maxStalled ${maxStalled}`
+  );
+}
+
+/**
+ * Whether a Redis error means the consumer group (or its stream) is gone: Redis
+ * lost its data. `NOGROUP` on most commands; a blocked XREADGROUP whose stream is
+ * removed by FLUSHALL fails with `UNBLOCKED the stream key no longer exists` on 7.0.
+ */
+export function isGroupLost(err: unknown): boolean {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.startsWith("NOGROUP") || message.startsWith("UNBLOCKED");
+}
+
+/** One entry of an XREADGROUP / XAUTOCLAIM reply: fields are `null` for an entry deleted while pending. */
+export interface RawEntry {
+  id: string;
+  fields: string[] | null;
+}
+
+/** The value of `field` among an entry's field/value pairs. */
+export function fieldOf(fields: string[] | null, field: string): string | undefined {
+  if (!fields) return undefined;
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === field) return fields[i + 1];
+  return undefined;
+}
+
+/** The entries of an XREADGROUP reply (`null` on timeout) per stream key. */
+export function parseReadReply(reply: unknown): Map<string, RawEntry[]> {
+  const out = new Map<string, RawEntry[]>();
+  if (!Array.isArray(reply)) return out;
+  for (const stream of reply) {
+    if (!Array.isArray(stream) || stream.length < 2) continue;
+    out.set(String(stream[0]), parseEntries(stream[1]));
+  }
+  return out;
+}
+
+/** A list of `[id, [field, value, ...] | null]` entries. */
+export function parseEntries(list: unknown): RawEntry[] {
+  if (!Array.isArray(list)) return [];
+  const entries: RawEntry[] = [];
+  for (const item of list) {
+    if (!Array.isArray(item) || item.length < 1) continue;
+    const fields = Array.isArray(item[1]) ? (item[1] as unknown[]).map(String) : null;
+    entries.push({ id: String(item[0]), fields });
+  }
+  return entries;
+}
+
+/**
+ * An XAUTOCLAIM reply: `[next cursor, claimed entries]` and, on Redis 7, a third
+ * element with the ids of entries deleted while pending, which Redis already removed
+ * from the pending list (nothing to do about them).
+ */
+export function parseAutoclaimReply(reply: unknown): { next: string; entries: RawEntry[] } {
+  if (!Array.isArray(reply) || reply.length < 2) throw new Error("unexpected XAUTOCLAIM reply");
+  return { next: String(reply[0]), entries: parseEntries(reply[1]) };
+}
+
+/** The delivery count in an `XPENDING key group id id 1` reply (`[[id, consumer, idle, deliveries]]`); `null` when no longer pending. */
+export function parseDeliveries(reply: unknown): number | null {
+  if (!Array.isArray(reply) || reply.length === 0) return null;
+  const row = reply[0];
+  if (!Array.isArray(row) || row.length < 4) return null;
+  return Number(row[3]);
+}

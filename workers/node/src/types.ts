@@ -1,0 +1,184 @@
+/**
+ * The JSON shapes of the dagflow API: the flow spec a client submits
+ * (`actors/src/spec.rs`) and the views and events it gets back
+ * (`actors/src/view.rs`, `src/api/models.rs`). Optional fields are absent, not
+ * `null`, when they have no value.
+ *
+ * @module
+ */
+
+/** How the delay before a retry grows. */
+export interface Backoff {
+  /** `fixed`: the same delay every time; `exponential`: `delayMs * 2^(n-1)` before the n-th retry. */
+  type: "fixed" | "exponential";
+  /** Base delay in ms. */
+  delayMs: number;
+}
+
+/** Retry, timeout and failure behaviour of one node. */
+export interface NodeOpts {
+  /** Total tries, the first included (1 to 1000). Default 1. */
+  attempts?: number;
+  /** Delay between tries; none: retry at once. */
+  backoff?: Backoff;
+  /** Time limit of one try in ms; a try past it fails (retryable) and its `job.signal` fires. */
+  timeoutMs?: number;
+  /** When the node fails for good its children still run, with `{"error": ...}` in its slot. */
+  continueOnFailure?: boolean;
+  /** How often the job may be reclaimed from a worker that died before it fails as stalled (engine default 3). */
+  maxStalled?: number;
+}
+
+/** One node (job) of a flow spec. */
+export interface NodeSpec {
+  /** Unique within the flow. */
+  name: string;
+  /** Nodes whose results this node needs; it runs once all of them completed. */
+  parents?: string[];
+  /** Nodes that need this node's result (BullMQ's direction); must agree with their `parents`. */
+  children?: string[];
+  /** The handler that runs it; defaults to `name`. */
+  handler?: string;
+  /** The queue it goes to; defaults to `default`. ASCII letters, digits, `-`, `_`, `.`. */
+  queue?: string;
+  /** The node's own input, `job.data`. */
+  data?: unknown;
+  /** Retries, timeout, failure behaviour. */
+  opts?: NodeOpts;
+  /** Same as `opts.continueOnFailure`. */
+  continueOnFailure?: boolean;
+}
+
+/** Flow-wide behaviour. */
+export interface FlowOpts {
+  /**
+   * `continue` (default): independent branches finish, the failed node's descendants
+   * are skipped, the flow ends `failed`. `failFast`: the rest is cancelled at the
+   * first permanent failure.
+   */
+  onFailure?: "continue" | "failFast";
+}
+
+/** A flow as `POST /flows` takes it. */
+export interface FlowSpec {
+  /** For people; need not be unique. */
+  name?: string;
+  /** The jobs. */
+  nodes: NodeSpec[];
+  /** Flow-wide behaviour. */
+  opts?: FlowOpts;
+}
+
+/** Where a flow is. */
+export type FlowStatus = "running" | "completed" | "failed" | "cancelled";
+
+/** Where a node is. */
+export type NodeStatus = "pending" | "queued" | "active" | "completed" | "failed" | "skipped" | "cancelled";
+
+/** The statuses a flow ends in. */
+export const TERMINAL_FLOW_STATUSES: readonly FlowStatus[] = ["completed", "failed", "cancelled"];
+
+/** One node of a flow view. */
+export interface NodeView {
+  name: string;
+  status: NodeStatus;
+  /** Current attempt; 0 before the first. */
+  attempt: number;
+  queue: string;
+  handler: string;
+  parents: string[];
+  children: string[];
+  /** The current attempt's job id `{flowId}:{node}:{attempt}`. */
+  jobId?: string;
+  /** When the current attempt was queued (ms since the epoch). */
+  queuedAt?: number;
+  /** When a delayed retry is due (ms). */
+  dueAt?: number;
+  /** When a worker started it (ms). */
+  startedAt?: number;
+  /** When it ended (ms). */
+  finishedAt?: number;
+  /** The last progress reported (any JSON). */
+  progress?: unknown;
+  /** The last error (also while a retry waits). */
+  error?: string;
+  /** The handler's result, once completed. */
+  result?: unknown;
+  /** `{data, parents}` its handler gets: only in `GET /flows/{id}/nodes/{name}`, once every parent is done. */
+  input?: { data: unknown; parents: Record<string, unknown> };
+}
+
+/** A flow with every node (`GET /flows/{id}`, WebSocket snapshots). */
+export interface FlowView {
+  id: string;
+  name: string;
+  status: FlowStatus;
+  /** Events so far; later events have a larger `seq`. */
+  seq: number;
+  createdAt: number;
+  updatedAt: number;
+  finishedAt?: number;
+  /** Why the engine failed the flow, when it did (not a node's error). */
+  error?: string;
+  /** Every node, in spec order. */
+  nodes: NodeView[];
+}
+
+/** A flow in a listing. */
+export interface FlowSummary {
+  id: string;
+  name: string;
+  status: FlowStatus;
+  seq: number;
+  createdAt: number;
+  updatedAt: number;
+  finishedAt?: number;
+  nodesTotal: number;
+  nodesDone: number;
+}
+
+/** One page of `GET /flows`. */
+export interface FlowPage {
+  /** Newest first. */
+  flows: FlowSummary[];
+  /** Pass as `cursor` for the next page; absent on the last page. */
+  nextCursor?: string;
+}
+
+/** One state change of one flow. */
+export interface FlowEvent {
+  flowId: string;
+  /** The node; absent for a change of the flow itself. */
+  node?: string;
+  /** The node's (or the flow's) new status; `progress` events keep the node's status. */
+  status: string;
+  /** The node's attempt; 0 for flow events. */
+  attempt: number;
+  /** Strictly increasing per flow, without gaps. */
+  seq: number;
+  /** Time of the change (ms). */
+  ts: number;
+  /** Progress, on progress events. */
+  progress?: unknown;
+  /** The error, on failures and retries. */
+  error?: string;
+}
+
+/** What `Client.watch` yields: the flow's snapshot, then its events. */
+export type WatchMessage =
+  | { type: "snapshot"; flow: FlowView }
+  | ({ type: "flow:updated" } & FlowEvent)
+  | { type: "lagged"; missed: number };
+
+/** Every message the server sends on `/ws`. */
+export type ServerMessage =
+  | WatchMessage
+  | { type: "subscribed"; flowId: string }
+  | { type: "unsubscribed"; flowId: string }
+  | { type: "error"; message: string; flowId?: string };
+
+/** `GET /healthz` and `GET /readyz`. */
+export interface Health {
+  status: string;
+  checks?: Record<string, string>;
+}

@@ -1,0 +1,863 @@
+/**
+ * The worker: serves dagflow queues from Redis with TypeScript handlers, speaking
+ * the protocol of docs/PROTOCOL.md.
+ *
+ * Per queue a {@link QueueFetcher} reads jobs on its own connection and starts at
+ * most `concurrency` of them at once; the worker reports each job's outcome with
+ * `report.lua` on one shared, auto-pipelined connection, so reports of jobs that end
+ * in the same tick go to Redis in one round trip. One ticker renews the lease of
+ * every running job, one reclaims jobs of dead workers, one sends heartbeats; no
+ * timer runs per job except a job's own `timeoutMs`.
+ *
+ * @module
+ */
+
+import { EventEmitter } from "node:events";
+import { hostname } from "node:os";
+import type { Redis } from "ioredis";
+
+import { FatalError, JobAbortedError, isRetryable, messageOf } from "./errors.js";
+import { Job } from "./job.js";
+import {
+  DEFAULT_HEARTBEAT_MS,
+  DEFAULT_LEASE_MS,
+  DEFAULT_PREFIX,
+  ENVELOPE_FIELD,
+  Keys,
+  WORKERS_GROUP,
+  encodeOutcome,
+  fieldOf,
+  isGroupLost,
+  isStalled,
+  isValidQueueName,
+  parseAutoclaimReply,
+  parseDeliveries,
+  parseEnvelope,
+  parseReadReply,
+  reportArgs,
+  splitInput,
+  stalledMessage,
+  type Envelope,
+  type RawEntry,
+} from "./protocol.js";
+import { closeConnection, openConnection, type RedisConnection } from "./redis.js";
+import { luaScripts } from "./scripts.js";
+
+/**
+ * A job handler: returns the node's result (any JSON value; `undefined` is `null`),
+ * or throws. A thrown {@link FatalError} fails the node at once; anything else
+ * (a plain `Error`, a {@link RetryableError}) lets the engine retry it if the node
+ * has attempts left.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type Handler = (job: Job<any, any>) => unknown;
+
+/** Settings of a {@link Worker}. */
+export interface WorkerOptions {
+  /** Redis of the engine: a URL, ioredis options or an ioredis connection to copy. Default `redis://127.0.0.1:6379`. */
+  redis?: RedisConnection;
+  /** The engine's key prefix (`dagflow serve --prefix`). Default `dagflow`. */
+  prefix?: string;
+  /**
+   * The queues to serve and how many jobs of each run at once:
+   * `{ images: 4, mail: 16 }`, or a list of names that all get `concurrency`.
+   */
+  queues: Record<string, number> | string[];
+  /** Concurrency of queues given as a list. Default 16. */
+  concurrency?: number;
+  /** Handlers by name: a job runs the handler named by its node's `handler` (by default the node's name). */
+  handlers?: Record<string, Handler>;
+  /** Runs jobs whose handler has no entry in `handlers` (BullMQ's single processor; switch on `job.name`). */
+  processor?: Handler;
+  /**
+   * This worker's consumer name in every queue's group, and its id in `P:workers`.
+   * Give a stable name (host + slot) so that a restarted worker resumes its own
+   * unfinished jobs at once; with the default (host, pid and a random part) they are
+   * reclaimed by someone after their lease. Never run two live workers under one name.
+   */
+  consumer?: string;
+  /** Job lease in ms. Default: `leaseMs` of the engine's `P:config`, else 30000. Must match the engine's. */
+  leaseMs?: number;
+  /** Heartbeat interval in ms. Default 5000. */
+  heartbeatMs?: number;
+  /** How long one blocking read waits for new jobs, in ms. Default 2000. */
+  blockMs?: number;
+  /** Most jobs one read asks for. Default 100 (never more than the queue's free slots). */
+  batchSize?: number;
+  /** How often jobs of dead workers are looked for, in ms. Default: lease/2, at most 5000. */
+  reclaimEveryMs?: number;
+  /** Start serving in the constructor. Default true; otherwise call {@link Worker.run}. */
+  autorun?: boolean;
+}
+
+/** The events of a {@link Worker}, with their arguments. */
+export interface WorkerEvents {
+  /** Serving: groups exist, cancel channel subscribed, first heartbeat sent. */
+  ready: [];
+  /** A handler was started. */
+  active: [job: Job];
+  /** A job's result is in Redis. */
+  completed: [job: Job, result: unknown];
+  /** A job's failure is in Redis (thrown error, timeout, cancel, no handler). */
+  failed: [job: Job | undefined, error: Error];
+  /** A job reported progress. */
+  progress: [job: Job, progress: unknown];
+  /** A job claimed from dead workers more often than its `maxStalled` was failed without running. */
+  stalled: [jobId: string, message: string];
+  /** Something went wrong that the worker retries by itself (Redis down, a malformed entry). */
+  error: [error: Error];
+  /** `close()` began. */
+  closing: [];
+  /** `close()` ended: no job runs, every connection is closed. */
+  closed: [];
+}
+
+/** Most `XAUTOCLAIM` calls one reclaim pass makes per stream. */
+const MAX_AUTOCLAIM_ROUNDS = 10;
+/** Longest wait between two tries of a report or a failed read. */
+const MAX_BACKOFF_MS = 5_000;
+
+/** A job read from a stream. */
+interface Delivery {
+  /** The stream it was read from: what gets renewed, acknowledged and reported on. */
+  stream: string;
+  /** Its entry id, the delivery handle. */
+  entryId: string;
+  /** The job. */
+  env: Envelope;
+}
+
+/** What the worker keeps about a job it runs. */
+class RunningJob {
+  /** Aborts `job.signal`. */
+  readonly controller = new AbortController();
+  /** The outcome is decided (reported or being reported), or the job was abandoned. */
+  done = false;
+  /** Abandoned at the close deadline: nothing more is reported. */
+  abandoned = false;
+  /** The final report is in Redis: later non-final reports are pointless. */
+  finalWritten = false;
+  /** The job's own timeout, when its node has one. */
+  timer: NodeJS.Timeout | undefined;
+  /** The handler's view; set once the handler is about to start. */
+  job: Job | undefined;
+
+  constructor(
+    readonly fetcher: QueueFetcher,
+    readonly delivery: Delivery,
+  ) {}
+}
+
+/** One stream a queue is served from, with its reading state. */
+interface Source {
+  /** The stream key. */
+  key: string;
+  /** Where reading this consumer's own pending entries goes on; `null` once they are all read. */
+  pendingCursor: string | null;
+  /** Where the next XAUTOCLAIM scan goes on. */
+  autoclaimCursor: string;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Exponential backoff with jitter: 100 ms, 200 ms, ... up to {@link MAX_BACKOFF_MS}. */
+function backoff(failures: number): number {
+  const base = Math.min(MAX_BACKOFF_MS, 100 * 2 ** Math.min(failures, 10));
+  return base / 2 + Math.random() * (base / 2);
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(messageOf(err));
+}
+
+/**
+ * Reads one queue on its own connection and starts its jobs: first this consumer's
+ * own pending entries (left by a previous run under the same consumer name), then
+ * new ones, blocking. Never reads more than the free slots.
+ */
+class QueueFetcher {
+  /** Jobs of this queue that run now, by entry id. */
+  readonly running = new Map<string, RunningJob>();
+  /** Jobs delivered beyond the free slots (a reclaim raced a read); started as slots free up. */
+  readonly buffer: Delivery[] = [];
+  /** The dedicated connection of the blocking reads. */
+  readonly conn: Redis;
+  /** Redis's id of `conn`, for `CLIENT UNBLOCK` at close; `null` until known or after a reconnect. */
+  private clientId: number | null = null;
+  /** A blocking read is in flight. */
+  private blocked = false;
+  /** Wakes the loop waiting for a free slot. */
+  private wake: (() => void) | null = null;
+  /** The read loop, once started. */
+  private loop: Promise<void> | null = null;
+  readonly sources: Source[];
+
+  constructor(
+    private readonly worker: Worker,
+    readonly queue: string,
+    readonly concurrency: number,
+  ) {
+    this.sources = worker.keys.queueStreams(queue).map((key) => ({ key, pendingCursor: "0", autoclaimCursor: "0-0" }));
+    this.conn = worker.openConnection(`read:${queue}`);
+    // A new connection has a new client id; and a read whose reply was lost in the
+    // disconnect may have delivered entries to this consumer: read own pending again.
+    this.conn.on("ready", () => {
+      this.clientId = null;
+      for (const s of this.sources) s.pendingCursor = "0";
+    });
+  }
+
+  /** Free slots: the concurrency minus running and buffered jobs. */
+  free(): number {
+    return this.concurrency - this.running.size - this.buffer.length;
+  }
+
+  /** Creates the group of every stream (from the start of the stream; BUSYGROUP is fine). */
+  async ensureGroups(): Promise<void> {
+    for (const s of this.sources) await this.worker.createGroup(this.conn, s.key);
+  }
+
+  /** Starts the read loop. */
+  start(): void {
+    this.loop = this.readLoop();
+  }
+
+  /** Called when one of this queue's jobs ended: starts a buffered job or wakes the loop. */
+  slotFreed(): void {
+    while (this.buffer.length > 0 && this.running.size < this.concurrency) {
+      this.worker.startJob(this, this.buffer.shift() as Delivery);
+    }
+    const wake = this.wake;
+    this.wake = null;
+    wake?.();
+  }
+
+  /** Starts a job now if a slot is free, else keeps it for the next free slot. */
+  offer(delivery: Delivery): void {
+    if (this.running.has(delivery.entryId) || this.buffer.some((d) => d.entryId === delivery.entryId)) return;
+    if (this.running.size < this.concurrency) this.worker.startJob(this, delivery);
+    else this.buffer.push(delivery);
+  }
+
+  /** Stops reading: interrupts a blocking read and waits for the loop to end (at most until `deadline`). */
+  async stop(deadline: number): Promise<void> {
+    this.slotFreed();
+    if (this.blocked) {
+      if (this.clientId !== null) {
+        // CLIENT UNBLOCK makes the read return as if it timed out: nothing delivered is lost.
+        await this.worker.cmd.call("CLIENT", "UNBLOCK", String(this.clientId)).catch(() => undefined);
+      } else {
+        this.conn.disconnect();
+      }
+    }
+    if (this.loop) {
+      const left = Math.max(0, Math.min(deadline - Date.now(), this.worker.blockMs + 1_000));
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.loop, new Promise((r) => (timer = setTimeout(r, left)))]);
+      clearTimeout(timer);
+    }
+    this.conn.disconnect();
+  }
+
+  private async readLoop(): Promise<void> {
+    let failures = 0;
+    while (!this.worker.stopping) {
+      try {
+        const free = this.free();
+        if (free <= 0) {
+          await new Promise<void>((resolve) => (this.wake = resolve));
+          continue;
+        }
+        const deliveries = await this.read(Math.min(free, this.worker.batchSize));
+        failures = 0;
+        // Delivered to this consumer even if closing began meanwhile: run them.
+        for (const d of deliveries) this.offer(d);
+      } catch (err) {
+        this.blocked = false;
+        if (this.worker.stopping) break;
+        if (isGroupLost(err)) {
+          // Redis lost its data (FLUSHALL, restart without persistence): a fresh group
+          // holds nothing pending for this consumer.
+          this.worker.emitError(new Error(`queue ${this.queue}: consumer group lost (${messageOf(err)}); recreating it`));
+          try {
+            await this.ensureGroups();
+            for (const s of this.sources) s.pendingCursor = null;
+            continue;
+          } catch (e) {
+            err = e;
+          }
+        }
+        this.worker.emitError(new Error(`queue ${this.queue}: read failed: ${messageOf(err)}`));
+        // A read whose reply was lost may have delivered entries: read own pending again.
+        for (const s of this.sources) s.pendingCursor = "0";
+        await sleep(backoff(failures++));
+      }
+    }
+  }
+
+  /** Reads up to `count` jobs: own pending ones first, then new ones (blocking). */
+  private async read(count: number): Promise<Delivery[]> {
+    for (const source of this.sources) {
+      while (source.pendingCursor !== null) {
+        const reply = await this.conn.call(
+          "XREADGROUP", "GROUP", WORKERS_GROUP, this.worker.consumer,
+          "COUNT", String(count), "STREAMS", source.key, source.pendingCursor,
+        );
+        const entries = parseReadReply(reply).get(source.key) ?? [];
+        const last = entries[entries.length - 1];
+        if (!last) {
+          source.pendingCursor = null;
+          break;
+        }
+        source.pendingCursor = last.id;
+        // Jobs already running here come back too when own pending is re-read after
+        // a reconnect; they are not started twice.
+        const fresh = entries.filter((e) => !this.running.has(e.id) && !this.buffer.some((d) => d.entryId === e.id));
+        const good = await this.worker.triage(source.key, fresh);
+        if (good.length > 0) {
+          // Reading pending history does not reset idle time: renew before anyone
+          // reclaims them while they run again here.
+          await this.worker.renew(source.key, good.map((d) => d.entryId));
+          return good;
+        }
+      }
+    }
+    if (this.clientId === null) this.clientId = Number(await this.conn.call("CLIENT", "ID"));
+    if (this.worker.stopping) return [];
+    const keys = this.sources.map((s) => s.key);
+    this.blocked = true;
+    let reply: unknown;
+    try {
+      reply = await this.conn.call(
+        "XREADGROUP", "GROUP", WORKERS_GROUP, this.worker.consumer,
+        "COUNT", String(count), "BLOCK", String(this.worker.blockMs),
+        "STREAMS", ...keys, ...keys.map(() => ">"),
+      );
+    } finally {
+      this.blocked = false;
+    }
+    const byStream = parseReadReply(reply);
+    const out: Delivery[] = [];
+    for (const key of keys) {
+      const entries = byStream.get(key);
+      if (entries) out.push(...(await this.worker.triage(key, entries)));
+    }
+    return out;
+  }
+}
+
+/**
+ * Serves dagflow queues. Starts at once (unless `autorun: false`); `close()` stops
+ * it gracefully.
+ *
+ * ```ts
+ * const worker = new Worker({
+ *   redis: "redis://127.0.0.1:6379",
+ *   queues: { images: 4 },
+ *   handlers: { resize: async (job) => ({ path: await resize(job.parents.download.path, job.signal) }) },
+ * });
+ * worker.on("failed", (job, err) => console.error(job?.id, err.message));
+ * process.on("SIGTERM", () => worker.close(30_000));
+ * ```
+ */
+export class Worker extends EventEmitter<WorkerEvents> {
+  /** Key names of the deployment. */
+  readonly keys: Keys;
+  /** This worker's consumer name and `P:workers` id. */
+  readonly consumer: string;
+  /** The shared connection (auto-pipelined); never given a blocking command. */
+  readonly cmd: Redis;
+  /** How long a blocking read waits. */
+  readonly blockMs: number;
+  /** Most jobs per read. */
+  readonly batchSize: number;
+  /** Closing: no new reads. */
+  stopping = false;
+
+  private readonly options: WorkerOptions;
+  private readonly handlers: Record<string, Handler>;
+  private readonly processor: Handler | undefined;
+  private readonly queueConcurrency: Array<[string, number]>;
+  private readonly heartbeatMs: number;
+  private readonly fetchers: QueueFetcher[] = [];
+  /** Running jobs by job id, for cancel messages. */
+  private readonly byJobId = new Map<string, RunningJob>();
+  /** Final reports not yet in Redis; close() waits for them. */
+  private readonly unwrittenFinals = new Set<Promise<void>>();
+  private sub: Redis | undefined;
+  private lease = DEFAULT_LEASE_MS;
+  private timers: NodeJS.Timeout[] = [];
+  private runPromise: Promise<void> | undefined;
+  private closePromise: Promise<void> | undefined;
+  /** Past the close deadline: retries of reports stop, nothing more is written. */
+  private hardStopped = false;
+  /** The last connection error per connection, so a Redis outage is reported once, not per reconnect attempt. */
+  private readonly lastConnError = new Map<string, string>();
+
+  constructor(options: WorkerOptions) {
+    super();
+    this.options = options;
+    this.keys = new Keys(options.prefix ?? DEFAULT_PREFIX);
+    this.handlers = { ...(options.handlers ?? {}) };
+    for (const [name, handler] of Object.entries(this.handlers)) {
+      if (typeof handler !== "function") throw new TypeError(`handler '${name}' is not a function`);
+    }
+    this.processor = options.processor;
+    if (Object.keys(this.handlers).length === 0 && !this.processor) {
+      throw new TypeError("a worker needs handlers (by name) or a processor");
+    }
+    const defaultConcurrency = options.concurrency ?? 16;
+    const queues: Array<[string, number]> = Array.isArray(options.queues)
+      ? options.queues.map((q) => [q, defaultConcurrency])
+      : Object.entries(options.queues ?? {});
+    if (queues.length === 0) throw new TypeError("a worker needs at least one queue");
+    for (const [name, concurrency] of queues) {
+      if (!isValidQueueName(name)) {
+        throw new TypeError(`queue name '${name}' is not valid: use ASCII letters, digits, '-', '_' or '.'`);
+      }
+      if (!Number.isInteger(concurrency) || concurrency < 1) {
+        throw new TypeError(`concurrency of queue '${name}' must be an integer >= 1, not ${concurrency}`);
+      }
+    }
+    this.queueConcurrency = queues;
+    this.consumer = options.consumer ?? `node-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+    this.heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+    this.blockMs = options.blockMs ?? 2_000;
+    this.batchSize = options.batchSize ?? 100;
+    if (options.leaseMs !== undefined && !(options.leaseMs > 0)) throw new TypeError("leaseMs must be > 0");
+    const scripts = luaScripts();
+    this.cmd = this.openConnection("cmd", true);
+    this.cmd.defineCommand("dagflowReport", { numberOfKeys: 3, lua: scripts.report });
+    this.cmd.defineCommand("dagflowHeartbeat", { numberOfKeys: 1, lua: scripts.heartbeat });
+    if (options.autorun !== false) void this.run().catch(() => undefined);
+  }
+
+  /** The job lease in use (ms): from the options, else from `P:config`, else 30000. Known once ready. */
+  get leaseMs(): number {
+    return this.lease;
+  }
+
+  /** Jobs running now, over all queues. */
+  get runningCount(): number {
+    let n = 0;
+    for (const f of this.fetchers) n += f.running.size;
+    return n;
+  }
+
+  /**
+   * Starts serving (called by the constructor unless `autorun: false`). Resolves
+   * once ready; a Redis that is down is waited for (connections retry by themselves).
+   */
+  run(): Promise<void> {
+    this.runPromise ??= this.start().catch((err) => {
+      this.emitError(asError(err));
+      throw err;
+    });
+    return this.runPromise;
+  }
+
+  /** Resolves when the worker serves its queues (BullMQ's name). */
+  waitUntilReady(): Promise<void> {
+    return this.run();
+  }
+
+  private async start(): Promise<void> {
+    if (this.options.leaseMs !== undefined) {
+      this.lease = this.options.leaseMs;
+    } else {
+      const published = await this.cmd.hget(this.keys.config(), "leaseMs");
+      const lease = Number(published);
+      this.lease = published !== null && Number.isFinite(lease) && lease > 0 ? lease : DEFAULT_LEASE_MS;
+    }
+    if (this.stopping) return;
+
+    this.sub = this.openConnection("cancel");
+    this.sub.on("message", (_channel: string, jobId: string) => this.cancel(jobId));
+    // ioredis subscribes again by itself after a reconnect (autoResubscribe).
+    await this.sub.subscribe(this.keys.cancelChannel());
+
+    for (const [queue, concurrency] of this.queueConcurrency) {
+      const fetcher = new QueueFetcher(this, queue, concurrency);
+      this.fetchers.push(fetcher);
+      await fetcher.ensureGroups();
+    }
+    if (this.stopping) return;
+    await this.heartbeat();
+
+    const every = (ms: number, fn: () => Promise<void>): void => {
+      let busy = false;
+      const timer = setInterval(() => {
+        if (busy) return;
+        busy = true;
+        fn()
+          .catch((err) => this.emitError(asError(err)))
+          .finally(() => (busy = false));
+      }, ms);
+      this.timers.push(timer);
+    };
+    every(Math.max(10, Math.floor(this.lease / 3)), () => this.renewAll());
+    every(this.options.reclaimEveryMs ?? Math.max(50, Math.min(this.lease / 2, 5_000)), () => this.reclaimAll());
+    every(this.heartbeatMs, () => this.heartbeat());
+
+    for (const f of this.fetchers) f.start();
+    this.emit("ready");
+  }
+
+  /**
+   * Stops gracefully: no new jobs are read; running jobs may finish and report until
+   * `deadlineMs` from now. Jobs still running then are abandoned unreported (their
+   * `signal` fires with cause `closing`): they stay pending in Redis and run again
+   * elsewhere after the lease, or at once when a worker with the same consumer name
+   * starts. Idempotent.
+   */
+  close(deadlineMs = 30_000): Promise<void> {
+    this.closePromise ??= this.shutdown(deadlineMs);
+    return this.closePromise;
+  }
+
+  private async shutdown(deadlineMs: number): Promise<void> {
+    const deadline = Date.now() + deadlineMs;
+    this.stopping = true;
+    this.emit("closing");
+    await Promise.all(this.fetchers.map((f) => f.stop(deadline)));
+    while ((this.runningCount > 0 || this.unwrittenFinals.size > 0) && Date.now() < deadline) {
+      await sleep(Math.min(20, Math.max(1, deadline - Date.now())));
+    }
+    for (const f of this.fetchers) {
+      for (const rj of f.running.values()) this.abandon(rj);
+      f.running.clear();
+      f.buffer.length = 0;
+    }
+    this.hardStopped = true;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    if (this.cmd.status === "ready") {
+      await Promise.race([this.cmd.hdel(this.keys.workers(), this.consumer).catch(() => undefined), sleep(500)]);
+    }
+    await Promise.all([closeConnection(this.cmd), this.sub ? closeConnection(this.sub) : Promise.resolve()]);
+    this.emit("closed");
+  }
+
+  /** @internal Opens a connection named for `CLIENT LIST`; errors are reported once per outage. */
+  openConnection(role: string, autoPipeline = false): Redis {
+    const conn = openConnection(this.options.redis, {
+      connectionName: `dagflow-node:${this.consumer}:${role}`,
+      enableAutoPipelining: autoPipeline,
+      // A read or report cut off by a disconnect is handled here (own pending re-read,
+      // report retry); ioredis must not silently send a blocking read again.
+      autoResendUnfulfilledCommands: autoPipeline,
+    });
+    conn.on("error", (err: Error) => {
+      if (this.lastConnError.get(role) === err.message) return;
+      this.lastConnError.set(role, err.message);
+      this.emitError(new Error(`redis (${role}): ${err.message}`));
+    });
+    conn.on("ready", () => this.lastConnError.delete(role));
+    return conn;
+  }
+
+  /** @internal `XGROUP CREATE key workers 0 MKSTREAM`; an existing group is fine. */
+  async createGroup(conn: Redis, key: string): Promise<void> {
+    try {
+      await conn.call("XGROUP", "CREATE", key, WORKERS_GROUP, "0", "MKSTREAM");
+    } catch (err) {
+      if (!messageOf(err).startsWith("BUSYGROUP")) throw err;
+    }
+  }
+
+  /**
+   * @internal Sorts entries read from `stream`: returns the decodable jobs; clears the
+   * pending record of entries deleted while pending; acknowledges, deletes and logs
+   * malformed ones so they are not delivered forever.
+   */
+  async triage(stream: string, entries: RawEntry[]): Promise<Delivery[]> {
+    const good: Delivery[] = [];
+    const deleted: string[] = [];
+    const malformed: string[] = [];
+    for (const entry of entries) {
+      if (entry.fields === null) {
+        deleted.push(entry.id);
+        continue;
+      }
+      try {
+        good.push({ stream, entryId: entry.id, env: parseEnvelope(fieldOf(entry.fields, ENVELOPE_FIELD)) });
+      } catch (err) {
+        malformed.push(entry.id);
+        this.emitError(new Error(`dropping malformed entry ${entry.id} of ${stream}: ${messageOf(err)}`));
+      }
+    }
+    if (deleted.length > 0 || malformed.length > 0) {
+      const pipe = this.cmd.pipeline();
+      if (deleted.length > 0) pipe.xack(stream, WORKERS_GROUP, ...deleted);
+      if (malformed.length > 0) pipe.xack(stream, WORKERS_GROUP, ...malformed).xdel(stream, ...malformed);
+      await pipe.exec();
+    }
+    return good;
+  }
+
+  /** @internal Resets the idle time of entries this consumer holds (`XCLAIM ... JUSTID`). */
+  async renew(stream: string, entryIds: string[]): Promise<void> {
+    if (entryIds.length === 0) return;
+    try {
+      await this.cmd.call("XCLAIM", stream, WORKERS_GROUP, this.consumer, "0", ...entryIds, "JUSTID");
+    } catch (err) {
+      if (!isGroupLost(err)) throw err;
+      await this.createGroup(this.cmd, stream);
+    }
+  }
+
+  /** Renews the lease of every running and buffered job, one XCLAIM per stream. */
+  private async renewAll(): Promise<void> {
+    const byStream = new Map<string, string[]>();
+    const add = (d: Delivery): void => {
+      let ids = byStream.get(d.stream);
+      if (!ids) byStream.set(d.stream, (ids = []));
+      ids.push(d.entryId);
+    };
+    for (const f of this.fetchers) {
+      for (const rj of f.running.values()) add(rj.delivery);
+      for (const d of f.buffer) add(d);
+    }
+    await Promise.all([...byStream].map(([stream, ids]) => this.renew(stream, ids)));
+  }
+
+  /**
+   * Takes over jobs whose lease expired (their worker died), for every queue with
+   * free slots: XAUTOCLAIM, then the delivery count of each claimed entry; jobs
+   * claimed more often than their `maxStalled` allows are failed as stalled instead
+   * of run.
+   */
+  private async reclaimAll(): Promise<void> {
+    for (const f of this.fetchers) {
+      if (this.stopping) return;
+      for (const source of f.sources) {
+        let free = f.free();
+        if (free <= 0) break;
+        const claimed: RawEntry[] = [];
+        for (let round = 0; round < MAX_AUTOCLAIM_ROUNDS && claimed.length < free; round++) {
+          let reply: unknown;
+          try {
+            reply = await this.cmd.call(
+              "XAUTOCLAIM", source.key, WORKERS_GROUP, this.consumer, String(this.lease),
+              source.autoclaimCursor, "COUNT", String(free - claimed.length),
+            );
+          } catch (err) {
+            if (!isGroupLost(err)) throw err;
+            await this.createGroup(this.cmd, source.key);
+            source.autoclaimCursor = "0-0";
+            break;
+          }
+          const { next, entries } = parseAutoclaimReply(reply);
+          claimed.push(...entries);
+          source.autoclaimCursor = next;
+          if (next === "0-0") break;
+        }
+        const fresh = claimed.filter((e) => !f.running.has(e.id));
+        const good = await this.triage(source.key, fresh);
+        if (good.length === 0) continue;
+        const pipe = this.cmd.pipeline();
+        for (const d of good) pipe.call("XPENDING", source.key, WORKERS_GROUP, d.entryId, d.entryId, "1");
+        const replies = (await pipe.exec()) ?? [];
+        for (let i = 0; i < good.length; i++) {
+          const d = good[i] as Delivery;
+          const [err, pending] = replies[i] ?? [null, null];
+          if (err) throw err;
+          const deliveries = parseDeliveries(pending);
+          // No longer pending: someone finished it meanwhile.
+          if (deliveries === null) continue;
+          if (isStalled(deliveries, d.env.maxStalled)) {
+            const message = stalledMessage(deliveries, d.env.maxStalled, this.lease);
+            void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then(
+              () => this.emit("stalled", d.env.id, message),
+            );
+          } else {
+            f.offer(d);
+            free = f.free();
+          }
+        }
+      }
+    }
+  }
+
+  /** Writes this worker's entry in `P:workers` (heartbeat.lua, stamped with the Redis clock). */
+  private async heartbeat(): Promise<void> {
+    const info = {
+      queues: this.queueConcurrency.map(([name, concurrency]) => ({ name, concurrency })),
+      handlers: Object.keys(this.handlers),
+      intervalMs: this.heartbeatMs,
+      pid: process.pid,
+      host: hostname(),
+      lang: `node ${process.version}`,
+      running: this.runningCount,
+    };
+    await (this.cmd as unknown as ScriptCommands).dagflowHeartbeat(
+      this.keys.workers(), this.consumer, JSON.stringify(info), String(DEFAULT_HEARTBEAT_MS),
+    );
+  }
+
+  /** @internal Starts a job on a free slot of `fetcher`. */
+  startJob(fetcher: QueueFetcher, delivery: Delivery): void {
+    const rj = new RunningJob(fetcher, delivery);
+    const env = delivery.env;
+    fetcher.running.set(delivery.entryId, rj);
+    this.byJobId.set(env.id, rj);
+    const handler = Object.prototype.hasOwnProperty.call(this.handlers, env.handler)
+      ? this.handlers[env.handler]
+      : this.processor;
+    if (!handler) {
+      const message = `no handler named '${env.handler}' on worker ${this.consumer} (queue '${env.queue}')`;
+      this.finish(rj, { kind: "failed", message, retryable: false }, new FatalError(message));
+      return;
+    }
+    const input = splitInput(env.input);
+    if (typeof input === "string") {
+      this.finish(rj, { kind: "failed", message: input, retryable: false }, new FatalError(input));
+      return;
+    }
+    const job = new Job(env, input, rj.controller.signal, (value) => this.progress(rj, value));
+    rj.job = job;
+    void this.report(delivery, '{"kind":"started"}', false, rj);
+    if (env.timeoutMs !== undefined) {
+      const ms = env.timeoutMs;
+      rj.timer = setTimeout(() => {
+        if (rj.done) return;
+        const message = `timed out after ${ms} ms`;
+        const reason = new JobAbortedError("timeout", message);
+        rj.controller.abort(reason);
+        this.finish(rj, { kind: "failed", message, retryable: true }, reason);
+      }, ms);
+    }
+    this.emit("active", job);
+    let result: unknown;
+    try {
+      result = handler(job);
+    } catch (err) {
+      this.settle(rj, err, false);
+      return;
+    }
+    if (result !== null && typeof result === "object" && typeof (result as PromiseLike<unknown>).then === "function") {
+      (result as PromiseLike<unknown>).then(
+        (value) => this.settle(rj, value, true),
+        (err) => this.settle(rj, err, false),
+      );
+    } else {
+      this.settle(rj, result, true);
+    }
+  }
+
+  /** A handler returned or threw. */
+  private settle(rj: RunningJob, value: unknown, ok: boolean): void {
+    if (rj.done) return;
+    if (ok) {
+      let json: string;
+      try {
+        json = encodeOutcome({ kind: "completed", result: value });
+      } catch (err) {
+        const message = `result is not JSON-serializable: ${messageOf(err)}`;
+        this.finish(rj, { kind: "failed", message, retryable: false }, new FatalError(message));
+        return;
+      }
+      this.finishEncoded(rj, json, () => this.emit("completed", rj.job as Job, value));
+      return;
+    }
+    const error = asError(value);
+    this.finish(rj, { kind: "failed", message: messageOf(value), retryable: isRetryable(value) }, error);
+  }
+
+  /** Ends a job with a failure. */
+  private finish(rj: RunningJob, outcome: { kind: "failed"; message: string; retryable: boolean }, error: Error): void {
+    this.finishEncoded(rj, encodeOutcome(outcome), () => this.emit("failed", rj.job, error));
+  }
+
+  /**
+   * Ends a job: frees its slot at once and writes its final report (retried until it
+   * is in Redis); `after` emits the event once it is.
+   */
+  private finishEncoded(rj: RunningJob, outcomeJson: string, after: () => void): void {
+    if (rj.done) return;
+    rj.done = true;
+    clearTimeout(rj.timer);
+    const { fetcher, delivery } = rj;
+    fetcher.running.delete(delivery.entryId);
+    if (this.byJobId.get(delivery.env.id) === rj) this.byJobId.delete(delivery.env.id);
+    const written = this.report(delivery, outcomeJson, true, rj).then((ok) => {
+      this.unwrittenFinals.delete(written);
+      if (ok) after();
+    });
+    this.unwrittenFinals.add(written);
+    fetcher.slotFreed();
+  }
+
+  /** A job's progress. */
+  private progress(rj: RunningJob, value: unknown): Promise<void> {
+    if (rj.done) return Promise.resolve();
+    let json: string;
+    try {
+      json = encodeOutcome({ kind: "progress", progress: value });
+    } catch (err) {
+      return Promise.reject(new TypeError(`progress is not JSON-serializable: ${messageOf(err)}`));
+    }
+    if (rj.job) this.emit("progress", rj.job, value);
+    return this.report(rj.delivery, json, false, rj).then(() => undefined);
+  }
+
+  /** A message on `P:cancel`: stops the job if it runs here and reports it cancelled. */
+  private cancel(jobId: string): void {
+    const rj = this.byJobId.get(jobId);
+    if (!rj || rj.done) return;
+    const reason = new JobAbortedError("cancelled", "cancelled");
+    rj.controller.abort(reason);
+    this.finish(rj, { kind: "failed", message: "cancelled", retryable: false }, reason);
+  }
+
+  /** Gives up a job at the close deadline: its signal fires, nothing is reported. */
+  private abandon(rj: RunningJob): void {
+    if (rj.done) return;
+    rj.done = true;
+    rj.abandoned = true;
+    clearTimeout(rj.timer);
+    this.byJobId.delete(rj.delivery.env.id);
+    rj.controller.abort(new JobAbortedError("closing", "the worker closed before the job finished; it will run again"));
+  }
+
+  /**
+   * Writes one report with `report.lua`, retrying with backoff until it is in Redis.
+   * Resolves `true` once written, `false` when retrying stopped: the worker was
+   * closed past its deadline, the job was abandoned, or (for a started or progress
+   * record) the job's final report is already written, which makes it pointless.
+   */
+  private async report(delivery: Delivery, outcomeJson: string, final: boolean, rj: RunningJob | undefined): Promise<boolean> {
+    const { keys, argv } = reportArgs(this.keys, delivery.stream, delivery.entryId, delivery.env, final, outcomeJson);
+    const script = this.cmd as unknown as ScriptCommands;
+    for (let failures = 0; ; failures++) {
+      if (this.hardStopped || rj?.abandoned || (!final && rj?.finalWritten)) return false;
+      try {
+        await script.dagflowReport(...keys, ...argv);
+        if (final && rj) rj.finalWritten = true;
+        return true;
+      } catch (err) {
+        if (this.hardStopped) return false;
+        if (failures === 0) this.emitError(new Error(`reporting job ${delivery.env.id} failed, retrying: ${messageOf(err)}`));
+        await sleep(backoff(failures));
+      }
+    }
+  }
+
+  /**
+   * @internal Emits `error` when someone listens; otherwise writes to stderr, since an
+   * `error` event without a listener would crash the process over a condition the
+   * worker recovers from by itself.
+   */
+  emitError(err: Error): void {
+    if (this.listenerCount("error") > 0) this.emit("error", err);
+    else console.error(`[dagflow worker ${this.consumer}] ${err.message}`);
+  }
+}
+
+/** The scripts defined on the shared connection. */
+interface ScriptCommands {
+  dagflowReport(...args: string[]): Promise<string>;
+  dagflowHeartbeat(...args: string[]): Promise<number>;
+}
