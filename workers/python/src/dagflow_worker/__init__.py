@@ -1,0 +1,54 @@
+"""dagflow_worker: run dagflow nodes in Python, and submit and follow flows.
+
+- :class:`Worker` serves dagflow queues with async handlers over Redis, speaking the
+  protocol of ``docs/PROTOCOL.md`` (leases, reclaim, cancel, timeouts, progress,
+  heartbeats, reports that are never lost).
+- :class:`Client` talks to a dagflow server's REST and WebSocket API.
+"""
+
+from .client import Client
+from .errors import DagflowError, Fatal, JobError, Retryable
+from .job import Job, StopReason
+from .types import (
+    Backoff,
+    FlowOpts,
+    FlowPage,
+    FlowSpec,
+    FlowStatus,
+    FlowSummary,
+    FlowView,
+    NodeOpts,
+    NodeSpec,
+    NodeStatus,
+    NodeView,
+    UpdatedMessage,
+    WatchMessage,
+)
+from .worker import Handler, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "DagflowError",
+    "Fatal",
+    "FlowOpts",
+    "FlowPage",
+    "FlowSpec",
+    "FlowStatus",
+    "FlowSummary",
+    "FlowView",
+    "Handler",
+    "Job",
+    "JobError",
+    "NodeOpts",
+    "NodeSpec",
+    "NodeStatus",
+    "NodeView",
+    "Retryable",
+    "StopReason",
+    "UpdatedMessage",
+    "WatchMessage",
+    "Worker",
+]

@@ -1,0 +1,46 @@
+-- ack.lua: acknowledge jobs that workers in the engine's process finished, after the
+-- flow actor made their results durable.
+--
+-- KEYS[2k-1]   P:q:{queue}             stream of job k (k = 1..n)
+-- KEYS[2k]     P:flow:{flow_id}:jobs   jobs hash of job k's flow
+-- ARGV[1]      consumer group of the queue streams ("workers")
+-- ARGV[2k]     stream entry id of job k
+-- ARGV[2k+1]   field of job k: "{node}:{attempt}"
+-- Returns the number of jobs given. Idempotent.
+
+
+-- Whether the job's field names `id` as its stream entry (state queued).
+local function delivered_as(hash, field, id)
+  local value = redis.call('HGET', hash, field)
+  if not value or value == 'done' then
+    return false
+  end
+  local ok, state = pcall(cjson.decode, value)
+  return ok and type(state) == 'table' and state.e == id
+end
+
+local group = ARGV[1]
+local n = (#ARGV - 1) / 2
+
+for k = 1, n do
+  local stream = KEYS[2 * k - 1]
+  local hash = KEYS[2 * k]
+  local id = ARGV[2 * k]
+  local field = ARGV[2 * k + 1]
+
+  -- XACK clears the pending entry, XDEL the entry itself: a finished job holds no
+  -- memory. pcall: the group is gone if Redis lost its data, which is not an error here.
+  redis.pcall('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+  -- Only mark a job the hash still knows: a flow deleted meanwhile must not be
+  -- brought back as a one-field hash that nothing would ever remove.
+  --
+  -- And only the delivery this ack is for: after Redis lost the job and the engine
+  -- put it back as a new entry, an ack of the old entry must not mark the new one
+  -- done (it would then outlive its flow and run once more).
+  if delivered_as(hash, field, id) then
+    redis.call('HSET', hash, field, 'done')
+  end
+end
+
+return n

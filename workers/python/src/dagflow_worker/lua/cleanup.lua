@@ -1,0 +1,68 @@
+-- cleanup.lua: remove everything Redis holds for one flow, atomically.
+--
+-- The caller read the jobs hash first to learn which queues the flow used, so that
+-- every key is declared. If the hash names a queue the caller did not pass (a job was
+-- enqueued in between), nothing is changed and the missing queue names are returned
+-- for the caller to retry with.
+--
+-- KEYS[1]        P:flow:{flow_id}:jobs
+-- KEYS[2i-2]     P:q:{queue}          for the queue named in ARGV[i] (i = 2..)
+-- KEYS[2i-1]     P:q:{queue}:delayed  for the same queue
+-- ARGV[1]        consumer group of the queue streams ("workers")
+-- ARGV[2..]      queue names
+-- Returns the number of job fields removed, or an array of queue names to add.
+
+local hash = KEYS[1]
+local group = ARGV[1]
+
+local queues = {}
+for i = 2, #ARGV do
+  queues[ARGV[i]] = { stream = KEYS[2 * i - 2], delayed = KEYS[2 * i - 1] }
+end
+
+-- Values are "done" or JSON objects {"s":state,"q":queue,...}; anything else is
+-- foreign and only deleted with the hash.
+local function decode(value)
+  if value == 'done' then
+    return nil
+  end
+  local ok, state = pcall(cjson.decode, value)
+  if ok and type(state) == 'table' and type(state.q) == 'string' then
+    return state
+  end
+  return nil
+end
+
+local all = redis.call('HGETALL', hash)
+
+-- First pass: make sure every key about to be touched was declared.
+local missing = {}
+local seen = {}
+for j = 2, #all, 2 do
+  local state = decode(all[j])
+  if state and not queues[state.q] and not seen[state.q] then
+    seen[state.q] = true
+    missing[#missing + 1] = state.q
+  end
+end
+if #missing > 0 then
+  return missing
+end
+
+-- Second pass: remove the flow's jobs from the streams (acknowledged first, so no
+-- consumer keeps a pending entry for them) and from the delayed sets.
+for j = 2, #all, 2 do
+  local state = decode(all[j])
+  if state then
+    local keys = queues[state.q]
+    if state.s == 'queued' and type(state.e) == 'string' then
+      redis.pcall('XACK', keys.stream, group, state.e)
+      redis.call('XDEL', keys.stream, state.e)
+    elseif state.s == 'delayed' and type(state.m) == 'string' then
+      redis.call('ZREM', keys.delayed, state.m)
+    end
+  end
+end
+
+redis.call('DEL', hash)
+return #all / 2

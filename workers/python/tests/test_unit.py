@@ -1,0 +1,150 @@
+"""Unit tests of the pure parts: envelope decoding, outcome and record encoding, the
+stalled rule, the CLI's argument parsing, and the shipped Lua scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dagflow_worker import protocol
+from dagflow_worker.__main__ import load_handlers, parse_queues
+from dagflow_worker.protocol import EnvelopeError, Keys, parse_envelope
+from dagflow_worker.worker import Worker
+
+REPO = Path(__file__).resolve().parents[3]
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "dagflow_worker" / "lua"
+NORMATIVE = REPO / "actors" / "src" / "queue" / "lua"
+
+
+def test_shipped_lua_scripts_are_the_engines() -> None:
+    """The package's copies must equal actors/src/queue/lua byte for byte; run
+    `python workers/python/scripts/sync_lua.py` after changing those."""
+    normative = {p.name: p.read_bytes() for p in NORMATIVE.glob("*.lua")}
+    shipped = {p.name: p.read_bytes() for p in SHIPPED.glob("*.lua")}
+    assert normative, f"no Lua scripts found in {NORMATIVE}"
+    assert sorted(shipped) == sorted(normative), "run workers/python/scripts/sync_lua.py"
+    for name, text in normative.items():
+        assert shipped[name] == text, f"{name} differs from {NORMATIVE / name}: run scripts/sync_lua.py"
+
+
+ENV = {
+    "v": 1, "id": "f1:resize:2", "flowId": "f1", "node": "resize", "attempt": 2, "handler": "resize",
+    "queue": "py", "input": {"data": {"w": 800}, "parents": {"dl": {"path": "/a"}}},
+    "timeoutMs": 500, "maxStalled": 1, "enqueuedAtMs": 1718000000000, "futureField": [1],
+}
+
+
+def test_envelope_decodes_every_field_and_ignores_unknown_ones() -> None:
+    env = parse_envelope(json.dumps(ENV).encode())
+    assert (env.id, env.flow_id, env.node, env.attempt, env.handler, env.queue) == (
+        "f1:resize:2", "f1", "resize", 2, "resize", "py")
+    assert env.data == {"w": 800}
+    assert env.parents == {"dl": {"path": "/a"}}
+    assert (env.timeout_ms, env.max_stalled, env.enqueued_at_ms) == (500, 1, 1718000000000)
+    assert env.field == "resize:2"
+
+
+def test_envelope_without_data_or_timeout() -> None:
+    raw = dict(ENV, input={"data": None, "parents": {}})
+    del raw["timeoutMs"]
+    env = parse_envelope(json.dumps(raw))
+    assert env.data is None and env.parents == {} and env.timeout_ms is None
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (None, "no envelope"),
+    (b"{not json", "not JSON"),
+    (b"[1,2]", "not a JSON object"),
+    (json.dumps(dict(ENV, v=2)).encode(), "unsupported envelope version 2"),
+    (json.dumps({k: v for k, v in ENV.items() if k != "v"}).encode(), "unsupported envelope version None"),
+    (json.dumps(dict(ENV, attempt="2")).encode(), "'attempt'"),
+    (json.dumps(dict(ENV, attempt=True)).encode(), "'attempt'"),
+    (json.dumps(dict(ENV, attempt=0)).encode(), "below 1"),
+    (json.dumps(dict(ENV, input=[])).encode(), "'input'"),
+    (json.dumps({k: v for k, v in ENV.items() if k != "maxStalled"}).encode(), "'maxStalled'"),
+    (json.dumps(dict(ENV, timeoutMs=-1)).encode(), "timeoutMs"),
+])
+def test_envelope_refusals_say_why(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(EnvelopeError, match=reason):
+        parse_envelope(raw)
+
+
+def test_outcomes_are_the_engines_json() -> None:
+    assert json.loads(protocol.completed({"a": [1, 2.5]})) == {"kind": "completed", "result": {"a": [1, 2.5]}}
+    assert json.loads(protocol.completed(None)) == {"kind": "completed", "result": None}
+    assert json.loads(protocol.failed("boom", True)) == {"kind": "failed", "message": "boom", "retryable": True}
+    assert json.loads(protocol.progress(42)) == {"kind": "progress", "progress": 42}
+    assert json.loads(protocol.STARTED) == {"kind": "started"}
+    with pytest.raises(ValueError):
+        protocol.completed(float("nan"))
+    with pytest.raises(TypeError):
+        protocol.completed(object())
+
+
+def test_record_fields() -> None:
+    env = parse_envelope(json.dumps(ENV))
+    args = protocol.record_args(env, protocol.STARTED)
+    assert dict(zip(args[::2], args[1::2])) == {
+        "v": 1, "flow": "f1", "node": "resize", "attempt": 2, "job": "f1:resize:2", "outcome": '{"kind":"started"}'}
+
+
+def test_stalled_rule_counts_claims_not_deliveries() -> None:
+    # maxStalled 1: the first delivery and one claim are fine, the second claim is not.
+    assert not protocol.is_stalled(1, 1)
+    assert not protocol.is_stalled(2, 1)
+    assert protocol.is_stalled(3, 1)
+    assert protocol.is_stalled(2, 0)
+    assert protocol.stalled_message(3, 1, 2000).startswith("job stalled: claimed 2 times")
+
+
+def test_keys_follow_the_protocol() -> None:
+    k = Keys("P")
+    assert (k.queue("gpu"), k.delayed("gpu"), k.flow_jobs("f"), k.completions, k.cancel, k.workers, k.config) == (
+        "P:q:gpu", "P:q:gpu:delayed", "P:flow:f:jobs", "P:completions", "P:cancel", "P:workers", "P:config")
+
+
+def test_queue_names_as_the_engine_validates_them() -> None:
+    assert protocol.check_queue_name("gpu.v2-a_b") == "gpu.v2-a_b"
+    for bad in ["", "a:b", "a b", "é"]:
+        with pytest.raises(ValueError, match="queue name"):
+            protocol.check_queue_name(bad)
+
+
+def test_worker_refuses_bad_configuration() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        Worker(queues={"py": 0})
+    with pytest.raises(ValueError, match="queue name"):
+        Worker(queues={"x:delayed": 1})
+    with pytest.raises(ValueError, match="at least one queue"):
+        Worker(queues={})
+    with pytest.raises(TypeError, match="not callable"):
+        Worker(queues={"py": 1}, handlers={"h": 42})  # type: ignore[dict-item]
+
+
+def test_cli_queue_list() -> None:
+    assert parse_queues("py=4, gpu") == {"py": 4, "gpu": 16}
+    for bad, reason in [("", "no queue"), ("a=x", "not a number"), ("a=0", "at least 1"), ("a,a", "twice")]:
+        with pytest.raises(ValueError, match=reason):
+            parse_queues(bad)
+
+
+def test_cli_handlers_reference() -> None:
+    assert set(load_handlers("e2e_handlers:handlers")) == {"slow"}
+    assert set(load_handlers("e2e_handlers")) == {"slow"}
+    with pytest.raises(ValueError, match="cannot import"):
+        load_handlers("no_such_module_here:handlers")
+    with pytest.raises(ValueError, match="not a dict"):
+        load_handlers("e2e_handlers:slow")
+
+
+def test_cli_bad_arguments_exit_2_with_a_reason() -> None:
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run(
+        [sys.executable, "-m", "dagflow_worker", "--queues", "bad:name", "--handlers", "e2e_handlers"],
+        capture_output=True, text=True, env={"PYTHONPATH": f"{src}:{Path(__file__).parent}"}, timeout=30)
+    assert done.returncode == 2
+    assert "queue name 'bad:name' is not valid" in done.stderr

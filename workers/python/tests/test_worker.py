@@ -1,0 +1,383 @@
+"""The worker against a real redis-server, with jobs added by the engine's own
+``enqueue.lua``: everything of the protocol that does not need the engine itself
+(that is in ``test_e2e.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import redis.asyncio
+
+from conftest import Enqueuer, RedisServer, completion_records, eventually, running_worker
+from dagflow_worker import Fatal, Job, Retryable, Worker
+from dagflow_worker.protocol import Keys
+
+
+async def echo(job: Job) -> Any:
+    return {"data": job.data, "parents": job.parents, "id": job.id, "attempt": job.attempt}
+
+
+async def outcomes(client: redis.asyncio.Redis, keys: Keys, final_only: bool = True) -> dict[str, Any]:
+    """The outcome of each job id on P:completions (final ones, or the list of all)."""
+    out: dict[str, Any] = {}
+    for rec in await completion_records(client, keys):
+        if final_only:
+            if rec["outcome"]["kind"] in ("completed", "failed"):
+                out[rec["job"]] = rec["outcome"]
+        else:
+            out.setdefault(rec["job"], []).append(rec["outcome"])
+    return out
+
+
+async def test_runs_a_job_and_reports_it_atomically(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                    prefix: str) -> None:
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    env = enq.envelope("b", "echo", "py", data={"x": 1}, parents={"a": [1, 2]})
+    await enq.add(env)
+    worker = Worker(shared_redis.url, {"py": 2}, {"echo": echo}, prefix=prefix)
+    async with running_worker(worker):
+        done = await eventually(lambda: outcomes(r, keys), what="a completion record")
+    assert done[env["id"]] == {"kind": "completed", "result": {
+        "data": {"x": 1}, "parents": {"a": [1, 2]}, "id": env["id"], "attempt": 1}}
+    records = await completion_records(r, keys)
+    assert [rec["outcome"]["kind"] for rec in records] == ["started", "completed"]
+    assert {k: records[1][k] for k in ("v", "flow", "node", "attempt", "job")} == {
+        "v": "1", "flow": enq.flow_id, "node": "b", "attempt": "1", "job": env["id"]}
+    # The final report removed the job from the stream and marked it done.
+    assert await r.xlen(keys.queue("py")) == 0
+    assert await r.hget(keys.flow_jobs(enq.flow_id), "b:1") == b"done"
+    pending = await r.xpending(keys.queue("py"), "workers")
+    assert pending["pending"] == 0
+
+
+async def test_errors_map_to_retryable_or_not(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                              prefix: str) -> None:
+    async def fatal(job: Job) -> Any:
+        raise Fatal("bad input")
+
+    async def retry(job: Job) -> Any:
+        raise Retryable("try later")
+
+    async def other(job: Job) -> Any:
+        raise KeyError("k")
+
+    async def not_json(job: Job) -> Any:
+        return {1, 2}
+
+    def sync_handler(job: Job) -> Any:
+        return job.data * 2
+
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    envs = {n: enq.envelope(n, n, "py", data=21) for n in ("fatal", "retry", "other", "not_json", "sync", "missing")}
+    await enq.add(*envs.values())
+    handlers = {"fatal": fatal, "retry": retry, "other": other, "not_json": not_json, "sync": sync_handler}
+    worker = Worker(shared_redis.url, {"py": 8}, handlers, prefix=prefix, consumer="c1")
+    async with running_worker(worker):
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 6), what="six outcomes")
+    assert done[envs["fatal"]["id"]] == {"kind": "failed", "message": "bad input", "retryable": False}
+    assert done[envs["retry"]["id"]] == {"kind": "failed", "message": "try later", "retryable": True}
+    assert done[envs["other"]["id"]] == {"kind": "failed", "message": "KeyError: 'k'", "retryable": True}
+    assert done[envs["not_json"]["id"]]["retryable"] is False
+    assert "not JSON" in done[envs["not_json"]["id"]]["message"]
+    assert done[envs["sync"]["id"]] == {"kind": "completed", "result": 42}
+    assert done[envs["missing"]["id"]] == {
+        "kind": "failed", "retryable": False,
+        "message": "no handler named 'missing' on worker c1 (queue 'py')"}
+
+
+async def _at_least(aw: Any, n: int) -> Any:
+    value = await aw
+    return value if len(value) >= n else None
+
+
+async def test_malformed_entries_are_removed_and_good_ones_run(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                               prefix: str) -> None:
+    keys = Keys(prefix)
+    stream = keys.queue("py")
+    await r.xgroup_create(stream, "workers", id="0", mkstream=True)
+    bad_ids = [
+        await r.xadd(stream, {"envelope": "{not json"}),
+        await r.xadd(stream, {"other": "field"}),
+        await r.xadd(stream, {"envelope": json.dumps({"v": 2, "id": "x"})}),
+    ]
+    enq = Enqueuer(r, keys)
+    env = enq.envelope("a", "echo", "py")
+    await enq.add(env)
+    worker = Worker(shared_redis.url, {"py": 4}, {"echo": echo}, prefix=prefix)
+    async with running_worker(worker):
+        await eventually(lambda: outcomes(r, keys), what="the good job's outcome")
+        await eventually(lambda: _is(r.xlen(stream), 0), what="an empty stream")
+    assert (await r.xpending(stream, "workers"))["pending"] == 0
+    for bad in bad_ids:
+        assert await r.xrange(stream, bad, bad) == []
+
+
+async def _is(aw: Any, expected: Any) -> bool:
+    return bool(await aw == expected)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_own_pending_jobs_run_first_after_a_restart(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                          prefix: str) -> None:
+    """A job this consumer read before it died runs at once when it comes back under
+    the same name, long before the (30 s) lease would hand it to anyone."""
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    env = enq.envelope("a", "echo", "py")
+    await enq.add(env)
+    # The previous life of consumer "stable" read the job and died.
+    await r.xreadgroup("workers", "stable", {keys.queue("py"): ">"}, count=10)
+    worker = Worker(shared_redis.url, {"py": 1}, {"echo": echo}, prefix=prefix, consumer="stable",
+                    lease_ms=30_000)
+    async with running_worker(worker):
+        done = await eventually(lambda: outcomes(r, keys), timeout=5, what="the pending job's outcome")
+    assert done[env["id"]]["kind"] == "completed"
+
+
+async def test_reclaims_after_the_lease_and_fails_stalled_jobs(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                               prefix: str) -> None:
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    again = enq.envelope("again", "echo", "py", max_stalled=1)
+    stalled = enq.envelope("stalled", "echo", "py", max_stalled=0)
+    await enq.add(again, stalled)
+    # A worker that died read both jobs.
+    await r.xreadgroup("workers", "dead", {keys.queue("py"): ">"}, count=10)
+    worker = Worker(shared_redis.url, {"py": 4}, {"echo": echo}, prefix=prefix, lease_ms=300)
+    async with running_worker(worker):
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="two outcomes")
+    assert done[again["id"]]["kind"] == "completed"
+    assert done[stalled["id"]]["retryable"] is False
+    assert done[stalled["id"]]["message"] == (
+        "job stalled: claimed 1 times from workers that stopped responding, more than maxStalled 0 "
+        "allows (lease 300 ms)")
+    assert worker.stats["reclaimed"] == 1 and worker.stats["stalled"] == 1
+    assert (await r.xpending(keys.queue("py"), "workers"))["pending"] == 0
+
+
+async def test_leases_are_renewed_while_a_job_runs(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                   prefix: str) -> None:
+    """A job running for four leases is never reclaimed by another worker."""
+    keys = Keys(prefix)
+    runs: list[str] = []
+
+    async def long(job: Job) -> Any:
+        runs.append(job.id)
+        await asyncio.sleep(1.2)
+        return "done"
+
+    enq = Enqueuer(r, keys)
+    await enq.add(enq.envelope("a", "long", "py", max_stalled=5))
+    first = Worker(shared_redis.url, {"py": 1}, {"long": long}, prefix=prefix, lease_ms=300)
+    second = Worker(shared_redis.url, {"py": 1}, {"long": long}, prefix=prefix, lease_ms=300)
+    async with running_worker(first), running_worker(second):
+        done = await eventually(lambda: outcomes(r, keys), what="the outcome")
+        await asyncio.sleep(0.5)
+    assert list(done.values()) == [{"kind": "completed", "result": "done"}]
+    assert len(runs) == 1
+    assert second.stats["reclaimed"] == 0 and first.stats["reclaimed"] == 0
+
+
+async def test_progress_is_reported_in_order_and_coalesced(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                           prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def counting(job: Job) -> Any:
+        await job.progress({"pct": 10})
+        await asyncio.sleep(0.1)
+        for i in range(1000):  # not yet sent ones are replaced by the newest
+            await job.progress(i)
+        await asyncio.sleep(0.1)
+        await job.progress("last")
+        return "ok"
+
+    enq = Enqueuer(r, keys)
+    env = enq.envelope("p", "counting", "py")
+    await enq.add(env)
+    worker = Worker(shared_redis.url, {"py": 1}, {"counting": counting}, prefix=prefix)
+    async with running_worker(worker):
+        await eventually(lambda: outcomes(r, keys), what="the outcome")
+    kinds = (await outcomes(r, keys, final_only=False))[env["id"]]
+    assert kinds[0] == {"kind": "started"}
+    assert kinds[1] == {"kind": "progress", "progress": {"pct": 10}}
+    assert kinds[-2] == {"kind": "progress", "progress": "last"}
+    assert kinds[-1] == {"kind": "completed", "result": "ok"}
+    assert len(kinds) < 100, "progress reports waiting to be written are coalesced"
+    values = [k["progress"] for k in kinds if k["kind"] == "progress"][1:-1]
+    assert values == sorted(values) and 999 in values
+
+
+async def test_cancel_sets_the_event_and_reports_cancelled(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                           prefix: str) -> None:
+    keys = Keys(prefix)
+    seen: list[str | None] = []
+
+    async def waits(job: Job) -> Any:
+        await job.cancelled.wait()
+        seen.append(job.stop_reason)
+        return "finished anyway"
+
+    async def stubborn(job: Job) -> Any:
+        await asyncio.sleep(60)
+
+    enq = Enqueuer(r, keys)
+    polite = enq.envelope("polite", "waits", "py")
+    rude = enq.envelope("rude", "stubborn", "py")
+    await enq.add(polite, rude)
+    worker = Worker(shared_redis.url, {"py": 2}, {"waits": waits, "stubborn": stubborn}, prefix=prefix,
+                    cancel_grace=0.3)
+    async with running_worker(worker):
+        await eventually(lambda: _true(worker.running == 2), what="both jobs running")
+        await eventually(lambda: _subscribed(r, keys), what="the cancel subscription")
+        await r.publish(keys.cancel, polite["id"])
+        await r.publish(keys.cancel, rude["id"])
+        await r.publish(keys.cancel, "some:other:job")
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="two outcomes")
+    cancelled = {"kind": "failed", "message": "cancelled", "retryable": False}
+    assert done == {polite["id"]: cancelled, rude["id"]: cancelled}
+    assert seen == ["cancelled"]
+
+
+async def _subscribed(r: redis.asyncio.Redis, keys: Keys) -> bool:
+    counts = await r.pubsub_numsub(keys.cancel)
+    return bool(counts and counts[0][1] > 0)
+
+
+async def test_timeout_interrupts_the_handler_and_fails_retryable(r: redis.asyncio.Redis,
+                                                                  shared_redis: RedisServer, prefix: str) -> None:
+    keys = Keys(prefix)
+    interrupted: list[bool] = []
+
+    async def sleepy(job: Job) -> Any:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            interrupted.append(job.cancelled.is_set() and job.stop_reason == "timeout")
+            raise
+
+    enq = Enqueuer(r, keys)
+    env = enq.envelope("t", "sleepy", "py", timeout_ms=200)
+    await enq.add(env)
+    worker = Worker(shared_redis.url, {"py": 1}, {"sleepy": sleepy}, prefix=prefix)
+    async with running_worker(worker):
+        done = await eventually(lambda: outcomes(r, keys), timeout=5, what="the timeout")
+    assert done[env["id"]] == {"kind": "failed", "message": "timed out after 200 ms", "retryable": True}
+    assert interrupted == [True]
+
+
+async def test_heartbeat_announces_the_worker_and_a_clean_stop_removes_it(
+        r: redis.asyncio.Redis, shared_redis: RedisServer, prefix: str) -> None:
+    keys = Keys(prefix)
+    await r.hset(keys.config, mapping={"leaseMs": 1234, "maxStalled": 2})
+    worker = Worker(shared_redis.url, {"py": 3, "py.b": 1}, {"echo": echo}, prefix=prefix, consumer="hb-1")
+    async with running_worker(worker):
+        raw = await eventually(lambda: r.hget(keys.workers, "hb-1"), what="a heartbeat")
+        assert worker.lease_ms == 1234, "the lease comes from P:config"
+    info = json.loads(raw)
+    assert info["queues"] == [{"name": "py", "concurrency": 3}, {"name": "py.b", "concurrency": 1}]
+    assert info["handlers"] == ["echo"] and info["intervalMs"] == 5000 and info["lang"] == "python"
+    assert isinstance(info["ts"], int)
+    assert await r.hget(keys.workers, "hb-1") is None
+
+
+async def test_graceful_close_finishes_short_jobs_and_abandons_long_ones(
+        r: redis.asyncio.Redis, shared_redis: RedisServer, prefix: str) -> None:
+    keys = Keys(prefix)
+
+    async def sleeps(job: Job) -> Any:
+        await asyncio.sleep(job.data)
+        return job.data
+
+    enq = Enqueuer(r, keys)
+    short, long = enq.envelope("short", "sleeps", "py", data=0.3), enq.envelope("long", "sleeps", "py", data=30)
+    await enq.add(short, long)
+    worker = Worker(shared_redis.url, {"py": 2}, {"sleeps": sleeps}, prefix=prefix, consumer="g1",
+                    shutdown_timeout=1.0)
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    await eventually(lambda: _true(worker.running == 2), what="both jobs running")
+    later = enq.envelope("later", "sleeps", "py", data=0)
+    worker.close()
+    await asyncio.sleep(0.05)
+    await enq.add(later)
+    await asyncio.wait_for(task, 10)
+    done = await outcomes(r, keys)
+    assert done == {short["id"]: {"kind": "completed", "result": 0.3}}
+    assert worker.stats["abandoned"] == 1
+    # The long job stays pending on this consumer (it runs again after the lease);
+    # the job added after close was never read.
+    pending = await r.xpending_range(keys.queue("py"), "workers", "-", "+", 10)
+    assert [(p["consumer"], p["message_id"]) for p in pending] == [
+        (b"g1", (await r.xrange(keys.queue("py")))[0][0])]
+    assert await r.xlen(keys.queue("py")) == 2
+
+
+async def test_survives_flushall_while_blocked(own_redis: RedisServer, prefix: str) -> None:
+    """After FLUSHALL a blocked read fails (UNBLOCKED on 7.0, NOGROUP later): the
+    worker recreates its group and serves jobs enqueued afterwards."""
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    keys = Keys(prefix)
+    worker = Worker(own_redis.url, {"py": 2}, {"echo": echo}, prefix=prefix, block_ms=2000)
+    async with running_worker(worker):
+        enq = Enqueuer(client, keys)
+        first = enq.envelope("first", "echo", "py")
+        await enq.add(first)
+        await eventually(lambda: outcomes(client, keys), what="the first outcome")
+        await asyncio.sleep(0.2)  # the fetcher is blocked in XREADGROUP again
+        await client.flushall()
+        await asyncio.sleep(0.3)
+        enq2 = Enqueuer(client, keys)
+        second = enq2.envelope("second", "echo", "py")
+        await enq2.add(second)
+        done = await eventually(lambda: outcomes(client, keys), timeout=10, what="an outcome after FLUSHALL")
+    assert done[second["id"]]["kind"] == "completed"
+    await client.aclose()
+
+
+async def test_no_report_is_lost_while_redis_is_down(own_redis: RedisServer, prefix: str) -> None:
+    """A job that finishes while Redis is down is reported once Redis is back."""
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    keys = Keys(prefix)
+    release = asyncio.Event()
+
+    async def gated(job: Job) -> Any:
+        await release.wait()
+        return "survived"
+
+    enq = Enqueuer(client, keys)
+    env = enq.envelope("g", "gated", "py")
+    await enq.add(env)
+    worker = Worker(own_redis.url, {"py": 1}, {"gated": gated}, prefix=prefix, lease_ms=60_000)
+    async with running_worker(worker):
+        await eventually(lambda: _true(worker.running == 1), what="the job running")
+        await client.aclose()
+        own_redis.stop()
+        release.set()
+        await asyncio.sleep(1.5)  # several failed attempts
+        assert worker.running == 1, "the slot is held until the report is written"
+        own_redis.start()  # empty: no persistence
+        client = redis.asyncio.Redis.from_url(own_redis.url)
+        done = await eventually(lambda: outcomes(client, keys), timeout=15, what="the report after the outage")
+    assert done[env["id"]] == {"kind": "completed", "result": "survived"}
+    await client.aclose()
+
+
+async def test_reports_survive_a_script_flush(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                              prefix: str) -> None:
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    await enq.add(enq.envelope("a", "echo", "py"))
+    worker = Worker(shared_redis.url, {"py": 1}, {"echo": echo}, prefix=prefix)
+    async with running_worker(worker):
+        await eventually(lambda: outcomes(r, keys), what="the first outcome")
+        await r.script_flush()
+        second = enq.envelope("b", "echo", "py")
+        await enq.add(second)
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="the outcome after SCRIPT FLUSH")
+    assert done[second["id"]]["kind"] == "completed"
