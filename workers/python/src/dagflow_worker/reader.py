@@ -114,6 +114,9 @@ class StreamReader:
         # from, or None once they are exhausted and reads wait for new entries.
         self._pending: dict[str, Optional[str]] = {s: "0" for s in self.streams}
         self._autoclaim: dict[str, str] = {s: "0-0" for s in self.streams}
+        #: Redis's id of the connection (``CLIENT ID``), so that a shutdown can end
+        #: a blocked read at once with ``CLIENT UNBLOCK``; None until known.
+        self.client_id: Optional[int] = None
 
     async def close(self) -> None:
         """Closes the connection."""
@@ -128,6 +131,7 @@ class StreamReader:
         """
         for s in self.streams:
             self._pending[s] = "0"
+        self.client_id = None  # the next connection is another client
 
     async def ensure_groups(self) -> None:
         """Creates the group of every stream (and the stream), from its start so that
@@ -171,6 +175,8 @@ class StreamReader:
                     break
                 self._pending[stream] = cursor = entries[-1].id
                 return entries, True
+        if self.client_id is None:
+            self.client_id = int(await self._redis.execute_command("CLIENT", "ID"))
         for i, stream in enumerate(self.streams):
             args: list[Any] = ["XREADGROUP", "GROUP", WORKERS_GROUP, self.consumer, "COUNT", count]
             if i == len(self.streams) - 1:

@@ -227,6 +227,7 @@ class Worker:
         # brings still run, under the same deadline.
         for q in self._queues.values():
             q.slot_freed.set()
+            await self._unblock(q)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
         await self._wait_until(asyncio.gather(*fetchers, return_exceptions=True), deadline)
@@ -253,6 +254,17 @@ class Worker:
             for q in self._queues.values():
                 q.running.clear()
         log.info("worker %s stopped", self.consumer)
+
+    async def _unblock(self, q: _Queue) -> None:
+        """Ends the fetcher's blocked read now (as if it timed out: nothing is
+        delivered), so that shutdown does not wait out the block time."""
+        assert self._redis is not None
+        if q.reader.client_id is None:
+            return
+        try:
+            await self._redis.execute_command("CLIENT", "UNBLOCK", q.reader.client_id)
+        except (RedisError, *_CONNECTION_ERRORS) as e:
+            log.debug("could not unblock the reader of %s: %s", q.name, e)
 
     async def _wait_until(self, aw: Awaitable[Any], deadline: float) -> None:
         """Waits for ``aw`` until ``deadline`` or a second signal, whichever first."""

@@ -1,0 +1,262 @@
+"""End to end: a real ``dagflow serve`` (Rust built-in handlers on queue ``default``),
+a real redis-server, and Python workers (in this process, or as
+``python -m dagflow_worker`` processes) serving queue ``py``, which the server does
+not serve."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from conftest import DagflowServer, WorkerProcess, eventually, running_worker
+from dagflow_worker import Client, DagflowError, Fatal, FlowSpec, Job, Retryable, Worker
+
+
+async def node_of(client: Client, flow_id: str, name: str) -> dict[str, Any]:
+    flow = await client.get(flow_id)
+    return next(dict(n) for n in flow["nodes"] if n["name"] == name)
+
+
+async def test_rust_feeds_python_feeds_rust(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+    seen: dict[str, Any] = {}
+
+    async def double(job: Job) -> Any:
+        seen["id"], seen["data"], seen["parents"] = job.id, job.data, job.parents
+        return {"doubled": job.parents["first"]["data"]["n"] * 2, "attempt": job.attempt}
+
+    async def inspect(job: Job) -> Any:
+        return {"dataIsNone": job.data is None, "parents": job.parents}
+
+    spec: FlowSpec = {"name": "mixed", "nodes": [
+        {"name": "first", "handler": "echo", "data": {"n": 21}},
+        {"name": "double", "queue": "py", "parents": ["first"], "data": {"own": True}},
+        {"name": "last", "handler": "echo", "parents": ["double"]},
+        {"name": "lonely", "handler": "inspect", "queue": "py"},
+    ]}
+    worker = Worker(server.redis_url, {"py": 4}, {"double": double, "inspect": inspect}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit(spec)
+        flow = await client.wait(flow_id, timeout=30)
+    assert flow["status"] == "completed", flow
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert seen["id"] == f"{flow_id}:double:1"
+    assert seen["data"] == {"own": True}
+    assert seen["parents"] == {"first": {"data": {"n": 21}, "parents": {}}}
+    assert nodes["double"]["result"] == {"doubled": 42, "attempt": 1}
+    # The Rust child received the Python result.
+    assert nodes["last"]["result"] == {"data": None, "parents": {"double": {"doubled": 42, "attempt": 1}}}
+    assert nodes["lonely"]["result"] == {"dataIsNone": True, "parents": {}}
+    # `started` was reported: the engine knows when the Python node began.
+    assert nodes["double"]["startedAt"] <= nodes["double"]["finishedAt"]
+
+
+async def test_retry_on_a_queue_only_python_serves(dagflow_server: Callable[..., DagflowServer]) -> None:
+    """Needs the engine to promote due retries of every queue (not only its own)."""
+    server = dagflow_server()
+    attempts: list[int] = []
+
+    async def flaky(job: Job) -> Any:
+        attempts.append(job.attempt)
+        if job.attempt < 3:
+            raise Retryable(f"not yet ({job.attempt})")
+        return {"attempt": job.attempt}
+
+    async def broken(job: Job) -> Any:
+        raise Fatal("bad input")
+
+    spec: FlowSpec = {"nodes": [
+        {"name": "flaky", "queue": "py", "opts": {"attempts": 3, "backoff": {"type": "fixed", "delayMs": 100}}},
+        {"name": "broken", "queue": "py", "opts": {"attempts": 3}},
+    ]}
+    worker = Worker(server.redis_url, {"py": 4}, {"flaky": flaky, "broken": broken}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit(spec)
+        flow = await client.wait(flow_id, timeout=20)
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert attempts == [1, 2, 3]
+    assert nodes["flaky"]["status"] == "completed" and nodes["flaky"]["attempt"] == 3
+    assert nodes["flaky"]["result"] == {"attempt": 3}
+    # Fatal: failed for good on the first attempt although attempts were left.
+    assert nodes["broken"]["status"] == "failed" and nodes["broken"]["attempt"] == 1
+    assert nodes["broken"]["error"] == "bad input"
+    assert flow["status"] == "failed"
+
+
+async def test_a_killed_workers_job_is_reclaimed_by_another_process(
+        dagflow_server: Callable[..., DagflowServer], worker_process: Callable[..., WorkerProcess],
+        tmp_path: Path) -> None:
+    server = dagflow_server(lease="2s")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec: FlowSpec = {"nodes": [
+        {"name": "slow", "handler": "slow", "queue": "py", "data": {"dir": str(marks), "ms": 1500}},
+        {"name": "after", "handler": "echo", "parents": ["slow"]},
+    ]}
+    first = worker_process(server.redis_url, server.prefix, "py=2")
+    async with Client(server.base_url) as client:
+        flow_id = await client.submit(spec)
+        await eventually(lambda: _glob(marks, "slow.*.started"), timeout=20, what="the first run to start")
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        killed_at = time.monotonic()
+        second = worker_process(server.redis_url, server.prefix, "py=2")
+        flow = await client.wait(flow_id, timeout=30)
+        took = time.monotonic() - killed_at
+    assert flow["status"] == "completed", (flow, second.log()[-2000:])
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["slow"]["result"]["pid"] == second.proc.pid
+    assert nodes["slow"]["attempt"] == 1, "a reclaim is not a retry"
+    started = {p.name.split(".")[1] for p in marks.glob("slow.*.started")}
+    finished = {p.name.split(".")[1] for p in marks.glob("slow.*.finished")}
+    assert started == {str(first.proc.pid), str(second.proc.pid)}
+    assert finished == {str(second.proc.pid)}
+    assert "reclaimed" in second.log()
+    # Lease 2 s (read from P:config), reclaim every lease/2, then 1.5 s of work.
+    assert took < 8, f"the job came back after {took:.1f} s"
+
+
+async def _glob(path: Path, pattern: str) -> list[Path]:
+    return list(path.glob(pattern))
+
+
+async def test_cancel_reaches_the_running_handler(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+    seen: list[Any] = []
+
+    async def waits(job: Job) -> Any:
+        await job.cancelled.wait()
+        seen.append(job.stop_reason)
+        return "stopped"
+
+    worker = Worker(server.redis_url, {"py": 2}, {"waits": waits}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit({"nodes": [{"name": "waits", "queue": "py"},
+                                                 {"name": "child", "handler": "echo", "parents": ["waits"]}]})
+        await eventually(lambda: _status(client, flow_id, "waits", "active"), what="the node running")
+        cancelled = await client.cancel(flow_id)
+        assert cancelled["status"] == "cancelled"
+        await eventually(lambda: _true(seen == ["cancelled"]), what="the handler to see the cancel")
+        await eventually(lambda: _true(worker.running == 0), what="the job reported")
+        flow = await client.get(flow_id)
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["waits"]["status"] == "cancelled" and nodes["child"]["status"] == "cancelled"
+    assert worker.stats["failed"] == 1
+
+
+async def _status(client: Client, flow_id: str, node: str, status: str) -> bool:
+    return (await node_of(client, flow_id, node))["status"] == status
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_timeout_fails_the_attempt(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+
+    async def hangs(job: Job) -> Any:
+        await asyncio.sleep(60)
+
+    worker = Worker(server.redis_url, {"py": 1}, {"hangs": hangs}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        t0 = time.monotonic()
+        flow_id = await client.submit({"nodes": [{"name": "hangs", "queue": "py", "opts": {"timeoutMs": 300}}]})
+        flow = await client.wait(flow_id, timeout=20)
+        took = time.monotonic() - t0
+    node = flow["nodes"][0]
+    assert flow["status"] == "failed"
+    assert node["status"] == "failed" and node["error"] == "timed out after 300 ms"
+    assert took < 5
+
+
+async def test_progress_reaches_watchers(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+    go = asyncio.Event()
+
+    async def steps(job: Job) -> Any:
+        await go.wait()
+        for pct in (25, 50, 75):
+            await job.progress({"pct": pct})
+            await asyncio.sleep(0.15)
+        return "done"
+
+    worker = Worker(server.redis_url, {"py": 1}, {"steps": steps}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit({"nodes": [{"name": "steps", "queue": "py"}]})
+        messages = []
+        seqs = []
+        async for message in client.watch(flow_id):
+            messages.append(message)
+            if message["type"] == "snapshot":
+                seqs.append(message["flow"]["seq"])
+                go.set()
+            elif message["type"] == "flow:updated":
+                seqs.append(message["seq"])
+        node = await client.node(flow_id, "steps")
+    progress = [m["progress"] for m in messages if m["type"] == "flow:updated" and "progress" in m]
+    assert progress == [{"pct": 25}, {"pct": 50}, {"pct": 75}]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq goes up by one"
+    assert messages[-1]["type"] == "flow:updated" and messages[-1]["status"] == "completed"
+    assert node["progress"] == {"pct": 75} and node["result"] == "done"
+    assert node["input"] == {"data": None, "parents": {}}
+
+
+async def test_sigterm_lets_the_running_job_finish(
+        dagflow_server: Callable[..., DagflowServer], worker_process: Callable[..., WorkerProcess],
+        tmp_path: Path) -> None:
+    server = dagflow_server()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wp = worker_process(server.redis_url, server.prefix, "py=1")
+    async with Client(server.base_url) as client:
+        flow_id = await client.submit({"nodes": [
+            {"name": "slow", "handler": "slow", "queue": "py", "data": {"dir": str(marks), "ms": 1500}}]})
+        await eventually(lambda: _glob(marks, "slow.*.started"), timeout=20, what="the job to start")
+        wp.proc.send_signal(signal.SIGTERM)
+        later = await client.submit({"nodes": [
+            {"name": "slow", "handler": "slow", "queue": "py", "data": {"dir": str(marks), "ms": 0}}]})
+        code = await asyncio.to_thread(wp.proc.wait, 15)
+        flow = await client.wait(flow_id, timeout=10)
+        waiting = await client.get(later)
+    assert code == 0, wp.log()[-2000:]
+    assert flow["status"] == "completed"
+    assert flow["nodes"][0]["result"]["pid"] == wp.proc.pid
+    assert len(list(marks.glob("slow.*.started"))) == 1, "no job taken after SIGTERM"
+    assert waiting["status"] == "running" and waiting["nodes"][0]["status"] == "queued"
+    assert "finishing running jobs" in wp.log()
+
+
+async def test_client_submit_get_list_errors(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+    async with Client(server.base_url) as client:
+        spec: FlowSpec = {"name": "c", "nodes": [{"name": "a", "handler": "noop"}]}
+        first = await client.submit(spec, idempotency_key="key-1")
+        assert await client.submit(spec, idempotency_key="key-1") == first
+        flow = await client.wait(first, timeout=20)
+        assert flow["status"] == "completed" and flow["name"] == "c"
+        page = await client.list_flows(status="completed", limit=10)
+        assert first in [f["id"] for f in page["flows"]]
+        with pytest.raises(DagflowError) as invalid:
+            await client.submit({"nodes": [{"name": "a", "parents": ["b"]}, {"name": "b", "parents": ["a"]}]})
+        assert invalid.value.status == 422 and invalid.value.code == "invalid_flow"
+        assert any(p["code"] == "cycle" for p in invalid.value.details["problems"])
+        with pytest.raises(DagflowError) as missing:
+            await client.get("0194e5c2-7b1d-7c3e-9a40-2f6c1d8e9b10")
+        assert missing.value.status == 404
+        with pytest.raises(DagflowError) as unknown_ws:
+            async for _ in client.watch("0194e5c2-7b1d-7c3e-9a40-2f6c1d8e9b10"):
+                pass
+        assert unknown_ws.value.status == 404
+        await client.delete(first)
+        with pytest.raises(DagflowError):
+            await client.get(first)
+        with pytest.raises(TimeoutError):
+            slow = await client.submit({"nodes": [{"name": "s", "handler": "sleep", "data": {"ms": 5000}}]})
+            await client.wait(slow, timeout=0.3)
