@@ -17,6 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    // Fault injection (tests only): the failpoints named in `FAILPOINTS` are set for
+    // the process's life. Without the feature this is not compiled in.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     match cli::run(config).await {
         Ok(code) => code,
         Err(error) => {

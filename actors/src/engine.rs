@@ -17,11 +17,12 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::actors::flow::FlowMsg;
+use crate::actors::reconcile::{reconcile_loop, DEFAULT_RECONCILE_EVERY};
 use crate::actors::router::{CompletionRouter, RouterArgs};
 use crate::actors::supervisor::{FlowSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::worker::{WorkerCtx, WorkerPool};
 use crate::actors::writer::{SnapshotWriter, WriterArgs, WriterMsg};
-use crate::actors::{load_state, Directory, Shared};
+use crate::actors::{load_state, now_ms, Directory, EngineStats, Shared};
 use crate::error::EngineError;
 use crate::handler::{Handler, Handlers};
 use crate::hub::{EventHub, DEFAULT_EVENT_CAPACITY};
@@ -62,6 +63,7 @@ pub struct EngineBuilder {
     event_capacity: usize,
     worker_only: bool,
     hibernate_after: Option<Duration>,
+    reconcile_every: Duration,
 }
 
 impl Default for EngineBuilder {
@@ -80,6 +82,7 @@ impl Default for EngineBuilder {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             worker_only: false,
             hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
+            reconcile_every: DEFAULT_RECONCILE_EVERY,
         }
     }
 }
@@ -167,6 +170,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How often a reconciliation pass (which puts back jobs Redis lost, whatever
+    /// the marker says) starts at most. Repairs happen within this plus the number
+    /// of unfinished flows / 1,000 seconds.
+    pub fn reconcile_every(mut self, every: Duration) -> Self {
+        self.reconcile_every = every.max(Duration::from_millis(100));
+        self
+    }
+
     /// Runs only workers: no flows, no store (for extra worker processes).
     pub fn worker_only(mut self) -> Self {
         self.worker_only = true;
@@ -209,6 +220,7 @@ impl EngineBuilder {
             )
             .await
             .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
+            let (handback_tx, handback_rx) = tokio::sync::mpsc::unbounded_channel();
             let shared = Arc::new(Shared {
                 store,
                 queue: queue.clone(),
@@ -218,10 +230,16 @@ impl EngineBuilder {
                 limits: self.limits.clone(),
                 max_stalled: self.max_stalled,
                 hibernate_after: self.hibernate_after,
+                handback: Some(handback_tx),
+                stats: EngineStats::default(),
             });
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
             queue.ensure_marker(&consumer).await?;
+            // Workers in other processes read the lease from here.
+            queue
+                .publish_config(self.lease.as_millis() as u64, self.max_stalled)
+                .await?;
             let (supervisor, _) = Actor::spawn(
                 None,
                 FlowSupervisor,
@@ -240,10 +258,19 @@ impl EngineBuilder {
                     redis_url: self.redis_url.clone(),
                     keys: keys.clone(),
                     consumer: consumer.clone(),
+                    handback: handback_rx,
                 },
             )
             .await
             .map_err(|e| EngineError::Internal(format!("spawning completion router: {e}")))?;
+            let background = vec![
+                tokio::spawn(promote_loop(Arc::clone(&shared))),
+                tokio::spawn(reconcile_loop(
+                    Arc::clone(&shared),
+                    supervisor.clone(),
+                    self.reconcile_every,
+                )),
+            ];
             let watchdog = tokio::spawn(watch_redis(
                 queue.clone(),
                 consumer.clone(),
@@ -256,6 +283,7 @@ impl EngineBuilder {
                 router,
                 writer,
                 watchdog,
+                background,
             });
         }
         let pool = if self.queues.is_empty() {
@@ -267,6 +295,7 @@ impl EngineBuilder {
                 keys: keys.clone(),
                 handlers: self.handlers,
                 directory: flows.as_ref().map(|_| directory.clone()),
+                handback: flows.as_ref().and_then(|f| f.shared.handback.clone()),
                 cancels: Mutex::default(),
                 cancel_grace: self.cancel_grace,
                 lease: self.lease,
@@ -298,6 +327,8 @@ struct Flows {
     router: ActorRef<()>,
     writer: ActorRef<WriterMsg>,
     watchdog: JoinHandle<()>,
+    /// The promoter and the reconciliation pass.
+    background: Vec<JoinHandle<()>>,
 }
 
 struct Inner {
@@ -462,8 +493,10 @@ impl Engine {
         Ok(NodeView::from_state(&state, idx, true))
     }
 
-    /// A page of flows, newest first.
-    pub fn list(&self, query: &ListQuery) -> Result<FlowPage, EngineError> {
+    /// A page of flows, newest first, as they are on disk: read between two group
+    /// commits, so a list never shows a state (a new flow, a flow completed) that a
+    /// crash could still take back.
+    pub async fn list(&self, query: &ListQuery) -> Result<FlowPage, EngineError> {
         let flows = self.flows()?;
         let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
         let after = match &query.cursor {
@@ -473,7 +506,11 @@ impl Engine {
             ),
             None => None,
         };
-        let records = flows.shared.store.list(query.status, after, limit + 1)?;
+        let status = query.status;
+        let records = durable_read(&flows.shared, move |store| {
+            store.list(status, after, limit + 1)
+        })
+        .await??;
         let more = records.len() > limit;
         let flows: Vec<FlowSummary> = records
             .iter()
@@ -608,6 +645,12 @@ impl Engine {
         })
     }
 
+    /// Counters of the engine's background work (hand-backs, redeliveries,
+    /// reconciliation repairs, promotions); `None` for a worker-only engine.
+    pub fn stats(&self) -> Option<&EngineStats> {
+        self.inner.flows.as_ref().map(|f| &f.shared.stats)
+    }
+
     /// Number of event subscribers.
     pub fn subscribers(&self) -> usize {
         self.inner.hub.subscriber_count()
@@ -624,6 +667,9 @@ impl Engine {
         }
         if let Some(flows) = &self.inner.flows {
             flows.watchdog.abort();
+            for task in &flows.background {
+                task.abort();
+            }
             for actor in flows.shared.directory.all() {
                 if let Err(e) = call_t!(actor, FlowMsg::Drain, 5_000) {
                     warn!(error = %e, "a flow did not drain before shutdown");
@@ -653,6 +699,16 @@ impl Engine {
     }
 }
 
+/// Runs a store read between two group commits (see [`crate::actors::writer::read_durable`]).
+async fn durable_read<T: Send + 'static>(
+    shared: &Shared,
+    read: impl FnOnce(&crate::store::Store) -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    crate::actors::writer::read_durable(&shared.writer, read)
+        .await
+        .map_err(EngineError::Store)
+}
+
 fn load_view_state(
     shared: &Shared,
     id: FlowId,
@@ -679,6 +735,26 @@ async fn call_flow_op(
             }
             Err(e) if tries >= 5 => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(20 * tries)).await,
+        }
+    }
+}
+
+/// How often due retries are promoted.
+const PROMOTE_EVERY: Duration = Duration::from_millis(100);
+
+/// Moves due retries into their streams for every queue that has delayed jobs,
+/// whoever serves it (a queue only workers in other languages serve included).
+async fn promote_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(PROMOTE_EVERY).await;
+        match shared.queue.promote_all_due(now_ms()).await {
+            Ok(n) => {
+                shared
+                    .stats
+                    .promoted
+                    .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "promoting due retries failed"),
         }
     }
 }

@@ -41,6 +41,9 @@ pub enum StoreError {
     /// A record on disk could not be decoded.
     #[error("decoding record: {0}")]
     Decode(String),
+    /// A failpoint (feature `failpoints`, tests only) made this write fail.
+    #[error("injected fault at {0}")]
+    Injected(&'static str),
     /// A record has a format version this build does not know.
     #[error("record format version {0} is not supported (this build writes {FORMAT_VERSION})")]
     Version(u8),
@@ -234,6 +237,10 @@ pub enum WriteOp {
     Node(FlowId, NodeIdx, NodeRecord),
     /// Map an idempotency key to its flow.
     Idempotency(String, FlowId),
+    /// Remove every record of a flow (flow record, spec, node records, its
+    /// idempotency key) in the same transaction as the rest of the batch, so a
+    /// crash never leaves a flow without its nodes or a record without its spec.
+    Delete(FlowId),
 }
 
 /// The record a [`WriteOp`] writes.
@@ -243,6 +250,7 @@ enum RecordKey<'a> {
     Spec(FlowId),
     Node(FlowId, NodeIdx),
     Idempotency(&'a str),
+    Delete(FlowId),
 }
 
 impl WriteOp {
@@ -252,6 +260,7 @@ impl WriteOp {
             WriteOp::Spec(id, _) => RecordKey::Spec(*id),
             WriteOp::Node(id, idx, _) => RecordKey::Node(*id, *idx),
             WriteOp::Idempotency(key, _) => RecordKey::Idempotency(key),
+            WriteOp::Delete(id) => RecordKey::Delete(*id),
         }
     }
 }
@@ -340,6 +349,8 @@ impl Store {
     pub fn apply(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
         let latest = last_of_each_record(ops);
         // Encode outside the transaction: its closure may run more than once.
+        // Tree 4 is a delete: `key` is the flow id, and the records to remove are
+        // found inside the transaction (it sees the batch's own earlier writes).
         let mut encoded: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::with_capacity(ops.len());
         for (op, _) in ops.iter().zip(latest).filter(|(_, latest)| *latest) {
             encoded.push(match op {
@@ -349,13 +360,19 @@ impl Store {
                 WriteOp::Idempotency(key, id) => {
                     (3, key.as_bytes().to_vec(), id.as_bytes().to_vec())
                 }
+                WriteOp::Delete(id) => {
+                    fail::fail_point!("store::delete", |_| Err(StoreError::Injected(
+                        "store::delete"
+                    )));
+                    (4, id.as_bytes().to_vec(), Vec::new())
+                }
             });
         }
         if encoded.is_empty() {
             // A barrier: a transaction would still seal and write sled's log buffer.
             return Ok(());
         }
-        if let [(tree, key, value)] = encoded.as_slice() {
+        if let [(tree @ 0..=3, key, value)] = encoded.as_slice() {
             // A single insert is atomic by itself.
             self.tree(*tree).insert(key.as_slice(), value.as_slice())?;
             return Ok(());
@@ -367,14 +384,19 @@ impl Store {
                         0 => flows,
                         1 => specs,
                         2 => nodes,
-                        _ => idempotency,
+                        3 => idempotency,
+                        _ => {
+                            delete_in(key, flows, specs, nodes, idempotency)?;
+                            continue;
+                        }
                     };
                     tree.insert(key.as_slice(), value.as_slice())?;
                 }
-                Ok::<(), ConflictableTransactionError<sled::Error>>(())
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
             })
             .map_err(|e| match e {
-                TransactionError::Abort(e) | TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
             })
     }
 
@@ -445,6 +467,35 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` ids of running flows after `after` (exclusive), oldest first: a
+    /// page of the reconciliation pass, which walks them without holding them all.
+    pub fn unfinished_page(
+        &self,
+        after: Option<FlowId>,
+        limit: usize,
+    ) -> Result<Vec<FlowId>, StoreError> {
+        let iter = match after {
+            Some(cursor) => {
+                let mut start = cursor.as_bytes().to_vec();
+                start.push(0);
+                self.flows.range(start..)
+            }
+            None => self.flows.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        for item in iter {
+            let (key, value) = item?;
+            let rec: FlowRecord = decode(&value)?;
+            if rec.status == status_code(FlowStatus::Running) {
+                out.push(flow_id_of(&key)?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A page of flow records, newest first, starting after `after` (exclusive).
     pub fn list(
         &self,
@@ -478,24 +529,10 @@ impl Store {
             .transpose()
     }
 
-    /// Removes every record of a flow and flushes. Returns whether it existed.
-    pub async fn delete(&self, id: FlowId) -> Result<bool, StoreError> {
-        let Some(record) = self.flow_record(id)? else {
-            return Ok(false);
-        };
-        let mut batch = sled::Batch::default();
-        for item in self.nodes.scan_prefix(id.as_bytes()) {
-            let (key, _) = item?;
-            batch.remove(key);
-        }
-        self.nodes.apply_batch(batch)?;
-        self.specs.remove(id.as_bytes())?;
-        if let Some(key) = &record.idempotency_key {
-            self.idempotency.remove(key.as_bytes())?;
-        }
-        self.flows.remove(id.as_bytes())?;
-        self.flush().await?;
-        Ok(true)
+    /// Every record key of every tree but `meta` (tests and the chaos test check that
+    /// deleted flows leave nothing behind).
+    pub fn record_count(&self) -> usize {
+        self.flows.len() + self.specs.len() + self.nodes.len() + self.idempotency.len()
     }
 
     /// Number of node records of a flow (tests check that delete leaves none).
@@ -581,10 +618,42 @@ mod tests {
         assert_eq!(loaded.nodes[0], NodeState::default());
         assert_eq!(store.unfinished().unwrap(), vec![id]);
         assert_eq!(store.idempotent_flow("k").unwrap(), Some(id));
-        assert!(store.delete(id).await.unwrap());
+        store.apply(&[WriteOp::Delete(id)]).unwrap();
         assert!(store.load(id).unwrap().is_none());
         assert_eq!(store.node_record_count(id), 0);
         assert_eq!(store.idempotent_flow("k").unwrap(), None);
+        assert_eq!(store.record_count(), 0);
+    }
+
+    #[test]
+    fn a_delete_in_the_same_batch_as_the_flows_writes_removes_them_all() {
+        let store = Store::temporary().unwrap();
+        let (id, other) = (FlowId::new(), FlowId::new());
+        let node = NodeRecord::from_state(&NodeState::default());
+        store
+            .apply(&[
+                WriteOp::Flow(id, record(FlowStatus::Running)),
+                WriteOp::Spec(id, "{}".into()),
+                WriteOp::Node(id, NodeIdx::from_u32(0), node.clone()),
+                WriteOp::Idempotency("k".into(), id),
+                WriteOp::Flow(other, FlowRecord { idempotency_key: None, ..record(FlowStatus::Running) }),
+                WriteOp::Node(id, NodeIdx::from_u32(1), node),
+                WriteOp::Delete(id),
+            ])
+            .unwrap();
+        assert!(store.load(id).unwrap().is_none());
+        assert_eq!(store.node_record_count(id), 0);
+        assert_eq!(store.idempotent_flow("k").unwrap(), None);
+        assert!(store.flow_record(other).unwrap().is_some());
+        // A key that a newer flow took over is not removed with the old flow.
+        store
+            .apply(&[
+                WriteOp::Flow(id, record(FlowStatus::Failed)),
+                WriteOp::Idempotency("k".into(), other),
+                WriteOp::Delete(id),
+            ])
+            .unwrap();
+        assert_eq!(store.idempotent_flow("k").unwrap(), Some(other));
     }
 
     #[tokio::test]
@@ -665,4 +734,34 @@ mod tests {
         let running = store.list(Some(FlowStatus::Running), None, 10).unwrap();
         assert_eq!(running.len(), 3);
     }
+}
+
+/// Removes every record of the flow `id_bytes` inside a transaction: its node
+/// records (the flow record says how many there can be), spec, idempotency key
+/// (only while it still names this flow) and the flow record itself.
+fn delete_in(
+    id_bytes: &[u8],
+    flows: &sled::transaction::TransactionalTree,
+    specs: &sled::transaction::TransactionalTree,
+    nodes: &sled::transaction::TransactionalTree,
+    idempotency: &sled::transaction::TransactionalTree,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let Some(bytes) = flows.get(id_bytes)? else {
+        return Ok(());
+    };
+    let record: FlowRecord = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+    for idx in 0..record.node_count {
+        let mut key = Vec::with_capacity(20);
+        key.extend_from_slice(id_bytes);
+        key.extend_from_slice(&idx.to_be_bytes());
+        nodes.remove(key)?;
+    }
+    specs.remove(id_bytes)?;
+    if let Some(key) = &record.idempotency_key {
+        if idempotency.get(key.as_bytes())?.as_deref() == Some(id_bytes) {
+            idempotency.remove(key.as_bytes())?;
+        }
+    }
+    flows.remove(id_bytes)?;
+    Ok(())
 }

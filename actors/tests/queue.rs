@@ -162,10 +162,10 @@ async fn delayed_job_is_readable_only_after_promotion() {
         .await
         .unwrap();
     assert!(reader.read(10, 0).await.unwrap().is_empty());
-    assert_eq!(reader.promote_delayed(now_ms()).await.unwrap(), 0);
+    assert_eq!(queue.promote_all_due(now_ms()).await.unwrap(), 0);
     assert!(reader.read(10, 0).await.unwrap().is_empty());
 
-    assert_eq!(reader.promote_delayed(now_ms() + 120_000).await.unwrap(), 1);
+    assert_eq!(queue.promote_all_due(now_ms() + 120_000).await.unwrap(), 1);
     assert_eq!(queue.depth("default").await.unwrap(), (1, 0));
     let got = reader.read(10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -176,7 +176,7 @@ async fn delayed_job_is_readable_only_after_promotion() {
     assert_eq!(state["e"], got[0].entry_id.as_str());
 
     // Promoting again moves nothing.
-    assert_eq!(reader.promote_delayed(now_ms() + 120_000).await.unwrap(), 0);
+    assert_eq!(queue.promote_due("default", now_ms() + 120_000).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -485,10 +485,11 @@ async fn cleanup_flow_removes_promoted_jobs_too() {
     let mut delayed = job("f1", "a", "default");
     delayed.delay_ms = 1;
     queue.enqueue("f1", &[delayed]).await.unwrap();
-    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+    // The group exists, as it does once a worker serves the queue.
+    let _reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
         .await
         .unwrap();
-    assert_eq!(reader.promote_delayed(now_ms() + 1000).await.unwrap(), 1);
+    assert_eq!(queue.promote_due("default", now_ms() + 1000).await.unwrap(), 1);
     queue.cleanup_flow("f1").await.unwrap();
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
     assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix()))
@@ -509,10 +510,11 @@ async fn promotion_skips_jobs_of_deleted_flows() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+    // The group exists, as it does once a worker serves the queue.
+    let _reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
         .await
         .unwrap();
-    assert_eq!(reader.promote_delayed(now_ms() + 1000).await.unwrap(), 0);
+    assert_eq!(queue.promote_due("default", now_ms() + 1000).await.unwrap(), 0);
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
     assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix()))
         .await

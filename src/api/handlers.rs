@@ -223,11 +223,14 @@ fn spec_parse_error(e: serde_json::Error) -> HttpError {
         (status = 400, description = "bad query parameter", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn list(state: Arc<ApiState>, params: HashMap<String, String>) -> Response {
-    respond((|| {
-        let query = models::list_query(&params)?;
-        let page = state.engine.list(&query)?;
-        Ok(json_reply(StatusCode::OK, &page))
-    })())
+    respond(
+        async {
+            let query = models::list_query(&params)?;
+            let page = state.engine.list(&query).await?;
+            Ok::<_, HttpError>(json_reply(StatusCode::OK, &page))
+        }
+        .await,
+    )
 }
 
 /// One flow with every node.

@@ -20,6 +20,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
+pub use super::delivery::Ack;
+use super::delivery::Receipt;
 use super::supervisor::SupervisorMsg;
 use super::writer::WriterMsg;
 use super::{now_ms, Shared};
@@ -73,6 +75,9 @@ pub enum FlowInit {
 pub struct FlowArgs {
     /// Engine-wide handles.
     pub shared: Arc<Shared>,
+    /// The supervisor, for the hibernation handshake (typed, rather than
+    /// ractor's untyped `try_get_supervisor`).
+    pub supervisor: ActorRef<SupervisorMsg>,
     /// How to begin.
     pub init: FlowInit,
 }
@@ -82,26 +87,25 @@ pub struct FlowArgs {
 struct RedisWork {
     enqueue: Vec<NewJob>,
     cancel: Vec<String>,
-    local_acks: Vec<LocalAck>,
-    completion_acks: Vec<String>,
+    /// Reports whose acks this step carries out; settled once the acks succeeded,
+    /// handed back to the router if the step is dropped (the actor failed).
+    receipts: Vec<Receipt>,
     /// The flow ended: remove everything Redis holds for it.
     cleanup: bool,
 }
 
 impl RedisWork {
     fn is_empty(&self) -> bool {
-        self.enqueue.is_empty()
-            && self.cancel.is_empty()
-            && self.local_acks.is_empty()
-            && self.completion_acks.is_empty()
-            && !self.cleanup
+        self.enqueue.is_empty() && self.cancel.is_empty() && self.receipts.is_empty() && !self.cleanup
     }
 
-    fn add_ack(&mut self, ack: Ack) {
-        match ack {
-            Ack::None => {}
-            Ack::Local(a) => self.local_acks.push(a),
-            Ack::Completion(id) => self.completion_acks.push(id),
+    fn add_receipt(&mut self, receipt: Option<Receipt>) {
+        if let Some(r) = receipt {
+            if matches!(r.report().ack, Ack::None) {
+                r.settle();
+            } else {
+                self.receipts.push(r);
+            }
         }
     }
 }
@@ -145,21 +149,11 @@ struct Pending {
     replies: Vec<Reply>,
 }
 
-/// How to acknowledge the report a job came with, once applied durably.
-#[derive(Debug)]
-pub enum Ack {
-    /// Nothing to acknowledge (progress, started).
-    None,
-    /// A job finished by a worker of this process: XACK + XDEL its stream entry.
-    Local(LocalAck),
-    /// A record of the completions stream.
-    Completion(String),
-}
-
 /// The flow actor's state.
 pub struct FlowActorState {
     shared: Arc<Shared>,
-    state: FlowState,
+    supervisor: ActorRef<SupervisorMsg>,
+    flow: FlowState,
     idempotency_key: Option<String>,
     engine_error: Option<String>,
     next_token: u64,
@@ -168,6 +162,9 @@ pub struct FlowActorState {
     outbox_retry_scheduled: bool,
     /// Set when a delete was asked for: carried out once no write is in flight.
     deleting: Option<RpcReplyPort<Result<(), EngineError>>>,
+    /// Reports that arrived while the flow was being deleted: acknowledged once the
+    /// delete is done, handed back if it fails.
+    held: Vec<Receipt>,
     /// When the actor last handled something that concerns the flow.
     last_active: Instant,
     /// A `HibernateCheck` is on its way.
@@ -178,17 +175,10 @@ pub struct FlowActorState {
 
 /// Messages of a flow actor.
 pub enum FlowMsg {
-    /// A worker reported on one of this flow's jobs.
-    JobReported {
-        /// The node's name.
-        node: String,
-        /// The attempt reported on.
-        attempt: u32,
-        /// What happened.
-        outcome: Outcome,
-        /// What to acknowledge once the report is applied durably.
-        ack: Ack,
-    },
+    /// A worker reported on one of this flow's jobs. The receipt is acknowledged
+    /// after the flush that holds what it changed, or handed back if this actor
+    /// stops or fails first.
+    JobReported(Receipt),
     /// Cancel the flow.
     Cancel(RpcReplyPort<Result<(), EngineError>>),
     /// Re-run the failed, skipped and cancelled nodes.
@@ -204,6 +194,9 @@ pub enum FlowMsg {
     Drain(RpcReplyPort<Result<(), EngineError>>),
     /// Redis lost its data: enqueue every queued or running job again.
     Resync,
+    /// The reconciliation pass found these jobs (`{node}:{attempt}` fields) lost in
+    /// Redis: put back those that are still queued or running.
+    Repair(Vec<String>),
     /// The write with this token (and every earlier one) is durable, or failed.
     Flushed {
         /// The write's token.
@@ -218,13 +211,15 @@ pub enum FlowMsg {
     InjectFailure(String),
     /// Time to look whether the flow has been quiet long enough to hibernate.
     HibernateCheck,
-    /// From the supervisor: the flow is out of the directory; stop after a grace
-    /// unless something still arrives.
-    Hibernate,
-    /// The grace ended.
-    HibernateNow,
-    /// From the supervisor: the flow is back in the directory.
-    Awake,
+    /// The supervisor's answer to `RequestHibernation`: the flow is out of the
+    /// directory; the grace starts, after which the actor stops unless something
+    /// still arrives.
+    HibernationGranted,
+    /// The grace after `HibernationGranted` ended.
+    GraceEnded,
+    /// From the supervisor: the flow is back in the directory (taken back during
+    /// its grace).
+    Rejoined,
 }
 
 impl Actor for FlowActor {
@@ -246,24 +241,18 @@ impl Actor for FlowActor {
                 idempotency_key,
                 reply,
             } => {
-                let mut state = FlowState::new(id, dag, now);
-                let effects = state.apply(Input::Start, now);
+                let mut flow = FlowState::new(id, dag, now);
+                let effects = flow.apply(Input::Start, now);
                 let mut ops = vec![WriteOp::Spec(id, spec_json)];
                 if let Some(key) = &idempotency_key {
                     ops.push(WriteOp::Idempotency(key.clone(), id));
                 }
-                let mut actor = FlowActorState::new(args.shared, state, idempotency_key);
+                let mut actor =
+                    FlowActorState::new(args.shared, args.supervisor, flow, idempotency_key);
                 // `Start`'s `Persist` names the nodes it changed (the roots); the
-                // others get no record and load as fresh.
-                // The creator hears of the flow only once it is durable.
-                actor.commit(
-                    &myself,
-                    effects,
-                    Ack::None,
-                    Some(Reply::Created(reply, id)),
-                    ops,
-                    true,
-                );
+                // others get no record and load as fresh. The creator hears of the
+                // flow only once it is durable.
+                actor.persist_new_flow(&myself, effects, ops, Reply::Created(reply, id));
                 Ok(actor)
             }
             FlowInit::Restore {
@@ -272,17 +261,18 @@ impl Actor for FlowActor {
                 engine_error,
                 abort,
             } => {
-                let mut actor = FlowActorState::new(args.shared, state, idempotency_key);
+                let mut actor =
+                    FlowActorState::new(args.shared, args.supervisor, state, idempotency_key);
                 actor.engine_error = engine_error;
                 if let Some(reason) = abort {
                     actor.engine_error = Some(reason.clone());
-                    let effects = actor.state.apply(Input::Abort { reason }, now);
-                    actor.commit(&myself, effects, Ack::None, None, Vec::new(), false);
+                    let effects = actor.flow.apply(Input::Abort { reason }, now);
+                    actor.persist(&myself, effects);
                 } else {
-                    // What was read may include writes of a previous actor that were
-                    // applied but not yet flushed: a barrier makes them durable before
-                    // anything is enqueued from them.
-                    let jobs = actor.state.resume(now);
+                    // The supervisor read the snapshot after a writer barrier, so it
+                    // holds every write of a previous actor; the empty write here
+                    // orders the re-enqueues after anything still in flight.
+                    let jobs = actor.flow.resume(now);
                     let mut work = RedisWork::default();
                     for job in jobs {
                         work.enqueue.push(actor.new_job(job, now));
@@ -290,10 +280,10 @@ impl Actor for FlowActor {
                     actor.send_write(&myself, Vec::new(), work, Vec::new(), Vec::new());
                     // A snapshot a crash cut short (see `FlowState::repair`) gets the
                     // steps that should have followed, persisted like any transition.
-                    let repaired = actor.state.repair(now);
+                    let repaired = actor.flow.repair(now);
                     if !repaired.is_empty() {
-                        warn!(flow = %actor.state.id(), "repairing a snapshot cut short by a crash");
-                        actor.commit(&myself, repaired, Ack::None, None, Vec::new(), false);
+                        warn!(flow = %actor.flow.id(), "repairing a snapshot cut short by a crash");
+                        actor.persist(&myself, repaired);
                     }
                 }
                 Ok(actor)
@@ -307,39 +297,40 @@ impl Actor for FlowActor {
         message: FlowMsg,
         state: &mut FlowActorState,
     ) -> Result<(), ActorProcessingErr> {
+        fail::fail_point!("flow::handle");
         match message {
             FlowMsg::HibernateCheck => {
                 state.check_scheduled = false;
                 state.consider_hibernating(&myself);
                 return Ok(());
             }
-            FlowMsg::Hibernate => {
+            FlowMsg::HibernationGranted => {
                 if state.is_quiet() {
                     state.in_grace = true;
-                    myself.send_after(HIBERNATE_GRACE, || FlowMsg::HibernateNow);
+                    myself.send_after(HIBERNATE_GRACE, || FlowMsg::GraceEnded);
                 } else {
                     // Something came in between asking and being told: a write or a
                     // Redis step is in flight, whose effects only this actor holds.
-                    state.to_supervisor(
-                        &myself,
-                        SupervisorMsg::Rejoin(state.state.id(), myself.clone()),
-                    );
+                    state.to_supervisor(SupervisorMsg::RejoinRequested(
+                        state.flow.id(),
+                        myself.clone(),
+                    ));
                 }
                 return Ok(());
             }
-            FlowMsg::HibernateNow => {
+            FlowMsg::GraceEnded => {
                 if state.in_grace {
                     let msg = if state.is_quiet() {
-                        SupervisorMsg::HibernateDone(state.state.id(), myself.clone())
+                        SupervisorMsg::GraceEndedQuietly(state.flow.id(), myself.clone())
                     } else {
                         state.in_grace = false;
-                        SupervisorMsg::Rejoin(state.state.id(), myself.clone())
+                        SupervisorMsg::RejoinRequested(state.flow.id(), myself.clone())
                     };
-                    state.to_supervisor(&myself, msg);
+                    state.to_supervisor(msg);
                 }
                 return Ok(());
             }
-            FlowMsg::Awake => {
+            FlowMsg::Rejoined => {
                 state.in_grace = false;
                 return Ok(());
             }
@@ -349,10 +340,10 @@ impl Actor for FlowActor {
             // Sent by someone who found the actor in the directory just before it
             // left: the flow stays awake.
             state.in_grace = false;
-            state.to_supervisor(
-                &myself,
-                SupervisorMsg::Rejoin(state.state.id(), myself.clone()),
-            );
+            state.to_supervisor(SupervisorMsg::RejoinRequested(
+                state.flow.id(),
+                myself.clone(),
+            ));
         }
         state.last_active = Instant::now();
         let result = Box::pin(self.dispatch(&myself, message, state)).await;
@@ -374,35 +365,43 @@ impl FlowActor {
         let myself = myself.clone();
         let now = now_ms();
         if state.deleting.is_some() {
-            // Being deleted: only the flushes still matter; everything Redis holds
-            // for the flow is about to be removed, reports included.
+            // Being deleted: only the flushes still matter. Reports are held and
+            // acknowledged once the delete is done (everything Redis holds for the
+            // flow goes with it), or handed back if the delete fails.
             return match message {
                 FlowMsg::Flushed { token, result } => {
                     Box::pin(state.on_flushed(&myself, token, result)).await
+                }
+                FlowMsg::JobReported(receipt) => {
+                    state.held.push(receipt);
+                    Ok(())
                 }
                 FlowMsg::Cancel(reply)
                 | FlowMsg::Retry(reply)
                 | FlowMsg::Drain(reply)
                 | FlowMsg::Delete(reply) => {
-                    let _ = reply.send(Err(EngineError::NotFound(state.state.id().to_string())));
+                    let _ = reply.send(Err(EngineError::NotFound(state.flow.id().to_string())));
+                    Ok(())
+                }
+                FlowMsg::GetFlow(reply) => {
+                    // Dropping the port tells the caller the flow is going away; it
+                    // then reads the store, which no longer has it.
+                    drop(reply);
                     Ok(())
                 }
                 _ => Ok(()),
             };
         }
         match message {
-            FlowMsg::JobReported {
-                node,
-                attempt,
-                outcome,
-                ack,
-            } => {
-                let Some(idx) = state.state.dag().lookup(&node) else {
-                    warn!(flow = %state.state.id(), node, "report for an unknown node dropped");
-                    state.commit(&myself, Vec::new(), ack, None, Vec::new(), false);
+            FlowMsg::JobReported(receipt) => {
+                let report = receipt.report();
+                let Some(idx) = state.flow.dag().lookup(&report.node) else {
+                    warn!(flow = %state.flow.id(), node = %report.node, "report for an unknown node dropped");
+                    state.persist_report(&myself, Vec::new(), receipt);
                     return Ok(());
                 };
-                let input = match outcome {
+                let attempt = report.attempt;
+                let input = match &report.outcome {
                     Outcome::Started => Input::JobStarted { node: idx, attempt },
                     Outcome::Completed { result } => Input::JobCompleted {
                         node: idx,
@@ -412,8 +411,8 @@ impl FlowActor {
                     Outcome::Failed { message, retryable } => Input::JobFailed {
                         node: idx,
                         attempt,
-                        error: message,
-                        retryable,
+                        error: message.clone(),
+                        retryable: *retryable,
                     },
                     Outcome::Progress { progress } => Input::Progress {
                         node: idx,
@@ -421,23 +420,15 @@ impl FlowActor {
                         progress: Arc::from(progress.get()),
                     },
                 };
-                let effects = state.state.apply(input, now);
-                state.commit(&myself, effects, ack, None, Vec::new(), false);
+                let effects = state.flow.apply(input, now);
+                state.persist_report(&myself, effects, receipt);
             }
             FlowMsg::Cancel(reply) => state.request(&myself, Input::Cancel, reply, now),
             FlowMsg::Retry(reply) => state.request(&myself, Input::Retry, reply, now),
             FlowMsg::Delete(reply) => {
                 // Stop running jobs now; the rest waits for writes in flight, which
                 // would otherwise land after the delete and resurrect the records.
-                let cancels: Vec<String> = state
-                    .state
-                    .dag()
-                    .indices()
-                    .filter(|&i| {
-                        !state.state.node(i).status.is_terminal() && state.state.node(i).attempt > 0
-                    })
-                    .map(|i| state.job_id(i, state.state.node(i).attempt))
-                    .collect();
+                let cancels = state.running_job_ids();
                 if !cancels.is_empty() {
                     if let Err(e) = Box::pin(state.shared.queue.publish_cancel(&cancels)).await {
                         debug!(error = %e, "publishing cancels of a deleted flow failed");
@@ -449,15 +440,15 @@ impl FlowActor {
                 }
             }
             FlowMsg::GetFlow(reply) => {
-                let view = FlowView::from_state(&state.state, state.engine_error.clone());
+                let view = FlowView::from_state(&state.flow, state.engine_error.clone());
                 state.reply_when_durable(Reply::Flow(reply, view));
             }
             FlowMsg::GetNode(name, reply) => {
                 let view = state
-                    .state
+                    .flow
                     .dag()
                     .lookup(&name)
-                    .map(|i| NodeView::from_state(&state.state, i, true));
+                    .map(|i| NodeView::from_state(&state.flow, i, true));
                 state.reply_when_durable(Reply::Node(reply, view));
             }
             FlowMsg::Drain(reply) => {
@@ -469,19 +460,20 @@ impl FlowActor {
             }
             FlowMsg::Resync => {
                 let mut work = RedisWork::default();
-                for job in state.state.resume(now) {
+                for job in state.flow.resume(now) {
                     work.enqueue.push(state.new_job(job, now));
                 }
                 state.send_write(&myself, Vec::new(), work, Vec::new(), Vec::new());
             }
+            FlowMsg::Repair(fields) => Box::pin(state.repair_jobs(&fields, now)).await,
             FlowMsg::Flushed { token, result } => {
                 Box::pin(state.on_flushed(&myself, token, result)).await?;
             }
             FlowMsg::InjectFailure(reason) => return Err(reason.into()),
             FlowMsg::HibernateCheck
-            | FlowMsg::Hibernate
-            | FlowMsg::HibernateNow
-            | FlowMsg::Awake => {}
+            | FlowMsg::HibernationGranted
+            | FlowMsg::GraceEnded
+            | FlowMsg::Rejoined => {}
             FlowMsg::RetryOutbox => {
                 state.outbox_retry_scheduled = false;
                 Box::pin(state.drain_outbox(&myself)).await;
@@ -493,10 +485,16 @@ impl FlowActor {
 }
 
 impl FlowActorState {
-    fn new(shared: Arc<Shared>, state: FlowState, idempotency_key: Option<String>) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        supervisor: ActorRef<SupervisorMsg>,
+        flow: FlowState,
+        idempotency_key: Option<String>,
+    ) -> Self {
         FlowActorState {
             shared,
-            state,
+            supervisor,
+            flow,
             idempotency_key,
             engine_error: None,
             next_token: 0,
@@ -504,6 +502,7 @@ impl FlowActorState {
             outbox: VecDeque::new(),
             outbox_retry_scheduled: false,
             deleting: None,
+            held: Vec::new(),
             last_active: Instant::now(),
             check_scheduled: false,
             in_grace: false,
@@ -516,7 +515,7 @@ impl FlowActorState {
             && self.outbox.is_empty()
             && !self.outbox_retry_scheduled
             && self.deleting.is_none()
-            && self.state.status() == FlowStatus::Running
+            && self.flow.status() == FlowStatus::Running
     }
 
     fn schedule_hibernate_check(&mut self, myself: &ActorRef<FlowMsg>) {
@@ -544,21 +543,27 @@ impl FlowActorState {
             myself.send_after(after - quiet_for, || FlowMsg::HibernateCheck);
             return;
         }
-        self.to_supervisor(
-            myself,
-            SupervisorMsg::Hibernate(self.state.id(), myself.clone()),
-        );
+        self.to_supervisor(SupervisorMsg::RequestHibernation(
+            self.flow.id(),
+            myself.clone(),
+        ));
     }
 
-    fn to_supervisor(&self, myself: &ActorRef<FlowMsg>, msg: SupervisorMsg) {
-        match myself.try_get_supervisor() {
-            Some(supervisor) => {
-                if let Err(e) = supervisor.send_message(msg) {
-                    debug!(error = %e, "flow supervisor gone");
-                }
-            }
-            None => debug!("flow actor without a supervisor"),
+    fn to_supervisor(&self, msg: SupervisorMsg) {
+        if let Err(e) = self.supervisor.send_message(msg) {
+            debug!(error = %e, "flow supervisor gone");
         }
+    }
+
+    /// Job ids of the attempts that may be running or queued: what a delete or a
+    /// cancel tells workers to stop.
+    fn running_job_ids(&self) -> Vec<String> {
+        self.flow
+            .dag()
+            .indices()
+            .filter(|&i| !self.flow.node(i).status.is_terminal() && self.flow.node(i).attempt > 0)
+            .map(|i| self.job_id(i, self.flow.node(i).attempt))
+            .collect()
     }
 
     /// A client's cancel or retry: refused with `Conflict` when the flow's status
@@ -570,12 +575,12 @@ impl FlowActorState {
         reply: RpcReplyPort<Result<(), EngineError>>,
         now: u64,
     ) {
-        let status = self.state.status();
+        let status = self.flow.status();
         let refusal = match input {
             Input::Cancel if status != FlowStatus::Running => {
                 Some("only a running flow can be cancelled")
             }
-            Input::Retry if !self.state.can_retry() => {
+            Input::Retry if !self.flow.can_retry() => {
                 Some("only a failed or cancelled flow can be retried")
             }
             _ => None,
@@ -583,7 +588,7 @@ impl FlowActorState {
         if let Some(why) = refusal {
             let _ = reply.send(Err(EngineError::Conflict(format!(
                 "flow {} is {}, {why}",
-                self.state.id(),
+                self.flow.id(),
                 status.as_str()
             ))));
             return;
@@ -591,24 +596,17 @@ impl FlowActorState {
         if matches!(input, Input::Retry) {
             self.engine_error = None;
         }
-        let effects = self.state.apply(input, now);
-        self.commit(
-            myself,
-            effects,
-            Ack::None,
-            Some(Reply::Done(reply)),
-            Vec::new(),
-            false,
-        );
+        let effects = self.flow.apply(input, now);
+        self.persist_and_reply(myself, effects, Reply::Done(reply));
     }
 
     fn job_id(&self, node: NodeIdx, attempt: u32) -> String {
-        JobId::new(self.state.id(), &self.state.dag().node(node).name, attempt).to_string()
+        JobId::new(self.flow.id(), &self.flow.dag().node(node).name, attempt).to_string()
     }
 
     fn new_job(&self, job: EnqueueJob, now: u64) -> NewJob {
-        let node = self.state.dag().node(job.node);
-        let input = RawValue::from_string(self.state.job_input(job.node)).unwrap_or_else(|e| {
+        let node = self.flow.dag().node(job.node);
+        let input = RawValue::from_string(self.flow.job_input(job.node)).unwrap_or_else(|e| {
             // The input is assembled from JSON the engine produced or validated.
             warn!(error = %e, "job input is not valid JSON; sending null");
             RawValue::from_string("null".to_owned()).unwrap_or_default()
@@ -617,7 +615,7 @@ impl FlowActorState {
             envelope: JobEnvelope {
                 v: ENVELOPE_VERSION,
                 id: self.job_id(job.node, job.attempt),
-                flow_id: self.state.id().to_string(),
+                flow_id: self.flow.id().to_string(),
                 node: node.name.to_string(),
                 attempt: job.attempt,
                 handler: node.handler.to_string(),
@@ -632,33 +630,75 @@ impl FlowActorState {
     }
 
     fn header_record(&self) -> FlowRecord {
-        let h = self.state.header();
+        let h = self.flow.header();
         FlowRecord {
-            name: self.state.dag().name.clone(),
+            name: self.flow.dag().name.clone(),
             status: status_code(h.status),
             seq: h.seq,
             created_at: h.created_at,
             updated_at: h.updated_at,
             finished_at: h.finished_at,
-            node_count: self.state.dag().len() as u32,
-            done_count: (self.state.dag().len() - self.state.remaining()) as u32,
+            node_count: self.flow.dag().len() as u32,
+            done_count: (self.flow.dag().len() - self.flow.remaining()) as u32,
             idempotency_key: self.idempotency_key.clone(),
             engine_error: self.engine_error.clone(),
         }
     }
 
-    /// Turns the effects of one `apply` into a write and the outside effects that
-    /// wait for it. `force_write` writes even when the state did not change.
-    fn commit(
+    /// Carries out the effects of a transition nobody waits for (a restore's
+    /// repair, an abort).
+    fn persist(&mut self, myself: &ActorRef<FlowMsg>, effects: Vec<Effect>) {
+        self.commit(myself, effects, Commit::default());
+    }
+
+    /// Carries out the effects of a worker's report; its receipt is settled after
+    /// the flush that holds them (or, for a report that changed nothing, after the
+    /// write in flight that holds the original).
+    fn persist_report(&mut self, myself: &ActorRef<FlowMsg>, effects: Vec<Effect>, receipt: Receipt) {
+        let commit = Commit {
+            receipt: Some(receipt),
+            ..Commit::default()
+        };
+        self.commit(myself, effects, commit);
+    }
+
+    /// Carries out the effects of a client's request and answers it once durable.
+    fn persist_and_reply(&mut self, myself: &ActorRef<FlowMsg>, effects: Vec<Effect>, reply: Reply) {
+        let commit = Commit {
+            reply: Some(reply),
+            ..Commit::default()
+        };
+        self.commit(myself, effects, commit);
+    }
+
+    /// Writes a new flow whole (spec, idempotency key, header, changed nodes) and
+    /// answers its creator once durable.
+    fn persist_new_flow(
         &mut self,
         myself: &ActorRef<FlowMsg>,
         effects: Vec<Effect>,
-        ack: Ack,
-        reply: Option<Reply>,
-        mut ops: Vec<WriteOp>,
-        force_write: bool,
+        ops: Vec<WriteOp>,
+        reply: Reply,
     ) {
-        let id = self.state.id();
+        let commit = Commit {
+            reply: Some(reply),
+            ops,
+            force_write: true,
+            ..Commit::default()
+        };
+        self.commit(myself, effects, commit);
+    }
+
+    /// Turns the effects of one `apply` into a write and the outside effects that
+    /// wait for it.
+    fn commit(&mut self, myself: &ActorRef<FlowMsg>, effects: Vec<Effect>, commit: Commit) {
+        let Commit {
+            receipt,
+            reply,
+            mut ops,
+            force_write,
+        } = commit;
+        let id = self.flow.id();
         let now = now_ms();
         let mut work = RedisWork::default();
         let mut events = Vec::new();
@@ -667,20 +707,16 @@ impl FlowActorState {
             match effect {
                 Effect::Persist(changes) => {
                     for n in changes.nodes {
-                        ops.push(WriteOp::Node(
-                            id,
-                            n,
-                            NodeRecord::from_state(self.state.node(n)),
-                        ));
+                        ops.push(WriteOp::Node(id, n, NodeRecord::from_state(self.flow.node(n))));
                     }
                 }
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
                 Effect::CancelJob { node, attempt } => work.cancel.push(self.job_id(node, attempt)),
-                Effect::Emit(event) => events.push(FlowEvent::from_event(&self.state, &event)),
+                Effect::Emit(event) => events.push(FlowEvent::from_event(&self.flow, &event)),
                 Effect::Finished(_) => work.cleanup = true,
             }
         }
-        work.add_ack(ack);
+        work.add_receipt(receipt);
         if changed || force_write {
             ops.push(WriteOp::Flow(id, self.header_record()));
             self.send_write(myself, ops, work, events, reply.into_iter().collect());
@@ -749,7 +785,9 @@ impl FlowActorState {
     ) -> Result<(), ActorProcessingErr> {
         if let Err(e) = result {
             // The state in memory is ahead of the disk; only a restart from the
-            // snapshot makes them agree again. The supervisor does that.
+            // snapshot makes them agree again. The supervisor does that. The
+            // receipts of the writes that failed are handed back as this actor's
+            // state is dropped, and reach the restarted actor.
             return Err(format!("snapshot flush failed: {e}").into());
         }
         while self.pending.front().is_some_and(|p| p.token <= token) {
@@ -800,7 +838,7 @@ impl FlowActorState {
                 }
             }
             if let Err(e) = self.run_redis(&mut batch).await {
-                warn!(flow = %self.state.id(), error = %e, "redis work failed; retrying");
+                warn!(flow = %self.flow.id(), error = %e, "redis work failed; retrying");
                 self.outbox.push_front(batch);
                 if !self.outbox_retry_scheduled {
                     self.outbox_retry_scheduled = true;
@@ -814,8 +852,11 @@ impl FlowActorState {
     /// Runs the steps, emptying each list as it succeeds so that a retry does not
     /// redo the steps that already happened (they are idempotent anyway).
     async fn run_redis(&self, work: &mut RedisWork) -> Result<(), crate::queue::QueueError> {
+        fail::fail_point!("flow::redis", |_| Err(crate::queue::QueueError::Injected(
+            "flow::redis".to_owned()
+        )));
         let q = &self.shared.queue;
-        let flow = self.state.id().to_string();
+        let flow = self.flow.id().to_string();
         if !work.enqueue.is_empty() {
             q.enqueue(&flow, &work.enqueue).await?;
             work.enqueue.clear();
@@ -824,13 +865,11 @@ impl FlowActorState {
             q.publish_cancel(&work.cancel).await?;
             work.cancel.clear();
         }
-        if !work.local_acks.is_empty() {
-            q.ack_local(&work.local_acks).await?;
-            work.local_acks.clear();
-        }
-        if !work.completion_acks.is_empty() {
-            q.ack_completions(&work.completion_acks).await?;
-            work.completion_acks.clear();
+        if !work.receipts.is_empty() {
+            ack_receipts(q, &work.receipts).await?;
+            for receipt in work.receipts.drain(..) {
+                receipt.settle();
+            }
         }
         if work.cleanup {
             q.cleanup_flow(&flow).await?;
@@ -839,10 +878,39 @@ impl FlowActorState {
         Ok(())
     }
 
+    /// Puts back the named jobs if their nodes are still queued or running at that
+    /// attempt (the state in memory may be ahead of what the pass read). A failure
+    /// is left to the next pass.
+    async fn repair_jobs(&mut self, fields: &[String], now: u64) {
+        let wanted: std::collections::HashSet<&str> = fields.iter().map(String::as_str).collect();
+        let jobs: Vec<NewJob> = self
+            .flow
+            .resume(now)
+            .into_iter()
+            .filter(|job| {
+                let name = &self.flow.dag().node(job.node).name;
+                wanted.contains(crate::queue::job_field(name, job.attempt).as_str())
+            })
+            .map(|job| self.new_job(job, now))
+            .collect();
+        match self.shared.queue.repair_jobs(&self.flow.id().to_string(), &jobs).await {
+            Ok(n) => {
+                if n > 0 {
+                    warn!(flow = %self.flow.id(), jobs = n, "put back jobs that redis had lost");
+                }
+                self.shared
+                    .stats
+                    .reconcile_repaired
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => debug!(flow = %self.flow.id(), error = %e, "repairing jobs failed; the next pass tries again"),
+        }
+    }
+
     /// A terminal flow stops its actor once its last effects are out; the snapshot
     /// keeps it readable.
     fn stop_if_done(&self, myself: &ActorRef<FlowMsg>) {
-        if self.state.status().is_terminal()
+        if self.flow.status().is_terminal()
             && self.pending.is_empty()
             && self.outbox.is_empty()
             && !self.outbox_retry_scheduled
@@ -851,30 +919,113 @@ impl FlowActorState {
         }
     }
 
+    /// Carries out a delete once no write is in flight. On success the reports
+    /// still held (the outbox's and those that came meanwhile) are acknowledged,
+    /// and the actor stops; on failure the flow stays as it was, with its outbox,
+    /// and the held reports go back to the router, which hands them to this actor
+    /// again.
     async fn finish_delete(&mut self, myself: &ActorRef<FlowMsg>) {
-        let id = self.state.id();
-        let result = delete_flow(&self.shared, id).await;
-        if let Some(reply) = self.deleting.take() {
-            let _ = reply.send(result);
+        let id = self.flow.id();
+        let result = delete_flow(&self.shared, id, Vec::new()).await;
+        let Some(reply) = self.deleting.take() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                // Everything the flow had in Redis is gone; only the acks of the
+                // reports it holds are still owed.
+                let mut receipts: Vec<Receipt> = std::mem::take(&mut self.held);
+                for work in std::mem::take(&mut self.outbox) {
+                    receipts.extend(work.receipts);
+                }
+                self.outbox_retry_scheduled = false;
+                if !receipts.is_empty() {
+                    match ack_receipts(&self.shared.queue, &receipts).await {
+                        Ok(()) => receipts.into_iter().for_each(Receipt::settle),
+                        // Dropped: handed back; the router finds the flow gone and
+                        // acknowledges them itself.
+                        Err(e) => debug!(error = %e, "acking the reports of a deleted flow failed"),
+                    }
+                }
+                let _ = reply.send(Ok(()));
+                myself.stop(Some("flow deleted".to_owned()));
+            }
+            Err(e) => {
+                warn!(flow = %id, error = %e, "deleting a flow failed; it stays");
+                let _ = reply.send(Err(e));
+                // Handed back (their drop) and routed to this actor again.
+                self.held.clear();
+                if !self.outbox.is_empty() {
+                    // A retry that came while deleting was ignored: schedule one
+                    // (a second one is harmless).
+                    self.outbox_retry_scheduled = true;
+                    myself.send_after(OUTBOX_RETRY, || FlowMsg::RetryOutbox);
+                }
+            }
         }
-        myself.stop(Some("flow deleted".to_owned()));
     }
 }
 
-/// Removes a flow from Redis and from disk (used with and without a live actor).
-pub(crate) async fn delete_flow(shared: &Shared, id: FlowId) -> Result<(), EngineError> {
-    shared.queue.cleanup_flow(&id.to_string()).await?;
-    if shared.store.delete(id).await? {
-        Ok(())
-    } else {
-        Err(EngineError::NotFound(id.to_string()))
+/// What a transition's write carries besides its effects.
+#[derive(Default)]
+struct Commit {
+    /// The report it applied, acknowledged after the flush.
+    receipt: Option<Receipt>,
+    /// The caller waiting for it.
+    reply: Option<Reply>,
+    /// Records written with it (a new flow's spec and idempotency key).
+    ops: Vec<WriteOp>,
+    /// Write the header even if the effects changed nothing (a new flow).
+    force_write: bool,
+}
+
+/// Carries out the acks of reports: local jobs (`ack.lua`) and completion records
+/// (`XACK` + `XDEL`).
+async fn ack_receipts(
+    queue: &crate::queue::Queue,
+    receipts: &[Receipt],
+) -> Result<(), crate::queue::QueueError> {
+    let mut local: Vec<LocalAck> = Vec::new();
+    let mut records: Vec<String> = Vec::new();
+    for receipt in receipts {
+        match &receipt.report().ack {
+            Ack::None => {}
+            Ack::Local(ack) => local.push(ack.clone()),
+            Ack::Completion(entry) => records.push(entry.clone()),
+        }
     }
+    if !local.is_empty() {
+        queue.ack_local(&local).await?;
+    }
+    if !records.is_empty() {
+        queue.ack_completions(&records).await?;
+    }
+    Ok(())
+}
+
+/// Removes a flow from Redis and from disk (used with and without a live actor):
+/// running jobs are told to stop, everything Redis holds for the flow is removed,
+/// then its records leave the store in one transaction of the group commit.
+pub(crate) async fn delete_flow(
+    shared: &Shared,
+    id: FlowId,
+    cancels: Vec<String>,
+) -> Result<(), EngineError> {
+    if !cancels.is_empty() {
+        shared.queue.publish_cancel(&cancels).await?;
+    }
+    shared.queue.cleanup_flow(&id.to_string()).await?;
+    if shared.store.flow_record(id)?.is_none() {
+        return Err(EngineError::NotFound(id.to_string()));
+    }
+    super::writer::write(&shared.writer, vec![WriteOp::Delete(id)])
+        .await
+        .map_err(EngineError::Store)
 }
 
 fn merge(into: &mut RedisWork, from: RedisWork) {
     into.enqueue.extend(from.enqueue);
     into.cancel.extend(from.cancel);
-    into.local_acks.extend(from.local_acks);
-    into.completion_acks.extend(from.completion_acks);
+    into.receipts.extend(from.receipts);
     into.cleanup |= from.cleanup;
 }

@@ -6,13 +6,16 @@
 //! [`router::CompletionRouter`] carries completions of workers in other processes;
 //! the [`worker`] pool runs jobs.
 
+pub mod delivery;
 pub mod flow;
+pub mod reconcile;
 pub mod router;
 pub mod supervisor;
 pub mod worker;
 pub mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -97,6 +100,31 @@ pub struct Shared {
     /// snapshot holds everything) and is woken by the next thing that concerns
     /// it; `None` keeps every running flow's actor alive.
     pub hibernate_after: Option<std::time::Duration>,
+    /// Where reports that a flow actor dropped go (the router); `None` only in
+    /// engines that run no router.
+    pub handback: Option<delivery::HandBack>,
+    /// Counters of the background work (hand-backs, redeliveries, repairs), for
+    /// `/metrics`.
+    pub stats: EngineStats,
+}
+
+/// Counters of the engine's background work; every background task is visible.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Reports a flow actor dropped (it stopped or failed) and the router routed again.
+    pub handed_back: AtomicU64,
+    /// Completion records not acknowledged in time and read again.
+    pub redelivered: AtomicU64,
+    /// Reports waiting in the router for their flow's actor, now.
+    pub parked: AtomicU64,
+    /// Flows the reconciliation pass compared with Redis.
+    pub reconcile_checked: AtomicU64,
+    /// Jobs the reconciliation pass found missing in Redis and enqueued again.
+    pub reconcile_repaired: AtomicU64,
+    /// Full reconciliation passes over the unfinished flows.
+    pub reconcile_passes: AtomicU64,
+    /// Due retries the engine moved into their streams.
+    pub promoted: AtomicU64,
 }
 
 /// Milliseconds since the epoch; the only clock the engine reads.

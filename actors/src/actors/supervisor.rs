@@ -39,15 +39,25 @@ pub struct SupervisorState {
     shared: Arc<Shared>,
     /// Which flow each child actor runs.
     children: HashMap<ActorId, FlowId>,
-    /// Recent restarts per flow: count and start of the window.
+    /// Recent restarts per flow: count and start of the window. Entries whose
+    /// window has passed are pruned at every failure, and a flow's entry goes when
+    /// its actor ends normally.
     restarts: HashMap<FlowId, (u32, Instant)>,
-    /// Idempotency keys of flows being created, not yet durable in the store.
-    creating: HashMap<String, FlowId>,
+    /// Idempotency keys of flows being created, not yet durable in the store, with
+    /// every caller waiting for that flow: all of them are answered after the flush
+    /// that holds it (or with its error).
+    creating: HashMap<String, (FlowId, Vec<CreateReply>)>,
+    /// Flows without an actor being deleted, with every caller waiting for that:
+    /// nothing restores such a flow (wake, retry, cancel, resync) meanwhile.
+    deleting: HashMap<FlowId, Vec<RpcReplyPort<Result<(), EngineError>>>>,
     /// Flow actors out of the directory and about to stop (hibernating), until
     /// they stop or are taken back. The supervisor alone decides which actor is a
     /// flow's: never two at once.
     hibernating: HashMap<FlowId, ActorRef<FlowMsg>>,
 }
+
+/// Where the answer to a create goes.
+pub type CreateReply = tokio::sync::oneshot::Sender<Result<FlowId, EngineError>>;
 
 /// Messages of the supervisor.
 pub enum SupervisorMsg {
@@ -69,18 +79,31 @@ pub enum SupervisorMsg {
     DeleteFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
     /// Redis lost its data: every flow enqueues its jobs again.
     Resync,
-    /// A create with an idempotency key became durable (or failed): forget the key.
-    Created(String),
+    /// A create with an idempotency key became durable (or failed): answer every
+    /// caller that asked with that key, and forget it.
+    Created {
+        /// The key.
+        key: String,
+        /// The flow's id once durable, or why it is not.
+        result: Result<FlowId, EngineError>,
+    },
+    /// A delete of a flow without an actor finished.
+    Deleted(FlowId, Result<(), EngineError>),
     /// Cancel a running flow, waking it if it hibernates.
     CancelFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
     /// Something concerns this flow: start it again if it hibernates.
     Wake(FlowId),
-    /// A flow actor with nothing in flight asks to hibernate.
-    Hibernate(FlowId, ActorRef<FlowMsg>),
+    /// The reconciliation pass found these jobs (`{node}:{attempt}` fields) lost in
+    /// Redis: wake the flow and have its actor put them back.
+    Repair(FlowId, Vec<String>),
+    /// A flow actor with nothing in flight asks to hibernate; answered with
+    /// `FlowMsg::HibernationGranted` once it is out of the directory.
+    RequestHibernation(FlowId, ActorRef<FlowMsg>),
     /// A hibernating actor's grace ended with nothing received: stop it.
-    HibernateDone(FlowId, ActorRef<FlowMsg>),
-    /// A hibernating actor received something during its grace: it stays.
-    Rejoin(FlowId, ActorRef<FlowMsg>),
+    GraceEndedQuietly(FlowId, ActorRef<FlowMsg>),
+    /// A hibernating actor received something during its grace: it asks to be put
+    /// back in the directory.
+    RejoinRequested(FlowId, ActorRef<FlowMsg>),
 }
 
 impl Actor for FlowSupervisor {
@@ -98,12 +121,14 @@ impl Actor for FlowSupervisor {
             children: HashMap::new(),
             restarts: HashMap::new(),
             creating: HashMap::new(),
+            deleting: HashMap::new(),
             hibernating: HashMap::new(),
         };
         let unfinished = state.shared.store.unfinished()?;
         let count = unfinished.len();
         for id in unfinished {
-            if let Err(e) = state.spawn_restored(&myself, id, None).await {
+            // Nothing was written yet: no barrier needed.
+            if let Err(e) = state.spawn_restored(&myself, id, None, false).await {
                 error!(flow = %id, error = %e, "could not resume flow");
             }
         }
@@ -127,19 +152,23 @@ impl Actor for FlowSupervisor {
                 reply,
             } => {
                 if let Some(key) = &idempotency_key {
-                    let existing = match state.creating.get(key) {
-                        Some(id) => Some(*id),
-                        // A key whose flow is gone (deleted, or a data dir from before
-                        // writes were atomic) does not count.
-                        None => match state.shared.store.idempotent_flow(key) {
-                            Ok(found) => found.filter(|id| {
-                                matches!(state.shared.store.flow_record(*id), Ok(Some(_)))
-                            }),
-                            Err(e) => {
-                                let _ = reply.send(Err(e.into()));
-                                return Ok(());
-                            }
-                        },
+                    if let Some((_, waiting)) = state.creating.get_mut(key) {
+                        // The first flow with this key is not durable yet: this caller
+                        // hears of it when it is.
+                        waiting.push(reply);
+                        return Ok(());
+                    }
+                    // A key whose flow is gone (deleted, being deleted, or a data dir
+                    // from before writes were atomic) does not count.
+                    let existing = match state.shared.store.idempotent_flow(key) {
+                        Ok(found) => found.filter(|id| {
+                            !state.deleting.contains_key(id)
+                                && matches!(state.shared.store.flow_record(*id), Ok(Some(_)))
+                        }),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                            return Ok(());
+                        }
                     };
                     if let Some(id) = existing {
                         let _ = reply.send(Ok(id));
@@ -161,29 +190,38 @@ impl Actor for FlowSupervisor {
                     ))));
                     return Ok(());
                 }
-                if let Some(key) = idempotency_key.clone() {
-                    state.creating.insert(key, id);
-                }
                 let me = myself.clone();
-                tokio::spawn(async move {
-                    let result = rx.await.unwrap_or_else(|_| {
-                        Err(EngineError::Internal(
-                            "flow actor stopped before the flow was durable".to_owned(),
-                        ))
-                    });
-                    if let Some(key) = idempotency_key {
-                        let _ = me.cast(SupervisorMsg::Created(key));
+                match idempotency_key {
+                    Some(key) => {
+                        state.creating.insert(key.clone(), (id, vec![reply]));
+                        tokio::spawn(async move {
+                            let result = created(rx).await;
+                            let _ = me.cast(SupervisorMsg::Created { key, result });
+                        });
                     }
-                    let _ = reply.send(result);
-                });
+                    None => {
+                        tokio::spawn(async move {
+                            let _ = reply.send(created(rx).await);
+                        });
+                    }
+                }
             }
-            SupervisorMsg::Created(key) => {
-                state.creating.remove(&key);
+            SupervisorMsg::Created { key, result } => {
+                if let Some((_, waiting)) = state.creating.remove(&key) {
+                    for reply in waiting {
+                        let _ = reply.send(result.clone());
+                    }
+                }
+            }
+            SupervisorMsg::Deleted(id, result) => {
+                for reply in state.deleting.remove(&id).unwrap_or_default() {
+                    let _ = reply.send(result.clone());
+                }
             }
             SupervisorMsg::RetryFlow(id, reply) => {
                 let actor = match state.take_back(id) {
                     Some(actor) => actor,
-                    None => match state.spawn_restored(&myself, id, None).await {
+                    None => match state.spawn_restored(&myself, id, None, true).await {
                         Ok(Some(actor)) => actor,
                         Ok(None) => {
                             let _ = reply.send(Err(EngineError::NotFound(id.to_string())));
@@ -199,19 +237,38 @@ impl Actor for FlowSupervisor {
                     warn!(flow = %id, error = %e, "flow actor vanished during retry");
                 }
             }
-            SupervisorMsg::DeleteFlow(id, reply) => match state.take_back(id) {
-                Some(actor) => {
-                    if let Err(e) = actor.cast(FlowMsg::Delete(reply)) {
-                        warn!(flow = %id, error = %e, "flow actor vanished during delete");
+            SupervisorMsg::DeleteFlow(id, reply) => {
+                if let Some(waiting) = state.deleting.get_mut(&id) {
+                    waiting.push(reply);
+                    return Ok(());
+                }
+                match state.take_back(id) {
+                    Some(actor) => {
+                        if let Err(e) = actor.cast(FlowMsg::Delete(reply)) {
+                            warn!(flow = %id, error = %e, "flow actor vanished during delete");
+                        }
+                    }
+                    None => {
+                        // No actor: the supervisor owns "being deleted" until the
+                        // delete is done, so nothing restores the flow meanwhile.
+                        state.deleting.insert(id, vec![reply]);
+                        let shared = Arc::clone(&state.shared);
+                        let me = myself.clone();
+                        tokio::spawn(async move {
+                            // A hibernating flow may have jobs running: tell them to stop.
+                            let cancels = match shared.queue.unfinished_jobs(&id.to_string()).await {
+                                Ok(jobs) => jobs,
+                                Err(e) => {
+                                    let _ = me.cast(SupervisorMsg::Deleted(id, Err(e.into())));
+                                    return;
+                                }
+                            };
+                            let result = delete_flow(&shared, id, cancels).await;
+                            let _ = me.cast(SupervisorMsg::Deleted(id, result));
+                        });
                     }
                 }
-                None => {
-                    let shared = Arc::clone(&state.shared);
-                    tokio::spawn(async move {
-                        let _ = reply.send(delete_flow(&shared, id).await);
-                    });
-                }
-            },
+            }
             SupervisorMsg::Resync => {
                 let ids: Vec<FlowId> = state.hibernating.keys().copied().collect();
                 for id in ids {
@@ -225,7 +282,7 @@ impl Actor for FlowSupervisor {
                     Ok(unfinished) => {
                         for id in unfinished {
                             if state.shared.directory.get(id).is_none() {
-                                if let Err(e) = state.spawn_restored(&myself, id, None).await {
+                                if let Err(e) = state.spawn_restored(&myself, id, None, true).await {
                                     error!(flow = %id, error = %e, "could not wake flow for a resync");
                                 }
                             }
@@ -254,26 +311,33 @@ impl Actor for FlowSupervisor {
                     let _ = reply.send(Err(e));
                 }
             },
+            SupervisorMsg::Repair(id, fields) => match state.wake(&myself, id).await {
+                Ok(Some(actor)) => {
+                    let _ = actor.cast(FlowMsg::Repair(fields));
+                }
+                Ok(None) => {}
+                Err(e) => warn!(flow = %id, error = %e, "could not wake a flow to repair its jobs"),
+            },
             SupervisorMsg::Wake(id) => {
                 if let Err(e) = state.wake(&myself, id).await {
                     warn!(flow = %id, error = %e, "could not wake a hibernating flow");
                 }
             }
-            SupervisorMsg::Hibernate(id, actor) => {
+            SupervisorMsg::RequestHibernation(id, actor) => {
                 let current = state.live_actor(id);
                 if current.is_some_and(|a| a.get_id() == actor.get_id()) {
                     state.shared.directory.remove_if(id, actor.get_id());
                     state.hibernating.insert(id, actor.clone());
-                    let _ = actor.cast(FlowMsg::Hibernate);
+                    let _ = actor.cast(FlowMsg::HibernationGranted);
                 }
             }
-            SupervisorMsg::HibernateDone(id, actor) => {
+            SupervisorMsg::GraceEndedQuietly(id, actor) => {
                 if state.forget_hibernating(id, actor.get_id()) {
                     actor.stop(Some("hibernating".to_owned()));
                     debug!(flow = %id, "flow hibernated");
                 }
             }
-            SupervisorMsg::Rejoin(id, actor) => {
+            SupervisorMsg::RejoinRequested(id, actor) => {
                 if state.forget_hibernating(id, actor.get_id()) {
                     state.shared.directory.insert(id, actor);
                 }
@@ -302,6 +366,9 @@ impl Actor for FlowSupervisor {
                 state.shared.directory.remove_if(id, cell.get_id());
                 state.forget_hibernating(id, cell.get_id());
                 let now = Instant::now();
+                state
+                    .restarts
+                    .retain(|_, (_, since)| now.duration_since(*since) <= RESTART_WINDOW);
                 let entry = state.restarts.entry(id).or_insert((0, now));
                 if now.duration_since(entry.1) > RESTART_WINDOW {
                     *entry = (0, now);
@@ -319,7 +386,8 @@ impl Actor for FlowSupervisor {
                 if let Err(e) = super::writer::barrier(&state.shared.writer).await {
                     warn!(flow = %id, error = %e, "snapshot barrier failed before a restart");
                 }
-                if let Err(e) = state.spawn_restored(&myself, id, abort).await {
+                // The barrier was just taken.
+                if let Err(e) = state.spawn_restored(&myself, id, abort, false).await {
                     error!(flow = %id, error = %e, "could not restart flow actor");
                 }
             }
@@ -327,6 +395,17 @@ impl Actor for FlowSupervisor {
         }
         Ok(())
     }
+}
+
+/// Waits for a new flow's actor to say the flow is durable.
+async fn created(
+    rx: tokio::sync::oneshot::Receiver<Result<FlowId, EngineError>>,
+) -> Result<FlowId, EngineError> {
+    rx.await.unwrap_or_else(|_| {
+        Err(EngineError::Internal(
+            "flow actor stopped before the flow was durable".to_owned(),
+        ))
+    })
 }
 
 impl SupervisorState {
@@ -350,7 +429,7 @@ impl SupervisorState {
             return None;
         }
         self.shared.directory.insert(id, actor.clone());
-        let _ = actor.cast(FlowMsg::Awake);
+        let _ = actor.cast(FlowMsg::Rejoined);
         Some(actor)
     }
 
@@ -366,7 +445,7 @@ impl SupervisorState {
         }
         match self.shared.store.flow_record(id)? {
             Some(rec) if rec.flow_status().ok() == Some(crate::state::FlowStatus::Running) => {
-                self.spawn_restored(myself, id, None).await
+                self.spawn_restored(myself, id, None, true).await
             }
             _ => Ok(None),
         }
@@ -393,6 +472,7 @@ impl SupervisorState {
     ) -> Result<ActorRef<FlowMsg>, ractor::SpawnErr> {
         let args = FlowArgs {
             shared: Arc::clone(&self.shared),
+            supervisor: myself.clone(),
             init,
         };
         let (actor, _) = Actor::spawn_linked(None, FlowActor, args, myself.get_cell()).await?;
@@ -401,17 +481,33 @@ impl SupervisorState {
         Ok(actor)
     }
 
-    /// Starts a flow's actor from its snapshot; `None` when the flow does not exist.
+    /// Starts a flow's actor from its snapshot; `None` when the flow does not exist
+    /// or is being deleted.
+    ///
+    /// With `barrier`, the snapshot is read only after every write sent to the
+    /// writer so far is applied and durable: a previous actor of the flow (one that
+    /// failed, and whose supervision event may not have arrived yet) can have writes
+    /// still queued in the group commit, and a state read without them would run
+    /// the flow from a stale snapshot and later overwrite them.
     async fn spawn_restored(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         id: FlowId,
         abort: Option<String>,
+        barrier: bool,
     ) -> Result<Option<ActorRef<FlowMsg>>, EngineError> {
+        if self.deleting.contains_key(&id) {
+            return Ok(None);
+        }
         // Never two actors for one flow: a `Wake` or a retry handled between an
         // actor's failure and its supervision event may have started one already.
         if let Some(actor) = self.live_actor(id) {
             return Ok(Some(actor));
+        }
+        if barrier {
+            super::writer::barrier(&self.shared.writer)
+                .await
+                .map_err(EngineError::Store)?;
         }
         let Some((state, record)) = load_state(&self.shared.store, id)? else {
             return Ok(None);

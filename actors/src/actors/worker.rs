@@ -27,16 +27,27 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::flow::{Ack, FlowMsg};
-use super::{now_ms, Directory};
+use super::delivery::{Ack, HandBack, Receipt, Report};
+use super::flow::FlowMsg;
+use super::Directory;
 use crate::handler::{Handlers, JobContext};
 use crate::ids::{FlowId, JobId};
 use crate::queue::{CancelListener, Delivery, Keys, LocalAck, Outcome, Queue, QueueReader};
 
-/// How long one read blocks; also the tick of retry promotion when idle.
+/// How long one read blocks.
 const BLOCK_MS: u64 = 250;
-/// How often due retries are moved onto the stream.
-const PROMOTE_EVERY: Duration = Duration::from_millis(100);
+/// How long the fetcher sleeps at most while every worker is busy (lease renewals
+/// and reclaims still happen on time).
+const TICK: Duration = Duration::from_millis(100);
+/// A job's progress goes out at most this often; values in between are coalesced
+/// (the latest wins), so a handler reporting in a tight loop costs bounded memory
+/// and writes.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// How often a fetcher removes consumers of its group that hold nothing and have
+/// been idle for [`CONSUMER_IDLE_MS`] (every `dagflow worker` start adds one).
+const JANITOR_EVERY: Duration = Duration::from_secs(600);
+/// Idle time after which a consumer with no pending job is removed from its group.
+const CONSUMER_IDLE_MS: u64 = 3_600_000;
 /// How often a worker process announces itself in `P:workers`.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
@@ -52,6 +63,8 @@ pub struct WorkerCtx {
     pub handlers: Handlers,
     /// The flow actors of this process, when it runs an engine (the fast path).
     pub directory: Option<Directory>,
+    /// Where a report handed to a flow actor goes back if the actor drops it.
+    pub handback: Option<HandBack>,
     /// Running jobs' cancellation tokens by job id.
     pub cancels: Mutex<HashMap<String, CancellationToken>>,
     /// Time a cancelled handler gets to return before its task is aborted.
@@ -166,6 +179,9 @@ pub struct FetcherArgs {
 pub struct FetcherState {
     ctx: Arc<WorkerCtx>,
     idle_tx: mpsc::Sender<ActorRef<WorkerMsg>>,
+    /// Entry ids of the jobs the queue's workers run: the fetch loop renews their
+    /// lease. A replacement worker shares it, or its job would never be renewed.
+    running: Arc<Mutex<HashSet<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -195,12 +211,13 @@ impl Actor for QueueFetcher {
             Arc::clone(&args.ctx),
             reader,
             idle_rx,
-            running,
+            Arc::clone(&running),
             args.stop,
         ));
         Ok(FetcherState {
             ctx: args.ctx,
             idle_tx,
+            running,
             task,
         })
     }
@@ -224,8 +241,7 @@ impl Actor for QueueFetcher {
         // task); replace it so the pool keeps its size.
         if let SupervisionEvent::ActorFailed(_, err) = event {
             warn!(error = %err, "worker actor failed; replacing it");
-            let running: Arc<Mutex<HashSet<String>>> = Arc::default();
-            let worker = spawn_worker(&myself, &state.ctx, &state.idle_tx, &running).await?;
+            let worker = spawn_worker(&myself, &state.ctx, &state.idle_tx, &state.running).await?;
             state.idle_tx.send(worker).await?;
         }
         Ok(())
@@ -258,18 +274,22 @@ async fn fetch_loop(
     let renew_every = ctx.lease / 3;
     let reclaim_every = (ctx.lease / 2).max(Duration::from_millis(50));
     let mut idle: Vec<ActorRef<WorkerMsg>> = Vec::new();
-    let mut last_promote = Instant::now() - PROMOTE_EVERY;
     let mut last_renew = Instant::now();
     let mut last_reclaim = Instant::now();
+    let mut last_janitor = Instant::now();
     while !stop.is_cancelled() {
         while let Ok(w) = idle_rx.try_recv() {
             idle.push(w);
         }
         let result: Result<(), crate::queue::QueueError> = async {
+            // Due retries are promoted by the engine, for every queue.
             let now = Instant::now();
-            if now.duration_since(last_promote) >= PROMOTE_EVERY {
-                last_promote = now;
-                reader.promote_delayed(now_ms()).await?;
+            if now.duration_since(last_janitor) >= JANITOR_EVERY {
+                last_janitor = now;
+                let removed = reader.remove_idle_consumers(CONSUMER_IDLE_MS).await?;
+                if removed > 0 {
+                    info!(queue = reader.queue(), removed, "removed idle consumers with no pending job");
+                }
             }
             if now.duration_since(last_renew) >= renew_every {
                 last_renew = now;
@@ -302,7 +322,7 @@ async fn fetch_loop(
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     w = idle_rx.recv() => { if let Some(w) = w { idle.push(w) } }
-                    _ = tokio::time::sleep(PROMOTE_EVERY) => {}
+                    _ = tokio::time::sleep(TICK) => {}
                 }
                 return Ok(());
             }
@@ -345,7 +365,13 @@ fn dispatch(
     ctx.running.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = worker.cast(WorkerMsg::Run(delivery)) {
         ctx.running.fetch_sub(1, Ordering::Relaxed);
-        warn!(error = %e, "worker gone; its job will be reclaimed after the lease");
+        // Not renewed any more, so reclaimed after the lease.
+        if let ractor::MessagingErr::SendErr(WorkerMsg::Run(d)) = &e {
+            if let Ok(mut r) = running.lock() {
+                r.remove(&d.entry_id);
+            }
+        }
+        warn!("worker gone; its job will be reclaimed after the lease");
     }
 }
 
@@ -441,6 +467,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     // One line per handler run: the crash tests count executions from these.
     debug!(job = %env.id, handler = %env.handler, "running job");
     report(ctx, delivery, Outcome::Started).await;
+    let progress = Arc::new(ProgressSlot::default());
     let progress_ctx = Arc::clone(ctx);
     let progress_delivery = delivery.clone();
     let job = JobContext {
@@ -452,13 +479,21 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
         parents: input.parents,
         cancel: token.clone(),
         progress: Arc::new(move |value: serde_json::Value| {
-            let ctx = Arc::clone(&progress_ctx);
-            let delivery = progress_delivery.clone();
-            tokio::spawn(async move {
-                if let Ok(progress) = serde_json::value::to_raw_value(&value) {
-                    report(&ctx, &delivery, Outcome::Progress { progress }).await;
-                }
-            });
+            // The latest value waits in the slot; one sender task per job at a time
+            // sends it, at most every PROGRESS_EVERY.
+            if progress.put(value) {
+                let ctx = Arc::clone(&progress_ctx);
+                let delivery = progress_delivery.clone();
+                let slot = Arc::clone(&progress);
+                tokio::spawn(async move {
+                    while let Some(value) = slot.take() {
+                        if let Ok(progress) = serde_json::value::to_raw_value(&value) {
+                            report(&ctx, &delivery, Outcome::Progress { progress }).await;
+                        }
+                        tokio::time::sleep(PROGRESS_EVERY).await;
+                    }
+                });
+            }
         }),
     };
     let mut task = tokio::spawn(async move { handler.run(job).await });
@@ -550,10 +585,11 @@ fn joined_outcome(
 /// unreachable.
 async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
     let env = &delivery.envelope;
+    let mut outcome = outcome;
     if let Some(directory) = &ctx.directory {
-        if let Some(actor) = FlowId::from_str(&env.flow_id)
+        if let Some((flow, actor)) = FlowId::from_str(&env.flow_id)
             .ok()
-            .and_then(|id| directory.get(id))
+            .and_then(|id| directory.get(id).map(|a| (id, a)))
         {
             let ack = if outcome.is_final() {
                 Ack::Local(LocalAck {
@@ -565,14 +601,23 @@ async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
             } else {
                 Ack::None
             };
-            let msg = FlowMsg::JobReported {
+            let report = Report {
+                flow,
                 node: env.node.clone(),
                 attempt: env.attempt,
-                outcome: outcome.clone(),
+                outcome,
                 ack,
             };
-            if actor.cast(msg).is_ok() {
-                return;
+            // From here the receipt owns the report: acknowledged by the flow actor
+            // after its flush, or handed back to the router if the actor drops it.
+            let receipt = Receipt::new(report, ctx.handback.clone());
+            match actor.cast(FlowMsg::JobReported(receipt)) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(FlowMsg::JobReported(back))) => {
+                    outcome = back.into_report().outcome;
+                }
+                // Consumed by the error; its drop handed it to the router.
+                Err(_) => return,
             }
         }
         // No actor here: the flow hibernates (the report wakes it through the
@@ -620,6 +665,38 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, info: serde_json::Value) {
             debug!(error = %e, "heartbeat failed");
         }
         tokio::time::sleep(HEARTBEAT_EVERY).await;
+    }
+}
+
+/// The latest progress value of a running job, not yet sent.
+#[derive(Default)]
+struct ProgressSlot {
+    /// The value, and whether a sender task is running.
+    inner: Mutex<(Option<serde_json::Value>, bool)>,
+}
+
+impl ProgressSlot {
+    /// Stores the latest value; true when the caller must start the sender task.
+    fn put(&self, value: serde_json::Value) -> bool {
+        match self.inner.lock() {
+            Ok(mut slot) => {
+                slot.0 = Some(value);
+                let start = !slot.1;
+                slot.1 = true;
+                start
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The value to send next; `None` ends the sender task.
+    fn take(&self) -> Option<serde_json::Value> {
+        let mut slot = self.inner.lock().ok()?;
+        let value = slot.0.take();
+        if value.is_none() {
+            slot.1 = false;
+        }
+        value
     }
 }
 

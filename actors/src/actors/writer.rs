@@ -19,6 +19,10 @@ use crate::store::{Store, WriteOp};
 /// Told once the writes it came with are durable (`Ok`) or could not be made so.
 pub type Durable = Box<dyn FnOnce(Result<(), String>) + Send>;
 
+/// A read of the store that must see only durable state: it runs when every write
+/// applied to sled so far has been flushed (`Err` when the flush failed).
+pub type DurableRead = Box<dyn FnOnce(Result<&Store, String>) + Send>;
+
 /// The group-commit actor.
 pub struct SnapshotWriter;
 
@@ -37,6 +41,8 @@ pub struct WriterState {
     waiting: Vec<Durable>,
     /// Writers whose ops the running flush holds; `None` when no flush runs.
     flushing: Option<Vec<Durable>>,
+    /// Reads waiting for the running flush: run before the next batch is applied.
+    reads: Vec<DurableRead>,
     /// Batches flushed so far (for metrics).
     flushes: u64,
 }
@@ -52,6 +58,10 @@ pub enum WriterMsg {
         /// Called after the flush that holds them.
         done: Durable,
     },
+    /// Run this read once everything applied to sled so far is durable. A list
+    /// read straight from sled could show a write that the running flush has not
+    /// made durable yet (a crash would take it back).
+    Read(DurableRead),
     /// The running flush ended.
     Flushed(Result<(), String>),
 }
@@ -71,6 +81,7 @@ impl Actor for SnapshotWriter {
             ops: Vec::new(),
             waiting: Vec::new(),
             flushing: None,
+            reads: Vec::new(),
             flushes: 0,
         })
     }
@@ -89,13 +100,26 @@ impl Actor for SnapshotWriter {
                     start_flush(&myself, state);
                 }
             }
+            WriterMsg::Read(read) => {
+                if state.flushing.is_none() {
+                    // No flush runs, so nothing is applied that is not durable.
+                    read(Ok(&state.store));
+                } else {
+                    state.reads.push(read);
+                }
+            }
             WriterMsg::Flushed(result) => {
                 state.flushes += 1;
                 if let Err(e) = &result {
                     error!(error = %e, "snapshot flush failed");
                 }
+                fail::fail_point!("writer::callback");
                 for done in state.flushing.take().unwrap_or_default() {
                     done(result.clone());
+                }
+                // Between two batches everything applied is durable.
+                for read in std::mem::take(&mut state.reads) {
+                    read(result.clone().map(|()| &state.store));
                 }
                 if !state.waiting.is_empty() {
                     start_flush(&myself, state);
@@ -112,7 +136,13 @@ impl Actor for SnapshotWriter {
 fn start_flush(myself: &ActorRef<WriterMsg>, state: &mut WriterState) {
     let batch = std::mem::take(&mut state.waiting);
     let ops = std::mem::take(&mut state.ops);
-    if let Err(e) = state.store.apply(&ops) {
+    let applied = (|| {
+        fail::fail_point!("writer::before_apply", |_| Err(
+            crate::store::StoreError::Injected("writer::before_apply")
+        ));
+        state.store.apply(&ops)
+    })();
+    if let Err(e) = applied {
         // Nothing of the batch is written: every writer in it restarts from its
         // snapshot (the flow actors treat a failed write as a failure).
         error!(error = %e, "applying snapshot writes failed");
@@ -122,11 +152,18 @@ fn start_flush(myself: &ActorRef<WriterMsg>, state: &mut WriterState) {
         }
         return;
     }
+    fail::fail_point!("writer::after_apply");
     state.flushing = Some(batch);
     let store = state.store.clone();
     let me = myself.clone();
     tokio::spawn(async move {
-        let result = store.flush().await.map_err(|e| e.to_string());
+        let result = async {
+            fail::fail_point!("writer::flush", |_| Err(
+                "injected fault at writer::flush".to_owned()
+            ));
+            store.flush().await.map_err(|e| e.to_string())
+        }
+        .await;
         // If the writer is gone the engine is shutting down; nobody waits any more.
         let _ = me.cast(WriterMsg::Flushed(result));
     });
@@ -135,16 +172,35 @@ fn start_flush(myself: &ActorRef<WriterMsg>, state: &mut WriterState) {
 /// Waits until everything sent to the writer before is applied and durable: a
 /// reader of the store then sees the last write of a flow actor that just failed.
 pub async fn barrier(writer: &ActorRef<WriterMsg>) -> Result<(), String> {
+    write(writer, Vec::new()).await
+}
+
+/// Writes `ops` through the group commit and waits until they are durable.
+pub async fn write(writer: &ActorRef<WriterMsg>, ops: Vec<WriteOp>) -> Result<(), String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let done: Durable = Box::new(move |result| {
         let _ = tx.send(result);
     });
     writer
-        .cast(WriterMsg::Write {
-            ops: Vec::new(),
-            done,
-        })
+        .cast(WriterMsg::Write { ops, done })
         .map_err(|e| format!("snapshot writer is gone: {e}"))?;
     rx.await
-        .map_err(|_| "snapshot writer stopped before the barrier".to_owned())?
+        .map_err(|_| "snapshot writer stopped before the write was durable".to_owned())?
+}
+
+/// Runs `read` on the store once everything applied so far is durable, and returns
+/// its answer.
+pub async fn read_durable<T: Send + 'static>(
+    writer: &ActorRef<WriterMsg>,
+    read: impl FnOnce(&Store) -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: DurableRead = Box::new(move |store| {
+        let _ = tx.send(store.map(read));
+    });
+    writer
+        .cast(WriterMsg::Read(job))
+        .map_err(|e| format!("snapshot writer is gone: {e}"))?;
+    rx.await
+        .map_err(|_| "snapshot writer stopped before the read".to_owned())?
 }

@@ -17,6 +17,10 @@ pub enum QueueError {
     /// writer on our keys.
     #[error("unexpected reply from redis: {0}")]
     Protocol(String),
+    /// A failpoint (feature `failpoints`, tests only) made this step fail as if
+    /// Redis had dropped the connection.
+    #[error("injected fault at {0}")]
+    Injected(String),
     /// A flow kept changing while it was being removed; the caller may retry.
     #[error("flow {0} changed during cleanup too many times")]
     CleanupContended(String),
@@ -34,6 +38,7 @@ impl QueueError {
                     || e.is_timeout()
                     || e.is_unrecoverable_error()
             }
+            QueueError::Injected(_) => true,
             _ => false,
         }
     }
@@ -44,3 +49,14 @@ impl QueueError {
         matches!(self, QueueError::Redis(e) if e.code() == Some("NOGROUP"))
     }
 }
+
+/// Makes the enclosing function return `Err(QueueError::Injected)` when the named
+/// failpoint is set; compiles to nothing without the `failpoints` feature.
+macro_rules! failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| Err($crate::queue::QueueError::Injected(
+            $name.to_owned()
+        )))
+    };
+}
+pub(crate) use failpoint;

@@ -71,6 +71,19 @@ impl Keys {
     pub fn marker(&self) -> String {
         format!("{}:marker", self.prefix)
     }
+
+    /// `P:config`: the engine's settings that workers in other processes must share,
+    /// such as the job lease (`leaseMs`).
+    pub fn config(&self) -> String {
+        format!("{}:config", self.prefix)
+    }
+
+    /// `P:queues:delayed`: names of the queues that have had delayed jobs (retries
+    /// waiting for their backoff), so that the engine promotes them for every queue,
+    /// whoever serves it.
+    pub fn delayed_queues(&self) -> String {
+        format!("{}:queues:delayed", self.prefix)
+    }
 }
 
 impl Default for Keys {
@@ -93,6 +106,8 @@ mod tests {
         assert_eq!(keys.cancel_channel(), "P:cancel");
         assert_eq!(keys.workers(), "P:workers");
         assert_eq!(keys.marker(), "P:marker");
+        assert_eq!(keys.config(), "P:config");
+        assert_eq!(keys.delayed_queues(), "P:queues:delayed");
         assert_eq!(Keys::default().prefix(), "dagflow");
     }
 }

@@ -45,8 +45,27 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 /// for long.
 const ACK_CHUNK: usize = 512;
 
+/// Due retries moved per promote script call.
+const PROMOTE_BATCH: usize = 256;
+
+/// Most promotion batches one `promote_due` call runs, so a huge backlog is promoted
+/// over several ticks rather than in one long call.
+const MAX_PROMOTE_BATCHES: usize = 16;
+
 /// How often `cleanup_flow` re-reads a flow that gained a queue while being removed.
 const CLEANUP_ATTEMPTS: usize = 5;
+
+/// What Redis holds for a job the snapshot says is queued or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobCheck {
+    /// Its stream entry or delayed member is there.
+    Present,
+    /// Gone: no field, or a field whose entry or member is missing.
+    Lost,
+    /// Its field says a worker reported it, but the snapshot does not hold the
+    /// outcome: in flight, or its completion record was lost.
+    ReportedNotApplied,
+}
 
 /// The shared client for everything that does not block: enqueue, acknowledge, report,
 /// clean up, publish. Cheap to clone; all clones share one multiplexed connection that
@@ -103,11 +122,37 @@ impl Queue {
     /// queue's delayed set until [`QueueReader::promote_delayed`] moves it. One atomic
     /// script for all the jobs.
     pub async fn enqueue(&self, flow_id: &str, jobs: &[NewJob]) -> Result<(), QueueError> {
+        error::failpoint!("queue::enqueue");
         if jobs.is_empty() {
             return Ok(());
         }
+        self.invoke_jobs(&scripts::ENQUEUE, flow_id, jobs).await?;
+        Ok(())
+    }
+
+    /// Puts back jobs that Redis lost although the flow's snapshot says they are
+    /// queued or running: a missing field, a field whose stream entry or delayed
+    /// member is gone, or a field marked done whose outcome the engine never applied
+    /// (its completion record was lost). Jobs that are fine are left alone. Returns
+    /// how many were put back.
+    pub async fn repair_jobs(&self, flow_id: &str, jobs: &[NewJob]) -> Result<usize, QueueError> {
+        error::failpoint!("queue::enqueue");
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let repaired = self.invoke_jobs(&scripts::REPAIR, flow_id, jobs).await?;
+        Ok(usize::try_from(repaired).unwrap_or(0))
+    }
+
+    /// Runs `enqueue.lua` or `repair.lua`, which take the same keys and arguments.
+    async fn invoke_jobs(
+        &self,
+        script: &redis::Script,
+        flow_id: &str,
+        jobs: &[NewJob],
+    ) -> Result<i64, QueueError> {
         let now = now_ms();
-        let mut invocation = scripts::ENQUEUE.prepare_invoke();
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(self.keys.flow_jobs(flow_id))
             .arg(WORKERS_GROUP);
@@ -132,15 +177,46 @@ impl Queue {
                 .arg(due)
                 .arg(envelope.to_json()?);
         }
+        invocation.key(self.keys.delayed_queues());
         let mut conn = self.conn.clone();
-        invocation.invoke_async::<i64>(&mut conn).await?;
-        Ok(())
+        Ok(invocation.invoke_async::<i64>(&mut conn).await?)
+    }
+
+    /// Compares jobs a flow's snapshot says are queued or running (`(field, queue)`
+    /// pairs) with what Redis holds for them; one [`JobCheck`] per job, in order.
+    pub async fn check_jobs(
+        &self,
+        flow_id: &str,
+        jobs: &[(String, String)],
+    ) -> Result<Vec<JobCheck>, QueueError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = scripts::CHECK.prepare_invoke();
+        invocation.key(self.keys.flow_jobs(flow_id));
+        for (field, queue) in jobs {
+            invocation
+                .key(self.keys.queue(queue))
+                .key(self.keys.delayed(queue))
+                .arg(field);
+        }
+        let mut conn = self.conn.clone();
+        let codes: Vec<i64> = invocation.invoke_async(&mut conn).await?;
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                0 => JobCheck::Present,
+                4 => JobCheck::ReportedNotApplied,
+                _ => JobCheck::Lost,
+            })
+            .collect())
     }
 
     /// Acknowledges jobs that workers of this process finished, after the flow actor
     /// made their results durable: `XACK` + `XDEL` each entry and mark its job "done"
     /// (unless its flow was deleted meanwhile). Idempotent.
     pub async fn ack_local(&self, acks: &[LocalAck]) -> Result<(), QueueError> {
+        error::failpoint!("queue::ack_local");
         let mut conn = self.conn.clone();
         for chunk in acks.chunks(ACK_CHUNK) {
             let mut invocation = scripts::ACK.prepare_invoke();
@@ -160,6 +236,7 @@ impl Queue {
     /// Acknowledges and deletes completion records once the flow actors applied them
     /// durably. Idempotent.
     pub async fn ack_completions(&self, entry_ids: &[String]) -> Result<(), QueueError> {
+        error::failpoint!("queue::ack_completions");
         if entry_ids.is_empty() {
             return Ok(());
         }
@@ -185,6 +262,7 @@ impl Queue {
     /// its jobs hash, atomically. Completion records already on `P:completions` stay:
     /// the router acknowledges and drops records of unknown flows.
     pub async fn cleanup_flow(&self, flow_id: &str) -> Result<(), QueueError> {
+        error::failpoint!("queue::cleanup");
         let hash = self.keys.flow_jobs(flow_id);
         let mut conn = self.conn.clone();
         // The script must be told every queue the flow used, to declare their keys; read
@@ -222,6 +300,7 @@ impl Queue {
     /// Tells every worker to stop the running handlers of these jobs (`PUBLISH` on
     /// `P:cancel`, one message per job id).
     pub async fn publish_cancel(&self, job_ids: &[String]) -> Result<(), QueueError> {
+        error::failpoint!("queue::publish_cancel");
         if job_ids.is_empty() {
             return Ok(());
         }
@@ -245,27 +324,51 @@ impl Queue {
         outcome: &Outcome,
     ) -> Result<(), QueueError> {
         let envelope = &delivery.envelope;
+        self.report_job(
+            &delivery.queue,
+            &delivery.entry_id,
+            &envelope.flow_id,
+            &envelope.node,
+            envelope.attempt,
+            outcome,
+        )
+        .await
+    }
+
+    /// [`Queue::report_remote`] from the job's parts: a report that a flow actor of
+    /// this process could not take (it stopped or failed with the report in its
+    /// mailbox) is handed to the completions stream this way, where Redis owns it.
+    pub async fn report_job(
+        &self,
+        queue: &str,
+        entry_id: &str,
+        flow_id: &str,
+        node: &str,
+        attempt: u32,
+        outcome: &Outcome,
+    ) -> Result<(), QueueError> {
+        error::failpoint!("queue::report");
         let outcome_json = serde_json::to_string(outcome)?;
         let mut invocation = scripts::REPORT.prepare_invoke();
         invocation
             .key(self.keys.completions())
-            .key(self.keys.queue(&delivery.queue))
-            .key(self.keys.flow_jobs(&envelope.flow_id))
+            .key(self.keys.queue(queue))
+            .key(self.keys.flow_jobs(flow_id))
             .arg(WORKERS_GROUP)
             .arg(ENGINE_GROUP)
-            .arg(&delivery.entry_id)
-            .arg(envelope.job_field())
+            .arg(entry_id)
+            .arg(job_field(node, attempt))
             .arg(if outcome.is_final() { "1" } else { "0" })
             .arg("v")
             .arg(COMPLETION_VERSION)
             .arg("flow")
-            .arg(&envelope.flow_id)
+            .arg(flow_id)
             .arg("node")
-            .arg(&envelope.node)
+            .arg(node)
             .arg("attempt")
-            .arg(envelope.attempt)
+            .arg(attempt)
             .arg("job")
-            .arg(&envelope.id)
+            .arg(job_id(flow_id, node, attempt))
             .arg("outcome")
             .arg(outcome_json);
         let mut conn = self.conn.clone();
@@ -339,6 +442,100 @@ impl Queue {
             .arg(self.keys.flow_jobs(flow_id))
             .query_async(&mut conn)
             .await?)
+    }
+
+    /// Moves the due retries of every queue that has delayed jobs into its stream,
+    /// whoever serves the queue (a queue served only by workers in other processes
+    /// or languages included). Returns how many moved.
+    pub async fn promote_all_due(&self, now_ms: u64) -> Result<usize, QueueError> {
+        let mut conn = self.conn.clone();
+        let queues: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.delayed_queues())
+            .query_async(&mut conn)
+            .await?;
+        let mut moved = 0;
+        for queue in queues {
+            moved += self.promote_due(&queue, now_ms).await?;
+        }
+        Ok(moved)
+    }
+
+    /// Moves jobs of `queue` whose retry backoff ended by `now_ms` from the delayed
+    /// set into the stream, atomically per batch. Returns how many moved.
+    pub async fn promote_due(&self, queue: &str, now_ms: u64) -> Result<usize, QueueError> {
+        error::failpoint!("queue::promote");
+        let delayed = self.keys.delayed(queue);
+        let stream = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let mut moved = 0usize;
+        for _ in 0..MAX_PROMOTE_BATCHES {
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&delayed)
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(PROMOTE_BATCH)
+                .query_async(&mut conn)
+                .await?;
+            if members.is_empty() {
+                break;
+            }
+            let mut invocation = scripts::PROMOTE.prepare_invoke();
+            invocation
+                .key(&delayed)
+                .key(&stream)
+                .arg(WORKERS_GROUP)
+                .arg(queue);
+            for member in &members {
+                match JobEnvelope::from_json(member) {
+                    Ok(envelope) => {
+                        invocation
+                            .key(self.keys.flow_jobs(&envelope.flow_id))
+                            .arg(member.as_slice())
+                            .arg(envelope.job_field());
+                    }
+                    Err(e) => {
+                        tracing::warn!(delayed = %delayed, error = %e, "dropping malformed delayed job");
+                        invocation.key(&delayed).arg(member.as_slice()).arg("");
+                    }
+                }
+            }
+            let batch: i64 = invocation.invoke_async(&mut conn).await?;
+            moved += usize::try_from(batch).unwrap_or(0);
+            if members.len() < PROMOTE_BATCH {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Publishes the settings that workers in other processes must share with the
+    /// engine (`P:config`: `leaseMs`, `maxStalled`), so that a worker in another
+    /// language can read the lease instead of being told it by hand.
+    pub async fn publish_config(&self, lease_ms: u64, max_stalled: u32) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HSET")
+            .arg(self.keys.config())
+            .arg("leaseMs")
+            .arg(lease_ms)
+            .arg("maxStalled")
+            .arg(max_stalled)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of a flow's jobs that are not done (queued, delayed or running), from its
+    /// jobs hash: what a delete of a flow without an actor tells workers to stop.
+    pub async fn unfinished_jobs(&self, flow_id: &str) -> Result<Vec<String>, QueueError> {
+        Ok(self
+            .job_states(flow_id)
+            .await?
+            .into_iter()
+            .filter(|(_, state)| state != "done")
+            .map(|(field, _)| format!("{flow_id}:{field}"))
+            .collect())
     }
 
     /// How many entries the queue's stream holds (ready or running) and how many jobs

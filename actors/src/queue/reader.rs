@@ -9,13 +9,12 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, ScriptInvocation, Value};
+use redis::{AsyncConnectionConfig, FromRedisValue, Value};
 
 use super::envelope::{CompletionRecord, Delivery, JobEnvelope, ENVELOPE_FIELD};
 use super::error::QueueError;
 use super::keys::{Keys, ENGINE_GROUP, WORKERS_GROUP};
 use super::reply::{self, RawEntry};
-use super::scripts;
 
 /// How long a reader waits to establish its connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,13 +30,6 @@ const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// Most `XAUTOCLAIM` calls one `reclaim` makes; each scans up to ten times its count of
 /// pending entries, so this bounds the work of one call on a long pending list.
 const MAX_AUTOCLAIM_ROUNDS: usize = 10;
-
-/// Most delayed jobs one promotion script moves at a time.
-const PROMOTE_BATCH: usize = 256;
-
-/// Most promotion batches one `promote_delayed` call runs, so a huge backlog is
-/// promoted over several ticks rather than in one long call.
-const MAX_PROMOTE_BATCHES: usize = 16;
 
 /// One consumer's dedicated connection to one stream of one group, with the state of its
 /// pending-first reading.
@@ -125,17 +117,6 @@ impl StreamConn {
         let conn = self.connection().await?;
         conn.set_response_timeout(COMMAND_TIMEOUT);
         let result = pipe.query_async(conn).await;
-        self.check(result)
-    }
-
-    /// Runs a Lua script.
-    async fn invoke<T: FromRedisValue>(
-        &mut self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<T, QueueError> {
-        let conn = self.connection().await?;
-        conn.set_response_timeout(COMMAND_TIMEOUT);
-        let result = invocation.invoke_async(conn).await;
         self.check(result)
     }
 
@@ -306,8 +287,6 @@ pub struct Reclaimed {
 pub struct QueueReader {
     /// The dedicated connection and pending-first state.
     stream: StreamConn,
-    /// Names of the delayed set and the flows' jobs hashes.
-    keys: Keys,
     /// The queue served.
     queue: String,
     /// Where the next `XAUTOCLAIM` scan of the pending list goes on from.
@@ -329,7 +308,6 @@ impl QueueReader {
             StreamConn::open(redis_url, keys.queue(queue), WORKERS_GROUP, consumer).await?;
         Ok(QueueReader {
             stream,
-            keys,
             queue: queue.to_owned(),
             autoclaim_cursor: "0-0".to_owned(),
         })
@@ -369,51 +347,49 @@ impl QueueReader {
         }
     }
 
-    /// Moves jobs of this queue whose retry backoff ended by `now_ms` from the delayed
-    /// set into the stream, atomically per batch. Returns how many moved.
-    pub async fn promote_delayed(&mut self, now_ms: u64) -> Result<usize, QueueError> {
-        let delayed = self.keys.delayed(&self.queue);
-        let mut moved = 0usize;
-        for _ in 0..MAX_PROMOTE_BATCHES {
-            let mut range = redis::cmd("ZRANGEBYSCORE");
-            range
-                .arg(&delayed)
-                .arg("-inf")
-                .arg(now_ms)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(PROMOTE_BATCH);
-            let members: Vec<Vec<u8>> = self.stream.query(&range, COMMAND_TIMEOUT).await?;
-            if members.is_empty() {
-                break;
-            }
-            let mut invocation = scripts::PROMOTE.prepare_invoke();
-            invocation
-                .key(&delayed)
-                .key(&self.stream.key)
-                .arg(WORKERS_GROUP)
-                .arg(&self.queue);
-            for member in &members {
-                match JobEnvelope::from_json(member) {
-                    Ok(envelope) => {
-                        invocation
-                            .key(self.keys.flow_jobs(&envelope.flow_id))
-                            .arg(member.as_slice())
-                            .arg(envelope.job_field());
-                    }
-                    Err(e) => {
-                        tracing::warn!(delayed = %delayed, error = %e, "dropping malformed delayed job");
-                        invocation.key(&delayed).arg(member.as_slice()).arg("");
+    /// Removes consumers of this queue's group that hold no pending job and have
+    /// been idle for more than `idle_ms` (every worker process that started under a
+    /// fresh name left one behind). Returns how many were removed.
+    pub async fn remove_idle_consumers(&mut self, idle_ms: u64) -> Result<usize, QueueError> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("CONSUMERS").arg(&self.stream.key).arg(WORKERS_GROUP);
+        let Some(value) = self.stream.group_query(&cmd, COMMAND_TIMEOUT).await? else {
+            return Ok(0);
+        };
+        let mut stale = Vec::new();
+        for consumer in reply::array(value)? {
+            // [name, <name>, pending, <n>, idle, <ms>, ...] (a map in RESP3)
+            let fields = reply::array(consumer)?;
+            let mut name = None;
+            let (mut pending, mut idle) = (1i64, 0i64);
+            for pair in fields.chunks(2) {
+                if let [key, value] = pair {
+                    match reply::text(key)?.as_str() {
+                        "name" => name = Some(reply::text(value)?),
+                        "pending" => pending = reply::int(value)?,
+                        "idle" => idle = reply::int(value)?,
+                        _ => {}
                     }
                 }
             }
-            let batch: i64 = self.stream.invoke(&invocation).await?;
-            moved += usize::try_from(batch).unwrap_or(0);
-            if members.len() < PROMOTE_BATCH {
-                break;
+            if let Some(name) = name {
+                if pending == 0
+                    && u64::try_from(idle).unwrap_or(0) > idle_ms
+                    && name != self.stream.consumer
+                {
+                    stale.push(name);
+                }
             }
         }
-        Ok(moved)
+        for name in &stale {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("DELCONSUMER")
+                .arg(&self.stream.key)
+                .arg(WORKERS_GROUP)
+                .arg(name);
+            self.stream.query::<Value>(&cmd, COMMAND_TIMEOUT).await?;
+        }
+        Ok(stale.len())
     }
 
     /// Takes over jobs idle for more than `lease_ms` (their consumer died or stopped
@@ -514,6 +490,8 @@ impl QueueReader {
 pub struct CompletionReader {
     /// The dedicated connection and pending-first state.
     stream: StreamConn,
+    /// Where the next pass over stale records goes on (`0-0`: from the start).
+    stale_cursor: String,
 }
 
 impl CompletionReader {
@@ -526,7 +504,60 @@ impl CompletionReader {
     ) -> Result<CompletionReader, QueueError> {
         let stream =
             StreamConn::open(redis_url, keys.completions(), ENGINE_GROUP, consumer).await?;
-        Ok(CompletionReader { stream })
+        Ok(CompletionReader {
+            stream,
+            stale_cursor: "0-0".to_owned(),
+        })
+    }
+
+    /// Records read (by any consumer of the group, this one included) but not
+    /// acknowledged for more than `min_idle_ms`: taken over by this consumer and
+    /// returned to be routed again, up to `count` per call.
+    ///
+    /// This is what owns a record between a read and its ack: a record handed to a
+    /// flow actor that then stopped or failed (its mailbox dropped) would otherwise
+    /// stay pending forever. Routing it twice is harmless; the state machine ignores
+    /// a report it already applied, and the ack is idempotent.
+    pub async fn claim_stale(
+        &mut self,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<CompletionRecord>, QueueError> {
+        let mut raw = Vec::new();
+        for _ in 0..MAX_AUTOCLAIM_ROUNDS {
+            if raw.len() >= count {
+                break;
+            }
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(&self.stream.key)
+                .arg(ENGINE_GROUP)
+                .arg(&self.stream.consumer)
+                .arg(min_idle_ms)
+                .arg(&self.stale_cursor)
+                .arg("COUNT")
+                .arg(count - raw.len());
+            let Some(value) = self.stream.group_query(&cmd, COMMAND_TIMEOUT).await? else {
+                break;
+            };
+            // [next cursor, claimed entries, ids deleted meanwhile (Redis 7; already
+            // removed from the pending list by Redis)]
+            let mut parts = reply::array(value)?.into_iter();
+            let next = match parts.next() {
+                Some(v) => reply::text(&v)?,
+                None => return Err(QueueError::Protocol("empty xautoclaim reply".into())),
+            };
+            raw.extend(reply::entries(parts.next().unwrap_or(Value::Nil))?);
+            let wrapped = next == "0-0";
+            self.stale_cursor = next;
+            if wrapped {
+                break;
+            }
+        }
+        let triage = Triage::of(&self.stream.key, raw, |entry| {
+            CompletionRecord::from_fields(&entry.id, entry.fields.as_deref().unwrap_or(&[]))
+        });
+        triage.clean(&mut self.stream).await?;
+        Ok(triage.good)
     }
 
     /// Reads up to `count` records: first this consumer's unacknowledged ones, then new

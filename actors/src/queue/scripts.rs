@@ -30,3 +30,11 @@ pub(crate) static CLEANUP: LazyLock<Script> =
 /// Records a worker heartbeat and prunes dead workers (`lua/heartbeat.lua`).
 pub(crate) static HEARTBEAT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/heartbeat.lua")));
+
+/// Compares a flow's jobs with what Redis holds for them (`lua/check.lua`).
+pub(crate) static CHECK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/check.lua")));
+
+/// Puts back jobs that Redis lost (`lua/repair.lua`).
+pub(crate) static REPAIR: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/repair.lua")));

@@ -8,6 +8,17 @@
 -- ARGV[2k+1]   field of job k: "{node}:{attempt}"
 -- Returns the number of jobs given. Idempotent.
 
+
+-- Whether the job's field names `id` as its stream entry (state queued).
+local function delivered_as(hash, field, id)
+  local value = redis.call('HGET', hash, field)
+  if not value or value == 'done' then
+    return false
+  end
+  local ok, state = pcall(cjson.decode, value)
+  return ok and type(state) == 'table' and state.e == id
+end
+
 local group = ARGV[1]
 local n = (#ARGV - 1) / 2
 
@@ -23,7 +34,11 @@ for k = 1, n do
   redis.call('XDEL', stream, id)
   -- Only mark a job the hash still knows: a flow deleted meanwhile must not be
   -- brought back as a one-field hash that nothing would ever remove.
-  if redis.call('HEXISTS', hash, field) == 1 then
+  --
+  -- And only the delivery this ack is for: after Redis lost the job and the engine
+  -- put it back as a new entry, an ack of the old entry must not mark the new one
+  -- done (it would then outlive its flow and run once more).
+  if delivered_as(hash, field, id) then
     redis.call('HSET', hash, field, 'done')
   end
 end

@@ -3,6 +3,7 @@
 -- KEYS[1]          P:flow:{flow_id}:jobs   the flow's jobs hash
 -- KEYS[2k]         P:q:{queue}             stream of job k (k = 1..n)
 -- KEYS[2k+1]       P:q:{queue}:delayed     delayed set of job k
+-- KEYS[2n+2]       P:queues:delayed        names of queues that have delayed jobs
 -- ARGV[1]          consumer group of the queue streams ("workers")
 -- ARGV[4k-2]       field of job k: "{node}:{attempt}"
 -- ARGV[4k-1]       queue name of job k
@@ -19,6 +20,7 @@
 local hash = KEYS[1]
 local group = ARGV[1]
 local njobs = (#ARGV - 1) / 4
+local delayed_queues = KEYS[2 * njobs + 2]
 local added = 0
 local checked = {}
 
@@ -35,6 +37,8 @@ for k = 1, njobs do
   if redis.call('HEXISTS', hash, field) == 0 then
     if due ~= '0' then
       redis.call('ZADD', delayed, due, envelope)
+      -- The engine promotes due jobs of every queue named here.
+      redis.call('SADD', delayed_queues, queue)
       redis.call('HSET', hash, field, cjson.encode({ s = 'delayed', q = queue, m = envelope }))
     else
       -- A missing stream means a new queue or a Redis that lost its data: create the

@@ -15,6 +15,17 @@
 --            (v, flow, node, attempt, job, outcome)
 -- Returns the completion record's entry id.
 
+
+-- Whether the job's field names `id` as its stream entry (state queued).
+local function delivered_as(hash, field, id)
+  local value = redis.call('HGET', hash, field)
+  if not value or value == 'done' then
+    return false
+  end
+  local ok, state = pcall(cjson.decode, value)
+  return ok and type(state) == 'table' and state.e == id
+end
+
 local completions = KEYS[1]
 local stream = KEYS[2]
 local hash = KEYS[3]
@@ -37,7 +48,8 @@ if ARGV[5] == '1' then
   redis.pcall('XACK', stream, ARGV[1], id)
   redis.call('XDEL', stream, id)
   -- As in ack.lua: never recreate the hash of a deleted flow.
-  if redis.call('HEXISTS', hash, field) == 1 then
+  -- And only the delivery this report is for (see ack.lua).
+  if delivered_as(hash, field, id) then
     redis.call('HSET', hash, field, 'done')
   end
 end

@@ -1,0 +1,71 @@
+-- repair.lua: put back jobs that Redis lost although the flow's snapshot says they are
+-- queued or running (Redis restarted from an older snapshot, a failover to a replica
+-- that lagged, keys evicted or removed by hand). Unlike enqueue.lua it also replaces a
+-- job whose field exists but whose stream entry or delayed member is gone, and one
+-- whose field says done although the engine never applied its outcome (its completion
+-- record was lost): the job then runs again, which at-least-once delivery allows.
+-- Each job is re-checked here, so a job that is fine by now is left alone.
+--
+-- KEYS[1]          P:flow:{flow_id}:jobs   the flow's jobs hash
+-- KEYS[2k]         P:q:{queue}             stream of job k (k = 1..n)
+-- KEYS[2k+1]       P:q:{queue}:delayed     delayed set of job k
+-- KEYS[2n+2]       P:queues:delayed        names of queues that have delayed jobs
+-- ARGV[1]          consumer group of the queue streams ("workers")
+-- ARGV[4k-2]       field of job k: "{node}:{attempt}"
+-- ARGV[4k-1]       queue name of job k
+-- ARGV[4k]         due time of job k in ms since the epoch, or "0" to make it ready now
+-- ARGV[4k+1]       the job envelope (JSON)
+-- Returns the number of jobs put back.
+
+local hash = KEYS[1]
+local group = ARGV[1]
+local njobs = (#ARGV - 1) / 4
+local delayed_queues = KEYS[2 * njobs + 2]
+local repaired = 0
+
+local function lost(value, stream, delayed)
+  if not value or value == 'done' then
+    return true
+  end
+  local ok, state = pcall(cjson.decode, value)
+  if not ok or type(state) ~= 'table' then
+    return true
+  end
+  if state.s == 'queued' then
+    return type(state.e) ~= 'string' or #redis.call('XRANGE', stream, state.e, state.e) == 0
+  end
+  if state.s == 'delayed' then
+    return type(state.m) ~= 'string' or not redis.call('ZSCORE', delayed, state.m)
+  end
+  return true
+end
+
+for k = 1, njobs do
+  local stream = KEYS[2 * k]
+  local delayed = KEYS[2 * k + 1]
+  local field = ARGV[4 * k - 2]
+  local queue = ARGV[4 * k - 1]
+  local due = ARGV[4 * k]
+  local envelope = ARGV[4 * k + 1]
+
+  if lost(redis.call('HGET', hash, field), stream, delayed) then
+    if due ~= '0' then
+      redis.call('ZADD', delayed, due, envelope)
+      redis.call('SADD', delayed_queues, queue)
+      redis.call('HSET', hash, field, cjson.encode({ s = 'delayed', q = queue, m = envelope }))
+    else
+      -- The stream may exist without its group (restored from a snapshot taken
+      -- before the group was created): create it from the start, as enqueue does.
+      if redis.call('EXISTS', stream) == 0 then
+        redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+      else
+        redis.pcall('XGROUP', 'CREATE', stream, group, '0')
+      end
+      local id = redis.call('XADD', stream, '*', 'envelope', envelope)
+      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, e = id }))
+    end
+    repaired = repaired + 1
+  end
+end
+
+return repaired
