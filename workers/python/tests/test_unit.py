@@ -63,7 +63,8 @@ def test_envelope_without_data_or_timeout() -> None:
     (json.dumps({k: v for k, v in ENV.items() if k != "v"}).encode(), "unsupported envelope version None"),
     (json.dumps(dict(ENV, attempt="2")).encode(), "'attempt'"),
     (json.dumps(dict(ENV, attempt=True)).encode(), "'attempt'"),
-    (json.dumps(dict(ENV, attempt=0)).encode(), "below 1"),
+    (json.dumps(dict(ENV, attempt=0)).encode(), "'attempt'"),
+    (json.dumps(dict(ENV, node=None)).encode(), "'node'"),
     (json.dumps(dict(ENV, input=[])).encode(), "'input'"),
     (json.dumps({k: v for k, v in ENV.items() if k != "maxStalled"}).encode(), "'maxStalled'"),
     (json.dumps(dict(ENV, timeoutMs=-1)).encode(), "timeoutMs"),
@@ -90,6 +91,19 @@ def test_record_fields() -> None:
     args = protocol.record_args(env, protocol.STARTED)
     assert dict(zip(args[::2], args[1::2])) == {
         "v": 1, "flow": "f1", "node": "resize", "attempt": 2, "job": "f1:resize:2", "outcome": '{"kind":"started"}'}
+
+
+def test_report_command_is_the_resp_encoding_of_report_lua_arguments() -> None:
+    """The hand-built RESP command equals a plain encoding of the arguments the
+    protocol lists for report.lua (non-ASCII names included)."""
+    env = parse_envelope(json.dumps(dict(ENV, node="größe", id="f1:größe:2")))
+    keys = Keys("P")
+    wire = protocol.ReportWire.of("0123abcd", keys, "P:q:py", "17-3", env)
+    args = ["EVALSHA", "0123abcd", 3, "P:completions", "P:q:py", "P:flow:f1:jobs", "workers", "engine",
+            "17-3", "größe:2", "1", *protocol.record_args(env, protocol.STARTED)]
+    encoded = [str(a).encode() for a in args]
+    plain = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
+    assert wire.command(True, protocol.STARTED) == plain
 
 
 def test_stalled_rule_counts_claims_not_deliveries() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-from .protocol import Envelope
+from .protocol import Envelope, ReportWire
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -27,6 +27,7 @@ class Job:
         "envelope",
         "entry_id",
         "stream",
+        "wire",
         "_worker",
         "_cancelled",
         "_stop",
@@ -36,13 +37,16 @@ class Job:
         "_progress_report",
     )
 
-    def __init__(self, envelope: Envelope, entry_id: str, stream: str, worker: "Worker") -> None:
+    def __init__(self, envelope: Envelope, entry_id: str, stream: str, wire: ReportWire,
+                 worker: "Worker") -> None:
         #: The decoded envelope.
         self.envelope = envelope
         #: The stream entry id: the delivery handle renewed and reported on.
         self.entry_id = entry_id
         #: The stream key it was read from.
         self.stream = stream
+        #: Its report command's encoded parts.
+        self.wire = wire
         self._worker = worker
         # Created on first use: most handlers never look at it, and an Event per job
         # is a measurable share of the per-job cost at thousands of jobs per second.

@@ -7,9 +7,10 @@ built only here, as the engine builds them only in ``actors/src/queue/keys.rs``.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, cast
 
 #: The key prefix used when none is configured (the engine's default too).
 DEFAULT_PREFIX = "dagflow"
@@ -116,19 +117,16 @@ class Envelope:
         return f"{self.node}:{self.attempt}"
 
 
-def _require(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = obj.get(name)
-    # bool is an int in Python; a boolean is never a valid number here.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise EnvelopeError(f"field {name!r} missing or not {getattr(kind, '__name__', kind)}")
-    return value
+def _bad(name: str, what: str) -> EnvelopeError:
+    return EnvelopeError(f"field {name!r} missing or not {what}")
 
 
 def parse_envelope(raw: bytes | str | None) -> Envelope:
     """Decodes an envelope, refusing what the protocol says to refuse.
 
     Unknown fields are ignored (adding a field is compatible); a missing or unknown
-    ``v``, or a missing required field, raises :class:`EnvelopeError`.
+    ``v``, or a missing or mistyped required field, raises :class:`EnvelopeError`.
+    Checks are written out inline: this runs for every job.
     """
     if raw is None:
         raise EnvelopeError("no envelope field")
@@ -136,38 +134,46 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise EnvelopeError(f"envelope is not JSON: {e}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise EnvelopeError("envelope is not a JSON object")
-    if obj.get("v") != ENVELOPE_VERSION:
-        raise EnvelopeError(f"unsupported envelope version {obj.get('v')!r} (this worker reads 1)")
-    job_input = obj.get("input")
-    if not isinstance(job_input, dict):
-        raise EnvelopeError("field 'input' missing or not an object")
+    get = obj.get
+    if get("v") != ENVELOPE_VERSION or type(get("v")) is not int:
+        raise EnvelopeError(f"unsupported envelope version {get('v')!r} (this worker reads 1)")
+    job_input = get("input")
+    if type(job_input) is not dict:
+        raise _bad("input", "an object")
     parents = job_input.get("parents")
     if parents is None:
         parents = {}
-    if not isinstance(parents, dict):
-        raise EnvelopeError("input.parents is not an object")
-    timeout = obj.get("timeoutMs")
-    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0):
-        raise EnvelopeError("field 'timeoutMs' is not a non-negative integer")
-    attempt = _require(obj, "attempt", int)
-    if attempt < 1:
-        raise EnvelopeError("field 'attempt' is below 1")
-    max_stalled = _require(obj, "maxStalled", int)
-    enqueued = obj.get("enqueuedAtMs", 0)
+    elif type(parents) is not dict:
+        raise _bad("input.parents", "an object")
+    timeout = get("timeoutMs")
+    if timeout is not None and (type(timeout) is not int or timeout < 0):
+        raise _bad("timeoutMs", "a non-negative integer")
+    attempt = get("attempt")
+    if type(attempt) is not int or attempt < 1:
+        raise _bad("attempt", "an integer >= 1")
+    max_stalled = get("maxStalled")
+    if type(max_stalled) is not int or max_stalled < 0:
+        raise _bad("maxStalled", "a non-negative integer")
+    job_id, flow_id, node, handler, queue = get("id"), get("flowId"), get("node"), get("handler"), get("queue")
+    for name, value in (("id", job_id), ("flowId", flow_id), ("node", node), ("handler", handler),
+                        ("queue", queue)):
+        if type(value) is not str:
+            raise _bad(name, "a string")
+    enqueued = get("enqueuedAtMs", 0)
     return Envelope(
-        id=_require(obj, "id", str),
-        flow_id=_require(obj, "flowId", str),
-        node=_require(obj, "node", str),
+        id=cast(str, job_id),
+        flow_id=cast(str, flow_id),
+        node=cast(str, node),
         attempt=attempt,
-        handler=_require(obj, "handler", str),
-        queue=_require(obj, "queue", str),
+        handler=cast(str, handler),
+        queue=cast(str, queue),
         data=job_input.get("data"),
         parents=parents,
         timeout_ms=timeout,
         max_stalled=max_stalled,
-        enqueued_at_ms=enqueued if isinstance(enqueued, int) else 0,
+        enqueued_at_ms=enqueued if type(enqueued) is int else 0,
     )
 
 
@@ -206,6 +212,64 @@ def record_args(envelope: Envelope, outcome: str) -> list[str | int]:
         "job", envelope.id,
         "outcome", outcome,
     ]  # fmt: skip
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+#: ``"1"`` and ``"0"`` (the ``final`` argument of ``report.lua``) as RESP bulk strings.
+_FINAL = {True: _bulk(b"1"), False: _bulk(b"0")}
+#: The constant arguments between the keys and the entry id, and of the record.
+_GROUPS = _bulk(WORKERS_GROUP.encode()) + _bulk(ENGINE_GROUP.encode())
+_MIDDLE = (
+    _bulk(b"v") + _bulk(str(COMPLETION_VERSION).encode()) + _bulk(b"flow") + b"$%d\r\n%s\r\n"
+    + _bulk(b"node") + b"$%d\r\n%s\r\n" + _bulk(b"attempt") + b"$%d\r\n%s\r\n"
+    + _bulk(b"job") + b"$%d\r\n%s\r\n" + _bulk(b"outcome")
+)
+#: Arguments of a report command: EVALSHA, sha, 3, three keys, two groups, entry id,
+#: field, final, then six record pairs.
+_REPORT_ARGS = 23
+
+
+@dataclass(frozen=True)
+class ReportWire:
+    """The parts of a job's ``EVALSHA report.lua`` command that do not change between
+    its reports, encoded once in RESP (the Redis wire format).
+
+    Encoding a 23-argument command with redis-py costs more than everything else a
+    report needs; a job's started and final reports share everything but the
+    ``final`` flag and the outcome, so those are spliced in as bytes.
+    """
+
+    head: bytes
+    middle: bytes
+
+    @classmethod
+    def of(cls, sha: str, keys: Keys, stream: str, entry_id: str, envelope: Envelope) -> "ReportWire":
+        hash_key = keys.flow_jobs(envelope.flow_id).encode()
+        entry = entry_id.encode()
+        field = envelope.field.encode()
+        flow = envelope.flow_id.encode()
+        node = envelope.node.encode()
+        attempt = str(envelope.attempt).encode()
+        job = envelope.id.encode()
+        return cls(
+            _head(sha, keys.completions, stream) + _bulk(hash_key) + _GROUPS + _bulk(entry) + _bulk(field),
+            _MIDDLE % (len(flow), flow, len(node), node, len(attempt), attempt, len(job), job),
+        )
+
+    def command(self, final: bool, outcome: str) -> bytes:
+        """The whole command for one report."""
+        data = outcome.encode()
+        return self.head + _FINAL[final] + self.middle + b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+@functools.lru_cache(maxsize=256)
+def _head(sha: str, completions: str, stream: str) -> bytes:
+    """The start of every report command on one stream (cached: a handful of streams)."""
+    args = [b"EVALSHA", sha.encode(), b"3", completions.encode(), stream.encode()]
+    return b"*%d\r\n" % _REPORT_ARGS + b"".join(map(_bulk, args))
 
 
 def stalled_message(times_delivered: int, max_stalled: int, lease_ms: int) -> str:

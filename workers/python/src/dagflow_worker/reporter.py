@@ -15,15 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import protocol, scripts
-from .protocol import ENGINE_GROUP, WORKERS_GROUP, Envelope, Keys
+from . import scripts
+from .protocol import ReportWire
 
 log = logging.getLogger("dagflow_worker")
 
@@ -37,20 +37,17 @@ BACKOFF_MAX = 5.0
 class Report:
     """One completion record to write, with what to do once it is in Redis."""
 
-    __slots__ = ("stream", "entry_id", "envelope", "final", "outcome", "taken", "on_written")
+    __slots__ = ("wire", "final", "outcome", "taken", "on_written")
 
     def __init__(
         self,
-        stream: str,
-        entry_id: str,
-        envelope: Envelope,
+        wire: ReportWire,
         final: bool,
         outcome: str,
         on_written: Optional[Callable[[], None]] = None,
     ) -> None:
-        self.stream = stream
-        self.entry_id = entry_id
-        self.envelope = envelope
+        #: The job's encoded command parts.
+        self.wire = wire
         self.final = final
         #: The outcome JSON; a progress report not yet taken may be replaced.
         self.outcome = outcome
@@ -60,11 +57,18 @@ class Report:
 
 
 class Reporter:
-    """The single writer of reports (see the module doc)."""
+    """The single writer of reports (see the module doc).
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self._redis = redis
-        self._keys = keys
+    It speaks to Redis on a connection of its own, writing pre-encoded commands and
+    reading their replies (``redis.asyncio.Connection``'s ``send_packed_command`` and
+    ``read_response``): redis-py's own command encoding would cost more per report
+    than everything else the worker does for a job.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        self._pool = ConnectionPool.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=10.0,
+                                             protocol=2)
+        self._conn: Connection = self._pool.make_connection()
         self._queue: deque[Report] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -86,6 +90,11 @@ class Reporter:
     async def wait_idle(self) -> None:
         """Returns once every report submitted so far is written."""
         await self._idle.wait()
+
+    async def close(self) -> None:
+        """Closes the connection."""
+        await self._conn.disconnect()
+        await self._pool.disconnect()
 
     async def run(self) -> None:
         """Writes batches until cancelled."""
@@ -110,15 +119,24 @@ class Reporter:
                     except Exception:  # a bug in a callback must not stop reporting
                         log.exception("callback after a report failed")
 
-    def _args(self, report: Report) -> list[Any]:
-        env = report.envelope
-        return [
-            "EVALSHA", scripts.REPORT.sha, 3,
-            self._keys.completions, report.stream, self._keys.flow_jobs(env.flow_id),
-            WORKERS_GROUP, ENGINE_GROUP, report.entry_id, env.field,
-            "1" if report.final else "0",
-            *protocol.record_args(env, report.outcome),
-        ]  # fmt: skip
+    async def _send(self, batch: list[Report]) -> tuple[int, Optional[BaseException]]:
+        """Sends the reports as one pipeline; returns how many in a row, from the
+        first, Redis confirmed, and the error of the first one it did not."""
+        conn = self._conn
+        await conn.send_packed_command(
+            b"".join([r.wire.command(r.final, r.outcome) for r in batch]), check_health=False)
+        confirmed = 0
+        failure: Optional[BaseException] = None
+        for _ in batch:
+            try:
+                await conn.read_response()
+            except ResponseError as e:  # the connection is fine: read the other replies
+                if failure is None:
+                    failure = e
+                continue
+            if failure is None:
+                confirmed += 1
+        return confirmed, failure
 
     async def _write(self, batch: list[Report]) -> None:
         """Sends the batch until every report in it is written."""
@@ -126,26 +144,22 @@ class Reporter:
         delay = BACKOFF_START
         loop = asyncio.get_running_loop()
         while start < len(batch):
-            failure: Optional[BaseException] = None
+            failure: Optional[BaseException]
             try:
-                pipe = self._redis.pipeline(transaction=False)
-                for report in batch[start:]:
-                    pipe.execute_command(*self._args(report))
-                results = await pipe.execute(raise_on_error=False)
-                failed_at = next(
-                    (i for i, r in enumerate(results) if isinstance(r, BaseException)), None
-                )
-                if failed_at is None:
-                    start = len(batch)
-                    break
+                confirmed, failure = await self._send(batch[start:])
                 # Commands run in order: those before the first failure are written.
-                start += failed_at
-                failure = results[failed_at]
-                if failure is not None and scripts.is_noscript(failure):
-                    await self._redis.execute_command("SCRIPT", "LOAD", scripts.REPORT.source)
+                start += confirmed
+                if failure is None:
+                    break
+                if scripts.is_noscript(failure):
+                    await self._conn.send_command("SCRIPT", "LOAD", scripts.REPORT.source)
+                    await self._conn.read_response()
                     continue
             except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+                # Which of the unconfirmed reports Redis ran is unknown: all are sent
+                # again, and a report written twice is harmless.
                 failure = e
+                await self._conn.disconnect()
             except RedisError as e:
                 failure = e
             if self._failing_since is None:

@@ -187,7 +187,7 @@ class Worker:
         self._redis = raw_replies(
             Redis.from_url(self.redis_url, socket_timeout=10.0, socket_connect_timeout=10.0, protocol=2)
         )
-        self._reporter = Reporter(self._redis, self.keys)
+        self._reporter = Reporter(self.redis_url)
         tasks: list[asyncio.Task[Any]] = []
         try:
             await self._read_config()
@@ -217,6 +217,7 @@ class Worker:
             await self._forget_heartbeat()
             for q in self._queues.values():
                 await q.reader.close()
+            await self._reporter.close()
             await self._redis.aclose()
 
     async def _shutdown(self, fetchers: list["asyncio.Task[None]"]) -> None:
@@ -361,8 +362,8 @@ class Worker:
                 self.stats["stalled"] += 1
                 message = protocol.stalled_message(times_delivered, envelope.max_stalled, self.lease_ms)
                 assert self._reporter is not None
-                self._reporter.submit(Report(entry.stream, entry.id, envelope, True,
-                                             protocol.failed(message, False)))
+                wire = protocol.ReportWire.of(scripts.REPORT.sha, self.keys, entry.stream, entry.id, envelope)
+                self._reporter.submit(Report(wire, True, protocol.failed(message, False)))
                 continue
             log.info("job %s reclaimed from a worker that stopped renewing it", envelope.id)
             self.stats["reclaimed"] += 1
@@ -375,7 +376,8 @@ class Worker:
     # ----------------------------------------------------------------------- run
 
     def _start(self, q: _Queue, entry: Entry, envelope: Envelope) -> Job:
-        job = Job(envelope, entry.id, entry.stream, self)
+        wire = protocol.ReportWire.of(scripts.REPORT.sha, self.keys, entry.stream, entry.id, envelope)
+        job = Job(envelope, entry.id, entry.stream, wire, self)
         q.running[entry.id] = job
         self._jobs[envelope.id] = job
         job._task = asyncio.get_running_loop().create_task(self._execute(q, job))
@@ -389,7 +391,7 @@ class Worker:
                 f"no handler named '{env.handler}' on worker {self.consumer} (queue '{env.queue}')", False))
             return
         assert self._reporter is not None
-        self._reporter.submit(Report(job.stream, job.entry_id, env, False, protocol.STARTED))
+        self._reporter.submit(Report(job.wire, False, protocol.STARTED))
         if env.timeout_ms is not None:
             job._timer = asyncio.get_running_loop().call_later(env.timeout_ms / 1000, self._expire, q, job)
         try:
@@ -465,7 +467,7 @@ class Worker:
                 q.slot_freed.set()
 
         assert self._reporter is not None
-        self._reporter.submit(Report(job.stream, job.entry_id, job.envelope, True, outcome, written))
+        self._reporter.submit(Report(job.wire, True, outcome, written))
 
     def _report_progress(self, job: Job, value: Any) -> None:
         outcome = protocol.progress(value)
@@ -475,7 +477,7 @@ class Worker:
         if pending is not None and not pending.taken:
             pending.outcome = outcome  # not sent yet: the newest value replaces it
             return
-        report = Report(job.stream, job.entry_id, job.envelope, False, outcome)
+        report = Report(job.wire, False, outcome)
         job._progress_report = report
         assert self._reporter is not None
         self._reporter.submit(report)
