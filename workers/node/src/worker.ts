@@ -367,8 +367,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   readonly keys: Keys;
   /** This worker's consumer name and `P:workers` id. */
   readonly consumer: string;
-  /** The shared connection (auto-pipelined); never given a blocking command. */
-  readonly cmd: Redis;
+  /** The shared connection (auto-pipelined); never given a blocking command. Opened by `run()`. */
+  cmd!: Redis;
   /** How long a blocking read waits. */
   readonly blockMs: number;
   /** Most jobs per read. */
@@ -427,10 +427,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.blockMs = options.blockMs ?? 2_000;
     this.batchSize = options.batchSize ?? 100;
     if (options.leaseMs !== undefined && !(options.leaseMs > 0)) throw new TypeError("leaseMs must be > 0");
-    const scripts = luaScripts();
-    this.cmd = this.openConnection("cmd", true);
-    this.cmd.defineCommand("dagflowReport", { numberOfKeys: 3, lua: scripts.report });
-    this.cmd.defineCommand("dagflowHeartbeat", { numberOfKeys: 1, lua: scripts.heartbeat });
+    // Read now so that a package built without its scripts fails at construction.
+    luaScripts();
     if (options.autorun !== false) void this.run().catch(() => undefined);
   }
 
@@ -464,14 +462,24 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private async start(): Promise<void> {
+    // close() may run while this waits for Redis: check after every wait, so that no
+    // connection is opened after close() swept them.
+    const checkOpen = (): void => {
+      if (this.stopping) throw new Error("the worker was closed before it was ready");
+    };
+    checkOpen();
+    const scripts = luaScripts();
+    this.cmd = this.openConnection("cmd", true);
+    this.cmd.defineCommand("dagflowReport", { numberOfKeys: 3, lua: scripts.report });
+    this.cmd.defineCommand("dagflowHeartbeat", { numberOfKeys: 1, lua: scripts.heartbeat });
     if (this.options.leaseMs !== undefined) {
       this.lease = this.options.leaseMs;
     } else {
       const published = await this.cmd.hget(this.keys.config(), "leaseMs");
+      checkOpen();
       const lease = Number(published);
       this.lease = published !== null && Number.isFinite(lease) && lease > 0 ? lease : DEFAULT_LEASE_MS;
     }
-    if (this.stopping) return;
 
     this.sub = this.openConnection("cancel");
     this.sub.on("message", (_channel: string, jobId: string) => this.cancel(jobId));
@@ -479,12 +487,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
     await this.sub.subscribe(this.keys.cancelChannel());
 
     for (const [queue, concurrency] of this.queueConcurrency) {
+      checkOpen();
       const fetcher = new QueueFetcher(this, queue, concurrency);
       this.fetchers.push(fetcher);
       await fetcher.ensureGroups();
     }
-    if (this.stopping) return;
+    checkOpen();
     await this.heartbeat();
+    checkOpen();
 
     const every = (ms: number, fn: () => Promise<void>): void => {
       let busy = false;
@@ -521,6 +531,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const deadline = Date.now() + deadlineMs;
     this.stopping = true;
     this.emit("closing");
+    if (this.runPromise) {
+      // Still starting (Redis unreachable): give it until the deadline, then cut it off.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.runPromise.catch(() => undefined),
+        new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
+      ]);
+      clearTimeout(timer);
+    }
     await Promise.all(this.fetchers.map((f) => f.stop(deadline)));
     while ((this.runningCount > 0 || this.unwrittenFinals.size > 0) && Date.now() < deadline) {
       await sleep(Math.min(20, Math.max(1, deadline - Date.now())));
@@ -533,10 +552,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.hardStopped = true;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
-    if (this.cmd.status === "ready") {
+    if (this.cmd?.status === "ready") {
       await Promise.race([this.cmd.hdel(this.keys.workers(), this.consumer).catch(() => undefined), sleep(500)]);
     }
-    await Promise.all([closeConnection(this.cmd), this.sub ? closeConnection(this.sub) : Promise.resolve()]);
+    await Promise.all([
+      this.cmd ? closeConnection(this.cmd) : Promise.resolve(),
+      this.sub ? closeConnection(this.sub) : Promise.resolve(),
+    ]);
     this.emit("closed");
   }
 
@@ -545,9 +567,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const conn = openConnection(this.options.redis, {
       connectionName: `dagflow-node:${this.consumer}:${role}`,
       enableAutoPipelining: autoPipeline,
-      // A read or report cut off by a disconnect is handled here (own pending re-read,
-      // report retry); ioredis must not silently send a blocking read again.
-      autoResendUnfulfilledCommands: autoPipeline,
+      // autoResendUnfulfilledCommands stays on (the default): without it ioredis
+      // drops a command cut off by a disconnect without ever settling its promise,
+      // and a blocked read would hang forever. A resent report only adds a duplicate
+      // record, which the engine ignores.
     });
     conn.on("error", (err: Error) => {
       if (this.lastConnError.get(role) === err.message) return;

@@ -1,0 +1,413 @@
+// The worker against a real redis-server, with jobs enqueued by the engine's own
+// enqueue.lua and outcomes read back from P:completions: every step of
+// docs/PROTOCOL.md that needs no engine (reading, reporting, progress, timeout,
+// cancel, malformed entries, pending-first, reclaim, maxStalled, leases, heartbeats,
+// FLUSHALL, a Redis restart, graceful close).
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Redis } from "ioredis";
+
+import { FatalError, RetryableError, Worker } from "../../dist/index.js";
+import { completions, enqueue, recordsOf, startRedis, uniquePrefix, waitFor } from "../helpers.mjs";
+
+let redisServer;
+let redis;
+const workers = [];
+
+before(async () => {
+  redisServer = await startRedis();
+  redis = new Redis(redisServer.url, { maxRetriesPerRequest: null });
+  redis.on("error", () => {});
+});
+
+after(async () => {
+  await Promise.all(workers.map((w) => w.close(1000)));
+  redis?.disconnect();
+  await redisServer?.stop();
+});
+
+/** A worker on queue `q` that the test closes at the end. */
+function worker(prefix, options) {
+  const w = new Worker({ redis: redisServer.url, prefix, queues: { q: 4 }, blockMs: 200, ...options });
+  w.on("error", () => {});
+  workers.push(w);
+  return w;
+}
+
+async function finalRecord(prefix, jobId) {
+  return waitFor(async () => (await recordsOf(redis, prefix, jobId)).find((r) => ["completed", "failed"].includes(r.outcome.kind)), {
+    what: `final record of ${jobId}`,
+  });
+}
+
+describe("worker over a real Redis", () => {
+  it("runs a job with its data and parents, reports started then completed, and removes the entry", async () => {
+    const prefix = uniquePrefix("run");
+    let seen;
+    const w = worker(prefix, {
+      handlers: {
+        resize: async (job) => {
+          seen = { id: job.id, flowId: job.flowId, node: job.node, attempt: job.attempt, data: job.data, parents: job.parents, name: job.name, queue: job.queue };
+          return { width: job.data.width / 2, from: job.parents.download.path };
+        },
+      },
+    });
+    const completed = new Promise((r) => w.once("completed", (job, result) => r({ job, result })));
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "resize", attempt: 2, data: { width: 800 }, parents: { download: { path: "/a.png" } } }]);
+    const event = await completed;
+    assert.deepEqual(event.result, { width: 400, from: "/a.png" });
+    assert.deepEqual(seen, {
+      id: env.id, flowId: env.flowId, node: "resize", attempt: 2, data: { width: 800 },
+      parents: { download: { path: "/a.png" } }, name: "resize", queue: "q",
+    });
+    const records = await recordsOf(redis, prefix, env.id);
+    assert.deepEqual(records.map((r) => r.outcome.kind), ["started", "completed"]);
+    const rec = records[1];
+    assert.equal(rec.v, "1");
+    assert.equal(rec.flow, env.flowId);
+    assert.equal(rec.node, "resize");
+    assert.equal(rec.attempt, "2");
+    assert.deepEqual(rec.outcome.result, { width: 400, from: "/a.png" });
+    assert.equal(await redis.xlen(`${prefix}:q:q`), 0, "entry deleted");
+    assert.equal((await redis.xpending(`${prefix}:q:q`, "workers"))[0], 0, "nothing pending");
+    assert.equal(await redis.hget(`${prefix}:flow:${env.flowId}:jobs`, "resize:2"), "done");
+  });
+
+  it("reports each kind of failure with the right retryable flag", async () => {
+    const prefix = uniquePrefix("fail");
+    const w = worker(prefix, {
+      handlers: {
+        plain: async () => {
+          throw new Error("plain boom");
+        },
+        retry: async () => {
+          throw new RetryableError("try later");
+        },
+        fatal: async () => {
+          throw new FatalError("never");
+        },
+        syncThrow: () => {
+          throw new TypeError("sync");
+        },
+        bigint: async () => 1n,
+        undef: async () => undefined,
+      },
+    });
+    await w.waitUntilReady();
+    const envs = await enqueue(redis, prefix, ["plain", "retry", "fatal", "syncThrow", "bigint", "undef", "nobody"].map((node) => ({ node })));
+    const outcome = async (i) => (await finalRecord(prefix, envs[i].id)).outcome;
+    assert.deepEqual(await outcome(0), { kind: "failed", message: "plain boom", retryable: true });
+    assert.deepEqual(await outcome(1), { kind: "failed", message: "try later", retryable: true });
+    assert.deepEqual(await outcome(2), { kind: "failed", message: "never", retryable: false });
+    assert.deepEqual(await outcome(3), { kind: "failed", message: "sync", retryable: true });
+    const big = await outcome(4);
+    assert.equal(big.retryable, false);
+    assert.match(big.message, /^result is not JSON-serializable/);
+    assert.deepEqual(await outcome(5), { kind: "completed", result: null });
+    const none = await outcome(6);
+    assert.equal(none.retryable, false);
+    assert.match(none.message, /no handler named 'nobody'/);
+  });
+
+  it("runs handlers without an entry with the processor", async () => {
+    const prefix = uniquePrefix("proc");
+    const w = worker(prefix, { processor: async (job) => `processed ${job.name}` });
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "anything" }]);
+    assert.deepEqual((await finalRecord(prefix, env.id)).outcome, { kind: "completed", result: "processed anything" });
+  });
+
+  it("writes progress records in order before the result", async () => {
+    const prefix = uniquePrefix("progress");
+    const progressEvents = [];
+    const w = worker(prefix, {
+      handlers: {
+        steps: async (job) => {
+          await job.progress(10);
+          await job.progress({ done: 2, total: 3 });
+          return "ok";
+        },
+      },
+    });
+    w.on("progress", (job, value) => progressEvents.push(value));
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "steps" }]);
+    await finalRecord(prefix, env.id);
+    const kinds = (await recordsOf(redis, prefix, env.id)).map((r) => r.outcome);
+    assert.deepEqual(kinds, [
+      { kind: "started" },
+      { kind: "progress", progress: 10 },
+      { kind: "progress", progress: { done: 2, total: 3 } },
+      { kind: "completed", result: "ok" },
+    ]);
+    assert.deepEqual(progressEvents, [10, { done: 2, total: 3 }]);
+  });
+
+  it("aborts the signal and fails the job (retryable) after timeoutMs", async () => {
+    const prefix = uniquePrefix("timeout");
+    let reason;
+    const w = worker(prefix, {
+      handlers: {
+        hang: (job) =>
+          new Promise((_, reject) => {
+            job.signal.addEventListener("abort", () => {
+              reason = job.signal.reason;
+              reject(job.signal.reason);
+            });
+          }),
+      },
+    });
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "hang", timeoutMs: 150 }]);
+    const rec = await finalRecord(prefix, env.id);
+    assert.deepEqual(rec.outcome, { kind: "failed", message: "timed out after 150 ms", retryable: true });
+    assert.equal(reason.why, "timeout");
+    assert.equal(reason.name, "AbortError");
+  });
+
+  it("stops a job cancelled over P:cancel and reports it cancelled, not retryable", async () => {
+    const prefix = uniquePrefix("cancel");
+    let reason;
+    const w = worker(prefix, {
+      handlers: {
+        hang: (job) =>
+          new Promise((_, reject) => {
+            job.signal.addEventListener("abort", () => {
+              reason = job.signal.reason;
+              reject(new Error("stopped"));
+            });
+          }),
+      },
+    });
+    const failed = new Promise((r) => w.once("failed", (job, err) => r({ job, err })));
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "hang" }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, env.id)).length > 0, { what: "started" });
+    await redis.publish(`${prefix}:cancel`, env.id);
+    const rec = await finalRecord(prefix, env.id);
+    assert.deepEqual(rec.outcome, { kind: "failed", message: "cancelled", retryable: false });
+    assert.equal(reason.why, "cancelled");
+    const event = await failed;
+    assert.equal(event.job.id, env.id);
+    assert.equal(event.err.why, "cancelled");
+    assert.equal(await redis.xlen(`${prefix}:q:q`), 0);
+  });
+
+  it("removes malformed entries (bad JSON, unknown version, no envelope) so they are not delivered forever", async () => {
+    const prefix = uniquePrefix("malformed");
+    const errors = [];
+    const w = new Worker({ redis: redisServer.url, prefix, queues: { q: 2 }, blockMs: 200, handlers: { ok: async () => 1 } });
+    workers.push(w);
+    w.on("error", (err) => errors.push(err.message));
+    await w.waitUntilReady();
+    const stream = `${prefix}:q:q`;
+    await redis.xadd(stream, "*", "envelope", "{not json");
+    await redis.xadd(stream, "*", "envelope", JSON.stringify({ v: 99, id: "x" }));
+    await redis.xadd(stream, "*", "other", "field");
+    const [env] = await enqueue(redis, prefix, [{ node: "ok" }]);
+    await finalRecord(prefix, env.id);
+    await waitFor(async () => (await redis.xlen(stream)) === 0, { what: "malformed entries deleted" });
+    assert.equal((await redis.xpending(stream, "workers"))[0], 0);
+    assert.equal(errors.filter((m) => m.includes("dropping malformed entry")).length, 3, errors.join("\n"));
+    assert.ok(errors.some((m) => m.includes("unsupported version 99")));
+  });
+
+  it("runs at most `concurrency` jobs of a queue at once", async () => {
+    const prefix = uniquePrefix("conc");
+    let now = 0;
+    let peak = 0;
+    const w = worker(prefix, {
+      queues: { q: 2 },
+      handlers: {
+        busy: async () => {
+          peak = Math.max(peak, ++now);
+          await sleep(60);
+          now--;
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const envs = await enqueue(redis, prefix, Array.from({ length: 8 }, (_, i) => ({ node: `busy`, flowId: `f${i}-${prefix}` })));
+    for (const env of envs) await finalRecord(prefix, env.id);
+    assert.equal(peak, 2);
+  });
+
+  it("resumes its own pending jobs at once when restarted under the same consumer name", async () => {
+    const prefix = uniquePrefix("pending");
+    const stream = `${prefix}:q:q`;
+    const envs = await enqueue(redis, prefix, [{ node: "a" }, { node: "b" }]);
+    // A previous run of consumer "slot-1" read both and died: they are pending on it.
+    await redis.xreadgroup("GROUP", "workers", "slot-1", "COUNT", 10, "STREAMS", stream, ">");
+    const ran = [];
+    // A lease of a minute: only pending-first can run them within this test.
+    const w = worker(prefix, { consumer: "slot-1", leaseMs: 60_000, processor: async (job) => ran.push(job.node) });
+    await w.waitUntilReady();
+    for (const env of envs) await finalRecord(prefix, env.id);
+    assert.deepEqual(ran.sort(), ["a", "b"]);
+  });
+
+  it("reclaims jobs of a dead worker after the lease, and fails as stalled those claimed too often", async () => {
+    const prefix = uniquePrefix("reclaim");
+    const stream = `${prefix}:q:q`;
+    const [fresh, stalled] = await enqueue(redis, prefix, [{ node: "fresh", maxStalled: 1 }, { node: "stale", maxStalled: 0 }]);
+    await redis.xreadgroup("GROUP", "workers", "dead-1", "COUNT", 10, "STREAMS", stream, ">");
+    const ran = [];
+    const stalledEvents = [];
+    const w = worker(prefix, { leaseMs: 300, reclaimEveryMs: 50, processor: async (job) => ran.push(job.node) });
+    w.on("stalled", (id, message) => stalledEvents.push({ id, message }));
+    const started = Date.now();
+    await w.waitUntilReady();
+    const done = await finalRecord(prefix, fresh.id);
+    assert.ok(Date.now() - started >= 250, "not before the lease");
+    assert.equal(done.outcome.kind, "completed");
+    const failed = await finalRecord(prefix, stalled.id);
+    assert.equal(failed.outcome.kind, "failed");
+    assert.equal(failed.outcome.retryable, false);
+    assert.match(failed.outcome.message, /^job stalled: claimed 1 times .*maxStalled 0/);
+    assert.deepEqual(ran, ["fresh"], "a stalled job is not run");
+    await waitFor(() => stalledEvents.length === 1, { what: "stalled event" });
+    assert.equal(stalledEvents[0].id, stalled.id);
+    assert.equal(await redis.xlen(stream), 0);
+  });
+
+  it("renews the lease of a running job so that no other worker reclaims it", async () => {
+    const prefix = uniquePrefix("lease");
+    let runs = 0;
+    const options = { leaseMs: 300, reclaimEveryMs: 50 };
+    const a = worker(prefix, {
+      ...options,
+      handlers: {
+        long: async () => {
+          runs++;
+          await sleep(1500);
+          return "done";
+        },
+      },
+    });
+    await a.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "long" }]);
+    await waitFor(() => runs === 1, { what: "job started" });
+    // Another worker that would reclaim anything idle longer than the lease.
+    const b = worker(prefix, { ...options, handlers: { long: async () => runs++ } });
+    await b.waitUntilReady();
+    const rec = await finalRecord(prefix, env.id);
+    assert.equal(rec.outcome.result, "done");
+    assert.equal(runs, 1);
+  });
+
+  it("reads the lease from P:config, falling back to 30000", async () => {
+    const prefix = uniquePrefix("config");
+    await redis.hset(`${prefix}:config`, "leaseMs", "1234", "maxStalled", "3");
+    const w = worker(prefix, { handlers: { x: async () => 1 } });
+    await w.waitUntilReady();
+    assert.equal(w.leaseMs, 1234);
+    const w2 = worker(uniquePrefix("noconfig"), { handlers: { x: async () => 1 } });
+    await w2.waitUntilReady();
+    assert.equal(w2.leaseMs, 30_000);
+  });
+
+  it("announces itself in P:workers with the Redis clock, and leaves on close", async () => {
+    const prefix = uniquePrefix("hb");
+    const w = worker(prefix, { consumer: "hb-1", queues: { q: 3, r: 1 }, heartbeatMs: 100, handlers: { a: async () => 1, b: async () => 2 } });
+    await w.waitUntilReady();
+    const [sec] = await redis.time();
+    const entry = JSON.parse(await redis.hget(`${prefix}:workers`, "hb-1"));
+    assert.ok(Math.abs(entry.ts - Number(sec) * 1000) < 5000);
+    assert.deepEqual(entry.queues, [{ name: "q", concurrency: 3 }, { name: "r", concurrency: 1 }]);
+    assert.deepEqual(entry.handlers, ["a", "b"]);
+    assert.equal(entry.intervalMs, 100);
+    const first = entry.ts;
+    await waitFor(async () => JSON.parse(await redis.hget(`${prefix}:workers`, "hb-1")).ts > first, { what: "second heartbeat" });
+    await w.close(1000);
+    assert.equal(await redis.hget(`${prefix}:workers`, "hb-1"), null);
+  });
+
+  it("recreates its group after FLUSHALL (UNBLOCKED / NOGROUP) and goes on serving", async () => {
+    const prefix = uniquePrefix("flush");
+    const errors = [];
+    const w = new Worker({ redis: redisServer.url, prefix, queues: { q: 2 }, blockMs: 1000, handlers: { a: async () => "after" } });
+    workers.push(w);
+    w.on("error", (err) => errors.push(err.message));
+    await w.waitUntilReady();
+    await sleep(100); // the reader is now blocked in XREADGROUP
+    await redis.flushall();
+    await sleep(300);
+    const [env] = await enqueue(redis, prefix, [{ node: "a" }]);
+    const rec = await finalRecord(prefix, env.id);
+    assert.equal(rec.outcome.result, "after");
+    assert.ok(errors.some((m) => /consumer group lost/.test(m)), errors.join("\n"));
+  });
+
+  it("never loses a report: a result finished while Redis is down is written once it is back", async () => {
+    if (redisServer.external) throw new Error("this test restarts Redis: run it without REDIS_URL");
+    const prefix = uniquePrefix("outage");
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const w = worker(prefix, {
+      handlers: {
+        gated: async () => {
+          await gate;
+          return "survived";
+        },
+        later: async () => "also",
+      },
+    });
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "gated" }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, env.id)).length === 1, { what: "started" });
+    await redisServer.stop();
+    release(); // the handler finishes while Redis is unreachable
+    await sleep(500);
+    await redisServer.restart(); // empty: Redis lost everything
+    const rec = await finalRecord(prefix, env.id);
+    assert.deepEqual(rec.outcome, { kind: "completed", result: "survived" });
+    // And the worker serves new jobs on the fresh Redis.
+    const [next] = await enqueue(redis, prefix, [{ node: "later" }]);
+    assert.equal((await finalRecord(prefix, next.id)).outcome.result, "also");
+  });
+
+  it("close() lets running jobs finish until the deadline, then abandons the rest unreported", async () => {
+    const prefix = uniquePrefix("close");
+    const stream = `${prefix}:q:q`;
+    let abandonedReason;
+    const w = worker(prefix, {
+      handlers: {
+        quick: async () => {
+          await sleep(200);
+          return "finished";
+        },
+        stuck: (job) =>
+          new Promise((resolve) => {
+            job.signal.addEventListener("abort", () => {
+              abandonedReason = job.signal.reason;
+              resolve("too late");
+            });
+          }),
+      },
+    });
+    const events = [];
+    w.on("closing", () => events.push("closing"));
+    w.on("closed", () => events.push("closed"));
+    await w.waitUntilReady();
+    const [quick, stuck] = await enqueue(redis, prefix, [{ node: "quick" }, { node: "stuck" }]);
+    await waitFor(async () => (await completions(redis, prefix)).length === 2, { what: "both started" });
+    const t0 = Date.now();
+    await w.close(700);
+    const took = Date.now() - t0;
+    assert.ok(took >= 600 && took < 3000, `close took ${took} ms`);
+    assert.deepEqual(events, ["closing", "closed"]);
+    assert.equal((await finalRecord(prefix, quick.id)).outcome.result, "finished");
+    assert.equal(abandonedReason.why, "closing");
+    await sleep(100);
+    const stuckRecords = await recordsOf(redis, prefix, stuck.id);
+    assert.deepEqual(stuckRecords.map((r) => r.outcome.kind), ["started"], "abandoned job is not reported");
+    const [count] = await redis.xpending(stream, "workers");
+    assert.equal(count, 1, "the abandoned job stays pending for another worker");
+    // No new job is read after close.
+    await enqueue(redis, prefix, [{ node: "quick" }]);
+    await sleep(300);
+    assert.equal(await redis.xlen(stream), 2);
+  });
+});

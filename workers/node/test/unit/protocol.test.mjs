@@ -1,0 +1,184 @@
+// Unit tests of the pure protocol code: envelope decoding, the report.lua call, the
+// outcome JSON, reply parsing, stalled arithmetic, error classification.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+
+import {
+  Keys,
+  encodeOutcome,
+  isGroupLost,
+  isStalled,
+  isValidQueueName,
+  parseAutoclaimReply,
+  parseDeliveries,
+  parseEnvelope,
+  parseReadReply,
+  reportArgs,
+  splitInput,
+  stalledMessage,
+} from "../../dist/protocol.js";
+import { FatalError, RetryableError, UnrecoverableError, isRetryable, messageOf } from "../../dist/errors.js";
+
+const good = {
+  v: 1,
+  id: "f1:resize:2",
+  flowId: "f1",
+  node: "resize",
+  attempt: 2,
+  handler: "resize",
+  queue: "images",
+  input: { data: { w: 800 }, parents: { download: { path: "/tmp/a" } } },
+  timeoutMs: 3000,
+  maxStalled: 1,
+  enqueuedAtMs: 1718000000000,
+};
+
+describe("keys", () => {
+  it("builds every key from the prefix", () => {
+    const k = new Keys("P");
+    assert.equal(k.queue("default"), "P:q:default");
+    assert.deepEqual(k.queueStreams("default"), ["P:q:default"]);
+    assert.equal(k.delayed("default"), "P:q:default:delayed");
+    assert.equal(k.flowJobs("f"), "P:flow:f:jobs");
+    assert.equal(k.completions(), "P:completions");
+    assert.equal(k.cancelChannel(), "P:cancel");
+    assert.equal(k.workers(), "P:workers");
+    assert.equal(k.config(), "P:config");
+    assert.equal(new Keys().queue("x"), "dagflow:q:x");
+    assert.throws(() => new Keys(""), /prefix/);
+  });
+
+  it("accepts the queue names the engine accepts", () => {
+    for (const ok of ["default", "gpu-1", "a_b", "v1.2"]) assert.ok(isValidQueueName(ok), ok);
+    for (const bad of ["", "a:b", "a b", "é", "x".repeat(257)]) assert.ok(!isValidQueueName(bad), bad);
+  });
+});
+
+describe("envelope", () => {
+  it("decodes a valid envelope and ignores unknown fields", () => {
+    const env = parseEnvelope(JSON.stringify({ ...good, somethingNew: [1] }));
+    assert.equal(env.id, "f1:resize:2");
+    assert.equal(env.attempt, 2);
+    assert.equal(env.timeoutMs, 3000);
+    assert.deepEqual(env.input, good.input);
+  });
+
+  it("treats timeoutMs as optional", () => {
+    const { timeoutMs, ...rest } = good;
+    assert.equal(parseEnvelope(JSON.stringify(rest)).timeoutMs, undefined);
+    assert.equal(parseEnvelope(JSON.stringify({ ...rest, timeoutMs: null })).timeoutMs, undefined);
+  });
+
+  it("refuses what the reference reader refuses, saying why", () => {
+    const cases = [
+      [null, /no envelope field/],
+      ["{not json", /not JSON/],
+      ["[1]", /not a JSON object/],
+      [JSON.stringify({ ...good, v: 2 }), /unsupported version 2/],
+      [JSON.stringify({ ...good, v: undefined }), /unsupported version/],
+      [JSON.stringify({ ...good, id: 5 }), /field id/],
+      [JSON.stringify({ ...good, attempt: 0 }), /attempt/],
+      [JSON.stringify({ ...good, attempt: 1.5 }), /attempt/],
+      [JSON.stringify({ ...good, maxStalled: -1 }), /maxStalled/],
+      [JSON.stringify({ ...good, enqueuedAtMs: "x" }), /enqueuedAtMs/],
+      [JSON.stringify({ ...good, input: undefined }), /input/],
+      [JSON.stringify({ ...good, timeoutMs: "5" }), /timeoutMs/],
+    ];
+    for (const [json, why] of cases) assert.throws(() => parseEnvelope(json), why, String(json));
+  });
+
+  it("splits the input; data is null for a node without data", () => {
+    assert.deepEqual(splitInput({ data: null, parents: {} }), { data: null, parents: {} });
+    assert.deepEqual(splitInput({ parents: { a: 1 } }), { data: null, parents: { a: 1 } });
+    assert.deepEqual(splitInput({ data: 3 }), { data: 3, parents: {} });
+    assert.match(splitInput("x"), /not an object/);
+    assert.match(splitInput({ data: 1, parents: [1] }), /parents/);
+  });
+});
+
+describe("outcomes and the report call", () => {
+  it("encodes each outcome kind as the engine reads it", () => {
+    assert.equal(encodeOutcome({ kind: "completed", result: { a: 1 } }), '{"kind":"completed","result":{"a":1}}');
+    assert.equal(encodeOutcome({ kind: "completed", result: undefined }), '{"kind":"completed","result":null}');
+    assert.equal(encodeOutcome({ kind: "progress", progress: 50 }), '{"kind":"progress","progress":50}');
+    assert.equal(encodeOutcome({ kind: "started" }), '{"kind":"started"}');
+    assert.deepEqual(JSON.parse(encodeOutcome({ kind: "failed", message: 'say "hi"', retryable: true })), {
+      kind: "failed",
+      message: 'say "hi"',
+      retryable: true,
+    });
+    assert.throws(() => encodeOutcome({ kind: "completed", result: 1n }), /BigInt/);
+    const cyclic = {};
+    cyclic.self = cyclic;
+    assert.throws(() => encodeOutcome({ kind: "completed", result: cyclic }), /circular/i);
+  });
+
+  it("builds report.lua's KEYS and ARGV as PROTOCOL.md lists them", () => {
+    const { keys, argv } = reportArgs(new Keys("P"), "P:q:images", "1-0", good, true, '{"kind":"started"}');
+    assert.deepEqual(keys, ["P:completions", "P:q:images", "P:flow:f1:jobs"]);
+    assert.deepEqual(argv, [
+      "workers", "engine", "1-0", "resize:2", "1",
+      "v", "1", "flow", "f1", "node", "resize", "attempt", "2", "job", "f1:resize:2", "outcome", '{"kind":"started"}',
+    ]);
+    assert.equal(reportArgs(new Keys("P"), "s", "1-0", good, false, "{}").argv[4], "0");
+  });
+});
+
+describe("replies", () => {
+  it("parses XREADGROUP replies, deleted entries included", () => {
+    const reply = [["P:q:a", [["1-0", ["envelope", "{}"]], ["2-0", null]]]];
+    const map = parseReadReply(reply);
+    assert.deepEqual(map.get("P:q:a"), [
+      { id: "1-0", fields: ["envelope", "{}"] },
+      { id: "2-0", fields: null },
+    ]);
+    assert.equal(parseReadReply(null).size, 0);
+  });
+
+  it("parses Redis 7's three-element XAUTOCLAIM reply", () => {
+    const { next, entries } = parseAutoclaimReply(["0-0", [["1-0", ["envelope", "x"]]], ["3-0"]]);
+    assert.equal(next, "0-0");
+    assert.deepEqual(entries, [{ id: "1-0", fields: ["envelope", "x"] }]);
+    assert.throws(() => parseAutoclaimReply("OK"), /XAUTOCLAIM/);
+  });
+
+  it("reads the delivery count of XPENDING", () => {
+    assert.equal(parseDeliveries([["1-0", "c", 5, 3]]), 3);
+    assert.equal(parseDeliveries([]), null);
+  });
+});
+
+describe("stalled", () => {
+  it("fails a job claimed more than maxStalled times (first delivery is the read)", () => {
+    // maxStalled 1: read (1) and one claim (2) run; a second claim (3) fails.
+    assert.equal(isStalled(1, 1), false);
+    assert.equal(isStalled(2, 1), false);
+    assert.equal(isStalled(3, 1), true);
+    // maxStalled 0: any claim fails it.
+    assert.equal(isStalled(2, 0), true);
+    assert.match(stalledMessage(3, 1, 2000), /^job stalled: claimed 2 times .*lease 2000 ms.*maxStalled 1/);
+  });
+
+  it("recognises a lost group: NOGROUP, and UNBLOCKED after FLUSHALL on 7.0", () => {
+    assert.ok(isGroupLost(new Error("NOGROUP No such key 'x' or consumer group 'workers'")));
+    assert.ok(isGroupLost(new Error("UNBLOCKED the stream key no longer exists")));
+    assert.ok(!isGroupLost(new Error("ERR something")));
+  });
+});
+
+describe("errors", () => {
+  it("says which failures may be retried: everything but FatalError", () => {
+    assert.equal(isRetryable(new Error("x")), true);
+    assert.equal(isRetryable(new RetryableError("x")), true);
+    assert.equal(isRetryable(new FatalError("x")), false);
+    assert.equal(isRetryable(new UnrecoverableError("x")), false);
+    assert.equal(isRetryable("a string"), true);
+    assert.equal(isRetryable({ retryable: false }), false);
+  });
+
+  it("gets a message out of anything thrown", () => {
+    assert.equal(messageOf(new Error("boom")), "boom");
+    assert.equal(messageOf("plain"), "plain");
+    assert.equal(messageOf({ code: 1 }), '{"code":1}');
+  });
+});
