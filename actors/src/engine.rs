@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::actors::delivery::REDELIVER_AFTER;
 use crate::actors::flow::FlowMsg;
 use crate::actors::reconcile::{reconcile_loop, DEFAULT_RECONCILE_EVERY};
 use crate::actors::router::{CompletionRouter, RouterArgs};
@@ -64,6 +65,7 @@ pub struct EngineBuilder {
     worker_only: bool,
     hibernate_after: Option<Duration>,
     reconcile_every: Duration,
+    redeliver_after: Duration,
 }
 
 impl Default for EngineBuilder {
@@ -83,6 +85,7 @@ impl Default for EngineBuilder {
             worker_only: false,
             hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
             reconcile_every: DEFAULT_RECONCILE_EVERY,
+            redeliver_after: REDELIVER_AFTER,
         }
     }
 }
@@ -178,6 +181,14 @@ impl EngineBuilder {
         self
     }
 
+    /// How long a completion record may stay read but unacknowledged before the
+    /// router reads it again (its flow actor stopped or the engine that read it
+    /// crashed). Redelivering a record still in flight is harmless, only wasted work.
+    pub fn redeliver_after(mut self, after: Duration) -> Self {
+        self.redeliver_after = after.max(Duration::from_millis(100));
+        self
+    }
+
     /// Runs only workers: no flows, no store (for extra worker processes).
     pub fn worker_only(mut self) -> Self {
         self.worker_only = true;
@@ -230,6 +241,7 @@ impl EngineBuilder {
                 limits: self.limits.clone(),
                 max_stalled: self.max_stalled,
                 hibernate_after: self.hibernate_after,
+                redeliver_after: self.redeliver_after,
                 handback: Some(handback_tx),
                 stats: EngineStats::default(),
             });
@@ -670,6 +682,10 @@ impl Engine {
             for task in &flows.background {
                 task.abort();
             }
+            // They hold the store; a caller may reopen it once shutdown returns.
+            while flows.background.iter().any(|t| !t.is_finished()) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             for actor in flows.shared.directory.all() {
                 if let Err(e) = call_t!(actor, FlowMsg::Drain, 5_000) {
                     warn!(error = %e, "a flow did not drain before shutdown");
@@ -749,10 +765,7 @@ async fn promote_loop(shared: Arc<Shared>) {
         tokio::time::sleep(PROMOTE_EVERY).await;
         match shared.queue.promote_all_due(now_ms()).await {
             Ok(n) => {
-                shared
-                    .stats
-                    .promoted
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                shared.stats.promoted.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => tracing::debug!(error = %e, "promoting due retries failed"),
         }

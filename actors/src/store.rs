@@ -636,7 +636,13 @@ mod tests {
                 WriteOp::Spec(id, "{}".into()),
                 WriteOp::Node(id, NodeIdx::from_u32(0), node.clone()),
                 WriteOp::Idempotency("k".into(), id),
-                WriteOp::Flow(other, FlowRecord { idempotency_key: None, ..record(FlowStatus::Running) }),
+                WriteOp::Flow(
+                    other,
+                    FlowRecord {
+                        idempotency_key: None,
+                        ..record(FlowStatus::Running)
+                    },
+                ),
                 WriteOp::Node(id, NodeIdx::from_u32(1), node),
                 WriteOp::Delete(id),
             ])

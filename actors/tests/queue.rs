@@ -176,7 +176,13 @@ async fn delayed_job_is_readable_only_after_promotion() {
     assert_eq!(state["e"], got[0].entry_id.as_str());
 
     // Promoting again moves nothing.
-    assert_eq!(queue.promote_due("default", now_ms() + 120_000).await.unwrap(), 0);
+    assert_eq!(
+        queue
+            .promote_due("default", now_ms() + 120_000)
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -489,7 +495,10 @@ async fn cleanup_flow_removes_promoted_jobs_too() {
     let _reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
         .await
         .unwrap();
-    assert_eq!(queue.promote_due("default", now_ms() + 1000).await.unwrap(), 1);
+    assert_eq!(
+        queue.promote_due("default", now_ms() + 1000).await.unwrap(),
+        1
+    );
     queue.cleanup_flow("f1").await.unwrap();
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
     assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix()))
@@ -514,7 +523,10 @@ async fn promotion_skips_jobs_of_deleted_flows() {
     let _reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
         .await
         .unwrap();
-    assert_eq!(queue.promote_due("default", now_ms() + 1000).await.unwrap(), 0);
+    assert_eq!(
+        queue.promote_due("default", now_ms() + 1000).await.unwrap(),
+        0
+    );
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
     assert!(keys_matching(&url, &format!("{}*f1*", keys.prefix()))
         .await
@@ -814,4 +826,82 @@ async fn clients_survive_a_redis_restart() {
         }
     };
     assert_eq!(records[0].job_id, "f1:a:1");
+}
+
+#[tokio::test]
+async fn a_report_of_a_delivery_from_before_a_wipe_does_not_mark_the_new_one_done() {
+    let (url, keys, queue) = setup().await;
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let old = reader.read(1, 100).await.unwrap().pop().unwrap();
+    // Redis loses the job (its stream entry and its field) and the engine puts it
+    // back: the same job, a new delivery.
+    let mut conn = raw_conn(&url).await;
+    redis::cmd("HDEL")
+        .arg(keys.flow_jobs("f1"))
+        .arg("a:1")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
+    let states = queue.job_states("f1").await.unwrap();
+    let new_state: serde_json::Value = serde_json::from_str(&states["a:1"]).unwrap();
+    assert_ne!(new_state["e"], old.entry_id.as_str());
+    // The worker that ran the old delivery reports, and a local ack of it comes too.
+    let done = Outcome::Completed {
+        result: RawValue::from_string("1".to_owned()).unwrap(),
+    };
+    queue.report_remote(&old, &done).await.unwrap();
+    queue.ack_local(&[local_ack(&old)]).await.unwrap();
+    // The new delivery is still queued: it runs, and the flow's cleanup removes it.
+    let states = queue.job_states("f1").await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&states["a:1"]).unwrap(),
+        new_state
+    );
+    let again = reader.read(1, 100).await.unwrap();
+    assert_eq!(again.len(), 1);
+    queue.cleanup_flow("f1").await.unwrap();
+    assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
+}
+
+#[tokio::test]
+async fn idle_consumers_without_pending_jobs_are_removed() {
+    let (url, keys, queue) = setup().await;
+    queue
+        .enqueue("f1", &[job("f1", "a", "default")])
+        .await
+        .unwrap();
+    let mut busy = QueueReader::connect(&url, keys.clone(), "default", "busy")
+        .await
+        .unwrap();
+    assert_eq!(busy.read(1, 100).await.unwrap().len(), 1);
+    let mut gone = QueueReader::connect(&url, keys.clone(), "default", "gone")
+        .await
+        .unwrap();
+    assert!(gone.read(1, 10).await.unwrap().is_empty());
+    let mut me = QueueReader::connect(&url, keys.clone(), "default", "me")
+        .await
+        .unwrap();
+    assert!(me.read(1, 10).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // `gone` holds nothing and is idle; `busy` holds a job; `me` is the caller.
+    assert_eq!(me.remove_idle_consumers(10).await.unwrap(), 1);
+    let mut conn = raw_conn(&url).await;
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(keys.queue("default"))
+        .arg("workers")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(consumers.len(), 2);
 }

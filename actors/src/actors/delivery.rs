@@ -15,7 +15,7 @@
 //! actor that failed on a flush error, a cast to an actor that is already gone. So
 //! a report is never lost in memory; and for what a crash of the whole process
 //! takes, Redis is the owner: a record stays pending in `P:completions` until acked
-//! and is claimed again after [`REDELIVER_AFTER`]; a local job stays pending in
+//! and is claimed again after [`REDELIVER_AFTER`] (`EngineBuilder::redeliver_after`); a local job stays pending in
 //! its queue stream and is reclaimed after its lease.
 
 use std::time::Duration;
@@ -27,7 +27,7 @@ use crate::ids::FlowId;
 use crate::queue::{LocalAck, Outcome};
 
 /// Records of `P:completions` read but not acknowledged for this long are read
-/// again by the router (taken over from whichever consumer holds them).
+/// again by the router (taken over from whichever consumer holds them), by default.
 pub const REDELIVER_AFTER: Duration = Duration::from_secs(15);
 
 /// How to acknowledge a report once what it says is durable.
@@ -93,7 +93,9 @@ impl Receipt {
     /// The report.
     pub fn report(&self) -> &Report {
         // Only `settle` and `into_report` take the report, and both consume `self`.
-        self.report.as_ref().unwrap_or_else(|| unreachable!("a receipt holds its report until consumed"))
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a receipt holds its report until consumed"))
     }
 
     /// The ack was carried out: nothing is left to own.
@@ -125,7 +127,9 @@ impl Drop for Receipt {
                     tracing::debug!("report dropped during shutdown; redis keeps it pending");
                 }
             }
-            None => tracing::debug!("report dropped without a hand-back channel; redis keeps it pending"),
+            None => tracing::debug!(
+                "report dropped without a hand-back channel; redis keeps it pending"
+            ),
         }
     }
 }

@@ -96,7 +96,10 @@ struct RedisWork {
 
 impl RedisWork {
     fn is_empty(&self) -> bool {
-        self.enqueue.is_empty() && self.cancel.is_empty() && self.receipts.is_empty() && !self.cleanup
+        self.enqueue.is_empty()
+            && self.cancel.is_empty()
+            && self.receipts.is_empty()
+            && !self.cleanup
     }
 
     fn add_receipt(&mut self, receipt: Option<Receipt>) {
@@ -654,7 +657,12 @@ impl FlowActorState {
     /// Carries out the effects of a worker's report; its receipt is settled after
     /// the flush that holds them (or, for a report that changed nothing, after the
     /// write in flight that holds the original).
-    fn persist_report(&mut self, myself: &ActorRef<FlowMsg>, effects: Vec<Effect>, receipt: Receipt) {
+    fn persist_report(
+        &mut self,
+        myself: &ActorRef<FlowMsg>,
+        effects: Vec<Effect>,
+        receipt: Receipt,
+    ) {
         let commit = Commit {
             receipt: Some(receipt),
             ..Commit::default()
@@ -663,7 +671,12 @@ impl FlowActorState {
     }
 
     /// Carries out the effects of a client's request and answers it once durable.
-    fn persist_and_reply(&mut self, myself: &ActorRef<FlowMsg>, effects: Vec<Effect>, reply: Reply) {
+    fn persist_and_reply(
+        &mut self,
+        myself: &ActorRef<FlowMsg>,
+        effects: Vec<Effect>,
+        reply: Reply,
+    ) {
         let commit = Commit {
             reply: Some(reply),
             ..Commit::default()
@@ -707,7 +720,11 @@ impl FlowActorState {
             match effect {
                 Effect::Persist(changes) => {
                     for n in changes.nodes {
-                        ops.push(WriteOp::Node(id, n, NodeRecord::from_state(self.flow.node(n))));
+                        ops.push(WriteOp::Node(
+                            id,
+                            n,
+                            NodeRecord::from_state(self.flow.node(n)),
+                        ));
                     }
                 }
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
@@ -893,7 +910,12 @@ impl FlowActorState {
             })
             .map(|job| self.new_job(job, now))
             .collect();
-        match self.shared.queue.repair_jobs(&self.flow.id().to_string(), &jobs).await {
+        match self
+            .shared
+            .queue
+            .repair_jobs(&self.flow.id().to_string(), &jobs)
+            .await
+        {
             Ok(n) => {
                 if n > 0 {
                     warn!(flow = %self.flow.id(), jobs = n, "put back jobs that redis had lost");
@@ -903,7 +925,9 @@ impl FlowActorState {
                     .reconcile_repaired
                     .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => debug!(flow = %self.flow.id(), error = %e, "repairing jobs failed; the next pass tries again"),
+            Err(e) => {
+                debug!(flow = %self.flow.id(), error = %e, "repairing jobs failed; the next pass tries again")
+            }
         }
     }
 

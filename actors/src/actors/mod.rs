@@ -100,6 +100,8 @@ pub struct Shared {
     /// snapshot holds everything) and is woken by the next thing that concerns
     /// it; `None` keeps every running flow's actor alive.
     pub hibernate_after: Option<std::time::Duration>,
+    /// Completion records read but not acknowledged for this long are read again.
+    pub redeliver_after: std::time::Duration,
     /// Where reports that a flow actor dropped go (the router); `None` only in
     /// engines that run no router.
     pub handback: Option<delivery::HandBack>,

@@ -69,7 +69,10 @@ pub(crate) async fn reconcile_loop(
                     Ok(_) => {}
                     Err(e) => debug!(flow = %id, error = %e, "reconciliation skipped a flow"),
                 }
-                shared.stats.reconcile_checked.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .reconcile_checked
+                    .fetch_add(1, Ordering::Relaxed);
             }
             if done {
                 break;
@@ -77,7 +80,10 @@ pub(crate) async fn reconcile_loop(
             tokio::time::sleep(CHUNK_EVERY).await;
         }
         suspects = seen;
-        shared.stats.reconcile_passes.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .reconcile_passes
+            .fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(every.saturating_sub(started.elapsed()).max(CHUNK_EVERY)).await;
     }
 }
@@ -98,7 +104,12 @@ async fn check_flow(
     let jobs: Vec<(String, String)> = state
         .dag()
         .indices()
-        .filter(|&i| matches!(state.node(i).status, NodeStatus::Queued | NodeStatus::Active))
+        .filter(|&i| {
+            matches!(
+                state.node(i).status,
+                NodeStatus::Queued | NodeStatus::Active
+            )
+        })
         .map(|i| {
             let node = state.dag().node(i);
             (

@@ -14,7 +14,8 @@
 //!
 //! Bounds: at most [`WINDOW`] records read from Redis are in flight (routed, not
 //! yet acknowledged) at once, at most [`MAX_PARKED`] reports wait here, and records
-//! that stay unacknowledged for [`REDELIVER_AFTER`] are claimed and routed again.
+//! that stay unacknowledged for `redeliver_after` (default
+//! [`REDELIVER_AFTER`](super::delivery::REDELIVER_AFTER)) are claimed and routed again.
 
 use std::collections::VecDeque;
 use std::str::FromStr;
@@ -28,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::delivery::{Ack, HandBack, Receipt, Report, REDELIVER_AFTER};
+use super::delivery::{Ack, HandBack, Receipt, Report};
 use super::flow::FlowMsg;
 use super::supervisor::SupervisorMsg;
 use super::Shared;
@@ -146,18 +147,25 @@ async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: Cancell
     let mut last_claim = Instant::now();
     while !stop.is_cancelled() {
         while let Ok(report) = handback.try_recv() {
-            routing.shared.stats.handed_back.fetch_add(1, Ordering::Relaxed);
+            routing
+                .shared
+                .stats
+                .handed_back
+                .fetch_add(1, Ordering::Relaxed);
             routing.route(report, None, 0).await;
         }
         routing.retry_parked().await;
         let result: Result<(), crate::queue::QueueError> = async {
-            if last_claim.elapsed() >= CLAIM_EVERY {
+            if last_claim.elapsed() >= CLAIM_EVERY.min(routing.shared.redeliver_after / 2) {
                 last_claim = Instant::now();
                 let stale = reader
-                    .claim_stale(REDELIVER_AFTER.as_millis() as u64, BATCH)
+                    .claim_stale(routing.shared.redeliver_after.as_millis() as u64, BATCH)
                     .await?;
                 if !stale.is_empty() {
-                    debug!(records = stale.len(), "routing completion records again that were not acknowledged in time");
+                    debug!(
+                        records = stale.len(),
+                        "routing completion records again that were not acknowledged in time"
+                    );
                     routing
                         .shared
                         .stats
@@ -178,7 +186,11 @@ async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: Cancell
                 }
                 return Ok(());
             }
-            let block = if routing.parked.is_empty() { BLOCK_MS } else { 50 };
+            let block = if routing.parked.is_empty() {
+                BLOCK_MS
+            } else {
+                50
+            };
             let records = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 r = reader.read(room, block) => r?,
@@ -202,7 +214,11 @@ async fn read_loop(args: RouterArgs, mut reader: CompletionReader, stop: Cancell
 }
 
 impl Routing {
-    async fn route_record(&mut self, record: CompletionRecord, permit: Option<OwnedSemaphorePermit>) {
+    async fn route_record(
+        &mut self,
+        record: CompletionRecord,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let Ok(flow) = FlowId::from_str(&record.flow_id) else {
             debug!(flow = %record.flow_id, "dropping completion record with a malformed flow id");
             self.ack(&Ack::Completion(record.entry_id)).await;
@@ -285,8 +301,9 @@ impl Routing {
             return;
         }
         let now = Instant::now();
-        let (due, waiting): (Vec<Parked>, Vec<Parked>) =
-            std::mem::take(&mut self.parked).into_iter().partition(|p| p.due <= now);
+        let (due, waiting): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.due <= now);
         self.parked = waiting.into();
         for p in due {
             self.route(p.report, p.permit, p.tries).await;
@@ -299,7 +316,7 @@ impl Routing {
 
     /// Gives a report that could not be delivered for a long time back to Redis:
     /// a record stays pending in `P:completions` and is claimed again after
-    /// [`REDELIVER_AFTER`]; a local report is written to the completions stream
+    /// `redeliver_after`; a local report is written to the completions stream
     /// (which also acknowledges its job), where Redis owns it from then on.
     async fn let_go(&self, report: Report) {
         match &report.ack {
@@ -328,7 +345,12 @@ impl Routing {
     async fn ack(&self, ack: &Ack) {
         let result = match ack {
             Ack::None => Ok(()),
-            Ack::Local(local) => self.shared.queue.ack_local(std::slice::from_ref(local)).await,
+            Ack::Local(local) => {
+                self.shared
+                    .queue
+                    .ack_local(std::slice::from_ref(local))
+                    .await
+            }
             Ack::Completion(id) => {
                 self.shared
                     .queue

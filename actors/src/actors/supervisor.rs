@@ -256,7 +256,8 @@ impl Actor for FlowSupervisor {
                         let me = myself.clone();
                         tokio::spawn(async move {
                             // A hibernating flow may have jobs running: tell them to stop.
-                            let cancels = match shared.queue.unfinished_jobs(&id.to_string()).await {
+                            let cancels = match shared.queue.unfinished_jobs(&id.to_string()).await
+                            {
                                 Ok(jobs) => jobs,
                                 Err(e) => {
                                     let _ = me.cast(SupervisorMsg::Deleted(id, Err(e.into())));
@@ -282,7 +283,8 @@ impl Actor for FlowSupervisor {
                     Ok(unfinished) => {
                         for id in unfinished {
                             if state.shared.directory.get(id).is_none() {
-                                if let Err(e) = state.spawn_restored(&myself, id, None, true).await {
+                                if let Err(e) = state.spawn_restored(&myself, id, None, true).await
+                                {
                                     error!(flow = %id, error = %e, "could not wake flow for a resync");
                                 }
                             }

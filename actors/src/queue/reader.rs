@@ -352,7 +352,9 @@ impl QueueReader {
     /// fresh name left one behind). Returns how many were removed.
     pub async fn remove_idle_consumers(&mut self, idle_ms: u64) -> Result<usize, QueueError> {
         let mut cmd = redis::cmd("XINFO");
-        cmd.arg("CONSUMERS").arg(&self.stream.key).arg(WORKERS_GROUP);
+        cmd.arg("CONSUMERS")
+            .arg(&self.stream.key)
+            .arg(WORKERS_GROUP);
         let Some(value) = self.stream.group_query(&cmd, COMMAND_TIMEOUT).await? else {
             return Ok(0);
         };
