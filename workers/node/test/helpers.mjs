@@ -128,7 +128,7 @@ export async function startServer({ redisUrl, prefix, queues = "default", lease 
   ];
   const proc = spawn(bin, args, {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.DAGFLOW_TEST_LOG ?? "info", DAGFLOW_LOG_JSON: "", ...env },
+    env: { ...process.env, RUST_LOG: process.env.DAGFLOW_TEST_LOG ?? "info", ...env },
   });
   let log = "";
   const onData = (chunk) => {

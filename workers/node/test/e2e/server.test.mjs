@@ -1,0 +1,372 @@
+// End to end: a real `dagflow serve` (built-in Rust handlers on queue `default`), a
+// real redis-server, TypeScript workers on queues only they serve, and the client
+// over real HTTP and WebSocket. The server's lease is 2 s so that reclaim after a
+// SIGKILL fits in a test.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { Client, DagflowApiError, FatalError, Worker } from "../../dist/index.js";
+import { startRedis, startServer, startWorkerProcess, uniquePrefix, waitFor } from "../helpers.mjs";
+
+let redisServer;
+let server;
+let client;
+let prefix;
+const cleanups = [];
+
+before(async () => {
+  redisServer = await startRedis();
+  prefix = uniquePrefix("e2e");
+  server = await startServer({ redisUrl: redisServer.url, prefix, queues: "default", lease: "2s" });
+  client = new Client({ baseUrl: server.baseUrl });
+});
+
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn().catch(() => {});
+  await server?.stop();
+  await redisServer?.stop();
+});
+
+/** A TypeScript worker on the server's Redis and prefix; closed after the file. */
+function tsWorker(options) {
+  const w = new Worker({ redis: redisServer.url, prefix, blockMs: 500, ...options });
+  w.on("error", () => {});
+  cleanups.push(() => w.close(2000));
+  return w;
+}
+
+const nodeOf = (flow, name) => flow.nodes.find((n) => n.name === name);
+
+describe("TypeScript worker with a real dagflow server", () => {
+  it("publishes its lease in P:config, and the worker uses it", async () => {
+    const w = tsWorker({ queues: { "ts-lease": 1 }, handlers: { x: async () => 1 } });
+    await w.waitUntilReady();
+    assert.equal(w.leaseMs, 2000);
+  });
+
+  it("runs a flow across Rust and TypeScript: echo feeds a TS node, whose result feeds an echo child", async () => {
+    let seenParents;
+    const w = tsWorker({
+      queues: { "ts-mixed": 4 },
+      handlers: {
+        double: async (job) => {
+          seenParents = job.parents;
+          return { n: job.parents.src.data.n * 2, by: "typescript", jobId: job.id };
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({
+      name: "mixed",
+      nodes: [
+        { name: "src", handler: "echo", data: { n: 21 } },
+        { name: "double", queue: "ts-mixed", parents: ["src"] },
+        { name: "sink", handler: "echo", parents: ["double"] },
+      ],
+    });
+    const flow = await client.wait(id, { timeoutMs: 20_000 });
+    assert.equal(flow.status, "completed");
+    assert.deepEqual(seenParents, { src: { data: { n: 21 }, parents: {} } });
+    const tsResult = { n: 42, by: "typescript", jobId: `${id}:double:1` };
+    assert.deepEqual(nodeOf(flow, "double").result, tsResult);
+    assert.deepEqual(nodeOf(flow, "sink").result, { data: null, parents: { double: tsResult } });
+    assert.ok(nodeOf(flow, "double").startedAt, "the started record set startedAt");
+  });
+
+  it("shows a running TypeScript job as active (started record)", async () => {
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const w = tsWorker({ queues: { "ts-active": 1 }, handlers: { wait: () => gate } });
+    await w.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "wait", queue: "ts-active" }] });
+    await waitFor(async () => nodeOf(await client.get(id), "wait").status === "active", { what: "node active" });
+    release("ok");
+    const flow = await client.wait(id, { timeoutMs: 10_000 });
+    assert.equal(nodeOf(flow, "wait").result, "ok");
+  });
+
+  it("retries a retryable failure on a queue only TypeScript serves (attempts: 3)", async () => {
+    const attempts = [];
+    const w = tsWorker({
+      queues: { "ts-retry": 2 },
+      handlers: {
+        flaky: async (job) => {
+          attempts.push(job.attempt);
+          if (job.attempt < 3) throw new Error(`flaky failure ${job.attempt}`);
+          return { attempt: job.attempt };
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({
+      nodes: [{ name: "flaky", queue: "ts-retry", opts: { attempts: 3, backoff: { type: "fixed", delayMs: 100 } } }],
+    });
+    const flow = await client.wait(id, { timeoutMs: 20_000 });
+    assert.deepEqual(attempts, [1, 2, 3]);
+    assert.equal(flow.status, "completed");
+    assert.equal(nodeOf(flow, "flaky").attempt, 3);
+    assert.deepEqual(nodeOf(flow, "flaky").result, { attempt: 3 });
+  });
+
+  it("does not retry a FatalError", async () => {
+    let runs = 0;
+    const w = tsWorker({
+      queues: { "ts-fatal": 1 },
+      handlers: {
+        broken: async () => {
+          runs++;
+          throw new FatalError("bad input");
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "broken", queue: "ts-fatal", opts: { attempts: 3 } }] });
+    const flow = await client.wait(id, { timeoutMs: 10_000 });
+    assert.equal(flow.status, "failed");
+    assert.equal(nodeOf(flow, "broken").status, "failed");
+    assert.equal(nodeOf(flow, "broken").error, "bad input");
+    assert.equal(runs, 1);
+  });
+
+  it("cancels a running TypeScript job: its signal fires and the node ends cancelled", async () => {
+    let reason;
+    const w = tsWorker({
+      queues: { "ts-cancel": 1 },
+      handlers: {
+        hang: (job) =>
+          new Promise((_, reject) =>
+            job.signal.addEventListener("abort", () => {
+              reason = job.signal.reason;
+              reject(job.signal.reason);
+            }),
+          ),
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "hang", queue: "ts-cancel" }] });
+    await waitFor(async () => nodeOf(await client.get(id), "hang").status === "active", { what: "node active" });
+    const view = await client.cancel(id);
+    assert.equal(view.status, "cancelled");
+    await waitFor(() => reason !== undefined, { what: "signal aborted" });
+    assert.equal(reason.why, "cancelled");
+    const flow = await client.get(id);
+    assert.equal(nodeOf(flow, "hang").status, "cancelled");
+    // The worker reported it, so its entry is gone from the stream.
+    await waitFor(async () => {
+      const { Redis } = await import("ioredis");
+      const r = new Redis(redisServer.url);
+      try {
+        return (await r.xlen(`${prefix}:q:ts-cancel`)) === 0;
+      } finally {
+        r.disconnect();
+      }
+    }, { what: "entry removed" });
+  });
+
+  it("fails a job past its timeoutMs: the signal fires and the node fails with the timeout", async () => {
+    let reason;
+    const w = tsWorker({
+      queues: { "ts-timeout": 1 },
+      handlers: {
+        slow: (job) =>
+          new Promise((_, reject) =>
+            job.signal.addEventListener("abort", () => {
+              reason = job.signal.reason;
+              reject(job.signal.reason);
+            }),
+          ),
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "slow", queue: "ts-timeout", opts: { timeoutMs: 300 } }] });
+    const flow = await client.wait(id, { timeoutMs: 10_000 });
+    assert.equal(flow.status, "failed");
+    assert.equal(nodeOf(flow, "slow").error, "timed out after 300 ms");
+    assert.equal(reason.why, "timeout");
+  });
+
+  it("streams progress to WebSocket watchers", async () => {
+    // The handler reports progress only once the watcher has its snapshot, and
+    // finishes only once the watcher saw the progress event.
+    let subscribed;
+    const afterSnapshot = new Promise((r) => (subscribed = r));
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const w = tsWorker({
+      queues: { "ts-progress": 1 },
+      handlers: {
+        steps: async (job) => {
+          await afterSnapshot;
+          await job.progress({ done: 1, total: 2 });
+          await gate;
+          return "done";
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "steps", queue: "ts-progress" }] });
+    const messages = [];
+    for await (const message of client.watch(id, { timeoutMs: 15_000 })) {
+      messages.push(message);
+      if (message.type === "snapshot") subscribed();
+      if (message.type === "flow:updated" && message.progress !== undefined) release();
+    }
+    assert.equal(messages[0].type, "snapshot");
+    const progress = messages.find((m) => m.type === "flow:updated" && m.progress !== undefined);
+    assert.deepEqual(progress.progress, { done: 1, total: 2 });
+    assert.equal(progress.node, "steps");
+    const last = messages[messages.length - 1];
+    assert.equal(last.node, undefined);
+    assert.equal(last.status, "completed");
+    const seqs = messages.filter((m) => m.type === "flow:updated").map((m) => m.seq);
+    assert.ok(seqs.every((s, i) => i === 0 || s === seqs[i - 1] + 1), `seq without gaps: ${seqs}`);
+    assert.ok(seqs[0] > messages[0].flow.seq || messages[0].flow.status !== "running");
+    const flow = await client.get(id);
+    assert.deepEqual(nodeOf(flow, "steps").progress, { done: 1, total: 2 });
+  });
+
+  it("a job of a SIGKILLed worker process is reclaimed by another after the lease", async () => {
+    const queue = "ts-kill";
+    const a = await startWorkerProcess({ redis: redisServer.url, prefix, queues: { [queue]: 1 }, consumer: "victim", blockMs: 500 });
+    cleanups.push(() => a.kill());
+    const id = await client.submit({ nodes: [{ name: "slow", queue, data: { ms: 60_000 } }] });
+    await waitFor(() => a.lines.includes(`started ${id}:slow:1`), { what: "job started in the worker process" });
+    await a.kill("SIGKILL");
+    const killedAt = Date.now();
+    let rescuedAt;
+    const b = tsWorker({
+      queues: { [queue]: 1 },
+      consumer: "rescuer",
+      handlers: {
+        slow: async (job) => {
+          rescuedAt = Date.now();
+          return { rescuedBy: "rescuer", attempt: job.attempt };
+        },
+      },
+    });
+    await b.waitUntilReady();
+    const flow = await client.wait(id, { timeoutMs: 20_000 });
+    assert.equal(flow.status, "completed");
+    assert.deepEqual(nodeOf(flow, "slow").result, { rescuedBy: "rescuer", attempt: 1 });
+    const waited = rescuedAt - killedAt;
+    assert.ok(waited >= 1000, `reclaimed only after the lease (after ${waited} ms)`);
+  });
+
+  it("close() lets a running job finish before the deadline", async () => {
+    const w = new Worker({
+      redis: redisServer.url,
+      prefix,
+      queues: { "ts-close": 1 },
+      blockMs: 500,
+      handlers: {
+        work: async () => {
+          await sleep(500);
+          return "finished during close";
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "work", queue: "ts-close" }] });
+    await waitFor(async () => nodeOf(await client.get(id), "work").status === "active", { what: "active" });
+    await w.close(10_000);
+    const flow = await client.wait(id, { timeoutMs: 5_000 });
+    assert.equal(nodeOf(flow, "work").result, "finished during close");
+  });
+
+  it("close() past its deadline abandons the job, which another worker runs after the lease", async () => {
+    let abandoned;
+    const first = new Worker({
+      redis: redisServer.url,
+      prefix,
+      queues: { "ts-abandon": 1 },
+      blockMs: 500,
+      handlers: {
+        work: (job) =>
+          new Promise((resolve) =>
+            job.signal.addEventListener("abort", () => {
+              abandoned = job.signal.reason;
+              resolve("too late");
+            }),
+          ),
+      },
+    });
+    await first.waitUntilReady();
+    const id = await client.submit({ nodes: [{ name: "work", queue: "ts-abandon" }] });
+    await waitFor(async () => nodeOf(await client.get(id), "work").status === "active", { what: "active" });
+    await first.close(200);
+    assert.equal(abandoned.why, "closing");
+    const second = tsWorker({ queues: { "ts-abandon": 1 }, handlers: { work: async () => "second worker" } });
+    await second.waitUntilReady();
+    const flow = await client.wait(id, { timeoutMs: 15_000 });
+    assert.equal(nodeOf(flow, "work").result, "second worker");
+  });
+});
+
+describe("client", () => {
+  it("submits idempotently with an Idempotency-Key", async () => {
+    const spec = { nodes: [{ name: "a", handler: "noop" }] };
+    const key = `k-${Date.now()}`;
+    const first = await client.submit(spec, { idempotencyKey: key });
+    const again = await client.submit(spec, { idempotencyKey: key });
+    assert.equal(again, first);
+    const other = await client.submit(spec);
+    assert.notEqual(other, first);
+  });
+
+  it("rejects an invalid flow with 422 and every problem", async () => {
+    await assert.rejects(
+      client.submit({ nodes: [{ name: "a", parents: ["missing"] }, { name: "a" }] }),
+      (err) => {
+        assert.ok(err instanceof DagflowApiError);
+        assert.equal(err.status, 422);
+        assert.equal(err.code, "invalid_flow");
+        const codes = err.details.problems.map((p) => p.code);
+        assert.ok(codes.length >= 2, JSON.stringify(err.details));
+        return true;
+      },
+    );
+  });
+
+  it("gets a flow, a node with its input, lists, and deletes", async () => {
+    const id = await client.submit({ name: "crud", nodes: [{ name: "a", handler: "echo", data: { x: 1 } }, { name: "b", handler: "echo", parents: ["a"] }] });
+    const flow = await client.wait(id, { timeoutMs: 10_000 });
+    assert.equal(flow.name, "crud");
+    const b = await client.node(id, "b");
+    assert.deepEqual(b.input, { data: null, parents: { a: { data: { x: 1 }, parents: {} } } });
+    const page = await client.list({ status: "completed", limit: 1000 });
+    assert.ok(page.flows.some((f) => f.id === id));
+    await client.delete(id);
+    await assert.rejects(client.get(id), (err) => err.status === 404 && err.code === "flow_not_found");
+  });
+
+  it("wait() rejects with code timeout when the flow does not end in time", async () => {
+    const id = await client.submit({ nodes: [{ name: "s", handler: "sleep", data: { ms: 3000 } }] });
+    await assert.rejects(client.wait(id, { timeoutMs: 300 }), (err) => err.code === "timeout");
+    await client.cancel(id);
+  });
+
+  it("watch() of an unknown flow rejects with flow_not_found", async () => {
+    const unknown = "01900000-0000-7000-8000-000000000000";
+    await assert.rejects(
+      (async () => {
+        for await (const _ of client.watch(unknown, { timeoutMs: 5000 })) {
+          // nothing is expected
+        }
+      })(),
+      (err) => err.code === "flow_not_found",
+    );
+  });
+
+  it("sends the API token on HTTP and WebSocket", async () => {
+    const tokenPrefix = uniquePrefix("token");
+    const guarded = await startServer({ redisUrl: redisServer.url, prefix: tokenPrefix, extraArgs: ["--api-token", "s3cret"] });
+    cleanups.push(() => guarded.stop());
+    const anonymous = new Client({ baseUrl: guarded.baseUrl });
+    await assert.rejects(anonymous.submit({ nodes: [{ name: "a", handler: "noop" }] }), (err) => err.status === 401);
+    const authed = new Client({ baseUrl: guarded.baseUrl, token: "s3cret" });
+    const id = await authed.submit({ nodes: [{ name: "a", handler: "noop" }] });
+    const flow = await authed.wait(id, { timeoutMs: 10_000 });
+    assert.equal(flow.status, "completed");
+  });
+});
