@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -260,3 +261,28 @@ async def test_client_submit_get_list_errors(dagflow_server: Callable[..., Dagfl
         with pytest.raises(TimeoutError):
             slow = await client.submit({"nodes": [{"name": "s", "handler": "sleep", "data": {"ms": 5000}}]})
             await client.wait(slow, timeout=0.3)
+
+
+async def test_the_readme_example_runs_as_written(dagflow_server: Callable[..., DagflowServer],
+                                                  tmp_path: Path) -> None:
+    server = dagflow_server()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## A worker in Python"):]
+    code = section[section.index("```python\n") + len("```python\n"):]
+    code = code[:code.index("```")]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = {**os.environ, "DAGFLOW_REDIS_URL": server.redis_url, "DAGFLOW_SERVER": server.base_url,
+           "DAGFLOW_PREFIX": server.prefix,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    lines = out.decode().splitlines()
+    print("\n".join(lines))
+    assert lines[-1].startswith("completed {'job': '"), lines
+    assert lines[-1].endswith(":resize-image:1', 'resized': 'https://example.com/a.png', 'width': 800}"), lines
+    assert any("resize-image active" in line for line in lines), lines
+    assert any("{'pct': 100}" in line for line in lines), lines

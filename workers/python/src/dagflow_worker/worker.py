@@ -190,7 +190,7 @@ class Worker:
         self._reporter = Reporter(self.redis_url)
         tasks: list[asyncio.Task[Any]] = []
         try:
-            await self._read_config()
+            await self._read_config(starting=True)
             for name, concurrency in self._queue_conf.items():
                 reader = StreamReader(self.redis_url, [self.keys.queue(name)], self.consumer, self.block_ms)
                 self._queues[name] = _Queue(name, concurrency, reader)
@@ -510,8 +510,13 @@ class Worker:
                 except (RedisError, *_CONNECTION_ERRORS) as e:
                     log.warning("renewing the leases of %d jobs failed: %s", len(jobs), e)
 
-    async def _read_config(self) -> None:
-        """Takes the lease from the engine's ``P:config`` unless overridden."""
+    async def _read_config(self, starting: bool = False) -> None:
+        """Takes the lease from the engine's ``P:config`` unless overridden.
+
+        Missing at start (no engine yet, or an engine that does not publish it): the
+        30 s default. Missing later (Redis lost its data; the engine writes it again
+        only when it restarts): the last value stays.
+        """
         if self._lease_override is not None:
             return
         assert self._redis is not None
@@ -520,12 +525,15 @@ class Worker:
         except (RedisError, *_CONNECTION_ERRORS) as e:
             log.warning("reading %s failed: %s", self.keys.config, e)
             return
-        lease = protocol.DEFAULT_LEASE_MS
-        if value is not None:
-            try:
-                lease = max(100, int(value))
-            except ValueError:
-                log.warning("%s leaseMs is not a number: %r", self.keys.config, value)
+        if value is None:
+            if starting:
+                log.info("no leaseMs in %s: assuming %d ms", self.keys.config, self.lease_ms)
+            return
+        try:
+            lease = max(100, int(value))
+        except ValueError:
+            log.warning("%s leaseMs is not a number: %r", self.keys.config, value)
+            return
         if lease != self.lease_ms:
             log.info("lease is now %d ms (from %s)", lease, self.keys.config)
             self.lease_ms = lease
