@@ -381,3 +381,19 @@ async def test_reports_survive_a_script_flush(r: redis.asyncio.Redis, shared_red
         await enq.add(second)
         done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="the outcome after SCRIPT FLUSH")
     assert done[second["id"]]["kind"] == "completed"
+
+
+async def test_a_worker_started_before_redis_waits_for_it(own_redis: RedisServer, prefix: str) -> None:
+    keys = Keys(prefix)
+    own_redis.stop()
+    worker = Worker(own_redis.url, {"py": 1}, {"echo": echo}, prefix=prefix)
+    async with running_worker(worker):
+        await asyncio.sleep(0.5)  # a few refused connections
+        own_redis.start()
+        client = redis.asyncio.Redis.from_url(own_redis.url)
+        enq = Enqueuer(client, keys)
+        env = enq.envelope("a", "echo", "py")
+        await enq.add(env)
+        done = await eventually(lambda: outcomes(client, keys), timeout=15, what="an outcome")
+    assert done[env["id"]]["kind"] == "completed"
+    await client.aclose()

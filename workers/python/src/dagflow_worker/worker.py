@@ -182,19 +182,25 @@ class Worker:
         if self._stopping:
             self._stop_requested.set()
         if install_signal_handlers:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+            except (RuntimeError, ValueError, NotImplementedError) as e:
+                # Not the main thread, or a loop without signal support: the caller
+                # must call close() itself.
+                log.warning("signal handlers not installed (%s); call close() to stop", e)
+                install_signal_handlers = False
         self._redis = raw_replies(
             Redis.from_url(self.redis_url, socket_timeout=10.0, socket_connect_timeout=10.0, protocol=2)
         )
         self._reporter = Reporter(self.redis_url)
         tasks: list[asyncio.Task[Any]] = []
         try:
-            await self._read_config(starting=True)
             for name, concurrency in self._queue_conf.items():
                 reader = StreamReader(self.redis_url, [self.keys.queue(name)], self.consumer, self.block_ms)
                 self._queues[name] = _Queue(name, concurrency, reader)
-                await reader.ensure_groups()
+            if not await self._connect():
+                return
             tasks.append(loop.create_task(self._reporter.run(), name="dagflow-reporter"))
             tasks.append(loop.create_task(self._cancel_loop(), name="dagflow-cancel"))
             tasks.append(loop.create_task(self._renew_loop(), name="dagflow-renew"))
@@ -219,6 +225,26 @@ class Worker:
                 await q.reader.close()
             await self._reporter.close()
             await self._redis.aclose()
+
+    async def _connect(self) -> bool:
+        """Reads the config and creates the groups, waiting for Redis as long as it
+        takes (a worker may start before Redis does); False if closed meanwhile."""
+        assert self._stop_requested is not None
+        delay = 0.1
+        while not self._stopping:
+            try:
+                await self._read_config(starting=True)
+                for q in self._queues.values():
+                    await q.reader.ensure_groups()
+                return True
+            except (RedisError, *_CONNECTION_ERRORS) as e:
+                log.warning("cannot reach Redis at start (%s); retrying in %.1f s", e, delay)
+                try:
+                    await asyncio.wait_for(self._stop_requested.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 5.0)
+        return False
 
     async def _shutdown(self, fetchers: list["asyncio.Task[None]"]) -> None:
         """Stops fetching, waits for running jobs and their reports until the
