@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from typing import Callable, Optional
 
@@ -32,6 +33,8 @@ MAX_BATCH = 512
 #: First and longest wait between attempts of a failed batch.
 BACKOFF_START = 0.05
 BACKOFF_MAX = 5.0
+#: Longest wait for the replies of one batch before the connection is given up.
+REPLY_TIMEOUT_S = 10.0
 
 
 class Report:
@@ -122,14 +125,21 @@ class Reporter:
     async def _send(self, batch: list[Report]) -> tuple[int, Optional[BaseException]]:
         """Sends the reports as one pipeline; returns how many in a row, from the
         first, Redis confirmed, and the error of the first one it did not."""
-        conn = self._conn
-        await conn.send_packed_command(
+        await self._conn.send_packed_command(
             b"".join([r.wire.command(r.final, r.outcome) for r in batch]), check_health=False)
+        try:
+            return await asyncio.wait_for(self._replies(len(batch)), REPLY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise RedisTimeoutError(f"no reply to {len(batch)} reports within {REPLY_TIMEOUT_S} s") from None
+
+    async def _replies(self, count: int) -> tuple[int, Optional[BaseException]]:
+        # One timeout for the whole batch (the caller's) instead of redis-py's timeout
+        # context per reply, which cost six times the read itself.
         confirmed = 0
         failure: Optional[BaseException] = None
-        for _ in batch:
+        for _ in range(count):
             try:
-                await conn.read_response()
+                await self._conn.read_response(timeout=math.inf)
             except ResponseError as e:  # the connection is fine: read the other replies
                 if failure is None:
                     failure = e

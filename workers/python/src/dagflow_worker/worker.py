@@ -601,7 +601,10 @@ class Worker:
         published meanwhile are lost, as the protocol allows)."""
         delay = 0.1
         while True:
-            client: Redis = Redis.from_url(self.redis_url, socket_connect_timeout=10.0, protocol=2)
+            # No read timeout (it waits for messages), but TCP keepalive so that a
+            # vanished Redis host is noticed and the subscription made again.
+            client: Redis = Redis.from_url(self.redis_url, socket_connect_timeout=10.0, socket_keepalive=True,
+                                           protocol=2)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.cancel)
