@@ -265,8 +265,8 @@ export function isStalled(deliveries: number, maxStalled: number): boolean {
 /** The failure message of a stalled job. */
 export function stalledMessage(deliveries: number, maxStalled: number, leaseMs: number): string {
   return (
-    `job stalled: claimed ${deliveries - 1} times from workers that stopped renewing it ` +
-    `(lease ${leaseMs} ms), more than maxStalled ${maxStalled}`
+    `job stalled: claimed ${deliveries - 1} times from workers that stopped responding, ` +
+    `more than maxStalled ${maxStalled} allows (lease ${leaseMs} ms)`
   );
 }
 

@@ -137,6 +137,13 @@ class RunningJob {
   abandoned = false;
   /** The final report is in Redis: later non-final reports are pointless. */
   finalWritten = false;
+  /**
+   * Reports issued for this job so far. A started or progress report that failed is
+   * retried only while no later report of the job was issued: the later one
+   * supersedes it (progress may be coalesced), and retrying it after the later one
+   * would write the job's records out of order.
+   */
+  reportsIssued = 0;
   /** The job's own timeout, when its node has one. */
   timer: NodeJS.Timeout | undefined;
   /** The handler's view; set once the handler is about to start. */
@@ -384,11 +391,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly fetchers: QueueFetcher[] = [];
   /** Running jobs by job id, for cancel messages. */
   private readonly byJobId = new Map<string, RunningJob>();
-  /** Final reports not yet in Redis; close() waits for them. */
-  private readonly unwrittenFinals = new Set<Promise<void>>();
+  /**
+   * Jobs that ended whose final report is not yet in Redis, by entry id: close()
+   * waits for them, and their lease is renewed meanwhile so that no one reclaims
+   * and re-runs a job whose outcome is only waiting for Redis.
+   */
+  private readonly unwrittenFinals = new Map<string, Delivery>();
   private sub: Redis | undefined;
   private lease = DEFAULT_LEASE_MS;
   private timers: NodeJS.Timeout[] = [];
+  private renewTimer: NodeJS.Timeout | undefined;
+  private reclaimTimer: NodeJS.Timeout | undefined;
   private runPromise: Promise<void> | undefined;
   private closePromise: Promise<void> | undefined;
   /** Past the close deadline: retries of reports stop, nothing more is written. */
@@ -461,59 +474,89 @@ export class Worker extends EventEmitter<WorkerEvents> {
     return this.run();
   }
 
+  /** Runs `fn` every `ms`, skipping a tick while the previous run is still busy. */
+  private every(ms: number, fn: () => Promise<void>): NodeJS.Timeout {
+    let busy = false;
+    return setInterval(() => {
+      if (busy) return;
+      busy = true;
+      fn()
+        .catch((err) => this.emitError(asError(err)))
+        .finally(() => (busy = false));
+    }, ms);
+  }
+
+  /** (Re)starts the two tickers whose rhythm follows the lease: renewal (lease/3) and reclaim. */
+  private scheduleLeaseTimers(): void {
+    clearInterval(this.renewTimer);
+    clearInterval(this.reclaimTimer);
+    if (this.hardStopped) return;
+    this.renewTimer = this.every(Math.max(10, Math.floor(this.lease / 3)), () => this.renewAll());
+    this.reclaimTimer = this.every(
+      this.options.reclaimEveryMs ?? Math.max(50, Math.min(this.lease / 2, 5_000)),
+      () => this.reclaimAll(),
+    );
+  }
+
+  /**
+   * The lease the engine publishes in `P:config`, or `undefined` when it is missing
+   * (no engine started yet, or Redis lost its data: then the last value is kept).
+   */
+  private async publishedLease(): Promise<number | undefined> {
+    const published = await this.cmd.hget(this.keys.config(), "leaseMs");
+    const lease = Number(published);
+    return published !== null && Number.isFinite(lease) && lease > 0 ? lease : undefined;
+  }
+
   private async start(): Promise<void> {
     // close() may run while this waits for Redis: check after every wait, so that no
     // connection is opened after close() swept them.
     const checkOpen = (): void => {
       if (this.stopping) throw new Error("the worker was closed before it was ready");
     };
+    // A Redis that answers errors for a while (LOADING after a restart, OOM) must not
+    // kill a worker at start: each step is retried with backoff until it succeeds or
+    // close() is called. (A Redis that is down is simply waited for by ioredis.)
+    const step = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+      for (let failures = 0; ; failures++) {
+        checkOpen();
+        try {
+          const value = await fn();
+          checkOpen();
+          return value;
+        } catch (err) {
+          checkOpen();
+          this.emitError(new Error(`${what} failed, retrying: ${messageOf(err)}`));
+          await sleep(backoff(failures));
+        }
+      }
+    };
     checkOpen();
     const scripts = luaScripts();
     this.cmd = this.openConnection("cmd", true);
     this.cmd.defineCommand("dagflowReport", { numberOfKeys: 3, lua: scripts.report });
     this.cmd.defineCommand("dagflowHeartbeat", { numberOfKeys: 1, lua: scripts.heartbeat });
-    if (this.options.leaseMs !== undefined) {
-      this.lease = this.options.leaseMs;
-    } else {
-      const published = await this.cmd.hget(this.keys.config(), "leaseMs");
-      checkOpen();
-      const lease = Number(published);
-      this.lease = published !== null && Number.isFinite(lease) && lease > 0 ? lease : DEFAULT_LEASE_MS;
-    }
+    this.lease = this.options.leaseMs ?? (await step("reading P:config", () => this.publishedLease())) ?? DEFAULT_LEASE_MS;
 
-    this.sub = this.openConnection("cancel");
-    this.sub.on("message", (_channel: string, jobId: string) => this.cancel(jobId));
+    const sub = (this.sub = this.openConnection("cancel"));
+    sub.on("message", (_channel: string, jobId: string) => this.cancel(jobId));
     // ioredis subscribes again by itself after a reconnect (autoResubscribe).
-    await this.sub.subscribe(this.keys.cancelChannel());
+    await step("subscribing to the cancel channel", () => sub.subscribe(this.keys.cancelChannel()));
 
     for (const [queue, concurrency] of this.queueConcurrency) {
       checkOpen();
       const fetcher = new QueueFetcher(this, queue, concurrency);
       this.fetchers.push(fetcher);
-      await fetcher.ensureGroups();
+      await step(`creating the group of queue ${queue}`, () => fetcher.ensureGroups());
     }
-    checkOpen();
-    await this.heartbeat();
-    checkOpen();
+    await step("the first heartbeat", () => this.heartbeat());
 
-    const every = (ms: number, fn: () => Promise<void>): void => {
-      let busy = false;
-      const timer = setInterval(() => {
-        if (busy) return;
-        busy = true;
-        fn()
-          .catch((err) => this.emitError(asError(err)))
-          .finally(() => (busy = false));
-      }, ms);
-      this.timers.push(timer);
-    };
-    every(Math.max(10, Math.floor(this.lease / 3)), () => this.renewAll());
-    every(this.options.reclaimEveryMs ?? Math.max(50, Math.min(this.lease / 2, 5_000)), () => this.reclaimAll());
-    every(this.heartbeatMs, () => this.heartbeat());
-
+    this.timers.push(this.every(this.heartbeatMs, () => this.heartbeat()));
+    this.scheduleLeaseTimers();
     for (const f of this.fetchers) f.start();
     this.emit("ready");
   }
+
 
   /**
    * Stops gracefully: no new jobs are read; running jobs may finish and report until
@@ -552,6 +595,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.hardStopped = true;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    clearInterval(this.renewTimer);
+    clearInterval(this.reclaimTimer);
     if (this.cmd?.status === "ready") {
       await Promise.race([this.cmd.hdel(this.keys.workers(), this.consumer).catch(() => undefined), sleep(500)]);
     }
@@ -643,6 +688,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       for (const rj of f.running.values()) add(rj.delivery);
       for (const d of f.buffer) add(d);
     }
+    for (const d of this.unwrittenFinals.values()) add(d);
     await Promise.all([...byStream].map(([stream, ids]) => this.renew(stream, ids)));
   }
 
@@ -704,8 +750,19 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  /** Writes this worker's entry in `P:workers` (heartbeat.lua, stamped with the Redis clock). */
+  /**
+   * Writes this worker's entry in `P:workers` (heartbeat.lua, stamped with the Redis
+   * clock), and reads the engine's lease again: an engine started after this worker,
+   * or restarted with another `--lease`, is followed within one heartbeat.
+   */
   private async heartbeat(): Promise<void> {
+    if (this.options.leaseMs === undefined && this.renewTimer !== undefined) {
+      const lease = await this.publishedLease();
+      if (lease !== undefined && lease !== this.lease) {
+        this.lease = lease;
+        this.scheduleLeaseTimers();
+      }
+    }
     const info = {
       queues: this.queueConcurrency.map(([name, concurrency]) => ({ name, concurrency })),
       handlers: Object.keys(this.handlers),
@@ -805,11 +862,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const { fetcher, delivery } = rj;
     fetcher.running.delete(delivery.entryId);
     if (this.byJobId.get(delivery.env.id) === rj) this.byJobId.delete(delivery.env.id);
-    const written = this.report(delivery, outcomeJson, true, rj).then((ok) => {
-      this.unwrittenFinals.delete(written);
+    this.unwrittenFinals.set(delivery.entryId, delivery);
+    void this.report(delivery, outcomeJson, true, rj).then((ok) => {
+      this.unwrittenFinals.delete(delivery.entryId);
       if (ok) after();
     });
-    this.unwrittenFinals.add(written);
     fetcher.slotFreed();
   }
 
@@ -849,13 +906,19 @@ export class Worker extends EventEmitter<WorkerEvents> {
    * Writes one report with `report.lua`, retrying with backoff until it is in Redis.
    * Resolves `true` once written, `false` when retrying stopped: the worker was
    * closed past its deadline, the job was abandoned, or (for a started or progress
-   * record) the job's final report is already written, which makes it pointless.
+   * record) a later report of the job was issued since, which supersedes it.
+   *
+   * Reports are sent at once, not after the previous one of their job is confirmed:
+   * one connection keeps them in order (ioredis resends unanswered commands in order
+   * after a reconnect), and a job's started and final reports share one round trip.
    */
   private async report(delivery: Delivery, outcomeJson: string, final: boolean, rj: RunningJob | undefined): Promise<boolean> {
     const { keys, argv } = reportArgs(this.keys, delivery.stream, delivery.entryId, delivery.env, final, outcomeJson);
     const script = this.cmd as unknown as ScriptCommands;
+    const issued = rj ? ++rj.reportsIssued : 0;
     for (let failures = 0; ; failures++) {
-      if (this.hardStopped || rj?.abandoned || (!final && rj?.finalWritten)) return false;
+      if (this.hardStopped || rj?.abandoned) return false;
+      if (!final && rj && (rj.finalWritten || rj.reportsIssued !== issued)) return false;
       try {
         await script.dagflowReport(...keys, ...argv);
         if (final && rj) rj.finalWritten = true;

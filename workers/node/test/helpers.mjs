@@ -234,8 +234,8 @@ export async function enqueue(redis, prefix, jobs) {
       ...(job.timeoutMs !== undefined ? { timeoutMs: job.timeoutMs } : {}),
     };
     await redis.eval(
-      lua("enqueue.lua"), 3,
-      `${prefix}:flow:${flowId}:jobs`, `${prefix}:q:${queue}`, `${prefix}:q:${queue}:delayed`,
+      lua("enqueue.lua"), 4,
+      `${prefix}:flow:${flowId}:jobs`, `${prefix}:q:${queue}`, `${prefix}:q:${queue}:delayed`, `${prefix}:queues:delayed`,
       "workers", `${job.node}:${attempt}`, queue, "0", JSON.stringify(env),
     );
     out.push(env);

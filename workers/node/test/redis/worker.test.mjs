@@ -265,7 +265,7 @@ describe("worker over a real Redis", () => {
     const failed = await finalRecord(prefix, stalled.id);
     assert.equal(failed.outcome.kind, "failed");
     assert.equal(failed.outcome.retryable, false);
-    assert.match(failed.outcome.message, /^job stalled: claimed 1 times .*maxStalled 0/);
+    assert.match(failed.outcome.message, /^job stalled: claimed 1 times .*more than maxStalled 0 allows/);
     assert.deepEqual(ran, ["fresh"], "a stalled job is not run");
     await waitFor(() => stalledEvents.length === 1, { what: "stalled event" });
     assert.equal(stalledEvents[0].id, stalled.id);
@@ -306,6 +306,19 @@ describe("worker over a real Redis", () => {
     const w2 = worker(uniquePrefix("noconfig"), { handlers: { x: async () => 1 } });
     await w2.waitUntilReady();
     assert.equal(w2.leaseMs, 30_000);
+  });
+
+  it("follows a lease the engine publishes later, at the next heartbeat", async () => {
+    const prefix = uniquePrefix("relase");
+    const w = worker(prefix, { heartbeatMs: 100, handlers: { x: async () => 1 } });
+    await w.waitUntilReady();
+    assert.equal(w.leaseMs, 30_000);
+    await redis.hset(`${prefix}:config`, "leaseMs", "4000");
+    await waitFor(() => w.leaseMs === 4000, { what: "new lease" });
+    // A vanished P:config (Redis lost its data) keeps the last value.
+    await redis.del(`${prefix}:config`);
+    await sleep(300);
+    assert.equal(w.leaseMs, 4000);
   });
 
   it("announces itself in P:workers with the Redis clock, and leaves on close", async () => {
@@ -366,6 +379,74 @@ describe("worker over a real Redis", () => {
     // And the worker serves new jobs on the fresh Redis.
     const [next] = await enqueue(redis, prefix, [{ node: "later" }]);
     assert.equal((await finalRecord(prefix, next.id)).outcome.result, "also");
+  });
+
+  it("retries a report Redis refuses (OOM) and keeps renewing the job's lease meanwhile", async () => {
+    if (redisServer.external) throw new Error("this test changes maxmemory: run it without REDIS_URL");
+    const prefix = uniquePrefix("oom");
+    const stream = `${prefix}:q:q`;
+    const runs = { x: 0, orphan: 0 };
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const options = { leaseMs: 300, reclaimEveryMs: 50 };
+    const handlers = {
+      x: async () => {
+        runs.x++;
+        await gate;
+        return "written at last";
+      },
+      orphan: async () => {
+        runs.orphan++;
+        return "reclaimed";
+      },
+    };
+    const a = worker(prefix, { ...options, handlers });
+    await a.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "x" }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, env.id)).length === 1, { what: "started" });
+    // A job of a dead consumer, for B to reclaim while Redis refuses writes: proof
+    // that B's reclaim runs during the test.
+    const [orphan] = await enqueue(redis, prefix, [{ node: "orphan" }]);
+    await redis.xreadgroup("GROUP", "workers", "dead", "COUNT", 1, "STREAMS", stream, ">");
+    const b = worker(prefix, { ...options, handlers });
+    await b.waitUntilReady();
+    // Every script that writes is now refused with OOM; XCLAIM and XAUTOCLAIM are not.
+    await redis.config("SET", "maxmemory", "1");
+    try {
+      release();
+      await waitFor(() => runs.orphan === 1, { what: "B reclaimed the orphan" });
+      await sleep(1200); // four leases
+      assert.deepEqual((await recordsOf(redis, prefix, env.id)).map((r) => r.outcome.kind), ["started"]);
+      assert.equal(runs.x, 1, "nobody reclaimed the job whose report waits");
+    } finally {
+      await redis.config("SET", "maxmemory", "0");
+    }
+    const rec = await finalRecord(prefix, env.id);
+    assert.deepEqual(rec.outcome, { kind: "completed", result: "written at last" });
+    assert.equal((await finalRecord(prefix, orphan.id)).outcome.result, "reclaimed");
+    assert.equal(runs.x, 1);
+  });
+
+  it("keeps trying to start while Redis refuses writes, and serves once it accepts them", async () => {
+    if (redisServer.external) throw new Error("this test changes maxmemory: run it without REDIS_URL");
+    const prefix = uniquePrefix("oomstart");
+    const errors = [];
+    await redis.config("SET", "maxmemory", "1");
+    let w;
+    try {
+      w = new Worker({ redis: redisServer.url, prefix, queues: { q: 1 }, blockMs: 200, handlers: { x: async () => "up" } });
+      workers.push(w);
+      w.on("error", (err) => errors.push(err.message));
+      let ready = false;
+      w.waitUntilReady().then(() => (ready = true));
+      await waitFor(() => errors.some((m) => /failed, retrying: OOM/.test(m)), { what: "a refused start step" });
+      assert.equal(ready, false);
+    } finally {
+      await redis.config("SET", "maxmemory", "0");
+    }
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "x" }]);
+    assert.equal((await finalRecord(prefix, env.id)).outcome.result, "up");
   });
 
   it("close() lets running jobs finish until the deadline, then abandons the rest unreported", async () => {
