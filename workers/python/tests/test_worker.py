@@ -397,3 +397,26 @@ async def test_a_worker_started_before_redis_waits_for_it(own_redis: RedisServer
         done = await eventually(lambda: outcomes(client, keys), timeout=15, what="an outcome")
     assert done[env["id"]]["kind"] == "completed"
     await client.aclose()
+
+
+async def test_consumers_of_stopped_workers_are_removed(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                        prefix: str) -> None:
+    from dagflow_worker.reader import StreamReader
+
+    keys = Keys(prefix)
+    stream = keys.queue("py")
+    enq = Enqueuer(r, keys)
+    await enq.add(enq.envelope("a", "echo", "py"), enq.envelope("b", "echo", "py"))
+    await r.xreadgroup("workers", "busy", {stream: ">"}, count=1)  # holds a pending job
+    # Ran a job, reported it, stopped.
+    [[_, [(gone_id, _)]]] = await r.xreadgroup("workers", "gone", {stream: ">"}, count=1)
+    await r.xack(stream, "workers", gone_id)
+    reader = StreamReader(shared_redis.url, [stream], "me", 100)
+    try:
+        await reader.read(1)
+        await asyncio.sleep(0.2)
+        assert await reader.remove_idle_consumers(100) == 1
+    finally:
+        await reader.close()
+    names = {c["name"] for c in await r.xinfo_consumers(stream, "workers")}
+    assert names == {b"busy", b"me"}

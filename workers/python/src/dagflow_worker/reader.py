@@ -35,7 +35,7 @@ COMMAND_TIMEOUT_S = 10.0
 MAX_AUTOCLAIM_ROUNDS = 10
 
 #: Commands whose replies this package parses itself.
-RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM", "XACK", "XDEL")
+RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM", "XACK", "XDEL", "XINFO CONSUMERS")
 
 
 def raw_replies(client: Redis) -> Redis:
@@ -236,6 +236,27 @@ class StreamReader:
             if row:
                 out.append((entry, int(row[0][3])))
         return out
+
+    async def remove_idle_consumers(self, idle_ms: int) -> int:
+        """Removes the group's consumers, other than this one, that hold no pending job
+        and have been idle for more than ``idle_ms`` (workers that stopped); returns
+        how many."""
+        removed = 0
+        for stream in self.streams:
+            try:
+                consumers = await self._redis.execute_command("XINFO", "CONSUMERS", stream, WORKERS_GROUP)
+            except ResponseError as e:
+                if is_group_lost(e):
+                    continue
+                raise
+            for row in consumers or []:
+                info = {_text(row[i]): row[i + 1] for i in range(0, len(row) - 1, 2)}
+                name = _text(info.get("name", b""))
+                if name and name != self.consumer and int(info.get("pending", 1)) == 0 \
+                        and int(info.get("idle", 0)) > idle_ms:
+                    await self._redis.execute_command("XGROUP", "DELCONSUMER", stream, WORKERS_GROUP, name)
+                    removed += 1
+        return removed
 
     async def remove(self, entries: Sequence[Entry]) -> None:
         """Acknowledges entries; deletes those still in the stream (malformed ones),

@@ -55,6 +55,10 @@ Handler = Callable[[Job], Union[Awaitable[Any], Any]]
 
 #: Errors that mean Redis is unreachable right now (retry later).
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+#: How often each queue's group is cleared of consumers that stopped, and how long
+#: such a consumer must have been idle (with nothing pending) to go.
+JANITOR_EVERY_S = 600.0
+CONSUMER_IDLE_MS = 3_600_000
 
 
 @dataclass
@@ -311,6 +315,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         delay = 0.1
         next_reclaim = loop.time() + self._reclaim_every()
+        next_janitor = loop.time() + JANITOR_EVERY_S
         while not self._stopping:
             try:
                 free = q.concurrency - len(q.running)
@@ -321,6 +326,11 @@ class Worker:
                     except asyncio.TimeoutError:
                         pass
                     continue
+                if loop.time() >= next_janitor:
+                    next_janitor = loop.time() + JANITOR_EVERY_S
+                    removed = await q.reader.remove_idle_consumers(CONSUMER_IDLE_MS)
+                    if removed:
+                        log.info("queue %s: removed %d idle consumers with no pending job", q.name, removed)
                 if loop.time() >= next_reclaim:
                     next_reclaim = loop.time() + self._reclaim_every()
                     free -= await self._reclaim(q, free)
