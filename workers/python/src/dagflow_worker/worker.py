@@ -285,6 +285,11 @@ class Worker:
                     job._task.cancel()
             for q in self._queues.values():
                 q.running.clear()
+        # Reports that hold no slot (stalled jobs) get the rest of the deadline too.
+        await self._wait_until(self._reporter.wait_idle(), deadline)
+        if self._reporter.backlog:
+            log.warning("%d reports not written before the deadline; their jobs run again after "
+                        "the lease", self._reporter.backlog)
         log.info("worker %s stopped", self.consumer)
 
     async def _unblock(self, q: _Queue) -> None:
