@@ -241,9 +241,17 @@ class QueueFetcher {
     wake?.();
   }
 
+  /**
+   * Whether this worker holds the entry already: running, buffered, or ended with its
+   * final report still on the way to Redis (it stays pending until the report lands).
+   */
+  holds(entryId: string): boolean {
+    return this.running.has(entryId) || this.buffer.some((d) => d.entryId === entryId) || this.worker.awaitsReport(entryId);
+  }
+
   /** Starts a job now if a slot is free, else keeps it for the next free slot. */
   offer(delivery: Delivery): void {
-    if (this.running.has(delivery.entryId) || this.buffer.some((d) => d.entryId === delivery.entryId)) return;
+    if (this.holds(delivery.entryId)) return;
     if (this.running.size < this.concurrency) this.worker.startJob(this, delivery);
     else this.buffer.push(delivery);
   }
@@ -319,9 +327,9 @@ class QueueFetcher {
           break;
         }
         source.pendingCursor = last.id;
-        // Jobs already running here come back too when own pending is re-read after
-        // a reconnect; they are not started twice.
-        const fresh = entries.filter((e) => !this.running.has(e.id) && !this.buffer.some((d) => d.entryId === e.id));
+        // Jobs already running here (or waiting for their final report) come back too
+        // when own pending is re-read after a reconnect; they are not started twice.
+        const fresh = entries.filter((e) => !this.holds(e.id));
         const good = await this.worker.triage(source.key, fresh);
         if (good.length > 0) {
           // Reading pending history does not reset idle time: renew before anyone
@@ -607,6 +615,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.emit("closed");
   }
 
+  /** @internal Whether the final report of this entry's job is still on its way to Redis. */
+  awaitsReport(entryId: string): boolean {
+    return this.unwrittenFinals.has(entryId);
+  }
+
   /** @internal Opens a connection named for `CLIENT LIST`; errors are reported once per outage. */
   openConnection(role: string, autoPipeline = false): Redis {
     const conn = openConnection(this.options.redis, {
@@ -723,7 +736,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
           source.autoclaimCursor = next;
           if (next === "0-0") break;
         }
-        const fresh = claimed.filter((e) => !f.running.has(e.id));
+        // A job held here whose renewal came late: not started twice.
+        const fresh = claimed.filter((e) => !f.holds(e.id));
         const good = await this.triage(source.key, fresh);
         if (good.length === 0) continue;
         const pipe = this.cmd.pipeline();

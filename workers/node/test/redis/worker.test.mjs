@@ -353,6 +353,51 @@ describe("worker over a real Redis", () => {
     assert.ok(errors.some((m) => /consumer group lost/.test(m)), errors.join("\n"));
   });
 
+  it("survives its connections being killed, without starting a running job twice", async () => {
+    const prefix = uniquePrefix("killconn");
+    let runs = 0;
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const w = worker(prefix, {
+      queues: { q: 2 },
+      handlers: {
+        gated: async () => {
+          runs++;
+          await gate;
+          return "once";
+        },
+        after: async () => "served",
+      },
+    });
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "gated" }]);
+    await waitFor(() => runs === 1, { what: "started" });
+    // Every other client's connection, the blocked reader and the subscriber included.
+    await redis.client("KILL", "TYPE", "normal", "SKIPME", "yes");
+    await redis.client("KILL", "TYPE", "pubsub", "SKIPME", "yes");
+    await sleep(500); // reconnected; own pending re-read (it holds the running job)
+    release();
+    assert.equal((await finalRecord(prefix, env.id)).outcome.result, "once");
+    assert.equal(runs, 1);
+    const [next] = await enqueue(redis, prefix, [{ node: "after" }]);
+    assert.equal((await finalRecord(prefix, next.id)).outcome.result, "served");
+    // The cancel subscription came back too.
+    let reason;
+    const hang = new Worker({
+      redis: redisServer.url, prefix, queues: { q2: 1 }, blockMs: 200,
+      handlers: { hang: (job) => new Promise((_, reject) => job.signal.addEventListener("abort", () => reject((reason = job.signal.reason)))) },
+    });
+    workers.push(hang);
+    hang.on("error", () => {});
+    await hang.waitUntilReady();
+    const [h] = await enqueue(redis, prefix, [{ node: "hang", queue: "q2" }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, h.id)).length === 1, { what: "hang started" });
+    await redis.client("KILL", "TYPE", "pubsub", "SKIPME", "yes");
+    await waitFor(async () => (await redis.pubsub("NUMSUB", `${prefix}:cancel`))[1] >= 2, { what: "resubscribed" });
+    await redis.publish(`${prefix}:cancel`, h.id);
+    await waitFor(() => reason?.why === "cancelled", { what: "cancel after resubscribe" });
+  });
+
   it("never loses a report: a result finished while Redis is down is written once it is back", async () => {
     if (redisServer.external) throw new Error("this test restarts Redis: run it without REDIS_URL");
     const prefix = uniquePrefix("outage");
