@@ -35,21 +35,15 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
    * `continueOnFailure` has `{"error": "..."}` in its slot.
    */
   readonly parents: Parents;
-  /**
-   * Fires when the job must stop: its flow was cancelled, its `timeoutMs` passed, or
-   * the worker is closing and its deadline passed. `signal.reason` is a
-   * {@link JobAbortedError} saying which. Pass it to `fetch`, timers and child
-   * processes; a handler that ignores it keeps running, but its result is dropped.
-   */
-  readonly signal: AbortSignal;
   /** The node's time limit for one attempt, if it has one. */
   readonly timeoutMs: number | undefined;
   /** When the engine enqueued this attempt (ms since the epoch). */
   readonly enqueuedAtMs: number;
   readonly #report: (value: unknown) => Promise<void>;
+  readonly #signal: () => AbortSignal;
 
   /** @internal built by the worker for each delivery */
-  constructor(env: Envelope, input: JobInput, signal: AbortSignal, report: (value: unknown) => Promise<void>) {
+  constructor(env: Envelope, input: JobInput, signal: () => AbortSignal, report: (value: unknown) => Promise<void>) {
     this.id = env.id;
     this.flowId = env.flowId;
     this.node = env.node;
@@ -58,10 +52,21 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
     this.attempt = env.attempt;
     this.data = input.data as Data;
     this.parents = input.parents as Parents;
-    this.signal = signal;
+    this.#signal = signal;
     this.timeoutMs = env.timeoutMs;
     this.enqueuedAtMs = env.enqueuedAtMs;
     this.#report = report;
+  }
+
+  /**
+   * Fires when the job must stop: its flow was cancelled, its `timeoutMs` passed, or
+   * the worker is closing and its deadline passed. `signal.reason` is a
+   * {@link JobAbortedError} saying which. Pass it to `fetch`, timers and child
+   * processes; a handler that ignores it keeps running, but its result is dropped.
+   * (Made on first use: most jobs never look at it.)
+   */
+  get signal(): AbortSignal {
+    return this.#signal();
   }
 
   /**

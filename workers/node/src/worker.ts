@@ -12,6 +12,7 @@
  * @module
  */
 
+import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { hostname } from "node:os";
 import type { Redis } from "ioredis";
@@ -41,6 +42,7 @@ import {
   type RawEntry,
 } from "./protocol.js";
 import { closeConnection, openConnection, type RedisConnection } from "./redis.js";
+import { RawConnection } from "./reporter.js";
 import { luaScripts } from "./scripts.js";
 
 /**
@@ -112,6 +114,15 @@ export interface WorkerEvents {
   closed: [];
 }
 
+/**
+ * Where reports are written: the reporter's own raw connection, or (behind Redis
+ * Sentinel, which it does not speak) the shared ioredis connection.
+ */
+interface ReportSink {
+  send(args: readonly string[]): Promise<unknown>;
+  close(): void;
+}
+
 /** Most `XAUTOCLAIM` calls one reclaim pass makes per stream. */
 const MAX_AUTOCLAIM_ROUNDS = 10;
 /** Longest wait between two tries of a report or a failed read. */
@@ -129,8 +140,8 @@ interface Delivery {
 
 /** What the worker keeps about a job it runs. */
 class RunningJob {
-  /** Aborts `job.signal`. */
-  readonly controller = new AbortController();
+  /** Aborts `job.signal`; made when the handler first reads the signal, or when the job is aborted. */
+  private controller: AbortController | undefined;
   /** The outcome is decided (reported or being reported), or the job was abandoned. */
   done = false;
   /** Abandoned at the close deadline: nothing more is reported. */
@@ -153,6 +164,18 @@ class RunningJob {
     readonly fetcher: QueueFetcher,
     readonly delivery: Delivery,
   ) {}
+
+  /** The job's signal. */
+  signal(): AbortSignal {
+    this.controller ??= new AbortController();
+    return this.controller.signal;
+  }
+
+  /** Fires the job's signal with `reason`. */
+  abort(reason: Error): void {
+    this.controller ??= new AbortController();
+    this.controller.abort(reason);
+  }
 }
 
 /** One stream a queue is served from, with its reading state. */
@@ -406,6 +429,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
    */
   private readonly unwrittenFinals = new Map<string, Delivery>();
   private sub: Redis | undefined;
+  /** Where reports go; opened by `run()`. */
+  private reports: ReportSink | undefined;
+  /** `report.lua` and its SHA1, for EVALSHA. */
+  private reportLua = "";
+  private reportSha = "";
   private lease = DEFAULT_LEASE_MS;
   private timers: NodeJS.Timeout[] = [];
   private renewTimer: NodeJS.Timeout | undefined;
@@ -542,7 +570,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     checkOpen();
     const scripts = luaScripts();
     this.cmd = this.openConnection("cmd", true);
-    this.cmd.defineCommand("dagflowReport", { numberOfKeys: 3, lua: scripts.report });
+    this.reportLua = scripts.report;
+    this.reportSha = createHash("sha1").update(scripts.report).digest("hex");
+    this.reports = this.openReportSink();
     this.cmd.defineCommand("dagflowHeartbeat", { numberOfKeys: 1, lua: scripts.heartbeat });
     this.lease = this.options.leaseMs ?? (await step("reading P:config", () => this.publishedLease())) ?? DEFAULT_LEASE_MS;
 
@@ -608,11 +638,41 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (this.cmd?.status === "ready") {
       await Promise.race([this.cmd.hdel(this.keys.workers(), this.consumer).catch(() => undefined), sleep(500)]);
     }
+    this.reports?.close();
     await Promise.all([
       this.cmd ? closeConnection(this.cmd) : Promise.resolve(),
       this.sub ? closeConnection(this.sub) : Promise.resolve(),
     ]);
     this.emit("closed");
+  }
+
+  /** The reporter connection, to the Redis the shared connection's options name. */
+  private openReportSink(): ReportSink {
+    const o = this.cmd.options;
+    if (o.sentinels && o.sentinels.length > 0) {
+      const cmd = this.cmd;
+      return { send: (args) => cmd.call(args[0] as string, ...args.slice(1)), close: () => undefined };
+    }
+    const role = "report";
+    return new RawConnection(
+      {
+        host: o.host,
+        port: o.port,
+        path: o.path,
+        username: o.username,
+        password: o.password,
+        db: o.db,
+        tls: o.tls,
+        connectionName: `dagflow-node:${this.consumer}:report`,
+      },
+      [["SCRIPT", "LOAD", this.reportLua]],
+      (err) => {
+        if (this.lastConnError.get(role) === err.message) return;
+        this.lastConnError.set(role, err.message);
+        this.emitError(err);
+      },
+      () => this.lastConnError.delete(role),
+    );
   }
 
   /** @internal Whether the final report of this entry's job is still on its way to Redis. */
@@ -810,7 +870,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.finish(rj, { kind: "failed", message: input, retryable: false }, new FatalError(input));
       return;
     }
-    const job = new Job(env, input, rj.controller.signal, (value) => this.progress(rj, value));
+    const job = new Job(env, input, () => rj.signal(), (value) => this.progress(rj, value));
     rj.job = job;
     void this.report(delivery, '{"kind":"started"}', false, rj);
     if (env.timeoutMs !== undefined) {
@@ -819,7 +879,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         if (rj.done) return;
         const message = `timed out after ${ms} ms`;
         const reason = new JobAbortedError("timeout", message);
-        rj.controller.abort(reason);
+        rj.abort(reason);
         this.finish(rj, { kind: "failed", message, retryable: true }, reason);
       }, ms);
     }
@@ -902,7 +962,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const rj = this.byJobId.get(jobId);
     if (!rj || rj.done) return;
     const reason = new JobAbortedError("cancelled", "cancelled");
-    rj.controller.abort(reason);
+    rj.abort(reason);
     this.finish(rj, { kind: "failed", message: "cancelled", retryable: false }, reason);
   }
 
@@ -913,7 +973,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     rj.abandoned = true;
     clearTimeout(rj.timer);
     this.byJobId.delete(rj.delivery.env.id);
-    rj.controller.abort(new JobAbortedError("closing", "the worker closed before the job finished; it will run again"));
+    rj.abort(new JobAbortedError("closing", "the worker closed before the job finished; it will run again"));
   }
 
   /**
@@ -928,17 +988,23 @@ export class Worker extends EventEmitter<WorkerEvents> {
    */
   private async report(delivery: Delivery, outcomeJson: string, final: boolean, rj: RunningJob | undefined): Promise<boolean> {
     const { keys, argv } = reportArgs(this.keys, delivery.stream, delivery.entryId, delivery.env, final, outcomeJson);
-    const script = this.cmd as unknown as ScriptCommands;
+    const command = ["EVALSHA", this.reportSha, "3", ...keys, ...argv];
+    const sink = this.reports as ReportSink;
     const issued = rj ? ++rj.reportsIssued : 0;
     for (let failures = 0; ; failures++) {
       if (this.hardStopped || rj?.abandoned) return false;
       if (!final && rj && (rj.finalWritten || rj.reportsIssued !== issued)) return false;
       try {
-        await script.dagflowReport(...keys, ...argv);
+        await sink.send(command);
         if (final && rj) rj.finalWritten = true;
         return true;
       } catch (err) {
         if (this.hardStopped) return false;
+        if (messageOf(err).startsWith("NOSCRIPT")) {
+          // Redis forgot the script (SCRIPT FLUSH): load it and send again at once.
+          await sink.send(["SCRIPT", "LOAD", this.reportLua]).catch(() => undefined);
+          if (failures < 3) continue;
+        }
         if (failures === 0) this.emitError(new Error(`reporting job ${delivery.env.id} failed, retrying: ${messageOf(err)}`));
         await sleep(backoff(failures));
       }
@@ -958,6 +1024,5 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
 /** The scripts defined on the shared connection. */
 interface ScriptCommands {
-  dagflowReport(...args: string[]): Promise<string>;
   dagflowHeartbeat(...args: string[]): Promise<number>;
 }
