@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
@@ -1097,13 +1097,7 @@ fn machine_busy_s() -> Option<f64> {
     Some(busy / 100.0)
 }
 
-/// Milliseconds since the epoch, the clock of the events' `ts`.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use dagflow_actors::clock::now_ms;
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0

@@ -33,6 +33,8 @@ pub const DEFAULT_BODY_LIMIT: u64 = crate::api::DEFAULT_BODY_LIMIT;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 /// Default of `--hibernate-after` (the engine's own default).
 pub const DEFAULT_HIBERNATE_AFTER: &str = "10s";
+/// Default of `--reconcile-every` (the engine's own default).
+pub const DEFAULT_RECONCILE_EVERY: &str = "30s";
 /// Default job lease (the engine's own default).
 pub const DEFAULT_LEASE: &str = "30s";
 /// Server the client commands talk to.
@@ -119,6 +121,11 @@ pub struct ServeConfig {
     /// ~14 KiB); whatever concerns it next wakes it. `0` keeps every flow awake.
     #[arg(long, env = "DAGFLOW_HIBERNATE_AFTER", default_value = DEFAULT_HIBERNATE_AFTER)]
     pub hibernate_after: HumanDuration,
+    /// How often a reconciliation pass starts at most: it compares every unfinished
+    /// flow's queued and running jobs with Redis and puts back what Redis lost
+    /// (a restart from an older snapshot, a failover), at up to 1,000 flows a second.
+    #[arg(long, env = "DAGFLOW_RECONCILE_EVERY", default_value = DEFAULT_RECONCILE_EVERY)]
+    pub reconcile_every: HumanDuration,
 }
 
 /// `dagflow worker`.

@@ -6,6 +6,7 @@
 //! its parents. Start here: [`Engine`].
 
 pub mod actors;
+pub mod clock;
 pub mod engine;
 pub mod error;
 #[doc(hidden)]
@@ -14,6 +15,7 @@ pub mod handler;
 pub mod hub;
 pub mod ids;
 pub mod queue;
+pub mod records;
 pub mod spec;
 pub mod state;
 pub mod store;

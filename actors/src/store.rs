@@ -13,14 +13,14 @@
 //! own: [`Store::flush`] is called by the group-commit writer, once per batch.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::ids::{FlowId, NodeIdx};
-use crate::state::{FlowHeader, FlowStatus, NodeState, NodeStatus};
+pub use crate::records::{status_code, status_from, FlowRecord, NodeRecord, UnknownStatus};
+use crate::state::{FlowStatus, NodeState};
 
 /// Version byte in front of every record; bump it when a record's shape changes and
 /// keep a decoder for the old one.
@@ -44,158 +44,12 @@ pub enum StoreError {
     /// A failpoint (feature `failpoints`, tests only) made this write fail.
     #[error("injected fault at {0}")]
     Injected(&'static str),
+    /// A record holds a status number this build does not know.
+    #[error("decoding record: {0}")]
+    Status(#[from] UnknownStatus),
     /// A record has a format version this build does not know.
     #[error("record format version {0} is not supported (this build writes {FORMAT_VERSION})")]
     Version(u8),
-}
-
-/// The flow record as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FlowRecord {
-    /// The flow's name, copied from the spec for listing without reading the spec.
-    pub name: String,
-    /// `FlowStatus` as a number (see `status_code`).
-    pub status: u8,
-    /// Last event number.
-    pub seq: u64,
-    /// Creation time (ms).
-    pub created_at: u64,
-    /// Last change (ms).
-    pub updated_at: u64,
-    /// When the flow ended.
-    pub finished_at: Option<u64>,
-    /// Number of nodes.
-    pub node_count: u32,
-    /// Nodes terminal so far, for progress in listings.
-    pub done_count: u32,
-    /// The client's idempotency key, so that deleting the flow frees it.
-    pub idempotency_key: Option<String>,
-    /// Why the engine itself failed the flow, if it did.
-    pub engine_error: Option<String>,
-}
-
-/// The node record as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct NodeRecord {
-    /// `NodeStatus` as a number.
-    pub status: u8,
-    /// Current attempt.
-    pub attempt: u32,
-    /// First attempt of the current run.
-    pub run_first_attempt: u32,
-    /// Result, as JSON text (bincode cannot carry `serde_json::Value`).
-    pub result: Option<String>,
-    /// Last error.
-    pub error: Option<String>,
-    /// Last progress, as JSON text.
-    pub progress: Option<String>,
-    /// Times, in ms.
-    pub queued_at: Option<u64>,
-    /// When a delayed retry is due.
-    pub due_at: Option<u64>,
-    /// When the attempt started.
-    pub started_at: Option<u64>,
-    /// When the node ended.
-    pub finished_at: Option<u64>,
-}
-
-/// Stable numbers for statuses on disk (never reorder).
-fn node_status_code(s: NodeStatus) -> u8 {
-    match s {
-        NodeStatus::Pending => 0,
-        NodeStatus::Queued => 1,
-        NodeStatus::Active => 2,
-        NodeStatus::Completed => 3,
-        NodeStatus::Failed => 4,
-        NodeStatus::Skipped => 5,
-        NodeStatus::Cancelled => 6,
-    }
-}
-
-fn node_status_from(c: u8) -> Result<NodeStatus, StoreError> {
-    Ok(match c {
-        0 => NodeStatus::Pending,
-        1 => NodeStatus::Queued,
-        2 => NodeStatus::Active,
-        3 => NodeStatus::Completed,
-        4 => NodeStatus::Failed,
-        5 => NodeStatus::Skipped,
-        6 => NodeStatus::Cancelled,
-        other => return Err(StoreError::Decode(format!("unknown node status {other}"))),
-    })
-}
-
-/// Stable number of a flow status on disk.
-pub fn status_code(s: FlowStatus) -> u8 {
-    match s {
-        FlowStatus::Running => 0,
-        FlowStatus::Completed => 1,
-        FlowStatus::Failed => 2,
-        FlowStatus::Cancelled => 3,
-    }
-}
-
-/// The flow status of a stored number.
-pub fn status_from(c: u8) -> Result<FlowStatus, StoreError> {
-    Ok(match c {
-        0 => FlowStatus::Running,
-        1 => FlowStatus::Completed,
-        2 => FlowStatus::Failed,
-        3 => FlowStatus::Cancelled,
-        other => return Err(StoreError::Decode(format!("unknown flow status {other}"))),
-    })
-}
-
-impl NodeRecord {
-    /// The record of a node's state.
-    pub fn from_state(n: &NodeState) -> Self {
-        NodeRecord {
-            status: node_status_code(n.status),
-            attempt: n.attempt,
-            run_first_attempt: n.run_first_attempt,
-            result: n.result.as_deref().map(str::to_owned),
-            error: n.error.clone(),
-            progress: n.progress.as_deref().map(str::to_owned),
-            queued_at: n.queued_at,
-            due_at: n.due_at,
-            started_at: n.started_at,
-            finished_at: n.finished_at,
-        }
-    }
-
-    /// The node state this record holds.
-    pub fn into_state(self) -> Result<NodeState, StoreError> {
-        Ok(NodeState {
-            status: node_status_from(self.status)?,
-            attempt: self.attempt,
-            run_first_attempt: self.run_first_attempt,
-            result: self.result.map(Arc::from),
-            error: self.error,
-            progress: self.progress.map(Arc::from),
-            queued_at: self.queued_at,
-            due_at: self.due_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-        })
-    }
-}
-
-impl FlowRecord {
-    /// The header this record holds.
-    pub fn header(&self) -> Result<FlowHeader, StoreError> {
-        Ok(FlowHeader {
-            status: status_from(self.status)?,
-            seq: self.seq,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            finished_at: self.finished_at,
-        })
-    }
-
-    /// The flow's status.
-    pub fn flow_status(&self) -> Result<FlowStatus, StoreError> {
-        status_from(self.status)
-    }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -571,6 +425,8 @@ fn flow_id_of(bytes: &[u8]) -> Result<FlowId, StoreError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::state::NodeStatus;
+    use std::sync::Arc;
 
     fn record(status: FlowStatus) -> FlowRecord {
         FlowRecord {

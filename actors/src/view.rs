@@ -8,8 +8,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{FlowId, JobId, NodeIdx};
+use crate::records::FlowRecord;
 use crate::state::{Event, FlowState, FlowStatus, NodeStatus};
-use crate::store::FlowRecord;
 
 /// A flow with every node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

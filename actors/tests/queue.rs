@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dagflow_actors::queue::{
     job_id, CancelListener, CompletionReader, Delivery, JobEnvelope, Keys, LocalAck, NewJob,
@@ -29,12 +29,7 @@ async fn raw_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
+use dagflow_actors::clock::now_ms;
 
 fn envelope(flow: &str, node: &str, attempt: u32, queue: &str, max_stalled: u32) -> JobEnvelope {
     JobEnvelope {

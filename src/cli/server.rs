@@ -36,6 +36,7 @@ pub async fn serve(config: ServeConfig) -> Result<ExitCode, CliError> {
     let engine = engine_builder(&config.redis, &config.queues)
         .data_dir(&config.data_dir)
         .hibernate_after(hibernate_after)
+        .reconcile_every(config.reconcile_every.0)
         .build()
         .await
         .map_err(|e| startup_error(e, &config.redis, Some(&config.data_dir)))?;

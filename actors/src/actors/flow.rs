@@ -28,9 +28,10 @@ use super::{now_ms, Shared};
 use crate::error::EngineError;
 use crate::ids::{FlowId, JobId, NodeIdx};
 use crate::queue::{JobEnvelope, LocalAck, NewJob, Outcome, ENVELOPE_VERSION};
+use crate::records::{status_code, FlowRecord, NodeRecord};
 use crate::spec::Dag;
 use crate::state::{Effect, EnqueueJob, FlowState, FlowStatus, Input};
-use crate::store::{status_code, FlowRecord, NodeRecord, WriteOp};
+use crate::store::WriteOp;
 use crate::view::{FlowEvent, FlowView, NodeView};
 
 /// How long to wait before retrying Redis work that failed.

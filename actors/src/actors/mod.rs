@@ -17,7 +17,6 @@ pub mod writer;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::ActorRef;
 
@@ -129,13 +128,7 @@ pub struct EngineStats {
     pub promoted: AtomicU64,
 }
 
-/// Milliseconds since the epoch; the only clock the engine reads.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Rebuilds a flow's state from the store; `None` when the flow does not exist.
 pub(crate) fn load_state(
@@ -154,6 +147,14 @@ pub(crate) fn load_state(
         max_data_bytes: usize::MAX,
     };
     let dag = Arc::new(spec::validate(&spec, &unlimited)?);
-    let state = FlowState::restore(id, dag, stored.record.header()?, stored.nodes);
+    let state = FlowState::restore(
+        id,
+        dag,
+        stored
+            .record
+            .header()
+            .map_err(crate::store::StoreError::from)?,
+        stored.nodes,
+    );
     Ok(Some((state, stored.record)))
 }

@@ -17,7 +17,7 @@ mod reply;
 mod scripts;
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
@@ -84,13 +84,7 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-/// Milliseconds since the epoch by this machine's clock.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 impl Queue {
     /// Connects to Redis; fails if it cannot be reached now.
