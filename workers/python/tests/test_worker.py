@@ -413,10 +413,47 @@ async def test_consumers_of_stopped_workers_are_removed(r: redis.asyncio.Redis, 
     await r.xack(stream, "workers", gone_id)
     reader = StreamReader(shared_redis.url, [stream], "me", 100)
     try:
-        await reader.read(1)
+        await reader.read(1, ())
         await asyncio.sleep(0.2)
         assert await reader.remove_idle_consumers(100) == 1
     finally:
         await reader.close()
     names = {c["name"] for c in await r.xinfo_consumers(stream, "workers")}
     assert names == {b"busy", b"me"}
+
+
+async def test_jobs_delivered_on_a_lost_reply_are_found_without_touching_running_ones(
+        r: redis.asyncio.Redis, shared_redis: RedisServer, prefix: str) -> None:
+    """A read whose reply is lost still left its entries pending on this consumer:
+    after the connection error the worker finds them (XPENDING + XRANGE) and runs
+    them, and the jobs it was running keep their delivery count."""
+    keys = Keys(prefix)
+    stream = keys.queue("py")
+    release = asyncio.Event()
+
+    async def held(job: Job) -> Any:
+        await release.wait()
+        return job.node
+
+    enq = Enqueuer(r, keys)
+    a = enq.envelope("a", "held", "py")
+    await enq.add(a)
+    worker = Worker(shared_redis.url, {"py": 2}, {"held": held}, prefix=prefix, consumer="lossy")
+    async with running_worker(worker):
+        await eventually(lambda: _true(worker.running == 1), what="job a running")
+        reader = worker._queues["py"].reader
+        await eventually(lambda: _true(reader.client_id is not None), what="the reader's client id")
+        await asyncio.sleep(0.1)  # blocked in XREADGROUP
+        b = enq.envelope("b", "held", "py")
+        await r.execute_command("CLIENT", "KILL", "ID", reader.client_id)
+        await enq.add(b)
+        # The delivery the worker never heard of:
+        await r.xreadgroup("workers", "lossy", {stream: ">"}, count=1)
+        await eventually(lambda: _true(worker.running == 2), what="job b found and running")
+        pending = {p["message_id"]: p["times_delivered"]
+                   for p in await r.xpending_range(stream, "workers", "-", "+", 10)}
+        assert sorted(pending.values()) == [1, 1], "recovery counted no delivery"
+        release.set()
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="both outcomes")
+        assert worker.stats["completed"] == 2
+    assert done == {a["id"]: {"kind": "completed", "result": "a"}, b["id"]: {"kind": "completed", "result": "b"}}

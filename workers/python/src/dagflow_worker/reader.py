@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -35,7 +35,7 @@ COMMAND_TIMEOUT_S = 10.0
 MAX_AUTOCLAIM_ROUNDS = 10
 
 #: Commands whose replies this package parses itself.
-RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM", "XACK", "XDEL", "XINFO CONSUMERS")
+RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM", "XACK", "XDEL", "XRANGE")
 
 
 def raw_replies(client: Redis) -> Redis:
@@ -117,20 +117,22 @@ class StreamReader:
         #: Redis's id of the connection (``CLIENT ID``), so that a shutdown can end
         #: a blocked read at once with ``CLIENT UNBLOCK``; None until known.
         self.client_id: Optional[int] = None
+        self._recover = False
 
     async def close(self) -> None:
         """Closes the connection."""
         await self._redis.aclose()
 
-    def reread_pending(self) -> None:
-        """Reads this consumer's pending entries again before new ones.
+    def recover(self) -> None:
+        """Looks for lost deliveries before the next new read.
 
-        Called after a connection error: a read whose reply was lost on the way
-        still moved its entries into this consumer's pending list, and only reading
-        that list finds them again before their lease runs out.
+        Called after a connection error: a read whose reply was lost on the way still
+        moved its entries into this consumer's pending list. They are found with
+        ``XPENDING`` and fetched with ``XRANGE``, which touch nothing; re-reading the
+        pending list with ``XREADGROUP`` would also count a delivery of every job
+        running here (toward its ``maxStalled``).
         """
-        for s in self.streams:
-            self._pending[s] = "0"
+        self._recover = True
         self.client_id = None  # the next connection is another client
 
     async def ensure_groups(self) -> None:
@@ -152,10 +154,22 @@ class StreamReader:
         # A fresh group holds nothing pending for this consumer.
         self._pending[stream] = None
 
-    async def read(self, count: int) -> tuple[list[Entry], bool]:
-        """Up to ``count`` entries, from the first stream that has any: its own pending
-        entries first (flag True: renew their lease at once), then new ones; the last
-        stream's read blocks up to ``block_ms``. Empty when nothing came in time."""
+    async def read(self, count: int, running: Collection[str]) -> list[Entry]:
+        """Up to ``count`` entries, from the first stream that has any: lost
+        deliveries after a connection error (entries pending here that are not in
+        ``running``), this consumer's own pending entries after a start, then new
+        ones; the last stream's read blocks up to ``block_ms``. Empty when nothing
+        came in time.
+
+        Reading the pending list at start (``XREADGROUP ... 0``) resets the idle time
+        of those entries and counts a delivery of each (Redis 7.0): a restart under
+        the same name counts toward ``maxStalled`` like a reclaim.
+        """
+        if self._recover:
+            lost = await self._lost(count, running)
+            if lost:
+                return lost
+            self._recover = False
         for stream in self.streams:
             cursor = self._pending[stream]
             while cursor is not None:
@@ -174,7 +188,7 @@ class StreamReader:
                     self._pending[stream] = None
                     break
                 self._pending[stream] = cursor = entries[-1].id
-                return entries, True
+                return entries
         if self.client_id is None:
             self.client_id = int(await self._redis.execute_command("CLIENT", "ID"))
         for i, stream in enumerate(self.streams):
@@ -193,8 +207,36 @@ class StreamReader:
                 continue
             entries = parse_entries(stream, reply[0][1]) if reply else []
             if entries:
-                return entries, False
-        return [], False
+                return entries
+        return []
+
+    async def _lost(self, count: int, running: Collection[str]) -> list[Entry]:
+        """Entries pending on this consumer that are not running here, up to ``count``."""
+        for stream in self.streams:
+            # Sorted by id, running ones among them: asking for as many more as there
+            # are running jobs shows ``count`` unknown ones if there are that many.
+            try:
+                rows = await self._redis.execute_command(
+                    "XPENDING", stream, WORKERS_GROUP, "-", "+", count + len(running) + 1, self.consumer)
+            except ResponseError as e:
+                if not is_group_lost(e):
+                    raise
+                await self._group_lost(stream)
+                continue
+            ids = [i for i in (_text(row[0]) for row in rows or []) if i not in running][:count]
+            if not ids:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.execute_command("XRANGE", stream, entry_id, entry_id)
+            found: list[Entry] = []
+            for entry_id, reply in zip(ids, await pipe.execute()):
+                entries = parse_entries(stream, reply)
+                # Gone from the stream but still pending: deleted while pending.
+                found.extend(entries or [Entry(stream, entry_id, None, True)])
+            log.info("found %d jobs delivered to %s on a lost reply", len(found), self.consumer)
+            return found
+        return []
 
     async def reclaim(self, lease_ms: int, count: int) -> list[tuple[Entry, int]]:
         """Claims up to ``count`` entries idle for more than ``lease_ms`` (their worker

@@ -342,8 +342,7 @@ class Worker:
                     free -= await self._reclaim(q, free)
                     if free <= 0:
                         continue
-                entries, from_pending = await q.reader.read(free)
-                await self._dispatch(q, entries, from_pending)
+                await self._dispatch(q, await q.reader.read(free, q.running))
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
@@ -351,7 +350,7 @@ class Worker:
                 if self._stopping:
                     break
                 log.warning("queue %s: reading failed (%s); retrying in %.1f s", q.name, e, delay)
-                q.reader.reread_pending()
+                q.reader.recover()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -359,28 +358,23 @@ class Worker:
         """Reclaim runs every half lease: a dead worker's job waits at most 1.5 leases."""
         return max(0.05, self.lease_ms / 2000)
 
-    async def _dispatch(self, q: _Queue, entries: list[Entry], from_pending: bool) -> None:
+    async def _dispatch(self, q: _Queue, entries: list[Entry]) -> None:
         bad: list[Entry] = []
-        started: list[Job] = []
         for entry in entries:
             if entry.deleted:
                 bad.append(entry)
                 continue
             if entry.id in q.running:
-                continue  # re-read after a connection error: already running here
+                continue  # running here already
             try:
                 envelope = protocol.parse_envelope(entry.envelope)
             except EnvelopeError as e:
                 log.warning("queue %s: removing malformed entry %s: %s", q.name, entry.id, e)
                 bad.append(entry)
                 continue
-            started.append(self._start(q, entry, envelope))
+            self._start(q, entry, envelope)
         if bad:
             await q.reader.remove(bad)
-        if from_pending and started:
-            # Reading pending entries does not reset their idle time: renew them before
-            # another worker's reclaim takes them.
-            await self._renew(started)
 
     async def _reclaim(self, q: _Queue, count: int) -> int:
         """Claims jobs of dead workers; runs them, or fails those claimed too often."""
