@@ -6,6 +6,8 @@
  * @module
  */
 
+import { encodeBulk } from "./resp.js";
+
 /** Consumer group of every queue stream. */
 export const WORKERS_GROUP = "workers";
 /** Consumer group of the completions stream (the engine's). */
@@ -332,4 +334,60 @@ export function parseDeliveries(reply: unknown): number | null {
   const row = reply[0];
   if (!Array.isArray(row) || row.length < 4) return null;
   return Number(row[3]);
+}
+
+/**
+ * The `report.lua` calls of one job, pre-encoded: everything but the final flag and
+ * the outcome is the same for all reports of a job (started, progress, final), so it
+ * is encoded once. `command` gives the same call as an argument list.
+ */
+export class ReportFrame {
+  /** `EVALSHA sha 3 KEYS... workers engine entry field`, encoded. */
+  private readonly head: string;
+  /** `v 1 flow .. node .. attempt .. job .. outcome` (the record up to the outcome JSON), encoded. */
+  private readonly middle: string;
+
+  constructor(
+    private readonly sha: string,
+    private readonly keys: Keys,
+    private readonly stream: string,
+    private readonly entryId: string,
+    private readonly env: Pick<Envelope, "id" | "flowId" | "node" | "attempt">,
+  ) {
+    // Built by concatenation, not from reportArgs' arrays: this runs for every job.
+    const attempt = String(env.attempt);
+    this.head =
+      "*23\r\n$7\r\nEVALSHA\r\n" +
+      encodeBulk(sha) +
+      "$1\r\n3\r\n" +
+      encodeBulk(keys.completions()) +
+      encodeBulk(stream) +
+      encodeBulk(keys.flowJobs(env.flowId)) +
+      "$7\r\nworkers\r\n$6\r\nengine\r\n" +
+      encodeBulk(entryId) +
+      encodeBulk(`${env.node}:${attempt}`);
+    this.middle =
+      "$1\r\nv\r\n" +
+      encodeBulk(COMPLETION_VERSION) +
+      "$4\r\nflow\r\n" +
+      encodeBulk(env.flowId) +
+      "$4\r\nnode\r\n" +
+      encodeBulk(env.node) +
+      "$7\r\nattempt\r\n" +
+      encodeBulk(attempt) +
+      "$3\r\njob\r\n" +
+      encodeBulk(env.id) +
+      "$7\r\noutcome\r\n";
+  }
+
+  /** The whole call as RESP. */
+  encode(final: boolean, outcomeJson: string): string {
+    return this.head + (final ? "$1\r\n1\r\n" : "$1\r\n0\r\n") + this.middle + encodeBulk(outcomeJson);
+  }
+
+  /** The whole call as arguments (`EVALSHA`, sha, `3`, KEYS, ARGV). */
+  command(final: boolean, outcomeJson: string): string[] {
+    const call = reportArgs(this.keys, this.stream, this.entryId, this.env, final, outcomeJson);
+    return ["EVALSHA", this.sha, "3", ...call.keys, ...call.argv];
+  }
 }

@@ -80,9 +80,14 @@ export class RawConnection {
 
   /** Sends a command; resolves with its reply, rejects with the error reply or {@link ConnectionLost}. */
   send(args: readonly string[]): Promise<Reply> {
+    return this.sendEncoded(encodeCommand(args));
+  }
+
+  /** Sends one command already encoded as RESP (see {@link send}). */
+  sendEncoded(text: string): Promise<Reply> {
     if (this.closed) return Promise.reject(new ConnectionLost("the reporter connection is closed"));
     return new Promise<Reply>((resolve, reject) => {
-      this.queuedText.push(encodeCommand(args));
+      this.queuedText.push(text);
       this.queuedWaiters.push({ resolve, reject });
       if (this.ready && !this.flushScheduled) {
         this.flushScheduled = true;

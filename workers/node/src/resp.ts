@@ -18,8 +18,13 @@ export type Reply = string | number | null | RedisReplyError | Reply[];
 /** One command as RESP text (`*N\r\n$len\r\narg\r\n...`). */
 export function encodeCommand(args: readonly string[]): string {
   let out = `*${args.length}\r\n`;
-  for (const arg of args) out += `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`;
+  for (const arg of args) out += encodeBulk(arg);
   return out;
+}
+
+/** One argument as a RESP bulk string. */
+export function encodeBulk(arg: string): string {
+  return `$${Buffer.byteLength(arg)}\r\n${arg}\r\n`;
 }
 
 /**

@@ -35,7 +35,7 @@ import {
   parseDeliveries,
   parseEnvelope,
   parseReadReply,
-  reportArgs,
+  ReportFrame,
   splitInput,
   stalledMessage,
   type Envelope,
@@ -120,6 +120,7 @@ export interface WorkerEvents {
  */
 interface ReportSink {
   send(args: readonly string[]): Promise<unknown>;
+  sendReport(frame: ReportFrame, final: boolean, outcomeJson: string): Promise<unknown>;
   close(): void;
 }
 
@@ -159,6 +160,8 @@ class RunningJob {
   timer: NodeJS.Timeout | undefined;
   /** The handler's view; set once the handler is about to start. */
   job: Job | undefined;
+  /** The job's report calls, encoded once for all its reports. */
+  frame: ReportFrame | undefined;
 
   constructor(
     readonly fetcher: QueueFetcher,
@@ -651,10 +654,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const o = this.cmd.options;
     if (o.sentinels && o.sentinels.length > 0) {
       const cmd = this.cmd;
-      return { send: (args) => cmd.call(args[0] as string, ...args.slice(1)), close: () => undefined };
+      const send = (args: readonly string[]): Promise<unknown> => cmd.call(args[0] as string, ...args.slice(1));
+      return { send, sendReport: (frame, final, json) => send(frame.command(final, json)), close: () => undefined };
     }
     const role = "report";
-    return new RawConnection(
+    const raw = new RawConnection(
       {
         host: o.host,
         port: o.port,
@@ -673,6 +677,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
       },
       () => this.lastConnError.delete(role),
     );
+    return {
+      send: (args) => raw.send(args),
+      sendReport: (frame, final, json) => raw.sendEncoded(frame.encode(final, json)),
+      close: () => raw.close(),
+    };
   }
 
   /** @internal Whether the final report of this entry's job is still on its way to Redis. */
@@ -987,15 +996,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
    * after a reconnect), and a job's started and final reports share one round trip.
    */
   private async report(delivery: Delivery, outcomeJson: string, final: boolean, rj: RunningJob | undefined): Promise<boolean> {
-    const { keys, argv } = reportArgs(this.keys, delivery.stream, delivery.entryId, delivery.env, final, outcomeJson);
-    const command = ["EVALSHA", this.reportSha, "3", ...keys, ...argv];
+    const frame = rj ? (rj.frame ??= this.frameOf(delivery)) : this.frameOf(delivery);
     const sink = this.reports as ReportSink;
     const issued = rj ? ++rj.reportsIssued : 0;
     for (let failures = 0; ; failures++) {
       if (this.hardStopped || rj?.abandoned) return false;
       if (!final && rj && (rj.finalWritten || rj.reportsIssued !== issued)) return false;
       try {
-        await sink.send(command);
+        await sink.sendReport(frame, final, outcomeJson);
         if (final && rj) rj.finalWritten = true;
         return true;
       } catch (err) {
@@ -1009,6 +1017,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
         await sleep(backoff(failures));
       }
     }
+  }
+
+  /** The pre-encoded report call of a delivery. */
+  private frameOf(d: Delivery): ReportFrame {
+    return new ReportFrame(this.reportSha, this.keys, d.stream, d.entryId, d.env);
   }
 
   /**

@@ -5,6 +5,7 @@ import { describe, it } from "node:test";
 
 import {
   Keys,
+  ReportFrame,
   encodeOutcome,
   isGroupLost,
   isStalled,
@@ -121,6 +122,21 @@ describe("outcomes and the report call", () => {
       "v", "1", "flow", "f1", "node", "resize", "attempt", "2", "job", "f1:resize:2", "outcome", '{"kind":"started"}',
     ]);
     assert.equal(reportArgs(new Keys("P"), "s", "1-0", good, false, "{}").argv[4], "0");
+  });
+});
+
+describe("report frame", () => {
+  it("encodes the same call as the argument list, for every flag and outcome", async () => {
+    const { encodeCommand } = await import("../../dist/resp.js");
+    const frame = new ReportFrame("a".repeat(40), new Keys("P"), "P:q:images", "1-0", good);
+    for (const final of [true, false]) {
+      for (const json of ['{"kind":"started"}', '{"kind":"completed","result":"\u00e9t\u00e9"}']) {
+        const args = frame.command(final, json);
+        assert.deepEqual(args.slice(0, 3), ["EVALSHA", "a".repeat(40), "3"]);
+        assert.deepEqual(args.slice(3), [...Object.values(reportArgs(new Keys("P"), "P:q:images", "1-0", good, final, json)).flat()]);
+        assert.equal(frame.encode(final, json), encodeCommand(args));
+      }
+    }
   });
 });
 
