@@ -821,9 +821,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
           if (deliveries === null) continue;
           if (isStalled(deliveries, d.env.maxStalled)) {
             const message = stalledMessage(deliveries, d.env.maxStalled, this.lease);
-            void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then(
-              () => this.emit("stalled", d.env.id, message),
-            );
+            // Held like any job whose final report is on its way: renewed, waited for by close().
+            this.unwrittenFinals.set(d.entryId, d);
+            void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then((ok) => {
+              this.unwrittenFinals.delete(d.entryId);
+              if (ok) this.emit("stalled", d.env.id, message);
+            });
           } else {
             f.offer(d);
             free = f.free();

@@ -358,6 +358,38 @@ describe("client", () => {
     );
   });
 
+  it("watch() reconnects when the connection drops, with a fresh snapshot", async () => {
+    // A TCP proxy in front of the server whose connections the test cuts.
+    const { createServer, connect } = await import("node:net");
+    const target = new URL(server.baseUrl);
+    const sockets = new Set();
+    const proxy = createServer((downstream) => {
+      const upstream = connect(Number(target.port), target.hostname);
+      downstream.pipe(upstream).pipe(downstream);
+      for (const s of [downstream, upstream]) {
+        sockets.add(s);
+        s.on("error", () => {});
+        s.on("close", () => sockets.delete(s));
+      }
+    });
+    await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+    cleanups.push(() => new Promise((r) => proxy.close(r)));
+    const viaProxy = new Client({ baseUrl: `http://127.0.0.1:${proxy.address().port}` });
+    const id = await client.submit({ nodes: [{ name: "s", handler: "sleep", data: { ms: 1500 } }] });
+    const snapshots = [];
+    let last;
+    for await (const m of viaProxy.watch(id, { timeoutMs: 15_000 })) {
+      if (m.type === "snapshot") {
+        snapshots.push(m.flow.seq);
+        if (snapshots.length === 1) for (const s of sockets) s.destroy();
+      }
+      last = m;
+    }
+    assert.ok(snapshots.length >= 2, `a second snapshot after the reconnect (${snapshots})`);
+    const ended = last.type === "snapshot" ? last.flow.status : last.status;
+    assert.equal(ended, "completed");
+  });
+
   it("sends the API token on HTTP and WebSocket", async () => {
     const tokenPrefix = uniquePrefix("token");
     const guarded = await startServer({ redisUrl: redisServer.url, prefix: tokenPrefix, extraArgs: ["--api-token", "s3cret"] });
