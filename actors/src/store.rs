@@ -421,6 +421,36 @@ fn flow_id_of(bytes: &[u8]) -> Result<FlowId, StoreError> {
         .map_err(|_| StoreError::Decode("bad flow key".to_owned()))
 }
 
+/// Removes every record of the flow `id_bytes` inside a transaction: its node
+/// records (the flow record says how many there can be), spec, idempotency key
+/// (only while it still names this flow) and the flow record itself.
+fn delete_in(
+    id_bytes: &[u8],
+    flows: &sled::transaction::TransactionalTree,
+    specs: &sled::transaction::TransactionalTree,
+    nodes: &sled::transaction::TransactionalTree,
+    idempotency: &sled::transaction::TransactionalTree,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let Some(bytes) = flows.get(id_bytes)? else {
+        return Ok(());
+    };
+    let record: FlowRecord = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+    for idx in 0..record.node_count {
+        let mut key = Vec::with_capacity(20);
+        key.extend_from_slice(id_bytes);
+        key.extend_from_slice(&idx.to_be_bytes());
+        nodes.remove(key)?;
+    }
+    specs.remove(id_bytes)?;
+    if let Some(key) = &record.idempotency_key {
+        if idempotency.get(key.as_bytes())?.as_deref() == Some(id_bytes) {
+            idempotency.remove(key.as_bytes())?;
+        }
+    }
+    flows.remove(id_bytes)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -598,32 +628,3 @@ mod tests {
     }
 }
 
-/// Removes every record of the flow `id_bytes` inside a transaction: its node
-/// records (the flow record says how many there can be), spec, idempotency key
-/// (only while it still names this flow) and the flow record itself.
-fn delete_in(
-    id_bytes: &[u8],
-    flows: &sled::transaction::TransactionalTree,
-    specs: &sled::transaction::TransactionalTree,
-    nodes: &sled::transaction::TransactionalTree,
-    idempotency: &sled::transaction::TransactionalTree,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
-    let Some(bytes) = flows.get(id_bytes)? else {
-        return Ok(());
-    };
-    let record: FlowRecord = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
-    for idx in 0..record.node_count {
-        let mut key = Vec::with_capacity(20);
-        key.extend_from_slice(id_bytes);
-        key.extend_from_slice(&idx.to_be_bytes());
-        nodes.remove(key)?;
-    }
-    specs.remove(id_bytes)?;
-    if let Some(key) = &record.idempotency_key {
-        if idempotency.get(key.as_bytes())?.as_deref() == Some(id_bytes) {
-            idempotency.remove(key.as_bytes())?;
-        }
-    }
-    flows.remove(id_bytes)?;
-    Ok(())
-}
