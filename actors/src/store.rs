@@ -627,4 +627,3 @@ mod tests {
         assert_eq!(running.len(), 3);
     }
 }
-

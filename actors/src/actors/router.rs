@@ -243,11 +243,7 @@ impl Routing {
             receipt = receipt.with_permit(permit);
         }
         if let Some(actor) = self.shared.directory.get(flow) {
-            let injected = (|| {
-                fail::fail_point!("router::cast", |_| true);
-                false
-            })();
-            if injected {
+            if cast_is_lost() {
                 // As if the actor had died with the report in its mailbox: the
                 // receipt's drop hands it back.
                 drop(receipt);
@@ -362,4 +358,11 @@ impl Routing {
             debug!(error = %e, "acknowledging a dropped report failed; redis delivers it again");
         }
     }
+}
+
+/// Fault injection (failpoint `router::cast`): the cast is lost as if the actor had
+/// died with the report in its mailbox. Always false in release builds.
+fn cast_is_lost() -> bool {
+    fail::fail_point!("router::cast", |_| true);
+    false
 }

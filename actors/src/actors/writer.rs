@@ -136,13 +136,7 @@ impl Actor for SnapshotWriter {
 fn start_flush(myself: &ActorRef<WriterMsg>, state: &mut WriterState) {
     let batch = std::mem::take(&mut state.waiting);
     let ops = std::mem::take(&mut state.ops);
-    let applied = (|| {
-        fail::fail_point!("writer::before_apply", |_| Err(
-            crate::store::StoreError::Injected("writer::before_apply")
-        ));
-        state.store.apply(&ops)
-    })();
-    if let Err(e) = applied {
+    if let Err(e) = apply(&state.store, &ops) {
         // Nothing of the batch is written: every writer in it restarts from its
         // snapshot (the flow actors treat a failed write as a failure).
         error!(error = %e, "applying snapshot writes failed");
@@ -203,4 +197,12 @@ pub async fn read_durable<T: Send + 'static>(
         .map_err(|e| format!("snapshot writer is gone: {e}"))?;
     rx.await
         .map_err(|_| "snapshot writer stopped before the read".to_owned())?
+}
+
+/// Applies a batch to sled (failpoint `writer::before_apply` makes it fail whole).
+fn apply(store: &Store, ops: &[WriteOp]) -> Result<(), crate::store::StoreError> {
+    fail::fail_point!("writer::before_apply", |_| Err(
+        crate::store::StoreError::Injected("writer::before_apply")
+    ));
+    store.apply(ops)
 }
