@@ -648,3 +648,44 @@ async fn a_failed_flush_hands_its_reports_to_the_restarted_actor() {
     engine.shutdown(Duration::from_secs(5)).await;
     scenario.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_published_only_after_the_flush_that_holds_it() {
+    let scenario = fail::FailScenario::setup();
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix).build().await.unwrap();
+    let id = engine.create(&one_remote_node(), None).await.unwrap();
+    let job = take_remote_job(&prefix).await;
+    let mut events = engine.events();
+    // The flush that holds the completion takes a second.
+    fail::cfg("writer::flush", "1*sleep(1000)").unwrap();
+    let reported = Instant::now();
+    engine
+        .queue()
+        .report_remote(
+            &job,
+            &Outcome::Completed {
+                result: dagflow_actors::actors::worker::raw("7").unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.flow_id == id {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        reported.elapsed() >= Duration::from_millis(900),
+        "an event went out {:?} into a one-second flush",
+        reported.elapsed()
+    );
+    assert_eq!(event.seq, engine.get(id).await.unwrap().seq.min(event.seq));
+    engine.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}

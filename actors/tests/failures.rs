@@ -357,7 +357,10 @@ async fn delete_leaves_no_key_and_no_record() {
             "{left:?}"
         );
     }
-    // No stream or delayed set holds a job of the deleted flows.
+    // Nothing at all is left in Redis but the keys every deployment keeps: no job,
+    // no jobs hash, no completion record (the cancelled slow job's report included),
+    // nothing pending.
+    only_global_keys_left(&prefix).await;
     let mut conn = redis::Client::open(testing::redis().url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -381,15 +384,19 @@ async fn delete_leaves_no_key_and_no_record() {
         .await
         .unwrap();
     assert_ne!(again, running);
+    engine.wait(again, WAIT).await.unwrap();
+    engine.delete(again).await.unwrap();
+    only_global_keys_left(&prefix).await;
     engine.shutdown(Duration::from_secs(5)).await;
     drop(engine);
-    // On disk: no flow record, no spec, no node record of the deleted flows.
+    // On disk: no record of any kind is left (flow records, specs, node records,
+    // idempotency keys).
     let store = dagflow_actors::store::Store::open(dir.path(), 1 << 20).unwrap();
-    for id in [running, done] {
+    for id in [running, done, again] {
         assert!(store.load(id).unwrap().is_none());
         assert_eq!(store.node_record_count(id), 0);
     }
-    assert!(store.load(again).unwrap().is_some());
+    assert_eq!(store.record_count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

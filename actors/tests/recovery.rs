@@ -237,7 +237,24 @@ async fn a_failed_flow_actor_is_restarted_from_its_snapshot() {
         async move { runs.load(Ordering::SeqCst) >= 1 }
     })
     .await;
+    engine.wait(other, WAIT).await.unwrap();
     assert!(engine.inject_flow_failure(id));
+    // The supervisor itself restarts the actor: while the gate holds, no report
+    // could wake the flow, yet it has a live actor again.
+    eventually("the supervisor to restart the flow's actor", || {
+        let engine = engine.clone();
+        async move {
+            engine
+                .stats()
+                .unwrap()
+                .actor_restarts
+                .load(Ordering::SeqCst)
+                == 1
+                && engine.running_flows() == 1
+        }
+    })
+    .await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "no job ran in between");
     eventually("the restarted actor to answer", || {
         let engine = engine.clone();
         async move {
@@ -448,12 +465,27 @@ async fn duplicate_and_stale_reports_change_nothing() {
     let view = engine.get(id).await.unwrap();
     assert_eq!(view.seq, seq, "no event for duplicate or stale reports");
     assert_eq!(view.node("a").unwrap().result, Some(json!({"sum": 1})));
-    // And all of them were acknowledged: the completions stream has nothing pending.
+    // And all of them were read, applied (as nothing) and acknowledged: the
+    // completions stream is empty (XLEN, not only XPENDING, which is 0 as well
+    // before the router has read anything) and nothing is pending.
     let mut conn = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    eventually("every report applied and acknowledged (XLEN 0)", || {
+        let mut conn = conn.clone();
+        let key = format!("{prefix}:completions");
+        async move {
+            let len: i64 = redis::cmd("XLEN")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            len == 0
+        }
+    })
+    .await;
     let pending: redis::Value = redis::cmd("XPENDING")
         .arg(format!("{prefix}:completions"))
         .arg("engine")

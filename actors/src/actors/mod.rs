@@ -126,6 +126,8 @@ pub struct EngineStats {
     pub reconcile_passes: AtomicU64,
     /// Due retries the engine moved into their streams.
     pub promoted: AtomicU64,
+    /// Flow actors the supervisor restarted from their snapshot after a failure.
+    pub actor_restarts: AtomicU64,
 }
 
 pub use crate::clock::now_ms;

@@ -381,6 +381,11 @@ impl Actor for FlowSupervisor {
                     format!("engine error: the flow's actor failed {restarts} times within {RESTART_WINDOW:?}, last: {err}")
                 });
                 warn!(flow = %id, restarts, error = %err, "flow actor failed; restarting from its snapshot");
+                state
+                    .shared
+                    .stats
+                    .actor_restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // The failed actor's last writes may still wait in the group commit:
                 // the snapshot is read once they are in the store. A failing flush
                 // (often why the actor failed) does not stop the restart: the

@@ -85,3 +85,73 @@ pub async fn keys(prefix: &str) -> Vec<String> {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Waits until the prefix holds nothing but the keys every deployment keeps (the
+/// marker, heartbeats, the published config, the set of queues with delayed jobs,
+/// and queue streams and the completions stream that are empty with nothing
+/// pending): what a deleted or finished flow must leave behind.
+pub async fn only_global_keys_left(prefix: &str) {
+    let mut last = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        last = leftovers(prefix).await;
+        if last.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("keys left behind under {prefix}: {last:?}");
+}
+
+/// What [`only_global_keys_left`] finds that should not be there.
+pub async fn leftovers(prefix: &str) -> Vec<String> {
+    let url = &testing::redis().url;
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for key in testing::keys_matching(url, &format!("{prefix}:*")).await {
+        let name = &key[prefix.len() + 1..];
+        if matches!(name, "marker" | "workers" | "config" | "queues:delayed") {
+            continue;
+        }
+        let is_stream =
+            name == "completions" || (name.starts_with("q:") && !name.ends_with(":delayed"));
+        if !is_stream {
+            out.push(key);
+            continue;
+        }
+        let len: i64 = redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if len != 0 {
+            out.push(format!("{key} (XLEN {len})"));
+            continue;
+        }
+        let groups: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for group in groups {
+            let text = format!("{group:?}");
+            // [name, n, consumers, n, pending, n, ...]
+            if let redis::Value::Array(fields) = group {
+                let mut it = fields.iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if matches!(k, redis::Value::BulkString(b) if b == b"pending")
+                        && !matches!(v, redis::Value::Int(0))
+                    {
+                        out.push(format!("{key} (pending in {text})"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
