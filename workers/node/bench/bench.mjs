@@ -2,6 +2,7 @@
 // every node runs a no-op TypeScript handler, engine and Redis included.
 //
 //   node bench/bench.mjs [--flows 2000] [--width 10] [--concurrency 50] [--runs 1] [--bin PATH]
+//                        [--worker node|rust|server]
 //
 // It starts its own redis-server (free port, no persistence), a `dagflow serve` that
 // serves no queue itself (`--queues=`), and a Worker in this process serving queue
@@ -9,6 +10,10 @@
 // with `dagflow bench diamond --over-http`, which submits the flows over HTTP, follows
 // them over the WebSocket and prints one JSON line per run. Every node of those flows
 // (handler `noop`, queue `default`) therefore runs in this worker.
+//
+// For comparison, `--worker rust` serves the queue with a `dagflow worker` process
+// (the Rust remote worker, same protocol) instead, and `--worker server` lets the
+// server's own local workers serve it (no completions stream).
 //
 // The binary: --bin, else DAGFLOW_BIN, else /tmp/dagflow-bin/dagflow-release, else
 // ../../target/release/dagflow. Measure with a release build: a debug engine is the
@@ -29,6 +34,7 @@ const { values: args } = parseArgs({
     runs: { type: "string", default: "1" },
     "in-flight": { type: "string", default: "64" },
     bin: { type: "string" },
+    worker: { type: "string", default: "node" },
   },
 });
 
@@ -45,23 +51,45 @@ if (!bin) {
 }
 process.env.DAGFLOW_BIN = bin;
 
+if (!["node", "rust", "server"].includes(args.worker)) {
+  console.error(`--worker must be node, rust or server, not ${args.worker}`);
+  process.exit(2);
+}
 const redis = await startRedis();
 const prefix = uniquePrefix("bench");
-const server = await startServer({ redisUrl: redis.url, prefix, queues: "", lease: "30s", env: { RUST_LOG: "warn,dagflow::cli::server=info" } });
 const concurrency = Number(args.concurrency);
-const worker = new Worker({ redis: redis.url, prefix, queues: { default: concurrency }, handlers: { noop: async () => null } });
+const server = await startServer({
+  redisUrl: redis.url,
+  prefix,
+  queues: args.worker === "server" ? `default=${concurrency}` : "",
+  lease: "30s",
+  env: { RUST_LOG: "warn,dagflow::cli::server=info" },
+});
+let worker;
+let rustWorker;
 let failures = 0;
-worker.on("failed", () => failures++);
-worker.on("error", (err) => console.error(`worker error: ${err.message}`));
-await worker.waitUntilReady();
+if (args.worker === "node") {
+  worker = new Worker({ redis: redis.url, prefix, queues: { default: concurrency }, handlers: { noop: async () => null } });
+  worker.on("failed", () => failures++);
+  worker.on("error", (err) => console.error(`worker error: ${err.message}`));
+  await worker.waitUntilReady();
+} else if (args.worker === "rust") {
+  rustWorker = spawn(bin, ["worker", "--redis-url", redis.url, "--prefix", prefix, "--queues", `default=${concurrency}`, "--lease", "30s"], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, RUST_LOG: "warn" },
+  });
+  await new Promise((r) => setTimeout(r, 500));
+}
 
 const benchArgs = [
   "bench", "diamond", "--width", args.width, "--flows", args.flows, "--runs", args.runs,
   "--in-flight", args["in-flight"], "--over-http", server.baseUrl, "--redis-url", redis.url, "--no-progress",
 ];
 console.error(`binary: ${bin}`);
-console.error(`worker: queue default, concurrency ${concurrency}, handler noop (TypeScript, this process)`);
+const who = { node: "TypeScript worker (this process)", rust: "dagflow worker process (Rust)", server: "the server's own workers" }[args.worker];
+console.error(`worker: queue default, concurrency ${concurrency}, handler noop, ${who}`);
 console.error(`driver: dagflow ${benchArgs.join(" ")}`);
+const cpuBefore = process.cpuUsage();
 const results = await new Promise((resolveRun, reject) => {
   const proc = spawn(bin, benchArgs, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
   let out = "";
@@ -73,14 +101,18 @@ const results = await new Promise((resolveRun, reject) => {
   });
 });
 
+const cpu = process.cpuUsage(cpuBefore);
+const nodesRun = results.reduce((n, r) => n + (r.nodes_total ?? 0), 0);
 for (const r of results) {
+  if (args.worker === "node") r.ts_worker_cpu_us_per_node = +((cpu.user + cpu.system) / nodesRun).toFixed(1);
   console.log(JSON.stringify(r));
   console.error(
-    `TypeScript worker, diamond W=${args.width}, ${r.flows ?? args.flows} flows, concurrency ${concurrency}: ` +
+    `${who}, diamond W=${args.width}, ${args.flows} flows, concurrency ${concurrency}: ` +
       `${Math.round(r.nodes_per_s)} nodes/s (${r.flows_per_s} flows/s)`,
   );
 }
 if (failures > 0) console.error(`${failures} jobs failed`);
-await worker.close(5000);
+await worker?.close(5000);
+if (rustWorker) await new Promise((r) => (rustWorker.once("exit", r), rustWorker.kill("SIGTERM")));
 await server.stop();
 await redis.stop();
