@@ -408,13 +408,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
   readonly keys: Keys;
   /** This worker's consumer name and `P:workers` id. */
   readonly consumer: string;
-  /** The shared connection (auto-pipelined); never given a blocking command. Opened by `run()`. */
+  /** @internal The shared connection (auto-pipelined); never given a blocking command. Opened by `run()`. */
   cmd!: Redis;
   /** How long a blocking read waits. */
   readonly blockMs: number;
   /** Most jobs per read. */
   readonly batchSize: number;
-  /** Closing: no new reads. */
+  /** @internal Closing: no new reads. */
   stopping = false;
 
   private readonly options: WorkerOptions;
