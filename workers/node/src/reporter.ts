@@ -113,7 +113,7 @@ export class RawConnection {
     if (this.closed) return;
     const t = this.target;
     const socket = t.tls
-      ? tlsConnect({ ...t.tls, host: t.host, port: t.port ?? 6379 })
+      ? tlsConnect({ servername: t.host, ...t.tls, host: t.host, port: t.port ?? 6379 })
       : t.path
         ? netConnect(t.path)
         : netConnect(t.port ?? 6379, t.host ?? "127.0.0.1");

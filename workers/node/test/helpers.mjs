@@ -54,14 +54,15 @@ export function uniquePrefix(name = "t") {
  * environment makes the tests use that Redis instead (then `stop` and `restart` are
  * not available, and tests that need them say so by failing).
  */
-export async function startRedis() {
-  if (process.env.REDIS_URL) {
+export async function startRedis({ password } = {}) {
+  if (process.env.REDIS_URL && !password) {
     return { url: process.env.REDIS_URL, external: true, async stop() {}, async restart() { throw new Error("cannot restart an external REDIS_URL"); } };
   }
   const port = await freePort();
   let proc;
   const launch = async () => {
-    proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    const auth = password ? ["--requirepass", password] : [];
+    proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...auth], {
       stdio: ["ignore", "ignore", "pipe"],
     });
     proc.on("error", (err) => {
@@ -69,7 +70,7 @@ export async function startRedis() {
     });
     // A fresh probe per try: a connection that failed once is not reused.
     await waitFor(async () => {
-      const probe = new Redis({ port, host: "127.0.0.1", lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      const probe = new Redis({ port, host: "127.0.0.1", password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
       probe.on("error", () => {});
       try {
         await probe.connect();
@@ -89,7 +90,7 @@ export async function startRedis() {
       proc.kill("SIGKILL");
     });
   return {
-    url: `redis://127.0.0.1:${port}`,
+    url: password ? `redis://:${encodeURIComponent(password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`,
     port,
     external: false,
     stop: stopProc,

@@ -494,6 +494,25 @@ describe("worker over a real Redis", () => {
     assert.equal((await finalRecord(prefix, env.id)).outcome.result, "up");
   });
 
+  it("reports through a Redis with a password, on the database the URL names", async () => {
+    const guarded = await startRedis({ password: "pa ss" });
+    try {
+      const url = `${guarded.url}/3`;
+      const prefix = uniquePrefix("auth");
+      const r = new Redis(url);
+      const w = new Worker({ redis: url, prefix, queues: { q: 1 }, blockMs: 200, handlers: { x: async () => "db3" } });
+      w.on("error", () => {});
+      await w.waitUntilReady();
+      const [env] = await enqueue(r, prefix, [{ node: "x" }]);
+      const rec = await waitFor(async () => (await recordsOf(r, prefix, env.id)).find((x) => x.outcome.kind === "completed"), { what: "report in db 3" });
+      assert.equal(rec.outcome.result, "db3");
+      await w.close(1000);
+      r.disconnect();
+    } finally {
+      await guarded.stop();
+    }
+  });
+
   it("close() lets running jobs finish until the deadline, then abandons the rest unreported", async () => {
     const prefix = uniquePrefix("close");
     const stream = `${prefix}:q:q`;
