@@ -19,7 +19,7 @@
 // ../../target/release/dagflow. Measure with a release build: a debug engine is the
 // bottleneck long before the worker is.
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 
@@ -89,7 +89,18 @@ console.error(`binary: ${bin}`);
 const who = { node: "TypeScript worker (this process)", rust: "dagflow worker process (Rust)", server: "the server's own workers" }[args.worker];
 console.error(`worker: queue default, concurrency ${concurrency}, handler noop, ${who}`);
 console.error(`driver: dagflow ${benchArgs.join(" ")}`);
+/** CPU time (µs) a process used so far, from /proc (Linux; 0 elsewhere). */
+function procCpuUs(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * (1e6 / 100); // utime + stime, in clock ticks of 10 ms
+  } catch {
+    return 0;
+  }
+}
 const cpuBefore = process.cpuUsage();
+const serverCpuBefore = procCpuUs(server.proc.pid);
+const rustCpuBefore = rustWorker ? procCpuUs(rustWorker.pid) : 0;
 const results = await new Promise((resolveRun, reject) => {
   const proc = spawn(bin, benchArgs, { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
   let out = "";
@@ -102,9 +113,14 @@ const results = await new Promise((resolveRun, reject) => {
 });
 
 const cpu = process.cpuUsage(cpuBefore);
+const serverCpu = procCpuUs(server.proc.pid) - serverCpuBefore;
+const rustCpu = rustWorker ? procCpuUs(rustWorker.pid) - rustCpuBefore : 0;
 const nodesRun = results.reduce((n, r) => n + (r.nodes_total ?? 0), 0);
 for (const r of results) {
-  if (args.worker === "node") r.ts_worker_cpu_us_per_node = +((cpu.user + cpu.system) / nodesRun).toFixed(1);
+  // Over all runs of this invocation (one server and worker serve them all).
+  r.server_cpu_us_per_node = +(serverCpu / nodesRun).toFixed(1);
+  if (args.worker === "node") r.worker_cpu_us_per_node = +((cpu.user + cpu.system) / nodesRun).toFixed(1);
+  if (args.worker === "rust") r.worker_cpu_us_per_node = +(rustCpu / nodesRun).toFixed(1);
   console.log(JSON.stringify(r));
   console.error(
     `${who}, diamond W=${args.width}, ${args.flows} flows, concurrency ${concurrency}: ` +
