@@ -689,3 +689,61 @@ async fn an_event_is_published_only_after_the_flush_that_holds_it() {
     engine.shutdown(Duration::from_secs(5)).await;
     scenario.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_of_a_worker_that_failed_is_reclaimed_not_renewed_forever() {
+    let scenario = fail::FailScenario::setup();
+    let prefix = testing::unique_prefix();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let engine = builder(&prefix)
+        .queue("default", 1)
+        .handler("count", counting(Arc::clone(&runs)))
+        .build()
+        .await
+        .unwrap();
+    // The worker actor that takes the first job fails (a bug of the worker, not of
+    // the handler). Its fetcher replaces it; the job must leave the set whose
+    // leases are renewed, so that it is reclaimed after the lease (1.5 s here).
+    fail::cfg("worker::run", "1*panic").unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [{"name": "a", "handler": "count"}]})),
+            None,
+        )
+        .await
+        .unwrap();
+    let view = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_flows_counts_hibernating_flows_too() {
+    let scenario = fail::FailScenario::setup();
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .hibernate_after(Some(Duration::from_millis(100)))
+        .build()
+        .await
+        .unwrap();
+    let stats = || engine.stats().unwrap().running_flows.load(Ordering::SeqCst);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(engine.create(&one_remote_node(), None).await.unwrap());
+    }
+    assert_eq!(stats(), 6);
+    eventually("the flows to hibernate", || async {
+        engine.running_flows() == 0
+    })
+    .await;
+    assert_eq!(stats(), 6, "hibernating flows still run");
+    engine.cancel(ids[0]).await.unwrap();
+    engine.delete(ids[1]).await.unwrap();
+    assert_eq!(stats(), 4);
+    engine.retry(ids[0]).await.unwrap();
+    assert_eq!(stats(), 5);
+    engine.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}

@@ -151,6 +151,9 @@ struct Pending {
     redis: RedisWork,
     events: Vec<FlowEvent>,
     replies: Vec<Reply>,
+    /// How the write changes the number of running flows (+1 created or retried,
+    /// -1 ended), counted once it is durable.
+    running_delta: i64,
 }
 
 /// The flow actor's state.
@@ -597,11 +600,13 @@ impl FlowActorState {
             ))));
             return;
         }
+        let was_terminal = status.is_terminal();
         if matches!(input, Input::Retry) {
             self.engine_error = None;
         }
         let effects = self.flow.apply(input, now);
-        self.persist_and_reply(myself, effects, Reply::Done(reply));
+        let delta = i64::from(was_terminal && !self.flow.status().is_terminal());
+        self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
     }
 
     fn job_id(&self, node: NodeIdx, attempt: u32) -> String {
@@ -671,15 +676,18 @@ impl FlowActorState {
         self.commit(myself, effects, commit);
     }
 
-    /// Carries out the effects of a client's request and answers it once durable.
+    /// Carries out the effects of a client's request and answers it once durable;
+    /// `running_delta` is +1 when the request makes an ended flow run again.
     fn persist_and_reply(
         &mut self,
         myself: &ActorRef<FlowMsg>,
         effects: Vec<Effect>,
         reply: Reply,
+        running_delta: i64,
     ) {
         let commit = Commit {
             reply: Some(reply),
+            running_delta,
             ..Commit::default()
         };
         self.commit(myself, effects, commit);
@@ -698,6 +706,7 @@ impl FlowActorState {
             reply: Some(reply),
             ops,
             force_write: true,
+            running_delta: 1,
             ..Commit::default()
         };
         self.commit(myself, effects, commit);
@@ -711,6 +720,7 @@ impl FlowActorState {
             reply,
             mut ops,
             force_write,
+            mut running_delta,
         } = commit;
         let id = self.flow.id();
         let now = now_ms();
@@ -731,13 +741,19 @@ impl FlowActorState {
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
                 Effect::CancelJob { node, attempt } => work.cancel.push(self.job_id(node, attempt)),
                 Effect::Emit(event) => events.push(FlowEvent::from_event(&self.flow, &event)),
-                Effect::Finished(_) => work.cleanup = true,
+                Effect::Finished(_) => {
+                    work.cleanup = true;
+                    running_delta -= 1;
+                }
             }
         }
         work.add_receipt(receipt);
         if changed || force_write {
             ops.push(WriteOp::Flow(id, self.header_record()));
             self.send_write(myself, ops, work, events, reply.into_iter().collect());
+            if let Some(last) = self.pending.back_mut() {
+                last.running_delta = running_delta;
+            }
             return;
         }
         // Nothing changed (a duplicate or stale report): its acknowledgement must
@@ -785,6 +801,7 @@ impl FlowActorState {
             redis,
             events,
             replies,
+            running_delta: 0,
         });
     }
 
@@ -812,6 +829,12 @@ impl FlowActorState {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            if p.running_delta != 0 {
+                self.shared
+                    .stats
+                    .running_flows
+                    .fetch_add(p.running_delta, std::sync::atomic::Ordering::Relaxed);
+            }
             for event in p.events {
                 self.shared.hub.publish(event);
             }
@@ -957,6 +980,12 @@ impl FlowActorState {
         };
         match result {
             Ok(()) => {
+                if self.flow.status() == FlowStatus::Running {
+                    self.shared
+                        .stats
+                        .running_flows
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 // Everything the flow had in Redis is gone; only the acks of the
                 // reports it holds are still owed.
                 let mut receipts: Vec<Receipt> = std::mem::take(&mut self.held);
@@ -1002,6 +1031,9 @@ struct Commit {
     ops: Vec<WriteOp>,
     /// Write the header even if the effects changed nothing (a new flow).
     force_write: bool,
+    /// +1 when the write makes the flow running (created, retried); an end
+    /// (`Effect::Finished`) subtracts one by itself.
+    running_delta: i64,
 }
 
 /// Carries out the acks of reports: local jobs (`ack.lua`) and completion records

@@ -15,7 +15,7 @@ pub mod worker;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, RwLock};
 
 use ractor::ActorRef;
@@ -128,6 +128,10 @@ pub struct EngineStats {
     pub promoted: AtomicU64,
     /// Flow actors the supervisor restarted from their snapshot after a failure.
     pub actor_restarts: AtomicU64,
+    /// Flows whose durable status is `running`, awake or hibernating: counted at
+    /// start from the store, then moved by each durable create, end, retry and
+    /// delete.
+    pub running_flows: AtomicI64,
 }
 
 pub use crate::clock::now_ms;

@@ -126,6 +126,11 @@ impl Actor for FlowSupervisor {
         };
         let unfinished = state.shared.store.unfinished()?;
         let count = unfinished.len();
+        state
+            .shared
+            .stats
+            .running_flows
+            .store(count as i64, std::sync::atomic::Ordering::Relaxed);
         for id in unfinished {
             // Nothing was written yet: no barrier needed.
             if let Err(e) = state.spawn_restored(&myself, id, None, false).await {
@@ -264,7 +269,17 @@ impl Actor for FlowSupervisor {
                                     return;
                                 }
                             };
+                            let was_running = matches!(
+                                shared.store.flow_record(id),
+                                Ok(Some(rec)) if rec.flow_status().ok() == Some(crate::state::FlowStatus::Running)
+                            );
                             let result = delete_flow(&shared, id, cancels).await;
+                            if result.is_ok() && was_running {
+                                shared
+                                    .stats
+                                    .running_flows
+                                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             let _ = me.cast(SupervisorMsg::Deleted(id, result));
                         });
                     }

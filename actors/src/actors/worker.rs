@@ -179,9 +179,6 @@ pub struct FetcherArgs {
 pub struct FetcherState {
     ctx: Arc<WorkerCtx>,
     idle_tx: mpsc::Sender<ActorRef<WorkerMsg>>,
-    /// Entry ids of the jobs the queue's workers run: the fetch loop renews their
-    /// lease. A replacement worker shares it, or its job would never be renewed.
-    running: Arc<Mutex<HashSet<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -198,7 +195,7 @@ impl Actor for QueueFetcher {
         let (idle_tx, idle_rx) = mpsc::channel(args.concurrency + 1);
         let running: Arc<Mutex<HashSet<String>>> = Arc::default();
         for _ in 0..args.concurrency {
-            let worker = spawn_worker(&myself, &args.ctx, &idle_tx, &running).await?;
+            let worker = spawn_worker(&myself, &args.ctx, &idle_tx).await?;
             idle_tx.send(worker).await?;
         }
         let reader = args
@@ -211,13 +208,12 @@ impl Actor for QueueFetcher {
             Arc::clone(&args.ctx),
             reader,
             idle_rx,
-            Arc::clone(&running),
+            running,
             args.stop,
         ));
         Ok(FetcherState {
             ctx: args.ctx,
             idle_tx,
-            running,
             task,
         })
     }
@@ -241,7 +237,9 @@ impl Actor for QueueFetcher {
         // task); replace it so the pool keeps its size.
         if let SupervisionEvent::ActorFailed(_, err) = event {
             warn!(error = %err, "worker actor failed; replacing it");
-            let worker = spawn_worker(&myself, &state.ctx, &state.idle_tx, &state.running).await?;
+            // The failed worker's job left the running set with its guard, so it
+            // is reclaimed after the lease; the replacement starts empty-handed.
+            let worker = spawn_worker(&myself, &state.ctx, &state.idle_tx).await?;
             state.idle_tx.send(worker).await?;
         }
         Ok(())
@@ -252,12 +250,10 @@ async fn spawn_worker(
     fetcher: &ActorRef<()>,
     ctx: &Arc<WorkerCtx>,
     idle_tx: &mpsc::Sender<ActorRef<WorkerMsg>>,
-    running: &Arc<Mutex<HashSet<String>>>,
 ) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
     let args = WorkerArgs {
         ctx: Arc::clone(ctx),
         idle_tx: idle_tx.clone(),
-        running: Arc::clone(running),
     };
     let (worker, _) = Actor::spawn_linked(None, WorkerActor, args, fetcher.get_cell()).await?;
     Ok(worker)
@@ -348,9 +344,9 @@ async fn fetch_loop(
 }
 
 fn dispatch(
-    ctx: &WorkerCtx,
+    ctx: &Arc<WorkerCtx>,
     idle: &mut Vec<ActorRef<WorkerMsg>>,
-    running: &Mutex<HashSet<String>>,
+    running: &Arc<Mutex<HashSet<String>>>,
     delivery: Delivery,
 ) {
     let Some(worker) = idle.pop() else {
@@ -359,19 +355,45 @@ fn dispatch(
         warn!(job = %delivery.envelope.id, "no idle worker for a job read");
         return;
     };
-    if let Ok(mut r) = running.lock() {
-        r.insert(delivery.entry_id.clone());
-    }
-    ctx.running.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = worker.cast(WorkerMsg::Run(delivery)) {
-        ctx.running.fetch_sub(1, Ordering::Relaxed);
-        // Not renewed any more, so reclaimed after the lease.
-        if let ractor::MessagingErr::SendErr(WorkerMsg::Run(d)) = &e {
-            if let Ok(mut r) = running.lock() {
-                r.remove(&d.entry_id);
-            }
-        }
+    let guard = RunningGuard::new(ctx, running, &delivery.entry_id);
+    if worker.cast(WorkerMsg::Run(delivery, guard)).is_err() {
+        // The message (and its guard) is dropped: the job is not renewed any more,
+        // so it is reclaimed after the lease.
         warn!("worker gone; its job will be reclaimed after the lease");
+    }
+}
+
+/// A job's place in its fetcher's running set (whose leases the fetch loop renews)
+/// and in the process's running count, for exactly as long as the job is in a
+/// worker's hands: dropped when the job ends, and also when the message carrying
+/// it is dropped or the worker panics with it. A job renewed by nobody is
+/// reclaimed after its lease; one renewed forever by mistake would never be.
+pub struct RunningGuard {
+    set: Arc<Mutex<HashSet<String>>>,
+    ctx: Arc<WorkerCtx>,
+    entry: String,
+}
+
+impl RunningGuard {
+    fn new(ctx: &Arc<WorkerCtx>, set: &Arc<Mutex<HashSet<String>>>, entry: &str) -> Self {
+        if let Ok(mut r) = set.lock() {
+            r.insert(entry.to_owned());
+        }
+        ctx.running.fetch_add(1, Ordering::Relaxed);
+        RunningGuard {
+            set: Arc::clone(set),
+            ctx: Arc::clone(ctx),
+            entry: entry.to_owned(),
+        }
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.set.lock() {
+            r.remove(&self.entry);
+        }
+        self.ctx.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -382,13 +404,13 @@ pub struct WorkerActor;
 pub struct WorkerArgs {
     ctx: Arc<WorkerCtx>,
     idle_tx: mpsc::Sender<ActorRef<WorkerMsg>>,
-    running: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Messages of a worker.
 pub enum WorkerMsg {
-    /// Run this job, report it, then offer yourself again.
-    Run(Delivery),
+    /// Run this job, report it, then offer yourself again. The guard keeps the
+    /// job's lease renewed while it is held.
+    Run(Delivery, RunningGuard),
 }
 
 impl Actor for WorkerActor {
@@ -410,14 +432,12 @@ impl Actor for WorkerActor {
         message: WorkerMsg,
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let WorkerMsg::Run(delivery) = message;
+        let WorkerMsg::Run(delivery, guard) = message;
+        fail::fail_point!("worker::run");
         if let Some(outcome) = run_job(&state.ctx, &delivery).await {
             report(&state.ctx, &delivery, outcome).await;
         }
-        if let Ok(mut r) = state.running.lock() {
-            r.remove(&delivery.entry_id);
-        }
-        state.ctx.running.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
         // The fetcher is gone only during shutdown; then nobody needs this worker.
         let _ = state.idle_tx.send(myself).await;
         Ok(())
