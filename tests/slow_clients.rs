@@ -45,7 +45,7 @@ const RSS_GROWTH_BOUND_MB: u64 = 200;
 /// The probe resumes reading at the latest this long after it stalled, so that the
 /// server (which drops a client that has taken nothing for 60 s) still serves it.
 const PROBE_RESUME_AT_LATEST: Duration = Duration::from_secs(40);
-/// Progress values the probe's flow reports, and the size of each: 24 MB in all,
+/// Events of the probe's flow (failures of its children), and the size of each: 24 MB in all,
 /// against 4 MB of socket buffer (Linux's `tcp_wmem` maximum), 256 queued messages
 /// and a feed of [`EVENT_CAPACITY`] events.
 const PROBE_EVENTS: usize = 3000;
@@ -366,28 +366,48 @@ impl Readers {
     }
 }
 
-/// The probe flow's handler: once `go` fires, reports [`PROBE_EVENTS`] progress
-/// values of [`PROBE_EVENT_BYTES`] each (more than a socket's buffers and the
-/// session's queues hold), then runs until cancelled.
+/// The probe flow's root: quiet until `go` fires, then it completes and releases
+/// [`PROBE_EVENTS`] children that each fail with an error of [`PROBE_EVENT_BYTES`]
+/// (more than a socket's buffers and the session's queues hold), and one child that
+/// runs until cancelled. (Progress values would not do: a worker coalesces a job's
+/// progress to one report every 100 ms.)
 fn talker(go: CancellationToken) -> Arc<dyn Handler> {
     Arc::new(handler_fn(move |ctx: JobContext| {
         let go = go.clone();
         async move {
             tokio::select! {
-                () = go.cancelled() => {}
-                () = ctx.cancel.cancelled() => return Err(JobError::fatal("cancelled")),
+                () = go.cancelled() => Ok(json!("go")),
+                () = ctx.cancel.cancelled() => Err(JobError::fatal("cancelled")),
             }
-            let pad = "x".repeat(PROBE_EVENT_BYTES);
-            for i in 0..PROBE_EVENTS {
-                ctx.progress(json!({"i": i, "pad": pad}));
-                if i % 50 == 49 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            ctx.cancel.cancelled().await;
-            Err::<Value, _>(JobError::fatal("cancelled"))
         }
     }))
+}
+
+/// A probe child: fails at once with a big error, one large event.
+fn shouter() -> Arc<dyn Handler> {
+    Arc::new(handler_fn(move |_ctx: JobContext| async move {
+        Err::<Value, _>(JobError::fatal("x".repeat(PROBE_EVENT_BYTES)))
+    }))
+}
+
+/// The probe's last child: runs until the flow is cancelled.
+fn holder() -> Arc<dyn Handler> {
+    Arc::new(handler_fn(move |ctx: JobContext| async move {
+        ctx.cancel.cancelled().await;
+        Err::<Value, _>(JobError::fatal("cancelled"))
+    }))
+}
+
+/// The probe flow: `talk`, then [`PROBE_EVENTS`] shouting children and a holder.
+fn probe_spec() -> Value {
+    let mut nodes = vec![
+        json!({"name": "talk", "handler": "talk", "queue": "probe"}),
+        json!({"name": "hold", "handler": "hold", "parents": ["talk"]}),
+    ];
+    for i in 0..PROBE_EVENTS {
+        nodes.push(json!({"name": format!("shout-{i}"), "handler": "shout", "queue": "probe", "parents": ["talk"]}));
+    }
+    json!({"name": "probe", "nodes": nodes, "opts": {"onFailure": "continue"}})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,7 +416,11 @@ async fn hundred_clients_thirty_never_reading_do_not_slow_flows_or_grow_memory()
     let server = start_server(ServerOpts {
         // The probe flow runs on its own queue, so that both runs have four workers.
         queues: vec![("default".to_owned(), 4), ("probe".to_owned(), 1)],
-        handlers: vec![("talk".to_owned(), talker(go.clone()))],
+        handlers: vec![
+            ("talk".to_owned(), talker(go.clone())),
+            ("shout".to_owned(), shouter()),
+            ("hold".to_owned(), holder()),
+        ],
         engine: Some(Box::new(|b| b.event_capacity(EVENT_CAPACITY))),
         ..ServerOpts::default()
     })
@@ -438,11 +462,7 @@ async fn hundred_clients_thirty_never_reading_do_not_slow_flows_or_grow_memory()
     readers.finish(&stop, &ids).await;
 
     // The probe's flow: quiet until `go`.
-    let probe_flow = api
-        .create_flow(&json!({"name": "probe", "nodes": [
-            {"name": "talk", "handler": "talk", "queue": "probe"}
-        ]}))
-        .await;
+    let probe_flow = api.create_flow(&probe_spec()).await;
     api.wait_for_node(&probe_flow, "talk", "active").await;
 
     let rss_before = rss_mb();
