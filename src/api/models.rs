@@ -571,7 +571,23 @@ pub(crate) struct FlowEventSchema {
 /// parents and children that exist and agree, no cycle) and the byte limits are
 /// checked by the server, which answers 422 listing every problem.
 #[derive(ToSchema)]
-#[schema(as = FlowSpec)]
+#[schema(as = FlowSpec, examples(
+    json!({"name": "image pipeline", "nodes": [
+        {"name": "download-image", "handler": "echo", "data": {"url": "https://example.com/a.png"}},
+        {"name": "resize-image", "handler": "echo", "parents": ["download-image"]},
+        {"name": "add-watermark", "handler": "echo", "parents": ["download-image"]},
+        {"name": "save-to-s3", "handler": "echo", "parents": ["resize-image", "add-watermark"],
+         "opts": {"attempts": 3, "backoff": {"type": "exponential", "delayMs": 500}, "timeoutMs": 30000}}
+    ]}),
+    json!({"name": "a long nap", "nodes": [
+        {"name": "nap", "handler": "sleep", "data": {"ms": 3000}},
+        {"name": "after", "handler": "echo", "parents": ["nap"]}
+    ]}),
+    json!({"name": "fails, then can be retried", "nodes": [
+        {"name": "boom", "handler": "fail", "data": {"message": "an example failure"}},
+        {"name": "never", "handler": "echo", "parents": ["boom"]}
+    ], "opts": {"onFailure": "continue"}})
+))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub(crate) struct FlowSpecSchema {
@@ -624,11 +640,11 @@ pub(crate) struct NodeSpecSchema {
     /// Nodes that need its result, each once (must agree with their `parents`).
     #[schema(nullable = false)]
     children: Option<Vec<String>>,
-    /// Handler name; defaults to `name`.
-    #[schema(nullable = false, min_length = 1, max_length = 256)]
+    /// Handler name; defaults to `name` (so does `null`).
+    #[schema(min_length = 1, max_length = 256)]
     handler: Option<String>,
-    /// Queue; defaults to `default`.
-    #[schema(nullable = false, max_length = 256, pattern = r"^[A-Za-z0-9._-]+$")]
+    /// Queue; defaults to `default` (so does `null`).
+    #[schema(max_length = 256, pattern = r"^[A-Za-z0-9._-]+$")]
     queue: Option<String>,
     /// The node's own input: any JSON value (at most 256 KiB as JSON text).
     data: Option<serde_json::Value>,
@@ -649,17 +665,16 @@ pub(crate) struct NodeOptsSchema {
     /// Total tries in one run, the first included (default 1).
     #[schema(nullable = false, minimum = 1, maximum = 1000)]
     attempts: Option<u32>,
-    /// Delay between tries; without it a retry runs at once.
-    #[schema(nullable = false)]
+    /// Delay between tries; without it (or with `null`) a retry runs at once.
     backoff: Option<BackoffSchema>,
-    /// Time limit of one try, ms; a try over it fails (retryable).
-    #[schema(nullable = false, minimum = 1)]
+    /// Time limit of one try, ms; a try over it fails (retryable). None by default.
+    #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
     /// When the node fails for good, its children still run with `{"error"}` in its slot.
     #[schema(nullable = false)]
     continue_on_failure: Option<bool>,
-    /// How often a job may be reclaimed from a vanished worker before it fails as stalled.
-    #[schema(nullable = false)]
+    /// How often a job may be reclaimed from a vanished worker before it fails as
+    /// stalled; `null` or absent: the server's default.
     max_stalled: Option<u32>,
 }
 

@@ -107,6 +107,7 @@ pub(crate) fn document(token: bool, limits: &Limits) -> Value {
     add_retry_after(&mut doc);
     never_null_parameters(&mut doc);
     add_discriminator(&mut doc);
+    unsigned_formats(&mut doc);
     set_security(&mut doc, token);
     doc
 }
@@ -223,15 +224,54 @@ fn never_null_parameters(doc: &mut Value) {
             continue;
         };
         for param in params {
-            let types = &mut param["schema"]["type"];
-            if let Some(list) = types.as_array() {
-                let kept: Vec<Value> = list.iter().filter(|t| *t != "null").cloned().collect();
+            // `get_mut`, not indexing: indexing a missing key would add it as `null`.
+            let types = param.get_mut("schema").and_then(|s| s.get_mut("type"));
+            if let Some(types) = types {
+                let kept: Vec<Value> = types
+                    .as_array()
+                    .map(|list| list.iter().filter(|t| *t != "null").cloned().collect())
+                    .unwrap_or_default();
                 if let [only] = kept.as_slice() {
                     *types = only.clone();
                 }
             }
         }
     }
+}
+
+/// utoipa writes Rust's `u32`/`u64` as `int32`/`int64` with `minimum: 0`, and a
+/// client (or Schemathesis) then takes the signed format's maximum for the
+/// field's: `2^63` was refused by the document and accepted by the server. Every
+/// such integer gets the unsigned format and its real maximum, unless the field
+/// already has a smaller one.
+fn unsigned_formats(doc: &mut Value) {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                let integer = |t: &Value| t == "integer";
+                let unsigned = map.get("type").is_some_and(|t| {
+                    integer(t) || t.as_array().is_some_and(|ts| ts.iter().any(integer))
+                }) && map
+                    .get("minimum")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|m| m >= 0.0);
+                let max = match map.get("format").and_then(Value::as_str) {
+                    Some("int64") if unsigned => Some(("uint64", json!(u64::MAX))),
+                    Some("int32") if unsigned => Some(("uint32", json!(u32::MAX))),
+                    _ => None,
+                };
+                if let Some((format, max)) = max {
+                    map.insert("format".to_owned(), json!(format));
+                    map.entry("maximum").or_insert(max);
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut doc["components"]);
+    walk(&mut doc["paths"]);
 }
 
 /// `ServerMessage` is told apart by `type`: say so, for generated clients.
@@ -297,6 +337,9 @@ mod tests {
     #[test]
     fn describes_every_route_and_view() {
         let doc = document(false, &Limits::default());
+        // The post-processing added no `null` keyword by indexing a missing key.
+        let text = doc.to_string();
+        assert!(!text.contains(":null"), "{text}");
         for path in [
             "/flows",
             "/flows/{id}",
@@ -362,6 +405,11 @@ mod tests {
         assert_eq!(spec["nodes"]["minItems"], 1);
         let node = &doc["components"]["schemas"]["NodeSpec"]["properties"];
         assert_eq!(node["queue"]["maxLength"], 9);
+        let opts = &doc["components"]["schemas"]["NodeOpts"]["properties"];
+        assert_eq!(opts["timeoutMs"]["maximum"], json!(u64::MAX));
+        assert_eq!(opts["timeoutMs"]["format"], "uint64");
+        assert_eq!(opts["maxStalled"]["maximum"], json!(u32::MAX));
+        assert_eq!(opts["attempts"]["maximum"], 1000);
         let links = &doc["paths"]["/flows"]["post"]["responses"]["201"]["links"];
         for link in [
             "GetFlow",
