@@ -57,6 +57,27 @@ async fn require_redis(state: &ApiState) -> Result<(), HttpError> {
     }
 }
 
+/// The outcome of an action on a flow. The engine answers "actor unavailable"
+/// (`NotRunning`) when the flow's actor went away with the request in its mailbox;
+/// that happens when the flow is deleted at the same moment (Schemathesis, with
+/// two workers, retried a flow another request was deleting). If the flow is gone
+/// now, the truthful answer is 404, not a 503 that invites a retry that can only
+/// 404; if it is still there, the 503 stands.
+async fn settle(
+    state: &ApiState,
+    id: FlowId,
+    outcome: Result<(), dagflow_actors::EngineError>,
+) -> Result<(), HttpError> {
+    use dagflow_actors::EngineError;
+    match outcome {
+        Err(EngineError::NotRunning(cause)) => match state.engine.get(id).await {
+            Err(EngineError::NotFound(_)) => Err(EngineError::NotFound(id.to_string()).into()),
+            _ => Err(EngineError::NotRunning(cause).into()),
+        },
+        other => other.map_err(HttpError::from),
+    }
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz",
     responses((status = 200, description = "alive", body = Health)))]
@@ -299,7 +320,7 @@ pub(crate) async fn cancel(id: String, state: Arc<ApiState>) -> Response {
         async {
             let id = flow_id(&id)?;
             require_redis(&state).await?;
-            state.engine.cancel(id).await?;
+            settle(&state, id, state.engine.cancel(id).await).await?;
             Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
         }
         .await,
@@ -319,7 +340,7 @@ pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
         async {
             let id = flow_id(&id)?;
             require_redis(&state).await?;
-            state.engine.retry(id).await?;
+            settle(&state, id, state.engine.retry(id).await).await?;
             Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
         }
         .await,
@@ -339,7 +360,7 @@ pub(crate) async fn delete(id: String, state: Arc<ApiState>) -> Response {
         async {
             let id = flow_id(&id)?;
             require_redis(&state).await?;
-            state.engine.delete(id).await?;
+            settle(&state, id, state.engine.delete(id).await).await?;
             Ok(warp::Reply::into_response(StatusCode::NO_CONTENT))
         }
         .await,
