@@ -98,8 +98,12 @@ fi
 # - `negative_data_rejection` expects a 4xx for a schema-violating request; a flow
 #   of more than `maxItems` nodes is usually also a body over the limit, refused
 #   with 413 before it is parsed, so 413 counts.
-# Every other status and every other operation keeps the defaults.
+# Every other status and every other operation keeps the defaults. No cache: each
+# run starts fresh and leaves nothing in the work tree.
 cat >"$work/schemathesis.toml" <<'EOF'
+[cache]
+enabled = false
+
 [[operations]]
 include-operation-id = "createFlow"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "422", "429", "5xx"]
