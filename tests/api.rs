@@ -1,19 +1,26 @@
 //! The REST API end to end: a real server on port 0 over a real engine (test Redis
 //! with a unique prefix, temp sled dir, built-in handlers), driven over HTTP.
+//!
+//! Every answer goes through [`schema::Checked`]: its status, content type,
+//! headers and body are held against the `/openapi.json` the same server
+//! publishes, so a test that passes also shows the document tells the truth.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/schema.rs"]
+mod schema;
 
 use common::*;
 use dagflow::engine::testing;
 use reqwest::{Method, StatusCode};
+use schema::{Checked, CheckedWs, OpenApi};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_pipeline_completes_and_save_gets_both_results() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let id = api.create_flow(&image_pipeline()).await;
     let flow = api.wait_for_status(&id, "completed").await;
 
@@ -93,33 +100,62 @@ async fn every_error_has_its_status_and_the_json_shape() {
         ..ServerOpts::default()
     })
     .await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
 
     // 400: malformed JSON, saying where.
-    let (s, b) = send(
-        api.request(Method::POST, "/flows")
-            .header("content-type", "application/json")
-            .body("{\n  \"nodes\": [\n    {\"name\": \"a\",}\n  ]\n}"),
-    )
-    .await;
+    let (s, b) = api
+        .send(
+            api.request(Method::POST, "/flows")
+                .header("content-type", "application/json")
+                .body("{\n  \"nodes\": [\n    {\"name\": \"a\",}\n  ]\n}"),
+        )
+        .await;
     let e = error_of(s, &b, StatusCode::BAD_REQUEST, "malformed_json");
     assert_eq!(e["details"]["line"], 3, "{e}");
     assert!(e["details"]["column"].as_u64().unwrap() > 0);
     assert!(e["message"].as_str().unwrap().contains("line 3"), "{e}");
 
-    // 415: not JSON (curl -d sends a form content type).
-    let (s, b) = send(
-        api.request(Method::POST, "/flows")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("{\"nodes\": []}"),
-    )
-    .await;
-    error_of(
-        s,
-        &b,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    );
+    // 415: not declared as JSON: curl -d's form type, no type at all, another
+    // JSON-ish type, JSON in another charset. The body is a valid flow each time.
+    let valid = single("noop", Value::Null).to_string();
+    for content_type in [
+        Some("application/x-www-form-urlencoded"),
+        None,
+        Some("text/plain"),
+        Some("application/vnd.dagflow+json"),
+        Some("text/json"),
+        Some("application/json; charset=iso-8859-1"),
+    ] {
+        let mut request = api.request(Method::POST, "/flows").body(valid.clone());
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let (s, b) = api.send(request).await;
+        let e = error_of(
+            s,
+            &b,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        );
+        assert!(
+            e["message"].as_str().unwrap().contains("application/json"),
+            "{content_type:?}: {e}"
+        );
+    }
+    // application/json with a UTF-8 charset, in any case: accepted.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "Application/JSON;Charset=\"UTF-8\"",
+    ] {
+        let (s, b) = api
+            .send(
+                api.request(Method::POST, "/flows")
+                    .header("content-type", content_type)
+                    .body(valid.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{content_type}: {b}");
+    }
 
     // 413: over the configured limit, refused from Content-Length alone.
     let big = json!({"nodes": [{"name": "a", "data": {"pad": "x".repeat(8000)}}]});
@@ -135,6 +171,19 @@ async fn every_error_has_its_status_and_the_json_shape() {
     .await;
     assert_eq!(status, 411, "{text}");
     assert!(text.contains("\"length_required\""), "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    let documented = &api.openapi.doc["paths"]["/flows"]["post"]["responses"]["411"];
+    api.openapi.assert_fits(
+        &documented["content"]["application/json"]["schema"],
+        &body,
+        "411",
+    );
 
     // 422: an invalid DAG, every problem listed.
     let bad = json!({"nodes": [
@@ -177,13 +226,31 @@ async fn every_error_has_its_status_and_the_json_shape() {
     let (s, b) = api.get("/no/such/route").await;
     error_of(s, &b, StatusCode::NOT_FOUND, "not_found");
 
-    // 405: a known path, a method it does not take.
-    let (s, b) = send(api.request(Method::PUT, "/flows")).await;
-    error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    let (s, b) = send(api.request(Method::PATCH, &format!("/flows/{id}"))).await;
-    error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-    let (s, b) = api.post_empty("/healthz").await;
-    error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    // 405: a known path, a method it does not take; `Allow` names the ones it does.
+    for (method, path, allow) in [
+        (Method::PUT, "/flows".to_owned(), "GET, HEAD, POST, OPTIONS"),
+        (
+            Method::PATCH,
+            format!("/flows/{id}"),
+            "GET, HEAD, DELETE, OPTIONS",
+        ),
+        (Method::POST, "/healthz".to_owned(), "GET, HEAD, OPTIONS"),
+        (Method::GET, format!("/flows/{id}/cancel"), "POST, OPTIONS"),
+        (
+            Method::DELETE,
+            format!("/flows/{id}/nodes/only"),
+            "GET, HEAD, OPTIONS",
+        ),
+        (Method::HEAD, "/ws".to_owned(), "GET, OPTIONS"),
+        (Method::POST, "/".to_owned(), "GET, OPTIONS"),
+    ] {
+        let (s, headers, b) = api.send_full(api.request(method.clone(), &path)).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if method != Method::HEAD {
+            error_of(s, &b, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        }
+        assert_eq!(headers["allow"], allow, "{method} {path}");
+    }
 
     // 409: actions that do not fit the flow's state.
     let (s, b) = api.post_empty(&format!("/flows/{id}/cancel")).await;
@@ -202,16 +269,177 @@ async fn every_error_has_its_status_and_the_json_shape() {
         let (s, b) = api.get(&format!("/flows?{query}")).await;
         error_of(s, &b, StatusCode::BAD_REQUEST, "invalid_query");
     }
-    let (s, b) = send(
-        api.request(Method::POST, "/flows")
-            .header("idempotency-key", "k".repeat(300))
-            .json(&single("noop", Value::Null)),
-    )
-    .await;
+    let (s, b) = api
+        .send(
+            api.request(Method::POST, "/flows")
+                .header("idempotency-key", "k".repeat(300))
+                .json(&single("noop", Value::Null)),
+        )
+        .await;
     error_of(s, &b, StatusCode::BAD_REQUEST, "invalid_header");
     // A plain GET on the WebSocket endpoint.
     let (s, b) = api.get("/ws").await;
     error_of(s, &b, StatusCode::BAD_REQUEST, "websocket_upgrade_required");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_and_options_are_served_on_every_path() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+    let id = api.create_flow(&single("noop", Value::Null)).await;
+    api.wait_for_status(&id, "completed").await;
+    // HEAD: GET's status and headers, no body.
+    for path in [
+        "/healthz".to_owned(),
+        "/readyz".to_owned(),
+        "/flows?limit=1".to_owned(),
+        format!("/flows/{id}"),
+        format!("/flows/{id}/nodes/only"),
+        "/metrics".to_owned(),
+        "/openapi.json".to_owned(),
+    ] {
+        let (get_status, get_headers, _) = api.send_full(api.request(Method::GET, &path)).await;
+        let (s, headers, body) = api.send_full(api.request(Method::HEAD, &path)).await;
+        assert_eq!(s, get_status, "HEAD {path}");
+        assert_eq!(body, Value::Null, "HEAD {path} sent a body");
+        assert_eq!(
+            headers.get("content-type"),
+            get_headers.get("content-type"),
+            "HEAD {path}"
+        );
+    }
+    let unknown = dagflow::engine::FlowId::new();
+    let (s, _, body) = api
+        .send_full(api.request(Method::HEAD, &format!("/flows/{unknown}")))
+        .await;
+    assert_eq!((s, body), (StatusCode::NOT_FOUND, Value::Null));
+    // OPTIONS: 204 and `Allow`, listing every method the document has for the path.
+    for (path, allow) in [
+        ("/flows".to_owned(), "GET, HEAD, POST, OPTIONS"),
+        (format!("/flows/{id}"), "GET, HEAD, DELETE, OPTIONS"),
+        (format!("/flows/{id}/nodes/only"), "GET, HEAD, OPTIONS"),
+        (format!("/flows/{id}/cancel"), "POST, OPTIONS"),
+        (format!("/flows/{id}/retry"), "POST, OPTIONS"),
+        ("/healthz".to_owned(), "GET, HEAD, OPTIONS"),
+        ("/metrics".to_owned(), "GET, HEAD, OPTIONS"),
+        ("/ws".to_owned(), "GET, OPTIONS"),
+    ] {
+        let (s, headers, body) = api.send_full(api.request(Method::OPTIONS, &path)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "OPTIONS {path}");
+        assert_eq!(body, Value::Null);
+        assert_eq!(headers["allow"], allow, "OPTIONS {path}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_accepted_exactly_as_published() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+    let doc = &api.openapi.doc;
+    let list_params = doc["paths"]["/flows"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let param = |name: &str| {
+        list_params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("limit")["minimum"], 1);
+    assert_eq!(param("limit")["maximum"], 1000);
+    let id = api.create_flow(&single("noop", Value::Null)).await;
+    // Inside the published bounds: accepted. Outside: 400.
+    for query in [
+        "limit=1".to_owned(),
+        "limit=1000".to_owned(),
+        format!("cursor={id}"),
+        format!("cursor={}", id.to_uppercase()),
+        "status=running".to_owned(),
+    ] {
+        let (s, b) = api.get(&format!("/flows?{query}")).await;
+        assert_eq!(s, StatusCode::OK, "{query}: {b}");
+    }
+    let simple = id.replace('-', "");
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=1.5",
+        &format!("cursor={simple}"),
+    ] {
+        let (s, b) = api.get(&format!("/flows?{query}")).await;
+        error_of(s, &b, StatusCode::BAD_REQUEST, "invalid_query");
+    }
+    // The Idempotency-Key: 1 to 256 visible ASCII bytes.
+    let key = &doc["paths"]["/flows"]["post"]["parameters"][0];
+    assert_eq!(key["name"], "Idempotency-Key");
+    assert_eq!(key["schema"]["minLength"], 1);
+    assert_eq!(key["schema"]["maxLength"], 256);
+    for (value, ok) in [
+        ("k".repeat(256), true),
+        ("a b".to_owned(), true),
+        (String::new(), false),
+        ("k".repeat(257), false),
+    ] {
+        let (s, b) = api
+            .send(
+                api.request(Method::POST, "/flows")
+                    .header("idempotency-key", value.clone())
+                    .json(&single("noop", Value::Null)),
+            )
+            .await;
+        if ok {
+            assert_eq!(s, StatusCode::CREATED, "{value:?}: {b}");
+        } else {
+            error_of(s, &b, StatusCode::BAD_REQUEST, "invalid_header");
+        }
+    }
+    // The checker is not toothless: what the schema forbids does not pass.
+    let openapi = &api.openapi;
+    let node = json!({"name": "a", "status": "pending", "attempt": 0, "queue": "default",
+        "handler": "a", "parents": [], "children": []});
+    assert!(openapi.component_fits("NodeView", &node));
+    for (field, bad) in [
+        ("status", json!("sleeping")),
+        ("jobId", Value::Null),
+        ("attempt", json!(-1)),
+    ] {
+        let mut wrong = node.clone();
+        wrong[field] = bad;
+        assert!(!openapi.component_fits("NodeView", &wrong), "{wrong}");
+    }
+    let mut missing = node.clone();
+    missing.as_object_mut().unwrap().remove("queue");
+    assert!(!openapi.component_fits("NodeView", &missing));
+    let event = json!({"type": "flow:updated", "flowId": id, "status": "active", "attempt": 1,
+        "seq": 2, "ts": 3, "progress": null});
+    assert!(openapi.component_fits("ServerMessage", &event));
+    assert!(!openapi.component_fits("ServerMessage", &json!({"type": "flow:updated"})));
+    assert!(!openapi.component_fits("ServerMessage", &json!({"type": "dance"})));
+    // `nodes` must not be empty, as `minItems` says.
+    let spec = &doc["components"]["schemas"]["FlowSpec"];
+    assert_eq!(spec["properties"]["nodes"]["minItems"], 1);
+    let (s, b) = api.post("/flows", &json!({"nodes": []})).await;
+    error_of(s, &b, StatusCode::UNPROCESSABLE_ENTITY, "invalid_flow");
+    // Optional fields absent and the full form: both accepted, both fit the schema.
+    let full = json!({
+        "name": "full",
+        "nodes": [
+            {"name": "a", "handler": "noop", "queue": "default", "data": null, "children": ["b"],
+             "opts": {"attempts": 2, "backoff": {"type": "fixed", "delayMs": 0}, "timeoutMs": 1000,
+                      "continueOnFailure": true, "maxStalled": 1}},
+            {"name": "b", "handler": "echo", "parents": ["a"], "continueOnFailure": false}
+        ],
+        "opts": {"onFailure": "failFast"}
+    });
+    for spec in [json!({"nodes": [{"name": "x", "handler": "noop"}]}), full] {
+        api.openapi.assert_component("FlowSpec", &spec);
+        let id = api.create_flow(&spec).await;
+        api.wait_for_status(&id, "completed").await;
+    }
     server.stop().await;
 }
 
@@ -223,7 +451,7 @@ async fn redis_down_is_503_and_readiness_follows_it() {
         ..ServerOpts::default()
     })
     .await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let (s, b) = api.get("/readyz").await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["checks"], json!({"redis": "ok", "store": "ok"}));
@@ -288,13 +516,13 @@ async fn redis_down_is_503_and_readiness_follows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_key_returns_the_same_flow() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let spec = single("noop", Value::Null);
     let create = |key: &'static str| {
         let api = api.clone();
         let spec = spec.clone();
         async move {
-            send(
+            api.send(
                 api.request(Method::POST, "/flows")
                     .header("idempotency-key", key)
                     .json(&spec),
@@ -317,7 +545,7 @@ async fn idempotency_key_returns_the_same_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_pages_with_a_cursor_and_filters_by_status() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(api.create_flow(&single("noop", Value::Null)).await);
@@ -376,7 +604,7 @@ async fn list_pages_with_a_cursor_and_filters_by_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_sleeping_flow() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let spec = json!({"nodes": [
         {"name": "nap", "handler": "sleep", "data": {"ms": 60_000}},
         {"name": "after", "handler": "noop", "parents": ["nap"]}
@@ -402,7 +630,7 @@ async fn cancel_stops_a_sleeping_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_reruns_a_failed_flow() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let spec = json!({"nodes": [
         {"name": "flaky", "handler": "fail", "data": {"message": "first try fails", "times": 1}},
         {"name": "after", "handler": "echo", "parents": ["flaky"]}
@@ -426,7 +654,7 @@ async fn retry_reruns_a_failed_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_the_flow_and_its_redis_keys() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let id = api
         .create_flow(&single("sleep", json!({"ms": 60_000})))
         .await;
@@ -458,7 +686,7 @@ async fn token_guards_everything_but_health() {
         ..ServerOpts::default()
     })
     .await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let anonymous = api.with_token(None);
     let wrong = api.with_token(Some("s3cret-tokeN"));
     for client in [&anonymous, &wrong] {
@@ -469,12 +697,13 @@ async fn token_guards_everything_but_health() {
         let (s, b) = client.post("/flows", &single("noop", Value::Null)).await;
         error_of(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    let (s, _) = send(
-        anonymous
-            .request(Method::GET, "/flows")
-            .header("authorization", "Basic czNjcmV0LXRva2Vu"),
-    )
-    .await;
+    let (s, _) = anonymous
+        .send(
+            anonymous
+                .request(Method::GET, "/flows")
+                .header("authorization", "Basic czNjcmV0LXRva2Vu"),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(anonymous.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(anonymous.get("/readyz").await.0, StatusCode::OK);
@@ -497,42 +726,108 @@ async fn token_guards_everything_but_health() {
             .await
             .is_err()
     );
-    let mut by_query = WsClient::connect(&format!("{}?token=s3cret-token", server.ws_url), None)
+    let by_query = WsClient::connect(&format!("{}?token=s3cret-token", server.ws_url), None)
         .await
         .unwrap();
+    let mut by_query = CheckedWs::wrap(by_query, &api.openapi);
     by_query.subscribe(&id).await;
     assert_eq!(by_query.recv_json().await["type"], "snapshot");
-    let mut by_header = server.ws().await;
+    let mut by_header = CheckedWs::connect(&server, &api.openapi).await;
     by_header.subscribe(&id).await;
     assert_eq!(by_header.recv_json().await["flow"]["status"], "completed");
+
+    // The document says so: every operation but the health checks wants the
+    // bearer token and documents its 401 (the checked client above held every 401
+    // against that).
+    let doc = &api.openapi.doc;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let open = path == "/healthz" || path == "/readyz";
+            assert_eq!(op.get("security").is_none(), open, "{method} {path}");
+            assert_eq!(
+                op["responses"].get("401").is_none(),
+                open,
+                "{method} {path}"
+            );
+        }
+    }
     server.stop().await;
 
-    // Without a token configured, no header is needed.
+    // Without a token configured, no header is needed, and the document names no
+    // scheme and no 401.
     let open = start_server(ServerOpts::default()).await;
-    assert_eq!(open.api().get("/flows").await.0, StatusCode::OK);
+    let open_api = Checked::new(&open).await;
+    assert_eq!(open_api.get("/flows").await.0, StatusCode::OK);
+    let doc = open_api.openapi.doc.to_string();
+    assert!(!doc.contains("securitySchemes") && !doc.contains("\"security\""));
+    assert!(!doc.contains("\"401\""));
     open.stop().await;
+}
+
+/// The value of the sample `series` (name and labels, exactly) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_openapi() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
+    let metrics = || async {
+        let (s, headers, body) = api.send_full(api.request(Method::GET, "/metrics")).await;
+        assert_eq!(s, StatusCode::OK);
+        let content_type = headers["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        body.as_str().unwrap().to_owned()
+    };
+    // Before anything happened, every family and every known label value is there, at zero.
+    let first = metrics().await;
+    for series in [
+        "dagflow_flows_started_total",
+        "dagflow_flows_retried_total",
+        "dagflow_node_retries_total",
+        "dagflow_metrics_events_missed_total",
+        "dagflow_flows_finished_total{outcome=\"completed\"}",
+        "dagflow_flows_finished_total{outcome=\"failed\"}",
+        "dagflow_flows_finished_total{outcome=\"cancelled\"}",
+        "dagflow_nodes_finished_total{outcome=\"completed\"}",
+        "dagflow_nodes_finished_total{outcome=\"failed\"}",
+        "dagflow_nodes_finished_total{outcome=\"skipped\"}",
+        "dagflow_nodes_finished_total{outcome=\"cancelled\"}",
+        "dagflow_node_run_seconds_count{outcome=\"completed\"}",
+        "dagflow_node_run_seconds_count{outcome=\"failed\"}",
+        "dagflow_node_run_seconds_count{outcome=\"retried\"}",
+        "dagflow_node_run_seconds_sum{outcome=\"completed\"}",
+        "dagflow_node_run_seconds_bucket{outcome=\"completed\",le=\"+Inf\"}",
+        "dagflow_flows_running",
+        "dagflow_ws_sessions",
+        "dagflow_queue_depth{queue=\"default\",state=\"ready\"}",
+        "dagflow_queue_depth{queue=\"default\",state=\"delayed\"}",
+    ] {
+        assert_eq!(sample(&first, series), Some(0.0), "{series} in:\n{first}");
+    }
+    // The metrics task itself reads the event feed.
+    assert!(
+        sample(&first, "dagflow_event_subscribers").is_some_and(|n| n >= 1.0),
+        "{first}"
+    );
     let ok = api.create_flow(&image_pipeline()).await;
     api.wait_for_status(&ok, "completed").await;
     let bad = api
         .create_flow(&single("fail", json!({"message": "no"})))
         .await;
     api.wait_for_status(&bad, "failed").await;
-    let _ws = server.ws().await;
+    let _ws = CheckedWs::connect(&server, &api.openapi).await;
 
-    let metrics = || async {
-        let response = api.request(Method::GET, "/metrics").send().await.unwrap();
-        assert!(response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain"));
-        response.text().await.unwrap()
-    };
     eventually("metrics to count both flows", || async {
         let text = metrics().await;
         text.contains("dagflow_flows_finished_total{outcome=\"failed\"} 1")
@@ -554,6 +849,10 @@ async fn metrics_health_and_openapi() {
     ] {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
+    // Four echo runs of well under a millisecond each: their sum is not rounded
+    // away to 0.
+    let sum = sample(&text, "dagflow_node_run_seconds_sum{outcome=\"completed\"}").unwrap();
+    assert!(sum > 0.0 && sum < 4.0, "{sum} in:\n{text}");
 
     let (s, b) = api.get("/healthz").await;
     assert_eq!((s, b), (StatusCode::OK, json!({"status": "ok"})));
@@ -575,10 +874,31 @@ async fn routes_work_under_warp_test() {
             ..dagflow::api::ApiConfig::default()
         },
     );
+    // Each answer is checked against the document these routes publish.
+    let doc = warp::test::request()
+        .path("/openapi.json")
+        .header("authorization", "Bearer t")
+        .reply(&routes)
+        .await;
+    assert_eq!(doc.status(), 200);
+    let openapi = OpenApi::from_doc(serde_json::from_slice(doc.body()).unwrap());
+    let check = |method: Method, path: &str, response: &warp::http::Response<bytes::Bytes>| {
+        let body = if response.body().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(response.body()).unwrap()
+        };
+        let headers = response.headers().clone();
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        openapi.check_response(&method, path, status, &headers, &body);
+        body
+    };
     let health = warp::test::request().path("/healthz").reply(&routes).await;
     assert_eq!(health.status(), 200);
+    check(Method::GET, "/healthz", &health);
     let denied = warp::test::request().path("/flows").reply(&routes).await;
     assert_eq!(denied.status(), 401);
+    check(Method::GET, "/flows", &denied);
     let created = warp::test::request()
         .method("POST")
         .path("/flows")
@@ -587,9 +907,12 @@ async fn routes_work_under_warp_test() {
         .reply(&routes)
         .await;
     assert_eq!(created.status(), 201);
-    let body: Value = serde_json::from_slice(created.body()).unwrap();
+    let body = check(Method::POST, "/flows", &created);
     let id = body["flowId"].as_str().unwrap();
-    server.api().wait_for_status(id, "completed").await;
+    Checked::new(&server)
+        .await
+        .wait_for_status(id, "completed")
+        .await;
     let debug = format!(
         "{:?}",
         dagflow::api::ApiConfig {

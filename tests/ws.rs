@@ -1,16 +1,22 @@
 //! The WebSocket API end to end: real server, real engine, real WebSocket clients.
+//!
+//! Every message a client receives (and every REST answer) is checked against the
+//! server's own `/openapi.json` by [`schema::CheckedWs`] and [`schema::Checked`].
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/schema.rs"]
+mod schema;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dagflow::engine::{handler_fn, Handler, JobContext, JobError};
+use dagflow::engine::{handler_fn, JobContext, JobError};
 use futures::SinkExt;
+use schema::{Checked, CheckedWs};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -63,7 +69,7 @@ impl SeqCheck {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_every_transition_in_seq_order() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let spec = json!({"nodes": [
         {"name": "first", "handler": "sleep", "data": {"ms": 300}},
         {"name": "left", "handler": "echo", "parents": ["first"]},
@@ -71,7 +77,7 @@ async fn snapshot_then_every_transition_in_seq_order() {
         {"name": "last", "handler": "noop", "parents": ["left", "right"]}
     ]});
     let id = api.create_flow(&spec).await;
-    let mut ws = server.ws().await;
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
     ws.subscribe(&id).await;
     let snapshot = ws.recv_json().await;
     assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
@@ -110,7 +116,7 @@ async fn snapshot_then_every_transition_in_seq_order() {
     }
 
     // A late subscriber gets the final snapshot and nothing else.
-    let mut late = server.ws().await;
+    let mut late = CheckedWs::connect(&server, &api.openapi).await;
     late.subscribe(&id).await;
     let snap = late.recv_json().await;
     assert_eq!(snap["flow"]["status"], "completed");
@@ -121,8 +127,8 @@ async fn snapshot_then_every_transition_in_seq_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn star_subscription_sees_every_flow() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
-    let mut ws = server.ws().await;
+    let api = Checked::new(&server).await;
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
     ws.subscribe("*").await;
     assert_eq!(
         ws.recv_json().await,
@@ -161,8 +167,8 @@ async fn star_subscription_sees_every_flow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_get_errors_and_the_connection_lives_on() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
-    let mut ws = server.ws().await;
+    let api = Checked::new(&server).await;
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
     for garbage in [
         "not json",
         "{\"type\":\"dance\"}",
@@ -180,7 +186,8 @@ async fn bad_messages_get_errors_and_the_connection_lives_on() {
             "{msg}"
         );
     }
-    ws.stream
+    ws.ws
+        .stream
         .send(Message::Binary(vec![0u8, 1, 2].into()))
         .await
         .unwrap();
@@ -199,13 +206,15 @@ async fn bad_messages_get_errors_and_the_connection_lives_on() {
     assert_eq!(ws.recv_json().await["type"], "error");
 
     // Pings are answered.
-    ws.stream
+    ws.ws
+        .stream
         .send(Message::Ping(b"hi".to_vec().into()))
         .await
         .unwrap();
     let pong = tokio::time::timeout(WAIT, async {
         loop {
-            if let Some(Ok(Message::Pong(data))) = futures::StreamExt::next(&mut ws.stream).await {
+            if let Some(Ok(Message::Pong(data))) = futures::StreamExt::next(&mut ws.ws.stream).await
+            {
                 return data;
             }
         }
@@ -233,10 +242,10 @@ async fn connection_and_subscription_limits() {
         ..ServerOpts::default()
     })
     .await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let a = api.create_flow(&single("noop", Value::Null)).await;
     let b = api.create_flow(&single("noop", Value::Null)).await;
-    let mut ws = server.ws().await;
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
     match WsClient::connect(&server.ws_url, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503)
@@ -260,7 +269,7 @@ async fn connection_and_subscription_limits() {
     assert_eq!(ws.recv_json().await["flow"]["id"], b);
 
     // Closing the first connection frees its place.
-    ws.stream.close(None).await.unwrap();
+    ws.ws.stream.close(None).await.unwrap();
     drop(ws);
     eventually("the connection slot to free up", || async {
         WsClient::connect(&server.ws_url, None).await.is_ok()
@@ -272,12 +281,12 @@ async fn connection_and_subscription_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_close_to_every_session() {
     let server = start_server(ServerOpts::default()).await;
-    let api = server.api();
+    let api = Checked::new(&server).await;
     let id = api
         .create_flow(&single("sleep", json!({"ms": 60_000})))
         .await;
-    let mut one = server.ws().await;
-    let mut two = server.ws().await;
+    let mut one = CheckedWs::connect(&server, &api.openapi).await;
+    let mut two = CheckedWs::connect(&server, &api.openapi).await;
     one.subscribe(&id).await;
     assert_eq!(one.recv_json().await["type"], "snapshot");
     let stopping = tokio::spawn(server.stop());
@@ -297,39 +306,25 @@ async fn shutdown_sends_close_to_every_session() {
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
 }
 
-/// Reports `count` progress values of `bytes` bytes each, then completes.
-fn chatty() -> Arc<dyn Handler> {
-    Arc::new(handler_fn(|ctx: JobContext| async move {
-        let count = ctx.data["count"].as_u64().unwrap_or(100);
-        let pad = "x".repeat(ctx.data["bytes"].as_u64().unwrap_or(0) as usize);
-        for i in 0..count {
-            ctx.progress(json!({"i": i, "pad": pad}));
-            if i % 50 == 49 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        // Progress goes out asynchronously; let it land before the completion.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Ok::<_, JobError>(json!({"sent": count}))
-    }))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_gets_lagged_then_a_fresh_snapshot() {
     let server = start_server(ServerOpts {
-        handlers: vec![("chatty".to_owned(), chatty())],
         // The smallest feed the engine allows, so that a stalled session lags soon.
         engine: Some(Box::new(|b| b.event_capacity(16))),
+        body_limit: Some(16 * 1024 * 1024),
         ..ServerOpts::default()
     })
     .await;
-    let api = server.api();
-    let spec = json!({"nodes": [
-        {"name": "gate", "handler": "sleep", "data": {"ms": 500}},
-        {"name": "talk-1", "handler": "chatty", "parents": ["gate"], "data": {"count": 1500, "bytes": 2000}},
-        {"name": "talk-2", "handler": "chatty", "parents": ["gate"], "data": {"count": 1500, "bytes": 2000}}
-    ]});
-    let id = api.create_flow(&spec).await;
+    let api = Checked::new(&server).await;
+    // Many large events: 1,500 nodes behind a gate, each failing with a 2 KB error
+    // that its `failed` event carries (the worker sends a job's progress at most
+    // every 100 ms, so progress can no longer flood a client).
+    let mut nodes = vec![json!({"name": "gate", "handler": "sleep", "data": {"ms": 500}})];
+    for i in 0..1500 {
+        nodes.push(json!({"name": format!("loud-{i}"), "handler": "fail",
+            "parents": ["gate"], "data": {"message": "x".repeat(2000)}}));
+    }
+    let id = api.create_flow(&json!({ "nodes": nodes })).await;
 
     // A client with a tiny receive window, so that unread data backs up quickly.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -340,11 +335,11 @@ async fn a_client_that_stops_reading_gets_lagged_then_a_fresh_snapshot() {
         tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
             .await
             .unwrap();
-    let mut ws = WsClient { stream };
+    let mut ws = CheckedWs::wrap(WsClient { stream }, &api.openapi);
     ws.subscribe(&id).await;
 
     // Stop reading until the flow is over: the engine must not wait for us.
-    let done = api.wait_for_status(&id, "completed").await;
+    let done = api.wait_for_status(&id, "failed").await;
     assert!(done["seq"].as_u64().unwrap() > 1000, "{}", done["seq"]);
 
     let mut check = SeqCheck::default();
@@ -356,7 +351,7 @@ async fn a_client_that_stops_reading_gets_lagged_then_a_fresh_snapshot() {
         end = check.feed(&msg);
     }
     assert!(lagged, "the slow client was never told it lagged");
-    assert_eq!(end.as_deref(), Some("completed"));
+    assert_eq!(end.as_deref(), Some("failed"));
     assert!(check.next.is_some());
     // The session is still usable afterwards. (Another `lagged` and snapshot may
     // still be on their way: the session may have fallen behind more than once.)
@@ -370,5 +365,134 @@ async fn a_client_that_stops_reading_gets_lagged_then_a_fresh_snapshot() {
             "{msg}"
         );
     }
+    server.stop().await;
+}
+
+/// Reads until the server's Close frame and returns its code; text frames before
+/// it are checked like every other message.
+async fn close_code(ws: &mut CheckedWs) -> CloseCode {
+    loop {
+        match ws.next_frame().await {
+            Message::Text(_) => continue,
+            Message::Close(Some(close)) => return close.code,
+            other => panic!("expected Close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_breaches_close_with_their_rfc_6455_codes() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+
+    // A message over the 64 KiB limit: 1009 (message too big).
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
+    let big = json!({"type": "subscribe", "flowId": "x".repeat(70 * 1024)}).to_string();
+    ws.send_text(&big).await;
+    assert_eq!(close_code(&mut ws).await, CloseCode::Size);
+
+    // A text frame that is not UTF-8: 1007 (invalid frame payload data).
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    ws.ws.stream.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, CloseCode::Invalid);
+
+    // A client that closes normally gets 1000 back.
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
+    ws.ws.stream.close(None).await.unwrap();
+    let echoed = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut ws.ws.stream))
+        .await
+        .unwrap();
+    match echoed {
+        Some(Ok(Message::Close(close))) => {
+            assert!(
+                close.as_ref().is_none_or(|c| c.code == CloseCode::Normal),
+                "{close:?}"
+            )
+        }
+        other => panic!("expected Close, got {other:?}"),
+    }
+
+    // The server is unharmed.
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
+    let id = api.create_flow(&single("noop", Value::Null)).await;
+    api.wait_for_status(&id, "completed").await;
+    ws.subscribe(&id).await;
+    assert_eq!(ws.recv_json().await["type"], "snapshot");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_results_and_errors_fit_the_published_schema() {
+    // Progress of every JSON type, results that are null, numbers and objects,
+    // failures with errors and retries: each snapshot and event is checked.
+    let progress_kinds = Arc::new(handler_fn(|ctx: JobContext| async move {
+        for p in [
+            json!(null),
+            json!(1),
+            json!(0.5),
+            json!("half"),
+            json!([1]),
+            json!({"i": 1}),
+        ] {
+            // The worker sends a job's progress at most every 100 ms (the latest
+            // value wins): spaced out, each value reaches clients.
+            ctx.progress(p);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        Ok::<_, JobError>(ctx.data["result"].clone())
+    }));
+    let server = start_server(ServerOpts {
+        handlers: vec![("progress-kinds".to_owned(), progress_kinds)],
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = Checked::new(&server).await;
+    let mut ws = CheckedWs::connect(&server, &api.openapi).await;
+    ws.subscribe("*").await;
+    assert_eq!(ws.recv_json().await["type"], "subscribed");
+    let spec = json!({"nodes": [
+        {"name": "null-result", "handler": "progress-kinds", "data": {"result": null}},
+        {"name": "number-result", "handler": "progress-kinds", "data": {"result": 42}},
+        {"name": "flaky", "handler": "fail", "data": {"message": "once", "times": 1},
+         "opts": {"attempts": 2}},
+        {"name": "broken", "handler": "fail", "data": {"message": "always"}},
+        {"name": "after", "handler": "echo", "parents": ["null-result", "number-result", "flaky"]},
+        {"name": "never", "handler": "echo", "parents": ["broken"]}
+    ]});
+    let id = api.create_flow(&spec).await;
+    let mut seen_progress = Vec::new();
+    let end = ws
+        .recv_until(|m| {
+            if m["type"] == "flow:updated" && m.get("progress").is_some() {
+                seen_progress.push(m["progress"].clone());
+            }
+            m["type"] == "flow:updated" && m.get("node").is_none() && m["status"] != "running"
+        })
+        .await;
+    assert_eq!(end.last().unwrap()["status"], "failed");
+    for kind in [json!(1), json!("half"), json!({"i": 1})] {
+        assert!(
+            seen_progress.contains(&kind),
+            "{kind} not in {seen_progress:?}"
+        );
+    }
+    // The REST views of the same flow, every node included.
+    let flow = api.flow(&id).await;
+    for node in flow["nodes"].as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        let (s, _) = api.get(&format!("/flows/{id}/nodes/{name}")).await;
+        assert_eq!(s, reqwest::StatusCode::OK);
+    }
+    let (_, null_node) = api.get(&format!("/flows/{id}/nodes/null-result")).await;
+    assert_eq!(null_node["result"], Value::Null);
+    assert!(null_node.get("result").is_some(), "{null_node}");
+    // A fresh snapshot of the finished flow, too.
+    ws.subscribe(&id).await;
+    let snap = ws.recv_until(|m| m["type"] == "snapshot").await;
+    assert_eq!(snap.last().unwrap()["flow"]["status"], "failed");
     server.stop().await;
 }

@@ -43,6 +43,8 @@ pub(crate) struct HttpError {
     pub(crate) message: String,
     /// Structured context: the spec's problems, the JSON error's position...
     pub(crate) details: Value,
+    /// The methods the path takes, sent as `Allow` with a 405.
+    pub(crate) allow: Option<&'static str>,
 }
 
 impl warp::reject::Reject for HttpError {}
@@ -55,6 +57,19 @@ impl HttpError {
             code,
             message: message.into(),
             details: Value::Null,
+            allow: None,
+        }
+    }
+
+    /// 405 naming, in `Allow`, the methods the path does take.
+    pub(crate) fn method_not_allowed(allow: &'static str) -> Self {
+        HttpError {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this path does not take this method; it takes {allow}"),
+            )
         }
     }
 
@@ -116,6 +131,11 @@ impl HttpError {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response

@@ -2,8 +2,9 @@
 //!
 //! Every route matches its path first, then checks the token, then the method:
 //! an unknown path is a 404 (not a 405, and not a 401), a known path with the
-//! wrong method a 405 once the caller is authenticated. Routes are boxed so that
-//! the combined filter type stays small and quick to compile.
+//! wrong method a 405 with `Allow` once the caller is authenticated. GET routes
+//! answer HEAD too, and every path answers OPTIONS with 204 and `Allow`. Routes
+//! are boxed so that the combined filter type stays small and quick to compile.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -13,7 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use subtle::ConstantTimeEq;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -21,16 +22,26 @@ use super::errors::HttpError;
 use super::{handlers, ws, ApiState, BODY_READ_TIMEOUT};
 
 /// Every route of the API, unrecovered.
+///
+/// Each path is a group of branches, one per method, and a last one from
+/// [`methods`] for OPTIONS and the methods the path does not take. Every branch
+/// matches the path and checks the token itself, so that whichever branch
+/// rejects, the rejection is about this request's path.
 pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
     let health = warp::path!("healthz")
-        .and(warp::get())
-        .then(handlers::healthz);
+        .and(get_or_head())
+        .then(handlers::healthz)
+        .or(warp::path!("healthz").and(methods(GET_ONLY)))
+        .unify();
     let ready = warp::path!("readyz")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_state(&state))
-        .then(handlers::readyz);
-    let create = warp::path!("flows")
-        .and(auth(&state))
+        .then(handlers::readyz)
+        .or(warp::path!("readyz").and(methods(GET_ONLY)))
+        .unify();
+
+    let flows = || warp::path!("flows").and(auth(&state));
+    let create = flows()
         .and(warp::post())
         .and(with_state(&state))
         .and(warp::header::optional::<String>("idempotency-key"))
@@ -40,63 +51,88 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .then(|state, key, content_type, body: Bytes| async move {
             handlers::create(state, key, content_type, body).await
         });
-    let list = warp::path!("flows")
-        .and(auth(&state))
-        .and(warp::get())
+    let list = flows()
+        .and(get_or_head())
         .and(with_state(&state))
         .and(warp::query::<HashMap<String, String>>())
         .then(handlers::list);
-    let get = warp::path!("flows" / String)
-        .and(auth(&state))
-        .and(warp::get())
+    let flows = create
+        .or(list)
+        .unify()
+        .or(flows().and(methods("GET, HEAD, POST, OPTIONS")))
+        .unify();
+
+    let flow = || warp::path!("flows" / String).and(auth(&state));
+    let get = flow()
+        .and(get_or_head())
         .and(with_state(&state))
         .then(handlers::get_flow);
-    let delete = warp::path!("flows" / String)
-        .and(auth(&state))
+    let delete = flow()
         .and(warp::delete())
         .and(with_state(&state))
         .then(handlers::delete);
-    let node = warp::path!("flows" / String / "nodes" / String)
-        .and(auth(&state))
-        .and(warp::get())
+    let flow = get
+        .or(delete)
+        .unify()
+        .or(flow()
+            .and(methods("GET, HEAD, DELETE, OPTIONS"))
+            .map(|_: String, r| r))
+        .unify();
+
+    let node_path = || warp::path!("flows" / String / "nodes" / String).and(auth(&state));
+    let node = node_path()
+        .and(get_or_head())
         .and(with_state(&state))
-        .then(handlers::get_node);
-    let cancel = warp::path!("flows" / String / "cancel")
-        .and(auth(&state))
+        .then(handlers::get_node)
+        .or(node_path()
+            .and(methods(GET_ONLY))
+            .map(|_: String, _: String, r| r))
+        .unify();
+
+    let cancel_path = || warp::path!("flows" / String / "cancel").and(auth(&state));
+    let cancel = cancel_path()
         .and(warp::post())
         .and(with_state(&state))
-        .then(handlers::cancel);
-    let retry = warp::path!("flows" / String / "retry")
-        .and(auth(&state))
+        .then(handlers::cancel)
+        .or(cancel_path().and(methods(POST_ONLY)).map(|_: String, r| r))
+        .unify();
+    let retry_path = || warp::path!("flows" / String / "retry").and(auth(&state));
+    let retry = retry_path()
         .and(warp::post())
         .and(with_state(&state))
-        .then(handlers::retry);
-    let metrics = warp::path!("metrics")
-        .and(auth(&state))
-        .and(warp::get())
+        .then(handlers::retry)
+        .or(retry_path().and(methods(POST_ONLY)).map(|_: String, r| r))
+        .unify();
+
+    let metrics_path = || warp::path!("metrics").and(auth(&state));
+    let metrics = metrics_path()
+        .and(get_or_head())
         .and(with_state(&state))
-        .then(handlers::metrics);
-    let openapi = warp::path!("openapi.json")
-        .and(auth(&state))
-        .and(warp::get())
-        .then(handlers::openapi);
-    let socket = warp::path!("ws")
-        .and(ws_auth(&state))
+        .then(handlers::metrics)
+        .or(metrics_path().and(methods(GET_ONLY)))
+        .unify();
+    let openapi_path = || warp::path!("openapi.json").and(auth(&state));
+    let openapi = openapi_path()
+        .and(get_or_head())
+        .and(with_state(&state))
+        .then(handlers::openapi)
+        .or(openapi_path().and(methods(GET_ONLY)))
+        .unify();
+    let socket_path = || warp::path!("ws").and(ws_auth(&state));
+    let socket = socket_path()
         .and(warp::get())
         .and(with_state(&state))
         .and(warp::ws())
-        .map(ws::upgrade);
+        .map(ws::upgrade)
+        .or(socket_path().and(methods("GET, OPTIONS")))
+        .unify();
     health
         .boxed()
         .or(ready.boxed())
         .unify()
-        .or(create.boxed())
+        .or(flows.boxed())
         .unify()
-        .or(list.boxed())
-        .unify()
-        .or(get.boxed())
-        .unify()
-        .or(delete.boxed())
+        .or(flow.boxed())
         .unify()
         .or(node.boxed())
         .unify()
@@ -110,6 +146,41 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(socket.boxed())
         .unify()
+        .boxed()
+}
+
+/// `Allow` of a path served by GET (and so HEAD).
+const GET_ONLY: &str = "GET, HEAD, OPTIONS";
+/// `Allow` of a path served by POST alone.
+const POST_ONLY: &str = "POST, OPTIONS";
+
+/// GET, or HEAD answered as GET: hyper sends the head of the GET response (its
+/// status, headers and `Content-Length`) without the body, as RFC 9110 asks of
+/// every resource that serves GET.
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// The last branch of a path: OPTIONS answers 204 with `allow`, a method not in
+/// `allow` is refused with 405 and `Allow` (RFC 9110 wants the header on every 405).
+/// A method in `allow` reaching this branch means its own branch rejected the
+/// request (a body too large, a bad header...): this branch then rejects as "not
+/// found", the weakest rejection, so that the real one is what the client sees.
+pub(crate) fn methods(allow: &'static str) -> BoxedFilter<(Response,)> {
+    warp::method()
+        .and_then(move |method: Method| async move {
+            if method == Method::OPTIONS {
+                let mut response = warp::Reply::into_response(StatusCode::NO_CONTENT);
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                return Ok(response);
+            }
+            if allow.split(", ").any(|m| m == method.as_str()) {
+                return Err(warp::reject::not_found());
+            }
+            Err(warp::reject::custom(HttpError::method_not_allowed(allow)))
+        })
         .boxed()
 }
 

@@ -19,8 +19,10 @@ use warp::reply::Response;
 
 use super::errors::{self, HttpError};
 use super::models::{self, CreatedFlow, ErrorBody, Health, MAX_IDEMPOTENCY_KEY_LEN};
-use super::models::{FlowPageSchema, FlowSpecSchema, FlowViewSchema, NodeViewSchema};
-use super::{openapi, ApiState};
+use super::models::{
+    FlowPageSchema, FlowSpecSchema, FlowStatusSchema, FlowViewSchema, NodeViewSchema,
+};
+use super::ApiState;
 
 /// How long a readiness or pre-write Redis check may take before Redis counts as down.
 const REDIS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,8 +57,29 @@ async fn require_redis(state: &ApiState) -> Result<(), HttpError> {
     }
 }
 
+/// The outcome of an action on a flow. The engine answers "actor unavailable"
+/// (`NotRunning`) when the flow's actor went away with the request in its mailbox;
+/// that happens when the flow is deleted at the same moment (Schemathesis, with
+/// two workers, retried a flow another request was deleting). If the flow is gone
+/// now, the truthful answer is 404, not a 503 that invites a retry that can only
+/// 404; if it is still there, the 503 stands.
+async fn settle(
+    state: &ApiState,
+    id: FlowId,
+    outcome: Result<(), dagflow_actors::EngineError>,
+) -> Result<(), HttpError> {
+    use dagflow_actors::EngineError;
+    match outcome {
+        Err(EngineError::NotRunning(cause)) => match state.engine.get(id).await {
+            Err(EngineError::NotFound(_)) => Err(EngineError::NotFound(id.to_string()).into()),
+            _ => Err(EngineError::NotRunning(cause).into()),
+        },
+        other => other.map_err(HttpError::from),
+    }
+}
+
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health",
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz",
     responses((status = 200, description = "alive", body = Health)))]
 pub(crate) async fn healthz() -> Response {
     json_reply(
@@ -69,7 +92,7 @@ pub(crate) async fn healthz() -> Response {
 }
 
 /// Readiness: Redis and the snapshot store answer.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz", responses(
     (status = 200, description = "ready", body = Health),
     (status = 503, description = "Redis or the store failed; `details` names which", body = ErrorBody)))]
 pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
@@ -107,20 +130,22 @@ pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
 }
 
 /// Validates a flow and starts it.
-#[utoipa::path(post, path = "/flows", tag = "flows",
-    request_body(content = FlowSpecSchema, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "a repeated key returns the first flow's id and starts nothing (at most 256 bytes)")),
+#[utoipa::path(post, path = "/flows", tag = "flows", operation_id = "createFlow",
+    request_body(content = FlowSpecSchema, content_type = "application/json",
+        description = "the flow; `Content-Type: application/json` (optionally with `charset=utf-8`) is required"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256,
+        pattern = r"^[\t\x20-\x7E]*[\x21-\x7E][\t\x20-\x7E]*$",
+        description = "a repeated key returns the first flow's id and starts nothing: 1 to 256 bytes of visible ASCII")),
     responses(
-        (status = 201, description = "started (or, with a known Idempotency-Key, the earlier flow)", body = CreatedFlow),
-        (status = 400, description = "malformed JSON; `details` has `line` and `column`", body = ErrorBody),
-        (status = 408, description = "the body did not arrive within 30 s", body = ErrorBody),
-        (status = 411, description = "no Content-Length", body = ErrorBody),
+        (status = 201, description = "started (or, with a known Idempotency-Key, the earlier flow)", body = CreatedFlow,
+            headers(("Location" = String, description = "`/flows/{flowId}`"))),
+        (status = 400, description = "malformed JSON (`details` has `line` and `column`), or a bad Idempotency-Key", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within 30 s; the connection is closed", body = ErrorBody),
+        (status = 411, description = "no Content-Length (a chunked body)", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
-        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 415, description = "no `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "invalid flow; `details.problems` lists every problem (at most 100, then a count)", body = ErrorBody),
-        (status = 503, description = "Redis unreachable", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 503, description = "Redis unreachable or the engine stopping", body = ErrorBody)))]
 pub(crate) async fn create(
     state: Arc<ApiState>,
     idempotency_key: Option<String>,
@@ -136,12 +161,12 @@ async fn create_inner(
     content_type: Option<String>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    // A missing Content-Type is taken as JSON (the body says soon enough if it is
-    // not); a declared other type, such as curl's default for `-d`, is refused.
-    if let Some(ct) = content_type.as_deref() {
-        if !is_json(ct) {
-            return Err(errors::unsupported_media_type());
-        }
+    // The body must be declared JSON: a missing type, curl's default for `-d` (a
+    // form) or another JSON-ish type is refused, so that a client learns the
+    // contract from its first request rather than from a proxy that treats the
+    // body by its declared type.
+    if !content_type.as_deref().is_some_and(is_json) {
+        return Err(errors::unsupported_media_type());
     }
     if let Some(key) = &idempotency_key {
         if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
@@ -168,16 +193,21 @@ async fn create_inner(
     Ok(response)
 }
 
-/// `application/json`, `application/<anything>+json`, with or without parameters.
+/// `application/json`, alone or with `charset=utf-8` (JSON is UTF-8, RFC 8259), in
+/// any case and with optional whitespace and quotes around the charset.
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return false;
+    }
+    parts.all(|param| {
+        let Some((name, value)) = param.split_once('=') else {
+            return param.trim().is_empty();
+        };
+        let value = value.trim().trim_matches('"');
+        name.trim().eq_ignore_ascii_case("charset") && value.eq_ignore_ascii_case("utf-8")
+    })
 }
 
 /// Malformed JSON is a 400 that says where; JSON that parses but does not describe
@@ -213,15 +243,16 @@ fn spec_parse_error(e: serde_json::Error) -> HttpError {
 }
 
 /// Lists flows, newest first.
-#[utoipa::path(get, path = "/flows", tag = "flows",
+#[utoipa::path(get, path = "/flows", tag = "flows", operation_id = "listFlows",
     params(
-        ("status" = Option<String>, Query, description = "running, completed, failed or cancelled"),
-        ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "the nextCursor of the previous page")),
+        ("status" = Option<FlowStatusSchema>, Query, description = "only flows in this status"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, pattern = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            description = "the nextCursor of the previous page (a flow id)")),
     responses(
         (status = 200, description = "one page", body = FlowPageSchema),
-        (status = 400, description = "bad query parameter", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 400, description = "bad or unknown query parameter", body = ErrorBody),
+        (status = 503, description = "the engine is stopping", body = ErrorBody)))]
 pub(crate) async fn list(state: Arc<ApiState>, params: HashMap<String, String>) -> Response {
     respond(
         async {
@@ -234,12 +265,12 @@ pub(crate) async fn list(state: Arc<ApiState>, params: HashMap<String, String>) 
 }
 
 /// One flow with every node.
-#[utoipa::path(get, path = "/flows/{id}", tag = "flows",
+#[utoipa::path(get, path = "/flows/{id}", tag = "flows", operation_id = "getFlow",
     params(("id" = String, Path, description = "flow id")),
     responses(
         (status = 200, description = "the flow", body = FlowViewSchema),
-        (status = 404, description = "unknown flow", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 404, description = "unknown flow", body = ErrorBody),
+        (status = 503, description = "the engine did not answer in time, or is stopping", body = ErrorBody)))]
 pub(crate) async fn get_flow(id: String, state: Arc<ApiState>) -> Response {
     respond(
         async {
@@ -251,13 +282,14 @@ pub(crate) async fn get_flow(id: String, state: Arc<ApiState>) -> Response {
 }
 
 /// One node, with its input (once its parents are done) and result.
-#[utoipa::path(get, path = "/flows/{id}/nodes/{name}", tag = "flows",
+#[utoipa::path(get, path = "/flows/{id}/nodes/{name}", tag = "flows", operation_id = "getNode",
     params(("id" = String, Path, description = "flow id"),
         ("name" = String, Path, description = "node name, percent-encoded")),
     responses(
         (status = 200, description = "the node", body = NodeViewSchema),
-        (status = 404, description = "unknown flow or node", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 400, description = "the name is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 404, description = "unknown flow or node", body = ErrorBody),
+        (status = 503, description = "the engine did not answer in time, or is stopping", body = ErrorBody)))]
 pub(crate) async fn get_node(id: String, name: String, state: Arc<ApiState>) -> Response {
     respond(
         async {
@@ -276,20 +308,19 @@ pub(crate) async fn get_node(id: String, name: String, state: Arc<ApiState>) -> 
 }
 
 /// Cancels a running flow: running jobs are told to stop, the rest never run.
-#[utoipa::path(post, path = "/flows/{id}/cancel", tag = "flows",
+#[utoipa::path(post, path = "/flows/{id}/cancel", tag = "flows", operation_id = "cancelFlow",
     params(("id" = String, Path, description = "flow id")),
     responses(
         (status = 200, description = "cancelled; the flow as it is now", body = FlowViewSchema),
         (status = 404, description = "unknown flow", body = ErrorBody),
         (status = 409, description = "the flow is not running", body = ErrorBody),
-        (status = 503, description = "Redis unreachable", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 503, description = "Redis unreachable, or the engine busy or stopping", body = ErrorBody)))]
 pub(crate) async fn cancel(id: String, state: Arc<ApiState>) -> Response {
     respond(
         async {
             let id = flow_id(&id)?;
             require_redis(&state).await?;
-            state.engine.cancel(id).await?;
+            settle(&state, id, state.engine.cancel(id).await).await?;
             Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
         }
         .await,
@@ -297,20 +328,19 @@ pub(crate) async fn cancel(id: String, state: Arc<ApiState>) -> Response {
 }
 
 /// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
-#[utoipa::path(post, path = "/flows/{id}/retry", tag = "flows",
+#[utoipa::path(post, path = "/flows/{id}/retry", tag = "flows", operation_id = "retryFlow",
     params(("id" = String, Path, description = "flow id")),
     responses(
         (status = 200, description = "running again; the flow as it is now", body = FlowViewSchema),
         (status = 404, description = "unknown flow", body = ErrorBody),
         (status = 409, description = "the flow is running or completed", body = ErrorBody),
-        (status = 503, description = "Redis unreachable", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 503, description = "Redis unreachable, or the engine busy or stopping", body = ErrorBody)))]
 pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
     respond(
         async {
             let id = flow_id(&id)?;
             require_redis(&state).await?;
-            state.engine.retry(id).await?;
+            settle(&state, id, state.engine.retry(id).await).await?;
             Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
         }
         .await,
@@ -318,19 +348,19 @@ pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
 }
 
 /// Deletes a flow: its jobs leave Redis, its records leave the disk.
-#[utoipa::path(delete, path = "/flows/{id}", tag = "flows",
+#[utoipa::path(delete, path = "/flows/{id}", tag = "flows", operation_id = "deleteFlow",
     params(("id" = String, Path, description = "flow id")),
     responses(
         (status = 204, description = "deleted"),
         (status = 404, description = "unknown flow", body = ErrorBody),
-        (status = 503, description = "Redis unreachable", body = ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 409, description = "the flow cannot be deleted now", body = ErrorBody),
+        (status = 503, description = "Redis unreachable, or the engine busy or stopping", body = ErrorBody)))]
 pub(crate) async fn delete(id: String, state: Arc<ApiState>) -> Response {
     respond(
         async {
             let id = flow_id(&id)?;
             require_redis(&state).await?;
-            state.engine.delete(id).await?;
+            settle(&state, id, state.engine.delete(id).await).await?;
             Ok(warp::Reply::into_response(StatusCode::NO_CONTENT))
         }
         .await,
@@ -338,9 +368,8 @@ pub(crate) async fn delete(id: String, state: Arc<ApiState>) -> Response {
 }
 
 /// Prometheus metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(state: Arc<ApiState>) -> Response {
     let text = state.metrics.render(&state).await;
     let mut response = warp::Reply::into_response(text);
@@ -352,11 +381,10 @@ pub(crate) async fn metrics(state: Arc<ApiState>) -> Response {
 }
 
 /// This API's OpenAPI description.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "OpenAPI 3.1 JSON", content_type = "application/json", body = Object)),
-    security(("bearer" = [])))]
-pub(crate) async fn openapi() -> Response {
-    let mut response = warp::Reply::into_response(openapi::json());
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
+    responses((status = 200, description = "this document, OpenAPI 3.1", content_type = "application/json", body = Object)))]
+pub(crate) async fn openapi(state: Arc<ApiState>) -> Response {
+    let mut response = warp::Reply::into_response(state.openapi.clone());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -407,9 +435,15 @@ mod tests {
     fn json_content_types() {
         assert!(is_json("application/json"));
         assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(is_json("application/vnd.dagflow+json"));
+        assert!(is_json("application/json;charset=\"UTF-8\""));
+        assert!(is_json("application/json;"));
+        assert!(!is_json("application/json; charset=latin1"));
+        assert!(!is_json("application/json; version=2"));
+        assert!(!is_json("application/vnd.dagflow+json"));
+        assert!(!is_json("application/json-patch+json"));
         assert!(!is_json("application/x-www-form-urlencoded"));
-        assert!(!is_json("text/plain"));
+        assert!(!is_json("text/json"));
+        assert!(!is_json(""));
     }
 
     #[test]

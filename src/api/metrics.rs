@@ -6,6 +6,16 @@
 //! scraped. The recorder is this API's own, not the process-global one, so several
 //! servers in one process (tests) keep separate numbers.
 //!
+//! Every family, and every label value known up front (the outcomes, the default
+//! queue's states), is registered at zero when the API starts: a dashboard or an
+//! alert on `rate(...)` sees each series from the first scrape, not from its first
+//! occurrence.
+//!
+//! Run times are measured with a monotonic clock as the attempt's start and end
+//! events reach the metrics task, so they keep sub-millisecond precision; the
+//! events' own `ts` are whole milliseconds, and four `echo` runs of a fraction of a
+//! millisecond each summed to 0 with them.
+//!
 //! | series | type | labels |
 //! |---|---|---|
 //! | `dagflow_flows_started_total` | counter | |
@@ -22,7 +32,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dagflow_actors::{Engine, FlowEvent, FlowId, FlowStatus, NodeStatus};
 use metrics::{counter, gauge, histogram, with_local_recorder};
@@ -55,7 +65,10 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = Arc::new(builder.build_recorder());
         let handle = recorder.handle();
-        with_local_recorder(&*recorder, describe);
+        with_local_recorder(&*recorder, || {
+            describe();
+            register_at_zero();
+        });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(feed(engine.events(), Arc::clone(&recorder)));
         }
@@ -97,7 +110,7 @@ fn describe() {
     describe_histogram!(
         "dagflow_node_run_seconds",
         Unit::Seconds,
-        "time from a worker starting an attempt to its end"
+        "time from an attempt's start to its end, as the engine published them (monotonic clock, sub-millisecond)"
     );
     describe_gauge!(
         "dagflow_flows_running",
@@ -116,6 +129,48 @@ fn describe() {
         "dagflow_metrics_events_missed_total",
         "events the metrics task missed because it fell behind"
     );
+}
+
+/// Outcomes of `dagflow_flows_finished_total`.
+const FLOW_OUTCOMES: [FlowStatus; 3] = [
+    FlowStatus::Completed,
+    FlowStatus::Failed,
+    FlowStatus::Cancelled,
+];
+/// Outcomes of `dagflow_nodes_finished_total`.
+const NODE_OUTCOMES: [NodeStatus; 4] = [
+    NodeStatus::Completed,
+    NodeStatus::Failed,
+    NodeStatus::Skipped,
+    NodeStatus::Cancelled,
+];
+/// Outcomes of `dagflow_node_run_seconds`.
+const RUN_OUTCOMES: [&str; 3] = ["completed", "failed", "retried"];
+
+/// Creates every series whose labels are known up front, at zero.
+fn register_at_zero() {
+    counter!("dagflow_flows_started_total").increment(0);
+    counter!("dagflow_flows_retried_total").increment(0);
+    counter!("dagflow_node_retries_total").increment(0);
+    counter!("dagflow_metrics_events_missed_total").increment(0);
+    for outcome in FLOW_OUTCOMES {
+        counter!("dagflow_flows_finished_total", "outcome" => outcome.as_str()).increment(0);
+    }
+    for outcome in NODE_OUTCOMES {
+        counter!("dagflow_nodes_finished_total", "outcome" => outcome.as_str()).increment(0);
+    }
+    for outcome in RUN_OUTCOMES {
+        // Registering is enough: the exporter renders a histogram without samples
+        // as zero buckets, a zero sum and a zero count.
+        let _ = histogram!("dagflow_node_run_seconds", "outcome" => outcome);
+    }
+    gauge!("dagflow_flows_running").set(0.0);
+    gauge!("dagflow_ws_sessions").set(0.0);
+    gauge!("dagflow_event_subscribers").set(0.0);
+    for state in ["ready", "delayed"] {
+        gauge!("dagflow_queue_depth", "queue" => dagflow_actors::spec::DEFAULT_QUEUE, "state" => state)
+            .set(0.0);
+    }
 }
 
 /// `(queue, ready, delayed)` for the default queue and every queue a live worker
@@ -150,15 +205,17 @@ async fn queue_depths(engine: &Engine) -> Vec<(String, u64, u64)> {
     }
 }
 
-/// When each running attempt started, by flow, so that a flow's entries go when it
-/// ends and the map stays as small as the work in flight.
-type Started = HashMap<FlowId, HashMap<(String, u32), u64>>;
+/// When each running attempt's start event arrived, by flow, so that a flow's
+/// entries go when it ends and the map stays as small as the work in flight.
+type Started = HashMap<FlowId, HashMap<(String, u32), Instant>>;
 
 async fn feed(mut events: broadcast::Receiver<Arc<FlowEvent>>, recorder: Arc<PrometheusRecorder>) {
     let mut started = Started::new();
     loop {
         match events.recv().await {
-            Ok(event) => with_local_recorder(&*recorder, || observe(&event, &mut started)),
+            Ok(event) => {
+                with_local_recorder(&*recorder, || observe(&event, Instant::now(), &mut started))
+            }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 with_local_recorder(&*recorder, || {
                     counter!("dagflow_metrics_events_missed_total").increment(missed)
@@ -169,7 +226,8 @@ async fn feed(mut events: broadcast::Receiver<Arc<FlowEvent>>, recorder: Arc<Pro
     }
 }
 
-fn observe(event: &FlowEvent, started: &mut Started) {
+/// Counts one event that arrived at `now`.
+fn observe(event: &FlowEvent, now: Instant, started: &mut Started) {
     let Some(node) = &event.node else {
         match FlowStatus::parse(&event.status) {
             Some(FlowStatus::Running) if event.seq <= 1 => {
@@ -189,7 +247,7 @@ fn observe(event: &FlowEvent, started: &mut Started) {
             .get_mut(&event.flow_id)
             .and_then(|nodes| nodes.remove(&(node.clone(), attempt)));
         if let Some(start) = start {
-            let seconds = event.ts.saturating_sub(start) as f64 / 1000.0;
+            let seconds = now.saturating_duration_since(start).as_secs_f64();
             histogram!("dagflow_node_run_seconds", "outcome" => outcome).record(seconds);
         }
     };
@@ -200,7 +258,7 @@ fn observe(event: &FlowEvent, started: &mut Started) {
                 .entry(event.flow_id)
                 .or_default()
                 .entry((node.clone(), event.attempt))
-                .or_insert(event.ts);
+                .or_insert(now);
         }
         Some(NodeStatus::Queued) if event.error.is_some() => {
             // A failed attempt queued again: the previous attempt ended here.
@@ -253,37 +311,100 @@ mod tests {
         let handle = recorder.handle();
         let id = FlowId::new().to_string();
         let mut started = Started::new();
+        let t0 = Instant::now();
+        let at = |micros: u64| t0 + Duration::from_micros(micros);
+        // `ts` are whole milliseconds and equal here: the run time comes from the
+        // arrival clock, 0.25 ms for `a` and 0.5 s for `b`.
         let events = [
-            json!({"flowId": id, "status": "running", "attempt": 0, "seq": 1, "ts": 0}),
-            json!({"flowId": id, "node": "a", "status": "queued", "attempt": 1, "seq": 2, "ts": 0}),
-            json!({"flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 3, "ts": 1000}),
-            json!({"flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 4, "ts": 1100, "progress": 5}),
-            json!({"flowId": id, "node": "a", "status": "completed", "attempt": 1, "seq": 5, "ts": 1500}),
-            json!({"flowId": id, "status": "completed", "attempt": 0, "seq": 6, "ts": 1500}),
+            (
+                0,
+                json!({"flowId": id, "status": "running", "attempt": 0, "seq": 1, "ts": 7}),
+            ),
+            (
+                0,
+                json!({"flowId": id, "node": "a", "status": "queued", "attempt": 1, "seq": 2, "ts": 7}),
+            ),
+            (
+                100,
+                json!({"flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 3, "ts": 7}),
+            ),
+            (
+                200,
+                json!({"flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 4, "ts": 7, "progress": 5}),
+            ),
+            (
+                350,
+                json!({"flowId": id, "node": "a", "status": "completed", "attempt": 1, "seq": 5, "ts": 7}),
+            ),
+            (
+                400,
+                json!({"flowId": id, "node": "b", "status": "active", "attempt": 1, "seq": 6, "ts": 7}),
+            ),
+            (
+                500_400,
+                json!({"flowId": id, "node": "b", "status": "completed", "attempt": 1, "seq": 7, "ts": 7}),
+            ),
+            (
+                500_400,
+                json!({"flowId": id, "status": "completed", "attempt": 0, "seq": 8, "ts": 7}),
+            ),
         ];
         with_local_recorder(&recorder, || {
-            for e in events {
-                observe(&event(e), &mut started);
+            register_at_zero();
+            for (micros, e) in events {
+                observe(&event(e), at(micros), &mut started);
             }
         });
         assert!(started.is_empty());
         let text = handle.render();
-        assert!(text.contains("dagflow_flows_started_total 1"), "{text}");
-        assert!(
-            text.contains("dagflow_flows_finished_total{outcome=\"completed\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("dagflow_nodes_finished_total{outcome=\"completed\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("dagflow_node_run_seconds_bucket{outcome=\"completed\",le=\"0.5\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("dagflow_node_run_seconds_sum{outcome=\"completed\"} 0.5"),
-            "{text}"
-        );
+        for line in [
+            "dagflow_flows_started_total 1",
+            "dagflow_flows_finished_total{outcome=\"completed\"} 1",
+            "dagflow_flows_finished_total{outcome=\"cancelled\"} 0",
+            "dagflow_nodes_finished_total{outcome=\"completed\"} 2",
+            "dagflow_nodes_finished_total{outcome=\"skipped\"} 0",
+            "dagflow_node_run_seconds_bucket{outcome=\"completed\",le=\"0.001\"} 1",
+            "dagflow_node_run_seconds_bucket{outcome=\"completed\",le=\"0.5\"} 2",
+            "dagflow_node_run_seconds_sum{outcome=\"completed\"} 0.50025",
+            "dagflow_node_run_seconds_count{outcome=\"retried\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_family_is_there_before_anything_happened() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&RUN_SECONDS_BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        with_local_recorder(&recorder, || {
+            describe();
+            register_at_zero();
+        });
+        let text = handle.render();
+        for family in [
+            "dagflow_flows_started_total",
+            "dagflow_flows_retried_total",
+            "dagflow_flows_finished_total",
+            "dagflow_nodes_finished_total",
+            "dagflow_node_retries_total",
+            "dagflow_node_run_seconds",
+            "dagflow_flows_running",
+            "dagflow_queue_depth",
+            "dagflow_ws_sessions",
+            "dagflow_event_subscribers",
+            "dagflow_metrics_events_missed_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "no {family} in:\n{text}"
+            );
+        }
+        for outcome in RUN_OUTCOMES {
+            let line = format!("dagflow_node_run_seconds_count{{outcome=\"{outcome}\"}} 0");
+            assert!(text.contains(&line), "missing {line} in:\n{text}");
+        }
     }
 }

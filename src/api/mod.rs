@@ -21,21 +21,25 @@
 //! | `GET /healthz`                  | `200 {"status":"ok"}` while the process serves |
 //! | `GET /readyz`                   | `200` when Redis and the store answer, else `503` naming the failing check |
 //! | `GET /metrics`                  | Prometheus text (`dagflow_*`) |
-//! | `GET /openapi.json`             | OpenAPI 3.1 description generated from the types |
+//! | `GET /openapi.json`             | OpenAPI 3.1 description of this server as configured: bearer auth and 401s only with a token |
 //!
 //! # Errors
 //!
 //! Every failure, whether warp rejected the request or the engine refused it, is
 //! `{"error": {"code", "message", "details"}}`: 400 (malformed JSON with its line and
 //! column, bad query, bad header), 401 (missing or wrong token), 404 (unknown flow,
-//! node or route), 405, 408 (body not sent within [`BODY_READ_TIMEOUT`]), 409 (the
-//! action does not fit the flow's state), 411 and 413 (body without length or over
-//! [`ApiConfig::body_limit`]), 415 (not JSON), 422
+//! node or route), 405 (with `Allow`), 408 (body not sent within
+//! [`BODY_READ_TIMEOUT`]), 409 (the action does not fit the flow's state), 411 and
+//! 413 (body without length or over [`ApiConfig::body_limit`]), 415 (a body not
+//! declared `Content-Type: application/json`, optionally with `charset=utf-8`), 422
 //! (the flow is invalid; `details.problems` lists every problem, at most 100), 503 (Redis
 //! unreachable, engine stopping; with `Retry-After`), 500 (logged; the message says
 //! nothing of the cause). JSON that parses but is not a flow spec (a missing `nodes`,
-//! an unknown field) is a 422 with one problem, not a 400. A request without
-//! `Content-Type` is read as JSON.
+//! an unknown field) is a 422 with one problem, not a 400. A `POST /flows` without
+//! `Content-Type` is a 415, like one with another type.
+//!
+//! Every GET route also answers HEAD (the same head, no body), and every path
+//! answers OPTIONS with 204 and `Allow`.
 //!
 //! The server speaks HTTP/1.1 (WebSocket by upgrade). A connection that does not
 //! send a request head within [`HEADER_READ_TIMEOUT`] (idle, or trickling it) is
@@ -177,6 +181,9 @@ pub(crate) struct ApiState {
     pub(crate) shutdown: CancellationToken,
     /// Each event's WebSocket text, serialized once for every session.
     pub(crate) event_texts: Arc<ws::EventTexts>,
+    /// `GET /openapi.json`: the description of this server as configured (with or
+    /// without the token, with the engine's limits), rendered once.
+    pub(crate) openapi: String,
 }
 
 impl ApiState {
@@ -197,6 +204,7 @@ fn build(
     let max_sessions = u32::try_from(cfg.max_ws_connections).unwrap_or(u32::MAX);
     let state = Arc::new(ApiState {
         metrics: metrics::Metrics::start(&engine),
+        openapi: openapi::json(cfg.api_token.is_some(), engine.limits()),
         sessions: Arc::new(Semaphore::new(max_sessions as usize)),
         max_sessions,
         shutdown: CancellationToken::new(),
@@ -204,8 +212,16 @@ fn build(
         engine,
         cfg,
     });
+    // The dashboard's routes answer GET only; other methods on its paths get the
+    // same 405 with `Allow` as the API's.
+    let dashboard_methods = warp::path::end()
+        .or(warp::path!("dashboard" / String).map(|_| ()).untuple_one())
+        .unify()
+        .and(filters::methods("GET, OPTIONS"));
     let filter = filters::api(Arc::clone(&state))
         .or(crate::dashboard::routes())
+        .unify()
+        .or(dashboard_methods)
         .unify()
         .recover(errors::recover)
         .unify();

@@ -93,13 +93,20 @@ pub(crate) fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, 
             }
             "cursor" => {
                 // Checked here: the engine calls a bad cursor a conflict, which is
-                // the wrong status for a malformed query.
-                FlowId::from_str(value).map_err(|_| {
-                    HttpError::bad_request(
-                        "invalid_query",
-                        "cursor is not valid: pass the nextCursor of the previous page",
-                    )
-                })?;
+                // the wrong status for a malformed query. Only the hyphenated form
+                // that `nextCursor` has, as the published pattern says: the other
+                // spellings a UUID parser takes would make the document lie.
+                let hyphenated = value.len() == 36;
+                hyphenated
+                    .then_some(())
+                    .ok_or(())
+                    .and_then(|()| FlowId::from_str(value).map_err(|_| ()))
+                    .map_err(|_| {
+                        HttpError::bad_request(
+                            "invalid_query",
+                            "cursor is not valid: pass the nextCursor of the previous page",
+                        )
+                    })?;
                 query.cursor = Some(value.clone());
             }
             other => {
@@ -175,50 +182,179 @@ pub(crate) enum ServerMessage<'a> {
     },
 }
 
-/// Describes [`ServerMessage`] in the OpenAPI document.
+/// Describes [`ServerMessage`] in the OpenAPI document. Each variant is its own
+/// named schema, told apart by the `type` property (a `oneOf` with a discriminator),
+/// so that a generated client gets one type per message.
 #[derive(ToSchema)]
 #[schema(as = ServerMessage)]
-#[serde(tag = "type")]
+#[serde(untagged)]
 #[allow(dead_code)]
 pub(crate) enum ServerMessageSchema {
-    /// The flow as of `flow.seq`; its `flow:updated` events follow.
+    /// `{"type":"snapshot","flow"}`.
+    Snapshot(SnapshotMessage),
+    /// `{"type":"flow:updated", ...the event's fields}`.
+    Updated(UpdatedMessage),
+    /// `{"type":"subscribed","flowId":"*"}`.
+    Subscribed(SubscribedMessage),
+    /// `{"type":"unsubscribed","flowId"}`.
+    Unsubscribed(UnsubscribedMessage),
+    /// `{"type":"lagged","missed"}`.
+    Lagged(LaggedMessage),
+    /// `{"type":"error","message","flowId"?}`.
+    Error(ErrorMessage),
+}
+
+/// The `type` of a [`SnapshotMessage`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum SnapshotType {
+    /// The only value.
     #[serde(rename = "snapshot")]
-    Snapshot {
-        /// The flow.
-        flow: FlowViewSchema,
-    },
-    /// One change of a flow: the event's fields next to `type`.
+    Snapshot,
+}
+
+/// The flow as of `flow.seq`, sent on subscribing (and after `lagged`); its
+/// `flow:updated` events follow, starting at `flow.seq + 1`.
+#[derive(ToSchema)]
+#[schema(as = SnapshotMessage)]
+#[allow(dead_code)]
+pub(crate) struct SnapshotMessage {
+    /// `snapshot`.
+    #[schema(inline)]
+    r#type: SnapshotType,
+    /// The flow.
+    flow: FlowViewSchema,
+}
+
+/// The `type` of an [`UpdatedMessage`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum UpdatedType {
+    /// The only value.
     #[serde(rename = "flow:updated")]
-    Updated(FlowEventSchema),
-    /// Now subscribed to every flow (`flowId` is `*`).
+    Updated,
+}
+
+/// One change of a flow: a [`FlowEventSchema`]'s fields next to `type`.
+#[derive(ToSchema)]
+#[schema(as = UpdatedMessage)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct UpdatedMessage {
+    /// `flow:updated`.
+    #[schema(inline)]
+    r#type: UpdatedType,
+    /// The flow.
+    #[schema(format = "uuid")]
+    flow_id: String,
+    /// The node; absent for a change of the flow itself.
+    #[schema(nullable = false)]
+    node: Option<String>,
+    /// The node's (or, without `node`, the flow's) new status.
+    status: EventStatusSchema,
+    /// The node's attempt; 0 for flow events.
+    attempt: u32,
+    /// Strictly increasing per flow, without gaps.
+    seq: u64,
+    /// Time of the change, ms since the epoch.
+    ts: u64,
+    /// The progress a worker reported (any JSON value); only on progress events.
+    progress: Option<serde_json::Value>,
+    /// The error, on failures and on retries.
+    #[schema(nullable = false)]
+    error: Option<String>,
+}
+
+/// The `type` of a [`SubscribedMessage`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum SubscribedType {
+    /// The only value.
     #[serde(rename = "subscribed")]
-    Subscribed {
-        /// What was subscribed to.
-        #[serde(rename = "flowId")]
-        flow_id: String,
-    },
-    /// No longer subscribed.
+    Subscribed,
+}
+
+/// Now subscribed to every flow; no snapshot follows, only events.
+#[derive(ToSchema)]
+#[schema(as = SubscribedMessage)]
+#[allow(dead_code)]
+pub(crate) struct SubscribedMessage {
+    /// `subscribed`.
+    #[schema(inline)]
+    r#type: SubscribedType,
+    /// What was subscribed to: `*`.
+    #[serde(rename = "flowId")]
+    flow_id: String,
+}
+
+/// The `type` of an [`UnsubscribedMessage`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum UnsubscribedType {
+    /// The only value.
     #[serde(rename = "unsubscribed")]
-    Unsubscribed {
-        /// What was unsubscribed from.
-        #[serde(rename = "flowId")]
-        flow_id: String,
-    },
-    /// The client fell behind by `missed` engine events; fresh snapshots follow.
+    Unsubscribed,
+}
+
+/// No longer subscribed.
+#[derive(ToSchema)]
+#[schema(as = UnsubscribedMessage)]
+#[allow(dead_code)]
+pub(crate) struct UnsubscribedMessage {
+    /// `unsubscribed`.
+    #[schema(inline)]
+    r#type: UnsubscribedType,
+    /// What was unsubscribed from: a flow id or `*`.
+    #[serde(rename = "flowId")]
+    flow_id: String,
+}
+
+/// The `type` of a [`LaggedMessage`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum LaggedType {
+    /// The only value.
     #[serde(rename = "lagged")]
-    Lagged {
-        /// Engine events (of any flow) that went by unseen.
-        missed: u64,
-    },
-    /// A message could not be handled; the connection stays open.
+    Lagged,
+}
+
+/// The client read so slowly that `missed` engine events went by unseen; a fresh
+/// snapshot of each subscribed flow follows.
+#[derive(ToSchema)]
+#[schema(as = LaggedMessage)]
+#[allow(dead_code)]
+pub(crate) struct LaggedMessage {
+    /// `lagged`.
+    #[schema(inline)]
+    r#type: LaggedType,
+    /// Engine events (of any flow) that went by unseen; at least 1.
+    #[schema(minimum = 1)]
+    missed: u64,
+}
+
+/// The `type` of an [`ErrorMessage`].
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) enum ErrorType {
+    /// The only value.
     #[serde(rename = "error")]
-    Error {
-        /// What was wrong.
-        message: String,
-        /// The flow it was about, if any.
-        #[serde(rename = "flowId")]
-        flow_id: Option<String>,
-    },
+    Error,
+}
+
+/// A client message could not be handled; the connection stays open.
+#[derive(ToSchema)]
+#[schema(as = ErrorMessage)]
+#[allow(dead_code)]
+pub(crate) struct ErrorMessage {
+    /// `error`.
+    #[schema(inline)]
+    r#type: ErrorType,
+    /// What was wrong.
+    message: String,
+    /// The flow it was about, when it was about one.
+    #[serde(rename = "flowId")]
+    #[schema(nullable = false)]
+    flow_id: Option<String>,
 }
 
 /// Where a flow is: `running`, then `completed`, `failed` or `cancelled`.
@@ -259,6 +395,31 @@ pub(crate) enum NodeStatusSchema {
     Cancelled,
 }
 
+/// The status an event announces: a node's ([`NodeStatusSchema`]) when the event
+/// names a node, else the flow's ([`FlowStatusSchema`]).
+#[derive(ToSchema)]
+#[schema(as = EventStatus)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum EventStatusSchema {
+    /// Flow: started (or retried).
+    Running,
+    /// Node: waiting for its parents.
+    Pending,
+    /// Node: queued (a retry too, with `error`).
+    Queued,
+    /// Node: a worker runs it (repeated with `progress`).
+    Active,
+    /// Node or flow: done.
+    Completed,
+    /// Node or flow: failed for good.
+    Failed,
+    /// Node: will not run.
+    Skipped,
+    /// Node or flow: cancelled.
+    Cancelled,
+}
+
 /// A flow with every node (`GET /flows/{id}`, WebSocket snapshots).
 #[derive(ToSchema)]
 #[schema(as = FlowView)]
@@ -266,8 +427,9 @@ pub(crate) enum NodeStatusSchema {
 #[allow(dead_code)]
 pub(crate) struct FlowViewSchema {
     /// The flow's id (a UUIDv7).
+    #[schema(format = "uuid")]
     id: String,
-    /// Its name from the spec.
+    /// Its name from the spec (empty when it had none).
     name: String,
     /// Where it is.
     status: FlowStatusSchema,
@@ -277,15 +439,18 @@ pub(crate) struct FlowViewSchema {
     created_at: u64,
     /// Last change, ms.
     updated_at: u64,
-    /// When it ended, ms.
+    /// When it ended, ms; absent while it runs.
+    #[schema(nullable = false)]
     finished_at: Option<u64>,
     /// Why the engine failed the flow, when it did (not a node's error).
+    #[schema(nullable = false)]
     error: Option<String>,
     /// Every node, in spec order.
     nodes: Vec<NodeViewSchema>,
 }
 
-/// One node of a flow (`GET /flows/{id}/nodes/{name}` adds `input`).
+/// One node of a flow (`GET /flows/{id}/nodes/{name}` adds `input`). Optional
+/// fields are absent, never `null`, until they apply.
 #[derive(ToSchema)]
 #[schema(as = NodeView)]
 #[serde(rename_all = "camelCase")]
@@ -305,26 +470,30 @@ pub(crate) struct NodeViewSchema {
     parents: Vec<String>,
     /// Child names.
     children: Vec<String>,
-    /// The current attempt's job id, `{flowId}:{node}:{attempt}`.
+    /// The current attempt's job id, `{flowId}:{node}:{attempt}`; from the first attempt on.
+    #[schema(nullable = false)]
     job_id: Option<String>,
     /// When the current attempt was queued, ms.
+    #[schema(nullable = false)]
     queued_at: Option<u64>,
     /// When a delayed retry is due, ms.
+    #[schema(nullable = false)]
     due_at: Option<u64>,
     /// When a worker started it, ms.
+    #[schema(nullable = false)]
     started_at: Option<u64>,
     /// When it ended, ms.
+    #[schema(nullable = false)]
     finished_at: Option<u64>,
-    /// Last progress reported (any JSON).
-    #[schema(value_type = Object)]
+    /// Last progress reported: any JSON value (a number, an object, even `null`).
     progress: Option<serde_json::Value>,
     /// Last error (also while a retry waits).
+    #[schema(nullable = false)]
     error: Option<String>,
-    /// The handler's result, once completed (any JSON).
-    #[schema(value_type = Object)]
+    /// The handler's result once completed: any JSON value, `null` included.
     result: Option<serde_json::Value>,
-    /// `{"data", "parents"}` its handler gets; single-node view only, once every parent is done.
-    #[schema(value_type = Object)]
+    /// `{"data", "parents"}` as its handler gets it; only in the single-node view,
+    /// once every parent is done.
     input: Option<serde_json::Value>,
 }
 
@@ -335,6 +504,7 @@ pub(crate) struct NodeViewSchema {
 #[allow(dead_code)]
 pub(crate) struct FlowSummarySchema {
     /// The flow's id.
+    #[schema(format = "uuid")]
     id: String,
     /// Its name.
     name: String,
@@ -346,7 +516,8 @@ pub(crate) struct FlowSummarySchema {
     created_at: u64,
     /// Last change, ms.
     updated_at: u64,
-    /// When it ended, ms.
+    /// When it ended, ms; absent while it runs.
+    #[schema(nullable = false)]
     finished_at: Option<u64>,
     /// Number of nodes.
     nodes_total: u32,
@@ -363,73 +534,172 @@ pub(crate) struct FlowPageSchema {
     /// The flows, newest first.
     flows: Vec<FlowSummarySchema>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[schema(nullable = false, format = "uuid")]
     next_cursor: Option<String>,
 }
 
-/// One change of one flow (WebSocket `flow:updated`).
+/// One change of one flow, as the engine publishes it (the WebSocket sends it as
+/// an [`UpdatedMessage`], with `type` added).
 #[derive(ToSchema)]
 #[schema(as = FlowEvent)]
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub(crate) struct FlowEventSchema {
     /// The flow.
+    #[schema(format = "uuid")]
     flow_id: String,
     /// The node; absent for a change of the flow itself.
+    #[schema(nullable = false)]
     node: Option<String>,
     /// The node's (or the flow's) new status.
-    status: String,
+    status: EventStatusSchema,
     /// The node's attempt; 0 for flow events.
     attempt: u32,
     /// Strictly increasing per flow, without gaps.
     seq: u64,
     /// Time of the change, ms.
     ts: u64,
-    /// Progress, on progress events.
-    #[schema(value_type = Object)]
+    /// The progress a worker reported (any JSON value); only on progress events.
     progress: Option<serde_json::Value>,
     /// The error, on failures and retries.
+    #[schema(nullable = false)]
     error: Option<String>,
 }
 
-/// A flow spec, as `POST /flows` takes it (see the design's "Flow spec").
+/// A flow spec, as `POST /flows` takes it (see the design's "Flow spec"). The
+/// schema says what JSON Schema can: the rules between nodes (unique names,
+/// parents and children that exist and agree, no cycle) and the byte limits are
+/// checked by the server, which answers 422 listing every problem.
 #[derive(ToSchema)]
-#[schema(as = FlowSpec)]
-#[serde(rename_all = "camelCase")]
+#[schema(as = FlowSpec, examples(
+    json!({"name": "image pipeline", "nodes": [
+        {"name": "download-image", "handler": "echo", "data": {"url": "https://example.com/a.png"}},
+        {"name": "resize-image", "handler": "echo", "parents": ["download-image"]},
+        {"name": "add-watermark", "handler": "echo", "parents": ["download-image"]},
+        {"name": "save-to-s3", "handler": "echo", "parents": ["resize-image", "add-watermark"],
+         "opts": {"attempts": 3, "backoff": {"type": "exponential", "delayMs": 500}, "timeoutMs": 30000}}
+    ]}),
+    json!({"name": "a long nap", "nodes": [
+        {"name": "nap", "handler": "sleep", "data": {"ms": 3000}},
+        {"name": "after", "handler": "echo", "parents": ["nap"]}
+    ]}),
+    json!({"name": "fails, then can be retried", "nodes": [
+        {"name": "boom", "handler": "fail", "data": {"message": "an example failure"}},
+        {"name": "never", "handler": "echo", "parents": ["boom"]}
+    ], "opts": {"onFailure": "continue"}})
+))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub(crate) struct FlowSpecSchema {
-    /// Human-readable, need not be unique.
+    /// Human-readable, need not be unique; at most 256 bytes of UTF-8.
+    #[schema(nullable = false, max_length = 256)]
     name: Option<String>,
-    /// The jobs.
+    /// The jobs: at least one.
+    #[schema(min_items = 1, max_items = 10000)]
     nodes: Vec<NodeSpecSchema>,
-    /// `{"onFailure": "continue" | "failFast"}`.
-    #[schema(value_type = Object)]
-    opts: Option<serde_json::Value>,
+    /// Flow-wide behaviour.
+    #[schema(nullable = false)]
+    opts: Option<FlowOptsSchema>,
+}
+
+/// Flow-wide behaviour.
+#[derive(ToSchema)]
+#[schema(as = FlowOpts)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct FlowOptsSchema {
+    /// What a node's permanent failure does to the rest of the flow (default `continue`).
+    #[schema(nullable = false)]
+    on_failure: Option<OnFailureSchema>,
+}
+
+/// What a node's permanent failure does to the rest of the flow.
+#[derive(ToSchema)]
+#[schema(as = OnFailure)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum OnFailureSchema {
+    /// Independent branches finish; the failed node's descendants are skipped.
+    Continue,
+    /// Everything not yet finished is cancelled.
+    FailFast,
 }
 
 /// One node of a flow spec.
 #[derive(ToSchema)]
 #[schema(as = NodeSpec)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[allow(dead_code)]
 pub(crate) struct NodeSpecSchema {
-    /// Unique within the flow.
+    /// Unique within the flow; at most 256 bytes of UTF-8.
+    #[schema(min_length = 1, max_length = 256)]
     name: String,
-    /// Nodes whose results it needs.
+    /// Nodes whose results it needs, each once.
+    #[schema(nullable = false)]
     parents: Option<Vec<String>>,
-    /// Nodes that need its result (must agree with their `parents`).
+    /// Nodes that need its result, each once (must agree with their `parents`).
+    #[schema(nullable = false)]
     children: Option<Vec<String>>,
-    /// Handler name; defaults to `name`.
+    /// Handler name; defaults to `name` (so does `null`).
+    #[schema(min_length = 1, max_length = 256)]
     handler: Option<String>,
-    /// Queue; defaults to `default`.
+    /// Queue; defaults to `default` (so does `null`).
+    #[schema(max_length = 256, pattern = r"^[A-Za-z0-9._-]+$")]
     queue: Option<String>,
-    /// The node's own input.
-    #[schema(value_type = Object)]
+    /// The node's own input: any JSON value (at most 256 KiB as JSON text).
     data: Option<serde_json::Value>,
-    /// `{"attempts", "backoff": {"type", "delayMs"}, "timeoutMs", "continueOnFailure", "maxStalled"}`.
-    #[schema(value_type = Object)]
-    opts: Option<serde_json::Value>,
-    /// Children run even if this node fails for good.
+    /// Retries, timeout and failure behaviour.
+    #[schema(nullable = false)]
+    opts: Option<NodeOptsSchema>,
+    /// Same as `opts.continueOnFailure`.
+    #[schema(nullable = false)]
     continue_on_failure: Option<bool>,
+}
+
+/// Retries, timeout and failure behaviour of one node.
+#[derive(ToSchema)]
+#[schema(as = NodeOpts)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct NodeOptsSchema {
+    /// Total tries in one run, the first included (default 1).
+    #[schema(nullable = false, minimum = 1, maximum = 1000)]
+    attempts: Option<u32>,
+    /// Delay between tries; without it (or with `null`) a retry runs at once.
+    backoff: Option<BackoffSchema>,
+    /// Time limit of one try, ms; a try over it fails (retryable). None by default.
+    #[schema(minimum = 1)]
+    timeout_ms: Option<u64>,
+    /// When the node fails for good, its children still run with `{"error"}` in its slot.
+    #[schema(nullable = false)]
+    continue_on_failure: Option<bool>,
+    /// How often a job may be reclaimed from a vanished worker before it fails as
+    /// stalled; `null` or absent: the server's default.
+    max_stalled: Option<u32>,
+}
+
+/// Delay before a retry.
+#[derive(ToSchema)]
+#[schema(as = Backoff)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct BackoffSchema {
+    /// `fixed`: the same delay each time; `exponential`: `delayMs * 2^(n-1)` before the n-th retry.
+    r#type: BackoffKindSchema,
+    /// Base delay, ms.
+    delay_ms: u64,
+}
+
+/// How a backoff grows.
+#[derive(ToSchema)]
+#[schema(as = BackoffKind)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum BackoffKindSchema {
+    /// The same delay before every retry.
+    Fixed,
+    /// Doubling from `delayMs`.
+    Exponential,
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const WRITE_BATCH: usize = 64;
 /// Close code for "going away" (server shutdown, dead peer).
 const GOING_AWAY: u16 = 1001;
+/// Close code for a session that ended normally.
+const NORMAL: u16 = 1000;
+/// Close code for a frame that breaks the WebSocket protocol (RFC 6455, 7.4.1).
+const PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text message that is not UTF-8.
+const INVALID_PAYLOAD: u16 = 1007;
+/// Close code for a message over [`MAX_CLIENT_MESSAGE`].
+const MESSAGE_TOO_BIG: u16 = 1009;
 
 /// Answers an upgrade request: 503 when the connection limit is reached, otherwise
 /// `101` and a session.
@@ -130,10 +138,12 @@ async fn connection(socket: WebSocket, state: Arc<ApiState>, permit: OwnedSemaph
     drop(permit);
 }
 
-/// When the client was last heard from, for the keepalive.
+/// When the client was last heard from, for the keepalive, and the close code the
+/// reader chose when the client broke the protocol (the writer sends the Close).
 struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
+    close_code: AtomicU16,
 }
 
 impl Activity {
@@ -141,7 +151,17 @@ impl Activity {
         Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            close_code: AtomicU16::new(NORMAL),
         }
+    }
+
+    /// The code the Close frame will carry when the session ends.
+    fn close_with(&self, code: u16) {
+        self.close_code.store(code, Ordering::Relaxed);
+    }
+
+    fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Relaxed)
     }
 
     fn touch(&self) {
@@ -445,6 +465,9 @@ async fn read_loop(
             Ok(frame) => frame,
             Err(e) => {
                 debug!(error = %e, "websocket read failed");
+                if let Some(code) = close_code_for(&e) {
+                    activity.close_with(code);
+                }
                 break;
             }
         };
@@ -464,6 +487,31 @@ async fn read_loop(
         }
     }
     actor.stop(Some("client went away".to_owned()));
+}
+
+/// The Close code for a failed read, when the client is still there to be told:
+/// 1009 for a message over [`MAX_CLIENT_MESSAGE`], 1007 for a text message that is
+/// not UTF-8, 1002 for any other breach of the protocol. `None` when the
+/// connection itself is gone.
+fn close_code_for(e: &warp::Error) -> Option<u16> {
+    use tokio_tungstenite::tungstenite::Error;
+    let inner = std::error::Error::source(e)?.downcast_ref::<Error>()?;
+    match inner {
+        Error::Capacity(_) => Some(MESSAGE_TOO_BIG),
+        Error::Utf8(_) => Some(INVALID_PAYLOAD),
+        Error::Protocol(_) => Some(PROTOCOL_ERROR),
+        _ => None,
+    }
+}
+
+/// Why a session closed with `code`, for the Close frame.
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        MESSAGE_TOO_BIG => "message too big",
+        INVALID_PAYLOAD => "text message is not valid UTF-8",
+        PROTOCOL_ERROR => "protocol error",
+        _ => "",
+    }
 }
 
 /// Reads one client frame (`None`: not text) as a [`ClientMessage`], or the error
@@ -639,7 +687,8 @@ async fn write_loop(
             msg = out.recv() => match msg {
                 Some(msg) => msg,
                 None => {
-                    close(&mut sink, 1000, "").await;
+                    let code = activity.close_code();
+                    close(&mut sink, code, close_reason(code)).await;
                     return "session ended";
                 }
             },
@@ -682,8 +731,16 @@ async fn write_loop(
 }
 
 /// Sends Close, giving up after [`CLOSE_GRACE`] (a client that does not read).
+/// When the client closed first, tungstenite refuses a second Close and holds the
+/// echo of the client's one queued until a flush: closing the sink writes it, so
+/// the client gets its closing handshake instead of a reset.
 async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &'static str) {
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::close_with(code, reason))).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if sink.send(Message::close_with(code, reason)).await.is_err() {
+            let _ = SinkExt::close(sink).await;
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
