@@ -29,6 +29,18 @@
 //! | `dagflow_ws_sessions` | gauge | |
 //! | `dagflow_event_subscribers` | gauge | |
 //! | `dagflow_metrics_events_missed_total` | counter | events the metrics task fell behind on |
+//! | `dagflow_flows_awake` | gauge | running flows that have a live actor (the rest hibernate) |
+//! | `dagflow_reports_handed_back_total` | counter | reports a flow actor dropped (it stopped or failed) and the router routed again |
+//! | `dagflow_completions_redelivered_total` | counter | completion records read again after staying unacknowledged too long |
+//! | `dagflow_reports_parked` | gauge | reports waiting in the router for their flow's actor |
+//! | `dagflow_reconcile_passes_total` | counter | reconciliation passes over the unfinished flows |
+//! | `dagflow_reconcile_flows_checked_total` | counter | flows compared with Redis |
+//! | `dagflow_reconcile_jobs_repaired_total` | counter | jobs Redis had lost, put back |
+//! | `dagflow_retries_promoted_total` | counter | due retries moved into their streams |
+//! | `dagflow_flow_actor_restarts_total` | counter | flow actors restarted from their snapshot after a failure |
+//!
+//! `dagflow_flows_running` counts every flow whose durable status is `running`,
+//! hibernating ones included.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -79,7 +91,7 @@ impl Metrics {
     pub(crate) async fn render(&self, state: &ApiState) -> String {
         let depths = queue_depths(&state.engine).await;
         with_local_recorder(&*self.recorder, || {
-            gauge!("dagflow_flows_running").set(state.engine.running_flows() as f64);
+            engine_stats(&state.engine);
             gauge!("dagflow_ws_sessions").set(state.open_sessions() as f64);
             gauge!("dagflow_event_subscribers").set(state.engine.subscribers() as f64);
             for (queue, ready, delayed) in depths {
@@ -114,13 +126,49 @@ fn describe() {
     );
     describe_gauge!(
         "dagflow_flows_running",
-        "running flows with a live actor (hibernating flows, waiting with nothing in flight, are not counted)"
+        "flows whose durable status is running, hibernating ones included"
     );
     describe_gauge!(
         "dagflow_queue_depth",
         "jobs in a queue's stream (ready) and delayed set"
     );
     describe_gauge!("dagflow_ws_sessions", "open WebSocket sessions");
+    describe_gauge!(
+        "dagflow_flows_awake",
+        "running flows with a live actor (the rest hibernate)"
+    );
+    describe_gauge!(
+        "dagflow_reports_parked",
+        "reports waiting in the router for their flow's actor"
+    );
+    describe_counter!(
+        "dagflow_reports_handed_back_total",
+        "reports a flow actor dropped and the router routed again"
+    );
+    describe_counter!(
+        "dagflow_completions_redelivered_total",
+        "completion records read again after staying unacknowledged too long"
+    );
+    describe_counter!(
+        "dagflow_reconcile_passes_total",
+        "reconciliation passes over the unfinished flows"
+    );
+    describe_counter!(
+        "dagflow_reconcile_flows_checked_total",
+        "flows the reconciliation compared with Redis"
+    );
+    describe_counter!(
+        "dagflow_reconcile_jobs_repaired_total",
+        "jobs Redis had lost, put back by reconciliation"
+    );
+    describe_counter!(
+        "dagflow_retries_promoted_total",
+        "due retries moved into their streams"
+    );
+    describe_counter!(
+        "dagflow_flow_actor_restarts_total",
+        "flow actors restarted from their snapshot after a failure"
+    );
     describe_gauge!(
         "dagflow_event_subscribers",
         "receivers of the engine's event feed"
@@ -149,6 +197,19 @@ const RUN_OUTCOMES: [&str; 3] = ["completed", "failed", "retried"];
 
 /// Creates every series whose labels are known up front, at zero.
 fn register_at_zero() {
+    gauge!("dagflow_flows_awake").set(0.0);
+    gauge!("dagflow_reports_parked").set(0.0);
+    for name in [
+        "dagflow_reports_handed_back_total",
+        "dagflow_completions_redelivered_total",
+        "dagflow_reconcile_passes_total",
+        "dagflow_reconcile_flows_checked_total",
+        "dagflow_reconcile_jobs_repaired_total",
+        "dagflow_retries_promoted_total",
+        "dagflow_flow_actor_restarts_total",
+    ] {
+        counter!(name).increment(0);
+    }
     counter!("dagflow_flows_started_total").increment(0);
     counter!("dagflow_flows_retried_total").increment(0);
     counter!("dagflow_node_retries_total").increment(0);
@@ -205,13 +266,45 @@ async fn queue_depths(engine: &Engine) -> Vec<(String, u64, u64)> {
     }
 }
 
+/// The engine's own counters (background work) and the running-flow gauges.
+fn engine_stats(engine: &Engine) {
+    use std::sync::atomic::Ordering::Relaxed;
+    gauge!("dagflow_flows_awake").set(engine.running_flows() as f64);
+    let Some(stats) = engine.stats() else {
+        return;
+    };
+    gauge!("dagflow_flows_running").set(stats.running_flows.load(Relaxed).max(0) as f64);
+    gauge!("dagflow_reports_parked").set(stats.parked.load(Relaxed) as f64);
+    counter!("dagflow_reports_handed_back_total").absolute(stats.handed_back.load(Relaxed));
+    counter!("dagflow_completions_redelivered_total").absolute(stats.redelivered.load(Relaxed));
+    counter!("dagflow_reconcile_passes_total").absolute(stats.reconcile_passes.load(Relaxed));
+    counter!("dagflow_reconcile_flows_checked_total")
+        .absolute(stats.reconcile_checked.load(Relaxed));
+    counter!("dagflow_reconcile_jobs_repaired_total")
+        .absolute(stats.reconcile_repaired.load(Relaxed));
+    counter!("dagflow_retries_promoted_total").absolute(stats.promoted.load(Relaxed));
+    counter!("dagflow_flow_actor_restarts_total").absolute(stats.actor_restarts.load(Relaxed));
+}
+
+/// Attempt starts older than this are forgotten: their flow was deleted while they
+/// ran (a deleted flow sends no end event), or they run longer than any run-time
+/// bucket anyway.
+const STARTED_TTL: Duration = Duration::from_secs(6 * 3600);
+/// How often forgotten starts are looked for.
+const STARTED_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
 /// When each running attempt's start event arrived, by flow, so that a flow's
 /// entries go when it ends and the map stays as small as the work in flight.
 type Started = HashMap<FlowId, HashMap<(String, u32), Instant>>;
 
 async fn feed(mut events: broadcast::Receiver<Arc<FlowEvent>>, recorder: Arc<PrometheusRecorder>) {
     let mut started = Started::new();
+    let mut last_prune = Instant::now();
     loop {
+        if last_prune.elapsed() >= STARTED_PRUNE_EVERY {
+            last_prune = Instant::now();
+            prune(&mut started, last_prune);
+        }
         match events.recv().await {
             Ok(event) => {
                 with_local_recorder(&*recorder, || observe(&event, Instant::now(), &mut started))
@@ -224,6 +317,15 @@ async fn feed(mut events: broadcast::Receiver<Arc<FlowEvent>>, recorder: Arc<Pro
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// Forgets attempt starts older than [`STARTED_TTL`] (and flows left without any),
+/// so the map is bounded by the work in flight even when flows are deleted.
+fn prune(started: &mut Started, now: Instant) {
+    started.retain(|_, nodes| {
+        nodes.retain(|_, at| now.saturating_duration_since(*at) < STARTED_TTL);
+        !nodes.is_empty()
+    });
 }
 
 /// Counts one event that arrived at `now`.
@@ -396,6 +498,15 @@ mod tests {
             "dagflow_ws_sessions",
             "dagflow_event_subscribers",
             "dagflow_metrics_events_missed_total",
+            "dagflow_flows_awake",
+            "dagflow_reports_parked",
+            "dagflow_reports_handed_back_total",
+            "dagflow_completions_redelivered_total",
+            "dagflow_reconcile_passes_total",
+            "dagflow_reconcile_flows_checked_total",
+            "dagflow_reconcile_jobs_repaired_total",
+            "dagflow_retries_promoted_total",
+            "dagflow_flow_actor_restarts_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
@@ -406,5 +517,25 @@ mod tests {
             let line = format!("dagflow_node_run_seconds_count{{outcome=\"{outcome}\"}} 0");
             assert!(text.contains(&line), "missing {line} in:\n{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn starts_of_deleted_flows_are_forgotten_after_the_ttl() {
+        let t0 = Instant::now();
+        let mut started = Started::new();
+        let (old, new) = (FlowId::new(), FlowId::new());
+        started.entry(old).or_default().insert(("a".into(), 1), t0);
+        started
+            .entry(new)
+            .or_default()
+            .insert(("a".into(), 1), t0 + STARTED_TTL);
+        prune(&mut started, t0 + STARTED_TTL + Duration::from_secs(1));
+        assert!(!started.contains_key(&old));
+        assert!(started.contains_key(&new));
     }
 }
