@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import subprocess

@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable, Mapping, Optional, Union
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import protocol, scripts
