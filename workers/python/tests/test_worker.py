@@ -457,3 +457,32 @@ async def test_jobs_delivered_on_a_lost_reply_are_found_without_touching_running
         done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="both outcomes")
         assert worker.stats["completed"] == 2
     assert done == {a["id"]: {"kind": "completed", "result": "a"}, b["id"]: {"kind": "completed", "result": "b"}}
+
+
+async def test_cancel_subscription_comes_back_after_a_redis_restart(own_redis: RedisServer, prefix: str) -> None:
+    keys = Keys(prefix)
+    seen: list[Any] = []
+
+    async def waits(job: Job) -> Any:
+        await job.cancelled.wait()
+        seen.append(job.stop_reason)
+        return None
+
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    enq = Enqueuer(client, keys)
+    env = enq.envelope("w", "waits", "py")
+    await enq.add(env)
+    worker = Worker(own_redis.url, {"py": 1}, {"waits": waits}, prefix=prefix, cancel_grace=0.2)
+    async with running_worker(worker):
+        await eventually(lambda: _true(worker.running == 1), what="the job running")
+        await client.aclose()
+        own_redis.stop()
+        await asyncio.sleep(0.3)
+        own_redis.start()
+        client = redis.asyncio.Redis.from_url(own_redis.url)
+        await eventually(lambda: _subscribed(client, keys), timeout=15, what="the cancel subscription again")
+        await client.publish(keys.cancel, env["id"])
+        done = await eventually(lambda: outcomes(client, keys), timeout=10, what="the cancelled report")
+    assert seen == ["cancelled"]
+    assert done[env["id"]] == {"kind": "failed", "message": "cancelled", "retryable": False}
+    await client.aclose()
