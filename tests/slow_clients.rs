@@ -496,10 +496,19 @@ async fn hundred_clients_thirty_never_reading_do_not_slow_flows_or_grow_memory()
     let stalled_at = Instant::now();
     go.cancel();
     let talked = seq_before + PROBE_EVENTS as u64;
-    eventually("the probe flow's progress to be published", || {
+    // Every shouting child has failed (so none of them runs during the loaded run
+    // below, which is timed).
+    eventually("the probe flow's events to be published", || {
         let api = api.clone();
         let id = probe_flow.clone();
-        async move { api.flow(&id).await["seq"].as_u64().unwrap() >= talked }
+        async move {
+            let flow = api.flow(&id).await;
+            let failed = flow["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter(|n| n["status"] == "failed").count())
+                .unwrap_or(0);
+            flow["seq"].as_u64().unwrap() >= talked && failed == PROBE_EVENTS
+        }
     })
     .await;
     println!(

@@ -288,6 +288,7 @@ impl EngineBuilder {
                 consumer.clone(),
                 supervisor.clone(),
                 Arc::clone(&redis_up),
+                (self.lease.as_millis() as u64, self.max_stalled),
             ));
             flows = Some(Flows {
                 shared,
@@ -780,6 +781,7 @@ async fn watch_redis(
     marker: String,
     supervisor: ActorRef<SupervisorMsg>,
     redis_up: Arc<AtomicBool>,
+    (lease_ms, max_stalled): (u64, u32),
 ) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -790,6 +792,10 @@ async fn watch_redis(
                 }
                 if lost {
                     warn!("redis lost its data; re-enqueueing the jobs of every running flow");
+                    // Workers started from now on read the lease from here.
+                    if let Err(e) = queue.publish_config(lease_ms, max_stalled).await {
+                        warn!(error = %e, "publishing the config again failed");
+                    }
                     let _ = supervisor.cast(SupervisorMsg::Resync);
                 }
             }

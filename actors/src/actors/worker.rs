@@ -643,18 +643,30 @@ async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
         // No actor here: the flow hibernates (the report wakes it through the
         // completions stream), or it ended (the router drops the record).
     }
-    for attempt in 0..40u32 {
+    // A report is never dropped: it is retried (backing off to 5 s) until Redis
+    // takes it. Only a shutdown past its deadline gives up, and then the job is
+    // still pending in Redis and runs again after the restart or the lease.
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0u32;
+    loop {
         match ctx.queue.report_remote(delivery, &outcome).await {
             Ok(()) => return,
             Err(e) => {
-                if attempt == 0 {
-                    warn!(job = %env.id, error = %e, "reporting a job failed; retrying");
+                if tries == 0 || tries % 20 == 0 {
+                    warn!(job = %env.id, tries, error = %e, "reporting a job failed; retrying");
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tries += 1;
+                tokio::select! {
+                    _ = ctx.abandon.cancelled() => {
+                        warn!(job = %env.id, "shutting down with a report not delivered; the job runs again");
+                        return;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }
-    warn!(job = %env.id, "gave up reporting a job; it runs again after its lease");
 }
 
 async fn cancel_loop(ctx: Arc<WorkerCtx>) {

@@ -44,9 +44,11 @@ impl QueueError {
     }
 
     /// True when Redis says the consumer group (or its stream) does not exist, which
-    /// happens after Redis restarted without persistence.
+    /// happens after Redis restarted without persistence. A read blocked while the
+    /// stream was removed (`FLUSHALL`, `DEL`) fails with `UNBLOCKED` on Redis 7.0
+    /// instead, and means the same.
     pub(crate) fn is_no_group(&self) -> bool {
-        matches!(self, QueueError::Redis(e) if e.code() == Some("NOGROUP"))
+        matches!(self, QueueError::Redis(e) if matches!(e.code(), Some("NOGROUP" | "UNBLOCKED")))
     }
 }
 
