@@ -2,7 +2,8 @@
 # The one test command (README "Quick start"): installs what the tests need when it
 # is missing (redis-server, Chromium, node, the Python packages), then runs every
 # test: the Rust workspace with failpoints compiled in, the TypeScript and Python
-# worker packages against a real `dagflow serve`, and Schemathesis against the
+# worker packages against a real `dagflow serve`, one flow across Rust, TypeScript
+# and Python (tests/polyglot), and Schemathesis against the
 # published OpenAPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,12 @@ if [ -f workers/python/pyproject.toml ]; then
   python3 -m pytest -q workers/python/tests
 fi
 
-# 4. The API against its published OpenAPI, with generated requests.
+# 4. One flow across Rust, TypeScript and Python against a real server and Redis
+#    (tests/polyglot): uses the node package built in 2 and the Python package
+#    installed in 3, and fails (never skips) if either is missing.
+node --test tests/polyglot/
+
+# 5. The API against its published OpenAPI, with generated requests.
 if [ -f scripts/schemathesis.sh ]; then
   bash scripts/schemathesis.sh
 fi
