@@ -278,25 +278,48 @@ async fn a_delete_racing_a_retry_never_brings_the_flow_back() {
         .await
         .unwrap();
     let mut ids = Vec::new();
-    for _ in 0..20 {
+    for i in 0..40 {
+        // Half of them fail at once; the others keep a node running (and hibernate).
+        let nodes = if i % 2 == 0 {
+            json!([{"name": "a", "handler": "broken"}, {"name": "b", "handler": "broken", "parents": ["a"]}])
+        } else {
+            json!([{"name": "a", "handler": "broken"}, {"name": "c", "queue": "remote"}])
+        };
         let id = engine
-            .create(
-                &spec(json!({"nodes": [{"name": "a", "handler": "broken"}, {"name": "b", "handler": "broken", "parents": ["a"]}]})),
-                None,
-            )
+            .create(&spec(json!({"nodes": nodes})), None)
             .await
             .unwrap();
         ids.push(id);
     }
     for id in &ids {
-        assert_eq!(
-            engine.wait(*id, WAIT).await.unwrap().status,
-            FlowStatus::Failed
-        );
+        let engine = engine.clone();
+        let id = *id;
+        eventually("node a to fail", move || {
+            let engine = engine.clone();
+            async move {
+                engine.get(id).await.is_ok_and(|v| {
+                    v.node("a").unwrap().status == dagflow_actors::NodeStatus::Failed
+                })
+            }
+        })
+        .await;
     }
+    // The running ones hibernate; the failed ones have no actor either.
+    eventually("every flow without an actor", || async {
+        engine.running_flows() == 0
+    })
+    .await;
     let mut deleted = Vec::new();
     for id in &ids {
-        let (d, _) = tokio::join!(engine.delete(*id), engine.retry(*id));
+        // Every request a client could send at that moment, at once; the retry
+        // first, so that the delete comes while the retry's actor is starting (a
+        // just-spawned actor was taken for none, and the delete went ahead under it).
+        let (_, d, _, _) = tokio::join!(
+            engine.retry(*id),
+            engine.delete(*id),
+            engine.cancel(*id),
+            engine.get(*id)
+        );
         if d.is_ok() {
             deleted.push(*id);
         }
@@ -749,6 +772,53 @@ async fn running_flows_counts_hibernating_flows_too() {
     assert_eq!(stats(), 4);
     engine.retry(ids[0]).await.unwrap();
     assert_eq!(stats(), 5);
+    engine.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_writing_fails_the_batch_not_the_engine() {
+    let scenario = fail::FailScenario::setup();
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    fail::cfg("writer::after_apply", "1*panic").unwrap();
+    // The batch that panics belongs to some flow's creation or transition: that
+    // flow's actor restarts from its snapshot; every flow still completes, and new
+    // writes keep being made durable.
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        if let Ok(id) = engine
+            .create(
+                &spec(json!({"nodes": [{"name": "a", "handler": "sum"}]})),
+                None,
+            )
+            .await
+        {
+            ids.push(id);
+        }
+    }
+    for id in &ids {
+        assert_eq!(
+            engine.wait(*id, WAIT).await.unwrap().status,
+            FlowStatus::Completed
+        );
+    }
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [{"name": "a", "handler": "sum"}]})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(id, WAIT).await.unwrap().status,
+        FlowStatus::Completed
+    );
     engine.shutdown(Duration::from_secs(5)).await;
     scenario.teardown();
 }

@@ -431,7 +431,10 @@ impl FlowActor {
                 state.persist_report(&myself, effects, receipt);
             }
             FlowMsg::Cancel(reply) => state.request(&myself, Input::Cancel, reply, now),
-            FlowMsg::Retry(reply) => state.request(&myself, Input::Retry, reply, now),
+            FlowMsg::Retry(reply) => {
+                debug!(flow = %state.flow.id(), actor = %myself.get_id(), "retry");
+                state.request(&myself, Input::Retry, reply, now)
+            }
             FlowMsg::Delete(reply) => {
                 // Stop running jobs now; the rest waits for writes in flight, which
                 // would otherwise land after the delete and resurrect the records.
@@ -1001,6 +1004,7 @@ impl FlowActorState {
                         Err(e) => debug!(error = %e, "acking the reports of a deleted flow failed"),
                     }
                 }
+                debug!(flow = %id, actor = %myself.get_id(), "flow deleted by its actor");
                 let _ = reply.send(Ok(()));
                 myself.stop(Some("flow deleted".to_owned()));
             }

@@ -256,6 +256,7 @@ impl Actor for FlowSupervisor {
                     None => {
                         // No actor: the supervisor owns "being deleted" until the
                         // delete is done, so nothing restores the flow meanwhile.
+                        debug!(flow = %id, "deleting a flow that has no actor");
                         state.deleting.insert(id, vec![reply]);
                         let shared = Arc::clone(&state.shared);
                         let me = myself.clone();
@@ -293,12 +294,17 @@ impl Actor for FlowSupervisor {
                 for actor in state.shared.directory.all() {
                     let _ = actor.cast(FlowMsg::Resync);
                 }
-                // Hibernating flows enqueue their jobs again as they start.
+                // Hibernating flows enqueue their jobs again as they start. One
+                // barrier serves them all: none of them has an actor that could
+                // write meanwhile (and the supervisor handles nothing else now).
+                if let Err(e) = super::writer::barrier(&state.shared.writer).await {
+                    warn!(error = %e, "snapshot barrier failed before a resync");
+                }
                 match state.shared.store.unfinished() {
                     Ok(unfinished) => {
                         for id in unfinished {
                             if state.shared.directory.get(id).is_none() {
-                                if let Err(e) = state.spawn_restored(&myself, id, None, true).await
+                                if let Err(e) = state.spawn_restored(&myself, id, None, false).await
                                 {
                                     error!(flow = %id, error = %e, "could not wake flow for a resync");
                                 }
@@ -419,6 +425,14 @@ impl Actor for FlowSupervisor {
     }
 }
 
+/// Whether an actor takes messages: ractor's active states. An actor just spawned
+/// is still `Starting` (its status turns `Running` only once its processing task
+/// has run `post_start`): treating it as gone let a delete racing a retry delete
+/// the flow under the new actor's feet, which then wrote its header back.
+fn is_live(actor: &ActorRef<FlowMsg>) -> bool {
+    ractor::ACTIVE_STATES.contains(&actor.get_status())
+}
+
 /// Waits for a new flow's actor to say the flow is durable.
 async fn created(
     rx: tokio::sync::oneshot::Receiver<Result<FlowId, EngineError>>,
@@ -433,10 +447,7 @@ async fn created(
 impl SupervisorState {
     /// The flow's actor if one is running and not stopping.
     fn live_actor(&self, id: FlowId) -> Option<ActorRef<FlowMsg>> {
-        self.shared
-            .directory
-            .get(id)
-            .filter(|a| a.get_status() == ractor::ActorStatus::Running)
+        self.shared.directory.get(id).filter(|a| is_live(a))
     }
 
     /// The flow's actor if it has one, taking a hibernating one back into the
@@ -446,7 +457,7 @@ impl SupervisorState {
             return Some(actor);
         }
         let actor = self.hibernating.remove(&id)?;
-        if actor.get_status() != ractor::ActorStatus::Running {
+        if !is_live(&actor) {
             // Ended meanwhile (its supervision event is still on its way).
             return None;
         }
@@ -544,6 +555,7 @@ impl SupervisorState {
             .spawn(myself, id, init)
             .await
             .map_err(|e| EngineError::Internal(format!("spawning flow actor: {e}")))?;
+        debug!(flow = %id, actor = %actor.get_id(), "flow actor restored from the snapshot");
         Ok(Some(actor))
     }
 }

@@ -488,6 +488,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     debug!(job = %env.id, handler = %env.handler, "running job");
     report(ctx, delivery, Outcome::Started).await;
     let progress = Arc::new(ProgressSlot::default());
+    let progress_slot = Arc::clone(&progress);
     let progress_ctx = Arc::clone(ctx);
     let progress_delivery = delivery.clone();
     let job = JobContext {
@@ -505,14 +506,20 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
                 let ctx = Arc::clone(&progress_ctx);
                 let delivery = progress_delivery.clone();
                 let slot = Arc::clone(&progress);
-                tokio::spawn(async move {
-                    while let Some(value) = slot.take() {
-                        if let Ok(progress) = serde_json::value::to_raw_value(&value) {
-                            report(&ctx, &delivery, Outcome::Progress { progress }).await;
+                let sender = tokio::spawn(async move {
+                    loop {
+                        {
+                            // Held while sending: the job's end waits for it.
+                            let _sending = slot.send_lock.lock().await;
+                            let Some(value) = slot.take() else { break };
+                            if let Ok(progress) = serde_json::value::to_raw_value(&value) {
+                                report(&ctx, &delivery, Outcome::Progress { progress }).await;
+                            }
                         }
                         tokio::time::sleep(PROGRESS_EVERY).await;
                     }
                 });
+                progress.set_sender(sender);
             }
         }),
     };
@@ -552,6 +559,9 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     if let Ok(mut c) = ctx.cancels.lock() {
         c.remove(&env.id);
     }
+    // No progress may follow the final report: drop what is not sent yet and wait
+    // for a send in flight.
+    progress_slot.close().await;
     outcome
 }
 
@@ -703,32 +713,63 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, info: serde_json::Value) {
 /// The latest progress value of a running job, not yet sent.
 #[derive(Default)]
 struct ProgressSlot {
-    /// The value, and whether a sender task is running.
-    inner: Mutex<(Option<serde_json::Value>, bool)>,
+    /// The value, whether a sender task is running, and whether the job ended.
+    inner: Mutex<SlotState>,
+    /// The sender task, stopped when the job ends.
+    sender: Mutex<Option<JoinHandle<()>>>,
+    /// Held by the sender task while it sends, so that the job's end waits for a
+    /// send in flight but not for the pause between sends.
+    send_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    value: Option<serde_json::Value>,
+    sending: bool,
+    closed: bool,
 }
 
 impl ProgressSlot {
     /// Stores the latest value; true when the caller must start the sender task.
     fn put(&self, value: serde_json::Value) -> bool {
         match self.inner.lock() {
-            Ok(mut slot) => {
-                slot.0 = Some(value);
-                let start = !slot.1;
-                slot.1 = true;
+            Ok(mut slot) if !slot.closed => {
+                slot.value = Some(value);
+                let start = !slot.sending;
+                slot.sending = true;
                 start
             }
-            Err(_) => false,
+            _ => false,
+        }
+    }
+
+    fn set_sender(&self, task: JoinHandle<()>) {
+        if let Ok(mut sender) = self.sender.lock() {
+            *sender = Some(task);
         }
     }
 
     /// The value to send next; `None` ends the sender task.
     fn take(&self) -> Option<serde_json::Value> {
         let mut slot = self.inner.lock().ok()?;
-        let value = slot.0.take();
+        let value = if slot.closed { None } else { slot.value.take() };
         if value.is_none() {
-            slot.1 = false;
+            slot.sending = false;
         }
         value
+    }
+
+    /// The job ended: nothing more is sent, and a send in flight is waited for, so
+    /// that no progress record follows the job's final report.
+    async fn close(&self) {
+        if let Ok(mut slot) = self.inner.lock() {
+            slot.closed = true;
+            slot.value = None;
+        }
+        let _in_flight_done = self.send_lock.lock().await;
+        if let Some(task) = self.sender.lock().ok().and_then(|mut s| s.take()) {
+            task.abort();
+        }
     }
 }
 

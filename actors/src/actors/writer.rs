@@ -136,28 +136,42 @@ impl Actor for SnapshotWriter {
 fn start_flush(myself: &ActorRef<WriterMsg>, state: &mut WriterState) {
     let batch = std::mem::take(&mut state.waiting);
     let ops = std::mem::take(&mut state.ops);
-    if let Err(e) = apply(&state.store, &ops) {
-        // Nothing of the batch is written: every writer in it restarts from its
-        // snapshot (the flow actors treat a failed write as a failure).
-        error!(error = %e, "applying snapshot writes failed");
-        let reason = e.to_string();
+    // A panic here (a bug, or sled's) must not take the writer with it: every flow
+    // would then wait forever for its writes. It fails this batch instead, like an
+    // I/O error: every writer in it restarts from its snapshot.
+    let store = &state.store;
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        apply(store, &ops)?;
+        fail::fail_point!("writer::after_apply");
+        Ok::<(), crate::store::StoreError>(())
+    }));
+    let failure = match applied {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("the snapshot writer panicked applying a batch".to_owned()),
+    };
+    if let Some(reason) = failure {
+        // The flow actors treat a failed write as a failure of their own.
+        error!(error = %reason, "applying snapshot writes failed");
         for done in batch {
             done(Err(reason.clone()));
         }
         return;
     }
-    fail::fail_point!("writer::after_apply");
     state.flushing = Some(batch);
     let store = state.store.clone();
     let me = myself.clone();
     tokio::spawn(async move {
-        let result = async {
+        let flush = tokio::spawn(async move {
             fail::fail_point!("writer::flush", |_| Err(
                 "injected fault at writer::flush".to_owned()
             ));
             store.flush().await.map_err(|e| e.to_string())
-        }
-        .await;
+        });
+        // A flush that panicked is a failed flush, not a writer waiting forever.
+        let result = flush
+            .await
+            .unwrap_or_else(|e| Err(format!("the snapshot flush panicked: {e}")));
         // If the writer is gone the engine is shutting down; nobody waits any more.
         let _ = me.cast(WriterMsg::Flushed(result));
     });

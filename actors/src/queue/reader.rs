@@ -334,8 +334,10 @@ impl QueueReader {
             });
             triage.clean(&mut self.stream).await?;
             if from_pending && !triage.good.is_empty() {
-                // Reading pending entries does not reset their idle time: renew them so
-                // that another consumer's reclaim does not take them while they rerun.
+                // On Redis 7.0 reading pending entries resets their idle time and counts
+                // a delivery (checked); renewing them at once keeps that true on versions
+                // that do not, so that another consumer's reclaim does not take them
+                // while they rerun.
                 let ids: Vec<String> = triage.good.iter().map(|d| d.entry_id.clone()).collect();
                 self.renew(&ids).await?;
             }
