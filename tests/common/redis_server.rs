@@ -67,11 +67,13 @@ impl RedisServer {
     fn launch(&mut self) -> Result<(), String> {
         let dir = self.dir.path().to_str().unwrap().to_owned();
         // `kill -9` on the way out: a server stopped by the test's end must not
-        // write a dump that a later start would load.
+        // write a dump that a later start would load. Its output goes to a file:
+        // the shell's stdout is a pipe this process stops reading after the pid,
+        // and a write to it would kill the server (SIGPIPE).
         let script = format!(
             "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no \
-             --dir '{dir}' --dbfilename dump.rdb --loglevel warning & echo $!; \
-             read _; kill -9 $! 2>/dev/null",
+             --dir '{dir}' --dbfilename dump.rdb --loglevel warning \
+             >> '{dir}/redis.log' 2>&1 & echo $!; read _; kill -9 $! 2>/dev/null",
             self.port
         );
         let mut shell = Command::new("sh")
