@@ -186,6 +186,9 @@ struct Size {
     /// Flows created at the end, while no worker process runs, between the last
     /// snapshot and the last rollback (see [`Run::last_faults`]).
     tail_flows: usize,
+    /// Flows created last of all, each cancelled or deleted while its job runs on
+    /// `remote`, with no restart after (see [`Run::last_requests`]).
+    late_flows: usize,
     /// How long faults and requests go on.
     window: Duration,
     kill_server: usize,
@@ -207,6 +210,7 @@ impl Size {
         Size {
             flows: 20 * k,
             tail_flows: 4 * k,
+            late_flows: 4 * k,
             window: Duration::from_secs(16 * k as u64),
             kill_server: 2 * k,
             kill_worker: 2 * k,
@@ -322,7 +326,7 @@ struct Plan {
 fn gen_node(rng: &mut Rng, flow: &str, name: String, parents: Vec<String>) -> (Value, PlannedNode) {
     let roll = rng.next() % 100;
     let (spec, kind) = if roll < 18 {
-        let ms = rng.range(300, 2500);
+        let ms = rng.range(500, 4000);
         (
             json!({"name": name, "handler": "sleep", "queue": "remote", "data": {"ms": ms}}),
             Kind::Sleep(ms),
@@ -433,12 +437,50 @@ fn gen_flow(rng: &mut Rng, seed: u64, index: usize) -> PlannedFlow {
     }
 }
 
+/// A flow whose first job sleeps 3 to 5 s on `remote` (in a worker process), for
+/// the last requests: `wait` → `after`.
+fn gen_late_flow(rng: &mut Rng, seed: u64, index: usize) -> PlannedFlow {
+    let name = format!("chaos-{seed}-{index}-late");
+    let ms = rng.range(3_000, 5_000);
+    let data = json!({"flow": name, "node": "after"});
+    let nodes = vec![
+        PlannedNode {
+            name: "wait".into(),
+            parents: vec![],
+            kind: Kind::Sleep(ms),
+        },
+        PlannedNode {
+            name: "after".into(),
+            parents: vec!["wait".into()],
+            kind: Kind::Echo(data.clone()),
+        },
+    ];
+    let key = rng.chance(50).then(|| format!("chaos-{seed}-{index}-key"));
+    PlannedFlow {
+        index,
+        spec: json!({"name": name, "nodes": [
+            {"name": "wait", "handler": "sleep", "queue": "remote", "data": {"ms": ms}},
+            {"name": "after", "handler": "echo", "parents": ["wait"], "data": data},
+        ]}),
+        name,
+        mode: if key.is_some() {
+            CreateMode::KeyOnce
+        } else {
+            CreateMode::NoKey
+        },
+        key,
+        nodes,
+    }
+}
+
 fn make_plan(seed: u64, size: &Size) -> Plan {
     let mut rng = Rng(seed);
     let mut flow_rng = rng.fork(0xF10E);
-    let flows: Vec<PlannedFlow> = (0..size.flows + size.tail_flows)
+    let mut flows: Vec<PlannedFlow> = (0..size.flows + size.tail_flows)
         .map(|i| gen_flow(&mut flow_rng, seed, i))
         .collect();
+    let first_late = flows.len();
+    flows.extend((0..size.late_flows).map(|i| gen_late_flow(&mut flow_rng, seed, first_late + i)));
     let window = size.window.as_millis() as u64;
     // Creates over the first 80% of the window, in order.
     let mut creates: Vec<(u64, usize)> = (0..size.flows)
@@ -738,13 +780,13 @@ fn remote_job_running(flow: &Value) -> bool {
 }
 
 /// Looks at up to eight random created flows (GET) and returns the first `want`
-/// accepts, else (if `fallback`) the last one seen.
+/// accepts, else (if `fallback`) the last one seen; with the view that was seen.
 async fn pick_flow(
     shared: &Shared,
     rng: &mut Rng,
     want: impl Fn(&Value) -> bool,
     fallback: bool,
-) -> Option<String> {
+) -> Option<(String, Value)> {
     let deleted = shared.deleted();
     let mut ids: Vec<String> = shared
         .created_ids()
@@ -756,9 +798,9 @@ async fn pick_flow(
     for id in ids.into_iter().take(8) {
         if let Some((200, flow)) = shared.get_flow(&id).await {
             if want(&flow) {
-                return Some(id);
+                return Some((id, flow));
             }
-            last = Some(id);
+            last = Some((id, flow));
         }
     }
     if fallback {
@@ -768,64 +810,84 @@ async fn pick_flow(
     }
 }
 
-/// Runs the planned requests at their times; returns how many of each were sent.
+/// What a request hit, for the timeline: `<id> (<status>, a remote job running)`.
+fn target(id: &str, flow: &Value) -> String {
+    format!(
+        "{id} ({}{})",
+        flow["status"].as_str().unwrap_or("?"),
+        if remote_job_running(flow) {
+            ", a remote job running"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Runs the planned requests at their times, printing each on the timeline;
+/// returns how many cancels, retries and deletes were sent.
 async fn run_ops(
     shared: Arc<Shared>,
+    seed: u64,
     ops: Vec<(u64, OpKind)>,
     mut rng: Rng,
     start: Instant,
 ) -> [usize; 3] {
+    use reqwest::Method;
     let (mut cancels, mut retries, mut deletes) = (0, 0, 0);
+    let log = |what: String| {
+        println!(
+            "chaos: seed {seed}: {:>5.1}s {what}",
+            start.elapsed().as_secs_f64()
+        );
+    };
+    let answer = |status: Option<u16>| status.map_or("no answer".to_owned(), |s| s.to_string());
     for (at, kind) in ops {
         tokio::time::sleep_until((start + Duration::from_millis(at)).into()).await;
         match kind {
             OpKind::Cancel => {
-                let target = pick_flow(&shared, &mut rng, remote_job_running, false).await;
-                let target = match target {
-                    Some(t) => Some(t),
-                    None => pick_flow(&shared, &mut rng, |f| f["status"] == "running", true).await,
-                };
-                if let Some(id) = target {
-                    shared
-                        .op(
-                            reqwest::Method::POST,
-                            &id,
-                            &format!("/flows/{id}/cancel"),
-                            "cancel",
-                        )
-                        .await;
+                let mut picked = pick_flow(&shared, &mut rng, remote_job_running, false).await;
+                if picked.is_none() {
+                    let running = |f: &Value| f["status"] == "running";
+                    picked = pick_flow(&shared, &mut rng, running, true).await;
+                }
+                if let Some((id, flow)) = picked {
+                    let path = format!("/flows/{id}/cancel");
+                    let status = shared.op(Method::POST, &id, &path, "cancel").await;
+                    log(format!(
+                        "cancel {} -> {}",
+                        target(&id, &flow),
+                        answer(status)
+                    ));
                     cancels += 1;
                 }
             }
             OpKind::Retry => {
                 let ended_badly = |f: &Value| f["status"] == "failed" || f["status"] == "cancelled";
-                if let Some(id) = pick_flow(&shared, &mut rng, ended_badly, false).await {
-                    shared
-                        .op(
-                            reqwest::Method::POST,
-                            &id,
-                            &format!("/flows/{id}/retry"),
-                            "retry",
-                        )
-                        .await;
+                if let Some((id, flow)) = pick_flow(&shared, &mut rng, ended_badly, false).await {
+                    let path = format!("/flows/{id}/retry");
+                    let status = shared.op(Method::POST, &id, &path, "retry").await;
+                    log(format!(
+                        "retry {} -> {}",
+                        target(&id, &flow),
+                        answer(status)
+                    ));
                     retries += 1;
                 }
             }
             OpKind::Delete => {
-                let target = if rng.chance(50) {
+                let picked = if rng.chance(50) {
                     pick_flow(&shared, &mut rng, remote_job_running, true).await
                 } else {
                     pick_flow(&shared, &mut rng, |_| true, true).await
                 };
-                if let Some(id) = target {
-                    shared
-                        .op(
-                            reqwest::Method::DELETE,
-                            &id,
-                            &format!("/flows/{id}"),
-                            "delete",
-                        )
-                        .await;
+                if let Some((id, flow)) = picked {
+                    let path = format!("/flows/{id}");
+                    let status = shared.op(Method::DELETE, &id, &path, "delete").await;
+                    log(format!(
+                        "delete {} -> {}",
+                        target(&id, &flow),
+                        answer(status)
+                    ));
                     deletes += 1;
                 }
             }
@@ -836,13 +898,21 @@ async fn run_ops(
                             .as_u64()
                             .is_some_and(|t| now_ms().saturating_sub(t) > HIBERNATED_AFTER_MS)
                 };
-                if let Some(id) = pick_flow(&shared, &mut rng, hibernated_failure, false).await {
+                if let Some((id, flow)) =
+                    pick_flow(&shared, &mut rng, hibernated_failure, false).await
+                {
                     let delete_path = format!("/flows/{id}");
                     let retry_path = format!("/flows/{id}/retry");
-                    tokio::join!(
-                        shared.op(reqwest::Method::DELETE, &id, &delete_path, "delete"),
-                        shared.op(reqwest::Method::POST, &id, &retry_path, "retry"),
+                    let (deleted, retried) = tokio::join!(
+                        shared.op(Method::DELETE, &id, &delete_path, "delete"),
+                        shared.op(Method::POST, &id, &retry_path, "retry"),
                     );
+                    log(format!(
+                        "delete + retry at once {} -> {} and {}",
+                        target(&id, &flow),
+                        answer(deleted),
+                        answer(retried)
+                    ));
                     deletes += 1;
                     retries += 1;
                 }
@@ -1528,6 +1598,7 @@ impl Run {
         };
         let requester = tokio::spawn(run_ops(
             Arc::clone(&self.shared),
+            self.seed,
             std::mem::take(&mut self.plan.ops),
             self.plan.op_rng.clone(),
             start,
@@ -1638,7 +1709,8 @@ impl Run {
             self.fleet.faults.kill_worker += 1;
         }
         self.log("KillWorker (all of them)");
-        let tail: Vec<JoinHandle<()>> = self.planned[self.size.flows..]
+        let tail: Vec<JoinHandle<()>> = self.planned
+            [self.size.flows..self.size.flows + self.size.tail_flows]
             .iter()
             .map(|flow| tokio::spawn(create(Arc::clone(&self.shared), flow.clone())))
             .collect();
@@ -1659,6 +1731,69 @@ impl Run {
             fleet.workers[i] = blocking(|| fleet.deployment.worker(&worker_args()));
         }
         self.log("workers back; no more faults");
+    }
+
+    /// The last requests, with no restart after them: the late flows are created,
+    /// and each is cancelled or deleted (in turn) once its job runs on `remote`,
+    /// in a worker process that then reports the job cancelled through the
+    /// completions stream, a record the engine must still acknowledge.
+    async fn last_requests(&mut self) {
+        let first = self.size.flows + self.size.tail_flows;
+        let late: Vec<PlannedFlow> = self.planned[first..].to_vec();
+        let creates: Vec<JoinHandle<()>> = late
+            .iter()
+            .map(|flow| tokio::spawn(create(Arc::clone(&self.shared), flow.clone())))
+            .collect();
+        for task in creates {
+            task.await.unwrap();
+        }
+        for (i, flow) in late.iter().enumerate() {
+            let created = self
+                .shared
+                .creates
+                .lock()
+                .unwrap()
+                .get(&flow.index)
+                .cloned();
+            let Some(id) = created.and_then(|c| c.ids.first().cloned()) else {
+                continue;
+            };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut seen = Value::Null;
+            while Instant::now() < deadline {
+                match self.shared.get_flow(&id).await {
+                    Some((200, view))
+                        if remote_job_running(&view) || view["status"] != "running" =>
+                    {
+                        seen = view;
+                        break;
+                    }
+                    Some((_, view)) => seen = view,
+                    None => {}
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (method, path, kind) = if i % 2 == 0 {
+                (
+                    reqwest::Method::POST,
+                    format!("/flows/{id}/cancel"),
+                    "cancel",
+                )
+            } else {
+                (reqwest::Method::DELETE, format!("/flows/{id}"), "delete")
+            };
+            let status = self.shared.op(method, &id, &path, kind).await;
+            if kind == "cancel" {
+                self.fleet.faults.cancel += 1;
+            } else {
+                self.fleet.faults.delete += 1;
+            }
+            self.log(&format!(
+                "{kind} {} -> {}",
+                target(&id, &seen),
+                status.map_or("no answer".to_owned(), |s| s.to_string())
+            ));
+        }
     }
 
     /// Waits (at most `drain`) until no flow runs; returns those still running.
@@ -2055,6 +2190,7 @@ async fn run_seed(seed: u64, size: &Size, drain: Duration) -> SeedReport {
     let recorder = tokio::spawn(record_ws(Arc::clone(&run.shared)));
     run.window().await;
     run.last_faults().await;
+    run.last_requests().await;
     let faults_over = Instant::now();
     let still_running = run.drain(drain).await;
     let drained_in = faults_over.elapsed();
