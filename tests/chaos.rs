@@ -455,7 +455,8 @@ fn gen_late_flow(rng: &mut Rng, seed: u64, index: usize) -> PlannedFlow {
             kind: Kind::Echo(data.clone()),
         },
     ];
-    let key = rng.chance(50).then(|| format!("chaos-{seed}-{index}-key"));
+    // With a key, so that it is created for sure (retried through the 503s of the
+    // moments after the last rollback).
     PlannedFlow {
         index,
         spec: json!({"name": name, "nodes": [
@@ -463,12 +464,8 @@ fn gen_late_flow(rng: &mut Rng, seed: u64, index: usize) -> PlannedFlow {
             {"name": "after", "handler": "echo", "parents": ["wait"], "data": data},
         ]}),
         name,
-        mode: if key.is_some() {
-            CreateMode::KeyOnce
-        } else {
-            CreateMode::NoKey
-        },
-        key,
+        mode: CreateMode::KeyOnce,
+        key: Some(format!("chaos-{seed}-{index}-key")),
         nodes,
     }
 }
