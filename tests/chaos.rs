@@ -9,7 +9,8 @@
 //! key prefix, one sled data dir; `dagflow serve --queues default=4
 //! --hibernate-after 200ms` and two `dagflow worker --queues default=2,remote=4`
 //! (every process with `--lease 3s`, so that a killed worker's jobs come back
-//! within seconds). Then, for a window of a few seconds, all at once:
+//! within seconds; the server with `--reconcile-every 3s`, so that a Redis rollback
+//! is repaired within seconds). Then, for a window of a few seconds, all at once:
 //!
 //! - **flows** of mixed shapes (chains, diamonds, fan-out/fan-in, random DAGs) are
 //!   created: `echo` nodes (on `default` or `remote`) whose results carry their
@@ -89,8 +90,9 @@
 //!    - a flow ends `cancelled` only if a cancel was sent for it.
 //! 6. **Nothing left behind.** All flows are then deleted (every DELETE answers
 //!    204 or 404), the list becomes empty, and Redis holds no key of the prefix but
-//!    `P:marker`, `P:workers`, `P:config`, `P:completions` and the queue streams
-//!    `P:q:{queue}`, the streams with XLEN 0 and no pending entry in any group.
+//!    `P:marker`, `P:workers`, `P:config`, `P:queues:delayed`, `P:completions` and
+//!    the queue streams `P:q:{queue}`, the streams with XLEN 0 and no pending entry
+//!    in any group.
 //!    Finally the server and workers are killed and the data dir is opened with
 //!    sled: every tree but `meta` (the engine's own id) is empty.
 //!
@@ -108,8 +110,10 @@
 //! - `DAGFLOW_CHAOS_SCALE=K` makes each seed `K` times bigger (flows, window,
 //!   faults, requests);
 //! - `DAGFLOW_CHAOS_DRAIN_SECS` is how long flows get to end once the faults stop
-//!   (90 by default: it must cover the engine's repair of a Redis rollback).
+//!   (90 by default: far more than the repair of a Redis rollback needs).
 //!
+//! The failpoints act only with `--features failpoints` (as `scripts/test.sh`
+//! runs the tests); the first line printed says whether they are compiled in.
 //! Needs `redis-server` on the PATH (Redis 7.0 or newer).
 
 #![allow(clippy::unwrap_used)]
@@ -143,6 +147,10 @@ const CI_SEEDS: [u64; 3] = [1_000_001, 1_000_002, 1_000_003];
 const HIBERNATE_AFTER: &str = "200ms";
 /// `--lease` of every process: a killed worker's jobs are reclaimed after this.
 const LEASE: &str = "3s";
+/// `--reconcile-every` of the servers: how soon a partial loss of Redis data (the
+/// rollbacks) must be repaired. Short, so that a seed drains in seconds; the
+/// repair is the same at the 30 s default.
+const RECONCILE_EVERY: &str = "3s";
 /// Local workers of the server. It does not serve `remote`.
 const SERVER_QUEUES: &str = "default=4";
 /// Queues of each worker process.
@@ -163,8 +171,10 @@ const CLEAN: Duration = Duration::from_secs(30);
 /// run on it: hibernation after 200 ms plus its one-second grace.
 const HIBERNATED_AFTER_MS: u64 = 1_500;
 /// Keys of the prefix that may stay when every flow is deleted (besides the
-/// queue streams and `P:completions`, which must be empty).
-const GLOBAL_KEYS: [&str; 3] = ["marker", "workers", "config"];
+/// queue streams and `P:completions`, which must be empty): the marker, the
+/// workers' heartbeats, the deployment's shared settings, and the set of queue
+/// names that have had delayed jobs (the engine promotes those queues' retries).
+const GLOBAL_KEYS: [&str; 4] = ["marker", "workers", "config", "queues:delayed"];
 /// The snapshot file a rollback returns to.
 const SNAPSHOT: &str = "older.rdb";
 
@@ -1036,6 +1046,7 @@ fn server_args(failpoints: Option<&str>) -> ServeArgs {
         hibernate_after: Some(HIBERNATE_AFTER.to_owned()),
         shutdown_timeout: Some("2s".to_owned()),
         lease: Some(LEASE.to_owned()),
+        reconcile_every: Some(RECONCILE_EVERY.to_owned()),
         env: failpoints
             .map(|f| vec![("FAILPOINTS".to_owned(), f.to_owned())])
             .unwrap_or_default(),
@@ -2319,9 +2330,6 @@ fn describe(flow: &Value) -> String {
 
 /// Whether this build has the engine's failpoints (`--features failpoints`):
 /// without them `FAILPOINTS` is set on the servers and ignored.
-// The feature is declared by the crates' manifests once the failpoints land;
-// until then the condition is unknown to rustc, and false.
-#[allow(unexpected_cfgs)]
 fn failpoints_compiled() -> bool {
     cfg!(feature = "failpoints")
 }

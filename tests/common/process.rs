@@ -117,6 +117,8 @@ pub struct ServeArgs {
     pub shutdown_timeout: Option<String>,
     /// `--lease`.
     pub lease: Option<String>,
+    /// `--reconcile-every`.
+    pub reconcile_every: Option<String>,
     /// Extra environment (e.g. `FAILPOINTS`).
     pub env: Vec<(String, String)>,
 }
@@ -306,6 +308,7 @@ impl Deployment {
             ("--hibernate-after", &opts.hibernate_after),
             ("--shutdown-timeout", &opts.shutdown_timeout),
             ("--lease", &opts.lease),
+            ("--reconcile-every", &opts.reconcile_every),
         ] {
             if let Some(value) = value {
                 args.push(flag.to_owned());
