@@ -232,7 +232,7 @@ impl Size {
             tail_flows: 4 * k,
             late_flows: 4 * k,
             window: Duration::from_secs(16 * k as u64),
-            kill_server: 2 * k,
+            kill_server: 3 * k,
             kill_worker: 2 * k,
             flushall: k,
             rollback: k,
@@ -240,7 +240,7 @@ impl Size {
             retry: 4 * k,
             delete: 4 * k,
             race: 2 * k,
-            failpoint_chance: 60,
+            failpoint_chance: 80,
         }
     }
 }
