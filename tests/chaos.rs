@@ -2413,3 +2413,219 @@ async fn chaos_every_flow_ends_right_and_nothing_is_left_behind() {
         replays.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------
+// The checks themselves, on made-up histories: each must catch what it is for
+// and let the legitimate cases through.
+// ---------------------------------------------------------------------------------
+
+/// A final flow view with `(name, status, attempt, result)` nodes.
+fn view(status: &str, seq: u64, nodes: &[(&str, &str, u64, Option<Value>)]) -> Value {
+    let nodes: Vec<Value> = nodes
+        .iter()
+        .map(|(name, status, attempt, result)| {
+            let mut node = json!({"name": name, "status": status, "attempt": attempt});
+            if let Some(result) = result {
+                node["result"] = result.clone();
+            }
+            node
+        })
+        .collect();
+    json!({"id": "f", "name": "t", "status": status, "seq": seq, "updatedAt": 1_000, "nodes": nodes})
+}
+
+fn node_seen(name: &str, status: &str, attempt: u64, since_ms: u64, seq: u64) -> Seen {
+    Seen {
+        source: "ws event",
+        since_ms,
+        seq,
+        what: SeenState::Node {
+            name: name.to_owned(),
+            status: status.to_owned(),
+            attempt,
+            result: None,
+        },
+    }
+}
+
+#[test]
+fn check_seen_catches_what_a_crash_took_back() {
+    let fin = view("running", 5, &[("a", "queued", 2, None)]);
+    let mut problems = Vec::new();
+    // Seen completed, durable queued again: taken back, retry or not.
+    check_seen(
+        "f",
+        &[node_seen("a", "completed", 1, 100, 3)],
+        &fin,
+        &[500],
+        &mut problems,
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    // A seq beyond the durable one.
+    problems.clear();
+    check_seen(
+        "f",
+        &[node_seen("a", "queued", 2, 100, 6)],
+        &fin,
+        &[],
+        &mut problems,
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    // An attempt that went down.
+    problems.clear();
+    check_seen(
+        "f",
+        &[node_seen("a", "active", 3, 100, 4)],
+        &fin,
+        &[],
+        &mut problems,
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    // A flow seen failed, running at the end without a retry after it.
+    problems.clear();
+    let failed = Seen {
+        source: "GET",
+        since_ms: 200,
+        seq: 4,
+        what: SeenState::Flow("failed".to_owned()),
+    };
+    check_seen("f", &[failed], &fin, &[150], &mut problems);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+}
+
+#[test]
+fn check_seen_lets_retries_and_progress_through() {
+    let fin = view(
+        "completed",
+        9,
+        &[("a", "completed", 2, Some(json!({"attempt": 2})))],
+    );
+    let mut problems = Vec::new();
+    let seen = [
+        // Failed at attempt 1 at 100; a retry answered at 150 re-ran it.
+        node_seen("a", "failed", 1, 100, 3),
+        Seen {
+            source: "ws event",
+            since_ms: 100,
+            seq: 4,
+            what: SeenState::Flow("failed".to_owned()),
+        },
+        node_seen("a", "queued", 2, 150, 6),
+        node_seen("a", "completed", 2, 160, 8),
+        Seen {
+            source: "ws snapshot",
+            since_ms: 160,
+            seq: 8,
+            what: SeenState::Node {
+                name: "a".to_owned(),
+                status: "completed".to_owned(),
+                attempt: 2,
+                result: Some(json!({"attempt": 2})),
+            },
+        },
+    ];
+    check_seen("f", &seen, &fin, &[150], &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    // The same history with a different result in the snapshot is caught.
+    let other = [Seen {
+        source: "ws snapshot",
+        since_ms: 160,
+        seq: 8,
+        what: SeenState::Node {
+            name: "a".to_owned(),
+            status: "completed".to_owned(),
+            attempt: 2,
+            result: Some(json!({"attempt": 3})),
+        },
+    }];
+    check_seen("f", &other, &fin, &[150], &mut problems);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+}
+
+#[test]
+fn check_results_follows_echo_through_parents() {
+    let planned = PlannedFlow {
+        index: 0,
+        name: "t".to_owned(),
+        key: None,
+        mode: CreateMode::NoKey,
+        spec: Value::Null,
+        nodes: vec![
+            PlannedNode {
+                name: "a".to_owned(),
+                parents: vec![],
+                kind: Kind::Fail { times: 1 },
+            },
+            PlannedNode {
+                name: "b".to_owned(),
+                parents: vec!["a".to_owned()],
+                kind: Kind::Echo(json!({"x": 1})),
+            },
+        ],
+    };
+    let a = Some(json!({"attempt": 2}));
+    let good = json!({"data": {"x": 1}, "parents": {"a": {"attempt": 2}}});
+    let mut wrong = Vec::new();
+    check_results(
+        &planned,
+        &view(
+            "completed",
+            9,
+            &[
+                ("a", "completed", 2, a.clone()),
+                ("b", "completed", 1, Some(good)),
+            ],
+        ),
+        &mut wrong,
+    );
+    assert!(wrong.is_empty(), "{wrong:?}");
+    // `b` got another parent result than the durable one.
+    let stale = json!({"data": {"x": 1}, "parents": {"a": {"attempt": 1}}});
+    check_results(
+        &planned,
+        &view(
+            "completed",
+            9,
+            &[("a", "completed", 2, a), ("b", "completed", 1, Some(stale))],
+        ),
+        &mut wrong,
+    );
+    assert_eq!(wrong.len(), 1, "{wrong:?}");
+    // `fail` cannot complete at an attempt it fails at.
+    wrong.clear();
+    check_results(
+        &planned,
+        &view(
+            "failed",
+            9,
+            &[
+                ("a", "completed", 1, Some(json!({"attempt": 1}))),
+                ("b", "pending", 0, None),
+            ],
+        ),
+        &mut wrong,
+    );
+    assert_eq!(wrong.len(), 1, "{wrong:?}");
+}
+
+#[test]
+fn sled_leftovers_sees_every_tree_but_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert("engine-id", "x")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(sled_leftovers(dir.path()).is_empty());
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("specs").unwrap().insert("f", "{}").unwrap();
+        db.flush().unwrap();
+    }
+    let left = sled_leftovers(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("tree specs: 1 records"), "{left:?}");
+}
