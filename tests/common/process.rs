@@ -1,5 +1,5 @@
 //! Real `dagflow serve` and `dagflow worker` processes for the tests that kill
-//! them (`crash.rs`, `outage.rs`, `chaos.rs`): one copy of the harness.
+//! them (`crash.rs`, `outage.rs`, `chaos/`): one copy of the harness.
 //!
 //! - [`Deployment`] is one test's deployment: a Redis URL, a key prefix of its
 //!   own, a sled data dir, and every process started on them so far.

@@ -1,5 +1,5 @@
 //! A redis-server of the test's own that can be SIGKILLed and brought back from
-//! an older snapshot: what `chaos.rs` needs to roll Redis back in time.
+//! an older snapshot: what the chaos test (`tests/chaos/`) needs to roll Redis back in time.
 //!
 //! It runs with a data dir of its own, `appendonly no` and no automatic saves
 //! (`save ""`), so its only RDB files are the ones the test asks for with
