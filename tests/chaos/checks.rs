@@ -454,8 +454,9 @@ pub(crate) async fn check_presence(
         }
         if flow.key.is_some() && outcome.ids.is_empty() {
             findings.other.push(format!(
-                "{} (key {:?}) was never answered 201 in {CREATE_DEADLINE:?}: {:?}",
-                flow.name, flow.key, outcome.refused
+                "{} (key {:?}) was never answered 201 in {CREATE_DEADLINE:?}: refused {:?}, \
+                 last unclear answer {:?}",
+                flow.name, flow.key, outcome.refused, outcome.last_unclear
             ));
         }
         let Some(id) = outcome.ids.first() else {

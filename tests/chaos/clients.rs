@@ -28,6 +28,9 @@ pub(crate) struct CreateOutcome {
     pub(crate) unclear: bool,
     /// Clear refusals (4xx), with their bodies.
     pub(crate) refused: Vec<String>,
+    /// The last answer that was not clear (a 5xx and its body, or the error of a
+    /// request that got no response), for the report.
+    pub(crate) last_unclear: Option<String>,
 }
 
 /// A request about a flow, and its answer.
@@ -155,12 +158,12 @@ impl Shared {
 // Creates.
 // ---------------------------------------------------------------------------------
 
-/// One POST of a flow: `Some((status, body))`, or `None` without a response.
+/// One POST of a flow: `Ok((status, body))`, or why there was no response.
 pub(crate) async fn post_flow(
     shared: &Shared,
     spec: &Value,
     key: Option<&str>,
-) -> Option<(u16, Value)> {
+) -> Result<(u16, Value), String> {
     let mut request = shared
         .client
         .post(format!("{}/flows", shared.url()))
@@ -168,27 +171,36 @@ pub(crate) async fn post_flow(
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
-    let response = request.send().await.ok()?;
+    let response = request.send().await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    Some((status, response.json().await.unwrap_or(Value::Null)))
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
 }
 
 /// Notes one POST's answer in `outcome`; returns whether it was final (201 or a
 /// clear refusal).
-pub(crate) fn note_answer(outcome: &mut CreateOutcome, answer: Option<(u16, Value)>) -> bool {
+pub(crate) fn note_answer(
+    outcome: &mut CreateOutcome,
+    answer: Result<(u16, Value), String>,
+) -> bool {
     match answer {
-        Some((201, body)) => {
+        Ok((201, body)) => {
             outcome
                 .ids
                 .push(body["flowId"].as_str().unwrap_or_default().to_owned());
             true
         }
-        Some((status, body)) if (400..500).contains(&status) && status != 408 && status != 429 => {
+        Ok((status, body)) if (400..500).contains(&status) && status != 408 && status != 429 => {
             outcome.refused.push(format!("{status} {body}"));
             true
         }
-        _ => {
+        Ok((status, body)) => {
             outcome.unclear = true;
+            outcome.last_unclear = Some(format!("{status} {body}"));
+            false
+        }
+        Err(error) => {
+            outcome.unclear = true;
+            outcome.last_unclear = Some(format!("no response: {error}"));
             false
         }
     }
@@ -211,6 +223,7 @@ pub(crate) fn merge(mut a: CreateOutcome, b: CreateOutcome) -> CreateOutcome {
     a.ids.extend(b.ids);
     a.unclear |= b.unclear;
     a.refused.extend(b.refused);
+    a.last_unclear = b.last_unclear.or(a.last_unclear);
     a
 }
 

@@ -383,6 +383,13 @@ pub(crate) async fn run_seed(seed: u64, size: &Size, drain: Duration) -> SeedRep
             "--- seed {seed}: last lines of the last server ---\n{}",
             last_lines(&server_tail, 60)
         );
+        match fleet.write_logs(seed) {
+            Ok(dir) => eprintln!(
+                "--- seed {seed}: the log of every process is in {}",
+                dir.display()
+            ),
+            Err(e) => eprintln!("--- seed {seed}: could not write the logs: {e}"),
+        }
     } else {
         problems.clear();
     }

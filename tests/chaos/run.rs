@@ -52,6 +52,9 @@ pub(crate) struct Fleet {
     pub(crate) exits: Vec<String>,
     /// Problems with the processes themselves (a worker died, a server would not start).
     pub(crate) problems: Vec<String>,
+    /// The last lines of the log of every process replaced so far (name, lines),
+    /// written out when a seed fails.
+    pub(crate) logs: Vec<(String, String)>,
 }
 
 pub(crate) fn server_args(failpoints: Option<&str>) -> ServeArgs {
@@ -109,9 +112,46 @@ impl Fleet {
         }
         let (server, failpoints) =
             Self::start_server(&mut self.deployment, failpoints, &mut self.problems);
-        self.server = server;
+        let old = std::mem::replace(&mut self.server, server);
+        self.logs.push((
+            format!(
+                "{} (FAILPOINTS={:?})",
+                old.proc.name, self.server_failpoints
+            ),
+            old.proc.tail(),
+        ));
         self.server_failpoints = failpoints;
         *shared.url.write().unwrap() = self.server.url.clone();
+    }
+
+    /// SIGKILLs worker `i` (if it still runs) and starts a new one in its place,
+    /// keeping the old one's log.
+    pub(crate) fn replace_worker(&mut self, i: usize) {
+        self.workers[i].kill();
+        let worker = self.deployment.worker(&worker_args());
+        let old = std::mem::replace(&mut self.workers[i], worker);
+        self.logs.push((old.name.clone(), old.tail()));
+    }
+
+    /// Writes the log of every process of the seed (replaced ones included) into
+    /// a directory of its own; returns its path.
+    pub(crate) fn write_logs(&self, seed: u64) -> std::io::Result<std::path::PathBuf> {
+        let dir = std::env::temp_dir().join(format!("dagflow-chaos-{seed}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let current = [(
+            format!(
+                "{} (FAILPOINTS={:?}, the last server)",
+                self.server.proc.name, self.server_failpoints
+            ),
+            self.server.proc.tail(),
+        )]
+        .into_iter()
+        .chain(self.workers.iter().map(|w| (w.name.clone(), w.tail())));
+        for (i, (name, log)) in self.logs.iter().cloned().chain(current).enumerate() {
+            let file = dir.join(format!("{i:02}.log"));
+            std::fs::write(file, format!("{name}\n{log}\n"))?;
+        }
+        Ok(dir)
     }
 
     /// Restarts processes that exited on their own. A server that dies while it has
@@ -139,7 +179,7 @@ impl Fleet {
                 );
                 self.problems.push(note.clone());
                 self.exits.push(note);
-                self.workers[i] = self.deployment.worker(&worker_args());
+                self.replace_worker(i);
             }
         }
     }
@@ -213,6 +253,7 @@ impl Run {
             server_failpoints: failpoints,
             workers,
             exits: Vec::new(),
+            logs: Vec::new(),
             problems,
         };
         Run {
@@ -327,7 +368,7 @@ impl Run {
                 let down = self.fault_rng.range(0, 1_000);
                 tokio::time::sleep(Duration::from_millis(down)).await;
                 let fleet = &mut self.fleet;
-                fleet.workers[i] = blocking(|| fleet.deployment.worker(&worker_args()));
+                blocking(|| fleet.replace_worker(i));
                 format!(" (worker {i}, down {down} ms)")
             }
             Fault::FlushAll => match blocking(|| self.redis.flushall()) {
@@ -403,7 +444,7 @@ impl Run {
         ));
         let fleet = &mut self.fleet;
         for i in 0..fleet.workers.len() {
-            fleet.workers[i] = blocking(|| fleet.deployment.worker(&worker_args()));
+            blocking(|| fleet.replace_worker(i));
         }
         self.log("workers back; no more faults");
     }
