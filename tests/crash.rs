@@ -10,8 +10,12 @@
 //! Every handler run logs `running job job=<id>` (debug, target
 //! `dagflow_actors::actors::worker`); the test counts them in the stderr of every
 //! process it started, killed ones included, and reports how many ran more than
-//! once (delivery is at-least-once). It prints one line:
-//! `crash: flows N, kills K, lost 0, wrong 0, duplicate executions D`.
+//! once (delivery is at-least-once). Every flow is submitted with an
+//! Idempotency-Key (retried with it through the crashes) and a name of its own, and
+//! the test counts the flows of each name through `GET /flows` (every page): each
+//! key must have made exactly one flow, the one it was answered. It prints one line:
+//! `crash: flows N, kills K, lost 0, wrong 0, duplicate executions D, keys not listed
+//! as exactly their one flow 0`.
 //!
 //! A second test cuts one snapshot write short, as a crash can (sled writes its log
 //! buffers out as they fill, so part of a write may be on disk before the flush
@@ -22,13 +26,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use common::http::{get, ids_by_name, list_all};
+use common::process::{blocking, Deployment, Proc, ServeArgs, Server, WorkerArgs};
+use common::rng::{clock_seed, Rng};
 use dagflow::engine::store::{NodeRecord, Store, WriteOp, DEFAULT_CACHE_BYTES};
 use dagflow::engine::testing::{self, TestRedis};
 use dagflow::engine::{Engine, FlowStatus, NodeIdx, NodeStatus};
@@ -37,19 +43,10 @@ use serde_json::{json, Map, Value};
 /// `--hibernate-after` of the servers: short, so that hibernation and waking run
 /// all through the test.
 const HIBERNATE_AFTER: &str = "300ms";
-/// The binary under test.
-const BIN: &str = env!("CARGO_BIN_EXE_dagflow");
-/// Debug for the one line per handler run, info for the rest.
-const LOG_FILTER: &str =
-    "info,dagflow_actors::actors::worker=debug,dagflow_actors::actors::supervisor=debug";
-/// Longest a process may take to start (the machine is busy in CI).
-const START: Duration = Duration::from_secs(60);
 /// Longest one HTTP request may take before it is given up and retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest a flow submission may keep failing (server restarting, Redis down).
 const SUBMIT_DEADLINE: Duration = Duration::from_secs(120);
-/// Lines of a process's stderr kept to show when something fails.
-const TAIL: usize = 400;
 
 /// How big a run is.
 struct Size {
@@ -107,28 +104,6 @@ impl Size {
             },
             true,
         )
-    }
-}
-
-/// A small deterministic generator (SplitMix64): the whole run follows from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
     }
 }
 
@@ -285,222 +260,29 @@ fn gen_flow(rng: &mut Rng, index: usize) -> GenFlow {
 // Processes.
 // ---------------------------------------------------------------------------------
 
-/// Handler runs per job id, counted from the stderr of every process.
-type Runs = Arc<Mutex<HashMap<String, u32>>>;
-
-/// A `dagflow` process, SIGKILLed when dropped. A thread reads its stderr (JSON log
-/// lines): it counts handler runs into the shared [`Runs`] and keeps the last lines
-/// for failure messages.
-struct Proc {
-    name: String,
-    child: Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn tail(&self) -> String {
-        let tail = self.tail.lock().unwrap();
-        tail.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- last lines of `{}` ---\n{}", self.name, self.tail());
-        }
-    }
-}
-
-/// One test's deployment: a Redis of its own, a prefix, a data dir, and every
-/// process started so far (their stderr readers, to count runs at the end).
-struct Deployment {
-    redis: TestRedis,
-    prefix: String,
-    data: tempfile::TempDir,
-    runs: Runs,
-    /// Flows that hibernated, in every server process so far.
-    hibernations: Arc<std::sync::atomic::AtomicUsize>,
-    readers: Vec<JoinHandle<()>>,
-    /// Numbers the processes, for their names.
-    started: usize,
-}
-
-impl Deployment {
-    fn new() -> Deployment {
-        Deployment {
-            redis: TestRedis::dedicated(),
-            prefix: testing::unique_prefix(),
-            data: tempfile::tempdir().unwrap(),
-            runs: Arc::default(),
-            hibernations: Arc::default(),
-            readers: Vec::new(),
-            started: 0,
-        }
-    }
-
-    /// Starts `dagflow args...` and waits for the log line `ready`; returns the
-    /// process and that line.
-    fn spawn(&mut self, args: &[&str], ready: &str) -> (Proc, Value) {
-        self.started += 1;
-        let name = format!("#{} dagflow {}", self.started, args[0]);
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("DAGFLOW_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .args(args)
-            .args(["--log-json", "--log-filter", LOG_FILTER])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-        let (tx, rx) = mpsc::channel::<Value>();
-        let (runs, kept) = (Arc::clone(&self.runs), Arc::clone(&tail));
-        let hibernations = Arc::clone(&self.hibernations);
-        let ready_message = ready.to_owned();
-        self.readers.push(std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                let message = parsed["fields"]["message"].as_str().unwrap_or("");
-                if message == "flow hibernated" {
-                    hibernations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                if message == "running job" {
-                    if let Some(job) = parsed["fields"]["job"].as_str() {
-                        *runs.lock().unwrap().entry(job.to_owned()).or_default() += 1;
-                    }
-                    continue;
-                }
-                if message == ready_message {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(parsed.clone());
-                    }
-                }
-                let mut kept = kept.lock().unwrap();
-                if kept.len() == TAIL {
-                    kept.pop_front();
-                }
-                kept.push_back(line);
-            }
-        }));
-        let mut proc = Proc { name, child, tail };
-        match rx.recv_timeout(START) {
-            Ok(line) => (proc, line),
-            Err(_) => {
-                let exit = proc.child.try_wait();
-                panic!(
-                    "`{}` did not log '{ready}' in {START:?}; exit: {exit:?}; log:\n{}",
-                    proc.name,
-                    proc.tail()
-                )
-            }
-        }
-    }
-
-    /// `dagflow serve` on a free port and the deployment's data dir, once it listens.
-    fn serve(&mut self, queues: &str) -> Server {
-        let (redis_url, prefix) = (self.redis.url.clone(), self.prefix.clone());
-        let data_dir = self.data.path().to_str().unwrap().to_owned();
-        let (proc, line) = self.spawn(
-            &[
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--redis-url",
-                &redis_url,
-                "--prefix",
-                &prefix,
-                "--data-dir",
-                &data_dir,
-                "--queues",
-                queues,
-                "--shutdown-timeout",
-                "5s",
-                // Flows waiting on a sleep or a backoff hibernate and are woken by
-                // their reports, cancels and resyncs, all under the kills.
-                "--hibernate-after",
-                HIBERNATE_AFTER,
-            ],
-            "dagflow is listening",
-        );
-        let addr = line["fields"]["addr"].as_str().unwrap();
-        Server {
-            url: format!("http://{addr}"),
-            proc,
-        }
-    }
-
-    /// `dagflow worker` for `queues`, once it runs.
-    fn worker(&mut self, queues: &str) -> Proc {
-        let (redis_url, prefix) = (self.redis.url.clone(), self.prefix.clone());
-        self.spawn(
-            &[
-                "worker",
-                "--redis-url",
-                &redis_url,
-                "--prefix",
-                &prefix,
-                "--queues",
-                queues,
-                "--shutdown-timeout",
-                "5s",
-            ],
-            "dagflow worker is running",
-        )
-        .0
-    }
-
-    /// Waits for every stderr reader (call after every process is gone) and returns
-    /// the runs per job id.
-    fn finish(&mut self) -> HashMap<String, u32> {
-        // A reader ends when its process is gone; one that does not means a process
-        // outlived the test's handles on it.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.readers.iter().all(|r| r.is_finished()) {
-            assert!(Instant::now() < deadline, "a process is still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        self.runs.lock().unwrap().clone()
-    }
-}
-
-/// A running `dagflow serve`.
-struct Server {
-    proc: Proc,
-    /// `http://127.0.0.1:{port}`.
-    url: String,
-}
-
 /// Queues of the server's local workers: it runs `default` only, so that the nodes
 /// on `other` always go through worker processes and the completions stream.
 const SERVER_QUEUES: &str = "default=8";
 /// Queues of each worker process.
 const WORKER_QUEUES: &str = "default=4,other=4";
 
-/// Runs blocking process work (spawning, waiting for log lines, restarting Redis)
-/// without stalling the runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+/// How every server of the test starts: on the deployment's data dir, flows
+/// waiting on a sleep or a backoff hibernating and being woken by their reports,
+/// cancels and resyncs, all under the kills.
+fn server_args() -> ServeArgs {
+    ServeArgs {
+        hibernate_after: Some(HIBERNATE_AFTER.to_owned()),
+        shutdown_timeout: Some("5s".to_owned()),
+        ..ServeArgs::new(SERVER_QUEUES)
+    }
+}
+
+/// How every worker process of the test starts.
+fn worker_args() -> WorkerArgs {
+    WorkerArgs {
+        shutdown_timeout: Some("5s".to_owned()),
+        ..WorkerArgs::new(WORKER_QUEUES)
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -539,34 +321,13 @@ async fn submit(client: &reqwest::Client, url: &RwLock<String>, spec: &Value, ke
     panic!("flow {key} could not be submitted in {SUBMIT_DEADLINE:?}; last: {last}");
 }
 
-/// `GET path` → (status, body); `None` when the server does not answer.
-async fn get(client: &reqwest::Client, base: &str, path: &str) -> Option<(u16, Value)> {
-    let response = client.get(format!("{base}{path}")).send().await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.json().await.unwrap_or(Value::Null)))
-}
-
 /// Ids of the flows still running (every page).
 async fn running_flows(client: &reqwest::Client, base: &str) -> Option<Vec<String>> {
-    let mut ids = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/flows?status=running&limit=1000&cursor={c}"),
-            None => "/flows?status=running&limit=1000".to_owned(),
-        };
-        let (status, page) = get(client, base, &path).await?;
-        if status != 200 {
-            return None;
-        }
-        for flow in page["flows"].as_array()? {
-            ids.push(flow["id"].as_str()?.to_owned());
-        }
-        match page["nextCursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return Some(ids),
-        }
-    }
+    let flows = list_all(client, base, Some("running")).await?;
+    flows
+        .iter()
+        .map(|f| f["id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The flows submitted last (the ones most likely still running).
@@ -654,12 +415,7 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     let seed = std::env::var("DAGFLOW_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+        .unwrap_or_else(clock_seed);
     println!(
         "crash: seed {seed}{} (DAGFLOW_CRASH_SEED={seed} replays it)",
         if soak { ", soak" } else { "" }
@@ -669,10 +425,11 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     let flows: Vec<GenFlow> = (0..size.flows).map(|i| gen_flow(&mut rng, i)).collect();
     let node_count: usize = flows.iter().map(|f| f.expected.len()).sum();
 
-    let mut deployment = blocking(Deployment::new);
-    let mut server = blocking(|| deployment.serve(SERVER_QUEUES));
+    let redis = blocking(TestRedis::dedicated);
+    let mut deployment = Deployment::new(&redis.url);
+    let mut server: Server = blocking(|| deployment.serve(&server_args()));
     let mut workers: Vec<Proc> =
-        blocking(|| (0..2).map(|_| deployment.worker(WORKER_QUEUES)).collect());
+        blocking(|| (0..2).map(|_| deployment.worker(&worker_args())).collect());
     let url = Arc::new(RwLock::new(server.url.clone()));
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
@@ -737,7 +494,7 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
                     0
                 };
                 tokio::time::sleep(Duration::from_millis(down)).await;
-                server = blocking(|| deployment.serve(SERVER_QUEUES));
+                server = blocking(|| deployment.serve(&server_args()));
                 *url.write().unwrap() = server.url.clone();
                 compared += seen.len();
                 taken_back.extend(compare_after_crash(&client, &server.url, &seen).await);
@@ -748,14 +505,14 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
                 worker_kills += 1;
                 let down = rng.range(0, 1500);
                 tokio::time::sleep(Duration::from_millis(down)).await;
-                workers[i] = blocking(|| deployment.worker(WORKER_QUEUES));
+                workers[i] = blocking(|| deployment.worker(&worker_args()));
             }
             Chaos::RestartRedis => {
                 let down = rng.range(0, 1000);
                 blocking(|| {
-                    deployment.redis.stop();
+                    redis.stop();
                     std::thread::sleep(Duration::from_millis(down));
-                    deployment.redis.start();
+                    redis.start();
                 });
                 redis_restarts += 1;
             }
@@ -766,16 +523,16 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
                     worker.kill();
                 }
                 blocking(|| {
-                    deployment.redis.stop();
-                    deployment.redis.start();
+                    redis.stop();
+                    redis.start();
                 });
                 server_kills += 1;
                 worker_kills += workers.len();
                 redis_restarts += 1;
-                server = blocking(|| deployment.serve(SERVER_QUEUES));
+                server = blocking(|| deployment.serve(&server_args()));
                 *url.write().unwrap() = server.url.clone();
                 for worker in &mut workers {
-                    *worker = blocking(|| deployment.worker(WORKER_QUEUES));
+                    *worker = blocking(|| deployment.worker(&worker_args()));
                 }
                 compared += seen.len();
                 taken_back.extend(compare_after_crash(&client, &server.url, &seen).await);
@@ -802,6 +559,39 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let drained_in = chaos_over.elapsed();
+
+    // Exactly one flow per Idempotency-Key, counted through the list: every flow
+    // was submitted under its own key with a name of its own (`crash-{i}-{kind}`),
+    // and retried with that key through every crash and outage, so each name must
+    // be listed once, as the id the submitter was answered.
+    let listed = loop {
+        if let Some(listed) = list_all(&client, &server.url, None).await {
+            break listed;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "GET /flows keeps failing"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let by_name = ids_by_name(&listed);
+    let mut key_problems: Vec<String> = Vec::new();
+    for (i, (id, gen)) in ids.iter().zip(&flows).enumerate() {
+        let name = gen.spec["name"].as_str().unwrap();
+        let listed_ids = by_name.get(name).cloned().unwrap_or_default();
+        if listed_ids != [id.clone()] {
+            key_problems.push(format!(
+                "key crash-{seed}-{i} (flow {name}): answered {id}, listed as {listed_ids:?}"
+            ));
+        }
+    }
+    let ours: std::collections::HashSet<&str> = flows
+        .iter()
+        .map(|f| f.spec["name"].as_str().unwrap())
+        .collect();
+    for name in by_name.keys().filter(|n| !ours.contains(n.as_str())) {
+        key_problems.push(format!("listed flow {name} was never submitted"));
+    }
 
     // Check every node of every flow against its expected result.
     let mut lost = 0;
@@ -848,9 +638,7 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     drop(server);
     drop(workers);
     let runs = blocking(|| deployment.finish());
-    let hibernations = deployment
-        .hibernations
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let hibernations = deployment.hibernations();
     let executions: u32 = runs.values().sum();
     let duplicates: u32 = runs.values().map(|n| n.saturating_sub(1)).sum();
     let unlogged = final_jobs.iter().filter(|j| !runs.contains_key(*j)).count();
@@ -867,11 +655,13 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
         began.elapsed().as_secs_f64()
     );
     println!(
-        "crash: flows {}, kills {}, lost {lost}, wrong {wrong}, duplicate executions {duplicates}",
+        "crash: flows {}, kills {}, lost {lost}, wrong {wrong}, duplicate executions {duplicates}, \
+         keys not listed as exactly their one flow {}",
         ids.len(),
-        server_kills + worker_kills
+        server_kills + worker_kills,
+        key_problems.len()
     );
-    for p in problems.iter().take(20) {
+    for p in problems.iter().chain(&key_problems).take(20) {
         eprintln!("{p}");
     }
     assert!(server_alive, "the server died on its own");
@@ -884,6 +674,11 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
         taken_back.is_empty(),
         "a crash took back what a client saw:\n{}",
         taken_back.join("\n")
+    );
+    assert!(
+        key_problems.is_empty(),
+        "not exactly one listed flow per Idempotency-Key (seed {seed}):\n{}",
+        key_problems.join("\n")
     );
     assert_eq!(lost, 0, "flows that did not complete (seed {seed})");
     assert_eq!(wrong, 0, "nodes with a wrong result (seed {seed})");

@@ -17,225 +17,30 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dagflow::engine::testing::{self, TestRedis};
+use common::process::{blocking, Deployment, Proc, ServeArgs, WorkerArgs};
+use dagflow::engine::testing::TestRedis;
 use dagflow::engine::{handler_fn, Handler, JobError};
 use serde_json::{json, Map, Value};
 
-/// The binary under test.
-const BIN: &str = env!("CARGO_BIN_EXE_dagflow");
-/// Debug for the one line per handler run, info for the rest.
-const LOG_FILTER: &str = "info,dagflow_actors::actors::worker=debug";
-/// Longest a process may take to start (the machine is busy in CI).
-const START: Duration = Duration::from_secs(60);
 /// Longest one HTTP request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest flows get to finish.
 const FINISH: Duration = Duration::from_secs(90);
-/// Lines of a process's stderr kept to show when something fails.
-const TAIL: usize = 400;
 
-// ---------------------------------------------------------------------------------
-// Processes (the same harness as tests/crash.rs).
-// ---------------------------------------------------------------------------------
-
-/// Handler runs per job id, counted from the stderr of every process.
-type Runs = Arc<Mutex<HashMap<String, u32>>>;
-
-/// A `dagflow` process, SIGKILLed when dropped. A thread reads its stderr (JSON log
-/// lines), counts handler runs into the shared [`Runs`] and keeps the last lines.
-struct Proc {
-    name: String,
-    child: Child,
-    tail: Arc<Mutex<VecDeque<String>>>,
+/// `dagflow serve` with local workers for `queues`, once it listens; returns it and
+/// its base URL.
+fn start_server(deployment: &mut Deployment, queues: &str) -> (Proc, String) {
+    let server = deployment.serve(&ServeArgs::new(queues));
+    (server.proc, server.url)
 }
 
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn tail(&self) -> String {
-        let tail = self.tail.lock().unwrap();
-        tail.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    /// Panics (with its log) unless the process still runs.
-    fn assert_alive(&mut self, when: &str) {
-        if !self.alive() {
-            panic!(
-                "`{}` died {when}: {:?}; log:\n{}",
-                self.name,
-                self.child.try_wait(),
-                self.tail()
-            );
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- last lines of `{}` ---\n{}", self.name, self.tail());
-        }
-    }
-}
-
-/// One test's deployment: a Redis of its own, a prefix, a data dir, and the stderr
-/// readers of every process started.
-struct Deployment {
-    redis: TestRedis,
-    prefix: String,
-    data: tempfile::TempDir,
-    runs: Runs,
-    readers: Vec<JoinHandle<()>>,
-    started: usize,
-}
-
-impl Deployment {
-    fn new() -> Deployment {
-        Deployment {
-            redis: TestRedis::dedicated(),
-            prefix: testing::unique_prefix(),
-            data: tempfile::tempdir().unwrap(),
-            runs: Arc::default(),
-            readers: Vec::new(),
-            started: 0,
-        }
-    }
-
-    /// Starts `dagflow args...` and waits for the log line `ready`.
-    fn spawn(&mut self, args: &[&str], ready: &str) -> (Proc, Value) {
-        self.started += 1;
-        let name = format!("#{} dagflow {}", self.started, args[0]);
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("DAGFLOW_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.env_remove("RUST_LOG")
-            .args(args)
-            .args(["--log-json", "--log-filter", LOG_FILTER])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-        let (tx, rx) = mpsc::channel::<Value>();
-        let (runs, kept) = (Arc::clone(&self.runs), Arc::clone(&tail));
-        let ready_message = ready.to_owned();
-        self.readers.push(std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                let message = parsed["fields"]["message"].as_str().unwrap_or("");
-                if message == "running job" {
-                    if let Some(job) = parsed["fields"]["job"].as_str() {
-                        *runs.lock().unwrap().entry(job.to_owned()).or_default() += 1;
-                    }
-                }
-                if message == ready_message {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(parsed.clone());
-                    }
-                }
-                let mut kept = kept.lock().unwrap();
-                if kept.len() == TAIL {
-                    kept.pop_front();
-                }
-                kept.push_back(line);
-            }
-        }));
-        let mut proc = Proc { name, child, tail };
-        match rx.recv_timeout(START) {
-            Ok(line) => (proc, line),
-            Err(_) => {
-                let exit = proc.child.try_wait();
-                panic!(
-                    "`{}` did not log '{ready}' in {START:?}; exit: {exit:?}; log:\n{}",
-                    proc.name,
-                    proc.tail()
-                )
-            }
-        }
-    }
-
-    /// `dagflow serve` on a free port, once it listens; returns it and its base URL.
-    fn serve(&mut self, queues: &str) -> (Proc, String) {
-        let (redis_url, prefix) = (self.redis.url.clone(), self.prefix.clone());
-        let data_dir = self.data.path().to_str().unwrap().to_owned();
-        let (proc, line) = self.spawn(
-            &[
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--redis-url",
-                &redis_url,
-                "--prefix",
-                &prefix,
-                "--data-dir",
-                &data_dir,
-                "--queues",
-                queues,
-            ],
-            "dagflow is listening",
-        );
-        let url = format!("http://{}", line["fields"]["addr"].as_str().unwrap());
-        (proc, url)
-    }
-
-    /// `dagflow worker` for `queues`, once it runs.
-    fn worker(&mut self, queues: &str) -> Proc {
-        let (redis_url, prefix) = (self.redis.url.clone(), self.prefix.clone());
-        self.spawn(
-            &[
-                "worker",
-                "--redis-url",
-                &redis_url,
-                "--prefix",
-                &prefix,
-                "--queues",
-                queues,
-            ],
-            "dagflow worker is running",
-        )
-        .0
-    }
-
-    /// Handler runs per job id so far (every process's log read to the end: call
-    /// after the processes are gone).
-    fn finish(&mut self) -> HashMap<String, u32> {
-        // A reader ends when its process is gone; one that does not means a process
-        // outlived the test's handles on it.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.readers.iter().all(|r| r.is_finished()) {
-            assert!(Instant::now() < deadline, "a process is still running");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for reader in self.readers.drain(..) {
-            reader.join().unwrap();
-        }
-        self.runs.lock().unwrap().clone()
-    }
-}
-
-/// Runs blocking process work without stalling the runtime.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
+/// `dagflow worker` for `queues`, once it runs.
+fn start_worker(deployment: &mut Deployment, queues: &str) -> Proc {
+    deployment.worker(&WorkerArgs::new(queues))
 }
 
 /// An HTTP client for one server, timing every request.
@@ -396,9 +201,10 @@ const NOTICE: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_refuses_new_flows_keeps_reads_and_every_flow_completes() {
-    let mut deployment = blocking(Deployment::new);
-    let (mut server, url) = blocking(|| deployment.serve("default=4"));
-    let mut worker = blocking(|| deployment.worker("other=4"));
+    let redis = blocking(TestRedis::dedicated);
+    let mut deployment = Deployment::new(&redis.url);
+    let (mut server, url) = blocking(|| start_server(&mut deployment, "default=4"));
+    let mut worker = blocking(|| start_worker(&mut deployment, "other=4"));
     let http = Http::new(&url);
 
     let mut flows: Vec<(String, BTreeMap<String, Value>)> = Vec::new();
@@ -424,7 +230,7 @@ async fn a_redis_outage_refuses_new_flows_keeps_reads_and_every_flow_completes()
         m
     };
 
-    blocking(|| deployment.redis.stop());
+    blocking(|| redis.stop());
     let stopped = Instant::now();
     let mut not_ready_after: Option<Duration> = None;
     let mut refused_after: Option<Duration> = None;
@@ -493,7 +299,7 @@ async fn a_redis_outage_refuses_new_flows_keeps_reads_and_every_flow_completes()
     );
 
     // Redis comes back without its data.
-    blocking(|| deployment.redis.start());
+    blocking(|| redis.start());
     let back = Instant::now();
     let deadline = back + Duration::from_secs(30);
     loop {
@@ -558,10 +364,11 @@ async fn a_redis_outage_refuses_new_flows_keeps_reads_and_every_flow_completes()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_workers_jobs_are_reclaimed_after_the_lease_or_fail_as_stalled() {
-    let mut deployment = blocking(Deployment::new);
+    let redis = blocking(TestRedis::dedicated);
+    let mut deployment = Deployment::new(&redis.url);
     // The server does not serve `slow`: only worker processes run those jobs.
-    let (server, url) = blocking(|| deployment.serve("default=2"));
-    let mut doomed = blocking(|| deployment.worker("slow=2"));
+    let (server, url) = blocking(|| start_server(&mut deployment, "default=2"));
+    let mut doomed = blocking(|| start_worker(&mut deployment, "slow=2"));
     let http = Http::new(&url);
     let spec = json!({"name": "stalls", "nodes": [
         {"name": "again", "handler": "sleep", "queue": "slow", "data": {"ms": 3000},
@@ -579,7 +386,7 @@ async fn a_killed_workers_jobs_are_reclaimed_after_the_lease_or_fail_as_stalled(
     .await;
     blocking(|| doomed.kill());
     let killed = Instant::now();
-    let rescuer = blocking(|| deployment.worker("slow=2"));
+    let rescuer = blocking(|| start_worker(&mut deployment, "slow=2"));
 
     let flow = http
         .wait_flow(&id, "an end", FINISH, |f| f["status"] != "running")

@@ -12,6 +12,17 @@
 //!
 //! Every wait panics with a message after [`WAIT`], so a broken test fails
 //! instead of hanging.
+//!
+//! Tests that run the real binary instead of an in-process engine use the
+//! submodules: [`process`] (the `dagflow serve`/`dagflow worker` harness),
+//! [`http`] (requests that survive a server restart, the paged list),
+//! [`redis_server`] (a Redis that can be killed and rolled back to a snapshot) and
+//! [`rng`] (the seeded generator every randomized test uses).
+
+pub mod http;
+pub mod process;
+pub mod redis_server;
+pub mod rng;
 
 use std::future::Future;
 use std::net::SocketAddr;
