@@ -45,12 +45,14 @@ const RSS_GROWTH_BOUND_MB: u64 = 200;
 /// The probe resumes reading at the latest this long after it stalled, so that the
 /// server (which drops a client that has taken nothing for 60 s) still serves it.
 const PROBE_RESUME_AT_LATEST: Duration = Duration::from_secs(40);
-/// Events of the probe's flow (failures of its children), and the size of each: 24 MB in all,
+/// Events of the probe's flow (failures of its children), and the size of each: 12 MB in all
+/// (the flow's snapshot holds every child's error, and the test's WebSocket client takes
+/// messages of at most 16 MiB),
 /// against 4 MB of socket buffer (Linux's `tcp_wmem` maximum), 256 queued messages
 /// and a feed of [`EVENT_CAPACITY`] events.
 const PROBE_EVENTS: usize = 3000;
 /// See [`PROBE_EVENTS`].
-const PROBE_EVENT_BYTES: usize = 8 * 1024;
+const PROBE_EVENT_BYTES: usize = 4 * 1024;
 
 /// Flows per run: 1,000, or 5,000 with `DAGFLOW_SOAK=1`.
 fn flow_count() -> usize {
