@@ -54,6 +54,35 @@ async fn completions(prefix: &str) -> (i64, i64) {
     (len, pending)
 }
 
+/// Stops the engine, then clears the failpoints (in that order: a failpoint still set
+/// must not fire in a shutdown).
+async fn stop(engine: dagflow_actors::Engine, scenario: fail::FailScenario<'_>) {
+    engine.shutdown(Duration::from_secs(5)).await;
+    scenario.teardown();
+}
+
+/// Waits until the completions stream is empty with nothing pending: every report
+/// applied and acknowledged.
+async fn nothing_pending(prefix: &str) {
+    eventually(
+        "every completion record applied and acknowledged",
+        || async { completions(prefix).await == (0, 0) },
+    )
+    .await;
+}
+
+/// Plays a worker of another process finishing `job` with `result` (JSON text).
+async fn complete(
+    engine: &dagflow_actors::Engine,
+    job: &dagflow_actors::queue::Delivery,
+    result: &str,
+) {
+    let outcome = Outcome::Completed {
+        result: dagflow_actors::actors::worker::raw(result).unwrap(),
+    };
+    engine.queue().report_remote(job, &outcome).await.unwrap();
+}
+
 fn one_remote_node() -> dagflow_actors::FlowSpec {
     spec(json!({"nodes": [{"name": "a", "queue": "remote"}]}))
 }
@@ -88,26 +117,13 @@ async fn a_report_dropped_with_an_actor_is_delivered_again() {
     // The router's cast is lost as if the actor had died with the record in its
     // mailbox; the record must still be applied and acknowledged.
     fail::cfg("router::cast", "1*return").unwrap();
-    engine
-        .queue()
-        .report_remote(
-            &job,
-            &Outcome::Completed {
-                result: dagflow_actors::actors::worker::raw("7").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    complete(&engine, &job, "7").await;
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
     assert_eq!(view.node("a").unwrap().result, Some(json!(7)));
-    eventually("the record acknowledged and deleted", || async {
-        completions(&prefix).await == (0, 0)
-    })
-    .await;
+    nothing_pending(&prefix).await;
     assert!(engine.stats().unwrap().handed_back.load(Ordering::Relaxed) >= 1);
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,16 +157,12 @@ async fn a_report_that_reaches_a_flow_being_deleted_is_acknowledged() {
         .await
         .unwrap();
     deleting.await.unwrap().unwrap();
-    eventually("every record of the deleted flow acknowledged", || async {
-        completions(&prefix).await == (0, 0)
-    })
-    .await;
+    nothing_pending(&prefix).await;
     assert!(matches!(
         engine.get(id).await,
         Err(EngineError::NotFound(_))
     ));
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,13 +198,9 @@ async fn a_record_left_pending_by_another_consumer_is_claimed_after_the_bound() 
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
     assert_eq!(view.node("a").unwrap().result, Some(json!(2)));
-    eventually("nothing pending", || async {
-        completions(&prefix).await == (0, 0)
-    })
-    .await;
+    nothing_pending(&prefix).await;
     assert!(engine.stats().unwrap().redelivered.load(Ordering::Relaxed) >= 1);
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,8 +235,7 @@ async fn a_second_create_with_the_same_key_waits_for_the_first_to_be_durable() {
     let fourth = engine.create(&spec, key).await.unwrap();
     assert_eq!(third, fourth);
     engine.get(third).await.unwrap();
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,8 +264,7 @@ async fn a_list_shows_only_what_is_on_disk() {
     }
     let page = engine.list(&ListQuery::default()).await.unwrap();
     assert!(page.flows.iter().any(|f| f.id == id));
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 /// A handler that fails once and is never retried: flows end `failed`.
@@ -347,8 +353,7 @@ async fn a_delete_racing_a_retry_never_brings_the_flow_back() {
         let left = testing::keys_matching(&testing::redis().url, &format!("{prefix}:*{id}*")).await;
         assert!(left.is_empty(), "deleted flow {id} left keys {left:?}");
     }
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,8 +415,7 @@ async fn jobs_redis_lost_without_losing_the_marker_are_put_back() {
             >= 5
     );
     worker.shutdown(Duration::from_secs(5)).await;
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,22 +457,12 @@ async fn a_job_whose_completion_record_was_lost_runs_again() {
     let again = take_remote_job(&prefix).await;
     assert_eq!(again.envelope.id, job.envelope.id);
     assert_ne!(again.entry_id, job.entry_id);
-    engine
-        .queue()
-        .report_remote(
-            &again,
-            &Outcome::Completed {
-                result: dagflow_actors::actors::worker::raw("3").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    complete(&engine, &again, "3").await;
     assert_eq!(
         engine.wait(id, WAIT).await.unwrap().status,
         FlowStatus::Completed
     );
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,16 +484,7 @@ async fn a_failed_delete_keeps_the_flow_and_its_actor() {
         1,
         "the failed delete stopped the flow's actor"
     );
-    engine
-        .queue()
-        .report_remote(
-            &job,
-            &Outcome::Completed {
-                result: dagflow_actors::actors::worker::raw("5").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    complete(&engine, &job, "5").await;
     assert_eq!(
         engine.wait(id, WAIT).await.unwrap().status,
         FlowStatus::Completed
@@ -509,8 +494,7 @@ async fn a_failed_delete_keeps_the_flow_and_its_actor() {
         engine.get(id).await,
         Err(EngineError::NotFound(_))
     ));
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,8 +560,7 @@ async fn progress_in_a_tight_loop_is_coalesced() {
         "progress was not coalesced: seq {}",
         view.seq
     );
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,16 +585,7 @@ async fn a_retry_that_redis_loses_is_promoted_for_a_queue_no_engine_worker_serve
     // The engine serves no worker of `remote`, yet it promotes the due retry.
     let second = take_remote_job(&prefix).await;
     assert_eq!(second.envelope.attempt, 2);
-    engine
-        .queue()
-        .report_remote(
-            &second,
-            &Outcome::Completed {
-                result: dagflow_actors::actors::worker::raw("1").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    complete(&engine, &second, "1").await;
     assert_eq!(
         engine.wait(id, WAIT).await.unwrap().status,
         FlowStatus::Completed
@@ -628,8 +602,7 @@ async fn a_retry_that_redis_loses_is_promoted_for_a_queue_no_engine_worker_serve
         Some(1500),
         "the lease is published for outside workers"
     );
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,25 +629,12 @@ async fn a_failed_flush_hands_its_reports_to_the_restarted_actor() {
     // snapshot, and the report must reach the new actor (report.lua already
     // marked the job done, so re-enqueueing it would be a no-op).
     fail::cfg("writer::flush", "1*return").unwrap();
-    engine
-        .queue()
-        .report_remote(
-            &job,
-            &Outcome::Completed {
-                result: dagflow_actors::actors::worker::raw("1").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    complete(&engine, &job, "1").await;
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
     assert!(runs.load(Ordering::SeqCst) >= 1);
-    eventually("nothing pending", || async {
-        completions(&prefix).await == (0, 0)
-    })
-    .await;
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    nothing_pending(&prefix).await;
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -688,16 +648,7 @@ async fn an_event_is_published_only_after_the_flush_that_holds_it() {
     // The flush that holds the completion takes a second.
     fail::cfg("writer::flush", "1*sleep(1000)").unwrap();
     let reported = Instant::now();
-    engine
-        .queue()
-        .report_remote(
-            &job,
-            &Outcome::Completed {
-                result: dagflow_actors::actors::worker::raw("7").unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    complete(&engine, &job, "7").await;
     let event = tokio::time::timeout(WAIT, async {
         loop {
             let event = events.recv().await.unwrap();
@@ -714,8 +665,7 @@ async fn an_event_is_published_only_after_the_flush_that_holds_it() {
         reported.elapsed()
     );
     assert_eq!(event.seq, engine.get(id).await.unwrap().seq.min(event.seq));
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,8 +693,7 @@ async fn the_job_of_a_worker_that_failed_is_reclaimed_not_renewed_forever() {
     let view = engine.wait(id, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -772,8 +721,7 @@ async fn running_flows_counts_hibernating_flows_too() {
     assert_eq!(stats(), 4);
     engine.retry(ids[0]).await.unwrap();
     assert_eq!(stats(), 5);
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -819,6 +767,5 @@ async fn a_panic_while_writing_fails_the_batch_not_the_engine() {
         engine.wait(id, WAIT).await.unwrap().status,
         FlowStatus::Completed
     );
-    engine.shutdown(Duration::from_secs(5)).await;
-    scenario.teardown();
+    stop(engine, scenario).await;
 }

@@ -202,6 +202,49 @@ impl StreamConn {
         Ok((entries, false))
     }
 
+    /// Takes over up to `count` entries of the group pending for more than
+    /// `min_idle_ms` (`XAUTOCLAIM`, a claim that counts as a delivery), scanning on
+    /// from `cursor` for at most [`MAX_AUTOCLAIM_ROUNDS`] calls and leaving the cursor
+    /// where the next scan goes on (`0-0` after a full pass).
+    async fn autoclaim(
+        &mut self,
+        min_idle_ms: u64,
+        count: usize,
+        cursor: &mut String,
+    ) -> Result<Vec<RawEntry>, QueueError> {
+        let mut raw = Vec::new();
+        for _ in 0..MAX_AUTOCLAIM_ROUNDS {
+            if raw.len() >= count {
+                break;
+            }
+            let mut cmd = redis::cmd("XAUTOCLAIM");
+            cmd.arg(&self.key)
+                .arg(self.group)
+                .arg(&self.consumer)
+                .arg(min_idle_ms)
+                .arg(cursor.as_str())
+                .arg("COUNT")
+                .arg(count - raw.len());
+            let Some(value) = self.group_query(&cmd, COMMAND_TIMEOUT).await? else {
+                break;
+            };
+            // [next cursor, claimed entries, ids deleted meanwhile (Redis 7; already
+            // removed from the pending list by Redis)]
+            let mut parts = reply::array(value)?.into_iter();
+            let next = match parts.next() {
+                Some(v) => reply::text(&v)?,
+                None => return Err(QueueError::Protocol("empty xautoclaim reply".into())),
+            };
+            raw.extend(reply::entries(parts.next().unwrap_or(Value::Nil))?);
+            let wrapped = next == "0-0";
+            *cursor = next;
+            if wrapped {
+                break;
+            }
+        }
+        Ok(raw)
+    }
+
     /// Acknowledges entries; with `delete`, also removes them from the stream.
     async fn ack(&mut self, ids: &[String], delete: bool) -> Result<(), QueueError> {
         if ids.is_empty() {
@@ -400,35 +443,10 @@ impl QueueReader {
     /// renewing), up to `count`. A job claimed more often than its envelope's
     /// `max_stalled` allows is returned in `stalled` for the caller to fail.
     pub async fn reclaim(&mut self, lease_ms: u64, count: usize) -> Result<Reclaimed, QueueError> {
-        let mut raw = Vec::new();
-        for _ in 0..MAX_AUTOCLAIM_ROUNDS {
-            if raw.len() >= count {
-                break;
-            }
-            let mut cmd = redis::cmd("XAUTOCLAIM");
-            cmd.arg(&self.stream.key)
-                .arg(WORKERS_GROUP)
-                .arg(&self.stream.consumer)
-                .arg(lease_ms)
-                .arg(&self.autoclaim_cursor)
-                .arg("COUNT")
-                .arg(count - raw.len());
-            let Some(value) = self.stream.group_query(&cmd, COMMAND_TIMEOUT).await? else {
-                break;
-            };
-            // [next cursor, claimed entries, ids deleted meanwhile (Redis 7)]
-            let mut parts = reply::array(value)?.into_iter();
-            let next = match parts.next() {
-                Some(v) => reply::text(&v)?,
-                None => return Err(QueueError::Protocol("empty xautoclaim reply".into())),
-            };
-            raw.extend(reply::entries(parts.next().unwrap_or(Value::Nil))?);
-            let wrapped = next == "0-0";
-            self.autoclaim_cursor = next;
-            if wrapped {
-                break;
-            }
-        }
+        let raw = self
+            .stream
+            .autoclaim(lease_ms, count, &mut self.autoclaim_cursor)
+            .await?;
         let triage = Triage::of(&self.stream.key, raw, |entry| {
             Ok(Delivery {
                 queue: self.queue.clone(),
@@ -527,36 +545,10 @@ impl CompletionReader {
         min_idle_ms: u64,
         count: usize,
     ) -> Result<Vec<CompletionRecord>, QueueError> {
-        let mut raw = Vec::new();
-        for _ in 0..MAX_AUTOCLAIM_ROUNDS {
-            if raw.len() >= count {
-                break;
-            }
-            let mut cmd = redis::cmd("XAUTOCLAIM");
-            cmd.arg(&self.stream.key)
-                .arg(ENGINE_GROUP)
-                .arg(&self.stream.consumer)
-                .arg(min_idle_ms)
-                .arg(&self.stale_cursor)
-                .arg("COUNT")
-                .arg(count - raw.len());
-            let Some(value) = self.stream.group_query(&cmd, COMMAND_TIMEOUT).await? else {
-                break;
-            };
-            // [next cursor, claimed entries, ids deleted meanwhile (Redis 7; already
-            // removed from the pending list by Redis)]
-            let mut parts = reply::array(value)?.into_iter();
-            let next = match parts.next() {
-                Some(v) => reply::text(&v)?,
-                None => return Err(QueueError::Protocol("empty xautoclaim reply".into())),
-            };
-            raw.extend(reply::entries(parts.next().unwrap_or(Value::Nil))?);
-            let wrapped = next == "0-0";
-            self.stale_cursor = next;
-            if wrapped {
-                break;
-            }
-        }
+        let raw = self
+            .stream
+            .autoclaim(min_idle_ms, count, &mut self.stale_cursor)
+            .await?;
         let triage = Triage::of(&self.stream.key, raw, |entry| {
             CompletionRecord::from_fields(&entry.id, entry.fields.as_deref().unwrap_or(&[]))
         });
