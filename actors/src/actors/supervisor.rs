@@ -447,7 +447,7 @@ async fn created(
 impl SupervisorState {
     /// The flow's actor if one is running and not stopping.
     fn live_actor(&self, id: FlowId) -> Option<ActorRef<FlowMsg>> {
-        self.shared.directory.get(id).filter(|a| is_live(a))
+        self.shared.directory.get(id).filter(is_live)
     }
 
     /// The flow's actor if it has one, taking a hibernating one back into the

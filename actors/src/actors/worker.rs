@@ -662,7 +662,7 @@ async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
         match ctx.queue.report_remote(delivery, &outcome).await {
             Ok(()) => return,
             Err(e) => {
-                if tries == 0 || tries % 20 == 0 {
+                if tries.is_multiple_of(20) {
                     warn!(job = %env.id, tries, error = %e, "reporting a job failed; retrying");
                 }
                 tries += 1;
