@@ -247,11 +247,25 @@ impl EngineBuilder {
             });
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
-            queue.ensure_marker(&consumer).await?;
-            // Workers in other processes read the lease from here.
-            queue
-                .publish_config(self.lease.as_millis() as u64, self.max_stalled)
-                .await?;
+            // Both are writes, which a Redis out of memory refuses until memory is
+            // freed: wait for that rather than exit.
+            let lease_ms = self.lease.as_millis() as u64;
+            loop {
+                let result = async {
+                    queue.ensure_marker(&consumer).await?;
+                    // Workers in other processes read the lease from here.
+                    queue.publish_config(lease_ms, self.max_stalled).await
+                }
+                .await;
+                match result {
+                    Ok(_) => break,
+                    Err(e) if e.is_out_of_memory() => {
+                        warn!(error = %e, "redis refuses writes (out of memory); retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             let (supervisor, _) = Actor::spawn(
                 None,
                 FlowSupervisor,

@@ -687,3 +687,54 @@ async fn redis_restarted_empty_while_a_flow_hibernates_the_flow_still_completes(
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_while_redis_is_out_of_memory_waits_for_it() {
+    let redis = testing::TestRedis::dedicated();
+    let prefix = testing::unique_prefix();
+    let mut conn = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Any write is refused: creating the queue's group fails with OOM.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let starting = {
+        let url = redis.url.clone();
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            Engine::builder()
+                .redis_url(url)
+                .prefix(&prefix)
+                .worker_only()
+                .queue("default", 1)
+                .handler("sum", sum_handler())
+                .build()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !starting.is_finished(),
+        "the worker gave up while Redis was out of memory"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let worker = tokio::time::timeout(WAIT, starting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    worker.shutdown(Duration::from_secs(5)).await;
+}

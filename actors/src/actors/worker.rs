@@ -96,9 +96,21 @@ impl WorkerPool {
         let mut fetchers = Vec::new();
         for (queue, concurrency) in queues {
             let stop = CancellationToken::new();
-            let reader =
-                QueueReader::connect(&ctx.redis_url, ctx.keys.clone(), queue, &ctx.consumer)
-                    .await?;
+            // Creating the group is a write: a Redis out of memory refuses it until
+            // memory is freed. Wait for that instead of exiting (PROTOCOL.md: every
+            // start step is retried).
+            let reader = loop {
+                match QueueReader::connect(&ctx.redis_url, ctx.keys.clone(), queue, &ctx.consumer)
+                    .await
+                {
+                    Ok(reader) => break reader,
+                    Err(e) if e.is_out_of_memory() => {
+                        warn!(queue, error = %e, "redis refuses writes (out of memory); retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             let args = FetcherArgs {
                 ctx: Arc::clone(&ctx),
                 reader: Mutex::new(Some(reader)),

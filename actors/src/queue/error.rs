@@ -43,6 +43,13 @@ impl QueueError {
         }
     }
 
+    /// True when Redis refuses writes for lack of memory (`maxmemory` reached):
+    /// reads still work, and the refusal ends when memory is freed, so a step that
+    /// gets it is retried rather than treated as fatal.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, QueueError::Redis(e) if e.code() == Some("OOM"))
+    }
+
     /// True when Redis says the consumer group (or its stream) does not exist, which
     /// happens after Redis restarted without persistence. A read blocked while the
     /// stream was removed (`FLUSHALL`, `DEL`) fails with `UNBLOCKED` on Redis 7.0
