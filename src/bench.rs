@@ -38,6 +38,7 @@ mod http;
 mod redis_probe;
 mod restart;
 mod shapes;
+pub use shapes::splitmix64;
 mod tracker;
 mod unserved;
 

@@ -171,17 +171,24 @@ fn layered(layers: usize, width: usize, seed: u64) -> Vec<Vec<u32>> {
     parents
 }
 
-/// A small, seedable PRNG (splitmix64): enough for reproducible random shapes,
-/// without a dependency.
+/// The next value of the splitmix64 sequence whose state is `state` (which it
+/// advances): the project's one small seedable generator, shared by the benchmark's
+/// random shapes and the end-to-end tests' seeded runs (`tests/common/rng.rs`), so
+/// that a printed seed replays either, without a dependency.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A small, seedable PRNG ([`splitmix64`]): enough for reproducible random shapes.
 struct SplitMix64(u64);
 
 impl SplitMix64 {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64(&mut self.0)
     }
 
     /// A number in `0..n` (`n > 0`); the modulo bias is irrelevant at these sizes.
