@@ -42,16 +42,25 @@ cargo test --workspace --features failpoints
 export DAGFLOW_BIN="$root/target/debug/dagflow"
 
 # 2. The TypeScript worker package (node's test runner), against a real server.
-if [ -f workers/node/package.json ]; then
-  (cd workers/node && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm test)
-fi
+(cd workers/node && npm ci --no-audit --no-fund --loglevel=error && npm run build && npm test)
 
-# 3. The Python worker package (pytest), against a real server.
-if [ -f workers/python/pyproject.toml ]; then
-  python3 -m pip install -q --disable-pip-version-check -r workers/python/requirements-test.txt
-  python3 -m pip install -q --disable-pip-version-check -e workers/python
-  python3 -m pytest -q workers/python/tests
+# 3. The Python worker package (pytest), against a real server. In a virtualenv of
+#    its own under target/ (a system Python may refuse `pip install`, PEP 668); the
+#    polyglot test and Schemathesis use the same interpreter (PATH, PYTHON).
+venv="$root/target/test-venv"
+if ! "$venv/bin/python3" -m pip --version >/dev/null 2>&1; then
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    rm -rf "$venv"
+    apt_install python3-venv
+    python3 -m venv "$venv"
+  fi
 fi
+export PATH="$venv/bin:$PATH"
+export PYTHON="$venv/bin/python3"
+python3 -m pip install -q --disable-pip-version-check -r workers/python/requirements-test.txt
+python3 -m pip install -q --disable-pip-version-check -e workers/python
+python3 -m pytest -q workers/python/tests
 
 # 4. One flow across Rust, TypeScript and Python against a real server and Redis
 #    (tests/polyglot): uses the node package built in 2 and the Python package
@@ -59,6 +68,4 @@ fi
 node --test tests/polyglot/
 
 # 5. The API against its published OpenAPI, with generated requests.
-if [ -f scripts/schemathesis.sh ]; then
-  bash scripts/schemathesis.sh
-fi
+bash scripts/schemathesis.sh
