@@ -1046,13 +1046,13 @@ async fn ack_receipts(
     queue: &crate::queue::Queue,
     receipts: &[Receipt],
 ) -> Result<(), crate::queue::QueueError> {
-    let mut local: Vec<LocalAck> = Vec::new();
-    let mut records: Vec<String> = Vec::new();
+    let mut local: Vec<&LocalAck> = Vec::new();
+    let mut records: Vec<&str> = Vec::new();
     for receipt in receipts {
         match &receipt.report().ack {
             Ack::None => {}
-            Ack::Local(ack) => local.push(ack.clone()),
-            Ack::Completion(entry) => records.push(entry.clone()),
+            Ack::Local(ack) => local.push(ack),
+            Ack::Completion(entry) => records.push(entry),
         }
     }
     if !local.is_empty() {

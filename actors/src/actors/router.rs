@@ -110,7 +110,6 @@ impl Actor for CompletionRouter {
 /// A report whose flow had no actor when it was routed.
 struct Parked {
     report: Report,
-    permit: Option<OwnedSemaphorePermit>,
     tries: u32,
     due: Instant,
 }
@@ -261,7 +260,7 @@ impl Routing {
             Ok(Some(rec)) if rec.flow_status().ok() == Some(FlowStatus::Running) => {
                 // Hibernating (or being restarted): the supervisor wakes it.
                 let _ = self.supervisor.cast(SupervisorMsg::Wake(flow));
-                self.park(report, None, tries).await;
+                self.park(report, tries).await;
             }
             Ok(_) => {
                 debug!(flow = %flow, node = %report.node, "dropping a report of a flow that ended or was deleted");
@@ -269,12 +268,14 @@ impl Routing {
             }
             Err(e) => {
                 warn!(error = %e, "store lookup failed while routing a report");
-                self.park(report, None, tries).await;
+                self.park(report, tries).await;
             }
         }
     }
 
-    async fn park(&mut self, report: Report, permit: Option<OwnedSemaphorePermit>, tries: u32) {
+    /// A parked report holds no window permit: the window bounds what is in flight
+    /// to the actors, [`MAX_PARKED`] what waits here.
+    async fn park(&mut self, report: Report, tries: u32) {
         if tries >= MAX_TRIES || self.parked.len() >= MAX_PARKED {
             self.let_go(report).await;
             return;
@@ -282,7 +283,6 @@ impl Routing {
         let delay = Duration::from_millis(100u64 << tries.min(6)).min(Duration::from_secs(5));
         self.parked.push_back(Parked {
             report,
-            permit,
             tries: tries + 1,
             due: Instant::now() + delay,
         });
@@ -302,7 +302,7 @@ impl Routing {
             .partition(|p| p.due <= now);
         self.parked = waiting.into();
         for p in due {
-            self.route(p.report, p.permit, p.tries).await;
+            self.route(p.report, None, p.tries).await;
         }
         self.shared
             .stats

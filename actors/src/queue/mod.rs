@@ -209,13 +209,20 @@ impl Queue {
     /// Acknowledges jobs that workers of this process finished, after the flow actor
     /// made their results durable: `XACK` + `XDEL` each entry and mark its job "done"
     /// (unless its flow was deleted meanwhile). Idempotent.
-    pub async fn ack_local(&self, acks: &[LocalAck]) -> Result<(), QueueError> {
+    ///
+    /// Takes the acks or references to them (a flow actor acks from the reports it
+    /// holds, without copying them).
+    pub async fn ack_local<A: std::borrow::Borrow<LocalAck>>(
+        &self,
+        acks: &[A],
+    ) -> Result<(), QueueError> {
         error::failpoint!("queue::ack_local");
         let mut conn = self.conn.clone();
         for chunk in acks.chunks(ACK_CHUNK) {
             let mut invocation = scripts::ACK.prepare_invoke();
             invocation.arg(WORKERS_GROUP);
             for ack in chunk {
+                let ack = ack.borrow();
                 invocation
                     .key(self.keys.queue(&ack.queue))
                     .key(self.keys.flow_jobs(&ack.flow_id))
@@ -229,19 +236,20 @@ impl Queue {
 
     /// Acknowledges and deletes completion records once the flow actors applied them
     /// durably. Idempotent.
-    pub async fn ack_completions(&self, entry_ids: &[String]) -> Result<(), QueueError> {
+    pub async fn ack_completions<S: AsRef<str>>(&self, entry_ids: &[S]) -> Result<(), QueueError> {
         error::failpoint!("queue::ack_completions");
         if entry_ids.is_empty() {
             return Ok(());
         }
         let key = self.keys.completions();
+        let ids: Vec<&str> = entry_ids.iter().map(AsRef::as_ref).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("XACK")
             .arg(&key)
             .arg(ENGINE_GROUP)
-            .arg(entry_ids)
+            .arg(&ids)
             .ignore();
-        pipe.cmd("XDEL").arg(&key).arg(entry_ids).ignore();
+        pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
         let mut conn = self.conn.clone();
         match pipe.query_async::<()>(&mut conn).await {
             Ok(()) => Ok(()),
