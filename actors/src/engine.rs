@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::actors::delivery::REDELIVER_AFTER;
-use crate::actors::flow::FlowMsg;
+use crate::actors::flow::{FlowMsg, FlowOp};
 use crate::actors::reconcile::{reconcile_loop, DEFAULT_RECONCILE_EVERY};
 use crate::actors::router::{CompletionRouter, RouterArgs};
 use crate::actors::supervisor::{FlowSupervisor, SupervisorArgs, SupervisorMsg};
@@ -573,6 +573,54 @@ impl Engine {
     pub async fn retry(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
         call_flow_op(&flows.supervisor, id, SupervisorMsg::RetryFlow).await
+    }
+
+    /// Delivers a signal to a wait node of a running flow: the payload becomes the
+    /// node's result and the flow goes on. Answered once that is durable; a node
+    /// that is not waiting for a signal (yet, or any more) is a `Conflict`.
+    pub async fn signal(
+        &self,
+        id: FlowId,
+        node: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), EngineError> {
+        let op = FlowOp::Signal {
+            node: node.to_owned(),
+            payload: Arc::from(payload.to_string().as_str()),
+        };
+        self.node_op(id, op).await
+    }
+
+    /// Re-runs a node and everything downstream of it with fresh attempts; the
+    /// other nodes keep their results. Works on an ended flow, or on a running one
+    /// in `continue` mode for a node that ended (on a failed node that retries just
+    /// it).
+    pub async fn rerun(&self, id: FlowId, node: &str) -> Result<(), EngineError> {
+        self.node_op(
+            id,
+            FlowOp::Rerun {
+                node: node.to_owned(),
+            },
+        )
+        .await
+    }
+
+    async fn node_op(&self, id: FlowId, op: FlowOp) -> Result<(), EngineError> {
+        let flows = self.flows()?;
+        let call = flows.supervisor.call(
+            |reply| SupervisorMsg::FlowOp(id, op, reply),
+            Some(Duration::from_millis(CALL_TIMEOUT_MS)),
+        );
+        match call.await {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::Timeout(format!("flow {id}"))),
+            Ok(ractor::rpc::CallResult::SenderError) => Err(EngineError::Internal(
+                "the flow's actor ended before answering".to_owned(),
+            )),
+            Err(e) => Err(EngineError::NotRunning(format!(
+                "the engine is stopping: {e}"
+            ))),
+        }
     }
 
     /// Removes a flow: its jobs leave Redis, its records leave the disk.

@@ -63,6 +63,58 @@ pub struct NodeRecord {
     pub started_at: Option<u64>,
     /// When the node ended.
     pub finished_at: Option<u64>,
+    /// Why the node was skipped.
+    pub reason: Option<String>,
+    /// A map element's item, as JSON text.
+    pub item: Option<String>,
+    /// A map node's elements: first index and count.
+    pub elements: Option<(u32, u32)>,
+}
+
+/// The node record of format version 1 (before maps, conditions and waits): read
+/// from stores an older build wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecordV1 {
+    /// `NodeStatus` as a number.
+    pub status: u8,
+    /// Current attempt.
+    pub attempt: u32,
+    /// First attempt of the current run.
+    pub run_first_attempt: u32,
+    /// Result, as JSON text.
+    pub result: Option<String>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Last progress, as JSON text.
+    pub progress: Option<String>,
+    /// Times, in ms.
+    pub queued_at: Option<u64>,
+    /// When a delayed retry is due.
+    pub due_at: Option<u64>,
+    /// When the attempt started.
+    pub started_at: Option<u64>,
+    /// When the node ended.
+    pub finished_at: Option<u64>,
+}
+
+impl From<NodeRecordV1> for NodeRecord {
+    fn from(r: NodeRecordV1) -> Self {
+        NodeRecord {
+            status: r.status,
+            attempt: r.attempt,
+            run_first_attempt: r.run_first_attempt,
+            result: r.result,
+            error: r.error,
+            progress: r.progress,
+            queued_at: r.queued_at,
+            due_at: r.due_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            reason: None,
+            item: None,
+            elements: None,
+        }
+    }
 }
 
 /// Stable numbers for statuses on disk (never reorder).
@@ -75,6 +127,7 @@ fn node_status_code(s: NodeStatus) -> u8 {
         NodeStatus::Failed => 4,
         NodeStatus::Skipped => 5,
         NodeStatus::Cancelled => 6,
+        NodeStatus::Waiting => 7,
     }
 }
 
@@ -87,6 +140,7 @@ fn node_status_from(c: u8) -> Result<NodeStatus, UnknownStatus> {
         4 => NodeStatus::Failed,
         5 => NodeStatus::Skipped,
         6 => NodeStatus::Cancelled,
+        7 => NodeStatus::Waiting,
         other => return Err(UnknownStatus("node", other)),
     })
 }
@@ -126,6 +180,9 @@ impl NodeRecord {
             due_at: n.due_at,
             started_at: n.started_at,
             finished_at: n.finished_at,
+            reason: n.reason.clone(),
+            item: n.item.as_deref().map(str::to_owned),
+            elements: n.elements,
         }
     }
 
@@ -142,6 +199,9 @@ impl NodeRecord {
             due_at: self.due_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
+            reason: self.reason,
+            item: self.item.map(Arc::from),
+            elements: self.elements,
         })
     }
 }

@@ -70,6 +70,98 @@ pub struct NodeSpec {
     /// Same as `opts.continueOnFailure`, accepted at the node level too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continue_on_failure: bool,
+    /// A CEL condition over `parents` (results by parent name) and `data`, evaluated
+    /// when the node becomes ready: false skips the node, with the reason recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// What the parents' outcomes must be for the node to run; defaults to
+    /// `allSuccess`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<TriggerRule>,
+    /// Run the node once per element of an array in a parent's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapSpec>,
+    /// A node that needs no worker: it waits for a signal or a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitSpec>,
+}
+
+/// What a node's parents' outcomes must be for it to run. A parent that failed with
+/// `continueOnFailure` counts as a success for `allSuccess` (as it always has) and as
+/// a failure for the others.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TriggerRule {
+    /// Every parent completed (today's behaviour).
+    #[default]
+    AllSuccess,
+    /// Every parent ended, whatever the outcome.
+    AllDone,
+    /// At least one parent completed; the node runs as soon as one has.
+    OneSuccess,
+    /// Every parent ended and none failed (skipped parents are fine): the join of
+    /// conditional branches.
+    NoneFailed,
+    /// Every parent failed: an error handler.
+    AllFailed,
+}
+
+impl TriggerRule {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerRule::AllSuccess => "allSuccess",
+            TriggerRule::AllDone => "allDone",
+            TriggerRule::OneSuccess => "oneSuccess",
+            TriggerRule::NoneFailed => "noneFailed",
+            TriggerRule::AllFailed => "allFailed",
+        }
+    }
+}
+
+/// Default most elements of one map.
+pub const DEFAULT_MAP_MAX_ITEMS: u32 = 10_000;
+/// Largest `maxItems` a map may ask for.
+pub const MAX_MAP_ITEMS: u32 = 100_000;
+
+/// A dynamic fan-out: the node runs once per element of an array found at `path` in
+/// the result of its parent `from`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MapSpec {
+    /// The parent whose result holds the array.
+    pub from: String,
+    /// A JSON Pointer (RFC 6901) into that result; `""` is the whole result.
+    #[serde(default)]
+    pub path: String,
+    /// More elements than this fail the node; defaults to 10,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_items: Option<u32>,
+    /// At most this many elements are queued or running at once; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+}
+
+/// A node that waits instead of running a job: for a signal, for a duration, or until
+/// a time. Exactly one of `signal`, `forMs` and `until`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitSpec {
+    /// Completes when this signal is delivered to the node; the payload is its result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// With `signal`: how long to wait before failing (or taking `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// With `signal` and `timeoutMs`: the result taken at the timeout instead of failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    /// A durable timer: completes this long after the node became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    /// A durable timer: completes at this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 /// Per-node behaviour.
@@ -222,6 +314,46 @@ fn summary(problems: &[Problem]) -> String {
     out
 }
 
+/// A compiled `when` condition, with its source for messages.
+#[derive(Debug)]
+pub struct Condition {
+    /// The expression as written.
+    pub source: String,
+    /// The compiled CEL program.
+    pub program: cel::Program,
+}
+
+/// A validated map: the source parent as an index.
+#[derive(Debug, Clone)]
+pub struct MapDef {
+    /// The parent whose result holds the array.
+    pub from: NodeIdx,
+    /// JSON Pointer into its result.
+    pub path: String,
+    /// Most elements.
+    pub max_items: u32,
+    /// Most elements queued or running at once (`u32::MAX`: no cap).
+    pub max_parallel: u32,
+}
+
+/// What a wait node waits for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WaitDef {
+    /// A signal delivered to the node.
+    Signal {
+        /// The signal's name, as the spec gives it (shown to people).
+        name: String,
+        /// Fail (or take `default`) this long after the wait began.
+        timeout_ms: Option<u64>,
+        /// The result at the timeout, as JSON text, instead of failing.
+        default: Option<Arc<str>>,
+    },
+    /// This long after the wait began.
+    For(u64),
+    /// At this time (ms since the epoch).
+    Until(u64),
+}
+
 /// A node of a validated flow, with defaults filled in and edges as indices.
 #[derive(Debug, Clone)]
 pub struct DagNode {
@@ -239,6 +371,14 @@ pub struct DagNode {
     pub parents: Vec<NodeIdx>,
     /// Children, in the order first written.
     pub children: Vec<NodeIdx>,
+    /// The condition, compiled.
+    pub when: Option<Arc<Condition>>,
+    /// What the parents' outcomes must be.
+    pub trigger: TriggerRule,
+    /// Set on a map node.
+    pub map: Option<MapDef>,
+    /// Set on a wait node.
+    pub wait: Option<WaitDef>,
 }
 
 /// A validated flow: acyclic, every edge known, both edge directions agreeing.
@@ -395,6 +535,100 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                 ),
             );
         }
+        if let Some(when) = &node.when {
+            if let Err(e) = cel::Program::compile(when) {
+                push(
+                    "bad_condition",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' has a condition that does not parse: {}",
+                        node.name,
+                        one_line(&e.to_string())
+                    ),
+                );
+            }
+        }
+        if let Some(map) = &node.map {
+            if !map.path.is_empty() && !map.path.starts_with('/') {
+                push(
+                    "bad_map",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' maps over path '{}': a JSON Pointer is empty or starts with '/'",
+                        node.name, map.path
+                    ),
+                );
+            }
+            if map.max_items.is_some_and(|m| m == 0 || m > MAX_MAP_ITEMS) {
+                push(
+                    "bad_map",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' has maxItems {}; allowed are 1 to {MAX_MAP_ITEMS}",
+                        node.name,
+                        map.max_items.unwrap_or(0)
+                    ),
+                );
+            }
+            if map.max_parallel == Some(0) {
+                push(
+                    "bad_map",
+                    Some(&node.name),
+                    format!("node '{}' has maxParallel 0", node.name),
+                );
+            }
+            if node.wait.is_some() {
+                push(
+                    "bad_wait",
+                    Some(&node.name),
+                    format!("node '{}' is both a map and a wait", node.name),
+                );
+            }
+        }
+        if let Some(wait) = &node.wait {
+            let kinds = [
+                wait.signal.is_some(),
+                wait.for_ms.is_some(),
+                wait.until.is_some(),
+            ]
+            .iter()
+            .filter(|k| **k)
+            .count();
+            if kinds != 1 {
+                push(
+                    "bad_wait",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' must wait for exactly one of signal, forMs and until",
+                        node.name
+                    ),
+                );
+            }
+            if wait.signal.is_none() && (wait.timeout_ms.is_some() || wait.default.is_some()) {
+                push(
+                    "bad_wait",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' gives timeoutMs or default, which only a signal wait takes",
+                        node.name
+                    ),
+                );
+            }
+            if wait.default.is_some() && wait.timeout_ms.is_none() {
+                push(
+                    "bad_wait",
+                    Some(&node.name),
+                    format!("node '{}' gives a default without a timeoutMs", node.name),
+                );
+            }
+            if wait.signal.as_deref() == Some("") {
+                push(
+                    "bad_wait",
+                    Some(&node.name),
+                    format!("node '{}' waits for a signal with an empty name", node.name),
+                );
+            }
+        }
         if index.contains_key(&name) {
             push(
                 "duplicate_name",
@@ -542,6 +776,38 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         }
     }
 
+    for (i, node) in spec.nodes.iter().enumerate() {
+        if let Some(map) = &node.map {
+            let from = index.get(map.from.as_str());
+            if !from.is_some_and(|f| parents[i].contains(f)) {
+                push(
+                    "bad_map",
+                    Some(&node.name),
+                    format!(
+                        "node '{}' maps over '{}', which is not among its parents",
+                        node.name, map.from
+                    ),
+                );
+            }
+        }
+    }
+    // A map's elements are named `{map}[{index}]` on the wire and in views: a node
+    // may not take such a name.
+    for node in &spec.nodes {
+        if let Some((base, _)) = element_name(&node.name) {
+            if spec.nodes.iter().any(|n| n.name == base && n.map.is_some()) {
+                push(
+                    "reserved_name",
+                    Some(&node.name),
+                    format!(
+                        "node name '{}' is reserved for an element of the map '{base}'",
+                        node.name
+                    ),
+                );
+            }
+        }
+    }
+
     if let Some(cycle) = find_cycle(&children) {
         let mut path: Vec<&str> = cycle.iter().map(|i| names[i.as_usize()].as_ref()).collect();
         if let Some(first) = path.first().copied() {
@@ -588,7 +854,39 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         .map(|(((node, parents), children), name)| {
             let mut opts = node.opts.clone();
             opts.continue_on_failure |= node.continue_on_failure;
+            let map = node.map.as_ref().and_then(|m| {
+                Some(MapDef {
+                    from: *index.get(m.from.as_str())?,
+                    path: m.path.clone(),
+                    max_items: m.max_items.unwrap_or(DEFAULT_MAP_MAX_ITEMS),
+                    max_parallel: m.max_parallel.unwrap_or(u32::MAX),
+                })
+            });
+            let wait = node
+                .wait
+                .as_ref()
+                .map(|w| match (&w.signal, w.for_ms, w.until) {
+                    (Some(name), _, _) => WaitDef::Signal {
+                        name: name.clone(),
+                        timeout_ms: w.timeout_ms,
+                        default: w
+                            .default
+                            .as_ref()
+                            .map(|d| Arc::from(d.to_string().as_str())),
+                    },
+                    (None, Some(ms), _) => WaitDef::For(ms),
+                    (None, None, until) => WaitDef::Until(until.unwrap_or(0)),
+                });
             DagNode {
+                when: node.when.as_ref().and_then(|w| {
+                    Some(Arc::new(Condition {
+                        source: w.clone(),
+                        program: cel::Program::compile(w).ok()?,
+                    }))
+                }),
+                trigger: node.trigger.unwrap_or_default(),
+                map,
+                wait,
                 handler: match node.handler.as_deref() {
                     Some(handler) => intern(handler),
                     None => name.clone(),
@@ -610,6 +908,26 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         nodes,
         index,
     })
+}
+
+/// Splits an element name `{map}[{index}]` into the map's name and the index.
+pub fn element_name(name: &str) -> Option<(&str, u32)> {
+    let inner = name.strip_suffix(']')?;
+    let open = inner.rfind('[')?;
+    let digits = &inner[open + 1..];
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((&inner[..open], digits.parse().ok()?))
+}
+
+/// An error message on one line (CEL's parse errors span several, with a caret).
+fn one_line(text: &str) -> String {
+    text.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn check_name(

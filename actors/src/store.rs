@@ -24,7 +24,7 @@ use crate::state::{FlowStatus, NodeState};
 
 /// Version byte in front of every record; bump it when a record's shape changes and
 /// keep a decoder for the old one.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Default sled page cache, far below sled's own 1 GiB default.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -61,9 +61,24 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// Decodes a node record of either format version.
+fn decode_node(bytes: &[u8]) -> Result<NodeRecord, StoreError> {
+    match bytes.split_first() {
+        Some((&1, rest)) => bincode::serde::decode_from_slice::<crate::records::NodeRecordV1, _>(
+            rest,
+            bincode::config::standard(),
+        )
+        .map(|(v, _)| v.into())
+        .map_err(|e| StoreError::Decode(e.to_string())),
+        _ => decode(bytes),
+    }
+}
+
+/// Decodes a record whose shape is the same in every format version (all but the
+/// node record, see [`decode_node`]).
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => {
+        Some((&(1 | FORMAT_VERSION), rest)) => {
             bincode::serde::decode_from_slice(rest, bincode::config::standard())
                 .map(|(v, _)| v)
                 .map_err(|e| StoreError::Decode(e.to_string()))
@@ -295,10 +310,12 @@ impl Store {
                 .and_then(|b| <[u8; 4]>::try_from(b).ok())
                 .map(u32::from_be_bytes)
                 .ok_or_else(|| StoreError::Decode(format!("bad node key in flow {id}")))?;
-            let state = decode::<NodeRecord>(&value)?.into_state()?;
-            if let Some(slot) = nodes.get_mut(idx as usize) {
-                *slot = state;
+            let state = decode_node(&value)?.into_state()?;
+            // Map elements live after the DAG's nodes (`node_count`).
+            if idx as usize >= nodes.len() {
+                nodes.resize(idx as usize + 1, NodeState::default());
             }
+            nodes[idx as usize] = state;
         }
         Ok(Some(StoredFlow {
             id,
@@ -488,6 +505,7 @@ mod tests {
             due_at: None,
             started_at: Some(6),
             finished_at: Some(7),
+            ..NodeState::default()
         };
         store
             .apply(&[
@@ -577,7 +595,7 @@ mod tests {
             Some(record(FlowStatus::Running))
         );
         let raw = store.nodes.get(node_key(a, idx)).unwrap().unwrap();
-        let back: NodeRecord = decode(&raw).unwrap();
+        let back: NodeRecord = decode_node(&raw).unwrap();
         assert_eq!(back, NodeRecord::from_state(&node(NodeStatus::Completed)));
         assert_eq!(
             last_of_each_record(&[

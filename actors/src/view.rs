@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{FlowId, JobId, NodeIdx};
 use crate::records::FlowRecord;
+use crate::spec::{TriggerRule, WaitDef};
 use crate::state::{Event, FlowState, FlowStatus, NodeStatus};
 
 /// A flow with every node.
@@ -82,6 +83,60 @@ pub struct NodeView {
     /// The input its handler gets; only in the single-node view, once all parents are done.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub input: Option<serde_json::Value>,
+    /// Why the node was skipped (its trigger rule or its condition).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Its trigger rule, when not the default `allSuccess`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub trigger: Option<String>,
+    /// Its condition, as written.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub when: Option<String>,
+    /// On a wait node: what it waits for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wait: Option<WaitView>,
+    /// On a map node: its source and, once expanded, its elements' counts.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub map: Option<MapView>,
+    /// On a map element: the map node it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub map_of: Option<String>,
+    /// On a map element: its position in the map's array.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub index: Option<u32>,
+}
+
+/// What a wait node waits for; its deadline is the node's `dueAt`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitView {
+    /// `signal` or `timer`.
+    pub kind: String,
+    /// The signal's name, on a signal wait.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signal: Option<String>,
+    /// A signal wait's timeout.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A map node's source and progress.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MapView {
+    /// The parent whose result holds the array.
+    pub from: String,
+    /// The JSON Pointer into it.
+    pub path: String,
+    /// Elements in all, once expanded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub total: Option<u32>,
+    /// Elements ended.
+    pub done: u32,
+    /// Elements queued or running.
+    pub running: u32,
+    /// Elements failed for good.
+    pub failed: u32,
 }
 
 /// A flow in a listing.
@@ -143,6 +198,9 @@ pub struct FlowEvent {
     /// The error, on failures and retries.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
+    /// Why the node was skipped, on skip events.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
 }
 
 impl FlowEvent {
@@ -161,40 +219,77 @@ impl FlowEvent {
     pub fn from_event(state: &FlowState, event: &Event) -> Self {
         FlowEvent {
             flow_id: state.id(),
-            node: event.node.map(|i| state.dag().node(i).name.to_string()),
+            node: event.node.map(|i| state.node_name(i).into_owned()),
             status: event.status.as_str().to_owned(),
             attempt: event.attempt,
             seq: event.seq,
             ts: event.ts,
             progress: json(&event.progress),
             error: event.error.clone(),
+            reason: event.reason.clone(),
         }
     }
 }
 
 impl NodeView {
-    /// The view of one node; `with_input` adds the input its handler gets.
+    /// The view of one node (a DAG node or a live map element); `with_input` adds
+    /// the input its handler gets (and an element's item).
     pub fn from_state(state: &FlowState, idx: NodeIdx, with_input: bool) -> Self {
         let dag = state.dag();
-        let node = dag.node(idx);
+        let owner = state.owner(idx);
+        let def = dag.node(state.job_node(idx));
         let n = state.node(idx);
+        let name = state.node_name(idx).into_owned();
         let names = |ids: &[NodeIdx]| ids.iter().map(|i| dag.node(*i).name.to_string()).collect();
-        let input_ready = node.parents.iter().all(|p| {
+        let input_ready = def.parents.iter().all(|p| {
             matches!(
                 state.node(*p).status,
                 NodeStatus::Completed | NodeStatus::Failed
             )
         });
+        let (parents, children) = match owner {
+            Some(_) => (Vec::new(), Vec::new()),
+            None => (names(&def.parents), names(&def.children)),
+        };
+        let map = match (&def.map, owner) {
+            (Some(m), None) => {
+                let counts = state.map_counts(idx);
+                Some(MapView {
+                    from: dag.node(m.from).name.to_string(),
+                    path: m.path.clone(),
+                    total: counts.map(|c| c.total),
+                    done: counts.map_or(0, |c| c.done),
+                    running: counts.map_or(0, |c| c.running),
+                    failed: counts.map_or(0, |c| c.failed),
+                })
+            }
+            _ => None,
+        };
+        let wait = def.wait.as_ref().map(|w| match w {
+            WaitDef::Signal {
+                name, timeout_ms, ..
+            } => WaitView {
+                kind: "signal".to_owned(),
+                signal: Some(name.clone()),
+                timeout_ms: *timeout_ms,
+            },
+            WaitDef::For(_) | WaitDef::Until(_) => WaitView {
+                kind: "timer".to_owned(),
+                signal: None,
+                timeout_ms: None,
+            },
+        });
+        let is_job = state.is_job(idx);
         NodeView {
-            name: node.name.to_string(),
+            job_id: (n.attempt > 0 && is_job)
+                .then(|| JobId::new(state.id(), &name, n.attempt).to_string()),
+            name,
             status: n.status,
             attempt: n.attempt,
-            queue: node.queue.to_string(),
-            handler: node.handler.to_string(),
-            parents: names(&node.parents),
-            children: names(&node.children),
-            job_id: (n.attempt > 0)
-                .then(|| JobId::new(state.id(), &node.name, n.attempt).to_string()),
+            queue: def.queue.to_string(),
+            handler: def.handler.to_string(),
+            parents,
+            children,
             queued_at: n.queued_at,
             due_at: n.due_at,
             started_at: n.started_at,
@@ -202,9 +297,20 @@ impl NodeView {
             progress: json(&n.progress),
             error: n.error.clone(),
             result: json(&n.result),
-            input: (with_input && input_ready)
+            input: (with_input && input_ready && is_job)
                 .then(|| serde_json::from_str(&state.job_input(idx)).ok())
                 .flatten(),
+            reason: n.reason.clone(),
+            trigger: (owner.is_none() && def.trigger != TriggerRule::AllSuccess)
+                .then(|| def.trigger.as_str().to_owned()),
+            when: owner
+                .is_none()
+                .then(|| def.when.as_ref().map(|c| c.source.clone()))
+                .flatten(),
+            wait,
+            map,
+            map_of: owner.map(|(m, _)| dag.node(m).name.to_string()),
+            index: owner.map(|(_, i)| i),
         }
     }
 }
@@ -222,9 +328,11 @@ impl FlowView {
             updated_at: h.updated_at,
             finished_at: h.finished_at,
             error,
+            // The DAG's nodes in spec order, then each map's live elements.
             nodes: state
                 .dag()
                 .indices()
+                .chain(state.dag().indices().flat_map(|m| state.elements(m)))
                 .map(|i| NodeView::from_state(state, i, false))
                 .collect(),
         }

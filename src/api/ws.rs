@@ -758,6 +758,7 @@ mod tests {
             ts: 0,
             progress: None,
             error: None,
+            reason: None,
         })
     }
 

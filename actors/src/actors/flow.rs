@@ -43,6 +43,31 @@ const HIBERNATE_GRACE: Duration = Duration::from_secs(1);
 /// The actor of one flow.
 pub struct FlowActor;
 
+/// A client's operation on one node of a flow.
+#[derive(Debug, Clone)]
+pub enum FlowOp {
+    /// Deliver a signal to a wait node; the payload (JSON text) becomes its result.
+    Signal {
+        /// The node's name.
+        node: String,
+        /// The payload.
+        payload: Arc<str>,
+    },
+    /// Give the node and everything downstream of it fresh attempts.
+    Rerun {
+        /// The node's name.
+        node: String,
+    },
+}
+
+impl FlowOp {
+    /// Whether the operation applies to a flow that ended (a re-run does; a signal
+    /// only reaches a running flow).
+    pub fn wakes_ended_flows(&self) -> bool {
+        matches!(self, FlowOp::Rerun { .. })
+    }
+}
+
 /// How a flow actor begins.
 pub enum FlowInit {
     /// A new flow: persist it whole, then queue its roots.
@@ -122,7 +147,7 @@ enum Reply {
     ),
     Done(RpcReplyPort<Result<(), EngineError>>),
     Flow(RpcReplyPort<FlowView>, FlowView),
-    Node(RpcReplyPort<Option<NodeView>>, Option<NodeView>),
+    Node(RpcReplyPort<Option<NodeView>>, Option<Box<NodeView>>),
 }
 
 impl Reply {
@@ -139,7 +164,7 @@ impl Reply {
                 let _ = port.send(view);
             }
             Reply::Node(port, view) => {
-                let _ = port.send(view);
+                let _ = port.send(view.map(|v| *v));
             }
         }
     }
@@ -178,6 +203,8 @@ pub struct FlowActorState {
     check_scheduled: bool,
     /// Out of the directory, waiting out the grace before it stops.
     in_grace: bool,
+    /// The deadline a `Tick` is on its way for.
+    tick_at: Option<u64>,
 }
 
 /// Messages of a flow actor.
@@ -190,6 +217,10 @@ pub enum FlowMsg {
     Cancel(RpcReplyPort<Result<(), EngineError>>),
     /// Re-run the failed, skipped and cancelled nodes.
     Retry(RpcReplyPort<Result<(), EngineError>>),
+    /// A client's operation on one node (a signal, a re-run).
+    Op(FlowOp, RpcReplyPort<Result<(), EngineError>>),
+    /// A wait may be due: fire what is.
+    Tick,
     /// Remove the flow from Redis and disk, then stop.
     Delete(RpcReplyPort<Result<(), EngineError>>),
     /// The flow as of its last durable state.
@@ -292,6 +323,10 @@ impl Actor for FlowActor {
                         warn!(flow = %actor.flow.id(), "repairing a snapshot cut short by a crash");
                         actor.persist(&myself, repaired);
                     }
+                    // Waits that fell due while the flow slept (or the engine was down).
+                    let fired = actor.flow.apply(Input::Tick, now);
+                    actor.persist(&myself, fired);
+                    actor.arm_tick(&myself);
                 }
                 Ok(actor)
             }
@@ -354,6 +389,7 @@ impl Actor for FlowActor {
         }
         state.last_active = Instant::now();
         let result = Box::pin(self.dispatch(&myself, message, state)).await;
+        state.arm_tick(&myself);
         state.schedule_hibernate_check(&myself);
         result
     }
@@ -385,6 +421,7 @@ impl FlowActor {
                 }
                 FlowMsg::Cancel(reply)
                 | FlowMsg::Retry(reply)
+                | FlowMsg::Op(_, reply)
                 | FlowMsg::Drain(reply)
                 | FlowMsg::Delete(reply) => {
                     let _ = reply.send(Err(EngineError::NotFound(state.flow.id().to_string())));
@@ -402,7 +439,7 @@ impl FlowActor {
         match message {
             FlowMsg::JobReported(receipt) => {
                 let report = receipt.report();
-                let Some(idx) = state.flow.dag().lookup(&report.node) else {
+                let Some(idx) = state.flow.lookup(&report.node) else {
                     warn!(flow = %state.flow.id(), node = %report.node, "report for an unknown node dropped");
                     state.persist_report(&myself, Vec::new(), receipt);
                     return Ok(());
@@ -435,6 +472,12 @@ impl FlowActor {
                 debug!(flow = %state.flow.id(), actor = %myself.get_id(), "retry");
                 state.request(&myself, Input::Retry, reply, now)
             }
+            FlowMsg::Op(op, reply) => state.node_op(&myself, op, reply, now),
+            FlowMsg::Tick => {
+                state.tick_at = None;
+                let effects = state.flow.apply(Input::Tick, now);
+                state.persist(&myself, effects);
+            }
             FlowMsg::Delete(reply) => {
                 // Stop running jobs now; the rest waits for writes in flight, which
                 // would otherwise land after the delete and resurrect the records.
@@ -456,9 +499,8 @@ impl FlowActor {
             FlowMsg::GetNode(name, reply) => {
                 let view = state
                     .flow
-                    .dag()
                     .lookup(&name)
-                    .map(|i| NodeView::from_state(&state.flow, i, true));
+                    .map(|i| Box::new(NodeView::from_state(&state.flow, i, true)));
                 state.reply_when_durable(Reply::Node(reply, view));
             }
             FlowMsg::Drain(reply) => {
@@ -516,6 +558,7 @@ impl FlowActorState {
             last_active: Instant::now(),
             check_scheduled: false,
             in_grace: false,
+            tick_at: None,
         }
     }
 
@@ -556,6 +599,7 @@ impl FlowActorState {
         self.to_supervisor(SupervisorMsg::RequestHibernation(
             self.flow.id(),
             myself.clone(),
+            self.flow.next_deadline(),
         ));
     }
 
@@ -568,10 +612,13 @@ impl FlowActorState {
     /// Job ids of the attempts that may be running or queued: what a delete or a
     /// cancel tells workers to stop.
     fn running_job_ids(&self) -> Vec<String> {
-        self.flow
-            .dag()
-            .indices()
-            .filter(|&i| !self.flow.node(i).status.is_terminal() && self.flow.node(i).attempt > 0)
+        let dag = self.flow.dag();
+        dag.indices()
+            .chain(dag.indices().flat_map(|m| self.flow.elements(m)))
+            .filter(|&i| {
+                let n = self.flow.node(i);
+                self.flow.is_job(i) && !n.status.is_terminal() && n.attempt > 0
+            })
             .map(|i| self.job_id(i, self.flow.node(i).attempt))
             .collect()
     }
@@ -612,12 +659,66 @@ impl FlowActorState {
         self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
     }
 
+    /// A client's signal or re-run: refused with `NodeNotFound` or `Conflict` when
+    /// it does not apply, otherwise applied and answered after the flush.
+    fn node_op(
+        &mut self,
+        myself: &ActorRef<FlowMsg>,
+        op: FlowOp,
+        reply: RpcReplyPort<Result<(), EngineError>>,
+        now: u64,
+    ) {
+        let name = match &op {
+            FlowOp::Signal { node, .. } | FlowOp::Rerun { node } => node.clone(),
+        };
+        let Some(idx) = self.flow.lookup(&name) else {
+            let _ = reply.send(Err(EngineError::NodeNotFound {
+                flow: self.flow.id().to_string(),
+                node: name,
+            }));
+            return;
+        };
+        let (refusal, input) = match op {
+            FlowOp::Signal { payload, .. } => (
+                self.flow.signal_refusal(idx),
+                Input::Signal { node: idx, payload },
+            ),
+            FlowOp::Rerun { .. } => (self.flow.rerun_refusal(idx), Input::Rerun { node: idx }),
+        };
+        if let Some(why) = refusal {
+            let _ = reply.send(Err(EngineError::Conflict(why)));
+            return;
+        }
+        let was_terminal = self.flow.status().is_terminal();
+        if matches!(input, Input::Rerun { .. }) {
+            self.engine_error = None;
+        }
+        let effects = self.flow.apply(input, now);
+        let delta = i64::from(was_terminal && !self.flow.status().is_terminal());
+        self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
+    }
+
+    /// Arranges a `Tick` for the earliest wait deadline, unless one is on its way
+    /// for that time or earlier. A flow that hibernates meanwhile is woken by the
+    /// supervisor's timers instead.
+    fn arm_tick(&mut self, myself: &ActorRef<FlowMsg>) {
+        let Some(due) = self.flow.next_deadline() else {
+            return;
+        };
+        if self.tick_at.is_some_and(|armed| armed <= due) {
+            return;
+        }
+        self.tick_at = Some(due);
+        let after = Duration::from_millis(due.saturating_sub(now_ms()));
+        myself.send_after(after, || FlowMsg::Tick);
+    }
+
     fn job_id(&self, node: NodeIdx, attempt: u32) -> String {
-        JobId::new(self.flow.id(), &self.flow.dag().node(node).name, attempt).to_string()
+        JobId::new(self.flow.id(), &self.flow.node_name(node), attempt).to_string()
     }
 
     fn new_job(&self, job: EnqueueJob, now: u64) -> NewJob {
-        let node = self.flow.dag().node(job.node);
+        let node = self.flow.dag().node(self.flow.job_node(job.node));
         let input = RawValue::from_string(self.flow.job_input(job.node)).unwrap_or_else(|e| {
             // The input is assembled from JSON the engine produced or validated.
             warn!(error = %e, "job input is not valid JSON; sending null");
@@ -628,7 +729,7 @@ impl FlowActorState {
                 v: ENVELOPE_VERSION,
                 id: self.job_id(job.node, job.attempt),
                 flow_id: self.flow.id().to_string(),
-                node: node.name.to_string(),
+                node: self.flow.node_name(job.node).into_owned(),
                 attempt: job.attempt,
                 handler: node.handler.to_string(),
                 queue: node.queue.to_string(),
@@ -932,8 +1033,8 @@ impl FlowActorState {
             .resume(now)
             .into_iter()
             .filter(|job| {
-                let name = &self.flow.dag().node(job.node).name;
-                wanted.contains(crate::queue::job_field(name, job.attempt).as_str())
+                let name = self.flow.node_name(job.node);
+                wanted.contains(crate::queue::job_field(&name, job.attempt).as_str())
             })
             .map(|job| self.new_job(job, now))
             .collect();

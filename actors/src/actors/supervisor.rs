@@ -7,14 +7,14 @@
 //! that the flow is failed with an engine error and other flows go on untouched.
 //! At start it resumes every unfinished flow from the store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tracing::{debug, error, info, warn};
 
-use super::flow::{delete_flow, FlowActor, FlowArgs, FlowInit, FlowMsg};
+use super::flow::{delete_flow, FlowActor, FlowArgs, FlowInit, FlowMsg, FlowOp};
 use super::{load_state, Shared};
 use crate::error::EngineError;
 use crate::ids::FlowId;
@@ -54,6 +54,12 @@ pub struct SupervisorState {
     /// they stop or are taken back. The supervisor alone decides which actor is a
     /// flow's: never two at once.
     hibernating: HashMap<FlowId, ActorRef<FlowMsg>>,
+    /// Wake times of hibernated flows that wait for a time (a timer, a signal's
+    /// timeout): one ordered set for every flow, and one pending wake-up message
+    /// for its earliest entry, so a million sleeping flows cost no task each.
+    timers: BTreeSet<(u64, FlowId)>,
+    /// The time the pending `TimersDue` is for.
+    timers_armed: Option<u64>,
 }
 
 /// Where the answer to a create goes.
@@ -97,8 +103,14 @@ pub enum SupervisorMsg {
     /// Redis: wake the flow and have its actor put them back.
     Repair(FlowId, Vec<String>),
     /// A flow actor with nothing in flight asks to hibernate; answered with
-    /// `FlowMsg::HibernationGranted` once it is out of the directory.
-    RequestHibernation(FlowId, ActorRef<FlowMsg>),
+    /// `FlowMsg::HibernationGranted` once it is out of the directory. The time is
+    /// its earliest wait deadline: the supervisor wakes it then.
+    RequestHibernation(FlowId, ActorRef<FlowMsg>, Option<u64>),
+    /// A client's signal or re-run for one node, waking the flow if it hibernates
+    /// (and, for a re-run, starting an ended flow's actor).
+    FlowOp(FlowId, FlowOp, RpcReplyPort<Result<(), EngineError>>),
+    /// The earliest timer may be due: wake the flows whose time has come.
+    TimersDue,
     /// A hibernating actor's grace ended with nothing received: stop it.
     GraceEndedQuietly(FlowId, ActorRef<FlowMsg>),
     /// A hibernating actor received something during its grace: it asks to be put
@@ -123,6 +135,8 @@ impl Actor for FlowSupervisor {
             creating: HashMap::new(),
             deleting: HashMap::new(),
             hibernating: HashMap::new(),
+            timers: BTreeSet::new(),
+            timers_armed: None,
         };
         let unfinished = state.shared.store.unfinished()?;
         let count = unfinished.len();
@@ -346,8 +360,58 @@ impl Actor for FlowSupervisor {
                     warn!(flow = %id, error = %e, "could not wake a hibernating flow");
                 }
             }
-            SupervisorMsg::RequestHibernation(id, actor) => {
+            SupervisorMsg::FlowOp(id, op, reply) => {
+                let woken = if op.wakes_ended_flows() {
+                    match state.take_back(id) {
+                        Some(actor) => Ok(Some(actor)),
+                        None => state.spawn_restored(&myself, id, None, true).await,
+                    }
+                } else {
+                    state.wake(&myself, id).await
+                };
+                match woken {
+                    Ok(Some(actor)) => {
+                        if let Err(e) = actor.cast(FlowMsg::Op(op, reply)) {
+                            warn!(flow = %id, error = %e, "flow actor vanished during a node operation");
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Err(match state.shared.store.flow_record(id) {
+                            Ok(Some(rec)) => EngineError::Conflict(format!(
+                                "flow {id} is {}, only a running flow takes a signal",
+                                rec.flow_status().map(|s| s.as_str()).unwrap_or("unknown")
+                            )),
+                            Ok(None) => EngineError::NotFound(id.to_string()),
+                            Err(e) => e.into(),
+                        }));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            SupervisorMsg::TimersDue => {
+                state.timers_armed = None;
+                let now = super::now_ms();
+                while let Some(&(at, id)) = state.timers.first() {
+                    if at > now {
+                        break;
+                    }
+                    state.timers.pop_first();
+                    // Woken, the flow fires its due waits as it starts (or, awake
+                    // already, by its own tick).
+                    if let Err(e) = state.wake(&myself, id).await {
+                        warn!(flow = %id, error = %e, "could not wake a flow for its timer");
+                    }
+                }
+                state.arm_timers(&myself);
+            }
+            SupervisorMsg::RequestHibernation(id, actor, wake_at) => {
                 let current = state.live_actor(id);
+                if let Some(at) = wake_at {
+                    state.timers.insert((at, id));
+                    state.arm_timers(&myself);
+                }
                 if current.is_some_and(|a| a.get_id() == actor.get_id()) {
                     state.shared.directory.remove_if(id, actor.get_id());
                     state.hibernating.insert(id, actor.clone());
@@ -482,6 +546,19 @@ impl SupervisorState {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Makes sure a `TimersDue` is on its way for the earliest timer.
+    fn arm_timers(&mut self, myself: &ActorRef<SupervisorMsg>) {
+        let Some(&(at, _)) = self.timers.first() else {
+            return;
+        };
+        if self.timers_armed.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        self.timers_armed = Some(at);
+        let after = Duration::from_millis(at.saturating_sub(super::now_ms()));
+        myself.send_after(after, || SupervisorMsg::TimersDue);
     }
 
     /// Takes `actor` off the hibernating list if it is the flow's entry there;

@@ -622,6 +622,10 @@ fn ten_thousand_node_chain_validates_without_overflowing_the_stack() {
             data: serde_json::Value::Null,
             opts: NodeOpts::default(),
             continue_on_failure: false,
+            when: None,
+            trigger: None,
+            map: None,
+            wait: None,
         })
         .collect();
     let mut flow = FlowSpec {
@@ -779,6 +783,10 @@ fn any_node() -> impl Strategy<Value = NodeSpec> {
             data: serde_json::Value::Null,
             opts: NodeOpts::default(),
             continue_on_failure: false,
+            when: None,
+            trigger: None,
+            map: None,
+            wait: None,
         })
 }
 
@@ -931,6 +939,10 @@ fn planted() -> impl Strategy<Value = (FlowSpec, Vec<Vec<usize>>, Mistake)> {
                 data: serde_json::Value::Null,
                 opts: NodeOpts::default(),
                 continue_on_failure: false,
+                when: None,
+                trigger: None,
+                map: None,
+                wait: None,
             })
             .collect();
         let edges: Vec<(usize, usize)> = parents

@@ -247,6 +247,8 @@ fn start_queues_the_roots_and_nothing_else() {
                 attempt: 0,
                 progress: None,
                 error: None,
+
+                reason: None,
             }),
             Effect::Emit(Event {
                 seq: 2,
@@ -256,6 +258,8 @@ fn start_queues_the_roots_and_nothing_else() {
                 attempt: 1,
                 progress: None,
                 error: None,
+
+                reason: None,
             }),
         ]
     );
@@ -492,6 +496,8 @@ fn retryable_failure_requeues_with_exponential_backoff() {
                 attempt: 2,
                 progress: None,
                 error: Some("connection reset".into()),
+
+                reason: None,
             }),
         ]
     );
@@ -1398,6 +1404,7 @@ impl Sim {
                     self.runs += 1;
                 }
                 Input::Cancel | Input::Abort { .. } => {}
+                Input::Signal { .. } | Input::Tick | Input::Rerun { .. } => {}
             }
         }
 
