@@ -1007,3 +1007,212 @@ proptest! {
         prop_assert!(codes(&err).contains(&expected), "{:?} not in {:?}", expected, codes(&err));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Conditions, trigger rules, maps and waits
+// ---------------------------------------------------------------------------
+
+#[test]
+fn run_time_features_validate_with_their_defaults() {
+    let dag = validate_default(json!({ "nodes": [
+        { "name": "src" },
+        { "name": "m", "parents": ["src"], "map": { "from": "src" } },
+        { "name": "capped", "parents": ["src"],
+          "map": { "from": "src", "path": "/items", "maxItems": 5, "maxParallel": 2 } },
+        { "name": "gate", "wait": { "signal": "approve", "timeoutMs": 1000, "default": { "ok": false } } },
+        { "name": "sleep", "wait": { "forMs": 250 } },
+        { "name": "alarm", "wait": { "until": 1_800_000_000_000u64 } },
+        { "name": "sig", "wait": { "signal": "go" } },
+        { "name": "join", "parents": ["m", "gate"], "trigger": "noneFailed",
+          "when": "parents.gate.ok || data.force", "data": { "force": true } }
+    ]}))
+    .unwrap();
+    let m = node(&dag, "m").map.as_ref().unwrap();
+    assert_eq!(m.from, dag.lookup("src").unwrap());
+    assert_eq!(m.path, "");
+    assert_eq!(m.max_items, DEFAULT_MAP_MAX_ITEMS);
+    assert_eq!(m.max_parallel, u32::MAX);
+    let capped = node(&dag, "capped").map.as_ref().unwrap();
+    assert_eq!(
+        (capped.path.as_str(), capped.max_items, capped.max_parallel),
+        ("/items", 5, 2)
+    );
+    assert_eq!(
+        node(&dag, "gate").wait,
+        Some(WaitDef::Signal {
+            name: "approve".into(),
+            timeout_ms: Some(1000),
+            default: Some(Arc::from("{\"ok\":false}")),
+        })
+    );
+    assert_eq!(node(&dag, "sleep").wait, Some(WaitDef::For(250)));
+    assert_eq!(
+        node(&dag, "alarm").wait,
+        Some(WaitDef::Until(1_800_000_000_000))
+    );
+    assert_eq!(
+        node(&dag, "sig").wait,
+        Some(WaitDef::Signal {
+            name: "go".into(),
+            timeout_ms: None,
+            default: None,
+        })
+    );
+    let join = node(&dag, "join");
+    assert_eq!(join.trigger, TriggerRule::NoneFailed);
+    assert_eq!(
+        join.when.as_ref().unwrap().source,
+        "parents.gate.ok || data.force"
+    );
+    // Without `trigger`, a node waits for all its parents to succeed.
+    assert_eq!(node(&dag, "m").trigger, TriggerRule::AllSuccess);
+    assert!(node(&dag, "src").when.is_none());
+    assert!(node(&dag, "src").map.is_none() && node(&dag, "src").wait.is_none());
+}
+
+#[test]
+fn every_trigger_rule_parses_by_its_wire_name() {
+    for rule in [
+        TriggerRule::AllSuccess,
+        TriggerRule::AllDone,
+        TriggerRule::OneSuccess,
+        TriggerRule::NoneFailed,
+        TriggerRule::AllFailed,
+    ] {
+        let dag = validate_default(json!({ "nodes": [
+            { "name": "a" },
+            { "name": "b", "parents": ["a"], "trigger": rule.as_str() }
+        ]}))
+        .unwrap();
+        assert_eq!(node(&dag, "b").trigger, rule);
+    }
+    let err = parse(br#"{ "nodes": [{ "name": "a", "trigger": "someSuccess" }] }"#).unwrap_err();
+    assert!(err.to_string().contains("someSuccess"), "{err}");
+}
+
+#[test]
+fn bad_condition_map_wait_and_reserved_names_are_all_reported_at_once() {
+    let err = validate_default(json!({ "nodes": [
+        /* 0 */ { "name": "src" },
+        /* 1 */ { "name": "other" },
+        /* 2 */ { "name": "cond", "parents": ["src"], "when": "parents.src.v >" },
+        /* 3 */ { "name": "m", "parents": ["src"], "map": { "from": "other" } },
+        /* 4 */ { "name": "path", "parents": ["src"], "map": { "from": "src", "path": "items" } },
+        /* 5 */ { "name": "zero", "parents": ["src"], "map": { "from": "src", "maxItems": 0 } },
+        /* 6 */ { "name": "two", "wait": { "signal": "s", "forMs": 10 } },
+        /* 7 */ { "name": "nodefault", "wait": { "signal": "s", "default": 1 } },
+        /* 8 */ { "name": "m[0]", "parents": ["src"] }
+    ]}))
+    .unwrap_err();
+    assert_eq!(
+        codes(&err),
+        [
+            "bad_condition",
+            "bad_map",
+            "bad_map",
+            "bad_wait",
+            "bad_wait",
+            // After the edges: maps over a node that is not a parent, then names.
+            "bad_map",
+            "reserved_name",
+        ],
+        "{err:#?}"
+    );
+    let about: Vec<Option<&str>> = err.problems.iter().map(|p| p.node.as_deref()).collect();
+    assert_eq!(
+        about,
+        [
+            Some("cond"),
+            Some("path"),
+            Some("zero"),
+            Some("two"),
+            Some("nodefault"),
+            Some("m"),
+            Some("m[0]"),
+        ]
+    );
+    let messages: Vec<&str> = err.problems.iter().map(|p| p.message.as_str()).collect();
+    assert!(
+        messages[0].starts_with("node 'cond' has a condition that does not parse: "),
+        "{}",
+        messages[0]
+    );
+    assert!(
+        !messages[0].contains('\n'),
+        "a parse error is one line: {}",
+        messages[0]
+    );
+    assert_eq!(
+        &messages[1..],
+        [
+            "node 'path' maps over path 'items': a JSON Pointer is empty or starts with '/'",
+            "node 'zero' has maxItems 0; allowed are 1 to 100000",
+            "node 'two' must wait for exactly one of signal, forMs and until",
+            "node 'nodefault' gives a default without a timeoutMs",
+            "node 'm' maps over 'other', which is not among its parents",
+            "node name 'm[0]' is reserved for an element of the map 'm'",
+        ]
+    );
+    // The problems go to a client as a 422 body, each naming its node.
+    let value = serde_json::to_value(&err.problems).unwrap();
+    assert_eq!(
+        value[0]["code"],
+        json!("bad_condition"),
+        "serialized as the API sends it"
+    );
+    assert_eq!(value[0]["node"], json!("cond"));
+}
+
+#[test]
+fn more_map_and_wait_mistakes() {
+    let err = validate_default(json!({ "nodes": [
+        { "name": "src" },
+        { "name": "big", "parents": ["src"], "map": { "from": "src", "maxItems": 100_001 } },
+        { "name": "par", "parents": ["src"], "map": { "from": "src", "maxParallel": 0 } },
+        { "name": "both", "parents": ["src"], "map": { "from": "src" }, "wait": { "forMs": 1 } },
+        { "name": "none", "wait": {} },
+        { "name": "three", "wait": { "signal": "s", "forMs": 1, "until": 5 } },
+        { "name": "timer", "wait": { "forMs": 5, "timeoutMs": 1 } },
+        { "name": "blank", "wait": { "signal": "" } },
+        { "name": "orphan", "map": { "from": "ghost" } },
+        // A name that only looks like an element of a node that is not a map is fine.
+        { "name": "src[1]", "parents": ["src"] }
+    ]}))
+    .unwrap_err();
+    let got: Vec<(&str, Option<&str>)> = err
+        .problems
+        .iter()
+        .map(|p| (p.code, p.node.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("bad_map", Some("big")),
+            ("bad_map", Some("par")),
+            ("bad_wait", Some("both")),
+            ("bad_wait", Some("none")),
+            ("bad_wait", Some("three")),
+            ("bad_wait", Some("timer")),
+            ("bad_wait", Some("blank")),
+            ("bad_map", Some("orphan")),
+        ],
+        "{err:#?}"
+    );
+    assert!(err.problems[5].message.contains("only a signal wait takes"));
+    assert!(err.problems[6].message.contains("empty name"));
+    // Unknown fields inside map and wait are refused by the parser.
+    let err = parse(br#"{ "nodes": [{ "name": "a", "wait": { "forMs": 1, "sleep": 2 } }] }"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("sleep"), "{err}");
+}
+
+#[test]
+fn element_names_split_into_map_and_index() {
+    assert_eq!(element_name("m[0]"), Some(("m", 0)));
+    assert_eq!(element_name("a[b][12]"), Some(("a[b]", 12)));
+    assert_eq!(element_name("m[]"), None);
+    assert_eq!(element_name("m[x]"), None);
+    assert_eq!(element_name("m[-1]"), None);
+    assert_eq!(element_name("m"), None);
+    assert_eq!(element_name("m[99999999999]"), None, "past u32");
+}
