@@ -102,6 +102,8 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
         Command::Submit(submit) => client::submit(submit).await,
         Command::Status(status) => client::status(status).await,
         Command::Watch(watch) => client::watch(watch).await,
+        Command::Signal(signal) => client::signal(signal).await,
+        Command::Rerun(rerun) => client::rerun(rerun).await,
         Command::Bench(args) => match crate::bench::run(args).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {

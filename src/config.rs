@@ -70,6 +70,10 @@ pub enum Command {
     Status(StatusConfig),
     /// Print a flow's live events as JSON lines until it ends.
     Watch(WatchConfig),
+    /// Deliver a signal to a node that waits for one (`wait.signal`); prints the node.
+    Signal(SignalConfig),
+    /// Re-run a node and everything after it; prints the flow.
+    Rerun(RerunConfig),
     /// Benchmark an engine in this process (or a server, `--over-http`): one JSON
     /// line of throughput, latencies, memory and Redis commands per run.
     Bench(crate::bench::BenchArgs),
@@ -175,6 +179,33 @@ pub struct SubmitConfig {
 pub struct StatusConfig {
     /// The flow id.
     pub id: String,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+/// `dagflow signal`.
+#[derive(Debug, Clone, Args)]
+pub struct SignalConfig {
+    /// The flow id.
+    pub id: String,
+    /// The waiting node's name.
+    pub node: String,
+    /// The payload, JSON text (`-` reads stdin); it becomes the node's result.
+    /// Without it the payload is `null`.
+    pub payload: Option<String>,
+    /// Server and token.
+    #[command(flatten)]
+    pub client: ClientConfig,
+}
+
+/// `dagflow rerun`.
+#[derive(Debug, Clone, Args)]
+pub struct RerunConfig {
+    /// The flow id.
+    pub id: String,
+    /// The node to re-run from.
+    pub node: String,
     /// Server and token.
     #[command(flatten)]
     pub client: ClientConfig,

@@ -67,6 +67,9 @@ pub struct JobContext {
     /// Each parent's result by parent name (`{"error": ...}` for a parent that failed
     /// with `continueOnFailure`).
     pub parents: serde_json::Map<String, serde_json::Value>,
+    /// On an element of a map node: its element of the mapped array and its
+    /// position. `None` for every other job.
+    pub item: Option<(serde_json::Value, u32)>,
     /// Fires when the job is cancelled or the engine shuts down; long handlers should
     /// watch it and return early.
     pub cancel: CancellationToken,
@@ -87,6 +90,7 @@ impl JobContext {
             attempt: 1,
             data,
             parents,
+            item: None,
             cancel: CancellationToken::new(),
             progress: Arc::new(|_| {}),
         }
@@ -97,9 +101,15 @@ impl JobContext {
         (self.progress)(value)
     }
 
-    /// The input as one value: `{"data": ..., "parents": {...}}`.
+    /// The input as one value: `{"data": ..., "parents": {...}}`, plus `"item"` and
+    /// `"index"` on a map element, as workers in other languages receive it.
     pub fn input(&self) -> serde_json::Value {
-        serde_json::json!({ "data": self.data, "parents": self.parents })
+        match &self.item {
+            Some((item, index)) => serde_json::json!({
+                "data": self.data, "parents": self.parents, "item": item, "index": index
+            }),
+            None => serde_json::json!({ "data": self.data, "parents": self.parents }),
+        }
     }
 }
 

@@ -104,6 +104,30 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(retry_path().and(methods(POST_ONLY)).map(|_: String, r| r))
         .unify();
 
+    let signal_path =
+        || warp::path!("flows" / String / "nodes" / String / "signal").and(auth(&state));
+    let signal = signal_path()
+        .and(warp::post())
+        .and(with_state(&state))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::content_length_limit(state.cfg.body_limit))
+        .and(body_within_deadline())
+        .then(handlers::signal)
+        .or(signal_path()
+            .and(methods(POST_ONLY))
+            .map(|_: String, _: String, r| r))
+        .unify();
+    let rerun_path =
+        || warp::path!("flows" / String / "nodes" / String / "rerun").and(auth(&state));
+    let rerun = rerun_path()
+        .and(warp::post())
+        .and(with_state(&state))
+        .then(handlers::rerun)
+        .or(rerun_path()
+            .and(methods(POST_ONLY))
+            .map(|_: String, _: String, r| r))
+        .unify();
+
     let metrics_path = || warp::path!("metrics").and(auth(&state));
     let metrics = metrics_path()
         .and(get_or_head())
@@ -139,6 +163,10 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(cancel.boxed())
         .unify()
         .or(retry.boxed())
+        .unify()
+        .or(signal.boxed())
+        .unify()
+        .or(rerun.boxed())
         .unify()
         .or(metrics.boxed())
         .unify()

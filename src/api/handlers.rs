@@ -347,6 +347,95 @@ pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
     )
 }
 
+/// Delivers a signal to a wait node: the JSON body (empty means `null`) becomes
+/// the node's result, and the flow goes on.
+#[utoipa::path(post, path = "/flows/{id}/nodes/{name}/signal", tag = "flows", operation_id = "signalNode",
+    params(("id" = String, Path, description = "flow id"),
+        ("name" = String, Path, description = "name of a node with `wait.signal`, percent-encoded")),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "the signal's payload, any JSON value; it becomes the node's result. An empty body is `null`"),
+    responses(
+        (status = 200, description = "delivered; the node as it is now", body = NodeViewSchema),
+        (status = 400, description = "malformed JSON, or a name that is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 404, description = "unknown flow or node", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within 30 s; the connection is closed", body = ErrorBody),
+        (status = 409, description = "the node does not wait for a signal now (not a signal wait, not yet waiting, already done, or the flow ended)", body = ErrorBody),
+        (status = 411, description = "no Content-Length (a chunked body)", body = ErrorBody),
+        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 415, description = "a body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 503, description = "Redis unreachable, or the engine busy or stopping", body = ErrorBody)))]
+pub(crate) async fn signal(
+    id: String,
+    name: String,
+    state: Arc<ApiState>,
+    content_type: Option<String>,
+    body: Bytes,
+) -> Response {
+    respond(
+        async {
+            let id = flow_id(&id)?;
+            let name = node_name(&name)?;
+            let payload = if body.iter().all(u8::is_ascii_whitespace) {
+                serde_json::Value::Null
+            } else {
+                if !content_type.as_deref().is_some_and(is_json) {
+                    return Err(errors::unsupported_media_type());
+                }
+                serde_json::from_slice(&body).map_err(|e| {
+                    let (line, column) = (e.line(), e.column());
+                    let mut message = e.to_string();
+                    errors::clip_in_place(&mut message);
+                    HttpError::bad_request(
+                        "malformed_json",
+                        format!("malformed JSON at line {line}, column {column}: {message}"),
+                    )
+                    .with_details(json!({ "line": line, "column": column }))
+                })?
+            };
+            require_redis(&state).await?;
+            settle(&state, id, state.engine.signal(id, &name, &payload).await).await?;
+            Ok(json_reply(
+                StatusCode::OK,
+                &state.engine.node(id, &name).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+/// Re-runs a node and everything downstream of it with fresh attempts; the other
+/// nodes keep their results. On a failed node of a running flow, retries just it.
+#[utoipa::path(post, path = "/flows/{id}/nodes/{name}/rerun", tag = "flows", operation_id = "rerunNode",
+    params(("id" = String, Path, description = "flow id"),
+        ("name" = String, Path, description = "node name, percent-encoded")),
+    responses(
+        (status = 200, description = "running again from that node; the flow as it is now", body = FlowViewSchema),
+        (status = 400, description = "the name is not valid percent-encoded UTF-8", body = ErrorBody),
+        (status = 404, description = "unknown flow or node", body = ErrorBody),
+        (status = 409, description = "the node cannot be re-run now (it has not ended, the flow runs in failFast mode, or it is a map element)", body = ErrorBody),
+        (status = 503, description = "Redis unreachable, or the engine busy or stopping", body = ErrorBody)))]
+pub(crate) async fn rerun(id: String, name: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let id = flow_id(&id)?;
+            let name = node_name(&name)?;
+            require_redis(&state).await?;
+            settle(&state, id, state.engine.rerun(id, &name).await).await?;
+            Ok(json_reply(StatusCode::OK, &state.engine.get(id).await?))
+        }
+        .await,
+    )
+}
+
+fn node_name(raw: &str) -> Result<String, HttpError> {
+    percent_decode(raw).ok_or_else(|| {
+        HttpError::bad_request(
+            "invalid_path",
+            "the node name is not valid percent-encoded UTF-8",
+        )
+    })
+}
+
 /// Deletes a flow: its jobs leave Redis, its records leave the disk.
 #[utoipa::path(delete, path = "/flows/{id}", tag = "flows", operation_id = "deleteFlow",
     params(("id" = String, Path, description = "flow id")),

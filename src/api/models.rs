@@ -383,13 +383,15 @@ pub(crate) enum NodeStatusSchema {
     Pending,
     /// In its queue, or waiting out a retry backoff.
     Queued,
-    /// A worker runs it.
+    /// A worker runs it; a map node: its elements run.
     Active,
+    /// A wait node waits for its signal or its time.
+    Waiting,
     /// Finished with a result.
     Completed,
     /// Failed for good.
     Failed,
-    /// Will not run: an ancestor failed.
+    /// Will not run: its trigger rule or its condition ruled it out (see `reason`).
     Skipped,
     /// Will not run: the flow was cancelled.
     Cancelled,
@@ -408,8 +410,10 @@ pub(crate) enum EventStatusSchema {
     Pending,
     /// Node: queued (a retry too, with `error`).
     Queued,
-    /// Node: a worker runs it (repeated with `progress`).
+    /// Node: a worker runs it (repeated with `progress`); a map node: expanded.
     Active,
+    /// Node: a wait began.
+    Waiting,
     /// Node or flow: done.
     Completed,
     /// Node or flow: failed for good.
@@ -445,7 +449,8 @@ pub(crate) struct FlowViewSchema {
     /// Why the engine failed the flow, when it did (not a node's error).
     #[schema(nullable = false)]
     error: Option<String>,
-    /// Every node, in spec order.
+    /// Every node, in spec order, then the elements of each map node
+    /// (`{map}[{index}]`, with `mapOf` and `index`).
     nodes: Vec<NodeViewSchema>,
 }
 
@@ -492,9 +497,128 @@ pub(crate) struct NodeViewSchema {
     error: Option<String>,
     /// The handler's result once completed: any JSON value, `null` included.
     result: Option<serde_json::Value>,
-    /// `{"data", "parents"}` as its handler gets it; only in the single-node view,
-    /// once every parent is done.
+    /// `{"data", "parents"}` as its handler gets it (a map element also `item` and
+    /// `index`); only in the single-node view, once every parent is done.
     input: Option<serde_json::Value>,
+    /// Why it was skipped: its trigger rule or its condition.
+    #[schema(nullable = false)]
+    reason: Option<String>,
+    /// Its trigger rule, when not `allSuccess`.
+    #[schema(nullable = false)]
+    trigger: Option<TriggerRuleSchema>,
+    /// Its condition, as written.
+    #[schema(nullable = false)]
+    when: Option<String>,
+    /// On a wait node: what it waits for (its deadline is `dueAt`).
+    #[schema(nullable = false)]
+    wait: Option<WaitViewSchema>,
+    /// On a map node: its source and its elements' counts.
+    #[schema(nullable = false)]
+    map: Option<MapViewSchema>,
+    /// On a map element: its map node.
+    #[schema(nullable = false)]
+    map_of: Option<String>,
+    /// On a map element: its position in the array.
+    #[schema(nullable = false)]
+    index: Option<u32>,
+}
+
+/// What a wait node waits for.
+#[derive(ToSchema)]
+#[schema(as = WaitView)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct WaitViewSchema {
+    /// `signal` or `timer`.
+    #[schema(pattern = "^(signal|timer)$")]
+    kind: String,
+    /// The signal's name, on a signal wait.
+    #[schema(nullable = false)]
+    signal: Option<String>,
+    /// A signal wait's timeout, ms.
+    #[schema(nullable = false)]
+    timeout_ms: Option<u64>,
+}
+
+/// A map node's source and progress.
+#[derive(ToSchema)]
+#[schema(as = MapView)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct MapViewSchema {
+    /// The parent whose result holds the array.
+    from: String,
+    /// The JSON Pointer into that result.
+    path: String,
+    /// Elements in all, once the map expanded.
+    #[schema(nullable = false)]
+    total: Option<u32>,
+    /// Elements ended.
+    done: u32,
+    /// Elements queued or running.
+    running: u32,
+    /// Elements failed for good.
+    failed: u32,
+}
+
+/// What a node's parents' outcomes must be for it to run.
+#[derive(ToSchema)]
+#[schema(as = TriggerRule)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum TriggerRuleSchema {
+    /// Every parent completed (a parent failed with `continueOnFailure` counts) — the default.
+    AllSuccess,
+    /// Every parent ended, whatever the outcome.
+    AllDone,
+    /// At least one parent completed; runs as soon as one has.
+    OneSuccess,
+    /// Every parent ended and none failed (skipped parents are fine).
+    NoneFailed,
+    /// Every parent failed.
+    AllFailed,
+}
+
+/// A dynamic fan-out over an array in a parent's result.
+#[derive(ToSchema)]
+#[schema(as = MapSpec)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct MapSpecSchema {
+    /// The parent whose result holds the array (must be among the node's parents).
+    from: String,
+    /// A JSON Pointer (RFC 6901) into that result; `""` (the default) is the whole result.
+    #[schema(nullable = false)]
+    path: Option<String>,
+    /// Most elements; more fail the node. Default 10000.
+    #[schema(nullable = false, minimum = 1, maximum = 100000)]
+    max_items: Option<u32>,
+    /// Most elements queued or running at once; unlimited by default.
+    #[schema(nullable = false, minimum = 1)]
+    max_parallel: Option<u32>,
+}
+
+/// A node that needs no worker: it waits for a signal, for a duration or until a
+/// time. Exactly one of `signal`, `forMs`, `until`.
+#[derive(ToSchema)]
+#[schema(as = WaitSpec)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct WaitSpecSchema {
+    /// Completes when `POST /flows/{id}/nodes/{name}/signal` delivers a payload.
+    #[schema(nullable = false, min_length = 1)]
+    signal: Option<String>,
+    /// With `signal`: fail (or take `default`) after this many ms.
+    #[schema(nullable = false)]
+    timeout_ms: Option<u64>,
+    /// With `signal` and `timeoutMs`: the result at the timeout instead of failing.
+    default: Option<serde_json::Value>,
+    /// A durable timer: completes this many ms after the node became ready.
+    #[schema(nullable = false)]
+    for_ms: Option<u64>,
+    /// A durable timer: completes at this time, ms since the epoch.
+    #[schema(nullable = false)]
+    until: Option<u64>,
 }
 
 /// A flow in a listing.
@@ -564,6 +688,9 @@ pub(crate) struct FlowEventSchema {
     /// The error, on failures and retries.
     #[schema(nullable = false)]
     error: Option<String>,
+    /// Why the node was skipped, on skip events.
+    #[schema(nullable = false)]
+    reason: Option<String>,
 }
 
 /// A flow spec, as `POST /flows` takes it (see the design's "Flow spec"). The
@@ -654,6 +781,19 @@ pub(crate) struct NodeSpecSchema {
     /// Same as `opts.continueOnFailure`.
     #[schema(nullable = false)]
     continue_on_failure: Option<bool>,
+    /// A CEL condition over `parents` (results by parent name) and `data`, e.g.
+    /// `parents.score.value > 10`; false skips the node. A syntax error is a 422.
+    #[schema(nullable = false)]
+    when: Option<String>,
+    /// What the parents' outcomes must be for it to run (default `allSuccess`).
+    #[schema(nullable = false)]
+    trigger: Option<TriggerRuleSchema>,
+    /// Run once per element of an array in a parent's result.
+    #[schema(nullable = false)]
+    map: Option<MapSpecSchema>,
+    /// Wait for a signal or a time instead of running a job.
+    #[schema(nullable = false)]
+    wait: Option<WaitSpecSchema>,
 }
 
 /// Retries, timeout and failure behaviour of one node.
@@ -732,7 +872,11 @@ mod tests {
             "name": "a", "status": "completed", "attempt": 1, "queue": "default",
             "handler": "echo", "parents": [], "children": [], "jobId": "x:a:1",
             "queuedAt": 1, "dueAt": 2, "startedAt": 3, "finishedAt": 4,
-            "progress": 50, "error": "e", "result": {}, "input": {}
+            "progress": 50, "error": "e", "result": {}, "input": {},
+            "reason": "r", "trigger": "allDone", "when": "true",
+            "wait": {"kind": "signal", "signal": "go", "timeoutMs": 5},
+            "map": {"from": "p", "path": "", "total": 3, "done": 1, "running": 1, "failed": 0},
+            "mapOf": "m", "index": 0
         })
     }
 
@@ -772,7 +916,7 @@ mod tests {
 
         let event: FlowEvent = serde_json::from_value(json!({
             "flowId": id, "node": "a", "status": "active", "attempt": 1, "seq": 4,
-            "ts": 5, "progress": 1, "error": "e"
+            "ts": 5, "progress": 1, "error": "e", "reason": "r"
         }))
         .unwrap();
         assert_eq!(

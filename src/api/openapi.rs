@@ -43,6 +43,8 @@ use super::models;
         handlers::get_node,
         handlers::cancel,
         handlers::retry,
+        handlers::signal,
+        handlers::rerun,
         handlers::delete,
         handlers::metrics,
         handlers::openapi,
@@ -59,6 +61,11 @@ use super::models;
         models::NodeOptsSchema,
         models::BackoffSchema,
         models::BackoffKindSchema,
+        models::TriggerRuleSchema,
+        models::MapSpecSchema,
+        models::WaitSpecSchema,
+        models::WaitViewSchema,
+        models::MapViewSchema,
         models::FlowViewSchema,
         models::NodeViewSchema,
         models::FlowSummarySchema,
@@ -389,7 +396,7 @@ mod tests {
             assert_eq!(op.get("security").is_none(), open, "{id}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{id}");
         }
-        assert_eq!(ops, 11);
+        assert_eq!(ops, 13);
     }
 
     #[test]

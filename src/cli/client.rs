@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
 use super::{flow_exit_code, CliError};
-use crate::config::{ClientConfig, StatusConfig, SubmitConfig, WatchConfig};
+use crate::config::{
+    ClientConfig, RerunConfig, SignalConfig, StatusConfig, SubmitConfig, WatchConfig,
+};
 
 /// How long to wait for the server to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +62,51 @@ pub async fn status(config: StatusConfig) -> Result<ExitCode, CliError> {
     let client = Client::new(&config.client)?;
     let view = client.flow(&config.id).await?;
     print_pretty(&view);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dagflow signal ID NODE [JSON]`: delivers the payload (JSON text, `-` for
+/// stdin, `null` without one) to a waiting node and prints the node.
+pub async fn signal(config: SignalConfig) -> Result<ExitCode, CliError> {
+    let payload = match config.payload.as_deref() {
+        None => b"null".to_vec(),
+        Some("-") => read_spec(Path::new("-")).await?,
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    if let Err(e) = serde_json::from_slice::<Value>(&payload) {
+        return Err(CliError::Protocol(format!(
+            "the payload is not JSON: {e} (quote a string: '\"yes\"')"
+        )));
+    }
+    let client = Client::new(&config.client)?;
+    let path = format!(
+        "/flows/{}/nodes/{}/signal",
+        encode_segment(&config.id),
+        encode_segment(&config.node)
+    );
+    let request = client
+        .http
+        .post(client.url(&path))
+        .header(CONTENT_TYPE, "application/json")
+        .body(payload);
+    let node = client.send(request, &path).await?;
+    print_pretty(&node);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dagflow rerun ID NODE`: re-runs the node and everything downstream of it and
+/// prints the flow.
+pub async fn rerun(config: RerunConfig) -> Result<ExitCode, CliError> {
+    let client = Client::new(&config.client)?;
+    let path = format!(
+        "/flows/{}/nodes/{}/rerun",
+        encode_segment(&config.id),
+        encode_segment(&config.node)
+    );
+    let flow = client
+        .send(client.http.post(client.url(&path)), &path)
+        .await?;
+    print_pretty(&flow);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -463,6 +463,16 @@ struct JobInput {
     data: serde_json::Value,
     #[serde(default)]
     parents: serde_json::Map<String, serde_json::Value>,
+    /// A map element's item; present (even as `null`) only on elements.
+    #[serde(default, deserialize_with = "present")]
+    item: Option<serde_json::Value>,
+    #[serde(default)]
+    index: Option<u32>,
+}
+
+/// Tells a present `null` (`Some(Null)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Runs a job; `None` when it was abandoned by shutdown and must not be reported.
@@ -510,6 +520,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
         attempt: env.attempt,
         data: input.data,
         parents: input.parents,
+        item: input.item.zip(input.index),
         cancel: token.clone(),
         progress: Arc::new(move |value: serde_json::Value| {
             // The latest value waits in the slot; one sender task per job at a time
