@@ -32,8 +32,11 @@ fn new_flow(value: Value) -> FlowState {
     FlowState::new(flow_id(), dag(value), T0)
 }
 
+/// A node by its wire name: a DAG node, or `{map}[{i}]` for a live map element.
 fn idx(state: &FlowState, name: &str) -> NodeIdx {
-    state.dag().lookup(name).unwrap()
+    state
+        .lookup(name)
+        .unwrap_or_else(|| panic!("no node '{name}'"))
 }
 
 fn status_of(state: &FlowState, name: &str) -> NodeStatus {
@@ -1812,4 +1815,973 @@ fn repair_completes_a_snapshot_cut_short_by_a_crash() {
     // A consistent snapshot needs nothing.
     assert!(torn.repair(11).is_empty());
     assert!(state.repair(12).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: trigger rules, conditions, maps, waits and re-runs
+// ---------------------------------------------------------------------------
+
+fn result_of(state: &FlowState, name: &str) -> Value {
+    serde_json::from_str(state.node(idx(state, name)).result.as_deref().unwrap()).unwrap()
+}
+
+fn error_of(state: &FlowState, name: &str) -> String {
+    state.node(idx(state, name)).error.clone().unwrap()
+}
+
+fn reason_of(state: &FlowState, name: &str) -> String {
+    state.node(idx(state, name)).reason.clone().unwrap()
+}
+
+fn signal(state: &mut FlowState, name: &str, payload: Value, now: u64) -> Vec<Effect> {
+    let node = idx(state, name);
+    let payload: Arc<str> = Arc::from(payload.to_string());
+    apply(state, Input::Signal { node, payload }, now)
+}
+
+fn rerun(state: &mut FlowState, name: &str, now: u64) -> Vec<Effect> {
+    let node = idx(state, name);
+    apply(state, Input::Rerun { node }, now)
+}
+
+/// Two roots and a child `c` with the given trigger rule, in continue mode so that a
+/// failure does not cancel the rest.
+fn rule_flow(rule: &str) -> FlowState {
+    new_flow(json!({ "nodes": [
+        { "name": "p1" },
+        { "name": "p2" },
+        { "name": "c", "parents": ["p1", "p2"], "trigger": rule }
+    ], "opts": { "onFailure": "continue" } }))
+}
+
+/// The event that told `name`'s last change in these effects.
+fn event_of(state: &FlowState, effects: &[Effect], name: &str) -> Event {
+    let node = idx(state, name);
+    events(effects)
+        .into_iter()
+        .rev()
+        .find(|e| e.node == Some(node))
+        .unwrap_or_else(|| panic!("no event for '{name}' in {effects:?}"))
+}
+
+#[test]
+fn all_success_runs_when_every_parent_completed_and_skips_on_a_failure() {
+    let mut state = rule_flow("allSuccess");
+    apply(&mut state, Input::Start, T0);
+    assert!(enqueued(&complete(&mut state, "p1", json!(1), T0 + 1)).is_empty());
+    assert_eq!(status_of(&state, "c"), NodeStatus::Pending);
+    let effects = complete(&mut state, "p2", json!(2), T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["c"]);
+
+    // One failure decides it at once, without waiting for the other parent.
+    let mut state = rule_flow("allSuccess");
+    apply(&mut state, Input::Start, T0);
+    let effects = fail(&mut state, "p1", "boom", false, T0 + 1);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Skipped);
+    assert_eq!(status_of(&state, "p2"), NodeStatus::Queued);
+    let reason = "parent 'p1' failed (trigger allSuccess)";
+    assert_eq!(reason_of(&state, "c"), reason);
+    let event = event_of(&state, &effects, "c");
+    assert_eq!(event.status, EventStatus::Node(NodeStatus::Skipped));
+    assert_eq!(event.reason.as_deref(), Some(reason));
+    assert_eq!(state.node(idx(&state, "c")).attempt, 0, "never ran");
+
+    // A parent that failed with continueOnFailure counts as a success.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "p1", "continueOnFailure": true },
+        { "name": "p2" },
+        { "name": "c", "parents": ["p1", "p2"] }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    fail(&mut state, "p1", "soft", false, T0 + 1);
+    let effects = complete(&mut state, "p2", json!(2), T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["c"]);
+}
+
+#[test]
+fn all_done_waits_for_every_parent_whatever_the_outcome() {
+    let mut state = rule_flow("allDone");
+    apply(&mut state, Input::Start, T0);
+    let effects = fail(&mut state, "p1", "boom", false, T0 + 1);
+    assert!(enqueued(&effects).is_empty());
+    assert_eq!(
+        status_of(&state, "c"),
+        NodeStatus::Pending,
+        "not while p2 is open"
+    );
+    let effects = complete(&mut state, "p2", json!("ok"), T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["c"]);
+    assert_eq!(
+        input_of(&state, "c"),
+        json!({ "data": null, "parents": { "p1": { "error": "boom" }, "p2": "ok" } })
+    );
+    let effects = complete(&mut state, "c", json!(0), T0 + 3);
+    // The failure of p1 is still a failure of the flow.
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+}
+
+#[test]
+fn one_success_runs_at_the_first_completed_parent_and_skips_when_none_completed() {
+    let mut state = rule_flow("oneSuccess");
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "p1", json!(1), T0 + 1);
+    assert_eq!(enqueued_names(&state, &effects), ["c"]);
+    assert_eq!(status_of(&state, "p2"), NodeStatus::Queued);
+    // The parent still open shows as null in the input.
+    assert_eq!(
+        input_of(&state, "c"),
+        json!({ "data": null, "parents": { "p1": 1, "p2": null } })
+    );
+
+    let mut state = rule_flow("oneSuccess");
+    apply(&mut state, Input::Start, T0);
+    fail(&mut state, "p1", "x", false, T0 + 1);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Pending);
+    let effects = fail(&mut state, "p2", "y", false, T0 + 2);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Skipped);
+    assert_eq!(
+        reason_of(&state, "c"),
+        "no parent completed (trigger oneSuccess)"
+    );
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+}
+
+#[test]
+fn none_failed_accepts_skipped_parents_and_skips_on_any_failure() {
+    // p1 is skipped by its condition: the join still runs.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "p1", "when": "data.go", "data": { "go": false } },
+        { "name": "p2" },
+        { "name": "c", "parents": ["p1", "p2"], "trigger": "noneFailed" }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    assert_eq!(status_of(&state, "p1"), NodeStatus::Skipped);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Pending);
+    let effects = complete(&mut state, "p2", json!(2), T0 + 1);
+    assert_eq!(enqueued_names(&state, &effects), ["c"]);
+    let effects = complete(&mut state, "c", json!(3), T0 + 2);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+
+    // Even a failure with continueOnFailure counts as a failure here.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "p1", "continueOnFailure": true },
+        { "name": "p2" },
+        { "name": "c", "parents": ["p1", "p2"], "trigger": "noneFailed" }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    fail(&mut state, "p1", "soft", false, T0 + 1);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Skipped);
+    assert_eq!(
+        reason_of(&state, "c"),
+        "parent 'p1' failed (trigger noneFailed)"
+    );
+}
+
+#[test]
+fn all_failed_runs_only_when_every_parent_failed() {
+    let mut state = rule_flow("allFailed");
+    apply(&mut state, Input::Start, T0);
+    fail(&mut state, "p1", "x", false, T0 + 1);
+    assert_eq!(status_of(&state, "c"), NodeStatus::Pending);
+    let effects = fail(&mut state, "p2", "y", false, T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["c"]);
+    assert_eq!(
+        input_of(&state, "c"),
+        json!({ "data": null, "parents": { "p1": { "error": "x" }, "p2": { "error": "y" } } })
+    );
+
+    let mut state = rule_flow("allFailed");
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "p2", json!(1), T0 + 1);
+    assert!(enqueued(&effects).is_empty());
+    assert_eq!(status_of(&state, "c"), NodeStatus::Skipped);
+    assert_eq!(
+        reason_of(&state, "c"),
+        "parent 'p2' completed (trigger allFailed)"
+    );
+}
+
+fn condition_flow() -> FlowState {
+    new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"], "when": "parents.a.v > 3" },
+        { "name": "after", "parents": ["b"] }
+    ]}))
+}
+
+#[test]
+fn a_true_condition_runs_the_node() {
+    let mut state = condition_flow();
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "a", json!({ "v": 5 }), T0 + 1);
+    assert_eq!(enqueued_names(&state, &effects), ["b"]);
+    assert_eq!(state.node(idx(&state, "b")).reason, None);
+}
+
+#[test]
+fn a_false_condition_skips_the_node_with_its_reason_and_the_flow_completes() {
+    let mut state = condition_flow();
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "a", json!({ "v": 3 }), T0 + 1);
+    assert!(enqueued(&effects).is_empty());
+    assert_eq!(status_of(&state, "b"), NodeStatus::Skipped);
+    let reason = "condition `parents.a.v > 3` is false";
+    assert_eq!(reason_of(&state, "b"), reason);
+    assert_eq!(
+        event_of(&state, &effects, "b").reason.as_deref(),
+        Some(reason)
+    );
+    assert_eq!(attempt_of(&state, "b"), 0);
+    assert_eq!(status_of(&state, "after"), NodeStatus::Skipped);
+    assert_eq!(
+        reason_of(&state, "after"),
+        "parent 'b' skipped (trigger allSuccess)"
+    );
+    // A skip is not a failure.
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+    assert!(!state.can_retry());
+
+    // `data` is bound too; a root's condition is decided at Start.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "r", "when": "data.go && data.n == 2", "data": { "go": true, "n": 2 } },
+        { "name": "s", "when": "data.go", "data": { "go": false } }
+    ]}));
+    let effects = apply(&mut state, Input::Start, T0);
+    assert_eq!(enqueued_names(&state, &effects), ["r"]);
+    assert_eq!(status_of(&state, "s"), NodeStatus::Skipped);
+}
+
+#[test]
+fn a_condition_that_cannot_be_evaluated_fails_the_node() {
+    let mut state = condition_flow();
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "a", json!("no fields"), T0 + 1);
+    assert!(enqueued(&effects).is_empty());
+    assert_eq!(status_of(&state, "b"), NodeStatus::Failed);
+    let error = error_of(&state, "b");
+    assert!(
+        error.starts_with("condition `parents.a.v > 3` could not be evaluated: "),
+        "{error}"
+    );
+    assert_eq!(
+        event_of(&state, &effects, "b").error.as_deref(),
+        Some(&*error)
+    );
+    assert_eq!(status_of(&state, "after"), NodeStatus::Skipped);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+
+    // A condition must give a boolean.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "r", "when": "data.n", "data": { "n": 2 } }
+    ]}));
+    let effects = apply(&mut state, Input::Start, T0);
+    assert!(enqueued(&effects).is_empty());
+    assert_eq!(status_of(&state, "r"), NodeStatus::Failed);
+    let error = error_of(&state, "r");
+    assert!(error.contains("it must give a boolean"), "{error}");
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+}
+
+fn map_flow(map: Value, on_failure: &str) -> FlowState {
+    new_flow(json!({ "nodes": [
+        { "name": "src" },
+        { "name": "m", "parents": ["src"], "map": map },
+        { "name": "after", "parents": ["m"] }
+    ], "opts": { "onFailure": on_failure } }))
+}
+
+/// Elements of `m` queued or running.
+fn running_elements(state: &FlowState, map: &str) -> usize {
+    state
+        .elements(idx(state, map))
+        .filter(|&e| {
+            matches!(
+                state.node(e).status,
+                NodeStatus::Queued | NodeStatus::Active
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_map_over_an_empty_array_completes_at_once_with_an_empty_array() {
+    let mut state = map_flow(json!({ "from": "src", "path": "/items" }), "failFast");
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "src", json!({ "items": [] }), T0 + 1);
+    let m = idx(&state, "m");
+    assert_eq!(status_of(&state, "m"), NodeStatus::Completed);
+    assert_eq!(result_of(&state, "m"), json!([]));
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    assert_eq!(state.elements(m).count(), 0);
+    assert_eq!(
+        state.map_counts(m),
+        Some(MapCounts {
+            total: 0,
+            done: 0,
+            running: 0,
+            failed: 0
+        })
+    );
+    assert_eq!(state.nodes().len(), 3, "no element records");
+    assert_eq!(
+        input_of(&state, "after"),
+        json!({ "data": null, "parents": { "m": [] } })
+    );
+}
+
+#[test]
+fn a_map_of_one_element_runs_it_with_its_item_and_index() {
+    let mut state = map_flow(json!({ "from": "src", "path": "/items" }), "failFast");
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "src", json!({ "items": ["x"] }), T0 + 1);
+    let m = idx(&state, "m");
+    assert!(!state.is_job(m), "a map node is not itself a job");
+    assert_eq!(enqueued(&effects).len(), 1);
+    let el = enqueued(&effects)[0].node;
+    assert_eq!(el.as_usize(), 3, "elements come after the DAG's nodes");
+    assert_eq!(state.node_name(el), "m[0]");
+    assert_eq!(state.owner(el), Some((m, 0)));
+    assert_eq!(state.element(m, 0), Some(el));
+    assert_eq!(state.element(m, 1), None);
+    assert_eq!(state.job_node(el), m);
+    assert!(state.is_job(el));
+    assert_eq!(state.lookup("m[0]"), Some(el));
+    assert_eq!(state.lookup("m[1]"), None);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Active);
+    assert_eq!(
+        input_of(&state, "m[0]"),
+        json!({ "data": null, "parents": { "src": { "items": ["x"] } }, "item": "x", "index": 0 })
+    );
+    let effects = complete(&mut state, "m[0]", json!({ "done": "x" }), T0 + 2);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Completed);
+    assert_eq!(result_of(&state, "m"), json!([{ "done": "x" }]));
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    assert_eq!(persisted(&effects), [m, idx(&state, "after"), el]);
+}
+
+#[test]
+fn a_map_of_five_elements_runs_at_most_two_at_a_time_and_keeps_their_order() {
+    let mut state = map_flow(
+        json!({ "from": "src", "path": "/items", "maxParallel": 2 }),
+        "failFast",
+    );
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(
+        &mut state,
+        "src",
+        json!({ "items": [10, 20, 30, 40, 50] }),
+        T0 + 1,
+    );
+    let m = idx(&state, "m");
+    let names: Vec<String> = enqueued(&effects)
+        .iter()
+        .map(|j| state.node_name(j.node).into_owned())
+        .collect();
+    assert_eq!(names, ["m[0]", "m[1]"]);
+    assert_eq!(state.elements(m).count(), 5);
+    assert_eq!(
+        state.map_counts(m),
+        Some(MapCounts {
+            total: 5,
+            done: 0,
+            running: 2,
+            failed: 0
+        })
+    );
+    for i in 2..5 {
+        assert_eq!(status_of(&state, &format!("m[{i}]")), NodeStatus::Pending);
+    }
+    assert_eq!(input_of(&state, "m[1]")["item"], json!(20));
+
+    // Out of order: each completion frees one slot for the next element.
+    let mut now = T0 + 2;
+    for (done, next) in [(1, Some("m[2]")), (0, Some("m[3]")), (3, Some("m[4]"))] {
+        let effects = complete(&mut state, &format!("m[{done}]"), json!({ "r": done }), now);
+        let names: Vec<String> = enqueued(&effects)
+            .iter()
+            .map(|j| state.node_name(j.node).into_owned())
+            .collect();
+        assert_eq!(names, next.into_iter().collect::<Vec<_>>());
+        assert_eq!(running_elements(&state, "m"), 2);
+        assert_eq!(status_of(&state, "m"), NodeStatus::Active);
+        now += 1;
+    }
+    assert_eq!(
+        state.map_counts(m),
+        Some(MapCounts {
+            total: 5,
+            done: 3,
+            running: 2,
+            failed: 0
+        })
+    );
+    complete(&mut state, "m[4]", json!({ "r": 4 }), now);
+    assert_eq!(running_elements(&state, "m"), 1);
+    let effects = complete(&mut state, "m[2]", json!({ "r": 2 }), now + 1);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Completed);
+    assert_eq!(
+        result_of(&state, "m"),
+        json!([{ "r": 0 }, { "r": 1 }, { "r": 2 }, { "r": 3 }, { "r": 4 }])
+    );
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    let effects = complete(&mut state, "after", json!(null), now + 2);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+}
+
+#[test]
+fn a_map_whose_path_is_not_an_array_fails_with_a_clear_message() {
+    for (result, message) in [
+        (
+            json!({ "items": 5 }),
+            "path '/items' in the result of 'src' is a number, not an array",
+        ),
+        (
+            json!({ "items": { "a": 1 } }),
+            "path '/items' in the result of 'src' is an object, not an array",
+        ),
+        (
+            json!({ "other": [] }),
+            "path '/items' is not found in the result of 'src'",
+        ),
+    ] {
+        let mut state = map_flow(json!({ "from": "src", "path": "/items" }), "continue");
+        apply(&mut state, Input::Start, T0);
+        let effects = complete(&mut state, "src", result, T0 + 1);
+        assert!(enqueued(&effects).is_empty());
+        assert_eq!(status_of(&state, "m"), NodeStatus::Failed);
+        assert_eq!(error_of(&state, "m"), message);
+        assert_eq!(state.elements(idx(&state, "m")).count(), 0);
+        assert_eq!(status_of(&state, "after"), NodeStatus::Skipped);
+        assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    }
+}
+
+#[test]
+fn a_map_over_more_than_max_items_fails() {
+    let mut state = map_flow(json!({ "from": "src", "maxItems": 2 }), "continue");
+    apply(&mut state, Input::Start, T0);
+    // Path "" is the whole result.
+    let effects = complete(&mut state, "src", json!([1, 2, 3]), T0 + 1);
+    assert!(enqueued(&effects).is_empty());
+    assert_eq!(status_of(&state, "m"), NodeStatus::Failed);
+    assert_eq!(
+        error_of(&state, "m"),
+        "map over 'src' has 3 elements, more than maxItems 2"
+    );
+    assert_eq!(state.nodes().len(), 3);
+
+    // Exactly maxItems is fine.
+    let mut state = map_flow(json!({ "from": "src", "maxItems": 2 }), "continue");
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "src", json!([1, 2]), T0 + 1);
+    assert_eq!(enqueued(&effects).len(), 2);
+}
+
+#[test]
+fn under_fail_fast_an_element_failing_for_good_fails_the_map_and_cancels_the_rest() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "src" },
+        { "name": "side" },
+        { "name": "m", "parents": ["src"], "map": { "from": "src" }, "opts": { "attempts": 2 } }
+    ], "opts": { "onFailure": "failFast" } }));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "src", json!([1, 2, 3]), T0 + 1);
+    complete(&mut state, "m[2]", json!("two"), T0 + 2);
+    // An element retries with its map's options.
+    let effects = fail(&mut state, "m[1]", "flaky", true, T0 + 3);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: idx(&state, "m[1]"),
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
+    assert_eq!(status_of(&state, "m"), NodeStatus::Active);
+    let e0 = idx(&state, "m[0]");
+    let e1 = idx(&state, "m[1]");
+    let side = idx(&state, "side");
+    let effects = fail(&mut state, "m[1]", "boom", true, T0 + 4);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Failed);
+    assert_eq!(
+        error_of(&state, "m"),
+        "1 of 3 elements failed; first m[1]: boom"
+    );
+    assert_eq!(
+        result_of(&state, "m"),
+        json!([null, { "error": "boom" }, "two"])
+    );
+    assert_eq!(cancelled_jobs(&effects), [(side, 1), (e0, 1)]);
+    assert_eq!(state.node(e0).status, NodeStatus::Cancelled);
+    assert_eq!(state.node(e1).status, NodeStatus::Failed);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    // The cancelled element's late completion changes nothing.
+    let before = observable(&state);
+    let late = Input::JobCompleted {
+        node: e0,
+        attempt: 1,
+        result: Arc::from("1"),
+    };
+    assert!(apply(&mut state, late, T0 + 5).is_empty());
+    assert_eq!(observable(&state), before);
+}
+
+#[test]
+fn in_continue_mode_a_map_waits_for_every_element_and_fails_with_their_results() {
+    let mut state = map_flow(json!({ "from": "src" }), "continue");
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "src", json!(["a", "b", "c"]), T0 + 1);
+    let effects = fail(&mut state, "m[1]", "bad \"b\"", false, T0 + 2);
+    assert!(cancelled_jobs(&effects).is_empty());
+    assert_eq!(status_of(&state, "m"), NodeStatus::Active);
+    complete(&mut state, "m[0]", json!("A"), T0 + 3);
+    let effects = complete(&mut state, "m[2]", json!("C"), T0 + 4);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Failed);
+    assert_eq!(
+        result_of(&state, "m"),
+        json!(["A", { "error": "bad \"b\"" }, "C"])
+    );
+    assert_eq!(status_of(&state, "after"), NodeStatus::Skipped);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+}
+
+#[test]
+fn flow_retry_reruns_only_the_failed_elements_of_a_map() {
+    let mut state = map_flow(json!({ "from": "src", "maxParallel": 2 }), "continue");
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "src", json!([1, 2, 3]), T0 + 1);
+    complete(&mut state, "m[0]", json!("one"), T0 + 2);
+    fail(&mut state, "m[1]", "boom", false, T0 + 3);
+    let effects = complete(&mut state, "m[2]", json!("three"), T0 + 4);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    let (e0, e1, e2) = (
+        idx(&state, "m[0]"),
+        idx(&state, "m[1]"),
+        idx(&state, "m[2]"),
+    );
+    let src_before = state.node(idx(&state, "src")).clone();
+
+    let effects = apply(&mut state, Input::Retry, T0 + 10);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: e1,
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
+    assert_eq!(status_of(&state, "m"), NodeStatus::Active);
+    assert_eq!(state.node(idx(&state, "m")).result, None);
+    assert_eq!(state.node(idx(&state, "src")), &src_before);
+    for (el, result) in [(e0, "\"one\""), (e2, "\"three\"")] {
+        let n = state.node(el);
+        assert_eq!(n.status, NodeStatus::Completed);
+        assert_eq!(n.attempt, 1, "a completed element keeps its attempt");
+        assert_eq!(n.result.as_deref(), Some(result));
+    }
+    assert_eq!(state.node(e1).run_first_attempt, 2);
+    assert_eq!(
+        state.map_counts(idx(&state, "m")),
+        Some(MapCounts {
+            total: 3,
+            done: 2,
+            running: 1,
+            failed: 0
+        })
+    );
+    // The item is kept for the new attempt.
+    assert_eq!(input_of(&state, "m[1]")["item"], json!(2));
+
+    let effects = complete(&mut state, "m[1]", json!("two"), T0 + 11);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Completed);
+    assert_eq!(result_of(&state, "m"), json!(["one", "two", "three"]));
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    let effects = complete(&mut state, "after", json!(0), T0 + 12);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+}
+
+fn gate_flow(wait: Value) -> FlowState {
+    new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "gate", "parents": ["a"], "wait": wait },
+        { "name": "after", "parents": ["gate"] }
+    ]}))
+}
+
+#[test]
+fn a_signal_completes_a_waiting_node_with_its_payload_and_is_refused_otherwise() {
+    let mut state = gate_flow(json!({ "signal": "approve" }));
+    let gate = idx(&state, "gate");
+    apply(&mut state, Input::Start, T0);
+    // Before the node waits.
+    assert_eq!(
+        state.signal_refusal(gate).as_deref(),
+        Some("node 'gate' is pending in a running flow; only a waiting node takes a signal")
+    );
+    let before = observable(&state);
+    assert!(signal(&mut state, "gate", json!(1), T0 + 1).is_empty());
+    assert_eq!(observable(&state), before);
+    assert_eq!(
+        state.signal_refusal(idx(&state, "a")).as_deref(),
+        Some("node 'a' does not wait for a signal")
+    );
+    assert!(signal(&mut state, "a", json!(1), T0 + 1).is_empty());
+
+    let effects = complete(&mut state, "a", json!(0), T0 + 2);
+    assert!(enqueued(&effects).is_empty(), "a wait is not a job");
+    assert_eq!(
+        event_of(&state, &effects, "gate").status,
+        EventStatus::Node(NodeStatus::Waiting)
+    );
+    let n = state.node(gate);
+    assert_eq!(n.status, NodeStatus::Waiting);
+    assert_eq!((n.attempt, n.started_at, n.due_at), (1, Some(T0 + 2), None));
+    assert!(!state.is_job(gate));
+    assert_eq!(state.signal_refusal(gate), None);
+    assert_eq!(state.next_deadline(), None, "no timeout, no deadline");
+    assert!(apply(&mut state, Input::Tick, T0 + 1_000_000).is_empty());
+    assert!(state.resume(T0 + 3).is_empty(), "nothing to enqueue");
+
+    let effects = signal(&mut state, "gate", json!({ "ok": true }), T0 + 3);
+    assert_eq!(status_of(&state, "gate"), NodeStatus::Completed);
+    assert_eq!(result_of(&state, "gate"), json!({ "ok": true }));
+    assert_eq!(state.node(gate).finished_at, Some(T0 + 3));
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    assert_eq!(
+        input_of(&state, "after"),
+        json!({ "data": null, "parents": { "gate": { "ok": true } } })
+    );
+    // After it: refused, and nothing changes.
+    assert_eq!(
+        state.signal_refusal(gate).as_deref(),
+        Some("node 'gate' is completed in a running flow; only a waiting node takes a signal")
+    );
+    let before = observable(&state);
+    assert!(signal(&mut state, "gate", json!(2), T0 + 4).is_empty());
+    assert_eq!(observable(&state), before);
+}
+
+#[test]
+fn a_signal_timeout_takes_the_default() {
+    let mut state =
+        gate_flow(json!({ "signal": "approve", "timeoutMs": 1000, "default": { "ok": false } }));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "a", json!(0), T0 + 5);
+    let gate = idx(&state, "gate");
+    assert_eq!(state.node(gate).due_at, Some(T0 + 1005));
+    assert_eq!(state.next_deadline(), Some(T0 + 1005));
+    assert!(apply(&mut state, Input::Tick, T0 + 1004).is_empty());
+    assert_eq!(state.node(gate).status, NodeStatus::Waiting);
+    let effects = apply(&mut state, Input::Tick, T0 + 1005);
+    assert_eq!(state.node(gate).status, NodeStatus::Completed);
+    assert_eq!(result_of(&state, "gate"), json!({ "ok": false }));
+    assert_eq!(state.node(gate).due_at, None);
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    assert_eq!(state.next_deadline(), None);
+}
+
+#[test]
+fn a_signal_timeout_without_default_fails_the_node() {
+    let mut state = gate_flow(json!({ "signal": "approve", "timeoutMs": 1000 }));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "a", json!(0), T0);
+    // A late tick still fires it.
+    let effects = apply(&mut state, Input::Tick, T0 + 5000);
+    assert_eq!(status_of(&state, "gate"), NodeStatus::Failed);
+    assert_eq!(
+        error_of(&state, "gate"),
+        "no signal 'approve' within 1000 ms"
+    );
+    assert_eq!(
+        event_of(&state, &effects, "gate").error.as_deref(),
+        Some("no signal 'approve' within 1000 ms")
+    );
+    assert_eq!(status_of(&state, "after"), NodeStatus::Skipped);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    // A signal after the timeout is refused.
+    assert!(signal(&mut state, "gate", json!(1), T0 + 5001).is_empty());
+}
+
+#[test]
+fn timers_fire_on_the_first_tick_at_or_after_their_time() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "sleep", "wait": { "forMs": 500 } },
+        { "name": "alarm", "wait": { "until": T0 + 200 } },
+        { "name": "after", "parents": ["sleep", "alarm"] }
+    ]}));
+    assert_eq!(state.next_deadline(), None, "not started");
+    apply(&mut state, Input::Start, T0 + 10);
+    let (sleep, alarm) = (idx(&state, "sleep"), idx(&state, "alarm"));
+    assert_eq!(state.node(sleep).due_at, Some(T0 + 510));
+    assert_eq!(state.node(alarm).due_at, Some(T0 + 200));
+    assert_eq!(state.next_deadline(), Some(T0 + 200));
+    assert!(apply(&mut state, Input::Tick, T0 + 199).is_empty());
+    // A timer takes no signal.
+    assert_eq!(
+        state.signal_refusal(sleep).as_deref(),
+        Some("node 'sleep' does not wait for a signal")
+    );
+    assert!(signal(&mut state, "sleep", json!(1), T0 + 199).is_empty());
+
+    let effects = apply(&mut state, Input::Tick, T0 + 300);
+    assert_eq!(persisted(&effects), [alarm]);
+    assert_eq!(state.node(alarm).status, NodeStatus::Completed);
+    assert_eq!(result_of(&state, "alarm"), json!({ "firedAt": T0 + 300 }));
+    assert_eq!(state.node(sleep).status, NodeStatus::Waiting);
+    assert_eq!(state.next_deadline(), Some(T0 + 510));
+
+    let effects = apply(&mut state, Input::Tick, T0 + 510);
+    assert_eq!(result_of(&state, "sleep"), json!({ "firedAt": T0 + 510 }));
+    assert_eq!(enqueued_names(&state, &effects), ["after"]);
+    assert_eq!(state.next_deadline(), None);
+    let effects = complete(&mut state, "after", json!(1), T0 + 511);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+}
+
+#[test]
+fn next_deadline_is_the_earliest_wait_and_none_once_the_flow_ended() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "s", "wait": { "signal": "go" } },
+        { "name": "t1", "wait": { "forMs": 300 } },
+        { "name": "t2", "wait": { "signal": "x", "timeoutMs": 100 } },
+        { "name": "job" }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    assert_eq!(state.next_deadline(), Some(T0 + 100));
+    signal(&mut state, "t2", json!(0), T0 + 1);
+    assert_eq!(state.next_deadline(), Some(T0 + 300));
+    apply(&mut state, Input::Tick, T0 + 300);
+    assert_eq!(state.next_deadline(), None, "only a wait without deadline");
+    apply(&mut state, Input::Cancel, T0 + 301);
+    assert_eq!(status_of(&state, "s"), NodeStatus::Cancelled);
+    assert_eq!(state.next_deadline(), None);
+
+    // A cancelled timer leaves no deadline.
+    let mut state =
+        new_flow(json!({ "nodes": [{ "name": "t", "wait": { "forMs": 5 } }, { "name": "j" }] }));
+    apply(&mut state, Input::Start, T0);
+    assert_eq!(state.next_deadline(), Some(T0 + 5));
+    apply(&mut state, Input::Cancel, T0 + 1);
+    assert_eq!(state.node(idx(&state, "t")).due_at, None);
+    assert_eq!(state.next_deadline(), None);
+    assert!(apply(&mut state, Input::Tick, T0 + 10).is_empty());
+}
+
+#[test]
+fn rerun_of_a_middle_node_in_a_finished_flow_reruns_it_and_what_follows_only() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"] },
+        { "name": "c", "parents": ["b"] },
+        { "name": "e", "parents": ["a"] },
+        { "name": "d" }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    for (k, name) in ["a", "d", "b", "e", "c"].iter().enumerate() {
+        complete(&mut state, name, json!({ "from": name }), T0 + 1 + k as u64);
+    }
+    assert_eq!(state.status(), FlowStatus::Completed);
+    let kept: Vec<(String, NodeState)> = ["a", "d", "e"]
+        .iter()
+        .map(|n| (n.to_string(), state.node(idx(&state, n)).clone()))
+        .collect();
+    let (b, c) = (idx(&state, "b"), idx(&state, "c"));
+    assert_eq!(state.rerun_refusal(b), None);
+
+    let effects = rerun(&mut state, "b", T0 + 100);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: b,
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
+    let told: Vec<_> = events(&effects)
+        .iter()
+        .map(|e| (e.node, e.status))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            (None, EventStatus::Flow(FlowStatus::Running)),
+            (Some(b), EventStatus::Node(NodeStatus::Queued)),
+            (Some(c), EventStatus::Node(NodeStatus::Pending)),
+        ]
+    );
+    assert_eq!(persisted(&effects), [b, c]);
+    assert_eq!(state.status(), FlowStatus::Running);
+    assert_eq!(state.header().finished_at, None);
+    assert_eq!(state.node(c).result, None);
+    assert_eq!(state.node(c).status, NodeStatus::Pending);
+    for (name, node) in &kept {
+        assert_eq!(state.node(idx(&state, name)), node, "{name} changed");
+    }
+    assert_eq!(
+        input_of(&state, "b"),
+        json!({ "data": null, "parents": { "a": { "from": "a" } } })
+    );
+    let effects = complete(&mut state, "b", json!("b2"), T0 + 101);
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: c,
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
+    let effects = complete(&mut state, "c", json!("c2"), T0 + 102);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+    for (name, node) in &kept {
+        assert_eq!(state.node(idx(&state, name)), node, "{name} changed");
+    }
+}
+
+#[test]
+fn rerun_of_a_failed_node_in_a_running_continue_flow() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"] },
+        { "name": "slow" }
+    ], "opts": { "onFailure": "continue" } }));
+    apply(&mut state, Input::Start, T0);
+    started(&mut state, "slow", T0 + 1);
+    fail(&mut state, "a", "boom", false, T0 + 2);
+    assert_eq!(status_of(&state, "b"), NodeStatus::Skipped);
+    assert_eq!(state.status(), FlowStatus::Running);
+    let slow = state.node(idx(&state, "slow")).clone();
+    // A node still running cannot be re-run.
+    assert_eq!(
+        state.rerun_refusal(idx(&state, "slow")).as_deref(),
+        Some("node 'slow' is active; only a node that ended can be re-run")
+    );
+    assert!(rerun(&mut state, "slow", T0 + 3).is_empty());
+
+    let effects = rerun(&mut state, "a", T0 + 3);
+    assert_eq!(enqueued_names(&state, &effects), ["a"]);
+    assert_eq!(attempt_of(&state, "a"), 2);
+    assert_eq!(state.node(idx(&state, "a")).error, None);
+    assert_eq!(status_of(&state, "b"), NodeStatus::Pending);
+    assert_eq!(state.node(idx(&state, "b")).reason, None);
+    assert_eq!(
+        events(&effects).iter().filter(|e| e.node.is_none()).count(),
+        0,
+        "the flow was running all along"
+    );
+    assert_eq!(state.node(idx(&state, "slow")), &slow);
+    complete(&mut state, "a", json!(1), T0 + 4);
+    complete(&mut state, "b", json!(2), T0 + 5);
+    // The failure was re-run away: the flow completes.
+    let effects = complete(&mut state, "slow", json!(3), T0 + 6);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+}
+
+#[test]
+fn rerun_cancels_the_running_jobs_of_descendants() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"] },
+        { "name": "m", "parents": ["a"], "map": { "from": "a" } },
+        { "name": "other" }
+    ], "opts": { "onFailure": "continue" } }));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "a", json!([1, 2]), T0 + 1);
+    started(&mut state, "b", T0 + 2);
+    let (b, m) = (idx(&state, "b"), idx(&state, "m"));
+    let (e0, e1) = (idx(&state, "m[0]"), idx(&state, "m[1]"));
+    complete(&mut state, "m[0]", json!("x"), T0 + 3);
+    let effects = rerun(&mut state, "a", T0 + 4);
+    assert_eq!(cancelled_jobs(&effects), [(b, 1), (e1, 1)]);
+    assert_eq!(enqueued_names(&state, &effects), ["a"]);
+    assert_eq!(state.node(b).status, NodeStatus::Pending);
+    assert_eq!(state.node(m).status, NodeStatus::Pending);
+    assert_eq!(state.node(m).elements, None);
+    // The old elements are no longer live: no name, no job.
+    assert_eq!(state.owner(e0), None);
+    assert!(!state.is_job(e1));
+    assert_eq!(state.lookup("m[0]"), None);
+    assert_eq!(state.elements(m).count(), 0);
+    assert_eq!(status_of(&state, "other"), NodeStatus::Queued);
+    // Late reports of the cancelled jobs change nothing.
+    let before = observable(&state);
+    for (node, attempt) in [(b, 1), (e1, 1)] {
+        let late = Input::JobCompleted {
+            node,
+            attempt,
+            result: Arc::from("0"),
+        };
+        assert!(apply(&mut state, late, T0 + 5).is_empty());
+    }
+    assert_eq!(observable(&state), before);
+    // The map runs again over the new result.
+    let effects = complete(&mut state, "a", json!([7]), T0 + 6);
+    assert_eq!(enqueued(&effects).len(), 2);
+    assert_eq!(input_of(&state, "m[0]")["item"], json!(7));
+    assert_eq!(state.elements(m).count(), 1);
+}
+
+#[test]
+fn rerun_is_refused_in_a_running_fail_fast_flow_and_for_elements() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b" },
+        { "name": "m", "parents": ["a"], "map": { "from": "a" } }
+    ], "opts": { "onFailure": "failFast" } }));
+    let a = idx(&state, "a");
+    assert_eq!(
+        state.rerun_refusal(a).as_deref(),
+        Some("a running flow in failFast mode cannot re-run a node; wait for it to end")
+    );
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "a", json!([1]), T0 + 1);
+    assert_eq!(
+        state.rerun_refusal(a).as_deref(),
+        Some("a running flow in failFast mode cannot re-run a node; wait for it to end")
+    );
+    let before = observable(&state);
+    assert!(rerun(&mut state, "a", T0 + 2).is_empty());
+    assert_eq!(observable(&state), before);
+    let e0 = idx(&state, "m[0]");
+    assert_eq!(
+        state.rerun_refusal(e0).as_deref(),
+        Some("'m[0]' is an element of a map: re-run the map node instead")
+    );
+    assert!(apply(&mut state, Input::Rerun { node: e0 }, T0 + 2).is_empty());
+    // A node that does not exist.
+    assert!(apply(
+        &mut state,
+        Input::Rerun {
+            node: NodeIdx::from_usize(99)
+        },
+        T0 + 2
+    )
+    .is_empty());
+
+    // Once the flow ended, it may.
+    complete(&mut state, "b", json!(0), T0 + 3);
+    complete(&mut state, "m[0]", json!(0), T0 + 4);
+    assert_eq!(state.status(), FlowStatus::Completed);
+    assert_eq!(state.rerun_refusal(a), None);
+    assert_eq!(
+        state.rerun_refusal(e0).as_deref(),
+        Some("'m[0]' is an element of a map: re-run the map node instead")
+    );
+    let effects = rerun(&mut state, "m", T0 + 5);
+    assert_eq!(state.status(), FlowStatus::Running);
+    assert_eq!(enqueued(&effects).len(), 1);
+    assert_eq!(attempt_of(&state, "m"), 2);
+    assert_eq!(status_of(&state, "a"), NodeStatus::Completed);
+    assert_eq!(attempt_of(&state, "a"), 1);
+}
+
+#[test]
+fn rerun_before_start_is_refused_in_continue_mode() {
+    let mut state =
+        new_flow(json!({ "nodes": [{ "name": "a" }], "opts": { "onFailure": "continue" } }));
+    assert_eq!(
+        state.rerun_refusal(idx(&state, "a")).as_deref(),
+        Some("node 'a' is pending; only a node that ended can be re-run")
+    );
+    assert!(rerun(&mut state, "a", T0).is_empty());
+    assert_eq!(state.seq(), 0);
 }
