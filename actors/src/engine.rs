@@ -516,7 +516,7 @@ impl Engine {
             }
         }
         let (state, _) = load_view_state(&flows.shared, id)?;
-        let idx = state.dag().lookup(name).ok_or_else(missing)?;
+        let idx = state.lookup(name).ok_or_else(missing)?;
         Ok(NodeView::from_state(&state, idx, true))
     }
 

@@ -42,10 +42,12 @@ pub struct Route {
 }
 
 /// The paths the document describes, as templates.
-const TEMPLATES: [&str; 9] = [
+const TEMPLATES: [&str; 11] = [
     "/flows",
     "/flows/{id}",
     "/flows/{id}/nodes/{name}",
+    "/flows/{id}/nodes/{name}/signal",
+    "/flows/{id}/nodes/{name}/rerun",
     "/flows/{id}/cancel",
     "/flows/{id}/retry",
     "/healthz",
