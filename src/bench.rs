@@ -521,7 +521,7 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         .as_secs_f64()
         .max(1e-6);
     let submitted = outcome.submitted.created;
-    let nodes_total = submitted * topology.len();
+    let nodes_total = submitted * topology.jobs();
     let window = WindowFigures::between(&outcome.before, &outcome.after, nodes_total);
     Ok(BenchResult {
         shape: args.shape.as_str().to_owned(),
@@ -533,7 +533,7 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
                 Load::Rate { .. } => None,
             },
         ),
-        nodes_per_flow: topology.len(),
+        nodes_per_flow: topology.jobs(),
         edges_per_flow: topology.edges(),
         flows_submitted: submitted,
         flows_completed: t.ended() - t.not_completed(),

@@ -27,6 +27,10 @@ pub enum Shape {
     /// layer has 1 to 3 parents in the layer above and sometimes one more further up.
     /// The same `--seed` gives the same DAG.
     Layered,
+    /// A run-time fan-out: a root whose result lists `--width` items, a map node
+    /// that runs once per item, and a sink that gets their results (1 → map(W) → 1):
+    /// the same jobs as a diamond of the same width, decided at run time.
+    Map,
 }
 
 impl Shape {
@@ -38,6 +42,7 @@ impl Shape {
             Shape::Wide => "wide",
             Shape::Fanin => "fanin",
             Shape::Layered => "layered",
+            Shape::Map => "map",
         }
     }
 
@@ -68,6 +73,8 @@ pub(crate) struct ShapeParams {
 pub(crate) struct Topology {
     /// `parents[i]` are the indices of node `i`'s parents, all smaller than `i`.
     pub(crate) parents: Vec<Vec<u32>>,
+    /// For [`Shape::Map`]: node 1 maps over this many items of node 0's result.
+    pub(crate) map_width: Option<usize>,
 }
 
 impl Topology {
@@ -91,13 +98,26 @@ impl Topology {
                 parents
             }
             Shape::Layered => layered(p.layers.max(1), p.width.max(1), p.seed),
+            Shape::Map => vec![vec![], vec![0], vec![1]],
         };
-        Topology { parents }
+        Topology {
+            parents,
+            map_width: (shape == Shape::Map).then_some(p.width.max(1)),
+        }
     }
 
-    /// Number of nodes in one flow.
+    /// Number of nodes of the spec in one flow (a map node counts once).
     pub(crate) fn len(&self) -> usize {
         self.parents.len()
+    }
+
+    /// Number of jobs one flow runs: its nodes, with a map node counted as its
+    /// elements. What throughput is measured in.
+    pub(crate) fn jobs(&self) -> usize {
+        match self.map_width {
+            Some(w) => self.parents.len() - 1 + w,
+            None => self.parents.len(),
+        }
     }
 
     /// Number of edges in one flow.
@@ -127,6 +147,16 @@ impl Topology {
                     json!({ "name": format!("n{i}"), "handler": "noop", "parents": parents });
                 if let Some(queue) = queue {
                     node["queue"] = json!(queue);
+                }
+                if let Some(w) = self.map_width {
+                    match i {
+                        0 => {
+                            node["handler"] = json!("echo");
+                            node["data"] = json!({ "items": (0..w).collect::<Vec<_>>() });
+                        }
+                        1 => node["map"] = json!({ "from": "n0", "path": "/data/items" }),
+                        _ => {}
+                    }
                 }
                 node
             })
@@ -217,6 +247,9 @@ mod tests {
         assert_eq!(Topology::new(Shape::Wide, params(1000)).len(), 1002);
         assert_eq!(Topology::new(Shape::Fanin, params(3)).len(), 4);
         assert_eq!(Topology::new(Shape::Layered, params(3)).len(), 12);
+        assert_eq!(Topology::new(Shape::Map, params(3)).len(), 3);
+        assert_eq!(Topology::new(Shape::Map, params(3)).jobs(), 5);
+        assert_eq!(Topology::new(Shape::Diamond, params(3)).jobs(), 5);
     }
 
     #[test]
@@ -235,7 +268,13 @@ mod tests {
 
     #[test]
     fn specs_validate() {
-        for shape in [Shape::Chain, Shape::Diamond, Shape::Fanin, Shape::Layered] {
+        for shape in [
+            Shape::Chain,
+            Shape::Diamond,
+            Shape::Fanin,
+            Shape::Layered,
+            Shape::Map,
+        ] {
             let topo = Topology::new(shape, params(4));
             let spec = topo
                 .spec("t", None)
