@@ -143,6 +143,30 @@ export class Client {
     return this.request("POST", `/flows/${encodeURIComponent(flowId)}/retry`);
   }
 
+  /**
+   * Delivers a signal to a wait node (`wait: {signal}`) that is `waiting`: `payload`
+   * (any JSON value; `undefined` sends an empty body, which is `null`) becomes the
+   * node's result and the flow goes on. Resolves with the node as it is now. Rejects
+   * with status 409 when the node does not wait for a signal now (not a signal wait,
+   * not waiting yet, already done, or the flow ended), 404 for an unknown flow or node.
+   */
+  signal(flowId: string, node: string, payload?: unknown): Promise<NodeView> {
+    const path = `/flows/${encodeURIComponent(flowId)}/nodes/${encodeURIComponent(node)}/signal`;
+    const body = payload === undefined ? undefined : JSON.stringify(payload);
+    if (body === undefined) return this.request("POST", path);
+    return this.request("POST", path, body, { "content-type": "application/json" });
+  }
+
+  /**
+   * Re-runs one node and everything downstream of it with fresh attempts; the other
+   * nodes keep their results. Resolves with the flow as it is now. Rejects with
+   * status 409 when the node cannot be re-run now (it has not ended, the flow runs in
+   * `failFast` mode, or it is a map element), 404 for an unknown flow or node.
+   */
+  rerun(flowId: string, node: string): Promise<FlowView> {
+    return this.request("POST", `/flows/${encodeURIComponent(flowId)}/nodes/${encodeURIComponent(node)}/rerun`);
+  }
+
   /** Removes the flow's jobs from Redis and its record from disk. */
   async delete(flowId: string): Promise<void> {
     await this.request("DELETE", `/flows/${encodeURIComponent(flowId)}`);

@@ -9,7 +9,8 @@ import type { Envelope, JobInput } from "./protocol.js";
 /**
  * One run of one node. A BullMQ user finds `id`, `data`, `name`, `attemptsMade`
  * (here `attempt`) and `updateProgress` (here `progress`); what BullMQ computes with
- * `getChildrenValues()` arrives ready in `parents`.
+ * `getChildrenValues()` arrives ready in `parents`. A job of a map node's element
+ * also has `item` and `index`.
  *
  * Delivery is at-least-once: the same attempt may run twice (a worker died after
  * running it but before reporting, or its lease ran out while it still ran). `id`
@@ -35,6 +36,14 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
    * `continueOnFailure` has `{"error": "..."}` in its slot.
    */
   readonly parents: Parents;
+  /**
+   * On an element of a map node (`node` is `{map}[{index}]`, e.g. `resize[17]`): its
+   * element of the mapped array, any JSON value, `null` included. `undefined` on
+   * every other job (use {@link index} to tell an element from a plain job).
+   */
+  readonly item: unknown;
+  /** On an element of a map node: its position in the array, from 0; `undefined` otherwise. */
+  readonly index: number | undefined;
   /** The node's time limit for one attempt, if it has one. */
   readonly timeoutMs: number | undefined;
   /** When the engine enqueued this attempt (ms since the epoch). */
@@ -52,6 +61,8 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
     this.attempt = env.attempt;
     this.data = input.data as Data;
     this.parents = input.parents as Parents;
+    this.item = input.item;
+    this.index = input.index;
     this.#signal = signal;
     this.timeoutMs = env.timeoutMs;
     this.enqueuedAtMs = env.enqueuedAtMs;

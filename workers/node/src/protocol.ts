@@ -97,7 +97,7 @@ export interface Envelope {
   handler: string;
   /** The queue it was put on. */
   queue: string;
-  /** `{"data": ..., "parents": {...}}`, as the engine built it. */
+  /** `{"data": ..., "parents": {...}}` (a map element also `"item"` and `"index"`), as the engine built it. */
   input: unknown;
   /** Time limit of the handler, if any. */
   timeoutMs?: number;
@@ -163,22 +163,45 @@ export interface JobInput {
   data: unknown;
   /** Every parent's result by parent name (`{"error": ...}` for a failed parent with `continueOnFailure`). */
   parents: Record<string, unknown>;
+  /**
+   * On an element of a map node: its element of the mapped array (`null` is a
+   * valid element). The key is absent on every other job, so test with `"item" in`.
+   */
+  item?: unknown;
+  /** On an element of a map node: its position in the array, from 0. */
+  index?: number;
 }
+
+/** Largest element index the engine writes (a `u32`). */
+const MAX_INDEX = 0xffff_ffff;
 
 /**
  * Splits an envelope's input. Returns a string (the failure message) when the input
  * is not an object, as the Rust worker does: such a job is failed, not retried.
+ *
+ * A map element's input also has `item` and `index` (PROTOCOL.md, "Map elements"):
+ * an input with an `item` key (even `null`) is an element and must have an integer
+ * `index` >= 0; an input without `item` is not one and its `index`, if any, is ignored.
  */
 export function splitInput(input: unknown): JobInput | string {
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     return "job input is not an object with data and parents";
   }
-  const obj = input as { data?: unknown; parents?: unknown };
+  const obj = input as { data?: unknown; parents?: unknown; item?: unknown; index?: unknown };
   const parents = obj.parents ?? {};
   if (typeof parents !== "object" || parents === null || Array.isArray(parents)) {
     return "job input's parents is not an object";
   }
-  return { data: obj.data ?? null, parents: parents as Record<string, unknown> };
+  const out: JobInput = { data: obj.data ?? null, parents: parents as Record<string, unknown> };
+  if ("item" in obj) {
+    const index = obj.index;
+    if (!isNonNegativeInteger(index) || index > MAX_INDEX) {
+      return "job input has an item but its index is not an integer >= 0";
+    }
+    out.item = obj.item;
+    out.index = index;
+  }
+  return out;
 }
 
 /** What a worker reports about a job (the `outcome` JSON of a completion record). */

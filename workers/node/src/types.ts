@@ -29,6 +29,44 @@ export interface NodeOpts {
   maxStalled?: number;
 }
 
+/** What a node's parents' outcomes must be for it to run. */
+export type TriggerRule = "allSuccess" | "allDone" | "oneSuccess" | "noneFailed" | "allFailed";
+
+/**
+ * A dynamic fan-out: the node runs once per element of an array found in a parent's
+ * result. Each element is a job of its own, named `{node}[{index}]` (e.g.
+ * `resize[17]`), with the node's handler, queue and opts; its handler sees the
+ * element as `job.item` and its position as `job.index`. The node completes with the
+ * array of the elements' results, in order.
+ */
+export interface MapSpec {
+  /** The parent whose result holds the array (must be among the node's parents). */
+  from: string;
+  /** A JSON Pointer (RFC 6901) into that result; `""` (the default) is the whole result. */
+  path?: string;
+  /** Most elements; more fail the node. Default 10000 (1 to 100000). */
+  maxItems?: number;
+  /** Most elements queued or running at once; unlimited by default. */
+  maxParallel?: number;
+}
+
+/**
+ * A node that needs no worker (it never reaches a queue): it waits for a signal,
+ * for a duration or until a time. Exactly one of `signal`, `forMs`, `until`.
+ */
+export interface WaitSpec {
+  /** Completes when `POST /flows/{id}/nodes/{name}/signal` ({@link Client.signal}) delivers a payload, which becomes its result. */
+  signal?: string;
+  /** With `signal`: fail (or take `default`) after this many ms. */
+  timeoutMs?: number;
+  /** With `signal` and `timeoutMs`: the result at the timeout instead of failing. */
+  default?: unknown;
+  /** A durable timer: completes this many ms after the node became ready. */
+  forMs?: number;
+  /** A durable timer: completes at this time, ms since the epoch. */
+  until?: number;
+}
+
 /** One node (job) of a flow spec. */
 export interface NodeSpec {
   /** Unique within the flow. */
@@ -47,6 +85,17 @@ export interface NodeSpec {
   opts?: NodeOpts;
   /** Same as `opts.continueOnFailure`. */
   continueOnFailure?: boolean;
+  /**
+   * A CEL condition over `parents` (results by parent name) and `data`, e.g.
+   * `parents.score.value > 10`; false skips the node (its `reason` says why).
+   */
+  when?: string;
+  /** What the parents' outcomes must be for it to run; default `allSuccess`. */
+  trigger?: TriggerRule;
+  /** Run once per element of an array in a parent's result. */
+  map?: MapSpec;
+  /** Wait for a signal or a time instead of running a job. */
+  wait?: WaitSpec;
 }
 
 /** Flow-wide behaviour. */
@@ -73,10 +122,46 @@ export interface FlowSpec {
 export type FlowStatus = "running" | "completed" | "failed" | "cancelled";
 
 /** Where a node is. */
-export type NodeStatus = "pending" | "queued" | "active" | "completed" | "failed" | "skipped" | "cancelled";
+export type NodeStatus =
+  | "pending"
+  | "queued"
+  /** A worker runs it; on a map node: its elements run. */
+  | "active"
+  /** A wait node waits for its signal or its time. */
+  | "waiting"
+  | "completed"
+  | "failed"
+  /** Will not run: its trigger rule or its condition ruled it out (see `reason`). */
+  | "skipped"
+  | "cancelled";
 
 /** The statuses a flow ends in. */
 export const TERMINAL_FLOW_STATUSES: readonly FlowStatus[] = ["completed", "failed", "cancelled"];
+
+/** What a wait node waits for (its deadline, if any, is the node's `dueAt`). */
+export interface WaitView {
+  kind: "signal" | "timer";
+  /** The signal's name, on a signal wait. */
+  signal?: string;
+  /** A signal wait's timeout, ms. */
+  timeoutMs?: number;
+}
+
+/** A map node's source and how far its elements are. */
+export interface MapView {
+  /** The parent whose result holds the array. */
+  from: string;
+  /** The JSON Pointer into that result. */
+  path: string;
+  /** Elements in all, once the map expanded. */
+  total?: number;
+  /** Elements ended. */
+  done: number;
+  /** Elements queued or running. */
+  running: number;
+  /** Elements failed for good. */
+  failed: number;
+}
 
 /** One node of a flow view. */
 export interface NodeView {
@@ -104,8 +189,25 @@ export interface NodeView {
   error?: string;
   /** The handler's result, once completed. */
   result?: unknown;
-  /** `{data, parents}` its handler gets: only in `GET /flows/{id}/nodes/{name}`, once every parent is done. */
-  input?: { data: unknown; parents: Record<string, unknown> };
+  /**
+   * `{data, parents}` its handler gets (a map element also `item` and `index`): only
+   * in `GET /flows/{id}/nodes/{name}`, once every parent is done.
+   */
+  input?: { data: unknown; parents: Record<string, unknown>; item?: unknown; index?: number };
+  /** Why it was skipped: its trigger rule or its condition. */
+  reason?: string;
+  /** Its trigger rule, when not `allSuccess`. */
+  trigger?: TriggerRule;
+  /** Its condition, as written. */
+  when?: string;
+  /** On a wait node: what it waits for. */
+  wait?: WaitView;
+  /** On a map node: its source and its elements' counts. */
+  map?: MapView;
+  /** On a map element (`{map}[{index}]`): its map node. */
+  mapOf?: string;
+  /** On a map element: its position in the array. */
+  index?: number;
 }
 
 /** A flow with every node (`GET /flows/{id}`, WebSocket snapshots). */
@@ -120,7 +222,7 @@ export interface FlowView {
   finishedAt?: number;
   /** Why the engine failed the flow, when it did (not a node's error). */
   error?: string;
-  /** Every node, in spec order. */
+  /** Every node, in spec order, then the elements of each map node (`{map}[{index}]`, with `mapOf` and `index`). */
   nodes: NodeView[];
 }
 
@@ -162,6 +264,8 @@ export interface FlowEvent {
   progress?: unknown;
   /** The error, on failures and retries. */
   error?: string;
+  /** Why the node was skipped, on skip events. */
+  reason?: string;
 }
 
 /** What `Client.watch` yields: the flow's snapshot, then its events. */

@@ -303,6 +303,172 @@ describe("TypeScript worker with a real dagflow server", () => {
   });
 });
 
+describe("run-time nodes: maps, waits, re-runs", () => {
+  it("runs each element of a map node on a TypeScript worker with job.item and job.index; the map's result is in order", async () => {
+    const seen = [];
+    const w = tsWorker({
+      queues: { "ts-map": 3 },
+      handlers: {
+        times10: async (job) => {
+          seen.push({ node: job.node, item: job.item, index: job.index, data: job.data, parents: job.parents, id: job.id });
+          // Later elements finish first: the result's order must come from the index, not from completion order.
+          await sleep(150 * (2 - job.index));
+          return job.item * 10;
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({
+      nodes: [
+        { name: "src", handler: "echo", data: { items: [1, 2, 3] } },
+        { name: "m", handler: "times10", queue: "ts-map", parents: ["src"], data: { factor: 10 }, map: { from: "src", path: "/data/items" } },
+        { name: "sum", handler: "echo", parents: ["m"] },
+      ],
+    });
+    const flow = await client.wait(id, { timeoutMs: 20_000 });
+    assert.equal(flow.status, "completed", JSON.stringify(flow));
+    const m = nodeOf(flow, "m");
+    assert.deepEqual(m.result, [10, 20, 30]);
+    assert.equal(m.map.from, "src");
+    assert.equal(m.map.path, "/data/items");
+    assert.equal(m.map.total, 3);
+    assert.equal(m.map.done, 3);
+    assert.deepEqual(nodeOf(flow, "sum").result, { data: null, parents: { m: [10, 20, 30] } });
+    // Each element is a node of its own in the view, and a job whose wire name is `m[i]`.
+    for (const i of [0, 1, 2]) {
+      const el = nodeOf(flow, `m[${i}]`);
+      assert.equal(el.status, "completed");
+      assert.equal(el.mapOf, "m");
+      assert.equal(el.index, i);
+      assert.equal(el.result, (i + 1) * 10);
+    }
+    seen.sort((a, b) => a.index - b.index);
+    assert.deepEqual(seen.map((s) => s.node), ["m[0]", "m[1]", "m[2]"]);
+    assert.deepEqual(seen.map((s) => s.item), [1, 2, 3]);
+    assert.deepEqual(seen.map((s) => s.index), [0, 1, 2]);
+    assert.deepEqual(seen.map((s) => s.id), [`${id}:m[0]:1`, `${id}:m[1]:1`, `${id}:m[2]:1`]);
+    for (const s of seen) {
+      assert.deepEqual(s.data, { factor: 10 }, "each element gets the map node's data");
+      assert.deepEqual(s.parents, { src: { data: { items: [1, 2, 3] }, parents: {} } }, "and the map node's parents");
+    }
+    // The single-node view shows an element's input with item and index.
+    const el1 = await client.node(id, "m[1]");
+    assert.deepEqual(el1.input, { data: { factor: 10 }, parents: { src: { data: { items: [1, 2, 3] }, parents: {} } }, item: 2, index: 1 });
+  });
+
+  it("hands a null element to the handler as null, not as a missing item", async () => {
+    const seen = [];
+    const w = tsWorker({
+      queues: { "ts-map-null": 2 },
+      handlers: {
+        kind: async (job) => {
+          seen.push(job.index);
+          return job.item === null ? "null" : job.item === undefined ? "undefined" : typeof job.item;
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({
+      nodes: [
+        { name: "src", handler: "echo", data: [null, "a"] },
+        { name: "k", handler: "kind", queue: "ts-map-null", parents: ["src"], map: { from: "src", path: "/data" } },
+      ],
+    });
+    const flow = await client.wait(id, { timeoutMs: 20_000 });
+    assert.equal(flow.status, "completed", JSON.stringify(flow));
+    assert.deepEqual(nodeOf(flow, "k").result, ["null", "string"]);
+    assert.deepEqual(seen.sort(), [0, 1]);
+  });
+
+  it("signal() completes a waiting node with its payload; an unknown node is 404, a second signal 409", async () => {
+    const w = tsWorker({ queues: { "ts-signal": 1 }, handlers: { after: async (job) => ({ approved: job.parents.gate }) } });
+    await w.waitUntilReady();
+    const id = await client.submit({
+      nodes: [
+        { name: "gate", wait: { signal: "approve" } },
+        { name: "after", queue: "ts-signal", parents: ["gate"] },
+      ],
+    });
+    const waiting = await waitFor(async () => {
+      const gate = nodeOf(await client.get(id), "gate");
+      return gate.status === "waiting" ? gate : null;
+    }, { what: "gate waiting" });
+    assert.equal(waiting.wait.kind, "signal");
+    assert.equal(waiting.wait.signal, "approve");
+    assert.equal(nodeOf(await client.get(id), "after").status, "pending");
+    // While the flow runs: an unknown node is 404, a node that is not a waiting signal wait 409.
+    await assert.rejects(client.signal(id, "nobody", 1), (err) => err instanceof DagflowApiError && err.status === 404);
+    await assert.rejects(client.signal(id, "after", 1), (err) => err instanceof DagflowApiError && err.status === 409);
+    const node = await client.signal(id, "gate", { ok: true, by: "test" });
+    assert.equal(node.name, "gate");
+    assert.equal(node.status, "completed");
+    assert.deepEqual(node.result, { ok: true, by: "test" });
+    const flow = await client.wait(id, { timeoutMs: 15_000 });
+    assert.equal(flow.status, "completed");
+    assert.deepEqual(nodeOf(flow, "after").result, { approved: { ok: true, by: "test" } });
+    // Signalled once: the node is done (and here the flow too).
+    await assert.rejects(client.signal(id, "gate", 1), (err) => err instanceof DagflowApiError && err.status === 409);
+  });
+
+  it("signal() without a payload completes the node with null", async () => {
+    const id = await client.submit({ nodes: [{ name: "gate", wait: { signal: "go" } }] });
+    await waitFor(async () => nodeOf(await client.get(id), "gate").status === "waiting", { what: "gate waiting" });
+    const node = await client.signal(id, "gate");
+    assert.equal(node.status, "completed");
+    assert.equal(node.result, null);
+    const flow = await client.wait(id, { timeoutMs: 10_000 });
+    assert.equal(flow.status, "completed");
+  });
+
+  it("rerun() runs an ended node and its descendants again while the flow runs; re-running a map element is 409", async () => {
+    // The flow is held running by a signal wait, so that the re-run goes to the
+    // flow's live actor (a re-run of an ended flow is covered by the engine's tests).
+    const runs = [];
+    const w = tsWorker({
+      queues: { "ts-rerun": 2 },
+      handlers: {
+        stamp: async (job) => {
+          runs.push({ node: job.node, attempt: job.attempt });
+          return { run: runs.filter((r) => r.node === job.node).length };
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const id = await client.submit({
+      nodes: [
+        { name: "root", handler: "echo", data: [1] },
+        { name: "a", handler: "stamp", queue: "ts-rerun", parents: ["root"] },
+        { name: "b", handler: "stamp", queue: "ts-rerun", parents: ["a"] },
+        { name: "els", handler: "stamp", queue: "ts-rerun", parents: ["root"], map: { from: "root", path: "/data" } },
+        { name: "hold", wait: { signal: "done" } },
+      ],
+    });
+    const ran = async (name, run) => {
+      const flow = await client.get(id);
+      const n = nodeOf(flow, name);
+      return n.status === "completed" && n.result.run === run ? flow : null;
+    };
+    await waitFor(async () => (await ran("b", 1)) && (await ran("els[0]", 1)), { what: "a, b and els[0] ran once" });
+    await assert.rejects(client.rerun(id, "els[0]"), (err) => err instanceof DagflowApiError && err.status === 409);
+    await assert.rejects(client.rerun(id, "nobody"), (err) => err instanceof DagflowApiError && err.status === 404);
+    await assert.rejects(client.rerun(id, "hold"), (err) => err instanceof DagflowApiError && err.status === 409, "a node that has not ended");
+    const view = await client.rerun(id, "a");
+    assert.equal(view.id, id);
+    assert.equal(view.status, "running");
+    await waitFor(() => ran("b", 2), { what: "b ran again after a" });
+    await client.signal(id, "hold", null);
+    const flow = await client.wait(id, { timeoutMs: 15_000 });
+    assert.equal(flow.status, "completed", JSON.stringify(flow));
+    assert.deepEqual(nodeOf(flow, "a").result, { run: 2 });
+    assert.deepEqual(nodeOf(flow, "b").result, { run: 2 });
+    assert.deepEqual(nodeOf(flow, "els").result, [{ run: 1 }], "a node outside the re-run keeps its result");
+    assert.equal(runs.filter((r) => r.node === "els[0]").length, 1);
+    const aRuns = runs.filter((r) => r.node === "a").map((r) => r.attempt);
+    assert.equal(aRuns.length, 2);
+    assert.ok(aRuns[1] > aRuns[0], `the re-run is a fresh attempt (${aRuns})`);
+  });
+});
+
 describe("client", () => {
   it("submits idempotently with an Idempotency-Key", async () => {
     const spec = { nodes: [{ name: "a", handler: "noop" }] };

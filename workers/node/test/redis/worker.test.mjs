@@ -111,6 +111,40 @@ describe("worker over a real Redis", () => {
     assert.match(none.message, /no handler named 'nobody'/);
   });
 
+  it("hands a map element's item and index to the handler (null items included), and fails one without an index", async () => {
+    const prefix = uniquePrefix("item");
+    const seen = new Map();
+    const w = worker(prefix, {
+      handlers: {
+        el: async (job) => {
+          seen.set(job.node, { item: job.item, index: job.index, data: job.data, parents: job.parents });
+          return job.index === undefined ? "plain" : { item: job.item, index: job.index };
+        },
+      },
+    });
+    await w.waitUntilReady();
+    const flowId = "f-item";
+    const envs = await enqueue(redis, prefix, [
+      { flowId, node: "el[0]", handler: "el", input: { data: { k: 1 }, parents: { src: [7, null] }, item: 7, index: 0 } },
+      { flowId, node: "el[1]", handler: "el", input: { data: { k: 1 }, parents: { src: [7, null] }, item: null, index: 1 } },
+      { flowId, node: "plain", handler: "el", input: { data: null, parents: {} } },
+      { flowId, node: "el[2]", handler: "el", input: { data: null, parents: {}, item: "x" } },
+    ]);
+    assert.deepEqual((await finalRecord(prefix, envs[0].id)).outcome, { kind: "completed", result: { item: 7, index: 0 } });
+    assert.deepEqual((await finalRecord(prefix, envs[1].id)).outcome, { kind: "completed", result: { item: null, index: 1 } });
+    assert.deepEqual((await finalRecord(prefix, envs[2].id)).outcome, { kind: "completed", result: "plain" });
+    assert.deepEqual((await finalRecord(prefix, envs[3].id)).outcome, {
+      kind: "failed", message: "job input has an item but its index is not an integer >= 0", retryable: false,
+    });
+    assert.deepEqual(seen.get("el[0]"), { item: 7, index: 0, data: { k: 1 }, parents: { src: [7, null] } });
+    assert.deepEqual(seen.get("el[1]"), { item: null, index: 1, data: { k: 1 }, parents: { src: [7, null] } });
+    assert.deepEqual(seen.get("plain"), { item: undefined, index: undefined, data: null, parents: {} });
+    // Strict deepEqual tells null from undefined: the null item arrived as null, the plain job's as undefined.
+    assert.strictEqual(seen.get("el[1]").item, null);
+    assert.strictEqual(seen.get("plain").item, undefined);
+    assert.ok(!seen.has("el[2]"), "the handler never ran for the malformed element");
+  });
+
   it("runs handlers without an entry with the processor", async () => {
     const prefix = uniquePrefix("proc");
     const w = worker(prefix, { processor: async (job) => `processed ${job.name}` });

@@ -95,6 +95,29 @@ describe("envelope", () => {
     assert.match(splitInput("x"), /not an object/);
     assert.match(splitInput({ data: 1, parents: [1] }), /parents/);
   });
+
+  it("gives a map element its item and index, keeping a null item apart from an absent one", () => {
+    const el = splitInput({ data: { w: 1 }, parents: { list: [5, 6] }, item: { x: 6 }, index: 1 });
+    assert.deepEqual(el, { data: { w: 1 }, parents: { list: [5, 6] }, item: { x: 6 }, index: 1 });
+    const nullItem = splitInput({ data: null, parents: {}, item: null, index: 0 });
+    assert.ok("item" in nullItem, "a null item is present");
+    assert.equal(nullItem.item, null);
+    assert.equal(nullItem.index, 0);
+    const plain = splitInput({ data: null, parents: {} });
+    assert.ok(!("item" in plain), "no item key on a plain job");
+    assert.ok(!("index" in plain), "no index key on a plain job");
+    // An index without an item is not an element: ignored, as the Rust worker does.
+    assert.ok(!("index" in splitInput({ data: null, parents: {}, index: 3 })));
+    assert.equal(splitInput({ item: "a", index: 4294967295 }).index, 4294967295);
+  });
+
+  it("fails an element whose index is missing or not an integer >= 0", () => {
+    for (const index of [undefined, null, -1, 1.5, "2", 4294967296]) {
+      const input = { data: null, parents: {}, item: 1 };
+      if (index !== undefined) input.index = index;
+      assert.match(splitInput(input), /item but its index is not an integer >= 0/, JSON.stringify(index));
+    }
+  });
 });
 
 describe("outcomes and the report call", () => {
