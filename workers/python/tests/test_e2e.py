@@ -286,3 +286,148 @@ async def test_the_readme_example_runs_as_written(dagflow_server: Callable[..., 
     assert lines[-1].endswith(":resize-image:1', 'resized': 'https://example.com/a.png', 'width': 800}"), lines
     assert any("resize-image active" in line for line in lines), lines
     assert any("{'pct': 100}" in line for line in lines), lines
+
+
+async def test_map_elements_run_on_python_with_item_and_index(dagflow_server: Callable[..., DagflowServer]) -> None:
+    """A map over three items, each element a job on the Python worker whose handler
+    returns ``job.item * 10``; the map's result keeps the array's order."""
+    server = dagflow_server()
+    seen: list[tuple[str, Any, Any, Any, Any, str]] = []
+
+    async def times10(job: Job) -> Any:
+        seen.append((job.node, job.item, job.index, job.data, job.parents, job.id))
+        # Later elements finish first: the order of the result comes from the index.
+        assert job.index is not None
+        await asyncio.sleep(0.15 * (2 - job.index))
+        return job.item * 10
+
+    spec: FlowSpec = {"nodes": [
+        {"name": "src", "handler": "echo", "data": {"items": [1, 2, 3]}},
+        {"name": "m", "handler": "times10", "queue": "py", "parents": ["src"], "data": {"factor": 10},
+         "map": {"from": "src", "path": "/data/items"}},
+        {"name": "after", "handler": "echo", "parents": ["m"]},
+    ]}
+    worker = Worker(server.redis_url, {"py": 3}, {"times10": times10}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit(spec)
+        flow = await client.wait(flow_id, timeout=30)
+        element = await client.node(flow_id, "m[1]")
+    assert flow["status"] == "completed", flow
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["m"]["result"] == [10, 20, 30]
+    assert nodes["m"]["map"] == {"from": "src", "path": "/data/items", "total": 3, "done": 3, "running": 0,
+                                 "failed": 0}
+    assert nodes["after"]["result"] == {"data": None, "parents": {"m": [10, 20, 30]}}
+    for i in range(3):
+        el = nodes[f"m[{i}]"]
+        assert (el["status"], el["mapOf"], el["index"], el["result"]) == ("completed", "m", i, (i + 1) * 10)
+    src_result = {"data": {"items": [1, 2, 3]}, "parents": {}}
+    assert sorted(seen, key=lambda s: s[2]) == [
+        (f"m[{i}]", i + 1, i, {"factor": 10}, {"src": src_result}, f"{flow_id}:m[{i}]:1") for i in range(3)]
+    assert element["input"] == {"data": {"factor": 10}, "parents": {"src": src_result}, "item": 2, "index": 1}
+
+
+async def test_a_null_element_is_an_element(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+
+    async def kind(job: Job) -> Any:
+        return {"item": job.item, "index": job.index}
+
+    spec: FlowSpec = {"nodes": [
+        {"name": "src", "handler": "echo", "data": [None, "a"]},
+        {"name": "k", "handler": "kind", "queue": "py", "parents": ["src"], "map": {"from": "src", "path": "/data"}},
+        {"name": "plain", "handler": "kind", "queue": "py"},
+    ]}
+    worker = Worker(server.redis_url, {"py": 2}, {"kind": kind}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow = await client.wait(await client.submit(spec), timeout=30)
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["k"]["result"] == [{"item": None, "index": 0}, {"item": "a", "index": 1}]
+    assert nodes["plain"]["result"] == {"item": None, "index": None}
+
+
+async def test_signal_completes_a_waiting_node(dagflow_server: Callable[..., DagflowServer]) -> None:
+    server = dagflow_server()
+
+    async def after(job: Job) -> Any:
+        return {"approved": job.parents["gate"]}
+
+    spec: FlowSpec = {"nodes": [
+        {"name": "gate", "wait": {"signal": "approve"}},
+        {"name": "after", "queue": "py", "parents": ["gate"]},
+        {"name": "bare", "wait": {"signal": "go"}},
+    ]}
+    worker = Worker(server.redis_url, {"py": 1}, {"after": after}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit(spec)
+        gate = await eventually(lambda: _waiting(client, flow_id, "gate"), what="gate waiting")
+        assert gate["wait"] == {"kind": "signal", "signal": "approve"}
+        assert (await node_of(client, flow_id, "after"))["status"] == "pending"
+        with pytest.raises(DagflowError) as unknown:
+            await client.signal(flow_id, "nobody", 1)
+        assert unknown.value.status == 404
+        with pytest.raises(DagflowError) as not_waiting:
+            await client.signal(flow_id, "after", 1)
+        assert not_waiting.value.status == 409
+        node = await client.signal(flow_id, "gate", {"ok": True, "by": "python"})
+        assert (node["name"], node["status"], node["result"]) == ("gate", "completed", {"ok": True, "by": "python"})
+        with pytest.raises(DagflowError) as again:
+            await client.signal(flow_id, "gate", 2)
+        assert again.value.status == 409
+        await eventually(lambda: _waiting(client, flow_id, "bare"), what="bare waiting")
+        bare = await client.signal(flow_id, "bare")
+        assert bare["status"] == "completed" and bare["result"] is None
+        flow = await client.wait(flow_id, timeout=30)
+    assert flow["status"] == "completed"
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["after"]["result"] == {"approved": {"ok": True, "by": "python"}}
+
+
+async def _waiting(client: Client, flow_id: str, name: str) -> Any:
+    node = await node_of(client, flow_id, name)
+    return node if node["status"] == "waiting" else None
+
+
+async def test_rerun_runs_a_node_and_its_descendants_again(dagflow_server: Callable[..., DagflowServer]) -> None:
+    """Re-runs an ended node of a flow that a signal wait holds running, so that the
+    re-run goes to the flow's live actor."""
+    server = dagflow_server()
+    runs: list[tuple[str, int]] = []
+
+    async def stamp(job: Job) -> Any:
+        runs.append((job.node, job.attempt))
+        return {"run": sum(1 for node, _ in runs if node == job.node)}
+
+    spec: FlowSpec = {"nodes": [
+        {"name": "root", "handler": "echo", "data": [1]},
+        {"name": "a", "handler": "stamp", "queue": "py", "parents": ["root"]},
+        {"name": "b", "handler": "stamp", "queue": "py", "parents": ["a"]},
+        {"name": "els", "handler": "stamp", "queue": "py", "parents": ["root"],
+         "map": {"from": "root", "path": "/data"}},
+        {"name": "hold", "wait": {"signal": "done"}},
+    ]}
+
+    async def ran(client: Client, flow_id: str, name: str, run: int) -> bool:
+        node = await node_of(client, flow_id, name)
+        return node["status"] == "completed" and node["result"] == {"run": run}
+
+    worker = Worker(server.redis_url, {"py": 2}, {"stamp": stamp}, prefix=server.prefix)
+    async with Client(server.base_url) as client, running_worker(worker):
+        flow_id = await client.submit(spec)
+        await eventually(lambda: ran(client, flow_id, "b", 1), what="b ran once")
+        await eventually(lambda: ran(client, flow_id, "els[0]", 1), what="els[0] ran once")
+        for name, status in (("els[0]", 409), ("nobody", 404), ("hold", 409)):
+            with pytest.raises(DagflowError) as refused:
+                await client.rerun(flow_id, name)
+            assert refused.value.status == status, (name, refused.value)
+        view = await client.rerun(flow_id, "a")
+        assert view["id"] == flow_id and view["status"] == "running"
+        await eventually(lambda: ran(client, flow_id, "b", 2), what="b ran again after a")
+        await client.signal(flow_id, "hold")
+        flow = await client.wait(flow_id, timeout=30)
+    assert flow["status"] == "completed", flow
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["a"]["result"] == {"run": 2} and nodes["b"]["result"] == {"run": 2}
+    assert nodes["els"]["result"] == [{"run": 1}], "a node outside the re-run keeps its result"
+    a_attempts = [attempt for node, attempt in runs if node == "a"]
+    assert len(a_attempts) == 2 and a_attempts[1] > a_attempts[0], a_attempts

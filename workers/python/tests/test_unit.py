@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,32 @@ def test_envelope_without_data_or_timeout() -> None:
 def test_envelope_refusals_say_why(raw: bytes | None, reason: str) -> None:
     with pytest.raises(EnvelopeError, match=reason):
         parse_envelope(raw)
+
+
+def test_map_element_input_gives_item_and_index() -> None:
+    raw = dict(ENV, node="resize[1]", input={"data": {"w": 800}, "parents": {"dl": [5, 6]},
+                                            "item": {"x": 6}, "index": 1})
+    env = parse_envelope(json.dumps(raw))
+    assert (env.item, env.index) == ({"x": 6}, 1)
+    assert env.data == {"w": 800} and env.parents == {"dl": [5, 6]}
+    # A null element is an element: index set, item None.
+    env = parse_envelope(json.dumps(dict(ENV, input={"data": None, "parents": {}, "item": None, "index": 0})))
+    assert env.item is None and env.index == 0
+    # A plain job has neither; an index without an item is not an element (ignored, as in Rust).
+    env = parse_envelope(json.dumps(ENV))
+    assert env.item is None and env.index is None
+    env = parse_envelope(json.dumps(dict(ENV, input={"data": None, "parents": {}, "index": 3})))
+    assert env.item is None and env.index is None
+    assert parse_envelope(json.dumps(dict(ENV, input={"item": "a", "index": 4294967295}))).index == 4294967295
+
+
+@pytest.mark.parametrize("index", ["absent", None, -1, 1.5, "2", True, 4294967296])
+def test_map_element_without_a_valid_index_is_refused(index: Any) -> None:
+    job_input: dict[str, Any] = {"data": None, "parents": {}, "item": 1}
+    if index != "absent":
+        job_input["index"] = index
+    with pytest.raises(EnvelopeError, match="'input.index'"):
+        parse_envelope(json.dumps(dict(ENV, input=job_input)))
 
 
 def test_outcomes_are_the_engines_json() -> None:

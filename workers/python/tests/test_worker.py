@@ -53,6 +53,32 @@ async def test_runs_a_job_and_reports_it_atomically(r: redis.asyncio.Redis, shar
     assert pending["pending"] == 0
 
 
+async def test_map_elements_get_item_and_index(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                              prefix: str) -> None:
+    seen: dict[str, Any] = {}
+
+    async def element(job: Job) -> Any:
+        seen[job.node] = (job.item, job.index, job.data, job.parents)
+        return {"item": job.item, "index": job.index}
+
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    envs = [enq.envelope(name, "element", "py", data={"k": 1}, parents={"src": [7, None]})
+            for name in ("el[0]", "el[1]", "plain")]
+    envs[0]["input"].update(item=7, index=0)
+    envs[1]["input"].update(item=None, index=1)
+    await enq.add(*envs)
+    worker = Worker(shared_redis.url, {"py": 4}, {"element": element}, prefix=prefix)
+    async with running_worker(worker):
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 3), what="three outcomes")
+    assert done[envs[0]["id"]] == {"kind": "completed", "result": {"item": 7, "index": 0}}
+    assert done[envs[1]["id"]] == {"kind": "completed", "result": {"item": None, "index": 1}}
+    assert done[envs[2]["id"]] == {"kind": "completed", "result": {"item": None, "index": None}}
+    assert seen["el[0]"] == (7, 0, {"k": 1}, {"src": [7, None]})
+    assert seen["el[1]"] == (None, 1, {"k": 1}, {"src": [7, None]})
+    assert seen["plain"] == (None, None, {"k": 1}, {"src": [7, None]})
+
+
 async def test_errors_map_to_retryable_or_not(r: redis.asyncio.Redis, shared_redis: RedisServer,
                                               prefix: str) -> None:
     async def fatal(job: Job) -> Any:

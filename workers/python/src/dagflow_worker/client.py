@@ -103,6 +103,27 @@ class Client:
         """Runs the failed, skipped and cancelled nodes of an ended flow again."""
         return cast(FlowView, await self._call("POST", f"/flows/{quote(flow_id, safe='')}/retry"))
 
+    async def signal(self, flow_id: str, node: str, payload: Any = None) -> NodeView:
+        """Delivers a signal to a wait node (``wait: {"signal": ...}``) that is
+        ``waiting``: ``payload`` (any JSON value; ``None`` is ``null``) becomes the
+        node's result and the flow goes on. Returns the node as it is now. Raises
+        ``DagflowError`` 409 when the node does not wait for a signal now (not a signal
+        wait, not waiting yet, already done, or the flow ended), 404 for an unknown
+        flow or node; ``ValueError``/``TypeError`` when ``payload`` is not JSON."""
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        path = f"/flows/{quote(flow_id, safe='')}/nodes/{quote(node, safe='')}/signal"
+        return cast(NodeView, await self._call("POST", path, content=body,
+                                                headers={"Content-Type": "application/json"}))
+
+    async def rerun(self, flow_id: str, node: str) -> FlowView:
+        """Re-runs one node and everything downstream of it with fresh attempts; the
+        other nodes keep their results. Returns the flow as it is now. Raises
+        ``DagflowError`` 409 when the node cannot be re-run now (it has not ended, the
+        flow runs in ``failFast`` mode, or it is a map element), 404 for an unknown
+        flow or node."""
+        path = f"/flows/{quote(flow_id, safe='')}/nodes/{quote(node, safe='')}/rerun"
+        return cast(FlowView, await self._call("POST", path))
+
     async def delete(self, flow_id: str) -> None:
         """Removes the flow from Redis and from the server's disk."""
         await self._call("DELETE", f"/flows/{quote(flow_id, safe='')}")

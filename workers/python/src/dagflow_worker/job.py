@@ -100,6 +100,21 @@ class Job:
         return self.envelope.parents
 
     @property
+    def item(self) -> Any:
+        """On an element of a map node (:attr:`node` is ``{map}[{index}]``, e.g.
+        ``resize[17]``): its element of the mapped array, any JSON value. ``None`` on
+        every other job, and for a JSON ``null`` element: test :attr:`index` to tell
+        an element from a plain job."""
+        return self.envelope.item
+
+    @property
+    def index(self) -> Optional[int]:
+        """On an element of a map node: its position in the array, from 0; ``None``
+        on every other job. The map node's result is the list of its elements'
+        results in this order."""
+        return self.envelope.index
+
+    @property
     def timeout_ms(self) -> Optional[int]:
         """The node's ``timeoutMs``: after this long :attr:`cancelled` is set, the
         handler's task is cancelled and the attempt fails (retryable)."""

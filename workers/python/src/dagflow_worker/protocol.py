@@ -91,6 +91,10 @@ class Keys:
         return f"{self.prefix}:config"
 
 
+#: Largest map element index the engine writes (a ``u32``).
+MAX_INDEX = 0xFFFF_FFFF
+
+
 class EnvelopeError(ValueError):
     """A stream entry that is not a job this code can run; it gets removed."""
 
@@ -110,6 +114,12 @@ class Envelope:
     timeout_ms: int | None
     max_stalled: int
     enqueued_at_ms: int
+    #: On an element of a map node: its element of the mapped array (``None`` for a
+    #: JSON ``null`` element and on every other job; :attr:`index` tells them apart).
+    item: Any = None
+    #: On an element of a map node: its position in the array, from 0; ``None`` on
+    #: every other job.
+    index: int | None = None
 
     @property
     def field(self) -> str:
@@ -147,6 +157,12 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
         parents = {}
     elif type(parents) is not dict:
         raise _bad("input.parents", "an object")
+    # A map element's input also has "item" (any JSON, null included) and "index".
+    item = index = None
+    if "item" in job_input:
+        item, index = job_input["item"], job_input.get("index")
+        if type(index) is not int or not 0 <= index <= MAX_INDEX:
+            raise _bad("input.index", "an integer >= 0 (the input has an item)")
     timeout = get("timeoutMs")
     if timeout is not None and (type(timeout) is not int or timeout < 0):
         raise _bad("timeoutMs", "a non-negative integer")
@@ -174,6 +190,8 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
         timeout_ms=timeout,
         max_stalled=max_stalled,
         enqueued_at_ms=enqueued if type(enqueued) is int else 0,
+        item=item,
+        index=index,
     )
 
 

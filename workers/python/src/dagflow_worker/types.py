@@ -16,8 +16,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - 3.10
     from typing_extensions import NotRequired
 
-#: Where a node is.
-NodeStatus = Literal["pending", "queued", "active", "completed", "failed", "skipped", "cancelled"]
+#: Where a node is. ``waiting``: a wait node waits for its signal or its time;
+#: ``active`` on a map node: its elements run; ``skipped``: its trigger rule or its
+#: condition ruled it out (``reason`` says which).
+NodeStatus = Literal["pending", "queued", "active", "waiting", "completed", "failed", "skipped", "cancelled"]
+#: What a node's parents' outcomes must be for it to run (default ``allSuccess``).
+TriggerRule = Literal["allSuccess", "allDone", "oneSuccess", "noneFailed", "allFailed"]
 #: Where a flow is.
 FlowStatus = Literal["running", "completed", "failed", "cancelled"]
 
@@ -44,6 +48,40 @@ class NodeOpts(TypedDict, total=False):
     maxStalled: int
 
 
+#: A dynamic fan-out: the node runs once per element of an array in a parent's
+#: result. Each element is a job of its own named ``{node}[{index}]`` (e.g.
+#: ``resize[17]``) with the node's handler, queue and opts; its handler sees the
+#: element as ``job.item`` and its position as ``job.index``. The node completes with
+#: the list of its elements' results, in order. ``from`` (a Python keyword, hence the
+#: functional form) is the parent whose result holds the array; ``path`` a JSON
+#: Pointer into it (``""``, the default, is the whole result); ``maxItems`` the most
+#: elements (more fail the node; default 10000); ``maxParallel`` the most elements
+#: queued or running at once (unlimited by default).
+MapSpec = TypedDict("MapSpec", {
+    "from": str,
+    "path": NotRequired[str],
+    "maxItems": NotRequired[int],
+    "maxParallel": NotRequired[int],
+})
+
+
+class WaitSpec(TypedDict, total=False):
+    """A node that needs no worker (it never reaches a queue): it waits for a
+    signal (:meth:`dagflow_worker.Client.signal`), for ``forMs`` or until ``until``.
+    Exactly one of ``signal``, ``forMs``, ``until``."""
+
+    #: Completes when a signal delivers a payload, which becomes its result.
+    signal: str
+    #: With ``signal``: fail (or take ``default``) after this many ms.
+    timeoutMs: int
+    #: With ``signal`` and ``timeoutMs``: the result at the timeout instead of failing.
+    default: Any
+    #: A durable timer: completes this many ms after the node became ready.
+    forMs: int
+    #: A durable timer: completes at this time, ms since the epoch.
+    until: int
+
+
 class NodeSpec(TypedDict):
     """One node of a flow spec."""
 
@@ -59,6 +97,14 @@ class NodeSpec(TypedDict):
     data: NotRequired[Any]
     opts: NotRequired[NodeOpts]
     continueOnFailure: NotRequired[bool]
+    #: A CEL condition over ``parents`` and ``data``, e.g. ``parents.score.value > 10``;
+    #: false skips the node.
+    when: NotRequired[str]
+    trigger: NotRequired[TriggerRule]
+    #: Run once per element of an array in a parent's result.
+    map: NotRequired[MapSpec]
+    #: Wait for a signal or a time instead of running a job.
+    wait: NotRequired[WaitSpec]
 
 
 class FlowOpts(TypedDict, total=False):
@@ -73,6 +119,27 @@ class FlowSpec(TypedDict):
     nodes: list[NodeSpec]
     name: NotRequired[str]
     opts: NotRequired[FlowOpts]
+
+
+class WaitView(TypedDict):
+    """What a wait node waits for (its deadline, if any, is the node's ``dueAt``)."""
+
+    kind: Literal["signal", "timer"]
+    signal: NotRequired[str]
+    timeoutMs: NotRequired[int]
+
+
+#: A map node's source (``from``, ``path``) and how far its elements are: ``total``
+#: once the map expanded, ``done`` ended, ``running`` queued or running, ``failed``
+#: failed for good.
+MapView = TypedDict("MapView", {
+    "from": str,
+    "path": str,
+    "total": NotRequired[int],
+    "done": int,
+    "running": int,
+    "failed": int,
+})
 
 
 class NodeView(TypedDict):
@@ -93,8 +160,18 @@ class NodeView(TypedDict):
     progress: NotRequired[Any]
     error: NotRequired[str]
     result: NotRequired[Any]
-    #: Only in ``GET /flows/{id}/nodes/{name}``, once every parent is done.
+    #: Only in ``GET /flows/{id}/nodes/{name}``, once every parent is done: ``data``
+    #: and ``parents``, and on a map element ``item`` and ``index``.
     input: NotRequired[Any]
+    #: Why it was skipped: its trigger rule or its condition.
+    reason: NotRequired[str]
+    trigger: NotRequired[TriggerRule]
+    when: NotRequired[str]
+    wait: NotRequired[WaitView]
+    map: NotRequired[MapView]
+    #: On a map element (``{map}[{index}]``): its map node, and its position.
+    mapOf: NotRequired[str]
+    index: NotRequired[int]
 
 
 class FlowView(TypedDict):
@@ -153,6 +230,8 @@ class UpdatedMessage(TypedDict):
     ts: int
     progress: NotRequired[Any]
     error: NotRequired[str]
+    #: Why the node was skipped, on skip events.
+    reason: NotRequired[str]
 
 
 class LaggedMessage(TypedDict):
