@@ -99,10 +99,21 @@ fn check_shape(effects: &[Effect], before_seq: u64, before_status: FlowStatus, s
     assert!(seq > before_seq, "effects without any event: {effects:?}");
     assert_eq!(state.seq(), seq, "header seq is not the last event's");
     assert!(finished <= 1);
-    // Finished exactly when this input ended the flow.
+    // Finished exactly when this input ended the flow: one that was running, or
+    // one that a retry or re-run started again (and that may end at once).
+    let restarted = effects.iter().any(|e| {
+        matches!(
+            e,
+            Effect::Emit(Event {
+                node: None,
+                status: EventStatus::Flow(FlowStatus::Running),
+                ..
+            })
+        )
+    });
     assert_eq!(
         finished == 1,
-        !before_status.is_terminal() && state.status().is_terminal(),
+        (!before_status.is_terminal() || restarted) && state.status().is_terminal(),
         "Finished does not match the status change: {effects:?}"
     );
 }
@@ -1329,6 +1340,9 @@ impl Sim {
     fn apply(&mut self, input: Input) -> Vec<Effect> {
         let before = self.state.clone();
         let effects = self.state.apply(input.clone(), self.now);
+        if std::env::var_os("DAGFLOW_DEBUG").is_some() {
+            eprintln!("@{} {input:?}\n  -> {effects:?}", self.now);
+        }
         let shadow_effects = self.shadow.apply(input.clone(), self.now);
         assert_eq!(
             effects, shadow_effects,
@@ -1736,7 +1750,7 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: proptest_cases(256), ..ProptestConfig::default() })]
 
     /// A generated spec validates into exactly the generated edges, whichever
     /// side each edge was written on.
@@ -2784,4 +2798,1928 @@ fn rerun_before_start_is_refused_in_continue_mode() {
     );
     assert!(rerun(&mut state, "a", T0).is_empty());
     assert_eq!(state.seq(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Property tests with maps, conditions, trigger rules, waits and re-runs
+// ---------------------------------------------------------------------------
+
+/// Cases for a property test: `DAGFLOW_PROPTEST_CASES` overrides the default.
+fn proptest_cases(default: u32) -> u32 {
+    std::env::var("DAGFLOW_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const RULES: [&str; 5] = [
+    "allSuccess",
+    "allDone",
+    "oneSuccess",
+    "noneFailed",
+    "allFailed",
+];
+
+/// What a generated node is, before it is tied to its parents.
+#[derive(Debug, Clone)]
+enum RichKind {
+    Job,
+    /// Over one of the parents; `path` 0 is the array (`/items` of a job's result,
+    /// `""` of a map's), 1 is a number (`/v`), 2 is missing.
+    Map {
+        from: prop::sample::Index,
+        path: u8,
+        max_items: Option<u32>,
+        max_parallel: Option<u32>,
+    },
+    Signal {
+        timeout_ms: Option<u64>,
+        default: bool,
+    },
+    For(u64),
+    /// Offset from `T0`.
+    Until(u64),
+}
+
+#[derive(Debug, Clone)]
+enum RichCondGen {
+    Flag,
+    NotFlag,
+    ParentV(prop::sample::Index, i64),
+    ParentVOrFlag(prop::sample::Index, i64),
+}
+
+#[derive(Debug, Clone)]
+struct RichGenNode {
+    parents: Vec<prop::sample::Index>,
+    kind: RichKind,
+    rule: Option<usize>,
+    when: Option<RichCondGen>,
+    attempts: u32,
+    continue_on_failure: bool,
+    backoff: Option<u64>,
+    flag: bool,
+}
+
+#[derive(Debug, Clone)]
+struct RichGenFlow {
+    nodes: Vec<RichGenNode>,
+    fail_fast: bool,
+    /// Without it no job fails and nobody cancels, aborts, retries or re-runs
+    /// (nodes may still fail: a condition or a map that cannot be evaluated, a
+    /// signal that times out).
+    inject_failures: bool,
+    fail_percent: u64,
+    seed: u64,
+}
+
+/// A condition, resolved to parent indices.
+#[derive(Debug, Clone, Copy)]
+enum Cond {
+    Flag,
+    NotFlag,
+    /// `parents.n{p}.v > k`
+    ParentV(usize, i64),
+    /// `parents.n{p}.v > k || data.flag`
+    ParentVOrFlag(usize, i64),
+}
+
+impl Cond {
+    fn source(self) -> String {
+        match self {
+            Cond::Flag => "data.flag".into(),
+            Cond::NotFlag => "!data.flag".into(),
+            Cond::ParentV(p, k) => format!("parents.{}.v > {k}", node_name(p)),
+            Cond::ParentVOrFlag(p, k) => format!("parents.{}.v > {k} || data.flag", node_name(p)),
+        }
+    }
+}
+
+/// What a resolved node is.
+#[derive(Debug, Clone)]
+enum Kind {
+    Job,
+    Map {
+        from: usize,
+        path: &'static str,
+        max_items: Option<u32>,
+        max_parallel: Option<u32>,
+    },
+    Signal {
+        timeout_ms: Option<u64>,
+        default: Option<Value>,
+    },
+    For(u64),
+    Until(u64),
+}
+
+/// The model of one node: what the spec says, as the test understands it.
+#[derive(Debug, Clone)]
+struct Model {
+    parents: Vec<usize>,
+    kind: Kind,
+    rule: usize,
+    when: Option<Cond>,
+    cof: bool,
+    flag: bool,
+    attempts: u32,
+    backoff: Option<u64>,
+}
+
+impl Model {
+    fn is_map(&self) -> bool {
+        matches!(self.kind, Kind::Map { .. })
+    }
+
+    fn is_wait(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Signal { .. } | Kind::For(_) | Kind::Until(_)
+        )
+    }
+}
+
+fn rich_kind() -> impl Strategy<Value = RichKind> {
+    prop_oneof![
+        6 => Just(RichKind::Job),
+        4 => (
+            any::<prop::sample::Index>(),
+            prop_oneof![12 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+            prop::option::weighted(0.2, 1u32..6),
+            prop::option::weighted(0.6, 1u32..4),
+        )
+            .prop_map(|(from, path, max_items, max_parallel)| RichKind::Map {
+                from,
+                path,
+                max_items,
+                max_parallel
+            }),
+        1 => (prop::option::weighted(0.6, 1u64..300), any::<bool>())
+            .prop_map(|(timeout_ms, default)| RichKind::Signal { timeout_ms, default }),
+        1 => (1u64..300).prop_map(RichKind::For),
+        1 => (0u64..2000).prop_map(RichKind::Until),
+    ]
+}
+
+fn rich_cond() -> impl Strategy<Value = RichCondGen> {
+    prop_oneof![
+        1 => Just(RichCondGen::Flag),
+        1 => Just(RichCondGen::NotFlag),
+        2 => (any::<prop::sample::Index>(), 0i64..10).prop_map(|(p, k)| RichCondGen::ParentV(p, k)),
+        1 => (any::<prop::sample::Index>(), 0i64..10).prop_map(|(p, k)| RichCondGen::ParentVOrFlag(p, k)),
+    ]
+}
+
+fn rich_node() -> impl Strategy<Value = RichGenNode> {
+    (
+        prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+        rich_kind(),
+        prop::option::weighted(0.5, 0usize..5),
+        prop::option::weighted(0.3, rich_cond()),
+        1u32..=3,
+        prop::bool::weighted(0.15),
+        prop::option::weighted(0.2, 1u64..200),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(parents, kind, rule, when, attempts, continue_on_failure, backoff, flag)| {
+                RichGenNode {
+                    parents,
+                    kind,
+                    rule,
+                    when,
+                    attempts,
+                    continue_on_failure,
+                    backoff,
+                    flag,
+                }
+            },
+        )
+}
+
+fn rich_flow() -> impl Strategy<Value = RichGenFlow> {
+    (
+        prop::collection::vec(rich_node(), 1..=25),
+        any::<bool>(),
+        prop::bool::weighted(0.8),
+        1u64..25,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(nodes, fail_fast, inject_failures, fail_percent, seed)| RichGenFlow {
+                nodes,
+                fail_fast,
+                inject_failures,
+                fail_percent,
+                seed,
+            },
+        )
+}
+
+impl RichGenFlow {
+    /// Ties each node to its parents (lower indices only, so the graph is acyclic).
+    fn models(&self) -> Vec<Model> {
+        let mut out: Vec<Model> = Vec::with_capacity(self.nodes.len());
+        for (i, n) in self.nodes.iter().enumerate() {
+            let mut parents: Vec<usize> = if i == 0 {
+                Vec::new()
+            } else {
+                n.parents.iter().map(|p| p.index(i)).collect()
+            };
+            parents.sort_unstable();
+            parents.dedup();
+            let pick = |ix: &prop::sample::Index| parents[ix.index(parents.len())];
+            let kind = match &n.kind {
+                RichKind::Map {
+                    from,
+                    path,
+                    max_items,
+                    max_parallel,
+                } if !parents.is_empty() => {
+                    let from = pick(from);
+                    let path = match path {
+                        0 if out[from].is_map() => "",
+                        0 => "/items",
+                        1 => "/v",
+                        _ => "/missing",
+                    };
+                    Kind::Map {
+                        from,
+                        path,
+                        max_items: *max_items,
+                        max_parallel: *max_parallel,
+                    }
+                }
+                RichKind::Map { .. } | RichKind::Job => Kind::Job,
+                RichKind::Signal {
+                    timeout_ms,
+                    default,
+                } => Kind::Signal {
+                    timeout_ms: *timeout_ms,
+                    default: (timeout_ms.is_some() && *default)
+                        .then(|| json!({ "v": 7, "default": true })),
+                },
+                RichKind::For(ms) => Kind::For(*ms),
+                RichKind::Until(offset) => Kind::Until(T0 + offset),
+            };
+            let when = n.when.as_ref().map(|c| match c {
+                RichCondGen::Flag => Cond::Flag,
+                RichCondGen::NotFlag => Cond::NotFlag,
+                RichCondGen::ParentV(_, _) | RichCondGen::ParentVOrFlag(_, _)
+                    if parents.is_empty() =>
+                {
+                    Cond::Flag
+                }
+                RichCondGen::ParentV(p, k) => Cond::ParentV(pick(p), *k),
+                RichCondGen::ParentVOrFlag(p, k) => Cond::ParentVOrFlag(pick(p), *k),
+            });
+            out.push(Model {
+                parents,
+                kind,
+                rule: n.rule.unwrap_or(0),
+                when,
+                cof: n.continue_on_failure,
+                flag: n.flag,
+                attempts: n.attempts,
+                backoff: n.backoff,
+            });
+        }
+        out
+    }
+
+    fn spec_json(&self) -> Value {
+        let models = self.models();
+        let nodes: Vec<Value> = models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut node = json!({
+                    "name": node_name(i),
+                    "data": { "i": i, "flag": m.flag },
+                    "opts": { "attempts": m.attempts, "continueOnFailure": m.cof },
+                });
+                if !m.parents.is_empty() {
+                    node["parents"] = m.parents.iter().map(|&p| node_name(p)).collect();
+                }
+                if let Some(delay_ms) = m.backoff {
+                    node["opts"]["backoff"] = json!({ "type": "exponential", "delayMs": delay_ms });
+                }
+                if m.rule != 0 || i % 2 == 1 {
+                    // Half of the default rules are written out.
+                    node["trigger"] = json!(RULES[m.rule]);
+                }
+                if let Some(cond) = m.when {
+                    node["when"] = json!(cond.source());
+                }
+                match &m.kind {
+                    Kind::Job => {}
+                    Kind::Map {
+                        from,
+                        path,
+                        max_items,
+                        max_parallel,
+                    } => {
+                        let mut map = json!({ "from": node_name(*from), "path": path });
+                        if let Some(n) = max_items {
+                            map["maxItems"] = json!(n);
+                        }
+                        if let Some(n) = max_parallel {
+                            map["maxParallel"] = json!(n);
+                        }
+                        node["map"] = map;
+                    }
+                    Kind::Signal {
+                        timeout_ms,
+                        default,
+                    } => {
+                        let mut wait = json!({ "signal": format!("s{i}") });
+                        if let Some(t) = timeout_ms {
+                            wait["timeoutMs"] = json!(t);
+                        }
+                        if let Some(d) = default {
+                            wait["default"] = d.clone();
+                        }
+                        node["wait"] = wait;
+                    }
+                    Kind::For(ms) => node["wait"] = json!({ "forMs": ms }),
+                    Kind::Until(at) => node["wait"] = json!({ "until": at }),
+                }
+                node
+            })
+            .collect();
+        json!({
+            "name": "generated-rich",
+            "nodes": nodes,
+            "opts": { "onFailure": if self.fail_fast { "failFast" } else { "continue" } },
+        })
+    }
+}
+
+/// What a trigger rule says over the parents' statuses, per the spec's docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelVerdict {
+    Wait,
+    Run,
+    Skip,
+}
+
+/// Counts of what the random runs exercised, to show they reach every feature.
+#[derive(Debug, Default, Clone, Copy)]
+struct Coverage {
+    begins_by_rule: [u64; 5],
+    trigger_skips: u64,
+    condition_true: u64,
+    condition_false: u64,
+    condition_errors: u64,
+    maps_expanded: u64,
+    maps_completed: u64,
+    maps_failed_with_elements: u64,
+    map_expand_failures: u64,
+    maps_capped: u64,
+    partial_retries: u64,
+    signals: u64,
+    timers_fired: u64,
+    timeouts: u64,
+    reruns_running: u64,
+    reruns_ended: u64,
+    refused_reruns: u64,
+    retries: u64,
+    crashes: u64,
+    late_reports: u64,
+}
+
+impl Coverage {
+    fn add(&mut self, o: &Coverage) {
+        for (a, b) in self.begins_by_rule.iter_mut().zip(o.begins_by_rule) {
+            *a += b;
+        }
+        self.trigger_skips += o.trigger_skips;
+        self.condition_true += o.condition_true;
+        self.condition_false += o.condition_false;
+        self.condition_errors += o.condition_errors;
+        self.maps_expanded += o.maps_expanded;
+        self.maps_completed += o.maps_completed;
+        self.maps_failed_with_elements += o.maps_failed_with_elements;
+        self.map_expand_failures += o.map_expand_failures;
+        self.maps_capped += o.maps_capped;
+        self.partial_retries += o.partial_retries;
+        self.signals += o.signals;
+        self.timers_fired += o.timers_fired;
+        self.timeouts += o.timeouts;
+        self.reruns_running += o.reruns_running;
+        self.reruns_ended += o.reruns_ended;
+        self.refused_reruns += o.refused_reruns;
+        self.retries += o.retries;
+        self.crashes += o.crashes;
+        self.late_reports += o.late_reports;
+    }
+}
+
+/// Drives one flow with maps, conditions, trigger rules and waits, checking the
+/// model after every input.
+struct Rich {
+    dag: Arc<Dag>,
+    model: Vec<Model>,
+    fail_fast: bool,
+    state: FlowState,
+    /// Never restored: must agree with `state` on every effect.
+    shadow: FlowState,
+    rng: Rng,
+    now: u64,
+    log: Vec<(Input, u64)>,
+    all_effects: Vec<Effect>,
+    /// Jobs enqueued and neither answered nor cancelled, by (node, attempt).
+    outstanding: BTreeMap<(usize, u32), Outstanding>,
+    enqueued: HashSet<(usize, u32)>,
+    /// Job reports that were accepted, for duplicate deliveries.
+    accepted: Vec<Input>,
+    /// Jobs cancelled: a worker may still report them.
+    cancelled: Vec<(usize, u32)>,
+    /// The result of each accepted completion of a job, by node.
+    results: BTreeMap<usize, Arc<str>>,
+    last_seq: u64,
+    finished_this_run: u32,
+    runs: u32,
+    cov: Coverage,
+}
+
+impl Rich {
+    fn new(dag: Arc<Dag>, model: Vec<Model>, fail_fast: bool, seed: u64) -> Self {
+        let state = FlowState::new(flow_id(), Arc::clone(&dag), T0);
+        Rich {
+            shadow: state.clone(),
+            dag,
+            model,
+            fail_fast,
+            state,
+            rng: Rng(seed),
+            now: T0,
+            log: Vec::new(),
+            all_effects: Vec::new(),
+            outstanding: BTreeMap::new(),
+            enqueued: HashSet::new(),
+            accepted: Vec::new(),
+            cancelled: Vec::new(),
+            results: BTreeMap::new(),
+            last_seq: 0,
+            finished_this_run: 0,
+            runs: 0,
+            cov: Coverage::default(),
+        }
+    }
+
+    fn n(&self) -> usize {
+        self.dag.len()
+    }
+
+    /// The trigger rule of `i` over these parent statuses.
+    fn verdict(&self, i: usize, status: &[NodeStatus]) -> ModelVerdict {
+        let m = &self.model[i];
+        if m.parents.is_empty() {
+            return ModelVerdict::Run;
+        }
+        let ps: Vec<(NodeStatus, bool)> = m
+            .parents
+            .iter()
+            .map(|&p| (status[p], self.model[p].cof))
+            .collect();
+        let all_terminal = ps.iter().all(|(s, _)| s.is_terminal());
+        let completed = |s: &NodeStatus| *s == NodeStatus::Completed;
+        let failed = |s: &NodeStatus| *s == NodeStatus::Failed;
+        let decided = |skip: bool, run: bool| {
+            if skip {
+                ModelVerdict::Skip
+            } else if run {
+                ModelVerdict::Run
+            } else {
+                ModelVerdict::Wait
+            }
+        };
+        match m.rule {
+            // allSuccess: a parent failed with continueOnFailure counts as a success.
+            0 => decided(
+                ps.iter()
+                    .any(|(s, cof)| s.is_terminal() && !completed(s) && !(failed(s) && *cof)),
+                all_terminal,
+            ),
+            1 => decided(false, all_terminal),
+            2 => {
+                if ps.iter().any(|(s, _)| completed(s)) {
+                    ModelVerdict::Run
+                } else {
+                    decided(all_terminal, false)
+                }
+            }
+            3 => decided(ps.iter().any(|(s, _)| failed(s)), all_terminal),
+            _ => decided(
+                ps.iter().any(|(s, _)| s.is_terminal() && !failed(s)),
+                all_terminal,
+            ),
+        }
+    }
+
+    /// A parent's value in a condition, as `job_input` gives it.
+    fn parent_value(&self, p: usize, status: NodeStatus) -> Value {
+        let n = self.state.node(NodeIdx::from_usize(p));
+        match (&n.result, status) {
+            (Some(r), NodeStatus::Completed | NodeStatus::Failed) => {
+                serde_json::from_str(r).unwrap()
+            }
+            (_, NodeStatus::Failed) => json!({ "error": n.error.as_deref().unwrap() }),
+            _ => Value::Null,
+        }
+    }
+
+    /// The condition of `i` evaluated as CEL would: `Err` when it cannot be.
+    fn condition(&self, i: usize, status: &[NodeStatus]) -> Result<bool, ()> {
+        let m = &self.model[i];
+        // `parents.p.v` of a value without a field `v` (null, an error, a map's
+        // array, a timer's `firedAt`) is an error.
+        let greater = |p: usize, k: i64| -> Result<bool, ()> {
+            let value = self.parent_value(p, status[p]);
+            match value
+                .as_object()
+                .and_then(|o| o.get("v"))
+                .and_then(Value::as_i64)
+            {
+                Some(v) => Ok(v > k),
+                None => Err(()),
+            }
+        };
+        match m.when {
+            None => Ok(true),
+            Some(Cond::Flag) => Ok(m.flag),
+            Some(Cond::NotFlag) => Ok(!m.flag),
+            Some(Cond::ParentV(p, k)) => greater(p, k),
+            Some(Cond::ParentVOrFlag(p, k)) => match (greater(p, k), m.flag) {
+                (Ok(true), _) | (_, true) => Ok(true),
+                (Ok(false), false) => Ok(false),
+                (Err(()), false) => Err(()),
+            },
+        }
+    }
+
+    /// The DAG nodes downstream of `roots`, themselves included.
+    fn downstream(&self, roots: &[usize]) -> Vec<bool> {
+        let mut mask = vec![false; self.n()];
+        let mut stack = roots.to_vec();
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut mask[i], true) {
+                stack.extend((0..self.n()).filter(|&c| self.model[c].parents.contains(&i)));
+            }
+        }
+        mask
+    }
+
+    fn apply(&mut self, input: Input) -> Vec<Effect> {
+        let before = self.state.clone();
+        let effects = self.state.apply(input.clone(), self.now);
+        if std::env::var_os("DAGFLOW_DEBUG").is_some() {
+            eprintln!("@{} {input:?}\n  -> {effects:?}", self.now);
+        }
+        let shadow_effects = self.shadow.apply(input.clone(), self.now);
+        assert_eq!(
+            effects, shadow_effects,
+            "{input:?}: a restored flow behaves differently from one never restored"
+        );
+        self.log.push((input.clone(), self.now));
+        self.all_effects.extend(effects.iter().cloned());
+        self.check(&before, &input, &effects);
+        effects
+    }
+
+    fn check(&mut self, before: &FlowState, input: &Input, effects: &[Effect]) {
+        let n = self.n();
+        check_shape(effects, before.seq(), before.status(), &self.state);
+        assert!(self.state.nodes().len() >= before.nodes().len());
+        if effects.is_empty() {
+            assert_eq!(self.state.header(), before.header(), "{input:?}");
+            assert_eq!(self.state.nodes(), before.nodes(), "{input:?}");
+        } else {
+            let persisted = persisted(effects);
+            for (i, node) in self.state.nodes().iter().enumerate() {
+                if before.nodes().get(i) != Some(node) {
+                    assert!(
+                        persisted.contains(&NodeIdx::from_usize(i)),
+                        "{input:?}: node {i} changed but is not persisted"
+                    );
+                }
+            }
+        }
+
+        // What a Retry or Rerun resets, per the model.
+        let mut reset = vec![false; n];
+        let mut partial = Vec::new();
+        if !effects.is_empty() {
+            match input {
+                Input::Rerun { node } => reset = self.downstream(&[node.as_usize()]),
+                Input::Retry => {
+                    let roots: Vec<usize> = (0..n)
+                        .filter(|&i| {
+                            matches!(
+                                before.nodes()[i].status,
+                                NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled
+                            )
+                        })
+                        .collect();
+                    reset = self.downstream(&roots);
+                    partial = roots
+                        .into_iter()
+                        .filter(|&m| {
+                            before.nodes()[m].elements.is_some()
+                                && self.model[m].parents.iter().all(|&p| !reset[p])
+                        })
+                        .collect();
+                }
+                _ => {}
+            }
+        }
+
+        self.check_decisions(before, input, effects, &reset);
+        self.check_model_queue(before, input, effects);
+        self.check_told(before, effects);
+
+        // 3. A re-run changes only the node and what is downstream of it (a retry
+        // likewise only what it re-runs; a map re-run in part keeps its completed
+        // elements as they were).
+        if matches!(input, Input::Rerun { .. } | Input::Retry) && !effects.is_empty() {
+            for (i, old) in before.nodes().iter().enumerate() {
+                if i < n && reset[i] {
+                    continue;
+                }
+                let new = &self.state.nodes()[i];
+                let kept_element = i >= n
+                    && before
+                        .owner(NodeIdx::from_usize(i))
+                        .is_some_and(|(m, _)| partial.contains(&m.as_usize()))
+                    && old.status != NodeStatus::Completed;
+                if !kept_element {
+                    assert_eq!(new, old, "{input:?} changed node {i}, not downstream");
+                }
+            }
+            for i in (0..n).filter(|&i| reset[i]) {
+                let (old, new) = (&before.nodes()[i], &self.state.nodes()[i]);
+                assert!(new.attempt >= old.attempt, "attempts never go back");
+                if matches!(
+                    new.status,
+                    NodeStatus::Queued | NodeStatus::Active | NodeStatus::Waiting
+                ) && !partial.contains(&i)
+                {
+                    assert!(
+                        new.attempt > old.attempt,
+                        "node {i} re-ran on its old attempt"
+                    );
+                }
+            }
+            if matches!(input, Input::Retry) {
+                self.cov.retries += 1;
+                self.cov.partial_retries += partial.len() as u64;
+            }
+        }
+
+        // 4. A waiting node ends only by its signal or at its deadline.
+        for (i, (old, new)) in before.nodes()[..n]
+            .iter()
+            .zip(&self.state.nodes()[..n])
+            .enumerate()
+        {
+            if old.status != NodeStatus::Waiting || new.status == NodeStatus::Waiting && new == old
+            {
+                continue;
+            }
+            let node = NodeIdx::from_usize(i);
+            let due = old.due_at.is_some_and(|d| d <= self.now);
+            match (new.status, input) {
+                (NodeStatus::Completed, Input::Signal { node: s, payload }) if *s == node => {
+                    assert_eq!(new.result.as_deref(), Some(&**payload));
+                    self.cov.signals += 1;
+                }
+                (NodeStatus::Completed, Input::Tick) => {
+                    assert!(due, "wait {i} completed before its deadline");
+                    let expected = match &self.model[i].kind {
+                        Kind::Signal { default, .. } => {
+                            self.cov.timeouts += 1;
+                            default.clone().expect("a timeout without default fails")
+                        }
+                        _ => {
+                            self.cov.timers_fired += 1;
+                            json!({ "firedAt": self.now })
+                        }
+                    };
+                    let got: Value = serde_json::from_str(new.result.as_deref().unwrap()).unwrap();
+                    assert_eq!(got, expected);
+                }
+                (NodeStatus::Failed, Input::Tick) => {
+                    assert!(due, "wait {i} failed before its deadline");
+                    let Kind::Signal {
+                        timeout_ms: Some(t),
+                        default: None,
+                    } = &self.model[i].kind
+                    else {
+                        panic!("wait {i} failed at a tick, yet it has a default or no timeout");
+                    };
+                    assert_eq!(
+                        new.error.as_deref(),
+                        Some(&*format!("no signal 's{i}' within {t} ms"))
+                    );
+                    self.cov.timeouts += 1;
+                }
+                (NodeStatus::Cancelled, _) => {
+                    assert!(
+                        self.state.status().is_terminal(),
+                        "cancelled in a running flow"
+                    )
+                }
+                (_, Input::Rerun { .. }) if reset[i] => {}
+                (s, _) => panic!("{input:?}: wait {i} went from waiting to {s:?}"),
+            }
+        }
+        match input {
+            Input::Tick => {
+                let any_due = before.status() == FlowStatus::Running
+                    && before.nodes()[..n].iter().any(|x| {
+                        x.status == NodeStatus::Waiting && x.due_at.is_some_and(|d| d <= self.now)
+                    });
+                assert_eq!(
+                    !effects.is_empty(),
+                    any_due,
+                    "a tick acts iff a wait is due"
+                );
+            }
+            Input::Signal { node, .. } => {
+                let i = node.as_usize();
+                let takes = i < n
+                    && matches!(self.model[i].kind, Kind::Signal { .. })
+                    && before.status() == FlowStatus::Running
+                    && before.nodes()[i].status == NodeStatus::Waiting;
+                assert_eq!(before.signal_refusal(*node).is_none(), takes);
+                assert_eq!(!effects.is_empty(), takes, "{input:?}");
+            }
+            Input::Rerun { node } => {
+                let i = node.as_usize();
+                // In failFast mode a re-run must cover every failure (else the flow
+                // would be running with a failure it should have stopped at).
+                let uncovered_failure = || {
+                    let reset = self.downstream(&[i]);
+                    (0..n).any(|f| {
+                        before.nodes()[f].status == NodeStatus::Failed
+                            && !self.model[f].cof
+                            && !reset[f]
+                    })
+                };
+                let refused = i >= n
+                    || before.status() == FlowStatus::Running
+                        && (self.fail_fast
+                            || before.seq() == 0
+                            || !before.nodes()[i].status.is_terminal())
+                    || self.fail_fast && uncovered_failure();
+                assert_eq!(before.rerun_refusal(*node).is_some(), refused);
+                assert_eq!(effects.is_empty(), refused, "{input:?}");
+                if refused {
+                    self.cov.refused_reruns += 1;
+                } else if before.status().is_terminal() {
+                    self.cov.reruns_ended += 1;
+                } else {
+                    self.cov.reruns_running += 1;
+                }
+            }
+            _ => {}
+        }
+        self.check_invariants();
+    }
+
+    /// Property 1. Replays the events of one apply in order, so that each decision is
+    /// judged on the parents' statuses at that moment: nothing runs unless its
+    /// trigger rule holds and its condition is true; nothing is skipped or fails
+    /// without a job unless the rule or the condition says so.
+    fn check_decisions(
+        &mut self,
+        before: &FlowState,
+        input: &Input,
+        effects: &[Effect],
+        reset: &[bool],
+    ) {
+        let n = self.n();
+        let mut replay: Vec<NodeStatus> = before.nodes()[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                if reset[i] {
+                    NodeStatus::Pending
+                } else {
+                    x.status
+                }
+            })
+            .collect();
+        for event in events(effects) {
+            let Some(node) = event.node else { continue };
+            let EventStatus::Node(s) = event.status else {
+                panic!("a node event with a flow status: {event:?}");
+            };
+            let i = node.as_usize();
+            if i >= n {
+                if s == NodeStatus::Queued {
+                    let (m, _) = self.state.owner(node).expect("a queued element is live");
+                    assert_eq!(
+                        replay[m.as_usize()],
+                        NodeStatus::Active,
+                        "{input:?}: element {i} queued while its map is not active"
+                    );
+                }
+                continue;
+            }
+            let prev = replay[i];
+            let model = &self.model[i];
+            let begins = match s {
+                NodeStatus::Queued => !matches!(prev, NodeStatus::Queued | NodeStatus::Active),
+                NodeStatus::Waiting => true,
+                NodeStatus::Active => model.is_map() && prev != NodeStatus::Active,
+                _ => false,
+            };
+            let statuses = |replay: &[NodeStatus]| -> Vec<(usize, NodeStatus)> {
+                model.parents.iter().map(|&p| (p, replay[p])).collect()
+            };
+            if begins {
+                assert!(
+                    prev == NodeStatus::Pending,
+                    "{input:?}: node {i} began from {prev:?}"
+                );
+                assert_eq!(
+                    self.verdict(i, &replay),
+                    ModelVerdict::Run,
+                    "{input:?}: node {i} began ({s:?}) while trigger {} does not hold over {:?}",
+                    RULES[model.rule],
+                    statuses(&replay)
+                );
+                assert_eq!(
+                    self.condition(i, &replay),
+                    Ok(true),
+                    "{input:?}: node {i} began ({s:?}) while its condition {:?} is not true",
+                    model.when.map(Cond::source)
+                );
+                match s {
+                    NodeStatus::Queued => assert!(!model.is_map() && !model.is_wait()),
+                    NodeStatus::Waiting => assert!(model.is_wait()),
+                    _ => {}
+                }
+                self.cov.begins_by_rule[model.rule] += 1;
+                if model.is_map() {
+                    self.cov.maps_expanded += 1;
+                }
+                if model.when.is_some() {
+                    self.cov.condition_true += 1;
+                }
+            }
+            match s {
+                NodeStatus::Skipped => {
+                    assert_eq!(prev, NodeStatus::Pending, "node {i} skipped from {prev:?}");
+                    let reason = event.reason.as_deref().expect("a skip event has a reason");
+                    if let Some(cond) = model.when.filter(|_| reason.starts_with("condition")) {
+                        assert_eq!(self.verdict(i, &replay), ModelVerdict::Run);
+                        assert_eq!(self.condition(i, &replay), Ok(false), "{reason}");
+                        assert_eq!(reason, format!("condition `{}` is false", cond.source()));
+                        self.cov.condition_false += 1;
+                    } else {
+                        assert_eq!(
+                            self.verdict(i, &replay),
+                            ModelVerdict::Skip,
+                            "{input:?}: node {i} skipped ({reason}) over {:?}",
+                            statuses(&replay)
+                        );
+                        assert!(
+                            reason.ends_with(&format!("(trigger {})", RULES[model.rule])),
+                            "{reason}"
+                        );
+                        self.cov.trigger_skips += 1;
+                    }
+                }
+                NodeStatus::Completed if model.is_map() => self.cov.maps_completed += 1,
+                NodeStatus::Failed if prev == NodeStatus::Active && model.is_map() => {
+                    self.cov.maps_failed_with_elements += 1;
+                }
+                NodeStatus::Failed if prev == NodeStatus::Pending => {
+                    // Failed without a job: its condition or its map.
+                    assert_eq!(self.verdict(i, &replay), ModelVerdict::Run);
+                    let error = event.error.as_deref().expect("a failure has an error");
+                    match self.condition(i, &replay) {
+                        Err(()) => {
+                            let source = model.when.map(Cond::source).unwrap();
+                            assert!(
+                                error.starts_with(&format!(
+                                    "condition `{source}` could not be evaluated: "
+                                )),
+                                "{error}"
+                            );
+                            self.cov.condition_errors += 1;
+                        }
+                        Ok(true) => {
+                            assert!(model.is_map(), "node {i} failed at once: {error}");
+                            self.check_expand_failure(i, error, &replay);
+                        }
+                        Ok(false) => panic!("node {i} failed although its condition is false"),
+                    }
+                }
+                _ => {}
+            }
+            replay[i] = s;
+        }
+    }
+
+    /// A map that could not expand: the message says why, and it is right.
+    fn check_expand_failure(&mut self, i: usize, error: &str, replay: &[NodeStatus]) {
+        let Kind::Map {
+            from,
+            path,
+            max_items,
+            ..
+        } = &self.model[i].kind
+        else {
+            unreachable!()
+        };
+        let source = node_name(*from);
+        self.cov.map_expand_failures += 1;
+        if replay[*from] != NodeStatus::Completed {
+            // Its trigger rule let it run without its source.
+            assert_eq!(
+                error,
+                format!(
+                    "map source '{source}' has no result (it is {})",
+                    replay[*from].as_str()
+                )
+            );
+            return;
+        }
+        let result: Value = serde_json::from_str(
+            self.state
+                .node(NodeIdx::from_usize(*from))
+                .result
+                .as_deref()
+                .unwrap(),
+        )
+        .unwrap();
+        let expected = match result.pointer(path) {
+            None => format!("path '{path}' is not found in the result of '{source}'"),
+            Some(Value::Array(items)) => format!(
+                "map over '{source}' has {} elements, more than maxItems {}",
+                items.len(),
+                max_items.expect("an array within the default maxItems expands")
+            ),
+            Some(Value::Number(_)) => {
+                format!("path '{path}' in the result of '{source}' is a number, not an array")
+            }
+            Some(Value::Object(_)) => {
+                format!("path '{path}' in the result of '{source}' is an object, not an array")
+            }
+            Some(other) => panic!("unexpected source value {other}"),
+        };
+        assert_eq!(error, expected);
+    }
+
+    /// The model queue: jobs enqueued once per attempt, only for jobs, with the
+    /// right delay and input; answers and cancellations take them off.
+    fn check_model_queue(&mut self, before: &FlowState, input: &Input, effects: &[Effect]) {
+        if !effects.is_empty() {
+            match input {
+                Input::JobCompleted {
+                    node,
+                    attempt,
+                    result,
+                } => {
+                    assert!(self
+                        .outstanding
+                        .remove(&(node.as_usize(), *attempt))
+                        .is_some());
+                    self.results.insert(node.as_usize(), Arc::clone(result));
+                    self.accepted.push(input.clone());
+                }
+                Input::JobFailed { node, attempt, .. } => {
+                    assert!(self
+                        .outstanding
+                        .remove(&(node.as_usize(), *attempt))
+                        .is_some());
+                    self.accepted.push(input.clone());
+                }
+                Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
+                    self.outstanding
+                        .get_mut(&(node.as_usize(), *attempt))
+                        .expect("start of a job that is not outstanding")
+                        .started = true;
+                    if matches!(input, Input::JobStarted { .. }) {
+                        self.accepted.push(input.clone());
+                    }
+                }
+                Input::Start | Input::Retry => {
+                    if matches!(input, Input::Retry) {
+                        assert_eq!(self.finished_this_run, 1);
+                    }
+                    self.finished_this_run = 0;
+                    self.runs += 1;
+                }
+                Input::Rerun { .. } if before.status().is_terminal() => {
+                    assert_eq!(self.finished_this_run, 1);
+                    self.finished_this_run = 0;
+                    self.runs += 1;
+                }
+                _ => {}
+            }
+        }
+        for effect in effects {
+            match effect {
+                Effect::Enqueue(job) => self.check_enqueue(job),
+                Effect::CancelJob { node, attempt } => {
+                    let key = (node.as_usize(), *attempt);
+                    assert!(
+                        self.outstanding.remove(&key).is_some(),
+                        "CancelJob for a job that is not outstanding: {key:?}"
+                    );
+                    self.cancelled.push(key);
+                }
+                Effect::Emit(event) => {
+                    assert_eq!(event.seq, self.last_seq + 1, "a gap in seq");
+                    self.last_seq = event.seq;
+                    assert_eq!(event.ts, self.now);
+                }
+                Effect::Finished(status) => {
+                    self.finished_this_run += 1;
+                    assert_eq!(self.finished_this_run, 1, "Finished twice in one run");
+                    assert_eq!(*status, self.state.status());
+                }
+                Effect::Persist(_) => {}
+            }
+        }
+    }
+
+    fn check_enqueue(&mut self, job: &EnqueueJob) {
+        let i = job.node.as_usize();
+        assert!(
+            self.enqueued.insert((i, job.attempt)),
+            "({i}, {}) enqueued twice",
+            job.attempt
+        );
+        assert!(
+            self.state.is_job(job.node),
+            "enqueue of node {i}, not a job"
+        );
+        let node = self.state.node(job.node);
+        let owner = self.state.job_node(job.node).as_usize();
+        let model = &self.model[owner];
+        assert!(!model.is_wait());
+        assert_eq!(
+            i >= self.n(),
+            model.is_map(),
+            "a map's jobs are its elements"
+        );
+        let retry = job.attempt - node.run_first_attempt;
+        assert!(retry < model.attempts);
+        let expected_delay = if retry == 0 {
+            0
+        } else {
+            model.backoff.map_or(0, |d| {
+                Backoff {
+                    kind: BackoffKind::Exponential,
+                    delay_ms: d,
+                }
+                .delay_for(retry)
+            })
+        };
+        assert_eq!(
+            job.delay_ms, expected_delay,
+            "node {i} attempt {}",
+            job.attempt
+        );
+        let input: Value = serde_json::from_str(&self.state.job_input(job.node)).unwrap();
+        assert_eq!(input["data"], json!({ "i": owner, "flag": model.flag }));
+        assert_eq!(
+            input["parents"].as_object().unwrap().len(),
+            model.parents.len()
+        );
+        if let Kind::Map { from, path, .. } = &model.kind {
+            let (_, offset) = self.state.owner(job.node).unwrap();
+            let source: Value = serde_json::from_str(
+                self.state
+                    .node(NodeIdx::from_usize(*from))
+                    .result
+                    .as_deref()
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(input["index"], json!(offset));
+            assert_eq!(
+                &input["item"],
+                &source.pointer(path).unwrap()[offset as usize],
+                "element {i} got another item"
+            );
+        }
+        self.outstanding.insert(
+            (i, job.attempt),
+            Outstanding {
+                due: self.now + job.delay_ms,
+                started: false,
+            },
+        );
+    }
+
+    /// Every status change of a node that is still live is told, and the last
+    /// event of a node in an apply tells its status after it.
+    fn check_told(&self, before: &FlowState, effects: &[Effect]) {
+        let mut last: BTreeMap<usize, NodeStatus> = BTreeMap::new();
+        for event in events(effects) {
+            if let (Some(node), EventStatus::Node(s)) = (event.node, event.status) {
+                last.insert(node.as_usize(), s);
+            }
+        }
+        for (i, new) in self.state.nodes().iter().enumerate() {
+            let live = i < self.n() || self.state.owner(NodeIdx::from_usize(i)).is_some();
+            if !live {
+                assert!(!last.contains_key(&i), "an event for a stale element slot");
+                continue;
+            }
+            let old = before
+                .nodes()
+                .get(i)
+                .map_or(NodeStatus::Pending, |o| o.status);
+            if old != new.status {
+                assert!(
+                    last.contains_key(&i),
+                    "node {i} ({}) went from {old:?} to {:?} without an event",
+                    self.state.node_name(NodeIdx::from_usize(i)),
+                    new.status
+                );
+            }
+            if let Some(s) = last.get(&i) {
+                assert_eq!(*s, new.status, "node {i}: its last event is stale");
+            }
+        }
+    }
+
+    fn check_invariants(&mut self) {
+        let n = self.n();
+        let state = &self.state;
+        let dag_nodes = &state.nodes()[..n];
+        let all_terminal = dag_nodes.iter().all(|x| x.status.is_terminal());
+        assert_eq!(state.status().is_terminal(), all_terminal);
+        assert_eq!(
+            state.remaining(),
+            dag_nodes.iter().filter(|x| !x.status.is_terminal()).count()
+        );
+        // The model queue holds exactly the live jobs' current attempts.
+        let live: Vec<(usize, u32)> = (0..state.nodes().len())
+            .filter(|&i| state.is_job(NodeIdx::from_usize(i)))
+            .filter(|&i| {
+                matches!(
+                    state.nodes()[i].status,
+                    NodeStatus::Queued | NodeStatus::Active
+                )
+            })
+            .map(|i| (i, state.nodes()[i].attempt))
+            .collect();
+        assert_eq!(live, self.outstanding.keys().copied().collect::<Vec<_>>());
+        let running = state.status() == FlowStatus::Running && state.seq() > 0;
+        let waiting = dag_nodes.iter().any(|x| x.status == NodeStatus::Waiting);
+        if running {
+            assert!(
+                !self.outstanding.is_empty() || waiting,
+                "a running flow with no job and no wait: stuck"
+            );
+        }
+        // The earliest deadline.
+        let deadline = dag_nodes
+            .iter()
+            .filter(|x| x.status == NodeStatus::Waiting)
+            .filter_map(|x| x.due_at)
+            .min()
+            .filter(|_| state.status() == FlowStatus::Running);
+        assert_eq!(state.next_deadline(), deadline);
+
+        let statuses: Vec<NodeStatus> = dag_nodes.iter().map(|x| x.status).collect();
+        let mut maps = Vec::new();
+        for (i, x) in dag_nodes.iter().enumerate() {
+            let idx = NodeIdx::from_usize(i);
+            let model = &self.model[i];
+            if running && x.status == NodeStatus::Pending {
+                assert_eq!(
+                    self.verdict(i, &statuses),
+                    ModelVerdict::Wait,
+                    "node {i} is pending though its trigger rule is decided"
+                );
+            }
+            if x.status == NodeStatus::Skipped {
+                assert!(x.reason.is_some(), "node {i} skipped without a reason");
+            }
+            match &model.kind {
+                Kind::Job => {
+                    assert!(x.status != NodeStatus::Waiting);
+                    assert!(x.elements.is_none());
+                    if x.status == NodeStatus::Completed {
+                        assert_eq!(x.result.as_ref(), self.results.get(&i));
+                    }
+                }
+                Kind::Signal { timeout_ms, .. } => {
+                    assert!(!matches!(x.status, NodeStatus::Queued | NodeStatus::Active));
+                    if x.status == NodeStatus::Waiting {
+                        let start = x.started_at.unwrap();
+                        assert_eq!(x.due_at, timeout_ms.map(|t| start + t));
+                    }
+                }
+                Kind::For(ms) => {
+                    assert!(!matches!(x.status, NodeStatus::Queued | NodeStatus::Active));
+                    if x.status == NodeStatus::Waiting {
+                        assert_eq!(x.due_at, Some(x.started_at.unwrap() + ms));
+                    }
+                }
+                Kind::Until(at) => {
+                    assert!(!matches!(x.status, NodeStatus::Queued | NodeStatus::Active));
+                    if x.status == NodeStatus::Waiting {
+                        assert_eq!(x.due_at, Some(*at));
+                    }
+                }
+                Kind::Map { max_parallel, .. } => {
+                    assert!(!matches!(
+                        x.status,
+                        NodeStatus::Queued | NodeStatus::Waiting
+                    ));
+                    maps.push((idx, max_parallel.unwrap_or(u32::MAX)));
+                }
+            }
+        }
+        // Completed elements hold the result their worker gave.
+        for i in n..state.nodes().len() {
+            let el = NodeIdx::from_usize(i);
+            if state.owner(el).is_some() && state.node(el).status == NodeStatus::Completed {
+                assert_eq!(state.node(el).result.as_ref(), self.results.get(&i));
+            }
+        }
+        for (m, cap) in maps {
+            self.check_map(m, cap);
+        }
+    }
+
+    /// 2. A map's elements, counts and result.
+    fn check_map(&mut self, m: NodeIdx, cap: u32) {
+        let state = &self.state;
+        let x = state.node(m);
+        let Some((first, len)) = x.elements else {
+            assert!(state.map_counts(m).is_none());
+            assert_eq!(state.elements(m).count(), 0);
+            assert!(
+                matches!(
+                    x.status,
+                    NodeStatus::Pending
+                        | NodeStatus::Skipped
+                        | NodeStatus::Failed
+                        | NodeStatus::Cancelled
+                ),
+                "map {m:?} is {:?} without elements",
+                x.status
+            );
+            return;
+        };
+        let els: Vec<NodeIdx> = state.elements(m).collect();
+        assert_eq!(els.len(), len as usize);
+        let name = &self.dag.node(m).name;
+        for (k, &el) in els.iter().enumerate() {
+            assert_eq!(el.get(), first + k as u32);
+            assert_eq!(state.owner(el), Some((m, k as u32)));
+            assert_eq!(state.element(m, k as u32), Some(el));
+            let wire = format!("{name}[{k}]");
+            assert_eq!(state.node_name(el), wire);
+            assert_eq!(state.lookup(&wire), Some(el));
+            assert_eq!(state.job_node(el), m);
+        }
+        let of = |s: &[NodeStatus]| {
+            els.iter()
+                .filter(|&&e| s.contains(&state.node(e).status))
+                .count() as u32
+        };
+        let running = of(&[NodeStatus::Queued, NodeStatus::Active]);
+        let failed = of(&[NodeStatus::Failed]);
+        let done = els
+            .iter()
+            .filter(|&&e| state.node(e).status.is_terminal())
+            .count() as u32;
+        let pending = of(&[NodeStatus::Pending]);
+        assert_eq!(
+            state.map_counts(m),
+            Some(MapCounts {
+                total: len,
+                done,
+                running,
+                failed
+            })
+        );
+        assert!(
+            running <= cap,
+            "map {m:?}: {running} running over maxParallel {cap}"
+        );
+        if running == cap && pending > 0 {
+            self.cov.maps_capped += 1;
+        }
+        match x.status {
+            NodeStatus::Active => {
+                assert!(done < len, "an active map with every element ended");
+                assert!(
+                    running == cap || pending == 0,
+                    "map {m:?}: {running} running under maxParallel {cap} with {pending} waiting"
+                );
+                assert_eq!(x.result, None);
+            }
+            NodeStatus::Completed => {
+                let result: Value = serde_json::from_str(x.result.as_deref().unwrap()).unwrap();
+                let expected: Vec<Value> = els
+                    .iter()
+                    .map(|&e| {
+                        assert_eq!(state.node(e).status, NodeStatus::Completed);
+                        serde_json::from_str(state.node(e).result.as_deref().unwrap()).unwrap()
+                    })
+                    .collect();
+                assert_eq!(
+                    result,
+                    Value::Array(expected),
+                    "map {m:?}: result out of order"
+                );
+            }
+            NodeStatus::Failed => {
+                assert_eq!(done, len, "a failed map with elements still running");
+                let result: Value = serde_json::from_str(x.result.as_deref().unwrap()).unwrap();
+                let slots = result
+                    .as_array()
+                    .expect("a failed map's result is an array");
+                assert_eq!(slots.len(), len as usize);
+                let mut first_failed = None;
+                for (k, &e) in els.iter().enumerate() {
+                    let el = state.node(e);
+                    match el.status {
+                        NodeStatus::Failed => {
+                            first_failed.get_or_insert((k, el.error.clone().unwrap()));
+                            assert_eq!(slots[k], json!({ "error": el.error.as_deref().unwrap() }));
+                        }
+                        NodeStatus::Completed => {
+                            let r: Value =
+                                serde_json::from_str(el.result.as_deref().unwrap()).unwrap();
+                            assert_eq!(slots[k], r);
+                        }
+                        _ => assert_eq!(slots[k], Value::Null),
+                    }
+                }
+                let (k, error) = first_failed.expect("a failed map with no failed element");
+                assert_eq!(
+                    x.error.as_deref(),
+                    Some(&*format!(
+                        "{failed} of {len} elements failed; first {name}[{k}]: {error}"
+                    ))
+                );
+            }
+            NodeStatus::Cancelled => {
+                assert_eq!(done, len, "a cancelled map with elements still running");
+            }
+            s => panic!("map {m:?} is {s:?} with elements"),
+        }
+    }
+
+    /// A crash: rebuild the flow from its records as the store would give them
+    /// back, then resume and repair as the engine does.
+    fn crash(&mut self) {
+        self.cov.crashes += 1;
+        let nodes: Vec<NodeState> = self
+            .state
+            .nodes()
+            .iter()
+            .map(|x| {
+                crate::records::NodeRecord::from_state(x)
+                    .into_state()
+                    .unwrap()
+            })
+            .collect();
+        let record = crate::records::FlowRecord {
+            name: self.dag.name.to_string(),
+            status: crate::records::status_code(self.state.status()),
+            seq: self.state.seq(),
+            created_at: self.state.header().created_at,
+            updated_at: self.state.header().updated_at,
+            finished_at: self.state.header().finished_at,
+            node_count: self.n() as u32,
+            done_count: 0,
+            idempotency_key: None,
+            engine_error: None,
+        };
+        let mut restored = FlowState::restore(
+            self.state.id(),
+            Arc::clone(&self.dag),
+            record.header().unwrap(),
+            nodes,
+        );
+        assert_eq!(observable(&restored), observable(&self.state));
+        assert_eq!(restored.next_deadline(), self.state.next_deadline());
+        let mut expected: Vec<EnqueueJob> = self
+            .outstanding
+            .iter()
+            .map(|(&(node, attempt), job)| EnqueueJob {
+                node: NodeIdx::from_usize(node),
+                attempt,
+                delay_ms: if job.started {
+                    0
+                } else {
+                    job.due.saturating_sub(self.now)
+                },
+            })
+            .collect();
+        let mut resumed = restored.resume(self.now);
+        resumed.sort_by_key(|j| (j.node, j.attempt));
+        expected.sort_by_key(|j| (j.node, j.attempt));
+        assert_eq!(resumed, expected);
+        for i in 0..self.state.nodes().len() {
+            let idx = NodeIdx::from_usize(i);
+            assert_eq!(restored.owner(idx), self.state.owner(idx));
+            assert_eq!(restored.is_job(idx), self.state.is_job(idx));
+            if self.state.is_job(idx) {
+                assert_eq!(restored.job_input(idx), self.state.job_input(idx));
+            }
+            if i < self.n() {
+                assert_eq!(restored.map_counts(idx), self.state.map_counts(idx));
+            }
+        }
+        // A consistent snapshot needs no repair.
+        assert_eq!(restored.repair(self.now), Vec::new());
+        self.state = restored;
+    }
+
+    /// A report that is not about a live job's current attempt: ignored.
+    fn stale_input(&mut self) -> Input {
+        let len = self.state.nodes().len() as u64;
+        let i = self.rng.below(len) as usize;
+        let node = NodeIdx::from_usize(i);
+        let x = self.state.node(node);
+        let live = self.state.is_job(node)
+            && matches!(x.status, NodeStatus::Queued | NodeStatus::Active)
+            && self.state.status() == FlowStatus::Running;
+        let attempt = match self.rng.below(3) {
+            0 => x.attempt + 1,
+            1 => x.attempt.saturating_sub(1),
+            _ if live => x.attempt + 7,
+            // A wait, a map, a stale element slot or an ended job, on its own attempt.
+            _ => x.attempt,
+        };
+        self.report(node, attempt, "stale")
+    }
+
+    fn report(&mut self, node: NodeIdx, attempt: u32, what: &str) -> Input {
+        match self.rng.below(4) {
+            0 => Input::JobStarted { node, attempt },
+            1 => Input::JobCompleted {
+                node,
+                attempt,
+                result: Arc::from(format!("{{\"{what}\":true,\"v\":1,\"items\":[1]}}").as_str()),
+            },
+            2 => Input::Progress {
+                node,
+                attempt,
+                progress: Arc::from(format!("\"{what}\"").as_str()),
+            },
+            _ => Input::JobFailed {
+                node,
+                attempt,
+                error: what.into(),
+                retryable: false,
+            },
+        }
+    }
+
+    fn pick_outstanding(&mut self) -> Option<(NodeIdx, u32)> {
+        if self.outstanding.is_empty() {
+            return None;
+        }
+        let k = self.rng.below(self.outstanding.len() as u64) as usize;
+        let (&(node, attempt), _) = self.outstanding.iter().nth(k).unwrap();
+        Some((NodeIdx::from_usize(node), attempt))
+    }
+
+    /// A job's result: a number for conditions and an array for maps.
+    fn job_result(&mut self, node: NodeIdx, attempt: u32) -> Arc<str> {
+        let v = self.rng.below(10);
+        let value = if node.as_usize() >= self.n() {
+            json!({ "v": v, "el": node.as_usize(), "attempt": attempt })
+        } else if self.rng.chance(10) {
+            json!({ "v": v, "n": node.as_usize() })
+        } else {
+            let items: Vec<Value> = (0..self.rng.below(6))
+                .map(|k| json!({ "k": k, "of": node.as_usize() }))
+                .collect();
+            json!({ "v": v, "items": items, "n": node.as_usize(), "attempt": attempt })
+        };
+        Arc::from(value.to_string().as_str())
+    }
+
+    fn waiting_signals(&self) -> Vec<NodeIdx> {
+        (0..self.n())
+            .filter(|&i| matches!(self.model[i].kind, Kind::Signal { .. }))
+            .filter(|&i| self.state.nodes()[i].status == NodeStatus::Waiting)
+            .map(NodeIdx::from_usize)
+            .collect()
+    }
+
+    fn send_signal(&mut self, node: NodeIdx) -> Vec<Effect> {
+        let payload = json!({ "v": self.rng.below(10), "sig": self.now });
+        self.apply(Input::Signal {
+            node,
+            payload: Arc::from(payload.to_string().as_str()),
+        })
+    }
+
+    /// Moves the clock to the next deadline and ticks.
+    fn tick_to_deadline(&mut self) -> Vec<Effect> {
+        if let Some(d) = self.state.next_deadline() {
+            self.now = self.now.max(d + self.rng.below(3));
+        }
+        self.apply(Input::Tick)
+    }
+
+    fn random_node(&mut self) -> NodeIdx {
+        if self.rng.chance(10) {
+            NodeIdx::from_usize(self.rng.below(self.state.nodes().len() as u64 + 2) as usize)
+        } else {
+            NodeIdx::from_usize(self.rng.below(self.n() as u64) as usize)
+        }
+    }
+
+    /// Runs the flow to its end, over several runs when failures are injected.
+    fn run(&mut self, inject_failures: bool, fail_percent: u64) {
+        assert!(!self.apply(Input::Start).is_empty());
+        let mut restarts_left = 3;
+        let mut reruns_left = 3;
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 20_000, "the flow does not end");
+            self.now += self.rng.below(20);
+
+            if self.state.status().is_terminal() {
+                assert_eq!(self.finished_this_run, 1);
+                // Late, duplicate and stale reports to an ended flow do nothing.
+                if let Some(&(node, attempt)) = self.cancelled.last() {
+                    let input = self.report(NodeIdx::from_usize(node), attempt, "late");
+                    assert!(self.apply(input).is_empty());
+                    self.cov.late_reports += 1;
+                }
+                assert!(self.apply(Input::Tick).is_empty());
+                if inject_failures && restarts_left > 0 && self.rng.chance(70) {
+                    restarts_left -= 1;
+                    if self.state.can_retry() && self.rng.chance(60) {
+                        assert!(!self.apply(Input::Retry).is_empty());
+                    } else {
+                        // Refused in failFast mode unless it covers every failure.
+                        let node = NodeIdx::from_usize(self.rng.below(self.n() as u64) as usize);
+                        self.apply(Input::Rerun { node });
+                    }
+                    continue;
+                }
+                break;
+            }
+            if self.rng.chance(3) {
+                self.crash();
+            }
+
+            let roll = self.rng.below(1000);
+            if roll < 40 && !self.accepted.is_empty() {
+                let k = self.rng.below(self.accepted.len() as u64) as usize;
+                let input = self.accepted[k].clone();
+                let effects = self.apply(input.clone());
+                assert!(effects.is_empty(), "duplicate {input:?} gave {effects:?}");
+            } else if roll < 70 {
+                let input = self.stale_input();
+                let effects = self.apply(input.clone());
+                assert!(effects.is_empty(), "stale {input:?} gave {effects:?}");
+            } else if roll < 90 && !self.cancelled.is_empty() {
+                let k = self.rng.below(self.cancelled.len() as u64) as usize;
+                let (node, attempt) = self.cancelled[k];
+                let input = self.report(NodeIdx::from_usize(node), attempt, "late");
+                let effects = self.apply(input.clone());
+                assert!(effects.is_empty(), "late {input:?} gave {effects:?}");
+                self.cov.late_reports += 1;
+            } else if roll < 95 {
+                assert!(self.apply(Input::Start).is_empty());
+            } else if roll < 130 {
+                // A signal to any node: only a waiting signal node takes it.
+                let waiting = self.waiting_signals();
+                let node = if !waiting.is_empty() && self.rng.chance(60) {
+                    waiting[self.rng.below(waiting.len() as u64) as usize]
+                } else {
+                    self.random_node()
+                };
+                self.send_signal(node);
+            } else if roll < 170 {
+                if self.rng.chance(50) {
+                    self.tick_to_deadline();
+                } else {
+                    self.apply(Input::Tick);
+                }
+            } else if inject_failures && roll < 195 && reruns_left > 0 {
+                let node = self.random_node();
+                if !self.apply(Input::Rerun { node }).is_empty() {
+                    reruns_left -= 1;
+                }
+            } else if roll < 220 && !self.outstanding.is_empty() {
+                let (node, attempt) = self.pick_outstanding().unwrap();
+                let input = Input::Progress {
+                    node,
+                    attempt,
+                    progress: Arc::from(format!("{}", self.now).as_str()),
+                };
+                assert!(!self.apply(input).is_empty());
+            } else if inject_failures && roll < 223 {
+                let effects = self.apply(Input::Cancel);
+                assert_eq!(finished(&effects), Some(FlowStatus::Cancelled));
+            } else if inject_failures && roll < 224 {
+                let effects = self.apply(Input::Abort {
+                    reason: "engine gave up".into(),
+                });
+                assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+            } else if let Some((node, attempt)) = self.pick_outstanding() {
+                let started = self.outstanding[&(node.as_usize(), attempt)].started;
+                let input = if !started && self.rng.chance(50) {
+                    Input::JobStarted { node, attempt }
+                } else if inject_failures && self.rng.chance(fail_percent) {
+                    Input::JobFailed {
+                        node,
+                        attempt,
+                        error: format!("boom {}/{attempt}", node.as_usize()),
+                        retryable: self.rng.chance(60),
+                    }
+                } else {
+                    let result = self.job_result(node, attempt);
+                    Input::JobCompleted {
+                        node,
+                        attempt,
+                        result,
+                    }
+                };
+                assert!(!self.apply(input).is_empty());
+            } else {
+                // No job left: only waits. A signal, or time passes.
+                let waiting = self.waiting_signals();
+                if !waiting.is_empty()
+                    && (self.state.next_deadline().is_none() || self.rng.chance(50))
+                {
+                    let node = waiting[self.rng.below(waiting.len() as u64) as usize];
+                    assert!(!self.send_signal(node).is_empty());
+                } else {
+                    assert!(!self.tick_to_deadline().is_empty());
+                }
+            }
+        }
+        assert_eq!(self.finished_this_run, 1);
+        assert!(self.outstanding.is_empty());
+    }
+
+    fn check_replay(&self) {
+        let mut fresh = FlowState::new(flow_id(), Arc::clone(&self.dag), T0);
+        let mut effects = Vec::new();
+        for (input, now) in &self.log {
+            effects.extend(fresh.apply(input.clone(), *now));
+        }
+        assert_eq!(effects, self.all_effects);
+        assert_eq!(observable(&fresh), observable(&self.state));
+    }
+}
+
+/// Random flows with maps, conditions, trigger rules and waits, driven by a random
+/// scheduler with signals and ticks on an advancing clock, re-runs, retries,
+/// duplicate, stale and late reports, cancellations and crashes: every invariant
+/// holds after every input, and the inputs replay to the same flow.
+#[test]
+fn random_rich_flows_keep_every_invariant() {
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = proptest_cases(256);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let total = std::cell::RefCell::new(Coverage::default());
+    let result = runner.run(&rich_flow(), |flow| {
+        let dag = dag(flow.spec_json());
+        if std::env::var_os("DAGFLOW_DEBUG").is_some() {
+            eprintln!("=== {}", flow.spec_json());
+        }
+        let mut sim = Rich::new(Arc::clone(&dag), flow.models(), flow.fail_fast, flow.seed);
+        sim.run(flow.inject_failures, flow.fail_percent);
+        prop_assert!(sim.state.status().is_terminal());
+        let finished_count = sim
+            .all_effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Finished(_)))
+            .count();
+        prop_assert_eq!(finished_count as u32, sim.runs);
+        prop_assert_eq!(sim.state.seq(), sim.last_seq);
+        sim.check_replay();
+        total.borrow_mut().add(&sim.cov);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let cov = total.into_inner();
+    eprintln!("coverage over {cases} cases: {cov:?}");
+    if cases >= 100 {
+        // The runs reach every feature, both ways.
+        assert!(cov.begins_by_rule.iter().all(|&b| b > 0), "{cov:?}");
+        for (what, count) in [
+            ("trigger skips", cov.trigger_skips),
+            ("true conditions", cov.condition_true),
+            ("false conditions", cov.condition_false),
+            ("condition errors", cov.condition_errors),
+            ("maps expanded", cov.maps_expanded),
+            ("maps completed", cov.maps_completed),
+            ("maps failed by an element", cov.maps_failed_with_elements),
+            ("maps that could not expand", cov.map_expand_failures),
+            ("maps at maxParallel", cov.maps_capped),
+            ("partial retries", cov.partial_retries),
+            ("signals", cov.signals),
+            ("timers", cov.timers_fired),
+            ("timeouts", cov.timeouts),
+            ("re-runs in running flows", cov.reruns_running),
+            ("re-runs of ended flows", cov.reruns_ended),
+            ("refused re-runs", cov.refused_reruns),
+            ("retries", cov.retries),
+            ("crashes", cov.crashes),
+            ("late reports", cov.late_reports),
+        ] {
+            assert!(count > 0, "no {what}: {cov:?}");
+        }
+    }
+}
+
+#[test]
+fn an_empty_map_ends_once_so_its_child_still_waits_for_its_other_parent() {
+    // Found by the random runs: an empty map told its children twice that it had
+    // ended, so a child with another open parent ran early.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "src" },
+        { "name": "m", "parents": ["src"], "map": { "from": "src" } },
+        { "name": "gate", "wait": { "signal": "go" } },
+        { "name": "join", "parents": ["m", "gate"] }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    let effects = complete(&mut state, "src", json!([]), T0 + 1);
+    assert_eq!(status_of(&state, "m"), NodeStatus::Completed);
+    assert_eq!(enqueued(&effects), [], "join must wait for gate");
+    assert_eq!(status_of(&state, "join"), NodeStatus::Pending);
+    let effects = signal(&mut state, "gate", json!(1), T0 + 2);
+    assert_eq!(enqueued_names(&state, &effects), ["join"]);
+    assert_eq!(
+        input_of(&state, "join"),
+        json!({ "data": null, "parents": { "m": [], "gate": 1 } })
+    );
+}
+
+#[test]
+fn a_long_chain_of_empty_maps_ends_without_overflowing_the_stack() {
+    let n = spec::DEFAULT_MAX_NODES;
+    let nodes: Vec<Value> = (0..n)
+        .map(|i| {
+            if i == 0 {
+                json!({ "name": "n0" })
+            } else {
+                let parent = format!("n{}", i - 1);
+                json!({ "name": format!("n{i}"), "parents": [parent], "map": { "from": parent } })
+            }
+        })
+        .collect();
+    let mut state = new_flow(json!({ "nodes": nodes }));
+    apply(&mut state, Input::Start, T0);
+    let (effects, state) = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let effects = complete(&mut state, "n0", json!([]), T0 + 1);
+            (effects, state)
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+    assert_eq!(persisted(&effects).len(), n, "each node persisted once");
+    assert!(state
+        .nodes()
+        .iter()
+        .all(|x| x.status == NodeStatus::Completed));
+    assert_eq!(result_of(&state, &format!("n{}", n - 1)), json!([]));
+}
+
+#[test]
+fn a_fail_fast_rerun_must_cover_every_failure_so_a_restore_does_not_cancel_it() {
+    // Found by the random runs: re-running a cancelled node beside a failure left
+    // the flow running with that failure, which `repair` (run at every restore)
+    // took for a cut-short cancellation and cancelled again.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "bad", "parents": ["a"] },
+        { "name": "side", "parents": ["a"] },
+        { "name": "below", "parents": ["bad"] }
+    ], "opts": { "onFailure": "failFast" } }));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "a", json!(1), T0 + 1);
+    let effects = fail(&mut state, "bad", "boom", false, T0 + 2);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+    assert_eq!(status_of(&state, "side"), NodeStatus::Cancelled);
+
+    let side = idx(&state, "side");
+    assert_eq!(
+        state.rerun_refusal(side).as_deref(),
+        Some(
+            "node 'bad' failed and is not downstream of 'side': a failFast flow would stop \
+             again at once; re-run from a node it depends on, or retry the flow"
+        )
+    );
+    let before = observable(&state);
+    assert!(rerun(&mut state, "side", T0 + 3).is_empty());
+    assert_eq!(observable(&state), before);
+    assert!(state.rerun_refusal(idx(&state, "below")).is_some());
+
+    // From `bad` or from `a` covers the failure.
+    assert_eq!(state.rerun_refusal(idx(&state, "bad")), None);
+    let effects = rerun(&mut state, "a", T0 + 4);
+    assert_eq!(enqueued_names(&state, &effects), ["a"]);
+    // A restore of the re-running flow needs no repair.
+    let mut restored = FlowState::restore(
+        state.id(),
+        Arc::clone(state.dag()),
+        state.header().clone(),
+        state.nodes().to_vec(),
+    );
+    assert_eq!(restored.repair(T0 + 5), Vec::new());
+    complete(&mut state, "a", json!(2), T0 + 6);
+    complete(&mut state, "bad", json!(3), T0 + 7);
+    complete(&mut state, "side", json!(4), T0 + 8);
+    let effects = complete(&mut state, "below", json!(5), T0 + 9);
+    assert_eq!(finished(&effects), Some(FlowStatus::Completed));
+
+    // In continue mode a re-run beside a failure is fine: the failure stays.
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "bad" },
+        { "name": "ok" }
+    ], "opts": { "onFailure": "continue" } }));
+    apply(&mut state, Input::Start, T0);
+    fail(&mut state, "bad", "boom", false, T0 + 1);
+    complete(&mut state, "ok", json!(1), T0 + 2);
+    assert_eq!(state.status(), FlowStatus::Failed);
+    rerun(&mut state, "ok", T0 + 3);
+    let effects = complete(&mut state, "ok", json!(2), T0 + 4);
+    assert_eq!(finished(&effects), Some(FlowStatus::Failed));
+}
+
+#[test]
+fn a_partial_map_retry_tells_the_elements_that_wait_for_a_slot() {
+    // Found by the random runs: elements reset by a retry beyond maxParallel went
+    // back to pending without an event.
+    let mut state = map_flow(json!({ "from": "src", "maxParallel": 1 }), "continue");
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "src", json!([1, 2, 3]), T0 + 1);
+    fail(&mut state, "m[0]", "x", false, T0 + 2);
+    fail(&mut state, "m[1]", "y", false, T0 + 3);
+    complete(&mut state, "m[2]", json!("c"), T0 + 4);
+    assert_eq!(state.status(), FlowStatus::Failed);
+    let effects = apply(&mut state, Input::Retry, T0 + 5);
+    let (e0, e1) = (idx(&state, "m[0]"), idx(&state, "m[1]"));
+    assert_eq!(
+        enqueued(&effects),
+        [EnqueueJob {
+            node: e0,
+            attempt: 2,
+            delay_ms: 0
+        }]
+    );
+    assert_eq!(state.node(e1).status, NodeStatus::Pending);
+    assert_eq!(
+        event_of(&state, &effects, "m[1]").status,
+        EventStatus::Node(NodeStatus::Pending)
+    );
+    assert_eq!(
+        event_of(&state, &effects, "m[0]").status,
+        EventStatus::Node(NodeStatus::Queued)
+    );
+}
+
+#[test]
+fn map_counts_after_a_cancel_count_the_cancelled_elements_as_done() {
+    // Found by the random runs: the counts kept the cancelled elements as running
+    // until the flow was restored.
+    let mut state = map_flow(json!({ "from": "src", "maxParallel": 2 }), "continue");
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "src", json!([1, 2, 3]), T0 + 1);
+    complete(&mut state, "m[0]", json!(0), T0 + 2);
+    apply(&mut state, Input::Cancel, T0 + 3);
+    let m = idx(&state, "m");
+    let counts = MapCounts {
+        total: 3,
+        done: 3,
+        running: 0,
+        failed: 0,
+    };
+    assert_eq!(state.map_counts(m), Some(counts));
+    let restored = FlowState::restore(
+        state.id(),
+        Arc::clone(state.dag()),
+        state.header().clone(),
+        state.nodes().to_vec(),
+    );
+    assert_eq!(restored.map_counts(m), Some(counts));
 }
