@@ -40,6 +40,9 @@ const OUTBOX_RETRY: Duration = Duration::from_millis(500);
 /// was sent to it by someone who found it there just before.
 const HIBERNATE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long an ended flow's actor, restored for a client's request, waits for it.
+const RESTORED_LINGER: Duration = Duration::from_secs(1);
+
 /// The actor of one flow.
 pub struct FlowActor;
 
@@ -205,6 +208,10 @@ pub struct FlowActorState {
     in_grace: bool,
     /// The deadline a `Tick` is on its way for.
     tick_at: Option<u64>,
+    /// An ended flow restored for a client's request (a retry, a re-run) stays
+    /// until then: the restore's own flush must not stop it before the request,
+    /// cast right after the actor started, reaches it.
+    linger_until: Option<Instant>,
 }
 
 /// Messages of a flow actor.
@@ -302,6 +309,13 @@ impl Actor for FlowActor {
                 let mut actor =
                     FlowActorState::new(args.shared, args.supervisor, state, idempotency_key);
                 actor.engine_error = engine_error;
+                if actor.flow.status().is_terminal() {
+                    actor.linger_until = Some(Instant::now() + RESTORED_LINGER);
+                    // Looks again once the linger is over (a flow with nothing to do
+                    // stops then).
+                    actor.outbox_retry_scheduled = true;
+                    myself.send_after(RESTORED_LINGER, || FlowMsg::RetryOutbox);
+                }
                 if let Some(reason) = abort {
                     actor.engine_error = Some(reason.clone());
                     let effects = actor.flow.apply(Input::Abort { reason }, now);
@@ -559,6 +573,7 @@ impl FlowActorState {
             check_scheduled: false,
             in_grace: false,
             tick_at: None,
+            linger_until: None,
         }
     }
 
@@ -1063,6 +1078,7 @@ impl FlowActorState {
     /// keeps it readable.
     fn stop_if_done(&self, myself: &ActorRef<FlowMsg>) {
         if self.flow.status().is_terminal()
+            && self.linger_until.is_none_or(|until| Instant::now() >= until)
             && self.pending.is_empty()
             && self.outbox.is_empty()
             && !self.outbox_retry_scheduled
