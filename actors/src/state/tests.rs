@@ -4407,10 +4407,23 @@ impl Rich {
                 };
                 self.send_signal(node);
             } else if roll < 170 {
-                if self.rng.chance(50) {
-                    self.tick_to_deadline();
-                } else {
-                    self.apply(Input::Tick);
+                match (self.rng.below(3), self.state.next_deadline()) {
+                    // Just before the next deadline: nothing may fire yet.
+                    (0, Some(d)) if d > self.now + 1 => {
+                        self.now = d - 1 - self.rng.below(2);
+                        let due = self.state.nodes()[..self.n()].iter().any(|x| {
+                            x.status == NodeStatus::Waiting
+                                && x.due_at.is_some_and(|d| d <= self.now)
+                        });
+                        assert!(!due);
+                        assert!(self.apply(Input::Tick).is_empty());
+                    }
+                    (1, _) => {
+                        self.tick_to_deadline();
+                    }
+                    _ => {
+                        self.apply(Input::Tick);
+                    }
                 }
             } else if inject_failures && roll < 195 && reruns_left > 0 {
                 let node = self.random_node();
