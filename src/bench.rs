@@ -812,6 +812,7 @@ async fn embedded(
         .data_dir(data_dir.path.clone())
         .queue(QUEUE, args.concurrency)
         .handler("noop", crate::handlers::Noop)
+        .handler("echo", crate::handlers::Echo)
         .event_capacity(args.event_capacity)
         .build()
         .await

@@ -313,9 +313,12 @@ fn gen_flow(rng: &mut Rng, index: usize) -> GenFlow {
             Expect::Timer => json!({ "firedAt": ANY_NUMBER }),
             Expect::Map(data) => {
                 let source = &node.parents[0];
+                // An element gets its map's parents but the source (its item is
+                // its piece of it).
                 let parents: Map<String, Value> = node
                     .parents
                     .iter()
+                    .filter(|p| *p != source)
                     .map(|p| (p.clone(), expected[p].clone()))
                     .collect();
                 let items = expected[source]["data"]["items"]

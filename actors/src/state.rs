@@ -699,8 +699,9 @@ impl FlowState {
 
     /// The input a node's handler receives: `{"data": ..., "parents": {name: result}}`,
     /// built from JSON text without re-parsing any of it; a map element also gets
-    /// `"item"` and `"index"`. A parent that failed contributes `{"error": "..."}`
-    /// (a failed map its array of results, with errors in the failed slots).
+    /// `"item"` and `"index"`, and its map's other parents but not the source. A
+    /// parent that failed contributes `{"error": "..."}` (a failed map its array of
+    /// results, with errors in the failed slots).
     pub fn job_input(&self, idx: NodeIdx) -> String {
         let element = (idx.as_usize() >= self.dag.len())
             .then(|| self.owner(idx))
@@ -727,8 +728,13 @@ impl FlowState {
         out.push_str("{\"data\":");
         out.push_str(&node.data);
         out.push_str(",\"parents\":{");
-        for (i, p) in node.parents.iter().enumerate() {
-            if i > 0 {
+        // An element does not get its map's source in full: N elements each carrying
+        // the whole array would make a map quadratic in its size (a 10,000-item list
+        // of 5 bytes each was 500 MB of job inputs). Its own piece is `item`.
+        let source = element.and_then(|_| node.map.as_ref().map(|m| m.from));
+        let mut first = true;
+        for p in node.parents.iter().filter(|p| Some(**p) != source) {
+            if !std::mem::replace(&mut first, false) {
                 out.push(',');
             }
             push_json_string(&mut out, &self.dag.node(*p).name);

@@ -1078,7 +1078,9 @@ impl FlowActorState {
     /// keeps it readable.
     fn stop_if_done(&self, myself: &ActorRef<FlowMsg>) {
         if self.flow.status().is_terminal()
-            && self.linger_until.is_none_or(|until| Instant::now() >= until)
+            && self
+                .linger_until
+                .is_none_or(|until| Instant::now() >= until)
             && self.pending.is_empty()
             && self.outbox.is_empty()
             && !self.outbox_retry_scheduled

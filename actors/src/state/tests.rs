@@ -2164,7 +2164,7 @@ fn a_map_of_one_element_runs_it_with_its_item_and_index() {
     assert_eq!(status_of(&state, "m"), NodeStatus::Active);
     assert_eq!(
         input_of(&state, "m[0]"),
-        json!({ "data": null, "parents": { "src": { "items": ["x"] } }, "item": "x", "index": 0 })
+        json!({ "data": null, "parents": {}, "item": "x", "index": 0 })
     );
     let effects = complete(&mut state, "m[0]", json!({ "done": "x" }), T0 + 2);
     assert_eq!(status_of(&state, "m"), NodeStatus::Completed);
@@ -3889,10 +3889,27 @@ impl Rich {
         );
         let input: Value = serde_json::from_str(&self.state.job_input(job.node)).unwrap();
         assert_eq!(input["data"], json!({ "i": owner, "flag": model.flag }));
+        // An element gets its map's parents but the map's source.
+        let source = match (&model.kind, self.state.owner(job.node)) {
+            (Kind::Map { from, .. }, Some(_)) => Some(*from),
+            _ => None,
+        };
         assert_eq!(
             input["parents"].as_object().unwrap().len(),
-            model.parents.len()
+            model.parents.len() - usize::from(source.is_some())
         );
+        if let Some(from) = source {
+            let name = self
+                .state
+                .dag()
+                .node(NodeIdx::from_usize(from))
+                .name
+                .to_string();
+            assert!(
+                input["parents"].get(&name).is_none(),
+                "element {i} got its source"
+            );
+        }
         if let Kind::Map { from, path, .. } = &model.kind {
             let (_, offset) = self.state.owner(job.node).unwrap();
             let source: Value = serde_json::from_str(
