@@ -7,7 +7,8 @@
 //! what to install: it never skips.
 //!
 //! `DASHBOARD_SCREENSHOT=docs/dashboard.png cargo test --test dashboard` also saves
-//! the README's screenshot of a flow page from the run.
+//! the README's screenshot of a flow page from the run, and
+//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -102,12 +103,11 @@ async fn dashboard_in_headless_chromium() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(std::fs::File::create(&stderr_path).unwrap());
-    if let Some(shot) = std::env::var_os("DASHBOARD_SCREENSHOT") {
-        // Relative to the crate, not to the script's directory.
-        cmd.env(
-            "DASHBOARD_SCREENSHOT",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(shot),
-        );
+    for var in ["DASHBOARD_SCREENSHOT", "DASHBOARD_MAP_SCREENSHOT"] {
+        if let Some(shot) = std::env::var_os(var) {
+            // Relative to the crate, not to the script's directory.
+            cmd.env(var, Path::new(env!("CARGO_MANIFEST_DIR")).join(shot));
+        }
     }
     let started = Instant::now();
     let mut child = KillOnDrop(cmd.spawn().expect("spawning `node e2e.mjs`"));
@@ -156,6 +156,50 @@ async fn dashboard_in_headless_chromium() {
     assert_eq!(big["status"], "completed");
     assert_eq!(big["nodes"].as_array().unwrap().len(), 1000);
     assert_eq!(api.flow(&id("liveRow")).await["status"], "completed");
+
+    // The map, wait and re-run flow, as the page left it.
+    let map_flow = api.flow(&id("mapFlow")).await;
+    assert_eq!(map_flow["status"], "completed", "{map_flow}");
+    let nodes = map_flow["nodes"].as_array().unwrap();
+    let node = |name: &str| nodes.iter().find(|n| n["name"] == name).unwrap();
+    // Re-run from the page from collect, then from the map node above it.
+    assert_eq!(node("collect")["attempt"], 3, "re-run from the page twice");
+    assert_eq!(node("resize")["attempt"], 2, "the map re-run from the page");
+    assert_eq!(node("crawl")["attempt"], 1, "upstream of both re-runs");
+    assert_eq!(node("resize")["map"]["total"], 20);
+    assert_eq!(node("resize")["map"]["done"], 20);
+    let elements: Vec<&Value> = nodes.iter().filter(|n| n["mapOf"] == "resize").collect();
+    assert_eq!(elements.len(), 20);
+    assert!(elements.iter().all(|e| e["status"] == "completed"));
+    assert_eq!(node("audit")["status"], "skipped");
+    assert!(node("audit")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("is false"));
+    // The last signal came over REST, after the map's re-run.
+    assert_eq!(
+        node("approve")["result"],
+        serde_json::json!({ "ok": "final" })
+    );
+    assert_eq!(node("approve")["attempt"], 3);
+    assert_eq!(node("publish")["status"], "completed");
+    let failing = api.flow(&id("failingMap")).await;
+    assert_eq!(failing["status"], "completed", "retried from the page");
+    let nodes = failing["nodes"].as_array().unwrap();
+    let flaky: Vec<&Value> = nodes.iter().filter(|n| n["mapOf"] == "flaky").collect();
+    assert_eq!(flaky.len(), 6);
+    assert!(
+        flaky
+            .iter()
+            .all(|e| e["status"] == "completed" && e["attempt"] == 2),
+        "every element ran again: {flaky:?}"
+    );
+    let wide = api.flow(&id("wideMap")).await;
+    assert_eq!(wide["status"], "completed");
+    assert_eq!(wide["nodes"].as_array().unwrap().len(), 4 + 1000);
+    let huge = api.flow(&id("hugeMap")).await;
+    assert_eq!(huge["status"], "cancelled", "cancelled from the page");
+    assert_eq!(huge["nodes"].as_array().unwrap().len(), 3 + 10_000);
     let (status, page) = guarded.api().get("/flows").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -6,6 +6,8 @@
 //   DAGFLOW_TOKEN
 //   CHROMIUM_PATH        default /usr/bin/chromium
 //   DASHBOARD_SCREENSHOT when set, where to save the flow-page screenshot (docs/dashboard.png)
+//   DASHBOARD_MAP_SCREENSHOT when set, where to save a page with a map group expanded
+//                        mid-run (docs/dashboard-map.png)
 //   DASHBOARD_ARTIFACTS  where a failure screenshot goes (default: the temp dir)
 //
 // Prints one line `RESULT {json}` with the ids of the flows it made, for the Rust
@@ -23,6 +25,7 @@ const URL_TOKEN = mustEnv('DAGFLOW_TOKEN_URL');
 const TOKEN = mustEnv('DAGFLOW_TOKEN');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SCREENSHOT = process.env.DASHBOARD_SCREENSHOT || '';
+const MAP_SCREENSHOT = process.env.DASHBOARD_MAP_SCREENSHOT || '';
 const ARTIFACTS = process.env.DASHBOARD_ARTIFACTS || os.tmpdir();
 const WAIT = 20000;
 
@@ -104,7 +107,14 @@ function checkLayout() {
   const ms = Date.now() - t;
   check(ms < 3000, `1,000-node layout took ${ms} ms`);
   edges.forEach(([a, b]) => check(lay.x[a] < lay.x[b], 'every edge points right'));
-  log(`layout: diamond 0 crossings; 1,000 nodes / ${edges.length} edges in ${ms} ms, ${lay.crossings} crossings`);
+  // Nodes of their own size (an expanded map group): no overlaps, the next layer further right.
+  const sized = L.layout(4, [[0, 1], [0, 2], [1, 3], [2, 3]], { widths: [0, 400], heights: [0, 300] });
+  const [x1, y1, y2] = [sized.x[1], sized.y[1], sized.y[2]];
+  const apart = y1 < y2 ? y1 + 300 <= y2 : y2 + L.defaults.nodeHeight <= y1;
+  check(apart && sized.x[2] === x1, `a 300 px tall node does not overlap its layer: ${[...sized.y]}`);
+  check(sized.x[3] >= x1 + 400 + L.defaults.rankGap, `a 400 px wide node pushes the next layer: ${[...sized.x]}`);
+  check(sized.height >= 300 + L.defaults.nodeHeight, 'the drawing is tall enough for both');
+  log(`layout: diamond 0 crossings; 1,000 nodes / ${edges.length} edges in ${ms} ms, ${lay.crossings} crossings; sized nodes fit`);
 }
 
 // ----------------------------------------------------------------- browser
@@ -140,6 +150,7 @@ async function main() {
     check(dialogs.some((m) => m.startsWith('Cancel flow')), 'cancel asked for confirmation');
     check(dialogs.some((m) => m.startsWith('Delete flow')), 'delete asked for confirmation');
     check(dialogs.some((m) => m.startsWith('Retry flow')), 'retry asked for confirmation');
+    check(dialogs.some((m) => m.startsWith('Re-run “collect”')), 're-run asked for confirmation');
   } catch (e) {
     const shot = path.join(ARTIFACTS, 'dagflow-dashboard-failure.png');
     await page.screenshot({ path: shot }).catch(() => {});
@@ -391,7 +402,316 @@ async function run(page, result) {
   await page.waitForSelector('#node-detail-name:text("n10-25")');
   log(`1,000 nodes: rendered in ${renderMs} ms, ran live for ${runMs} ms at ${(frames / Math.max(1, runMs / 1000)).toFixed(0)} frames/s, details in ${Date.now() - tc} ms`);
 
+  await mapScenario(page, result);
+  await failingMapScenario(page, result);
+  await wideMapScenario(page, result);
+  await hugeMapScenario(page, result);
+
   if (SCREENSHOT) await screenshot(page, result);
+  if (MAP_SCREENSHOT) await mapScreenshot(page, result);
+}
+
+/**
+ * Run-time nodes: a map drawn as one group node (counts, expand to its element
+ * chips, collapse), a node skipped by its condition (the reason in its panel), a
+ * wait node signalled from its panel (bad JSON caught before sending, a 409 from
+ * the server shown), and a re-run from a node with its confirmation.
+ */
+async function mapScenario(page, result) {
+  const items = Array.from({ length: 20 }, (_, i) => ({ id: i, name: `item-${i}` }));
+  const spec = {
+    name: 'map and wait',
+    nodes: [
+      { name: 'crawl', handler: 'echo', data: { items } },
+      { name: 'resize', handler: 'echo', parents: ['crawl'], map: { from: 'crawl', path: '/data/items' } },
+      { name: 'collect', handler: 'echo', parents: ['resize'] },
+      { name: 'audit', handler: 'echo', parents: ['collect'], when: 'size(parents.collect.parents.resize) > 100' },
+      { name: 'approve', parents: ['collect'], wait: { signal: 'approve', timeoutMs: 3600000 } },
+      // Still running a moment after approve completes: a late signal meets a running flow.
+      { name: 'publish', handler: 'sleep', parents: ['approve'], data: { ms: 1000 } },
+    ],
+  };
+  const id = await submitThroughPage(page, spec);
+  result.mapFlow = id;
+  const signalCalls = [];
+  page.on('request', (r) => {
+    if (r.method() === 'POST' && new URL(r.url()).pathname.endsWith('/signal')) signalCalls.push(r.postData());
+  });
+
+  // The map is one group node: 6 nodes drawn for the DAG's 6, none for the 20 elements.
+  await waitNode(page, 'approve', 'waiting');
+  await waitNode(page, 'resize', 'completed');
+  await waitNode(page, 'audit', 'skipped');
+  await page.waitForFunction(() => document.querySelector('g.node[data-name="resize"] text.counts')?.textContent.startsWith('20 done'));
+  const drawn = await page.$$eval('g.node', (gs) => gs.map((g) => g.dataset.name));
+  check(drawn.length === 6 && drawn.every((n) => !n.includes('[')), `one node per DAG node, the map as one group: ${drawn}`);
+  const groupText = await page.$eval('g.node[data-name="resize"]', (g) => [g.querySelector('text.counts').textContent, g.querySelector('text.sub').textContent]);
+  check(groupText[0] === '20 done · 0 running · 0 failed', `map counts: ${groupText[0]}`);
+  check(groupText[1].startsWith('of 20'), `map total: ${groupText[1]}`);
+  const legend = await page.$$eval('.chip', (cs) => Object.fromEntries(cs.map((c) => [c.dataset.status, c.querySelector('.n').textContent])));
+  check(legend.waiting === '1' && legend.skipped === '1' && legend.completed === '3' && legend.pending === '1', `legend counts DAG nodes, waiting its own: ${JSON.stringify(legend)}`);
+  const fills = await page.evaluate(() => {
+    const fill = (name) => getComputedStyle(document.querySelector(`g.node[data-name="${name}"] rect.box`)).fill;
+    const sw = getComputedStyle(document.querySelector('.chip[data-status="waiting"] .sw')).backgroundColor;
+    return { approve: fill('approve'), collect: fill('collect'), audit: fill('audit'), sw };
+  });
+  check(fills.approve !== fills.collect && fills.approve !== fills.audit && fills.approve === fills.sw,
+    `waiting has its own colour, the legend's: ${JSON.stringify(fills)}`);
+  check((await page.getAttribute('g.node[data-name="approve"]', 'data-status')) === 'waiting', 'approve waits');
+  check((await page.textContent('g.node[data-name="approve"] text.sub')).includes('signal approve'), 'the wait node says what it waits for');
+  log('map group: 20 done in one node; approve waiting in its own colour');
+
+  // Expand: 20 element chips inside the group, coloured by status; collapse again.
+  await page.click('g.node[data-name="resize"] g.toggle');
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="resize"] .elgrid .el').length === 20);
+  const chipStates = await page.$$eval('g.node[data-name="resize"] .elgrid .el', (cs) => cs.map((c) => c.dataset.status));
+  check(chipStates.every((s) => s === 'completed'), `every element chip completed: ${chipStates}`);
+  check((await page.$$eval('g.node', (gs) => gs.length)) === 6, 'expanded, still 6 nodes laid out');
+  const chipColour = await page.$eval('g.node[data-name="resize"] .elgrid .el', (c) => getComputedStyle(c).backgroundColor);
+  check(chipColour === 'rgb(22, 163, 74)', `a completed chip is green: ${chipColour}`);
+  await mapShot(page);
+  await page.click('g.node[data-name="resize"] .elgrid .el[data-k="3"]');
+  await page.waitForSelector('#node-detail-name:text("resize[3]")');
+  await page.waitForSelector('#node-item');
+  check((await page.textContent('#node-item')).includes('"item-3"'), 'an element shows its item');
+  check((await page.textContent('#node-result')).includes('"index": 3'), 'and its result (echo: item and index)');
+  check((await page.$('#rerun-node')) === null, 'an element offers no re-run (the map node does)');
+  await page.click('#node-map-link');
+  await page.waitForSelector('#node-detail-name:text("resize")');
+  check((await page.textContent('#map-counts')) === '20 done · 0 running · 0 failed of 20', 'the map panel counts its elements');
+  check((await page.textContent('#map-toggle')) === 'Hide elements', 'the panel toggle says it is open');
+  await page.click('#map-toggle');
+  await page.waitForFunction(() => !document.querySelector('g.node[data-name="resize"] .elgrid')
+    && document.querySelector('g.node[data-name="resize"]').dataset.expanded === 'false');
+  check((await page.textContent('#map-toggle')) === 'Show elements', 'collapsed from the panel');
+  log('map group expanded to 20 element chips, an element opened, collapsed from the panel');
+
+  // The skipped node says why, in its panel and on its graph node.
+  await page.click('#fit');
+  await page.click('g.node[data-name="audit"]');
+  await page.waitForSelector('#node-reason');
+  const reason = await page.textContent('#node-reason');
+  check(reason === 'condition `size(parents.collect.parents.resize) > 100` is false', `skip reason: ${reason}`);
+  check((await page.textContent('g.node[data-name="audit"] title')).includes(reason), 'the reason is the graph node\'s tooltip');
+  check((await page.textContent('#node-when')) === spec.nodes[3].when, 'the condition is shown');
+
+  // The wait node: what it waits for and until when; a signal from its panel.
+  await page.click('g.node[data-name="approve"]');
+  await page.waitForSelector('#signal-send');
+  check((await page.textContent('#node-wait')) === 'signal “approve”, for at most 1h 0m', `waits for: ${await page.textContent('#node-wait')}`);
+  const approveView = await rest(URL_PLAIN, 'GET', `/flows/${id}/nodes/approve`);
+  check(approveView.status === 200 && approveView.body.status === 'waiting' && approveView.body.dueAt > Date.now(), `approve over REST: ${JSON.stringify(approveView.body)}`);
+  const dueShown = await page.textContent('#node-due');
+  const dueWanted = await page.evaluate((ms) => {
+    const d = new Date(ms);
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }, approveView.body.dueAt);
+  check(dueShown.startsWith(`${dueWanted} (in `), `deadline shown as a time: ${dueShown}, want ${dueWanted}`);
+  check((await page.$('#rerun-node')) === null, 'a waiting node of a running flow cannot be re-run');
+  await page.fill('#signal-payload', '{ok: true');
+  await page.click('#signal-send');
+  await page.waitForSelector('#action-error:not([hidden])');
+  check((await page.textContent('#action-error')).includes('not valid JSON'), 'bad JSON is caught in the page');
+  check(signalCalls.length === 0, 'and not sent');
+  await page.fill('#signal-payload', '{"ok":true}');
+  await page.click('#signal-send');
+  await waitFlowStatus(page, 'completed');
+  await waitNode(page, 'approve', 'completed');
+  await waitNode(page, 'publish', 'completed');
+  check(signalCalls.length === 1 && JSON.parse(signalCalls[0]).ok === true, `one signal sent: ${signalCalls}`);
+  await page.waitForSelector('#node-result');
+  check(JSON.parse(await page.textContent('#node-result')).ok === true, 'the payload is approve\'s result');
+  check((await page.$('#action-error:not([hidden])')) === null, 'no error left after a delivered signal');
+  log('approve signalled from its panel (bad JSON caught first); the flow completed');
+
+  // Re-run from collect: confirmed, collect runs again (attempt 2) and approve waits again.
+  await page.click('g.node[data-name="collect"]');
+  await page.waitForSelector('#rerun-node');
+  await page.click('#rerun-node');
+  await page.waitForFunction(() => document.querySelector('#node-detail-name')?.textContent === 'collect'
+    && document.querySelector('#node-attempt')?.textContent === '2'
+    && document.querySelector('#node-detail-status')?.textContent === 'completed');
+  await page.waitForFunction(() => document.querySelector('g.node[data-name="collect"] text.sub').textContent.includes('try 2'));
+  await waitNode(page, 'approve', 'waiting');
+  const afterRerun = await rest(URL_PLAIN, 'GET', `/flows/${id}`);
+  const byName = Object.fromEntries(afterRerun.body.nodes.map((n) => [n.name, n]));
+  check(byName.collect.attempt === 2 && byName.collect.status === 'completed', `collect re-ran: ${JSON.stringify(byName.collect)}`);
+  check(byName.resize.attempt === 1 && byName.crawl.attempt === 1, 'upstream nodes kept their results');
+  check(byName.approve.status === 'waiting' && afterRerun.body.status === 'running', 'approve waits again');
+  log('collect re-run from its panel: attempt 2, approve waiting again');
+
+  // A signal the server refuses (409): the page shows the server's error. (It reaches
+  // the flow while `publish` sleeps: a signal that meets a flow as its actor stops after
+  // the end gets a 500 instead, an engine race reported separately.)
+  await page.click('g.node[data-name="approve"]');
+  await page.waitForSelector('#signal-send');
+  const isSignal = (u) => u.pathname === `/flows/${id}/nodes/approve/signal`;
+  await page.route(isSignal, async (route) => {
+    // Someone else signals first; the page's request then reaches the server too late.
+    const first = await rest(URL_PLAIN, 'POST', `/flows/${id}/nodes/approve/signal`, { ok: 'elsewhere' });
+    check(first.status === 200, `signal over REST: ${JSON.stringify(first)}`);
+    await route.continue();
+  });
+  await page.fill('#signal-payload', '{"ok": true, "second": true}');
+  await page.click('#signal-send');
+  await page.waitForSelector('#action-error:not([hidden])');
+  const refused = await page.textContent('#action-error');
+  check(refused === 'Signal refused (HTTP 409): node \'approve\' is completed in a running flow; only a waiting node takes a signal',
+    `the server's 409 is shown: ${refused}`);
+  await page.unroute(isSignal);
+  await waitFlowStatus(page, 'completed');
+  log('a late signal shows the server\'s 409:', refused);
+
+  // Re-run the map node itself, expanded: its elements go, then come back, 20 again.
+  await page.click('#fit');
+  await page.click('g.node[data-name="resize"] g.toggle');
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="resize"] .elgrid .el').length === 20);
+  await page.click('g.node[data-name="resize"] text.name', { force: true });
+  await page.waitForSelector('#node-detail-name:text("resize")');
+  await page.click('#rerun-node');
+  await page.waitForFunction(() => {
+    const g = document.querySelector('g.node[data-name="resize"]');
+    return g.querySelector('text.sub').textContent.includes('try 2')
+      && g.querySelector('text.counts').textContent === '20 done · 0 running · 0 failed'
+      && g.querySelectorAll('.elgrid .el[data-status="completed"]').length === 20;
+  });
+  await waitNode(page, 'approve', 'waiting');
+  const last = await rest(URL_PLAIN, 'POST', `/flows/${id}/nodes/approve/signal`, { ok: 'final' });
+  check(last.status === 200, `signal over REST: ${JSON.stringify(last)}`);
+  await waitFlowStatus(page, 'completed');
+  check((await page.$$eval('g.node', (gs) => gs.length)) === 6, 'still one node per DAG node');
+  log('the map node re-run from its panel: 20 elements again, attempt 2');
+}
+
+/** A map whose elements all fail, retried from the page: only its elements run again. */
+async function failingMapScenario(page, result) {
+  const created = await rest(URL_PLAIN, 'POST', '/flows', {
+    name: 'failing map',
+    nodes: [
+      { name: 'list', handler: 'echo', data: { items: [1, 2, 3, 4, 5, 6] } },
+      { name: 'flaky', handler: 'fail', parents: ['list'], data: { times: 1, message: 'first try fails' },
+        map: { from: 'list', path: '/data/items' }, opts: { attempts: 1 } },
+      { name: 'after', handler: 'noop', parents: ['flaky'] },
+    ],
+  });
+  check(created.status === 201, `create failing map: ${JSON.stringify(created.body)}`);
+  const id = created.body.flowId;
+  result.failingMap = id;
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}`; }, id);
+  await waitFlowStatus(page, 'failed');
+  await waitNode(page, 'flaky', 'failed');
+  await waitNode(page, 'after', 'skipped');
+  await page.waitForFunction(() => document.querySelector('g.node[data-name="flaky"] text.counts')?.textContent === '0 done · 0 running · 6 failed');
+  await page.click('g.node[data-name="flaky"] g.toggle');
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="flaky"] .elgrid .el[data-status="failed"]').length === 6);
+  await page.click('g.node[data-name="after"]');
+  await page.waitForSelector('#node-reason');
+  check((await page.textContent('#node-reason')).includes('flaky'), `skipped for its failed parent: ${await page.textContent('#node-reason')}`);
+  await page.click('g.node[data-name="flaky"] .elgrid .el[data-k="2"]');
+  await page.waitForSelector('#node-detail-name:text("flaky[2]")');
+  await page.waitForSelector('#node-error');
+  check((await page.textContent('#node-error')).includes('first try fails'), 'a failed element shows its error');
+  await page.click('#retry-flow');
+  await waitFlowStatus(page, 'completed');
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="flaky"] .elgrid .el[data-status="completed"]').length === 6
+    && document.querySelector('g.node[data-name="flaky"] text.counts').textContent === '6 done · 0 running · 0 failed');
+  await waitNode(page, 'after', 'completed');
+  log('a map whose 6 elements failed: counted, shown red, retried from the page, completed');
+}
+
+/** A map of 10,000 elements parked on a queue no worker serves: one node, chips 1,000 a page. */
+async function hugeMapScenario(page, result) {
+  const created = await rest(URL_PLAIN, 'POST', '/flows', {
+    name: 'huge map',
+    nodes: [
+      { name: 'source', handler: 'echo', data: { items: Array.from({ length: 10000 }, (_, i) => i) } },
+      { name: 'parked', handler: 'noop', queue: 'nobody-serves-this', parents: ['source'], map: { from: 'source', path: '/data/items', maxParallel: 10 } },
+      { name: 'join', handler: 'noop', parents: ['parked'] },
+    ],
+  });
+  check(created.status === 201, `create huge map: ${JSON.stringify(created.body)}`);
+  const id = created.body.flowId;
+  result.hugeMap = id;
+  const t0 = Date.now();
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}`; }, id);
+  await page.waitForFunction(() => document.querySelector('g.node[data-name="parked"] text.sub')?.textContent.startsWith('of 10000'));
+  const shownMs = Date.now() - t0;
+  check((await page.textContent('g.node[data-name="parked"] text.counts')) === '0 done · 10 running · 0 failed', 'ten queued at a time');
+  check((await page.$$eval('g.node', (gs) => gs.length)) === 3, '3 nodes laid out for a map of 10,000');
+  const t1 = Date.now();
+  await page.click('g.node[data-name="parked"] g.toggle');
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="parked"] .elgrid .el').length === 1000);
+  const expandMs = Date.now() - t1;
+  check((await page.textContent('g.node[data-name="parked"] .el-range')) === '1–1,000 of 10,000', 'the first page of chips');
+  check((await page.$$eval('g.node[data-name="parked"] .elgrid .el[data-status="queued"]', (cs) => cs.length)) === 10, 'ten queued chips');
+  await page.click('g.node[data-name="parked"] .el-pager [data-page="1"]');
+  await page.waitForFunction(() => document.querySelector('g.node[data-name="parked"] .el-range').textContent === '1,001–2,000 of 10,000');
+  check((await page.getAttribute('g.node[data-name="parked"] .elgrid .el', 'data-k')) === '1000', 'the second page starts at element 1000');
+  await page.click('g.node[data-name="parked"] .elgrid .el[data-k="1234"]');
+  await page.waitForSelector('#node-detail-name:text("parked[1234]")');
+  check((await page.textContent('#node-detail-status')) === 'pending', 'a pending element');
+  await page.click('#cancel-flow');
+  await waitFlowStatus(page, 'cancelled');
+  log(`10,000-element map: one node, shown ${shownMs} ms after opening, 1,000 chips in ${expandMs} ms, paged`);
+}
+
+/** The test's expanded map group, with the artifacts. */
+async function mapShot(page) {
+  const file = path.join(ARTIFACTS, 'dagflow-dashboard-map.png');
+  await page.waitForTimeout(100);
+  const box = await page.$eval('#graph', (g) => {
+    const r = g.getBoundingClientRect();
+    return { x: r.x, y: r.y, width: r.width, height: r.height };
+  });
+  await page.screenshot({ path: file, clip: box });
+  log(`expanded map group saved to ${file}`);
+}
+
+/** 1,000 elements: one group node, expanded before the map starts, its chips following the run live. */
+async function wideMapScenario(page, result) {
+  const created = await rest(URL_PLAIN, 'POST', '/flows', {
+    name: 'wide map',
+    nodes: [
+      { name: 'gate', wait: { signal: 'go' } },
+      { name: 'source', handler: 'echo', parents: ['gate'], data: { items: Array.from({ length: 1000 }, (_, i) => i) } },
+      { name: 'each', handler: 'noop', parents: ['source'], map: { from: 'source', path: '/data/items', maxParallel: 50 } },
+      { name: 'join', handler: 'noop', parents: ['each'] },
+    ],
+  });
+  check(created.status === 201, `create wide map: ${JSON.stringify(created.body)}`);
+  const id = created.body.flowId;
+  result.wideMap = id;
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}`; }, id);
+  await waitNode(page, 'gate', 'waiting');
+  await page.click('g.node[data-name="each"] g.toggle');
+  await page.waitForSelector('g.node[data-name="each"] .el-none');
+  // Count the chips that turn completed in place, from events.
+  await page.evaluate(() => {
+    window.__chipsDone = 0;
+    new MutationObserver((records) => records.forEach((r) => {
+      if (r.target.classList.contains('el') && r.target.dataset.status === 'completed') window.__chipsDone++;
+    })).observe(document.querySelector('#graph'), { subtree: true, attributes: true, attributeFilter: ['data-status'] });
+  });
+  const go = await rest(URL_PLAIN, 'POST', `/flows/${id}/nodes/gate/signal`, null);
+  check(go.status === 200, `signal the gate: ${JSON.stringify(go)}`);
+  const t0 = Date.now();
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="each"] .elgrid .el').length === 1000, null, { timeout: 60000 });
+  const shownMs = Date.now() - t0;
+  await waitFlowStatus(page, 'completed', 90000);
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name="each"] .elgrid .el[data-status="completed"]').length === 1000);
+  const runMs = Date.now() - t0;
+  const live = await page.evaluate(() => window.__chipsDone);
+  check(live > 0, 'chips turned completed live, from events');
+  check((await page.textContent('g.node[data-name="each"] text.counts')) === '1000 done · 0 running · 0 failed', 'counts of 1,000');
+  check((await page.$$eval('g.node', (gs) => gs.length)) === 4, '4 nodes laid out for a map of 1,000');
+  const tc = Date.now();
+  await page.click('g.node[data-name="each"] .elgrid .el[data-k="999"]');
+  await page.waitForSelector('#node-detail-name:text("each[999]")');
+  await page.fill('#node-search', 'each[500]');
+  await page.press('#node-search', 'Enter');
+  await page.waitForSelector('#node-detail-name:text("each[500]")');
+  log(`1,000-element map: chips shown ${shownMs} ms after the gate opened, ran in ${runMs} ms, ${live} chips turned completed live; element details in ${Date.now() - tc} ms`);
 }
 
 /** A realistic flow mid-run, its page with one node open, saved for the README. */
@@ -432,6 +752,38 @@ async function screenshot(page, result) {
   await page.screenshot({ path: SCREENSHOT });
   await rest(URL_PLAIN, 'POST', `/flows/${id}/cancel`);
   log(`screenshot saved to ${SCREENSHOT}`);
+}
+
+/** A map group expanded mid-run, its panel open, saved for the docs. */
+async function mapScreenshot(page, result) {
+  const created = await rest(URL_PLAIN, 'POST', '/flows', {
+    name: 'thumbnails',
+    nodes: [
+      { name: 'list-images', handler: 'echo', data: { items: Array.from({ length: 120 }, (_, i) => `img-${i}.png`) } },
+      { name: 'thumbnail', handler: 'sleep', parents: ['list-images'], data: { ms: 300 },
+        map: { from: 'list-images', path: '/data/items', maxParallel: 12 } },
+      { name: 'zip', handler: 'echo', parents: ['thumbnail'] },
+      { name: 'notify', handler: 'echo', parents: ['list-images'] },
+      { name: 'approve-release', parents: ['zip'], wait: { signal: 'release', timeoutMs: 86400000 } },
+    ],
+  });
+  check(created.status === 201, 'create the map screenshot flow');
+  const id = created.body.flowId;
+  result.mapScreenshot = id;
+  await page.setViewportSize({ width: 1400, height: 820 });
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}`; }, id);
+  await page.waitForSelector('g.node[data-name="thumbnail"]');
+  await page.click('g.node[data-name="thumbnail"] g.toggle');
+  await page.waitForFunction(() => {
+    const t = document.querySelector('g.node[data-name="thumbnail"] text.counts')?.textContent || '';
+    const done = parseInt(t, 10);
+    return done >= 60 && done < 90;
+  }, null, { polling: 50 });
+  await page.click('g.node[data-name="thumbnail"] text.name', { force: true });
+  await page.waitForSelector('#map-counts');
+  await page.screenshot({ path: MAP_SCREENSHOT });
+  await rest(URL_PLAIN, 'POST', `/flows/${id}/cancel`);
+  log(`map screenshot saved to ${MAP_SCREENSHOT}`);
 }
 
 /** A server with a token: the page asks once, keeps it for the tab, and uses it for REST and /ws. */

@@ -11,10 +11,18 @@
 
   const TOKEN_KEY = 'dagflow.token';
   const DRAFT_KEY = 'dagflow.draft';
-  const NODE_STATUSES = ['pending', 'queued', 'active', 'completed', 'failed', 'skipped', 'cancelled'];
+  const NODE_STATUSES = ['pending', 'queued', 'active', 'waiting', 'completed', 'failed', 'skipped', 'cancelled'];
   const FLOW_STATUSES = ['running', 'completed', 'failed', 'cancelled'];
   const TERMINAL = new Set(['completed', 'failed', 'skipped', 'cancelled']);
   const PAGE_SIZE = 25;
+  // A map element's name: `{map}[{index}]`.
+  const ELEMENT = /^(.*)\[(\d+)\]$/;
+  // A map group drawn collapsed, and its expanded grid of element chips.
+  const MAP_W = 208;
+  const MAP_H = 62;
+  const CHIP = 14; // a chip and its gap
+  const GRID_PAD = 8;
+  const MAP_PAGE = 1000; // chips drawn at once; more are paged
   const EXAMPLE = {
     name: 'image pipeline',
     nodes: [
@@ -75,6 +83,15 @@
     if (!ms) return '—';
     const d = new Date(ms);
     return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+  function fmtClock(ms) {
+    const d = new Date(ms);
+    return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  }
+  /** How far a time is from now: "in 4m 10s", "2.0 s ago". */
+  function fmtIn(ms) {
+    const d = ms - Date.now();
+    return d >= 0 ? `in ${fmtDuration(d)}` : `${fmtDuration(-d)} ago`;
   }
   function fmtDuration(ms) {
     if (ms === null || ms === undefined || ms < 0 || Number.isNaN(ms)) return '—';
@@ -371,7 +388,8 @@
         f.status = m.status;
         // A retried flow resets nodes, and a finished one has exact counts: ask.
         if (wasTerminal || m.status !== 'running' || (status && status !== m.status)) scheduleRefresh();
-      } else if (TERMINAL.has(m.status)) {
+      } else if (TERMINAL.has(m.status) && !ELEMENT.test(m.node)) {
+        // Map elements are not among the flow's nodes (nodesTotal counts the DAG's).
         f.nodesDone = Math.min(f.nodesTotal, f.nodesDone + 1);
       }
       updateRow(row);
@@ -388,6 +406,13 @@
 
   // -------------------------------------------------------------- flow page
 
+  /**
+   * The flow page. The graph draws the DAG's nodes only: a map node is one group
+   * node whose elements (`{map}[{i}]`, listed after the DAG's nodes in a flow view)
+   * are kept in that group, counted live from their events, and drawn as a grid
+   * of chips inside the group when it is expanded; a 10,000-element map is never
+   * laid out as 10,000 nodes.
+   */
   function flowView(root, id) {
     const L = window.DagLayout;
     const W = L.defaults.nodeWidth;
@@ -395,21 +420,29 @@
     let flow = null;
     let nodes = [];
     let byName = new Map();
+    // Map nodes: DAG index → group (elements, counts, expanded or not).
+    let groups = new Map();
     let seq = 0;
     let resyncing = false;
-    let selected = -1;
+    let selected = -1; // a DAG node's index
+    let selK = -1; // with `selected` a map node: the selected element, or -1 for the map itself
     let detailTimer = null;
     let detailAsk = 0;
     let alive = true;
     let layoutSize = { width: 0, height: 0 };
     const counts = {};
     const dirty = new Set();
+    const dirtyGroups = new Set();
     let framePending = false;
+    let relayoutPending = false;
     const view = { k: 1, x: 0, y: 0 };
     // Until the user pans or zooms, the graph stays fitted to its box.
     let autoFit = true;
     let viewFar = false;
     let viewport = null;
+    // Per node name: an action's last error, and a signal payload being written.
+    const actionErrors = new Map();
+    const signalDrafts = new Map();
 
     const nameEl = el('h1', { id: 'flow-name', text: 'Flow' });
     const statusEl = el('span', { id: 'flow-status', class: 'badge', text: '…' });
@@ -420,7 +453,7 @@
     const retryBtn = el('button', { id: 'retry-flow', text: 'Retry', disabled: true });
     const deleteBtn = el('button', { id: 'delete-flow', class: 'danger', text: 'Delete', disabled: true });
     const meta = el('div', { id: 'flow-meta', class: 'meta' });
-    const countsEl = el('div', { id: 'status-counts', class: 'counts' });
+    const countsEl = el('div', { id: 'status-counts', class: 'counts', title: 'nodes by status (a map counts as one node)' });
     const flowError = el('div', { id: 'flow-error', class: 'flow-error', hidden: true });
     const graph = el('div', { id: 'graph', class: 'graph' }, el('p', { class: 'muted loading', text: 'Loading…' }));
     const panel = el('aside', { id: 'node-panel', class: 'panel', hidden: true });
@@ -447,8 +480,7 @@
         if (m.seq !== seq + 1) {
           // A gap should not happen (the server sends a snapshot after a lag);
           // if it does, start again from a fresh snapshot.
-          resyncing = true;
-          live.send({ type: 'subscribe', flowId: id });
+          resync();
           return;
         }
         seq = m.seq;
@@ -460,18 +492,68 @@
       }
     }
 
+    /** Asks for a fresh snapshot; events are ignored until it comes. */
+    function resync() {
+      if (resyncing) return;
+      resyncing = true;
+      live.send({ type: 'subscribe', flowId: id });
+    }
+
+    function newGroup(i) {
+      return { i, elems: [], counts: {}, expanded: false, page: 0, dirty: new Set(), chipEls: null };
+    }
+
+    /** Replaces a group's elements with those of a view (possibly none). */
+    function setElements(grp, list) {
+      grp.elems = [];
+      grp.counts = {};
+      list.forEach((v) => {
+        const k = v.index !== undefined ? v.index : grp.elems.length;
+        grp.elems[k] = Object.assign({}, v);
+      });
+      for (let k = 0; k < grp.elems.length; k++) {
+        if (!grp.elems[k]) grp.elems[k] = { name: `${nodes[grp.i].name}[${k}]`, index: k, status: 'pending', attempt: 0 };
+        grp.counts[grp.elems[k].status] = (grp.counts[grp.elems[k].status] || 0) + 1;
+      }
+      grp.page = Math.min(grp.page, Math.max(0, Math.ceil(grp.elems.length / MAP_PAGE) - 1));
+    }
+
+    function splitView(f) {
+      const dag = [];
+      const elements = new Map();
+      f.nodes.forEach((n) => {
+        if (n.mapOf === undefined) {
+          dag.push(n);
+        } else {
+          if (!elements.has(n.mapOf)) elements.set(n.mapOf, []);
+          elements.get(n.mapOf).push(n);
+        }
+      });
+      return { dag, elements };
+    }
+
     function applySnapshot(f) {
-      const same = flow && f.nodes.length === nodes.length && f.nodes.every((n, i) => n.name === nodes[i].name);
+      const { dag, elements } = splitView(f);
+      const same = flow && dag.length === nodes.length && dag.every((n, i) => n.name === nodes[i].name);
       flow = f;
       seq = f.seq;
       resyncing = false;
       if (same) {
-        f.nodes.forEach((n, i) => {
-          Object.assign(nodes[i], n);
+        const before = groupSizes();
+        dag.forEach((n, i) => {
+          // The page's own fields stay; the view's replace the old ones (a field the
+          // view leaves out, such as a reason or a deadline, is gone).
+          const keep = { i, shown: nodes[i].shown, el: nodes[i].el, sub: nodes[i].sub, title: nodes[i].title };
+          nodes[i] = Object.assign(keep, n);
           markDirty(i);
         });
+        groups.forEach((grp, i) => {
+          setElements(grp, elements.get(nodes[i].name) || []);
+          markGroup(grp, true);
+        });
+        if (groupSizes() !== before) scheduleRelayout();
       } else {
-        buildGraph(f);
+        buildGraph(dag, elements);
       }
       updateHeader();
       if (selected >= 0) scheduleDetail();
@@ -483,21 +565,59 @@
         flow.updatedAt = m.ts;
         flow.finishedAt = m.status === 'running' ? undefined : m.ts;
         updateHeader();
+        if (selected >= 0) scheduleDetail();
         return;
       }
       const i = byName.get(m.node);
-      if (i === undefined) return;
+      if (i === undefined) {
+        const em = ELEMENT.exec(m.node);
+        const gi = em ? byName.get(em[1]) : undefined;
+        const grp = gi === undefined ? undefined : groups.get(gi);
+        if (grp) applyElementEvent(grp, Number(em[2]), m);
+        // A node this page does not know: start again from the server's view.
+        else resync();
+        return;
+      }
       const n = nodes[i];
+      setFromEvent(n, m);
+      markDirty(i);
+      if (i === selected) scheduleDetail();
+      const grp = groups.get(i);
+      // A map that (re)starts gets its elements, and one that is reset loses them:
+      // the snapshot has them all (with their number), events only the ones that move.
+      if (grp && (m.status === 'active' || m.status === 'pending')) resync();
+    }
+
+    function setFromEvent(n, m) {
       n.status = m.status;
       n.attempt = m.attempt;
       if (m.status === 'queued') n.queuedAt = m.ts;
-      if (m.status === 'active') n.startedAt = m.ts;
+      if (m.status === 'active' || m.status === 'waiting') n.startedAt = m.ts;
+      if (m.status !== 'waiting' && m.status !== 'queued') n.dueAt = undefined;
       if (TERMINAL.has(m.status)) n.finishedAt = m.ts;
-      if (m.status === 'pending' || m.status === 'queued') n.finishedAt = undefined;
+      if (m.status === 'pending' || m.status === 'queued' || m.status === 'waiting') n.finishedAt = undefined;
       if (m.progress !== undefined) n.progress = m.progress;
       if (m.error !== undefined) n.error = m.error;
-      markDirty(i);
-      if (i === selected) scheduleDetail();
+      n.reason = m.status === 'skipped' ? m.reason : undefined;
+    }
+
+    function applyElementEvent(grp, k, m) {
+      if (k >= grp.elems.length) {
+        // Not in the last snapshot (it should be): pending until its events say more.
+        for (let j = grp.elems.length; j <= k; j++) {
+          grp.elems[j] = { name: `${nodes[grp.i].name}[${j}]`, index: j, status: 'pending', attempt: 0 };
+          grp.counts.pending = (grp.counts.pending || 0) + 1;
+        }
+        if (grp.expanded) scheduleRelayout();
+      }
+      const e = grp.elems[k];
+      grp.counts[e.status] = (grp.counts[e.status] || 1) - 1;
+      setFromEvent(e, m);
+      grp.counts[e.status] = (grp.counts[e.status] || 0) + 1;
+      grp.dirty.add(k);
+      markGroup(grp, false);
+      // An open map panel follows its counts in updateGroup, without asking again.
+      if (selected === grp.i && selK === k) scheduleDetail();
     }
 
     // ---- rendering: one full build per structure, then per-node updates
@@ -506,19 +626,103 @@
       let s = n.status;
       if (n.attempt > 1) s += ` · try ${n.attempt}`;
       if (n.status === 'active' && typeof n.progress === 'number') s += ` · ${n.progress}%`;
-      if (TERMINAL.has(n.status) && n.startedAt && n.finishedAt) s += ` · ${fmtDuration(n.finishedAt - n.startedAt)}`;
+      if (n.status === 'waiting' && n.wait) {
+        s += n.wait.kind === 'signal' ? ` · signal ${n.wait.signal}` : n.dueAt ? ` · until ${fmtClock(n.dueAt)}` : ' · timer';
+      }
+      if (n.status === 'skipped' && n.reason) s += /^condition/.test(n.reason) ? ' · condition' : ' · trigger';
+      if (TERMINAL.has(n.status) && n.status !== 'skipped' && n.startedAt && n.finishedAt) s += ` · ${fmtDuration(n.finishedAt - n.startedAt)}`;
       return s;
     }
 
-    function buildGraph(f) {
-      nodes = f.nodes.map((n, i) => Object.assign({ i, shown: null }, n));
+    function titleOf(n) {
+      let t = n.name;
+      if (n.map) t += ` (map over ${n.map.from}${n.map.path ? ` ${n.map.path}` : ''}, ${n.handler} on ${n.queue})`;
+      else if (n.wait) t += n.wait.kind === 'signal' ? ` (waits for signal “${n.wait.signal}”)` : ' (waits for a timer)';
+      else t += ` (${n.handler} on ${n.queue})`;
+      t += `\n${n.status}`;
+      if (n.status === 'skipped' && n.reason) t += `: ${n.reason}`;
+      if (n.when) t += `\nwhen: ${n.when}`;
+      if (n.trigger) t += `\ntrigger: ${n.trigger}`;
+      if (n.map) t += '\nclick ▸ (or double-click) to show or hide its elements';
+      return t;
+    }
+
+    /** Done (completed), running (queued or active) and failed elements, and how many in all. */
+    function groupTally(grp) {
+      const n = nodes[grp.i];
+      const c = grp.counts;
+      if (grp.elems.length || !n.map || n.map.total === undefined) {
+        return { done: c.completed || 0, running: (c.queued || 0) + (c.active || 0), failed: c.failed || 0, total: grp.elems.length, known: grp.elems.length > 0 || (n.map && n.map.total !== undefined) };
+      }
+      return { done: n.map.done - n.map.failed, running: n.map.running, failed: n.map.failed, total: n.map.total, known: true };
+    }
+
+    function tallyText(t) {
+      return `${t.done} done · ${t.running} running · ${t.failed} failed`;
+    }
+
+    function groupLine(grp) {
+      const n = nodes[grp.i];
+      const t = groupTally(grp);
+      return t.known ? `of ${t.total} · ${subLine(n)}` : `${subLine(n)} · over ${n.map.from}`;
+    }
+
+    /** Columns, rows and pixel size of a map group. */
+    function groupGeometry(grp) {
+      if (!grp.expanded) return { w: MAP_W, h: MAP_H, cols: 0, rows: 0, pager: false };
+      const count = Math.min(grp.elems.length, MAP_PAGE);
+      const inner = MAP_W - 2 * GRID_PAD;
+      const cols = Math.max(Math.floor(inner / CHIP), Math.min(40, Math.ceil(Math.sqrt(count * 2.5))));
+      const rows = Math.max(1, Math.ceil(count / cols));
+      const pager = grp.elems.length > MAP_PAGE;
+      const w = Math.max(MAP_W, cols * CHIP + 2 * GRID_PAD);
+      const h = MAP_H + (pager ? 26 : 0) + (count ? rows * CHIP : 20) + GRID_PAD;
+      return { w, h, cols, rows, pager };
+    }
+
+    function groupSizes() {
+      const parts = [];
+      groups.forEach((grp) => {
+        const g = groupGeometry(grp);
+        parts.push(`${g.w}x${g.h}`);
+      });
+      return parts.join(',');
+    }
+
+    function buildGraph(dag, elements) {
+      nodes = dag.map((n, i) => Object.assign({ i, shown: null }, n));
       byName = new Map(nodes.map((n) => [n.name, n.i]));
+      groups = new Map();
+      nodes.forEach((n) => {
+        if (!n.map) return;
+        const grp = newGroup(n.i);
+        groups.set(n.i, grp);
+        setElements(grp, elements.get(n.name) || []);
+      });
+      selected = -1;
+      selK = -1;
+      panel.hidden = true;
+      names.replaceChildren(...nodes.map((n) => el('option', { value: n.name })));
+      render(true);
+    }
+
+    /** Lays the graph out and draws it; `refitView` fits it to the box, else the view stays. */
+    function render(refitView) {
       const edges = [];
       nodes.forEach((n) => n.parents.forEach((p) => {
         const from = byName.get(p);
         if (from !== undefined) edges.push([from, n.i]);
       }));
-      const lay = L.layout(nodes.length, edges);
+      const geo = new Map();
+      const widths = [];
+      const heights = [];
+      groups.forEach((grp, i) => {
+        const g = groupGeometry(grp);
+        geo.set(i, g);
+        widths[i] = g.w;
+        heights[i] = g.h;
+      });
+      const lay = L.layout(nodes.length, edges, { widths, heights });
       layoutSize = { width: lay.width, height: lay.height };
       NODE_STATUSES.forEach((s) => { counts[s] = 0; });
       const parts = [
@@ -531,33 +735,154 @@
       nodes.forEach((n) => {
         counts[n.status] = (counts[n.status] || 0) + 1;
         n.shown = n.status;
+        const at = `transform="translate(${lay.x[n.i]},${lay.y[n.i].toFixed(1)})"`;
+        const grp = groups.get(n.i);
+        if (!grp) {
+          parts.push(
+            `<g class="node${n.wait ? ' wait' : ''}" data-i="${n.i}" data-name="${esc(n.name)}" data-status="${esc(n.status)}" ${at}>`,
+            `<rect class="box" width="${W}" height="${H}" rx="7"/>`,
+            `<text class="name" x="10" y="17">${esc(truncate(n.name, 22))}</text>`,
+            `<text class="sub" x="10" y="32">${esc(subLine(n))}</text>`,
+            `<title>${esc(titleOf(n))}</title></g>`);
+          return;
+        }
+        const g = geo.get(n.i);
+        const t = groupTally(grp);
         parts.push(
-          `<g class="node" data-i="${n.i}" data-name="${esc(n.name)}" data-status="${esc(n.status)}" transform="translate(${lay.x[n.i]},${lay.y[n.i].toFixed(1)})">`,
-          `<rect width="${W}" height="${H}" rx="7"/>`,
-          `<text class="name" x="10" y="17">${esc(truncate(n.name, 22))}</text>`,
-          `<text class="sub" x="10" y="32">${esc(subLine(n))}</text>`,
-          `<title>${esc(n.name)} (${esc(n.handler)} on ${esc(n.queue)})</title></g>`);
+          `<g class="node map" data-i="${n.i}" data-name="${esc(n.name)}" data-status="${esc(n.status)}" data-expanded="${grp.expanded}" ${at}>`,
+          `<rect class="stack" x="5" y="5" width="${g.w}" height="${g.h}" rx="7"/>`,
+          `<rect class="box" width="${g.w}" height="${g.h}" rx="7"/>`,
+          `<text class="name" x="10" y="17">${esc(truncate(n.name, 24))}</text>`,
+          `<text class="counts" x="10" y="33">${esc(tallyText(t))}</text>`,
+          `<text class="sub" x="10" y="48">${esc(groupLine(grp))}</text>`,
+          `<g class="bar" transform="translate(10,${MAP_H - 9})"><rect class="track" width="${g.w - 20}" height="4" rx="2"/>`,
+          '<rect class="done" height="4"/><rect class="running" height="4"/><rect class="failed" height="4"/></g>',
+          `<g class="toggle" role="button" aria-label="show or hide the elements"><rect x="${g.w - 28}" y="4" width="22" height="20" rx="5"/>`,
+          `<text x="${g.w - 17}" y="18.5" text-anchor="middle">${grp.expanded ? '▾' : '▸'}</text></g>`);
+        if (grp.expanded) {
+          parts.push(
+            `<foreignObject x="0" y="${MAP_H}" width="${g.w}" height="${g.h - MAP_H}">`,
+            `<div xmlns="http://www.w3.org/1999/xhtml" class="elements" data-map="${esc(n.name)}">`);
+          if (g.pager) {
+            parts.push(
+              '<div class="el-pager"><button type="button" data-page="-1">‹</button>',
+              '<span class="el-range"></span><button type="button" data-page="1">›</button></div>');
+          }
+          // Its columns are set through the CSSOM: the page's CSP refuses style attributes.
+          parts.push('<div class="elgrid"></div></div></foreignObject>');
+        }
+        parts.push(`<title>${esc(titleOf(n))}</title></g>`);
       });
       parts.push('</g></g></svg>');
       graph.innerHTML = parts.join('');
       // Big graphs skip the running-node animation, which repaints every frame.
       graph.classList.toggle('large', nodes.length > 300);
-      graph.append(el('div', { class: 'hint', text: 'drag to pan · wheel to zoom · click a node for details' }));
+      graph.append(el('div', { class: 'hint', text: `drag to pan · wheel to zoom · click a node for details${groups.size ? ' · ▸ shows a map’s elements' : ''}` }));
       const elems = graph.querySelectorAll('g.node');
       nodes.forEach((n, i) => {
         n.el = elems[i];
-        n.sub = elems[i].lastElementChild.previousElementSibling;
+        n.title = elems[i].lastElementChild;
+        n.sub = elems[i].querySelector('text.sub');
+        const grp = groups.get(i);
+        if (grp) {
+          grp.countsEl = elems[i].querySelector('text.counts');
+          grp.bar = elems[i].querySelector('g.bar');
+          grp.grid = grp.expanded ? elems[i].querySelector('.elgrid') : null;
+          if (grp.grid) grp.grid.style.gridTemplateColumns = `repeat(${groupGeometry(grp).cols}, ${CHIP - 2}px)`;
+          grp.range = grp.expanded ? elems[i].querySelector('.el-range') : null;
+          grp.chipEls = null;
+          if (grp.grid) fillGrid(grp);
+          updateGroup(grp);
+        }
       });
       viewport = $('#viewport', graph);
-      names.replaceChildren(...nodes.map((n) => el('option', { value: n.name })));
-      selected = -1;
-      panel.hidden = true;
+      if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.toggle('selected', selK < 0);
       renderCounts();
-      fit();
+      if (refitView || autoFit) fit();
+      else applyView();
+    }
+
+    /** Draws the chips of the group's current page. */
+    function fillGrid(grp) {
+      const start = grp.page * MAP_PAGE;
+      const end = Math.min(grp.elems.length, start + MAP_PAGE);
+      const parts = [];
+      for (let k = start; k < end; k++) {
+        const e = grp.elems[k];
+        parts.push(`<span class="el${selected === grp.i && selK === k ? ' selected' : ''}" data-k="${k}" data-status="${esc(e.status)}" title="${esc(e.name)} · ${esc(e.status)}"></span>`);
+      }
+      if (start >= end) parts.push('<span class="el-none">No elements yet.</span>');
+      grp.grid.innerHTML = parts.join('');
+      grp.chipEls = grp.grid.children;
+      if (grp.range) {
+        grp.range.textContent = `${(start + 1).toLocaleString()}–${end.toLocaleString()} of ${grp.elems.length.toLocaleString()}`;
+        const [prev, next] = grp.grid.parentNode.querySelectorAll('[data-page]');
+        prev.disabled = grp.page === 0;
+        next.disabled = end >= grp.elems.length;
+      }
+      grp.dirty.clear();
+    }
+
+    function updateGroup(grp) {
+      const n = nodes[grp.i];
+      const t = groupTally(grp);
+      grp.countsEl.textContent = tallyText(t);
+      n.sub.textContent = groupLine(grp);
+      const [track, done, running, failed] = grp.bar.children;
+      const len = Number(track.getAttribute('width'));
+      const wOf = (x) => (t.total ? (len * x) / t.total : 0);
+      done.setAttribute('width', wOf(t.done).toFixed(1));
+      running.setAttribute('x', wOf(t.done).toFixed(1));
+      running.setAttribute('width', wOf(t.running).toFixed(1));
+      failed.setAttribute('x', wOf(t.done + t.running).toFixed(1));
+      failed.setAttribute('width', wOf(t.failed).toFixed(1));
+      if (grp.chipEls) {
+        const start = grp.page * MAP_PAGE;
+        grp.dirty.forEach((k) => {
+          const chip = grp.chipEls[k - start];
+          const e = grp.elems[k];
+          if (!chip || !e || k < start) return;
+          chip.setAttribute('data-status', e.status);
+          chip.title = `${e.name} · ${e.status}`;
+        });
+      }
+      grp.dirty.clear();
+      if (selected === grp.i && selK < 0) {
+        const live = $('#map-counts', panel);
+        if (live) live.textContent = `${tallyText(t)} of ${t.total}`;
+      }
+    }
+
+    function toggleGroup(i, open) {
+      const grp = groups.get(i);
+      if (!grp) return;
+      grp.expanded = open === undefined ? !grp.expanded : open;
+      render(false);
+      const btn = $('#map-toggle', panel);
+      if (btn && selected === i) btn.textContent = grp.expanded ? 'Hide elements' : 'Show elements';
+    }
+
+    function scheduleRelayout() {
+      if (relayoutPending) return;
+      relayoutPending = true;
+      requestAnimationFrame(() => {
+        relayoutPending = false;
+        if (alive && nodes.length) render(false);
+      });
     }
 
     function markDirty(i) {
       dirty.add(i);
+      requestFlush();
+    }
+
+    function markGroup(grp, all) {
+      if (all) grp.redraw = true;
+      dirtyGroups.add(grp);
+      requestFlush();
+    }
+
+    function requestFlush() {
       if (!framePending) {
         framePending = true;
         requestAnimationFrame(flush);
@@ -578,8 +903,18 @@
           n.shown = n.status;
         }
         n.sub.textContent = subLine(n);
+        n.title.textContent = titleOf(n);
+        const grp = groups.get(i);
+        if (grp) dirtyGroups.add(grp);
       });
       dirty.clear();
+      dirtyGroups.forEach((grp) => {
+        if (!grp.countsEl) return;
+        if (grp.redraw && grp.grid) fillGrid(grp);
+        grp.redraw = false;
+        updateGroup(grp);
+      });
+      dirtyGroups.clear();
       renderCounts();
       $('#flow-seq', meta) && ($('#flow-seq', meta).textContent = String(seq));
     }
@@ -600,10 +935,13 @@
       cancelBtn.disabled = flow.status !== 'running';
       retryBtn.disabled = !(flow.status === 'failed' || flow.status === 'cancelled');
       deleteBtn.disabled = false;
+      let elements = 0;
+      groups.forEach((grp) => { elements += grp.elems.length; });
       const item = (label, value, attrs) => el('span', {}, `${label} `, el('b', Object.assign({ text: value }, attrs || {})));
       meta.replaceChildren(
         item('id', flow.id, { class: 'mono' }),
         item('nodes', String(nodes.length)),
+        groups.size ? item('map elements', elements.toLocaleString()) : null,
         item('created', fmtTime(flow.createdAt)),
         item('finished', flow.finishedAt ? fmtTime(flow.finishedAt) : '—'),
         item('took', flow.finishedAt ? fmtDuration(flow.finishedAt - flow.createdAt) : '—'),
@@ -644,10 +982,13 @@
       const n = nodes[i];
       const t = n.el.transform.baseVal.consolidate();
       if (!t) return;
+      const box = n.el.querySelector('rect.box');
+      const w = Number(box.getAttribute('width')) || W;
+      const h = Number(box.getAttribute('height')) || H;
       const r = graph.getBoundingClientRect();
       view.k = Math.max(view.k, 1);
-      view.x = r.width / 2 - (t.matrix.e + W / 2) * view.k;
-      view.y = r.height / 2 - (t.matrix.f + H / 2) * view.k;
+      view.x = r.width / 2 - (t.matrix.e + w / 2) * view.k;
+      view.y = r.height / 2 - (t.matrix.f + Math.min(h, 200) / 2) * view.k;
       autoFit = false;
       applyView();
     }
@@ -693,9 +1034,32 @@
     window.addEventListener('pointermove', onMove);
     window.addEventListener('pointerup', onUp);
     graph.addEventListener('click', (e) => {
-      if (dragged) return;
-      const g = e.target.closest && e.target.closest('g.node');
-      if (g) select(Number(g.dataset.i));
+      if (dragged || !e.target.closest) return;
+      const g = e.target.closest('g.node');
+      if (!g) return;
+      const i = Number(g.dataset.i);
+      const chip = e.target.closest('.el[data-k]');
+      if (chip) {
+        selectElement(i, Number(chip.dataset.k));
+        return;
+      }
+      const pageBtn = e.target.closest('[data-page]');
+      if (pageBtn) {
+        const grp = groups.get(i);
+        grp.page = Math.max(0, Math.min(Math.ceil(grp.elems.length / MAP_PAGE) - 1, grp.page + Number(pageBtn.dataset.page)));
+        fillGrid(grp);
+        return;
+      }
+      if (e.target.closest('g.toggle')) {
+        toggleGroup(i);
+        return;
+      }
+      if (e.target.closest('foreignObject')) return;
+      select(i);
+    });
+    graph.addEventListener('dblclick', (e) => {
+      const g = e.target.closest && e.target.closest('g.node.map');
+      if (g && !e.target.closest('foreignObject') && !e.target.closest('g.toggle')) toggleGroup(Number(g.dataset.i));
     });
     fitBtn.addEventListener('click', fit);
     search.addEventListener('change', () => findNode(search.value));
@@ -705,6 +1069,17 @@
       const q = text.trim().toLowerCase();
       if (!q) return;
       let i = nodes.findIndex((n) => n.name.toLowerCase() === q);
+      if (i < 0) {
+        // An element by its name, `{map}[{i}]`.
+        const em = ELEMENT.exec(text.trim());
+        const gi = em ? byName.get(em[1]) : undefined;
+        const grp = gi === undefined ? undefined : groups.get(gi);
+        if (grp && Number(em[2]) < grp.elems.length) {
+          selectElement(gi, Number(em[2]));
+          centerOn(gi);
+          return;
+        }
+      }
       if (i < 0) i = nodes.findIndex((n) => n.name.toLowerCase().includes(q));
       if (i < 0) {
         toast(`No node matches “${text}”`, true);
@@ -720,15 +1095,43 @@
 
     // ---- node details
 
-    function select(i) {
+    function selectedName() {
+      if (selected < 0 || !nodes[selected]) return null;
+      return selK < 0 ? nodes[selected].name : `${nodes[selected].name}[${selK}]`;
+    }
+
+    function unmark() {
       if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.remove('selected');
+      graph.querySelectorAll('.el.selected').forEach((c) => c.classList.remove('selected'));
+    }
+
+    function select(i) {
+      unmark();
       selected = i;
+      selK = -1;
       nodes[i].el.classList.add('selected');
+      openPanel();
+    }
+
+    function selectElement(i, k) {
+      const grp = groups.get(i);
+      if (!grp || k >= grp.elems.length) return;
+      unmark();
+      selected = i;
+      selK = k;
+      if (grp.chipEls) {
+        const chip = grp.chipEls[k - grp.page * MAP_PAGE];
+        if (chip) chip.classList.add('selected');
+      }
+      openPanel();
+    }
+
+    function openPanel() {
       if (panel.hidden) {
         panel.hidden = false;
         refit();
       }
-      fill(panel, el('header', {}, el('h2', { text: nodes[i].name }), closeButton()), el('p', { class: 'muted', text: 'Loading…' }));
+      fill(panel, el('header', {}, el('h2', { text: selectedName() }), closeButton()), el('p', { class: 'muted', text: 'Loading…' }));
       loadDetail();
     }
 
@@ -737,8 +1140,9 @@
     }
 
     function closePanel() {
-      if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.remove('selected');
+      unmark();
       selected = -1;
+      selK = -1;
       panel.hidden = true;
       refit();
     }
@@ -750,12 +1154,12 @@
 
     async function loadDetail() {
       if (selected < 0) return;
-      const i = selected;
+      const name = selectedName();
       const ask = ++detailAsk;
-      const res = await api('GET', `/flows/${encodeURIComponent(id)}/nodes/${encodeURIComponent(nodes[i].name)}`);
-      if (!alive || ask !== detailAsk || selected !== i) return;
+      const res = await api('GET', `/flows/${encodeURIComponent(id)}/nodes/${encodeURIComponent(name)}`);
+      if (!alive || ask !== detailAsk || selectedName() !== name) return;
       if (!res.ok) {
-        fill(panel, el('header', {}, el('h2', { text: nodes[i].name }), closeButton()),
+        fill(panel, el('header', {}, el('h2', { text: name }), closeButton()),
           el('pre', { class: 'error', text: errorMessage(res) }));
         return;
       }
@@ -774,43 +1178,152 @@
       })));
     }
 
+    function waitText(w) {
+      if (w.kind !== 'signal') return 'a timer';
+      return `signal “${w.signal}”${w.timeoutMs ? `, for at most ${fmtDuration(w.timeoutMs)}` : ', no timeout'}`;
+    }
+
+    function canRerun(v) {
+      if (!flow || v.mapOf !== undefined) return false;
+      return flow.status !== 'running' || TERMINAL.has(v.status);
+    }
+
     function renderDetail(v) {
       const kv = (pairs) => el('dl', { class: 'kv' }, pairs.filter(Boolean).map(([k, val]) => [el('dt', { text: k }), el('dd', {}, val)]));
       const hasInput = v.input !== undefined && v.input !== null;
       const data = hasInput && typeof v.input === 'object' && 'data' in v.input ? v.input.data : undefined;
       const parentResults = hasInput && typeof v.input === 'object' ? v.input.parents : undefined;
+      const item = hasInput && typeof v.input === 'object' && 'item' in v.input ? v.input.item : undefined;
       const waitMs = v.startedAt && v.queuedAt ? v.startedAt - v.queuedAt : null;
       const runMs = v.finishedAt && v.startedAt ? v.finishedAt - v.startedAt : null;
-      fill(panel, 
+      const isElement = v.mapOf !== undefined;
+      const grp = groups.get(byName.get(isElement ? v.mapOf : v.name));
+      const isWaiting = v.status === 'waiting';
+      fill(panel,
         el('header', {}, el('h2', { id: 'node-detail-name', text: v.name }), el('span', { class: 'badge', 'data-status': v.status, id: 'node-detail-status', text: v.status }), closeButton()),
         kv([
-          ['attempt', String(v.attempt)],
-          ['handler', el('code', { text: v.handler })],
-          ['queue', el('code', { text: v.queue })],
+          ['attempt', el('span', { id: 'node-attempt', text: String(v.attempt) })],
+          isElement ? ['element of', el('span', { class: 'links' }, el('a', {
+            href: '#', id: 'node-map-link', text: v.mapOf,
+            onclick: (e) => {
+              e.preventDefault();
+              const j = byName.get(v.mapOf);
+              if (j !== undefined) { select(j); centerOn(j); }
+            },
+          }), ` index ${v.index}`)] : null,
+          v.wait ? ['kind', el('span', { text: v.wait.kind === 'signal' ? 'wait for a signal' : 'wait for a timer' })] : null,
+          v.map ? ['kind', el('span', {}, 'map over ', el('code', { text: v.map.from }), ' ', el('code', { text: v.map.path || '(whole result)' }))] : null,
+          v.wait ? null : ['handler', el('code', { text: v.handler })],
+          v.wait ? null : ['queue', el('code', { text: v.queue })],
           v.jobId ? ['job id', el('code', { text: v.jobId })] : null,
-          ['parents', nodeLinks(v.parents)],
-          ['children', nodeLinks(v.children)],
+          isElement ? null : ['parents', nodeLinks(v.parents)],
+          isElement ? null : ['children', nodeLinks(v.children)],
+          v.trigger ? ['trigger', el('code', { id: 'node-trigger', text: v.trigger })] : null,
+          v.when ? ['when', el('code', { id: 'node-when', text: v.when })] : null,
         ]),
+        v.status === 'skipped' && v.reason ? [el('h3', { text: 'Why skipped' }), el('p', { id: 'node-reason', class: 'reason', text: v.reason })] : null,
+        v.wait ? [el('h3', { text: 'Waits for' }), kv([
+          ['what', el('span', { id: 'node-wait', text: waitText(v.wait) })],
+          isWaiting ? ['deadline', el('span', { id: 'node-due', text: v.dueAt ? `${fmtTime(v.dueAt)} (${fmtIn(v.dueAt)})` : 'none' })] : null,
+        ])] : null,
+        v.map && grp ? [el('h3', { text: 'Elements' }), el('p', { class: 'row' },
+          el('span', { id: 'map-counts', text: `${tallyText(groupTally(grp))} of ${groupTally(grp).total}` }),
+          el('button', { id: 'map-toggle', text: grp.expanded ? 'Hide elements' : 'Show elements', onclick: () => toggleGroup(byName.get(v.name)) }))] : null,
+        actionsPart(v),
         el('h3', { text: 'Timings' }),
         kv([
           ['queued', fmtTime(v.queuedAt)],
           ['started', fmtTime(v.startedAt)],
           ['finished', fmtTime(v.finishedAt)],
-          ['waited', fmtDuration(waitMs)],
+          v.wait ? null : ['waited', fmtDuration(waitMs)],
           ['ran', fmtDuration(runMs)],
-          v.dueAt ? ['retry due', fmtTime(v.dueAt)] : null,
+          v.dueAt && !isWaiting ? ['retry due', fmtTime(v.dueAt)] : null,
         ]),
         v.progress !== undefined ? [el('h3', { text: 'Progress' }), el('pre', { id: 'node-progress', text: jsonText(v.progress) })] : null,
         v.error ? [el('h3', { text: 'Error' }), el('pre', { class: 'error', id: 'node-error', text: v.error })] : null,
-        v.result !== undefined ? [el('h3', { text: 'Result' }), el('pre', { id: 'node-result', text: jsonText(v.result) })] : null,
-        el('h3', { text: 'Data' }),
-        hasInput ? el('pre', { id: 'node-data', text: jsonText(data === undefined ? null : data) })
-          : el('p', { class: 'muted small', text: 'The input (its data and its parents’ results) is known once every parent has finished.' }),
+        item !== undefined ? [el('h3', { text: 'Item' }), el('pre', { id: 'node-item', text: jsonText(item) })] : null,
+        v.result !== undefined ? [el('h3', { text: v.wait ? 'Result (the signal’s payload)' : 'Result' }), el('pre', { id: 'node-result', text: jsonText(v.result) })] : null,
+        v.map ? el('p', { class: 'muted small', text: 'Each element gets the map’s data and its parents’ results, with its item and index: click an element for its input and result.' }) : null,
+        v.wait || v.map ? null : [el('h3', { text: 'Data' }),
+          hasInput ? el('pre', { id: 'node-data', text: jsonText(data === undefined ? null : data) })
+            : el('p', { class: 'muted small', text: 'The input (its data and its parents’ results) is known once every parent has finished.' })],
         hasInput && parentResults && Object.keys(parentResults).length
           ? [el('h3', { text: 'Input from parents' }), el('pre', { id: 'node-input', text: jsonText(parentResults) })] : null);
     }
 
-    // ---- actions
+    // ---- node actions: signal a waiting node, re-run from a node
+
+    function actionsPart(v) {
+      const canSignal = v.wait && v.wait.kind === 'signal' && v.status === 'waiting' && flow && flow.status === 'running';
+      const rerun = canRerun(v);
+      const error = actionErrors.get(v.name);
+      if (!canSignal && !rerun && !error) return null;
+      const errorEl = el('pre', { class: 'error', id: 'action-error', hidden: !error, text: error || '' });
+      const showError = (text) => {
+        if (text) actionErrors.set(v.name, text);
+        else actionErrors.delete(v.name);
+        errorEl.textContent = text || '';
+        errorEl.hidden = !text;
+      };
+      const parts = [el('h3', { text: 'Actions' })];
+      if (canSignal) {
+        const payload = el('textarea', {
+          id: 'signal-payload', class: 'payload', rows: '3', spellcheck: 'false', 'aria-label': 'signal payload (JSON)',
+          placeholder: '{"approved": true}',
+        });
+        payload.value = signalDrafts.has(v.name) ? signalDrafts.get(v.name) : '{}';
+        payload.addEventListener('input', () => {
+          signalDrafts.set(v.name, payload.value);
+          payload.classList.remove('invalid');
+        });
+        const send = el('button', { id: 'signal-send', class: 'primary', text: 'Signal' });
+        send.addEventListener('click', async () => {
+          let body;
+          try {
+            body = JSON.stringify(JSON.parse(payload.value));
+          } catch (e) {
+            payload.classList.add('invalid');
+            showError(`The payload is not valid JSON: ${e.message}`);
+            return;
+          }
+          send.disabled = true;
+          const res = await api('POST', `/flows/${encodeURIComponent(id)}/nodes/${encodeURIComponent(v.name)}/signal`, body);
+          if (!alive) return;
+          send.disabled = false;
+          if (!res.ok) {
+            showError(`Signal refused (HTTP ${res.status}): ${errorMessage(res)}`);
+            return;
+          }
+          showError(null);
+          signalDrafts.delete(v.name);
+          toast(`Signal delivered to “${v.name}”.`);
+          if (res.body && res.body.name === selectedName()) renderDetail(res.body);
+        });
+        parts.push(el('label', { class: 'small muted', for: 'signal-payload', text: `Payload of signal “${v.wait.signal}” (JSON; it becomes the node’s result)` }),
+          payload, el('div', { class: 'row' }, send));
+      }
+      if (rerun) {
+        const btn = el('button', { id: 'rerun-node', text: 'Re-run from here', title: 'run this node and everything downstream of it again' });
+        btn.addEventListener('click', async () => {
+          if (!confirm(`Re-run “${v.name}” and every node downstream of it? The other nodes keep their results.`)) return;
+          btn.disabled = true;
+          const res = await api('POST', `/flows/${encodeURIComponent(id)}/nodes/${encodeURIComponent(v.name)}/rerun`);
+          if (!alive) return;
+          btn.disabled = false;
+          if (!res.ok) {
+            showError(`Re-run refused (HTTP ${res.status}): ${errorMessage(res)}`);
+            return;
+          }
+          showError(null);
+          toast(`Re-running from “${v.name}”.`);
+        });
+        parts.push(el('div', { class: 'row' }, btn));
+      }
+      parts.push(errorEl);
+      return el('section', { id: 'node-actions', class: 'actions' }, parts);
+    }
+
+    // ---- actions on the flow
 
     cancelBtn.addEventListener('click', async () => {
       if (!flow || !confirm(`Cancel flow “${flow.name}”? Running jobs are told to stop and pending nodes never run.`)) return;

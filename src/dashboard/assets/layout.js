@@ -13,6 +13,8 @@
  *   4. vertical positions: each node pulled towards the mean of its neighbours,
  *      solved per layer as an isotonic regression (pool adjacent violators) so that
  *      the order and the minimum gaps always hold;
+ *      nodes may have sizes of their own (a map node drawn expanded is larger):
+ *      each layer is as wide as its widest node;
  *   5. edges: cubic curves through their dummy nodes, spread over the node's side.
  *
  * Exposes DagLayout.layout(n, edges, opts) on the global object (browser or Node).
@@ -35,6 +37,8 @@
    * Lays out n nodes (0..n-1) and edges ([from, to] index pairs).
    * Returns { x, y, width, height, layers, crossings, edges: [{from, to, d}] }
    * where (x[i], y[i]) is the top-left corner of node i's box and d an SVG path.
+   * `options.widths` and `options.heights` (arrays indexed by node, optional) give
+   * nodes a size other than nodeWidth × nodeHeight.
    */
   function layout(n, edgeList, options) {
     var o = {};
@@ -43,6 +47,8 @@
     for (k in options || {}) o[k] = options[k];
     var W = o.nodeWidth;
     var H = o.nodeHeight;
+    var wOf = function (i) { return (o.widths && o.widths[i]) || W; };
+    var hOf = function (i) { return (o.heights && o.heights[i]) || H; };
 
     // Adjacency of the real nodes, without self-loops or duplicate edges.
     var outs = [];
@@ -140,13 +146,13 @@
     setPositions(layers, pos);
 
     var isDummy = function (v) { return v >= n; };
-    var cy = assignY(layers, vIn, vOut, isDummy, o);
+    var cy = assignY(layers, vIn, vOut, isDummy, hOf, o);
 
     // Shift everything so that the top edge sits at the margin.
     var top = Infinity;
     var bottom = -Infinity;
     for (var v = 0; v < N; v++) {
-      var half = isDummy(v) ? 0 : H / 2;
+      var half = isDummy(v) ? 0 : hOf(v) / 2;
       top = Math.min(top, cy[v] - half);
       bottom = Math.max(bottom, cy[v] + half);
     }
@@ -155,23 +161,30 @@
       bottom = 0;
     }
     var shift = o.margin - top;
-    var colX = function (l) { return o.margin + l * (W + o.rankGap); };
+    // Each layer as wide as its widest node.
+    var layerW = [];
+    for (var lw = 0; lw < layerCount; lw++) layerW.push(0);
+    for (i = 0; i < n; i++) layerW[layer[i]] = Math.max(layerW[layer[i]], wOf(i));
+    for (lw = 0; lw < layerCount; lw++) if (!layerW[lw]) layerW[lw] = W;
+    var starts = [o.margin];
+    for (lw = 1; lw <= layerCount; lw++) starts.push(starts[lw - 1] + layerW[lw - 1] + o.rankGap);
+    var colX = function (l) { return starts[l]; };
     var x = new Float64Array(n);
     var y = new Float64Array(n);
     for (i = 0; i < n; i++) {
       x[i] = colX(layer[i]);
-      y[i] = cy[i] + shift - H / 2;
+      y[i] = cy[i] + shift - hOf(i) / 2;
     }
     for (v = 0; v < N; v++) cy[v] += shift;
 
-    var ports = portOffsets(n, edges, cy, H);
+    var ports = portOffsets(n, edges, cy, hOf);
     var drawn = edges.map(function (e, idx) {
-      var pts = [[colX(layer[e.from]) + W, cy[e.from] + ports.out[idx]]];
+      var pts = [[colX(layer[e.from]) + wOf(e.from), cy[e.from] + ports.out[idx]]];
       for (var j = 1; j < e.chain.length - 1; j++) {
         var d = e.chain[j];
         // Through a dummy's column horizontally, so the edge never cuts a node box.
         pts.push([colX(vLayer[d]), cy[d]]);
-        pts.push([colX(vLayer[d]) + W, cy[d]]);
+        pts.push([colX(vLayer[d]) + layerW[vLayer[d]], cy[d]]);
       }
       pts.push([colX(layer[e.to]), cy[e.to] + ports.in[idx]]);
       return { from: e.from, to: e.to, d: pathOf(pts) };
@@ -180,7 +193,7 @@
     return {
       x: x,
       y: y,
-      width: n === 0 ? 0 : colX(layerCount - 1) + W + o.margin,
+      width: n === 0 ? 0 : colX(layerCount - 1) + layerW[layerCount - 1] + o.margin,
       height: bottom - top + 2 * o.margin,
       layers: layerCount,
       layer: layer,
@@ -322,10 +335,10 @@
    * their neighbours, alternately from the left and from the right, with a last
    * pass that looks both ways.
    */
-  function assignY(layers, vIn, vOut, isDummy, o) {
+  function assignY(layers, vIn, vOut, isDummy, hOf, o) {
     var N = vIn.length;
     var cy = new Float64Array(N);
-    var half = function (v) { return isDummy(v) ? 0 : o.nodeHeight / 2; };
+    var half = function (v) { return isDummy(v) ? 0 : hOf(v) / 2; };
     var gap = function (a, b) {
       return half(a) + half(b) + (isDummy(a) || isDummy(b) ? o.dummyGap : o.nodeGap);
     };
@@ -402,7 +415,7 @@
    * node's side in the order of the other ends, so edges do not pile up on one
    * point and do not cross at the node.
    */
-  function portOffsets(n, edges, cy, H) {
+  function portOffsets(n, edges, cy, hOf) {
     var outOf = [];
     var into = [];
     for (var i = 0; i < n; i++) {
@@ -415,20 +428,20 @@
     });
     var out = new Float64Array(edges.length);
     var inn = new Float64Array(edges.length);
-    var spread = function (list, other, result) {
+    var spread = function (list, other, result, H) {
       if (list.length < 2) return;
       list.sort(function (a, b) { return cy[other(a)] - cy[other(b)]; });
-      var span = Math.min(H - 12, (list.length - 1) * 6);
+      var span = Math.min(Math.min(H, 40) - 12, (list.length - 1) * 6);
       for (var j = 0; j < list.length; j++) {
         result[list[j]] = -span / 2 + (span * j) / (list.length - 1);
       }
     };
     for (i = 0; i < n; i++) {
-      spread(outOf[i], function (idx) { return edges[idx].chain[1]; }, out);
+      spread(outOf[i], function (idx) { return edges[idx].chain[1]; }, out, hOf(i));
       spread(into[i], function (idx) {
         var ch = edges[idx].chain;
         return ch[ch.length - 2];
-      }, inn);
+      }, inn, hOf(i));
     }
     return { out: out, in: inn };
   }
