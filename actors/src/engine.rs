@@ -607,19 +607,37 @@ impl Engine {
 
     async fn node_op(&self, id: FlowId, op: FlowOp) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        let call = flows.supervisor.call(
-            |reply| SupervisorMsg::FlowOp(id, op, reply),
-            Some(Duration::from_millis(CALL_TIMEOUT_MS)),
-        );
-        match call.await {
-            Ok(ractor::rpc::CallResult::Success(result)) => result,
-            Ok(ractor::rpc::CallResult::Timeout) => Err(EngineError::Timeout(format!("flow {id}"))),
-            Ok(ractor::rpc::CallResult::SenderError) => Err(EngineError::Internal(
-                "the flow's actor ended before answering".to_owned(),
-            )),
-            Err(e) => Err(EngineError::NotRunning(format!(
-                "the engine is stopping: {e}"
-            ))),
+        let mut tries = 0u64;
+        loop {
+            tries += 1;
+            let op = op.clone();
+            let call = flows.supervisor.call(
+                |reply| SupervisorMsg::FlowOp(id, op, reply),
+                Some(Duration::from_millis(CALL_TIMEOUT_MS)),
+            );
+            match call.await {
+                Ok(ractor::rpc::CallResult::Success(result)) => return result,
+                Ok(ractor::rpc::CallResult::Timeout) => {
+                    return Err(EngineError::Timeout(format!("flow {id}")))
+                }
+                // The flow's actor stopped with the request in its mailbox (it had
+                // just ended). It never applied it: an actor stops only with every
+                // applied request answered. Ask again; the supervisor restores the
+                // flow or answers for it.
+                Ok(ractor::rpc::CallResult::SenderError) if tries < 5 => {
+                    tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                }
+                Ok(ractor::rpc::CallResult::SenderError) => {
+                    return Err(EngineError::Internal(
+                        "the flow's actor kept ending before answering".to_owned(),
+                    ))
+                }
+                Err(e) => {
+                    return Err(EngineError::NotRunning(format!(
+                        "the engine is stopping: {e}"
+                    )))
+                }
+            }
         }
     }
 

@@ -31,6 +31,9 @@ pub enum Shape {
     /// that runs once per item, and a sink that gets their results (1 → map(W) → 1):
     /// the same jobs as a diamond of the same width, decided at run time.
     Map,
+    /// A flow that waits for a signal (a wait node, no worker), then runs one job:
+    /// with `--idle`, the memory of flows that wait days for a person.
+    Signal,
 }
 
 impl Shape {
@@ -43,6 +46,7 @@ impl Shape {
             Shape::Fanin => "fanin",
             Shape::Layered => "layered",
             Shape::Map => "map",
+            Shape::Signal => "signal",
         }
     }
 
@@ -75,6 +79,8 @@ pub(crate) struct Topology {
     pub(crate) parents: Vec<Vec<u32>>,
     /// For [`Shape::Map`]: node 1 maps over this many items of node 0's result.
     pub(crate) map_width: Option<usize>,
+    /// For [`Shape::Signal`]: node 0 waits for a signal instead of running a job.
+    pub(crate) wait_root: bool,
 }
 
 impl Topology {
@@ -99,10 +105,12 @@ impl Topology {
             }
             Shape::Layered => layered(p.layers.max(1), p.width.max(1), p.seed),
             Shape::Map => vec![vec![], vec![0], vec![1]],
+            Shape::Signal => vec![vec![], vec![0]],
         };
         Topology {
             parents,
             map_width: (shape == Shape::Map).then_some(p.width.max(1)),
+            wait_root: shape == Shape::Signal,
         }
     }
 
@@ -127,6 +135,10 @@ impl Topology {
 
     /// Number of nodes without parents: the jobs a new flow enqueues at once.
     pub(crate) fn roots(&self) -> usize {
+        if self.wait_root {
+            // The root waits for a signal: nothing is enqueued.
+            return 0;
+        }
         self.parents.iter().filter(|p| p.is_empty()).count()
     }
 
@@ -147,6 +159,9 @@ impl Topology {
                     json!({ "name": format!("n{i}"), "handler": "noop", "parents": parents });
                 if let Some(queue) = queue {
                     node["queue"] = json!(queue);
+                }
+                if self.wait_root && i == 0 {
+                    node = json!({ "name": "n0", "wait": { "signal": "go" } });
                 }
                 if let Some(w) = self.map_width {
                     match i {
@@ -274,6 +289,7 @@ mod tests {
             Shape::Fanin,
             Shape::Layered,
             Shape::Map,
+            Shape::Signal,
         ] {
             let topo = Topology::new(shape, params(4));
             let spec = topo
@@ -290,6 +306,7 @@ mod tests {
         assert_eq!(Topology::new(Shape::Diamond, params(8)).roots(), 1);
         assert_eq!(Topology::new(Shape::Fanin, params(3)).roots(), 3);
         assert_eq!(Topology::new(Shape::Layered, params(5)).roots(), 5);
+        assert_eq!(Topology::new(Shape::Signal, params(5)).roots(), 0);
         let spec = Topology::new(Shape::Chain, params(3))
             .spec("t", Some("elsewhere"))
             .unwrap_or_else(|e| panic!("{e}"));
