@@ -588,3 +588,70 @@ async fn startup_failures_are_one_clear_line() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_and_rerun_drive_the_run_time_example_from_the_cli() {
+    let setup = Setup::new();
+    let server = setup.serve("default");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/crawl-review.json");
+    let id = server.submit(file.to_str().unwrap());
+    let status = |id: &str| -> Value {
+        let out = run(&["status", id, "--server", &server.url]);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + WAIT;
+    while node(&status(&id), "approve")["status"] != "waiting" {
+        assert!(Instant::now() < deadline, "approve never waited");
+        std::thread::sleep(POLL);
+    }
+    let flow = status(&id);
+    assert_eq!(node(&flow, "resize")["map"]["total"], 3);
+    assert_eq!(node(&flow, "no-report")["status"], "skipped");
+
+    let out = run(&[
+        "signal",
+        &id,
+        "approve",
+        r#"{"by": "ann"}"#,
+        "--server",
+        &server.url,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    let approve: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(approve["status"], "completed");
+    assert_eq!(approve["result"], json!({"by": "ann"}));
+
+    let deadline = Instant::now() + WAIT;
+    while status(&id)["status"] != "completed" {
+        assert!(Instant::now() < deadline, "the flow never completed");
+        std::thread::sleep(POLL);
+    }
+    // A second signal: the node is done, a 409 and exit 3.
+    let out = run(&["signal", &id, "approve", "1", "--server", &server.url]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stderr.contains("409"), "{}", out.stderr);
+    // A payload that is not JSON never leaves the CLI.
+    let out = run(&["signal", &id, "approve", "yes", "--server", &server.url]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(out.stderr.contains("not JSON"), "{}", out.stderr);
+
+    let out = run(&["rerun", &id, "resize", "--server", &server.url]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", out.stderr);
+    let flow: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(flow["status"], "running");
+    // The re-run reaches approve again, which waits for a new signal.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let flow = status(&id);
+        let approve = node(&flow, "approve");
+        if approve["status"] == "waiting" {
+            assert_eq!(approve["attempt"], 2);
+            assert_eq!(node(&flow, "resize")["attempt"], 2);
+            assert_eq!(node(&flow, "crawl")["attempt"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "approve never waited again");
+        std::thread::sleep(POLL);
+    }
+}
