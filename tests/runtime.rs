@@ -545,3 +545,43 @@ async fn the_embedding_api_signals_and_reruns() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_nest_a_map_over_a_maps_results() {
+    let server = start_server(ServerOpts {
+        handlers: vec![times10()],
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = Checked::new(&server).await;
+    // `pages` lists pages; `links` maps over them (each element's result holds that
+    // page's links); `fetch` maps over the array of `links` results, so each of its
+    // elements is one of `links`' elements.
+    let id = api
+        .create_flow(&json!({"nodes": [
+            {"name": "pages", "handler": "echo", "data": {"list": [[1, 2], [3], []]}},
+            {"name": "links", "handler": "echo", "parents": ["pages"],
+             "map": {"from": "pages", "path": "/data/list"}},
+            {"name": "fetch", "handler": "echo", "parents": ["links"],
+             "map": {"from": "links", "path": ""}},
+            {"name": "first-links", "handler": "times10", "parents": ["pages"],
+             "map": {"from": "pages", "path": "/data/list/0"}},
+        ]}))
+        .await;
+    let flow = api.wait_for_status(&id, "completed").await;
+    assert_eq!(node(&flow, "links")["map"]["total"], 3);
+    assert_eq!(node(&flow, "fetch")["map"]["total"], 3);
+    let fetched: Vec<Value> = node(&flow, "fetch")["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"]["item"].clone())
+        .collect();
+    assert_eq!(fetched, vec![json!([1, 2]), json!([3]), json!([])]);
+    // A pointer into an array inside the result.
+    assert_eq!(
+        node(&flow, "first-links")["result"],
+        json!([{"value": 10, "index": 0}, {"value": 20, "index": 1}])
+    );
+    server.stop().await;
+}
