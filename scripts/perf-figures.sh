@@ -103,3 +103,18 @@ summary "$OUT/idle-100k.jsonl" "rss_mb:rss_mb" "kib/flow:rss_per_flow_kb" "flows
 #    its data dir; time until every flow's actor is back, then until all complete.
 bench restart-10k diamond --width 8 --restart --flows 10000 --runs 3
 summary "$OUT/restart-10k.jsonl" "restart_s:restart_s" "complete_s:resumed_complete_s"
+
+# 9. A run-time map of 9,998 items against the static diamond of the same size
+#    (issue 12: within 10% of its nodes/s).
+bench diamond-10k diamond --width 9998 --flows 10 --runs 3
+summary "$OUT/diamond-10k.jsonl" "nodes/s:nodes_per_s" "engine_us/node:cpu_us_per_node.process" \
+  "cmds/node:redis_cmds_per_node"
+bench map-10k map --width 9998 --flows 10 --runs 3
+summary "$OUT/map-10k.jsonl" "nodes/s:nodes_per_s" "engine_us/node:cpu_us_per_node.process" \
+  "cmds/node:redis_cmds_per_node"
+
+# 10. 100,000 flows waiting on a signal (a wait node, then one job): memory awake
+#     and once hibernated.
+bench signal-100k signal --idle --flows "${IDLE_FLOWS:-100000}" --runs 1
+summary "$OUT/signal-100k.jsonl" "rss_mb:rss_mb" "kib/flow:rss_per_flow_kb" \
+  "hibernated_rss_mb:hibernated_rss_mb" "hibernated_kib/flow:hibernated_rss_per_flow_kb"
