@@ -314,6 +314,26 @@ async fn a_signal_after_a_server_restart_completes_the_wait() {
         .post(&format!("/flows/{id}/nodes/approve/signal"), &json!(1))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // On the ended flow, an unknown node is still a 404.
+    let (status, body) = api
+        .post(&format!("/flows/{id}/nodes/nobody/signal"), &json!(1))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // A signal without a body (and without Content-Length, as `curl -X POST`
+    // sends it) is a `null` payload, not a 411.
+    let id = api.create_flow(&approval_flow()).await;
+    api.wait_for_node(&id, "approve", "waiting").await;
+    let (status, code) = common::raw_http(
+        server.addr,
+        format!(
+            "POST /flows/{id}/nodes/approve/signal HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{code}");
+    let flow = api.wait_for_status(&id, "completed").await;
+    assert!(node(&flow, "approve")["result"].is_null());
     server.stop().await;
 }
 

@@ -915,7 +915,11 @@ pub fn element_name(name: &str) -> Option<(&str, u32)> {
     let inner = name.strip_suffix(']')?;
     let open = inner.rfind('[')?;
     let digits = &inner[open + 1..];
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // One spelling per element: `m[1]`, never `m[01]`.
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
     Some((&inner[..open], digits.parse().ok()?))

@@ -110,8 +110,7 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(&state))
         .and(warp::header::optional::<String>("content-type"))
-        .and(warp::body::content_length_limit(state.cfg.body_limit))
-        .and(body_within_deadline())
+        .and(optional_body(state.cfg.body_limit))
         .then(handlers::signal)
         .or(signal_path()
             .and(methods(POST_ONLY))
@@ -215,12 +214,39 @@ pub(crate) fn methods(allow: &'static str) -> BoxedFilter<(Response,)> {
 /// The whole request body, if it arrives within [`BODY_READ_TIMEOUT`]; otherwise
 /// 408. `warp::body::bytes()` waits as long as the client likes: a body trickled a
 /// byte at a time held a connection for ever (`tests/hostile.rs`).
-fn body_within_deadline() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
-    warp::body::stream().and_then(read_body)
+/// A body that may be absent: a POST without `Content-Length` (`curl -X POST`) has
+/// none, and reads as empty rather than a 411; one over `limit` (declared or read)
+/// is a 413.
+fn optional_body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |declared: Option<u64>| async move {
+            match declared {
+                Some(len) if len > limit => Err(warp::reject::custom(too_large(limit))),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::stream())
+        .and_then(move |body| read_body(body, Some(limit)))
 }
 
+fn too_large(limit: u64) -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body is over the limit of {limit} bytes"),
+    )
+}
+
+fn body_within_deadline() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::stream().and_then(|body| read_body(body, None))
+}
+
+/// Reads a body within [`BODY_READ_TIMEOUT`]; past `limit` bytes (a chunked body
+/// has no length to check first) it stops reading with a 413.
 async fn read_body(
     body: impl futures::Stream<Item = Result<impl Buf, warp::Error>>,
+    limit: Option<u64>,
 ) -> Result<Bytes, Rejection> {
     let read = async move {
         let mut body = std::pin::pin!(body);
@@ -233,6 +259,9 @@ async fn read_body(
                 ))
             })?;
             bytes.put(chunk);
+            if let Some(limit) = limit.filter(|l| bytes.len() as u64 > *l) {
+                return Err(warp::reject::custom(too_large(limit)));
+            }
         }
         Ok(bytes.freeze())
     };

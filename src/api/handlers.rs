@@ -347,8 +347,8 @@ pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
     )
 }
 
-/// Delivers a signal to a wait node: the JSON body (empty means `null`) becomes
-/// the node's result, and the flow goes on.
+/// Delivers a signal to a wait node: the JSON body (empty or absent means `null`)
+/// becomes the node's result, and the flow goes on.
 #[utoipa::path(post, path = "/flows/{id}/nodes/{name}/signal", tag = "flows", operation_id = "signalNode",
     params(("id" = String, Path, description = "flow id"),
         ("name" = String, Path, description = "name of a node with `wait.signal`, percent-encoded")),
@@ -360,8 +360,7 @@ pub(crate) async fn retry(id: String, state: Arc<ApiState>) -> Response {
         (status = 404, description = "unknown flow or node", body = ErrorBody),
         (status = 408, description = "the body did not arrive within 30 s; the connection is closed", body = ErrorBody),
         (status = 409, description = "the node does not wait for a signal now (not a signal wait, not yet waiting, already done, or the flow ended)", body = ErrorBody),
-        (status = 411, description = "no Content-Length (a chunked body)", body = ErrorBody),
-        (status = 413, description = "body over the limit", body = ErrorBody),
+        (status = 413, description = "body over the limit (declared, or read from a chunked body)", body = ErrorBody),
         (status = 415, description = "a body without `Content-Type: application/json`", body = ErrorBody),
         (status = 503, description = "Redis unreachable, or the engine busy or stopping", body = ErrorBody)))]
 pub(crate) async fn signal(

@@ -228,6 +228,8 @@ pub enum FlowMsg {
     Op(FlowOp, RpcReplyPort<Result<(), EngineError>>),
     /// A wait may be due: fire what is.
     Tick,
+    /// The linger of an ended flow restored for a request is over.
+    LingerEnded,
     /// Remove the flow from Redis and disk, then stop.
     Delete(RpcReplyPort<Result<(), EngineError>>),
     /// The flow as of its last durable state.
@@ -313,8 +315,7 @@ impl Actor for FlowActor {
                     actor.linger_until = Some(Instant::now() + RESTORED_LINGER);
                     // Looks again once the linger is over (a flow with nothing to do
                     // stops then).
-                    actor.outbox_retry_scheduled = true;
-                    myself.send_after(RESTORED_LINGER, || FlowMsg::RetryOutbox);
+                    myself.send_after(RESTORED_LINGER, || FlowMsg::LingerEnded);
                 }
                 if let Some(reason) = abort {
                     actor.engine_error = Some(reason.clone());
@@ -388,6 +389,11 @@ impl Actor for FlowActor {
             }
             FlowMsg::Rejoined => {
                 state.in_grace = false;
+                return Ok(());
+            }
+            FlowMsg::LingerEnded => {
+                state.linger_until = None;
+                state.stop_if_done(&myself);
                 return Ok(());
             }
             _ => {}
@@ -539,7 +545,8 @@ impl FlowActor {
             FlowMsg::HibernateCheck
             | FlowMsg::HibernationGranted
             | FlowMsg::GraceEnded
-            | FlowMsg::Rejoined => {}
+            | FlowMsg::Rejoined
+            | FlowMsg::LingerEnded => {}
             FlowMsg::RetryOutbox => {
                 state.outbox_retry_scheduled = false;
                 Box::pin(state.drain_outbox(&myself)).await;

@@ -376,13 +376,24 @@ impl Actor for FlowSupervisor {
                         }
                     }
                     Ok(None) => {
-                        let _ = reply.send(Err(match state.shared.store.flow_record(id) {
-                            Ok(Some(rec)) => EngineError::Conflict(format!(
+                        // An ended flow (only a signal gets here): an unknown node is
+                        // still a 404, a known one a conflict.
+                        let node = match &op {
+                            FlowOp::Signal { node, .. } | FlowOp::Rerun { node } => node,
+                        };
+                        let _ = reply.send(Err(match load_state(&state.shared.store, id) {
+                            Ok(Some((flow, _))) if flow.lookup(node).is_none() => {
+                                EngineError::NodeNotFound {
+                                    flow: id.to_string(),
+                                    node: node.clone(),
+                                }
+                            }
+                            Ok(Some((flow, _))) => EngineError::Conflict(format!(
                                 "flow {id} is {}, only a running flow takes a signal",
-                                rec.flow_status().map(|s| s.as_str()).unwrap_or("unknown")
+                                flow.status().as_str()
                             )),
                             Ok(None) => EngineError::NotFound(id.to_string()),
-                            Err(e) => e.into(),
+                            Err(e) => e,
                         }));
                     }
                     Err(e) => {
