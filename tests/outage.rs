@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::node;
 use common::process::{blocking, Deployment, Proc, ServeArgs, WorkerArgs};
 use dagflow::engine::testing::TestRedis;
 use dagflow::engine::{handler_fn, Handler, JobError};
@@ -115,15 +116,6 @@ impl Http {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn node<'a>(flow: &'a Value, name: &str) -> &'a Value {
-    flow["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no node {name} in {flow:#}"))
 }
 
 /// Checks every node's result against the expected one (echo nests its parents'

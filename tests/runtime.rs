@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{start_server, ServerOpts, TestServer};
+use common::{node, start_server, ServerOpts, TestServer};
 use dagflow::engine::{handler_fn, Handler, JobError};
 use reqwest::{Method, StatusCode};
 use schema::Checked;
@@ -33,15 +33,6 @@ fn times10() -> (String, Arc<dyn Handler>) {
         Ok(json!({"value": n * 10, "index": index}))
     });
     ("times10".to_owned(), Arc::new(handler))
-}
-
-fn node<'a>(flow: &'a Value, name: &str) -> &'a Value {
-    flow["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == name)
-        .unwrap_or_else(|| panic!("no node {name} in {flow}"))
 }
 
 async fn restart(server: TestServer, opts: ServerOpts) -> TestServer {

@@ -955,15 +955,7 @@ impl FlowState {
         if self.header.seq != 0 || self.header.status != FlowStatus::Running {
             return;
         }
-        self.push_event(
-            tx,
-            None,
-            EventStatus::Flow(FlowStatus::Running),
-            0,
-            now,
-            None,
-            None,
-        );
+        self.flow_event(tx, FlowStatus::Running, now);
         let roots: Vec<NodeIdx> = self
             .dag
             .indices()
@@ -1626,7 +1618,7 @@ impl FlowState {
     fn finish(&mut self, tx: &mut Tx, status: FlowStatus, now: u64) {
         self.header.status = status;
         self.header.finished_at = Some(now);
-        self.push_event(tx, None, EventStatus::Flow(status), 0, now, None, None);
+        self.flow_event(tx, status, now);
         tx.finished = Some(status);
     }
 
@@ -1692,15 +1684,7 @@ impl FlowState {
         self.header.status = FlowStatus::Running;
         self.header.finished_at = None;
         if was_terminal {
-            self.push_event(
-                tx,
-                None,
-                EventStatus::Flow(FlowStatus::Running),
-                0,
-                now,
-                None,
-                None,
-            );
+            self.flow_event(tx, FlowStatus::Running, now);
         }
         for &m in partial {
             self.node_event(tx, m, now, None);
@@ -1777,6 +1761,10 @@ impl FlowState {
             }
         }
         reset
+    }
+
+    fn flow_event(&mut self, tx: &mut Tx, status: FlowStatus, now: u64) {
+        self.push_event(tx, None, EventStatus::Flow(status), 0, now, None, None);
     }
 
     fn node_event(&mut self, tx: &mut Tx, node: NodeIdx, now: u64, error: Option<String>) {

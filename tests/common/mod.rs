@@ -42,6 +42,16 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The node of this name in a flow view (its JSON), or a panic that shows the flow.
+pub fn node<'a>(flow: &'a Value, name: &str) -> &'a Value {
+    flow["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap_or_else(|| panic!("no node {name} in {flow:#}"))
+}
+
 /// Longest any wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(30);
 /// Pause between two looks at something being waited for.
