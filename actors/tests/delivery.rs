@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use dagflow_actors::queue::{Keys, Outcome, QueueReader};
 use dagflow_actors::testing;
-use dagflow_actors::{handler_fn, EngineError, FlowStatus, JobError, ListQuery};
+use dagflow_actors::{handler_fn, EngineError, FlowStatus, JobError, ListQuery, NodeStatus};
 use serde_json::json;
 
 async fn conn() -> redis::aio::MultiplexedConnection {
@@ -413,6 +413,92 @@ async fn jobs_redis_lost_without_losing_the_marker_are_put_back() {
             .reconcile_repaired
             .load(Ordering::Relaxed)
             >= 5
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+    stop(engine, scenario).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_element_jobs_redis_lost_are_put_back() {
+    let scenario = fail::FailScenario::setup();
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .reconcile_every(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    // The source is a signal wait (no worker needed), the elements go to a queue
+    // nobody serves yet: they stay queued.
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "src", "wait": {"signal": "go"}},
+                {"name": "each", "queue": "later", "handler": "sum", "parents": ["src"],
+                 "map": {"from": "src", "path": "/items"}},
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    let waiting = async {
+        loop {
+            if engine.node(id, "src").await.unwrap().status == NodeStatus::Waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, waiting).await.unwrap();
+    engine
+        .signal(id, "src", &json!({"items": [1, 2, 3]}))
+        .await
+        .unwrap();
+    let keys = Keys::new(&prefix);
+    let mut c = conn().await;
+    // The elements' jobs reached Redis; then Redis loses them (marker kept).
+    let expanded = async {
+        loop {
+            let fields: Vec<String> = redis::cmd("HKEYS")
+                .arg(keys.flow_jobs(&id.to_string()))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if fields.len() == 3 {
+                assert!(fields.iter().all(|f| f.starts_with("each[")), "{fields:?}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, expanded).await.unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys.queue("later"))
+        .arg(keys.flow_jobs(&id.to_string()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let worker = builder(&prefix)
+        .worker_only()
+        .queue("later", 2)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let flow = engine.wait(id, WAIT).await.unwrap();
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert_eq!(
+        flow.node("each").unwrap().result,
+        Some(json!([
+            {"sum": 0, "parents": []}, {"sum": 0, "parents": []}, {"sum": 0, "parents": []}
+        ]))
+    );
+    assert!(
+        engine
+            .stats()
+            .unwrap()
+            .reconcile_repaired
+            .load(Ordering::Relaxed)
+            >= 3
     );
     worker.shutdown(Duration::from_secs(5)).await;
     stop(engine, scenario).await;

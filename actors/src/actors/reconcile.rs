@@ -29,7 +29,6 @@ use super::supervisor::SupervisorMsg;
 use super::{load_state, Shared};
 use crate::ids::FlowId;
 use crate::queue::{job_field, JobCheck};
-use crate::state::NodeStatus;
 
 /// How often a reconciliation pass starts at most, by default.
 pub const DEFAULT_RECONCILE_EVERY: Duration = Duration::from_secs(30);
@@ -101,20 +100,16 @@ async fn check_flow(
     if state.status().is_terminal() {
         return Ok(Vec::new());
     }
+    // Every job the snapshot says is queued or running: DAG nodes that are jobs and
+    // live map elements (a map node or a wait is no job).
     let jobs: Vec<(String, String)> = state
-        .dag()
-        .indices()
-        .filter(|&i| {
-            matches!(
-                state.node(i).status,
-                NodeStatus::Queued | NodeStatus::Active
-            )
-        })
-        .map(|i| {
-            let node = state.dag().node(i);
+        .resume(0)
+        .into_iter()
+        .map(|job| {
+            let queue = &state.dag().node(state.job_node(job.node)).queue;
             (
-                job_field(&node.name, state.node(i).attempt),
-                node.queue.to_string(),
+                job_field(&state.node_name(job.node), job.attempt),
+                queue.to_string(),
             )
         })
         .collect();
