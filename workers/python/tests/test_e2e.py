@@ -321,10 +321,10 @@ async def test_map_elements_run_on_python_with_item_and_index(dagflow_server: Ca
     for i in range(3):
         el = nodes[f"m[{i}]"]
         assert (el["status"], el["mapOf"], el["index"], el["result"]) == ("completed", "m", i, (i + 1) * 10)
-    src_result = {"data": {"items": [1, 2, 3]}, "parents": {}}
+    # An element gets its map's parents but the source, whose piece is `item`.
     assert sorted(seen, key=lambda s: s[2]) == [
-        (f"m[{i}]", i + 1, i, {"factor": 10}, {"src": src_result}, f"{flow_id}:m[{i}]:1") for i in range(3)]
-    assert element["input"] == {"data": {"factor": 10}, "parents": {"src": src_result}, "item": 2, "index": 1}
+        (f"m[{i}]", i + 1, i, {"factor": 10}, {}, f"{flow_id}:m[{i}]:1") for i in range(3)]
+    assert element["input"] == {"data": {"factor": 10}, "parents": {}, "item": 2, "index": 1}
 
 
 async def test_a_null_element_is_an_element(dagflow_server: Callable[..., DagflowServer]) -> None:

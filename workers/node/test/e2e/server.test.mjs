@@ -349,11 +349,11 @@ describe("run-time nodes: maps, waits, re-runs", () => {
     assert.deepEqual(seen.map((s) => s.id), [`${id}:m[0]:1`, `${id}:m[1]:1`, `${id}:m[2]:1`]);
     for (const s of seen) {
       assert.deepEqual(s.data, { factor: 10 }, "each element gets the map node's data");
-      assert.deepEqual(s.parents, { src: { data: { items: [1, 2, 3] }, parents: {} } }, "and the map node's parents");
+      assert.deepEqual(s.parents, {}, "and the map node's parents but the source, whose piece is item");
     }
     // The single-node view shows an element's input with item and index.
     const el1 = await client.node(id, "m[1]");
-    assert.deepEqual(el1.input, { data: { factor: 10 }, parents: { src: { data: { items: [1, 2, 3] }, parents: {} } }, item: 2, index: 1 });
+    assert.deepEqual(el1.input, { data: { factor: 10 }, parents: {}, item: 2, index: 1 });
   });
 
   it("hands a null element to the handler as null, not as a missing item", async () => {
