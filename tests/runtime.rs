@@ -596,3 +596,77 @@ async fn maps_nest_a_map_over_a_maps_results() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_rerun_gets_new_job_ids_and_a_partial_rerun_of_a_cancelled_flow_stays_cancelled() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+    // A re-run map's elements get attempts past the earlier run's: new job ids, so
+    // a late report or a worker's idempotency key of the first run never meets them.
+    let id = api
+        .create_flow(&json!({"nodes": [
+            {"name": "src", "handler": "echo", "data": ["a", "b"]},
+            {"name": "m", "handler": "echo", "parents": ["src"], "map": {"from": "src", "path": "/data"}},
+        ]}))
+        .await;
+    let first = api.wait_for_status(&id, "completed").await;
+    let (status, body) = api.post_empty(&format!("/flows/{id}/nodes/m/rerun")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second = api.wait_for_status(&id, "completed").await;
+    for i in 0..2 {
+        let name = format!("m[{i}]");
+        let (a, b) = (node(&first, &name), node(&second, &name));
+        assert_eq!(a["attempt"], 1);
+        assert_eq!(b["attempt"], 2, "{b}");
+        assert_ne!(a["jobId"], b["jobId"]);
+    }
+    assert_eq!(node(&second, "m")["result"], node(&first, "m")["result"]);
+
+    // Re-running part of a cancelled flow: a node left cancelled keeps the flow
+    // cancelled (and retryable), it does not read `completed`.
+    let id = api
+        .create_flow(&json!({"nodes": [
+            {"name": "x", "handler": "echo"},
+            {"name": "b", "handler": "sleep", "data": {"ms": 5000}},
+        ]}))
+        .await;
+    api.wait_for_node(&id, "b", "active").await;
+    let (status, _) = api.post_empty(&format!("/flows/{id}/cancel")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = api.post_empty(&format!("/flows/{id}/nodes/x/rerun")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let flow = api.wait_for_status(&id, "cancelled").await;
+    assert_eq!(node(&flow, "x")["attempt"], 2);
+    assert_eq!(node(&flow, "b")["status"], "cancelled");
+    let (status, body) = api.post_empty(&format!("/flows/{id}/retry")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_after_a_branch_not_taken_is_skipped_and_a_null_default_is_a_default() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+    let id = api
+        .create_flow(&json!({"nodes": [
+            {"name": "src", "handler": "echo", "data": [1], "when": "false"},
+            {"name": "m", "handler": "echo", "parents": ["src"], "trigger": "allDone",
+             "map": {"from": "src", "path": "/data"}},
+            {"name": "w", "wait": {"signal": "s", "timeoutMs": 200, "default": null}},
+        ]}))
+        .await;
+    let flow = api.wait_for_status(&id, "completed").await;
+    assert_eq!(node(&flow, "m")["status"], "skipped");
+    assert_eq!(node(&flow, "m")["reason"], "map source 'src' was skipped");
+    assert_eq!(node(&flow, "w")["status"], "completed");
+    assert!(node(&flow, "w")["result"].is_null());
+    // `default` (null included) only goes with a signal's timeout.
+    let (status, body) = api
+        .post(
+            "/flows",
+            &json!({"nodes": [{"name": "w", "wait": {"forMs": 5, "default": null}}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    server.stop().await;
+}

@@ -154,7 +154,12 @@ pub struct WaitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// With `signal` and `timeoutMs`: the result taken at the timeout instead of failing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Any JSON value, `null` included (present `null` is a default, absent is none).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub default: Option<serde_json::Value>,
     /// A durable timer: completes this long after the node became ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -908,6 +913,11 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         nodes,
         index,
     })
+}
+
+/// Tells a present `null` (`Some(Null)`) from an absent field (`None`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Splits an element name `{map}[{index}]` into the map's name and the index.

@@ -1313,6 +1313,14 @@ impl FlowState {
             return false;
         };
         let source = &dag.node(map.from).name;
+        let source_status = self.nodes[map.from.as_usize()].status;
+        if matches!(source_status, NodeStatus::Skipped | NodeStatus::Cancelled) {
+            // A map after a branch not taken (joined with `noneFailed` or `allDone`)
+            // has nothing to map over: it is skipped, like the branch.
+            let reason = format!("map source '{source}' was {}", source_status.as_str());
+            self.skip(tx, m, reason, now);
+            return true;
+        }
         let items = {
             let from = &self.nodes[map.from.as_usize()];
             let parsed = from
@@ -1358,9 +1366,20 @@ impl FlowState {
         };
         let first = self.nodes.len() as u32;
         let len = items.len() as u32;
+        // Element attempts continue past every attempt any element of this flow had
+        // (the slots of a map's earlier runs stay in `nodes`): a re-run's elements
+        // get new job ids, so a late report or a worker's idempotency key of an
+        // earlier run never meets them.
+        let base = self.nodes[self.dag.len()..]
+            .iter()
+            .map(|n| n.attempt)
+            .max()
+            .unwrap_or(0);
         for item in items {
             self.nodes.push(NodeState {
                 item: Some(Arc::from(item.to_string().as_str())),
+                attempt: base,
+                run_first_attempt: base,
                 ..NodeState::default()
             });
         }
@@ -1606,8 +1625,15 @@ impl FlowState {
 
     fn check_finished(&mut self, tx: &mut Tx, now: u64) {
         if self.remaining == 0 && self.header.status == FlowStatus::Running {
+            // A node left cancelled (a re-run of part of a cancelled flow) keeps the
+            // flow cancelled, so that a retry can still run it.
             let status = if self.hard_failures > 0 {
                 FlowStatus::Failed
+            } else if self.nodes[..self.dag.len()]
+                .iter()
+                .any(|n| n.status == NodeStatus::Cancelled)
+            {
+                FlowStatus::Cancelled
             } else {
                 FlowStatus::Completed
             };

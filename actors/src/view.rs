@@ -62,7 +62,7 @@ pub struct NodeView {
     /// When the current attempt was queued.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub queued_at: Option<u64>,
-    /// When a delayed retry is due.
+    /// When a delayed retry is due, or a wait node's deadline.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub due_at: Option<u64>,
     /// When a worker started it.

@@ -481,7 +481,8 @@ pub(crate) struct NodeViewSchema {
     /// When the current attempt was queued, ms.
     #[schema(nullable = false)]
     queued_at: Option<u64>,
-    /// When a delayed retry is due, ms.
+    /// When a delayed retry is due, or a wait node's deadline (its timer, its
+    /// signal's timeout), ms.
     #[schema(nullable = false)]
     due_at: Option<u64>,
     /// When a worker started it, ms.

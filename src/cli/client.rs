@@ -75,7 +75,7 @@ pub async fn signal(config: SignalConfig) -> Result<ExitCode, CliError> {
     };
     if let Err(e) = serde_json::from_slice::<Value>(&payload) {
         return Err(CliError::Protocol(format!(
-            "the payload is not JSON: {e} (quote a string: '\"yes\"')"
+            "the payload is not JSON: {e} (a JSON string needs its quotes: '\"text\"')"
         )));
     }
     let client = Client::new(&config.client)?;
@@ -308,10 +308,10 @@ fn flow_end(event: &Value) -> Option<FlowStatus> {
 }
 
 fn print_pretty(value: &Value) {
-    match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
-        Err(_) => println!("{value}"),
-    }
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    // A reader that went away (`| head`) is not an error of the command.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// Reads the spec from a file or, for `-`, from stdin.

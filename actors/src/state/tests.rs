@@ -3679,6 +3679,17 @@ impl Rich {
                         assert_eq!(self.condition(i, &replay), Ok(false), "{reason}");
                         assert_eq!(reason, format!("condition `{}` is false", cond.source()));
                         self.cov.condition_false += 1;
+                    } else if reason.starts_with("map source") {
+                        // A map whose rule holds but whose source was skipped or
+                        // cancelled has nothing to map over: skipped too.
+                        let Kind::Map { from, .. } = &model.kind else {
+                            panic!("node {i} is no map: {reason}");
+                        };
+                        assert_eq!(self.verdict(i, &replay), ModelVerdict::Run);
+                        assert!(
+                            matches!(replay[*from], NodeStatus::Skipped | NodeStatus::Cancelled),
+                            "{reason}"
+                        );
                     } else {
                         assert_eq!(
                             self.verdict(i, &replay),
