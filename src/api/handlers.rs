@@ -294,12 +294,7 @@ pub(crate) async fn get_node(id: String, name: String, state: Arc<ApiState>) -> 
     respond(
         async {
             let id = flow_id(&id)?;
-            let name = percent_decode(&name).ok_or_else(|| {
-                HttpError::bad_request(
-                    "invalid_path",
-                    "the node name is not valid percent-encoded UTF-8",
-                )
-            })?;
+            let name = node_name(&name)?;
             let view = state.engine.node(id, &name).await?;
             Ok(json_reply(StatusCode::OK, &view))
         }
