@@ -566,13 +566,13 @@ impl Engine {
         }
         // No actor: the flow ended, hibernates, or is unknown; the supervisor wakes
         // a hibernating one and answers for the others.
-        call_flow_op(&flows.supervisor, id, SupervisorMsg::CancelFlow).await
+        call_flow_op(&flows.supervisor, id, |r| SupervisorMsg::CancelFlow(id, r)).await
     }
 
     /// Re-runs the failed, skipped and cancelled nodes of a failed or cancelled flow.
     pub async fn retry(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        call_flow_op(&flows.supervisor, id, SupervisorMsg::RetryFlow).await
+        call_flow_op(&flows.supervisor, id, |r| SupervisorMsg::RetryFlow(id, r)).await
     }
 
     /// Delivers a signal to a wait node of a running flow: the payload becomes the
@@ -607,44 +607,16 @@ impl Engine {
 
     async fn node_op(&self, id: FlowId, op: FlowOp) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        let mut tries = 0u64;
-        loop {
-            tries += 1;
-            let op = op.clone();
-            let call = flows.supervisor.call(
-                |reply| SupervisorMsg::FlowOp(id, op, reply),
-                Some(Duration::from_millis(CALL_TIMEOUT_MS)),
-            );
-            match call.await {
-                Ok(ractor::rpc::CallResult::Success(result)) => return result,
-                Ok(ractor::rpc::CallResult::Timeout) => {
-                    return Err(EngineError::Timeout(format!("flow {id}")))
-                }
-                // The flow's actor stopped with the request in its mailbox (it had
-                // just ended). It never applied it: an actor stops only with every
-                // applied request answered. Ask again; the supervisor restores the
-                // flow or answers for it.
-                Ok(ractor::rpc::CallResult::SenderError) if tries < 5 => {
-                    tokio::time::sleep(Duration::from_millis(20 * tries)).await;
-                }
-                Ok(ractor::rpc::CallResult::SenderError) => {
-                    return Err(EngineError::Internal(
-                        "the flow's actor kept ending before answering".to_owned(),
-                    ))
-                }
-                Err(e) => {
-                    return Err(EngineError::NotRunning(format!(
-                        "the engine is stopping: {e}"
-                    )))
-                }
-            }
-        }
+        call_flow_op(&flows.supervisor, id, |reply| {
+            SupervisorMsg::FlowOp(id, op.clone(), reply)
+        })
+        .await
     }
 
     /// Removes a flow: its jobs leave Redis, its records leave the disk.
     pub async fn delete(&self, id: FlowId) -> Result<(), EngineError> {
         let flows = self.flows()?;
-        call_flow_op(&flows.supervisor, id, SupervisorMsg::DeleteFlow).await
+        call_flow_op(&flows.supervisor, id, |r| SupervisorMsg::DeleteFlow(id, r)).await
     }
 
     /// Events of one flow (with its current snapshot), or of all flows (`None`).
@@ -813,25 +785,34 @@ fn load_view_state(
     load_state(&shared.store, id)?.ok_or_else(|| EngineError::NotFound(id.to_string()))
 }
 
-/// Asks the supervisor to retry or delete a flow. The supervisor forwards the
-/// request to the flow's actor; an actor that was just stopping (its flow ended a
-/// moment ago) drops it, and the reply port closes. Asking again then reaches the
-/// supervisor after it saw the actor stop, and it works from the snapshot.
+/// Asks the supervisor for an operation on one flow (cancel, retry, delete, a
+/// signal, a re-run). The supervisor forwards it to the flow's actor; an actor that
+/// was just stopping (its flow ended a moment ago) drops it unapplied (an actor
+/// stops only with every applied request answered), and the reply port closes.
+/// Asking again then reaches the supervisor after it saw the actor stop, and it
+/// works from the snapshot.
 async fn call_flow_op(
     supervisor: &ActorRef<SupervisorMsg>,
     id: FlowId,
-    msg: fn(FlowId, ractor::RpcReplyPort<Result<(), EngineError>>) -> SupervisorMsg,
+    msg: impl Fn(ractor::RpcReplyPort<Result<(), EngineError>>) -> SupervisorMsg,
 ) -> Result<(), EngineError> {
+    use ractor::rpc::CallResult;
     let mut tries = 0;
     loop {
         tries += 1;
-        match call_t!(supervisor, msg, CALL_TIMEOUT_MS, id) {
-            Ok(result) => return result,
-            Err(ractor::RactorErr::Timeout) => {
-                return Err(EngineError::Timeout(format!("flow {id}")))
+        let call = supervisor.call(&msg, Some(Duration::from_millis(CALL_TIMEOUT_MS)));
+        match call.await {
+            Ok(CallResult::Success(result)) => return result,
+            Ok(CallResult::Timeout) => return Err(EngineError::Timeout(format!("flow {id}"))),
+            Ok(CallResult::SenderError) if tries >= 5 => {
+                return Err(EngineError::Internal(format!(
+                    "the actor of flow {id} kept ending before answering"
+                )))
             }
-            Err(e) if tries >= 5 => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20 * tries)).await,
+            Err(e) if tries >= 5 => return Err(ractor::RactorErr::from(e).into()),
+            Ok(CallResult::SenderError) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await
+            }
         }
     }
 }
