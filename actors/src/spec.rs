@@ -915,8 +915,11 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
     })
 }
 
-/// Tells a present `null` (`Some(Null)`) from an absent field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+/// Tells a present `null` (`Some(Null)`) from an absent field (`None`): for serde's
+/// `deserialize_with` next to `default`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(d).map(Some)
 }
 

@@ -1213,18 +1213,10 @@ impl FlowState {
         n.reason = Some(reason.clone());
         n.finished_at = Some(now);
         self.remaining -= 1;
-        let attempt = n.attempt;
-        tx.touch(i);
-        self.push_event_full(
-            tx,
-            Some(i),
-            EventStatus::Node(NodeStatus::Skipped),
-            attempt,
-            now,
-            None,
-            None,
-            Some(reason),
-        );
+        self.node_event(tx, i, now, None);
+        if let Some(event) = tx.events.last_mut() {
+            event.reason = Some(reason);
+        }
     }
 
     /// Fails a DAG node for good without a job (a condition or a map that cannot be
@@ -1819,21 +1811,6 @@ impl FlowState {
         progress: Option<Arc<str>>,
         error: Option<String>,
     ) {
-        self.push_event_full(tx, node, status, attempt, now, progress, error, None);
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn push_event_full(
-        &mut self,
-        tx: &mut Tx,
-        node: Option<NodeIdx>,
-        status: EventStatus,
-        attempt: u32,
-        now: u64,
-        progress: Option<Arc<str>>,
-        error: Option<String>,
-        reason: Option<String>,
-    ) {
         self.header.seq += 1;
         self.header.updated_at = now;
         tx.events.push(Event {
@@ -1844,7 +1821,7 @@ impl FlowState {
             attempt,
             progress,
             error,
-            reason,
+            reason: None,
         });
     }
 }

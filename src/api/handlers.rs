@@ -213,6 +213,18 @@ fn is_json(content_type: &str) -> bool {
 /// Malformed JSON is a 400 that says where; JSON that parses but does not describe
 /// a flow (missing `nodes`, an unknown field, a string for a number) is a 422,
 /// like every other reason a flow is refused.
+/// A 400 naming where the JSON broke (line and column), with a bounded echo.
+fn malformed_json(e: &serde_json::Error) -> HttpError {
+    let (line, column) = (e.line(), e.column());
+    let mut message = e.to_string();
+    errors::clip_in_place(&mut message);
+    HttpError::bad_request(
+        "malformed_json",
+        format!("malformed JSON at line {line}, column {column}: {message}"),
+    )
+    .with_details(json!({ "line": line, "column": column }))
+}
+
 fn spec_parse_error(e: serde_json::Error) -> HttpError {
     use serde_json::error::Category;
     let (line, column) = (e.line(), e.column());
@@ -234,11 +246,7 @@ fn spec_parse_error(e: serde_json::Error) -> HttpError {
                 "column": column,
             }]
         })),
-        Category::Syntax | Category::Eof | Category::Io => HttpError::bad_request(
-            "malformed_json",
-            format!("malformed JSON at line {line}, column {column}: {message}"),
-        )
-        .with_details(json!({ "line": line, "column": column })),
+        Category::Syntax | Category::Eof | Category::Io => malformed_json(&e),
     }
 }
 
@@ -375,16 +383,8 @@ pub(crate) async fn signal(
                 if !content_type.as_deref().is_some_and(is_json) {
                     return Err(errors::unsupported_media_type());
                 }
-                serde_json::from_slice(&body).map_err(|e| {
-                    let (line, column) = (e.line(), e.column());
-                    let mut message = e.to_string();
-                    errors::clip_in_place(&mut message);
-                    HttpError::bad_request(
-                        "malformed_json",
-                        format!("malformed JSON at line {line}, column {column}: {message}"),
-                    )
-                    .with_details(json!({ "line": line, "column": column }))
-                })?
+                // Any JSON value is a payload: every error is a syntax error.
+                serde_json::from_slice(&body).map_err(|e| malformed_json(&e))?
             };
             require_redis(&state).await?;
             settle(&state, id, state.engine.signal(id, &name, &payload).await).await?;

@@ -464,15 +464,10 @@ struct JobInput {
     #[serde(default)]
     parents: serde_json::Map<String, serde_json::Value>,
     /// A map element's item; present (even as `null`) only on elements.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::spec::present")]
     item: Option<serde_json::Value>,
     #[serde(default)]
     index: Option<u32>,
-}
-
-/// Tells a present `null` (`Some(Null)`) from an absent field (`None`).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
-    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// Runs a job; `None` when it was abandoned by shutdown and must not be reported.
