@@ -40,8 +40,10 @@ const OUTBOX_RETRY: Duration = Duration::from_millis(500);
 /// was sent to it by someone who found it there just before.
 const HIBERNATE_GRACE: Duration = Duration::from_secs(1);
 
-/// How long an ended flow's actor, restored for a client's request, waits for it.
-const RESTORED_LINGER: Duration = Duration::from_secs(1);
+/// Longest an ended flow's actor, restored for a client's request, waits for that
+/// request (the supervisor casts it right after the start; this bounds an actor
+/// whose request never came).
+const REQUEST_OVERDUE: Duration = Duration::from_secs(10);
 
 /// The actor of one flow.
 pub struct FlowActor;
@@ -208,10 +210,10 @@ pub struct FlowActorState {
     in_grace: bool,
     /// The deadline a `Tick` is on its way for.
     tick_at: Option<u64>,
-    /// An ended flow restored for a client's request (a retry, a re-run) stays
-    /// until then: the restore's own flush must not stop it before the request,
-    /// cast right after the actor started, reaches it.
-    linger_until: Option<Instant>,
+    /// An ended flow is restored only for a client's request (a retry, a re-run),
+    /// which the supervisor casts right after the start: the restore's own flush
+    /// must not stop the actor before that request was handled.
+    awaiting_request: bool,
 }
 
 /// Messages of a flow actor.
@@ -228,8 +230,8 @@ pub enum FlowMsg {
     Op(FlowOp, RpcReplyPort<Result<(), EngineError>>),
     /// A wait may be due: fire what is.
     Tick,
-    /// The linger of an ended flow restored for a request is over.
-    LingerEnded,
+    /// The request an ended flow was restored for never came.
+    RequestOverdue,
     /// Remove the flow from Redis and disk, then stop.
     Delete(RpcReplyPort<Result<(), EngineError>>),
     /// The flow as of its last durable state.
@@ -312,10 +314,8 @@ impl Actor for FlowActor {
                     FlowActorState::new(args.shared, args.supervisor, state, idempotency_key);
                 actor.engine_error = engine_error;
                 if actor.flow.status().is_terminal() {
-                    actor.linger_until = Some(Instant::now() + RESTORED_LINGER);
-                    // Looks again once the linger is over (a flow with nothing to do
-                    // stops then).
-                    myself.send_after(RESTORED_LINGER, || FlowMsg::LingerEnded);
+                    actor.awaiting_request = true;
+                    myself.send_after(REQUEST_OVERDUE, || FlowMsg::RequestOverdue);
                 }
                 if let Some(reason) = abort {
                     actor.engine_error = Some(reason.clone());
@@ -391,9 +391,11 @@ impl Actor for FlowActor {
                 state.in_grace = false;
                 return Ok(());
             }
-            FlowMsg::LingerEnded => {
-                state.linger_until = None;
-                state.stop_if_done(&myself);
+            FlowMsg::RequestOverdue => {
+                if state.awaiting_request {
+                    state.awaiting_request = false;
+                    state.stop_if_done(&myself);
+                }
                 return Ok(());
             }
             _ => {}
@@ -427,6 +429,17 @@ impl FlowActor {
     ) -> Result<(), ActorProcessingErr> {
         let myself = myself.clone();
         let now = now_ms();
+        let request = matches!(
+            message,
+            FlowMsg::Retry(_) | FlowMsg::Op(..) | FlowMsg::Cancel(_) | FlowMsg::Delete(_)
+        );
+        if request && std::mem::take(&mut state.awaiting_request) {
+            // Handled (or refused) below; the actor of an ended flow stops once
+            // what it did is out (`on_flushed`), or now if it did nothing.
+            let result = Box::pin(self.dispatch(&myself, message, state)).await;
+            state.stop_if_done(&myself);
+            return result;
+        }
         if state.deleting.is_some() {
             // Being deleted: only the flushes still matter. Reports are held and
             // acknowledged once the delete is done (everything Redis holds for the
@@ -546,7 +559,7 @@ impl FlowActor {
             | FlowMsg::HibernationGranted
             | FlowMsg::GraceEnded
             | FlowMsg::Rejoined
-            | FlowMsg::LingerEnded => {}
+            | FlowMsg::RequestOverdue => {}
             FlowMsg::RetryOutbox => {
                 state.outbox_retry_scheduled = false;
                 Box::pin(state.drain_outbox(&myself)).await;
@@ -580,7 +593,7 @@ impl FlowActorState {
             check_scheduled: false,
             in_grace: false,
             tick_at: None,
-            linger_until: None,
+            awaiting_request: false,
         }
     }
 
@@ -1085,9 +1098,7 @@ impl FlowActorState {
     /// keeps it readable.
     fn stop_if_done(&self, myself: &ActorRef<FlowMsg>) {
         if self.flow.status().is_terminal()
-            && self
-                .linger_until
-                .is_none_or(|until| Instant::now() >= until)
+            && !self.awaiting_request
             && self.pending.is_empty()
             && self.outbox.is_empty()
             && !self.outbox_retry_scheduled
