@@ -432,7 +432,10 @@ impl Actor for FlowSupervisor {
                     // Started, the flow fires its due waits (`FlowInit::Restore`).
                     if running {
                         if let Err(e) = state.spawn_restored(&myself, id, None, false).await {
-                            warn!(flow = %id, error = %e, "could not wake a flow for its timer");
+                            // The set is the only thing that would wake it: keep the
+                            // entry and try again in a second.
+                            warn!(flow = %id, error = %e, "could not wake a flow for its timer; retrying");
+                            state.timers.insert((now + 1000, id));
                         }
                     }
                 }
