@@ -13,6 +13,11 @@ use crate::ids::NodeIdx;
 
 /// Default queue of a node that names none.
 pub const DEFAULT_QUEUE: &str = "default";
+/// The highest priority a node can have (0 is the lowest).
+pub const MAX_PRIORITY: u8 = 9;
+/// The priority of a node whose node and flow set none: the middle of the range, so
+/// that a user can move work either way without touching the rest.
+pub const DEFAULT_PRIORITY: u8 = 5;
 /// Default maximum number of nodes in one flow.
 pub const DEFAULT_MAX_NODES: usize = 10_000;
 /// Default maximum length of a node, handler, queue or flow name, in bytes.
@@ -84,6 +89,10 @@ pub struct NodeSpec {
     /// A node that needs no worker: it waits for a signal or a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitSpec>,
+    /// 0 (lowest) to 9 (highest): jobs of higher priority are taken first from a
+    /// queue. Overrides the flow's `opts.priority`; the default is 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// What a node's parents' outcomes must be for it to run. A parent that failed with
@@ -250,6 +259,9 @@ pub struct FlowOpts {
     /// What a permanent node failure does to the rest of the flow.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// The priority of every node that sets none (0 to 9, default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// What a permanent node failure does to the rest of the flow.
@@ -384,6 +396,8 @@ pub struct DagNode {
     pub map: Option<MapDef>,
     /// Set on a wait node.
     pub wait: Option<WaitDef>,
+    /// The node's priority, or the flow's, or the default.
+    pub priority: u8,
 }
 
 /// A validated flow: acyclic, every edge known, both edge directions agreeing.
@@ -449,6 +463,13 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
 
     if spec.nodes.is_empty() {
         push("empty_flow", None, "the flow has no nodes".to_owned());
+    }
+    if let Some(priority) = spec.opts.priority.filter(|p| *p > MAX_PRIORITY) {
+        push(
+            "bad_priority",
+            None,
+            format!("the flow has priority {priority}; priorities go from 0 to {MAX_PRIORITY}"),
+        );
     }
     if spec.nodes.len() > limits.max_nodes {
         push(
@@ -589,6 +610,16 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                     format!("node '{}' is both a map and a wait", node.name),
                 );
             }
+        }
+        if let Some(priority) = node.priority.filter(|p| *p > MAX_PRIORITY) {
+            push(
+                "bad_priority",
+                Some(&node.name),
+                format!(
+                    "node '{}' has priority {priority}; priorities go from 0 to {MAX_PRIORITY}",
+                    node.name
+                ),
+            );
         }
         if let Some(wait) = &node.wait {
             let kinds = [
@@ -892,6 +923,10 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                 trigger: node.trigger.unwrap_or_default(),
                 map,
                 wait,
+                priority: node
+                    .priority
+                    .or(spec.opts.priority)
+                    .unwrap_or(DEFAULT_PRIORITY),
                 handler: match node.handler.as_deref() {
                     Some(handler) => intern(handler),
                     None => name.clone(),

@@ -591,6 +591,13 @@ impl FlowState {
         }
     }
 
+    /// Whether a job is one of the first jobs of its flow: a root's first attempt.
+    /// Such jobs wait behind the jobs of flows that have started (the fresh lane of
+    /// their queue), so that a burst of new flows does not hold up running ones.
+    pub fn is_fresh_job(&self, idx: NodeIdx, attempt: u32) -> bool {
+        attempt == 1 && idx.as_usize() < self.dag.len() && self.dag.node(idx).parents.is_empty()
+    }
+
     /// Whether the node runs as a job on a queue: not a map node (its elements are
     /// the jobs), not a wait, not a stale element slot.
     pub fn is_job(&self, idx: NodeIdx) -> bool {

@@ -382,7 +382,7 @@ async fn jobs_redis_lost_without_losing_the_marker_are_put_back() {
     let keys = Keys::new(&prefix);
     let mut c = conn().await;
     let mut del = redis::cmd("DEL");
-    del.arg(keys.queue("later"));
+    del.arg(keys.lanes("later"));
     for id in &ids {
         del.arg(keys.flow_jobs(&id.to_string()));
     }
@@ -472,7 +472,7 @@ async fn map_element_jobs_redis_lost_are_put_back() {
     };
     tokio::time::timeout(WAIT, expanded).await.unwrap();
     let _: i64 = redis::cmd("DEL")
-        .arg(keys.queue("later"))
+        .arg(keys.lanes("later"))
         .arg(keys.flow_jobs(&id.to_string()))
         .query_async(&mut c)
         .await
@@ -520,14 +520,14 @@ async fn a_job_whose_completion_record_was_lost_runs_again() {
     let mut c = conn().await;
     let keys = Keys::new(&prefix);
     let _: redis::Value = redis::cmd("XACK")
-        .arg(keys.queue("remote"))
+        .arg(&job.stream)
         .arg("workers")
         .arg(&job.entry_id)
         .query_async(&mut c)
         .await
         .unwrap();
     let _: redis::Value = redis::cmd("XDEL")
-        .arg(keys.queue("remote"))
+        .arg(&job.stream)
         .arg(&job.entry_id)
         .query_async(&mut c)
         .await

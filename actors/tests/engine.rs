@@ -164,3 +164,140 @@ async fn subscribers_see_every_change_in_seq_order_after_the_snapshot() {
     assert_eq!(from_all, (1..=view.seq).collect::<Vec<_>>());
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_that_started_finish_before_new_ones_start() {
+    let prefix = testing::unique_prefix();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let order = std::sync::Arc::clone(&order);
+        let gate = std::sync::Arc::clone(&gate);
+        dagflow_actors::handler_fn(move |ctx| {
+            let order = std::sync::Arc::clone(&order);
+            let gate = std::sync::Arc::clone(&gate);
+            async move {
+                // The first job waits until every flow exists, so that all their
+                // roots are queued behind it.
+                gate.acquire().await.unwrap().forget();
+                gate.add_permits(1);
+                order
+                    .lock()
+                    .unwrap()
+                    .push(format!("{}{}", ctx.node, ctx.data["flow"]));
+                // Long enough for the finished job's child to be queued (after its
+                // flush) before this one ends and frees the slot.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                Ok(json!(null))
+            }
+        })
+    };
+    let engine = builder(&prefix)
+        .queue("default", 1)
+        .handler("rec", handler)
+        .build()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let flow = spec(json!({
+            "nodes": [
+                {"name": "a", "handler": "rec", "data": {"flow": i}},
+                {"name": "b", "handler": "rec", "parents": ["a"], "data": {"flow": i}},
+                {"name": "c", "handler": "rec", "parents": ["b"], "data": {"flow": i}}
+            ]
+        }));
+        ids.push(engine.create(&flow, None).await.unwrap());
+    }
+    gate.add_permits(1);
+    for id in ids {
+        let view = engine.wait(id, WAIT).await.unwrap();
+        assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    }
+    // One worker slot. A finished job's child is queued a moment after the slot
+    // frees (after the flush), so the slot may take one more new root meanwhile:
+    // at most two flows are ever open at once, each runs to its end before a third
+    // starts. (One queue read in FIFO order would run every root first, a0 a1 a2
+    // a3 a4 b0 ..., with all five flows open.)
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 15, "{order:?}");
+    let mut open = std::collections::HashSet::new();
+    for job in &order {
+        let flow = &job[1..];
+        match &job[..1] {
+            "a" => {
+                open.insert(flow.to_owned());
+            }
+            "c" => {
+                open.remove(flow);
+            }
+            _ => {}
+        }
+        assert!(open.len() <= 2, "{job}: {open:?} open at once in {order:?}");
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_of_higher_priority_goes_first() {
+    let prefix = testing::unique_prefix();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = {
+        let order = std::sync::Arc::clone(&order);
+        let gate = std::sync::Arc::clone(&gate);
+        dagflow_actors::handler_fn(move |ctx| {
+            let order = std::sync::Arc::clone(&order);
+            let gate = std::sync::Arc::clone(&gate);
+            async move {
+                gate.acquire().await.unwrap().forget();
+                gate.add_permits(1);
+                order
+                    .lock()
+                    .unwrap()
+                    .push(ctx.data["tag"].as_str().unwrap_or("?").to_owned());
+                Ok(json!(null))
+            }
+        })
+    };
+    let engine = builder(&prefix)
+        .queue("default", 1)
+        .handler("rec", handler)
+        .build()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    // The blocker takes the only slot; the others queue behind it.
+    ids.push(
+        engine
+            .create(
+                &spec(
+                    json!({"nodes": [{"name": "x", "handler": "rec", "data": {"tag": "first"}}]}),
+                ),
+                None,
+            )
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (tag, opts, node_priority) in [
+        ("low", json!({"priority": 1}), None),
+        ("default", json!({}), None),
+        ("high-flow", json!({"priority": 8}), None),
+        ("high-node", json!({"priority": 1}), Some(9)),
+    ] {
+        let mut node = json!({"name": "x", "handler": "rec", "data": {"tag": tag}});
+        if let Some(p) = node_priority {
+            node["priority"] = json!(p);
+        }
+        let flow = spec(json!({"nodes": [node], "opts": opts}));
+        ids.push(engine.create(&flow, None).await.unwrap());
+    }
+    gate.add_permits(1);
+    for id in ids {
+        engine.wait(id, WAIT).await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order, ["first", "high-node", "high-flow", "default", "low"]);
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use dagflow_actors::queue::{
-    job_id, CancelListener, CompletionReader, Delivery, JobEnvelope, Keys, LocalAck, NewJob,
+    job_id, CancelListener, CompletionReader, Delivery, JobEnvelope, Keys, Lane, LocalAck, NewJob,
     Outcome, Queue, QueueReader, ENVELOPE_VERSION,
 };
 use dagflow_actors::testing::{keys_matching, redis, unique_prefix, TestRedis};
@@ -40,6 +40,7 @@ fn envelope(flow: &str, node: &str, attempt: u32, queue: &str, max_stalled: u32)
         attempt,
         handler: "echo".to_owned(),
         queue: queue.to_owned(),
+        priority: 5,
         input: RawValue::from_string(r#"{"data":{"n":1},"parents":{}}"#.to_owned()).unwrap(),
         timeout_ms: Some(1000),
         max_stalled,
@@ -47,10 +48,16 @@ fn envelope(flow: &str, node: &str, attempt: u32, queue: &str, max_stalled: u32)
     }
 }
 
+/// The lane stream the jobs of these tests go to: default priority, not fresh.
+fn stream(keys: &Keys, queue: &str) -> String {
+    keys.lane(queue, Lane::default())
+}
+
 fn job(flow: &str, node: &str, queue: &str) -> NewJob {
     NewJob {
         envelope: envelope(flow, node, 1, queue, 1),
         delay_ms: 0,
+        fresh: false,
     }
 }
 
@@ -136,7 +143,7 @@ async fn enqueue_rejects_a_job_of_another_flow() {
 
 fn local_ack(delivery: &Delivery) -> LocalAck {
     LocalAck {
-        queue: delivery.queue.clone(),
+        stream: delivery.stream.clone(),
         entry_id: delivery.entry_id.clone(),
         flow_id: delivery.envelope.flow_id.clone(),
         job_field: delivery.envelope.job_field(),
@@ -253,7 +260,10 @@ async fn reclaim_takes_over_idle_jobs_and_reports_stalled_ones() {
 
     // A renewed lease is not taken away.
     second
-        .renew(&[reclaimed.claimed[0].entry_id.clone()])
+        .renew(&[(
+            reclaimed.claimed[0].stream.clone(),
+            reclaimed.claimed[0].entry_id.clone(),
+        )])
         .await
         .unwrap();
     let mut third = QueueReader::connect(&url, keys.clone(), "default", "third")
@@ -276,12 +286,12 @@ async fn reclaim_takes_over_idle_jobs_and_reports_stalled_ones() {
     assert_eq!(stalled[0].envelope.id, "f1:a:1");
     // It stays pending on the reclaimer until the caller fails it.
     assert_eq!(
-        pending_count(&url, &keys.queue("default"), "workers").await,
+        pending_count(&url, &stream(&keys, "default"), "workers").await,
         1
     );
     queue.ack_local(&[local_ack(&stalled[0])]).await.unwrap();
     assert_eq!(
-        pending_count(&url, &keys.queue("default"), "workers").await,
+        pending_count(&url, &stream(&keys, "default"), "workers").await,
         0
     );
 }
@@ -311,7 +321,10 @@ async fn report_remote_adds_a_completion_record_and_removes_the_job() {
     };
     queue.report_remote(&got[0], &completed).await.unwrap();
     assert_eq!(queue.depth("gpu").await.unwrap(), (0, 0));
-    assert_eq!(pending_count(&url, &keys.queue("gpu"), "workers").await, 0);
+    assert_eq!(
+        pending_count(&url, &stream(&keys, "gpu"), "workers").await,
+        0
+    );
     assert_eq!(queue.job_states("f1").await.unwrap()["a:1"], "done");
 
     let mut router = CompletionReader::connect(&url, keys.clone(), "router")
@@ -399,7 +412,7 @@ async fn ack_local_removes_the_entry() {
     queue.ack_local(&acks).await.unwrap();
     assert_eq!(queue.depth("default").await.unwrap(), (0, 0));
     assert_eq!(
-        pending_count(&url, &keys.queue("default"), "workers").await,
+        pending_count(&url, &stream(&keys, "default"), "workers").await,
         0
     );
     let states = queue.job_states("f1").await.unwrap();
@@ -452,7 +465,7 @@ async fn cleanup_flow_leaves_nothing_behind() {
     // Only the other flow's job is left, and nothing of this flow is pending.
     let mut conn = raw_conn(&url).await;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(keys.queue("default"))
+        .arg(stream(&keys, "default"))
         .arg("-")
         .arg("+")
         .query_async(&mut conn)
@@ -462,7 +475,7 @@ async fn cleanup_flow_leaves_nothing_behind() {
     for (_, fields) in &entries {
         assert!(!fields[0].1.contains(flow));
     }
-    let pending = pending_count(&url, &keys.queue("default"), "workers").await;
+    let pending = pending_count(&url, &stream(&keys, "default"), "workers").await;
     let others_pending = got.iter().filter(|d| d.envelope.flow_id != flow).count() as i64;
     assert_eq!(pending, others_pending);
     assert_eq!(queue.job_states("other").await.unwrap().len(), 1);
@@ -596,7 +609,7 @@ async fn blocking_read_outlasts_the_default_response_timeout() {
 #[tokio::test]
 async fn malformed_entries_are_dropped_without_error() {
     let (url, keys, queue) = setup().await;
-    let stream = keys.queue("default");
+    let stream = stream(&keys, "default");
     let mut conn = raw_conn(&url).await;
     let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
         .await
@@ -677,7 +690,7 @@ async fn pending_entries_deleted_meanwhile_are_skipped() {
     // Deleted without acknowledgement: the pending record outlives the entry.
     let mut conn = raw_conn(&url).await;
     redis::cmd("XDEL")
-        .arg(keys.queue("default"))
+        .arg(stream(&keys, "default"))
         .arg(&first[0].entry_id)
         .query_async::<i64>(&mut conn)
         .await
@@ -689,7 +702,7 @@ async fn pending_entries_deleted_meanwhile_are_skipped() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].entry_id, first[1].entry_id);
     assert_eq!(
-        pending_count(&url, &keys.queue("default"), "workers").await,
+        pending_count(&url, &stream(&keys, "default"), "workers").await,
         1
     );
 }
@@ -706,7 +719,7 @@ async fn readers_recreate_a_lost_group() {
     // What a Redis restart without persistence does to the streams.
     let mut conn = raw_conn(&url).await;
     redis::cmd("DEL")
-        .arg(keys.queue("default"))
+        .arg(stream(&keys, "default"))
         .arg(keys.completions())
         .query_async::<()>(&mut conn)
         .await
@@ -893,10 +906,137 @@ async fn idle_consumers_without_pending_jobs_are_removed() {
     let mut conn = raw_conn(&url).await;
     let consumers: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(keys.queue("default"))
+        .arg(stream(&keys, "default"))
         .arg("workers")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(consumers.len(), 2);
+}
+
+/// A job of flow `flow` with this priority, fresh (a root's first attempt) or not.
+fn lane_job(flow: &str, node: &str, priority: u8, fresh: bool) -> NewJob {
+    let mut job = job(flow, node, "default");
+    job.envelope.priority = priority;
+    job.fresh = fresh;
+    job
+}
+
+#[tokio::test]
+async fn take_serves_priorities_then_started_flows_then_new_ones() {
+    let (url, keys, queue) = setup().await;
+    // Enqueued in an order that is none of the expected ones.
+    for (flow, node, priority, fresh) in [
+        ("f1", "a", 5, true),
+        ("f2", "b", 5, false),
+        ("f3", "c", 9, true),
+        ("f4", "d", 0, false),
+        ("f5", "e", 5, false),
+        ("f6", "f", 9, false),
+    ] {
+        queue
+            .enqueue(flow, &[lane_job(flow, node, priority, fresh)])
+            .await
+            .unwrap();
+    }
+    let states = queue.job_states("f3").await.unwrap();
+    let c: serde_json::Value = serde_json::from_str(&states["c:1"]).unwrap();
+    assert_eq!(c["l"], Lane::new(9, true).index());
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    loop {
+        let got = reader.read(1, 0).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            got[0].stream,
+            keys.lane(
+                "default",
+                Lane::new(
+                    got[0].envelope.priority,
+                    got[0].envelope.flow_id == "f1" || got[0].envelope.flow_id == "f3"
+                )
+            )
+        );
+        order.push(got[0].envelope.node.clone());
+    }
+    // Priority 9 (started, then new), priority 5 (started in FIFO order, then new),
+    // priority 0.
+    assert_eq!(order, ["f", "c", "b", "e", "a", "d"]);
+}
+
+#[tokio::test]
+async fn lower_priorities_get_their_share_turns() {
+    let (url, keys, queue) = setup().await;
+    let high: Vec<NewJob> = (0..300)
+        .map(|i| lane_job("hi", &format!("h{i}"), 9, false))
+        .collect();
+    queue.enqueue("hi", &high).await.unwrap();
+    let low: Vec<NewJob> = (0..5)
+        .map(|i| lane_job("lo", &format!("l{i}"), 0, false))
+        .collect();
+    queue.enqueue("lo", &low).await.unwrap();
+    let mid = [lane_job("mid", "m0", 4, false)];
+    queue.enqueue("mid", &mid).await.unwrap();
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    // In batches, as a worker with free slots takes them: share turns count per job.
+    let mut order = Vec::new();
+    for _ in 0..10 {
+        for d in reader.read(20, 0).await.unwrap() {
+            order.push(d.envelope.node);
+        }
+    }
+    assert_eq!(order.len(), 200);
+    // Turn 10k goes first to priority k mod 10: priority 4 at turn 40, priority 0 at
+    // turns 100 and 200; every other turn to the highest priority.
+    let at = |name: &str| order.iter().position(|n| n == name).map(|p| p + 1);
+    assert_eq!(at("m0"), Some(40), "{order:?}");
+    assert_eq!(at("l0"), Some(100), "{order:?}");
+    assert_eq!(at("l1"), Some(200), "{order:?}");
+    assert_eq!(
+        order.iter().filter(|n| n.starts_with('h')).count(),
+        197,
+        "{order:?}"
+    );
+    // The high jobs went in FIFO order.
+    let highs: Vec<&String> = order.iter().filter(|n| n.starts_with('h')).collect();
+    let expected: Vec<String> = (0..197).map(|i| format!("h{i}")).collect();
+    assert!(highs.iter().zip(&expected).all(|(a, b)| *a == b));
+}
+
+#[tokio::test]
+async fn a_blocked_read_wakes_up_for_a_job_on_any_lane() {
+    let (url, keys, queue) = setup().await;
+    // A running job on the lane: the wait must start after it, not return it.
+    queue
+        .enqueue("f0", &[lane_job("f0", "running", 3, false)])
+        .await
+        .unwrap();
+    let mut other = QueueReader::connect(&url, keys.clone(), "default", "other")
+        .await
+        .unwrap();
+    assert_eq!(other.read(1, 0).await.unwrap().len(), 1);
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let got = reader.read(4, 5_000).await.unwrap();
+        (got, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    queue
+        .enqueue("f1", &[lane_job("f1", "late", 3, false)])
+        .await
+        .unwrap();
+    let (got, waited) = waiting.await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].envelope.node, "late");
+    assert!(waited < Duration::from_millis(3_000), "{waited:?}");
 }

@@ -90,8 +90,9 @@
 //!    - a flow ends `cancelled` only if a cancel was sent for it.
 //! 6. **Nothing left behind.** All flows are then deleted (every DELETE answers
 //!    204 or 404), the list becomes empty, and Redis holds no key of the prefix but
-//!    `P:marker`, `P:workers`, `P:config`, `P:queues:delayed`, `P:completions` and
-//!    the queue streams `P:q:{queue}`, the streams with XLEN 0 and no pending entry
+//!    `P:marker`, `P:workers`, `P:config`, `P:queues:delayed`, `P:completions`,
+//!    each queue's counter `P:q:{queue}:takes` and its lane streams
+//!    `P:q:{queue}:{priority}[:new]`, the streams with XLEN 0 and no pending entry
 //!    in any group.
 //!    Finally the server and workers are killed and the data dir is opened with
 //!    sled: every tree but `meta` (the engine's own id) is empty.

@@ -768,12 +768,14 @@ impl FlowActorState {
                 attempt: job.attempt,
                 handler: node.handler.to_string(),
                 queue: node.queue.to_string(),
+                priority: node.priority,
                 input,
                 timeout_ms: node.opts.timeout_ms,
                 max_stalled: node.opts.max_stalled.unwrap_or(self.shared.max_stalled),
                 enqueued_at_ms: now,
             },
             delay_ms: job.delay_ms,
+            fresh: self.flow.is_fresh_job(job.node, job.attempt),
         }
     }
 

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use super::supervisor::SupervisorMsg;
 use super::{load_state, Shared};
 use crate::ids::FlowId;
-use crate::queue::{job_field, JobCheck};
+use crate::queue::{job_field, JobCheck, Lane};
 
 /// How often a reconciliation pass starts at most, by default.
 pub const DEFAULT_RECONCILE_EVERY: Duration = Duration::from_secs(30);
@@ -102,20 +102,22 @@ async fn check_flow(
     }
     // Every job the snapshot says is queued or running: DAG nodes that are jobs and
     // live map elements (a map node or a wait is no job).
-    let jobs: Vec<(String, String)> = state
+    let jobs: Vec<(String, String, Lane)> = state
         .resume(0)
         .into_iter()
         .map(|job| {
-            let queue = &state.dag().node(state.job_node(job.node)).queue;
+            let node = state.dag().node(state.job_node(job.node));
+            let fresh = state.is_fresh_job(job.node, job.attempt) && job.delay_ms == 0;
             (
                 job_field(&state.node_name(job.node), job.attempt),
-                queue.to_string(),
+                node.queue.to_string(),
+                Lane::new(node.priority, fresh),
             )
         })
         .collect();
     let checks = shared.queue.check_jobs(&id.to_string(), &jobs).await?;
     let mut repair = Vec::new();
-    for ((field, _), check) in jobs.into_iter().zip(checks) {
+    for ((field, _, _), check) in jobs.into_iter().zip(checks) {
         match check {
             JobCheck::Present => {}
             JobCheck::Lost => repair.push(field),

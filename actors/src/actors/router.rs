@@ -321,7 +321,7 @@ impl Routing {
                     .shared
                     .queue
                     .report_job(
-                        &ack.queue,
+                        &ack.stream,
                         &ack.entry_id,
                         &ack.flow_id,
                         &report.node,

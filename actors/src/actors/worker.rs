@@ -205,7 +205,7 @@ impl Actor for QueueFetcher {
         args: FetcherArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (idle_tx, idle_rx) = mpsc::channel(args.concurrency + 1);
-        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let running: Arc<Mutex<HashSet<RunningJob>>> = Arc::default();
         for _ in 0..args.concurrency {
             let worker = spawn_worker(&myself, &args.ctx, &idle_tx).await?;
             idle_tx.send(worker).await?;
@@ -275,7 +275,7 @@ async fn fetch_loop(
     ctx: Arc<WorkerCtx>,
     mut reader: QueueReader,
     mut idle_rx: mpsc::Receiver<ActorRef<WorkerMsg>>,
-    running: Arc<Mutex<HashSet<String>>>,
+    running: Arc<Mutex<HashSet<RunningJob>>>,
     stop: CancellationToken,
 ) {
     let lease_ms = ctx.lease.as_millis() as u64;
@@ -301,7 +301,7 @@ async fn fetch_loop(
             }
             if now.duration_since(last_renew) >= renew_every {
                 last_renew = now;
-                let ids: Vec<String> = running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
+                let ids: Vec<RunningJob> = running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
                 if !ids.is_empty() {
                     reader.renew(&ids).await?;
                 }
@@ -358,7 +358,7 @@ async fn fetch_loop(
 fn dispatch(
     ctx: &Arc<WorkerCtx>,
     idle: &mut Vec<ActorRef<WorkerMsg>>,
-    running: &Arc<Mutex<HashSet<String>>>,
+    running: &Arc<Mutex<HashSet<RunningJob>>>,
     delivery: Delivery,
 ) {
     let Some(worker) = idle.pop() else {
@@ -367,7 +367,8 @@ fn dispatch(
         warn!(job = %delivery.envelope.id, "no idle worker for a job read");
         return;
     };
-    let guard = RunningGuard::new(ctx, running, &delivery.entry_id);
+    let job = (delivery.stream.clone(), delivery.entry_id.clone());
+    let guard = RunningGuard::new(ctx, running, job);
     if worker.cast(WorkerMsg::Run(delivery, guard)).is_err() {
         // The message (and its guard) is dropped: the job is not renewed any more,
         // so it is reclaimed after the lease.
@@ -381,21 +382,24 @@ fn dispatch(
 /// it is dropped or the worker panics with it. A job renewed by nobody is
 /// reclaimed after its lease; one renewed forever by mistake would never be.
 pub struct RunningGuard {
-    set: Arc<Mutex<HashSet<String>>>,
+    set: Arc<Mutex<HashSet<RunningJob>>>,
     ctx: Arc<WorkerCtx>,
-    entry: String,
+    entry: RunningJob,
 }
 
+/// A running job's lane stream and entry id: what its lease is renewed on.
+type RunningJob = (String, String);
+
 impl RunningGuard {
-    fn new(ctx: &Arc<WorkerCtx>, set: &Arc<Mutex<HashSet<String>>>, entry: &str) -> Self {
+    fn new(ctx: &Arc<WorkerCtx>, set: &Arc<Mutex<HashSet<RunningJob>>>, entry: RunningJob) -> Self {
         if let Ok(mut r) = set.lock() {
-            r.insert(entry.to_owned());
+            r.insert(entry.clone());
         }
         ctx.running.fetch_add(1, Ordering::Relaxed);
         RunningGuard {
             set: Arc::clone(set),
             ctx: Arc::clone(ctx),
-            entry: entry.to_owned(),
+            entry,
         }
     }
 }
@@ -641,7 +645,7 @@ async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
         {
             let ack = if outcome.is_final() {
                 Ack::Local(LocalAck {
-                    queue: delivery.queue.clone(),
+                    stream: delivery.stream.clone(),
                     entry_id: delivery.entry_id.clone(),
                     flow_id: env.flow_id.clone(),
                     job_field: env.job_field(),

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::error::QueueError;
+use super::keys::Lane;
+use crate::spec::DEFAULT_PRIORITY;
 
 /// The envelope format version written by this code; readers reject other versions.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -49,6 +51,11 @@ pub struct JobEnvelope {
     pub handler: String,
     /// The queue the job was put on; a worker only serves the queues it was told to.
     pub queue: String,
+    /// 0 (lowest) to 9 (highest): which lane of its queue the job waits in, and so
+    /// which jobs it goes before. Envelopes written before priorities existed read
+    /// as [`DEFAULT_PRIORITY`].
+    #[serde(default = "default_priority")]
+    pub priority: u8,
     /// `{"data": ..., "parents": {...}}` built by the engine, passed through unparsed so
     /// large parent results are not re-encoded on every hop.
     pub input: Box<RawValue>,
@@ -87,6 +94,11 @@ impl JobEnvelope {
     }
 }
 
+/// The priority of envelopes that carry none.
+fn default_priority() -> u8 {
+    DEFAULT_PRIORITY
+}
+
 /// One job to add to a queue.
 #[derive(Clone, Debug)]
 pub struct NewJob {
@@ -95,6 +107,18 @@ pub struct NewJob {
     /// Retry backoff: above 0 the job waits in the delayed set this long before it
     /// becomes readable; 0 puts it straight on the stream.
     pub delay_ms: u64,
+    /// Whether this is a first job of a flow that has not started (a root's first
+    /// attempt): such jobs wait in the fresh lane of their priority, behind the jobs
+    /// of flows already running.
+    pub fresh: bool,
+}
+
+impl NewJob {
+    /// The lane the job goes to when it is ready: its envelope's priority, fresh or
+    /// not. A delayed job is a retry, so it is never fresh.
+    pub fn lane(&self) -> Lane {
+        Lane::new(self.envelope.priority, self.fresh && self.delay_ms == 0)
+    }
 }
 
 /// A job read from a queue stream.
@@ -102,6 +126,9 @@ pub struct NewJob {
 pub struct Delivery {
     /// The queue it was read from.
     pub queue: String,
+    /// The lane stream it was read from (`P:q:{queue}:{priority}[:new]`): what its
+    /// entry id is acknowledged, renewed and reported on.
+    pub stream: String,
     /// Its stream entry id: what gets acknowledged, renewed and deleted.
     pub entry_id: String,
     /// The job.
@@ -257,8 +284,8 @@ impl CompletionRecord {
 /// made its result durable.
 #[derive(Clone, Debug)]
 pub struct LocalAck {
-    /// The queue the job was read from.
-    pub queue: String,
+    /// The lane stream the job was read from.
+    pub stream: String,
     /// Its stream entry id.
     pub entry_id: String,
     /// Its flow, whose jobs hash records it as done.
@@ -336,6 +363,7 @@ mod tests {
             attempt: 1,
             handler: "h".into(),
             queue: "default".into(),
+            priority: 5,
             input: raw(r#"{"data":null,"parents":{}}"#),
             timeout_ms: None,
             max_stalled: 1,

@@ -12,6 +12,63 @@ pub const WORKERS_GROUP: &str = "workers";
 /// The consumer group on the completions stream, read by the engine's router.
 pub const ENGINE_GROUP: &str = "engine";
 
+use crate::spec::{DEFAULT_PRIORITY, MAX_PRIORITY};
+
+/// Number of lanes per queue: two per priority.
+pub const LANES: usize = 2 * (MAX_PRIORITY as usize + 1);
+
+/// Where a ready job waits within its queue. Each lane is its own stream; workers
+/// take from the best non-empty lane first: higher priorities first and, within a
+/// priority, jobs of flows that have started (continuations) before the first jobs
+/// of flows that have not (`fresh`), so that a burst of new flows does not delay the
+/// flows already running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lane {
+    /// 0 (lowest) to 9 (highest).
+    pub priority: u8,
+    /// A first job of a flow that has not started yet (a root, attempt 1).
+    pub fresh: bool,
+}
+
+impl Lane {
+    /// Every lane in the order workers serve them: priority 9 continuations, priority
+    /// 9 fresh jobs, priority 8 continuations, ..., priority 0 fresh jobs.
+    pub const ALL: [Lane; LANES] = {
+        let mut all = [Lane {
+            priority: 0,
+            fresh: false,
+        }; LANES];
+        let mut i = 0;
+        while i < LANES {
+            all[i] = Lane {
+                priority: MAX_PRIORITY - (i / 2) as u8,
+                fresh: i % 2 == 1,
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// A lane; priorities above [`MAX_PRIORITY`] are taken as the maximum.
+    pub fn new(priority: u8, fresh: bool) -> Lane {
+        Lane {
+            priority: priority.min(MAX_PRIORITY),
+            fresh,
+        }
+    }
+
+    /// Position in [`Lane::ALL`] (0 is served first); stored in the jobs hash as `l`.
+    pub fn index(self) -> usize {
+        usize::from(MAX_PRIORITY - self.priority.min(MAX_PRIORITY)) * 2 + usize::from(self.fresh)
+    }
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane::new(DEFAULT_PRIORITY, false)
+    }
+}
+
 /// Builds the name of every key under one prefix.
 ///
 /// Every key starts with the prefix, so several deployments, and every test, can
@@ -35,9 +92,27 @@ impl Keys {
         &self.prefix
     }
 
-    /// `P:q:{queue}`: the stream of ready jobs of one queue, read by group `workers`.
-    pub fn queue(&self, queue: &str) -> String {
-        format!("{}:q:{queue}", self.prefix)
+    /// The stream of one lane of a queue, read by group `workers`:
+    /// `P:q:{queue}:{priority}` for jobs of flows that have started,
+    /// `P:q:{queue}:{priority}:new` for the first jobs of flows that have not.
+    pub fn lane(&self, queue: &str, lane: Lane) -> String {
+        if lane.fresh {
+            format!("{}:q:{queue}:{}:new", self.prefix, lane.priority)
+        } else {
+            format!("{}:q:{queue}:{}", self.prefix, lane.priority)
+        }
+    }
+
+    /// Every lane stream of a queue, in the order they are served
+    /// ([`Lane::ALL`]): what `take.lua` and `cleanup.lua` are given.
+    pub fn lanes(&self, queue: &str) -> Vec<String> {
+        Lane::ALL.iter().map(|&l| self.lane(queue, l)).collect()
+    }
+
+    /// `P:q:{queue}:takes`: how many jobs the queue has handed out, which decides
+    /// the turns that go to lower priorities (`take.lua`).
+    pub fn takes(&self, queue: &str) -> String {
+        format!("{}:q:{queue}:takes", self.prefix)
     }
 
     /// `P:q:{queue}:delayed`: jobs waiting for their retry backoff, scored by due time (ms).
@@ -99,7 +174,17 @@ mod tests {
     #[test]
     fn names_follow_the_protocol() {
         let keys = Keys::new("P");
-        assert_eq!(keys.queue("gpu"), "P:q:gpu");
+        assert_eq!(keys.lane("gpu", Lane::new(5, false)), "P:q:gpu:5");
+        assert_eq!(keys.lane("gpu", Lane::new(9, true)), "P:q:gpu:9:new");
+        assert_eq!(keys.takes("gpu"), "P:q:gpu:takes");
+        let lanes = keys.lanes("gpu");
+        assert_eq!(lanes.len(), LANES);
+        assert_eq!(lanes[0], "P:q:gpu:9");
+        assert_eq!(lanes[1], "P:q:gpu:9:new");
+        assert_eq!(lanes[LANES - 1], "P:q:gpu:0:new");
+        for (i, lane) in Lane::ALL.iter().enumerate() {
+            assert_eq!(lane.index(), i);
+        }
         assert_eq!(keys.delayed("gpu"), "P:q:gpu:delayed");
         assert_eq!(keys.flow_jobs("f1"), "P:flow:f1:jobs");
         assert_eq!(keys.completions(), "P:completions");

@@ -28,7 +28,7 @@ pub use envelope::{
     COMPLETION_VERSION, ENVELOPE_FIELD, ENVELOPE_VERSION,
 };
 pub use error::QueueError;
-pub use keys::{Keys, DEFAULT_PREFIX, ENGINE_GROUP, WORKERS_GROUP};
+pub use keys::{Keys, Lane, DEFAULT_PREFIX, ENGINE_GROUP, LANES, WORKERS_GROUP};
 pub use reader::{CompletionReader, QueueReader, Reclaimed};
 
 /// How long the shared client waits to establish a connection.
@@ -163,12 +163,14 @@ impl Queue {
             } else {
                 0
             };
+            let lane = job.lane();
             invocation
-                .key(self.keys.queue(&envelope.queue))
+                .key(self.keys.lane(&envelope.queue, lane))
                 .key(self.keys.delayed(&envelope.queue))
                 .arg(envelope.job_field())
                 .arg(&envelope.queue)
                 .arg(due)
+                .arg(lane.index())
                 .arg(envelope.to_json()?);
         }
         invocation.key(self.keys.delayed_queues());
@@ -176,21 +178,21 @@ impl Queue {
         Ok(invocation.invoke_async::<i64>(&mut conn).await?)
     }
 
-    /// Compares jobs a flow's snapshot says are queued or running (`(field, queue)`
-    /// pairs) with what Redis holds for them; one [`JobCheck`] per job, in order.
+    /// Compares jobs a flow's snapshot says are queued or running (`(field, queue,
+    /// lane)`) with what Redis holds for them; one [`JobCheck`] per job, in order.
     pub async fn check_jobs(
         &self,
         flow_id: &str,
-        jobs: &[(String, String)],
+        jobs: &[(String, String, Lane)],
     ) -> Result<Vec<JobCheck>, QueueError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
         let mut invocation = scripts::CHECK.prepare_invoke();
         invocation.key(self.keys.flow_jobs(flow_id));
-        for (field, queue) in jobs {
+        for (field, queue, lane) in jobs {
             invocation
-                .key(self.keys.queue(queue))
+                .key(self.keys.lane(queue, *lane))
                 .key(self.keys.delayed(queue))
                 .arg(field);
         }
@@ -224,7 +226,7 @@ impl Queue {
             for ack in chunk {
                 let ack = ack.borrow();
                 invocation
-                    .key(self.keys.queue(&ack.queue))
+                    .key(&ack.stream)
                     .key(self.keys.flow_jobs(&ack.flow_id))
                     .arg(&ack.entry_id)
                     .arg(&ack.job_field);
@@ -282,10 +284,11 @@ impl Queue {
             let mut invocation = scripts::CLEANUP.prepare_invoke();
             invocation.key(&hash).arg(WORKERS_GROUP);
             for queue in &queues {
-                invocation
-                    .key(self.keys.queue(queue))
-                    .key(self.keys.delayed(queue))
-                    .arg(queue);
+                invocation.key(self.keys.delayed(queue));
+                for lane in self.keys.lanes(queue) {
+                    invocation.key(lane);
+                }
+                invocation.arg(queue);
             }
             match invocation.invoke_async::<Value>(&mut conn).await? {
                 Value::Int(_) => return Ok(()),
@@ -327,7 +330,7 @@ impl Queue {
     ) -> Result<(), QueueError> {
         let envelope = &delivery.envelope;
         self.report_job(
-            &delivery.queue,
+            &delivery.stream,
             &delivery.entry_id,
             &envelope.flow_id,
             &envelope.node,
@@ -342,7 +345,7 @@ impl Queue {
     /// mailbox) is handed to the completions stream this way, where Redis owns it.
     pub async fn report_job(
         &self,
-        queue: &str,
+        stream: &str,
         entry_id: &str,
         flow_id: &str,
         node: &str,
@@ -354,7 +357,7 @@ impl Queue {
         let mut invocation = scripts::REPORT.prepare_invoke();
         invocation
             .key(self.keys.completions())
-            .key(self.keys.queue(queue))
+            .key(stream)
             .key(self.keys.flow_jobs(flow_id))
             .arg(WORKERS_GROUP)
             .arg(ENGINE_GROUP)
@@ -463,11 +466,10 @@ impl Queue {
     }
 
     /// Moves jobs of `queue` whose retry backoff ended by `now_ms` from the delayed
-    /// set into the stream, atomically per batch. Returns how many moved.
+    /// set into their lane streams, atomically per batch. Returns how many moved.
     pub async fn promote_due(&self, queue: &str, now_ms: u64) -> Result<usize, QueueError> {
         error::failpoint!("queue::promote");
         let delayed = self.keys.delayed(queue);
-        let stream = self.keys.queue(queue);
         let mut conn = self.conn.clone();
         let mut moved = 0usize;
         for _ in 0..MAX_PROMOTE_BATCHES {
@@ -484,22 +486,27 @@ impl Queue {
                 break;
             }
             let mut invocation = scripts::PROMOTE.prepare_invoke();
-            invocation
-                .key(&delayed)
-                .key(&stream)
-                .arg(WORKERS_GROUP)
-                .arg(queue);
+            invocation.key(&delayed).arg(WORKERS_GROUP).arg(queue);
             for member in &members {
                 match JobEnvelope::from_json(member) {
                     Ok(envelope) => {
+                        // A retry: its flow has started, so never the fresh lane.
+                        let lane = Lane::new(envelope.priority, false);
                         invocation
                             .key(self.keys.flow_jobs(&envelope.flow_id))
+                            .key(self.keys.lane(queue, lane))
                             .arg(member.as_slice())
-                            .arg(envelope.job_field());
+                            .arg(envelope.job_field())
+                            .arg(lane.index());
                     }
                     Err(e) => {
                         tracing::warn!(delayed = %delayed, error = %e, "dropping malformed delayed job");
-                        invocation.key(&delayed).arg(member.as_slice()).arg("");
+                        invocation
+                            .key(&delayed)
+                            .key(&delayed)
+                            .arg(member.as_slice())
+                            .arg("")
+                            .arg(0);
                     }
                 }
             }
@@ -540,14 +547,19 @@ impl Queue {
             .collect())
     }
 
-    /// How many entries the queue's stream holds (ready or running) and how many jobs
-    /// wait in its delayed set, for metrics and the benchmark.
+    /// How many entries the queue's lane streams hold together (ready or running)
+    /// and how many jobs wait in its delayed set, for metrics and the benchmark.
     pub async fn depth(&self, queue: &str) -> Result<(u64, u64), QueueError> {
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN").arg(self.keys.queue(queue));
+        for lane in self.keys.lanes(queue) {
+            pipe.cmd("XLEN").arg(lane);
+        }
         pipe.cmd("ZCARD").arg(self.keys.delayed(queue));
         let mut conn = self.conn.clone();
-        Ok(pipe.query_async(&mut conn).await?)
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let delayed = counts.last().copied().unwrap_or(0);
+        let ready = counts.iter().take(LANES).sum();
+        Ok((ready, delayed))
     }
 }
 

@@ -11,6 +11,10 @@ use redis::Script;
 pub(crate) static ENQUEUE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
 
+/// Hands a consumer the best ready jobs of a queue (`lua/take.lua`).
+pub(crate) static TAKE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/take.lua")));
+
 /// Acknowledges jobs finished by local workers (`lua/ack.lua`).
 pub(crate) static ACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/ack.lua")));

@@ -626,6 +626,7 @@ fn ten_thousand_node_chain_validates_without_overflowing_the_stack() {
             trigger: None,
             map: None,
             wait: None,
+            priority: None,
         })
         .collect();
     let mut flow = FlowSpec {
@@ -787,6 +788,7 @@ fn any_node() -> impl Strategy<Value = NodeSpec> {
             trigger: None,
             map: None,
             wait: None,
+            priority: None,
         })
 }
 
@@ -943,6 +945,7 @@ fn planted() -> impl Strategy<Value = (FlowSpec, Vec<Vec<usize>>, Mistake)> {
                 trigger: None,
                 map: None,
                 wait: None,
+                priority: None,
             })
             .collect();
         let edges: Vec<(usize, usize)> = parents

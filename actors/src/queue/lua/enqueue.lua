@@ -1,25 +1,27 @@
 -- enqueue.lua: add the jobs of one flow, idempotently and atomically.
 --
 -- KEYS[1]          P:flow:{flow_id}:jobs   the flow's jobs hash
--- KEYS[2k]         P:q:{queue}             stream of job k (k = 1..n)
+-- KEYS[2k]         P:q:{queue}:{lane}      lane stream of job k (k = 1..n)
 -- KEYS[2k+1]       P:q:{queue}:delayed     delayed set of job k
 -- KEYS[2n+2]       P:queues:delayed        names of queues that have delayed jobs
 -- ARGV[1]          consumer group of the queue streams ("workers")
--- ARGV[4k-2]       field of job k: "{node}:{attempt}"
--- ARGV[4k-1]       queue name of job k
--- ARGV[4k]         due time of job k in ms since the epoch, or "0" to make it ready now
--- ARGV[4k+1]       the job envelope (JSON)
+-- ARGV[5k-3]       field of job k: "{node}:{attempt}"
+-- ARGV[5k-2]       queue name of job k
+-- ARGV[5k-1]       due time of job k in ms since the epoch, or "0" to make it ready now
+-- ARGV[5k]         lane index of job k (0..19, the position of its lane stream in
+--                  the order workers serve the lanes)
+-- ARGV[5k+1]       the job envelope (JSON)
 -- Returns the number of jobs added; a job whose field already exists is left alone,
 -- whatever its state, so re-enqueueing after a crash is a no-op.
 --
 -- Hash values written here (read back by ack/report/promote/cleanup):
---   {"s":"queued","q":<queue>,"e":<stream entry id>}
+--   {"s":"queued","q":<queue>,"l":<lane index>,"e":<stream entry id>}
 --   {"s":"delayed","q":<queue>,"m":<the delayed set member, i.e. the envelope>}
 -- The delayed member is kept in the hash so that cleanup can remove it exactly.
 
 local hash = KEYS[1]
 local group = ARGV[1]
-local njobs = (#ARGV - 1) / 4
+local njobs = (#ARGV - 1) / 5
 local delayed_queues = KEYS[2 * njobs + 2]
 local added = 0
 local checked = {}
@@ -27,10 +29,11 @@ local checked = {}
 for k = 1, njobs do
   local stream = KEYS[2 * k]
   local delayed = KEYS[2 * k + 1]
-  local field = ARGV[4 * k - 2]
-  local queue = ARGV[4 * k - 1]
-  local due = ARGV[4 * k]
-  local envelope = ARGV[4 * k + 1]
+  local field = ARGV[5 * k - 3]
+  local queue = ARGV[5 * k - 2]
+  local due = ARGV[5 * k - 1]
+  local lane = tonumber(ARGV[5 * k])
+  local envelope = ARGV[5 * k + 1]
 
   -- The field is the job's idempotency record: once it exists the job was enqueued
   -- (and maybe already run), so nothing is added twice.
@@ -51,7 +54,7 @@ for k = 1, njobs do
         checked[stream] = true
       end
       local id = redis.call('XADD', stream, '*', 'envelope', envelope)
-      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, e = id }))
+      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, l = lane, e = id }))
     end
     added = added + 1
   end

@@ -7,19 +7,12 @@
 -- Each job is re-checked here, so a job that is fine by now is left alone.
 --
 -- KEYS[1]          P:flow:{flow_id}:jobs   the flow's jobs hash
--- KEYS[2k]         P:q:{queue}             stream of job k (k = 1..n)
--- KEYS[2k+1]       P:q:{queue}:delayed     delayed set of job k
--- KEYS[2n+2]       P:queues:delayed        names of queues that have delayed jobs
--- ARGV[1]          consumer group of the queue streams ("workers")
--- ARGV[4k-2]       field of job k: "{node}:{attempt}"
--- ARGV[4k-1]       queue name of job k
--- ARGV[4k]         due time of job k in ms since the epoch, or "0" to make it ready now
--- ARGV[4k+1]       the job envelope (JSON)
+-- KEYS and ARGV as in enqueue.lua.
 -- Returns the number of jobs put back.
 
 local hash = KEYS[1]
 local group = ARGV[1]
-local njobs = (#ARGV - 1) / 4
+local njobs = (#ARGV - 1) / 5
 local delayed_queues = KEYS[2 * njobs + 2]
 local repaired = 0
 
@@ -43,10 +36,11 @@ end
 for k = 1, njobs do
   local stream = KEYS[2 * k]
   local delayed = KEYS[2 * k + 1]
-  local field = ARGV[4 * k - 2]
-  local queue = ARGV[4 * k - 1]
-  local due = ARGV[4 * k]
-  local envelope = ARGV[4 * k + 1]
+  local field = ARGV[5 * k - 3]
+  local queue = ARGV[5 * k - 2]
+  local due = ARGV[5 * k - 1]
+  local lane = tonumber(ARGV[5 * k])
+  local envelope = ARGV[5 * k + 1]
 
   if lost(redis.call('HGET', hash, field), stream, delayed) then
     if due ~= '0' then
@@ -62,7 +56,7 @@ for k = 1, njobs do
         redis.pcall('XGROUP', 'CREATE', stream, group, '0')
       end
       local id = redis.call('XADD', stream, '*', 'envelope', envelope)
-      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, e = id }))
+      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, l = lane, e = id }))
     end
     repaired = repaired + 1
   end

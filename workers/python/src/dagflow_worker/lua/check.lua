@@ -2,14 +2,15 @@
 -- Redis holds for them (read-only). Used by the engine's reconciliation pass.
 --
 -- KEYS[1]      P:flow:{flow_id}:jobs   the flow's jobs hash
--- KEYS[2k]     P:q:{queue}             stream of job k (k = 1..n)
+-- KEYS[2k]     P:q:{queue}:{lane}      the lane stream job k belongs in (k = 1..n)
 -- KEYS[2k+1]   P:q:{queue}:delayed     delayed set of job k
 -- ARGV[k]      field of job k: "{node}:{attempt}"
 -- Returns one code per job:
 --   0  present: the field names a stream entry that exists, or a delayed member
 --      that exists
 --   1  the field is missing (Redis lost the flow's hash, or never got the job)
---   2  the field says queued but its stream entry is gone
+--   2  the field says queued but its stream entry is gone (or is on another lane
+--      than the one it belongs in: a field written before lanes existed)
 --   3  the field says delayed but its member is gone
 --   4  the field says done: a worker reported the job, but the snapshot does not
 --      hold the outcome yet (in flight, or its completion record was lost)
@@ -31,7 +32,7 @@ for k = 1, #ARGV do
     if not ok or type(state) ~= 'table' then
       code = 1
     elseif state.s == 'queued' then
-      if type(state.e) ~= 'string' or #redis.call('XRANGE', stream, state.e, state.e) == 0 then
+      if type(state.e) ~= 'string' or state.l == nil or #redis.call('XRANGE', stream, state.e, state.e) == 0 then
         code = 2
       end
     elseif state.s == 'delayed' then

@@ -5,19 +5,27 @@
 -- enqueued in between), nothing is changed and the missing queue names are returned
 -- for the caller to retry with.
 --
--- KEYS[1]        P:flow:{flow_id}:jobs
--- KEYS[2i-2]     P:q:{queue}          for the queue named in ARGV[i] (i = 2..)
--- KEYS[2i-1]     P:q:{queue}:delayed  for the same queue
--- ARGV[1]        consumer group of the queue streams ("workers")
--- ARGV[2..]      queue names
+-- KEYS[1]          P:flow:{flow_id}:jobs
+-- KEYS[2+21(i-2)]  P:q:{queue}:delayed  for the queue named in ARGV[i] (i = 2..)
+-- KEYS[3+21(i-2)+j] the lane stream with lane index j (0..19) of the same queue, in
+--                  the order workers serve them (P:q:{queue}:9, P:q:{queue}:9:new,
+--                  P:q:{queue}:8, ..., P:q:{queue}:0:new)
+-- ARGV[1]          consumer group of the queue streams ("workers")
+-- ARGV[2..]        queue names
 -- Returns the number of job fields removed, or an array of queue names to add.
 
 local hash = KEYS[1]
 local group = ARGV[1]
 
 local queues = {}
+local LANES = 20
 for i = 2, #ARGV do
-  queues[ARGV[i]] = { stream = KEYS[2 * i - 2], delayed = KEYS[2 * i - 1] }
+  local base = 2 + (LANES + 1) * (i - 2)
+  local lanes = {}
+  for j = 0, LANES - 1 do
+    lanes[j] = KEYS[base + 1 + j]
+  end
+  queues[ARGV[i]] = { delayed = KEYS[base], lanes = lanes }
 end
 
 -- Values are "done" or JSON objects {"s":state,"q":queue,...}; anything else is
@@ -55,9 +63,10 @@ for j = 2, #all, 2 do
   local state = decode(all[j])
   if state then
     local keys = queues[state.q]
-    if state.s == 'queued' and type(state.e) == 'string' then
-      redis.pcall('XACK', keys.stream, group, state.e)
-      redis.call('XDEL', keys.stream, state.e)
+    local stream = keys.lanes[tonumber(state.l) or -1]
+    if state.s == 'queued' and type(state.e) == 'string' and stream then
+      redis.pcall('XACK', stream, group, state.e)
+      redis.call('XDEL', stream, state.e)
     elseif state.s == 'delayed' and type(state.m) == 'string' then
       redis.call('ZREM', keys.delayed, state.m)
     end
