@@ -29,7 +29,7 @@ import redis
 import redis.asyncio
 
 from dagflow_worker import Worker
-from dagflow_worker.protocol import Keys
+from dagflow_worker.protocol import DEFAULT_PRIORITY, Keys, lane_index
 from dagflow_worker.scripts import Script
 
 HERE = Path(__file__).resolve().parent
@@ -130,9 +130,17 @@ async def r(shared_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
 ENQUEUE = Script.load("enqueue")
 
 
+def default_lane(keys: Keys, queue: str) -> str:
+    """The lane of a job of priority 5 whose flow has started, ``P:q:{queue}:5``:
+    where :class:`Enqueuer` puts jobs unless told otherwise."""
+    return keys.lane(queue, DEFAULT_PRIORITY, False)
+
+
 @dataclass
 class Enqueuer:
-    """Adds jobs with the engine's own ``enqueue.lua``, as the engine does."""
+    """Adds jobs with the engine's own ``enqueue.lua``, as the engine does: each on
+    the lane of its envelope's ``priority`` (5 when it has none), the started one
+    unless ``new``."""
 
     client: redis.asyncio.Redis
     keys: Keys
@@ -140,7 +148,8 @@ class Enqueuer:
 
     def envelope(self, node: str, handler: str, queue: str, *, data: Any = None,
                  parents: Optional[dict[str, Any]] = None, attempt: int = 1,
-                 timeout_ms: Optional[int] = None, max_stalled: int = 1) -> dict[str, Any]:
+                 timeout_ms: Optional[int] = None, max_stalled: int = 1,
+                 priority: Optional[int] = None) -> dict[str, Any]:
         env: dict[str, Any] = {
             "v": 1, "id": f"{self.flow_id}:{node}:{attempt}", "flowId": self.flow_id, "node": node,
             "attempt": attempt, "handler": handler, "queue": queue,
@@ -149,16 +158,25 @@ class Enqueuer:
         }
         if timeout_ms is not None:
             env["timeoutMs"] = timeout_ms
+        if priority is not None:
+            env["priority"] = priority
         return env
 
-    async def add(self, *envelopes: dict[str, Any]) -> None:
+    def lane(self, env: dict[str, Any], new: bool = False) -> str:
+        """The lane stream ``env`` goes to."""
+        return self.keys.lane(env["queue"], env.get("priority", DEFAULT_PRIORITY), new)
+
+    async def add(self, *envelopes: dict[str, Any], new: bool = False) -> None:
         import json
 
         keys = [self.keys.flow_jobs(self.flow_id)]
         args: list[Any] = ["workers"]
         for env in envelopes:
-            keys += [self.keys.queue(env["queue"]), self.keys.delayed(env["queue"])]
-            args += [f"{env['node']}:{env['attempt']}", env["queue"], 0, json.dumps(env)]
+            priority = env.get("priority", DEFAULT_PRIORITY)
+            keys += [self.lane(env, new), self.keys.delayed(env["queue"])]
+            # Ready now (due 0), no concurrency or rate limits ("").
+            args += [f"{env['node']}:{env['attempt']}", env["queue"], 0, lane_index(priority, new), "",
+                     json.dumps(env)]
         keys.append(self.keys.delayed_queues)
         await ENQUEUE.call(self.client, keys, args)
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import redis.asyncio
 
 from conftest import DagflowServer, WorkerProcess, eventually, running_worker
 from dagflow_worker import Client, DagflowError, Fatal, FlowSpec, Job, Retryable, Worker
+from dagflow_worker.protocol import Keys
 
 
 async def node_of(client: Client, flow_id: str, name: str) -> dict[str, Any]:
@@ -125,6 +127,125 @@ async def test_a_killed_workers_job_is_reclaimed_by_another_process(
 
 async def _glob(path: Path, pattern: str) -> list[Path]:
     return list(path.glob(pattern))
+
+
+async def test_jobs_are_taken_in_lane_order(dagflow_server: Callable[..., DagflowServer]) -> None:
+    """Flows created while no worker serves ``py``; then a worker with one slot runs
+    their jobs best lane first: higher priority first (a node's ``priority`` over its
+    flow's ``opts.priority``), and within a priority the job of a flow that has
+    started before the root of a new flow, although that root was enqueued first."""
+    server = dagflow_server()
+    order: list[tuple[str, int]] = []
+
+    async def rec(job: Job) -> Any:
+        order.append((job.data["tag"], job.priority))
+        return job.data["tag"]
+
+    def py_node(tag: str, **extra: Any) -> Any:
+        return {"name": "n", "handler": "rec", "queue": "py", "data": {"tag": tag}, **extra}
+
+    specs: list[tuple[str, FlowSpec]] = [
+        ("new-5", {"nodes": [py_node("new-5")]}),
+        ("low-1", {"nodes": [py_node("low-1")], "opts": {"priority": 1}}),
+        # Its root runs on the server's queue, so its py job is a started flow's.
+        ("started-5", {"nodes": [{"name": "first", "handler": "echo"}, py_node("started-5", parents=["first"])]}),
+        ("flow-8", {"nodes": [py_node("flow-8")], "opts": {"priority": 8}}),
+        ("node-9", {"nodes": [py_node("node-9", priority=9)], "opts": {"priority": 1}}),
+    ]
+    keys = Keys(server.prefix)
+    r = redis.asyncio.Redis.from_url(server.redis_url)
+    async with Client(server.base_url) as client:
+        ids = {tag: await client.submit(spec) for tag, spec in specs}
+        for tag, flow_id in ids.items():
+            await eventually(lambda flow_id=flow_id: _status(client, flow_id, "n", "queued"), what=f"{tag} queued")
+        # Each on the lane its priority and its flow's progress say.
+        lanes = {lane: await r.xlen(lane) for lane in keys.lanes("py")}
+        assert {lane: n for lane, n in lanes.items() if n} == {
+            keys.lane("py", 9, True): 1, keys.lane("py", 8, True): 1, keys.lane("py", 5, False): 1,
+            keys.lane("py", 5, True): 1, keys.lane("py", 1, True): 1}
+        worker = Worker(server.redis_url, {"py": 1}, {"rec": rec}, prefix=server.prefix)
+        async with running_worker(worker):
+            flows = [await client.wait(flow_id, timeout=30) for flow_id in ids.values()]
+    await r.aclose()
+    assert [f["status"] for f in flows] == ["completed"] * len(specs)
+    assert order == [("node-9", 9), ("flow-8", 8), ("started-5", 5), ("new-5", 5), ("low-1", 1)]
+
+
+async def test_a_waiting_worker_wakes_up_for_a_new_job(dagflow_server: Callable[..., DagflowServer]) -> None:
+    """With a free slot and nothing to take, the worker waits in XREAD on every lane
+    (block 30 s); a job of a new flow starts within a couple of seconds, on the lane
+    where another job of this worker is running."""
+    server = dagflow_server()
+    started: dict[str, float] = {}
+    release = asyncio.Event()
+
+    async def hold(job: Job) -> Any:
+        started["hold"] = time.monotonic()
+        await release.wait()
+        return "held"
+
+    async def quick(job: Job) -> Any:
+        started["quick"] = time.monotonic()
+        return "quick"
+
+    r = redis.asyncio.Redis.from_url(server.redis_url)
+    worker = Worker(server.redis_url, {"py": 2}, {"hold": hold, "quick": quick}, prefix=server.prefix,
+                    block_ms=30_000)
+    async with Client(server.base_url) as client, running_worker(worker):
+        first = await client.submit({"nodes": [{"name": "hold", "queue": "py"}]})
+        await eventually(lambda: _true("hold" in started), what="the first job running")
+        reader = worker._queues["py"].reader
+
+        async def blocked_in_xread() -> bool:
+            if reader.client_id is None:
+                return False
+            [info] = await r.client_list(client_id=[reader.client_id])
+            return info["cmd"] == "xread" and "b" in info["flags"]
+
+        await eventually(blocked_in_xread, what="the reader blocked in XREAD")
+        submitted = time.monotonic()
+        second = await client.submit({"nodes": [{"name": "quick", "queue": "py"}]})
+        flow = await client.wait(second, timeout=20)
+        release.set()
+        assert (await client.wait(first, timeout=20))["status"] == "completed"
+    await r.aclose()
+    assert flow["status"] == "completed" and flow["nodes"][0]["result"] == "quick"
+    woke = started["quick"] - submitted
+    assert woke < 2.0, f"the new job started after {woke:.2f} s (the wait was 30 s)"
+
+
+async def test_a_killed_workers_job_is_reclaimed_from_its_lane(
+        dagflow_server: Callable[..., DagflowServer], worker_process: Callable[..., WorkerProcess],
+        tmp_path: Path) -> None:
+    """A job on lane ``P:q:py:2`` (a started flow of priority 2) whose worker was
+    killed is reclaimed from that lane by another worker process, and leaves it."""
+    server = dagflow_server(lease="2s")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec: FlowSpec = {"opts": {"priority": 2}, "nodes": [
+        {"name": "root", "handler": "echo"},
+        {"name": "slow", "handler": "slow", "queue": "py", "parents": ["root"],
+         "data": {"dir": str(marks), "ms": 1000}},
+    ]}
+    lane = Keys(server.prefix).lane("py", 2, False)
+    r = redis.asyncio.Redis.from_url(server.redis_url)
+    first = worker_process(server.redis_url, server.prefix, "py=1")
+    async with Client(server.base_url) as client:
+        flow_id = await client.submit(spec)
+        await eventually(lambda: _glob(marks, "slow.*.started"), timeout=20, what="the first run to start")
+        [pending] = await r.xpending_range(lane, "workers", "-", "+", 10)
+        assert f"-{first.proc.pid}-" in pending["consumer"].decode()
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait()
+        second = worker_process(server.redis_url, server.prefix, "py=1")
+        flow = await client.wait(flow_id, timeout=30)
+    assert flow["status"] == "completed", (flow, second.log()[-2000:])
+    nodes = {n["name"]: n for n in flow["nodes"]}
+    assert nodes["slow"]["result"]["pid"] == second.proc.pid
+    assert nodes["slow"]["attempt"] == 1, "a reclaim is not a retry"
+    assert "reclaimed" in second.log()
+    assert (await r.xpending(lane, "workers"))["pending"] == 0 and await r.xlen(lane) == 0
+    await r.aclose()
 
 
 async def test_cancel_reaches_the_running_handler(dagflow_server: Callable[..., DagflowServer]) -> None:

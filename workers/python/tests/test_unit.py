@@ -47,6 +47,12 @@ def test_envelope_decodes_every_field_and_ignores_unknown_ones() -> None:
     assert env.parents == {"dl": {"path": "/a"}}
     assert (env.timeout_ms, env.max_stalled, env.enqueued_at_ms) == (500, 1, 1718000000000)
     assert env.field == "resize:2"
+    assert env.priority == 5, "an envelope without a priority (written before priorities) is read as 5"
+
+
+@pytest.mark.parametrize("priority", [0, 3, 9])
+def test_envelope_priority(priority: int) -> None:
+    assert parse_envelope(json.dumps(dict(ENV, priority=priority))).priority == priority
 
 
 def test_envelope_without_data_or_timeout() -> None:
@@ -69,6 +75,11 @@ def test_envelope_without_data_or_timeout() -> None:
     (json.dumps(dict(ENV, input=[])).encode(), "'input'"),
     (json.dumps({k: v for k, v in ENV.items() if k != "maxStalled"}).encode(), "'maxStalled'"),
     (json.dumps(dict(ENV, timeoutMs=-1)).encode(), "timeoutMs"),
+    (json.dumps(dict(ENV, priority=10)).encode(), "'priority'"),
+    (json.dumps(dict(ENV, priority=-1)).encode(), "'priority'"),
+    (json.dumps(dict(ENV, priority="5")).encode(), "'priority'"),
+    (json.dumps(dict(ENV, priority=True)).encode(), "'priority'"),
+    (json.dumps(dict(ENV, priority=None)).encode(), "'priority'"),
 ])
 def test_envelope_refusals_say_why(raw: bytes | None, reason: str) -> None:
     with pytest.raises(EnvelopeError, match=reason):
@@ -125,8 +136,8 @@ def test_report_command_is_the_resp_encoding_of_report_lua_arguments() -> None:
     protocol lists for report.lua (non-ASCII names included)."""
     env = parse_envelope(json.dumps(dict(ENV, node="größe", id="f1:größe:2")))
     keys = Keys("P")
-    wire = protocol.ReportWire.of("0123abcd", keys, "P:q:py", "17-3", env)
-    args = ["EVALSHA", "0123abcd", 3, "P:completions", "P:q:py", "P:flow:f1:jobs", "workers", "engine",
+    wire = protocol.ReportWire.of("0123abcd", keys, "P:q:py:7:new", "17-3", env)
+    args = ["EVALSHA", "0123abcd", 3, "P:completions", "P:q:py:7:new", "P:flow:f1:jobs", "workers", "engine",
             "17-3", "größe:2", "1", *protocol.record_args(env, protocol.STARTED)]
     encoded = [str(a).encode() for a in args]
     plain = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
@@ -144,8 +155,24 @@ def test_stalled_rule_counts_claims_not_deliveries() -> None:
 
 def test_keys_follow_the_protocol() -> None:
     k = Keys("P")
-    assert (k.queue("gpu"), k.delayed("gpu"), k.flow_jobs("f"), k.completions, k.cancel, k.workers, k.config) == (
-        "P:q:gpu", "P:q:gpu:delayed", "P:flow:f:jobs", "P:completions", "P:cancel", "P:workers", "P:config")
+    assert (k.takes("gpu"), k.delayed("gpu"), k.flow_jobs("f"), k.completions, k.cancel, k.workers, k.config) == (
+        "P:q:gpu:takes", "P:q:gpu:delayed", "P:flow:f:jobs", "P:completions", "P:cancel", "P:workers", "P:config")
+    assert (k.lane("gpu", 7, False), k.lane("gpu", 0, True)) == ("P:q:gpu:7", "P:q:gpu:0:new")
+
+
+def test_lanes_are_served_in_protocol_order() -> None:
+    """Index 0 is priority 9 started, 1 priority 9 new, ..., 19 priority 0 new, and
+    the lane index of a (priority, new) pair is its position: 2 * (9 - p) + new."""
+    lanes = Keys("P").lanes("q")
+    assert len(lanes) == protocol.LANES == 20
+    assert lanes[:4] == ["P:q:q:9", "P:q:q:9:new", "P:q:q:8", "P:q:q:8:new"]
+    assert lanes[-2:] == ["P:q:q:0", "P:q:q:0:new"]
+    for priority in range(10):
+        for new in (False, True):
+            assert lanes[protocol.lane_index(priority, new)] == Keys("P").lane("q", priority, new)
+    # The order take.lua documents for its KEYS.
+    take = (SHIPPED / "take.lua").read_text()
+    assert "P:q:{queue}:9, P:q:{queue}:9:new, P:q:{queue}:8, ..., P:q:{queue}:0:new" in take
 
 
 def test_queue_names_as_the_engine_validates_them() -> None:

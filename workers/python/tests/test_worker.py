@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.asyncio
 
-from conftest import Enqueuer, RedisServer, completion_records, eventually, running_worker
+from conftest import Enqueuer, RedisServer, completion_records, default_lane, eventually, running_worker
 from dagflow_worker import Fatal, Job, Retryable, Worker
 from dagflow_worker.protocol import Keys
 
@@ -46,11 +46,13 @@ async def test_runs_a_job_and_reports_it_atomically(r: redis.asyncio.Redis, shar
     assert [rec["outcome"]["kind"] for rec in records] == ["started", "completed"]
     assert {k: records[1][k] for k in ("v", "flow", "node", "attempt", "job")} == {
         "v": "1", "flow": enq.flow_id, "node": "b", "attempt": "1", "job": env["id"]}
-    # The final report removed the job from the stream and marked it done.
-    assert await r.xlen(keys.queue("py")) == 0
+    # The final report removed the job from its lane and marked it done; take.lua
+    # counted the take.
+    assert await r.xlen(default_lane(keys, "py")) == 0
     assert await r.hget(keys.flow_jobs(enq.flow_id), "b:1") == b"done"
-    pending = await r.xpending(keys.queue("py"), "workers")
+    pending = await r.xpending(default_lane(keys, "py"), "workers")
     assert pending["pending"] == 0
+    assert await r.get(keys.takes("py")) == b"1"
 
 
 async def test_map_elements_get_item_and_index(r: redis.asyncio.Redis, shared_redis: RedisServer,
@@ -122,8 +124,10 @@ async def _at_least(aw: Any, n: int) -> Any:
 
 async def test_malformed_entries_are_removed_and_good_ones_run(r: redis.asyncio.Redis, shared_redis: RedisServer,
                                                                prefix: str) -> None:
+    """Malformed entries are acknowledged and deleted on their own lane (here
+    priority 7, new), ahead of which they are taken."""
     keys = Keys(prefix)
-    stream = keys.queue("py")
+    stream = keys.lane("py", 7, True)
     await r.xgroup_create(stream, "workers", id="0", mkstream=True)
     bad_ids = [
         await r.xadd(stream, {"envelope": "{not json"}),
@@ -140,6 +144,7 @@ async def test_malformed_entries_are_removed_and_good_ones_run(r: redis.asyncio.
     assert (await r.xpending(stream, "workers"))["pending"] == 0
     for bad in bad_ids:
         assert await r.xrange(stream, bad, bad) == []
+    assert await r.xlen(default_lane(keys, "py")) == 0
 
 
 async def _is(aw: Any, expected: Any) -> bool:
@@ -152,19 +157,31 @@ async def _true(value: bool) -> bool:
 
 async def test_own_pending_jobs_run_first_after_a_restart(r: redis.asyncio.Redis, shared_redis: RedisServer,
                                                           prefix: str) -> None:
-    """A job this consumer read before it died runs at once when it comes back under
-    the same name, long before the (30 s) lease would hand it to anyone."""
+    """Jobs this consumer took before it died run at once when it comes back under
+    the same name, long before the (30 s) lease would hand them to anyone: lane by
+    lane, before any ready job, even one of a higher priority."""
     keys = Keys(prefix)
+    order: list[str] = []
+
+    async def record(job: Job) -> Any:
+        order.append(job.node)
+        return job.priority
+
     enq = Enqueuer(r, keys)
-    env = enq.envelope("a", "echo", "py")
-    await enq.add(env)
-    # The previous life of consumer "stable" read the job and died.
-    await r.xreadgroup("workers", "stable", {keys.queue("py"): ">"}, count=10)
-    worker = Worker(shared_redis.url, {"py": 1}, {"echo": echo}, prefix=prefix, consumer="stable",
+    low_new, low, high = (enq.envelope("low-new", "record", "py", priority=1),
+                          enq.envelope("low", "record", "py", priority=3),
+                          enq.envelope("high", "record", "py", priority=9))
+    await enq.add(low_new, new=True)
+    await enq.add(low)
+    # The previous life of consumer "stable" took both and died.
+    await r.xreadgroup("workers", "stable", {enq.lane(low_new, new=True): ">", enq.lane(low): ">"}, count=10)
+    await enq.add(high)
+    worker = Worker(shared_redis.url, {"py": 1}, {"record": record}, prefix=prefix, consumer="stable",
                     lease_ms=30_000)
     async with running_worker(worker):
-        done = await eventually(lambda: outcomes(r, keys), timeout=5, what="the pending job's outcome")
-    assert done[env["id"]]["kind"] == "completed"
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 3), timeout=5, what="three outcomes")
+    assert order == ["low", "low-new", "high"], "own pending jobs first, in lane order"
+    assert done[low["id"]] == {"kind": "completed", "result": 3}
 
 
 async def test_reclaims_after_the_lease_and_fails_stalled_jobs(r: redis.asyncio.Redis, shared_redis: RedisServer,
@@ -172,10 +189,12 @@ async def test_reclaims_after_the_lease_and_fails_stalled_jobs(r: redis.asyncio.
     keys = Keys(prefix)
     enq = Enqueuer(r, keys)
     again = enq.envelope("again", "echo", "py", max_stalled=1)
-    stalled = enq.envelope("stalled", "echo", "py", max_stalled=0)
-    await enq.add(again, stalled)
-    # A worker that died read both jobs.
-    await r.xreadgroup("workers", "dead", {keys.queue("py"): ">"}, count=10)
+    stalled = enq.envelope("stalled", "echo", "py", max_stalled=0, priority=8)
+    await enq.add(again)
+    await enq.add(stalled, new=True)
+    # A worker that died took both jobs, from two lanes.
+    await r.xreadgroup("workers", "dead", {default_lane(keys, "py"): ">", enq.lane(stalled, new=True): ">"},
+                       count=10)
     worker = Worker(shared_redis.url, {"py": 4}, {"echo": echo}, prefix=prefix, lease_ms=300)
     async with running_worker(worker):
         done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="two outcomes")
@@ -185,7 +204,9 @@ async def test_reclaims_after_the_lease_and_fails_stalled_jobs(r: redis.asyncio.
         "job stalled: claimed 1 times from workers that stopped responding, more than maxStalled 0 "
         "allows (lease 300 ms)")
     assert worker.stats["reclaimed"] == 1 and worker.stats["stalled"] == 1
-    assert (await r.xpending(keys.queue("py"), "workers"))["pending"] == 0
+    for lane in (default_lane(keys, "py"), enq.lane(stalled, new=True)):
+        assert (await r.xpending(lane, "workers"))["pending"] == 0
+        assert await r.xlen(lane) == 0
 
 
 async def test_leases_are_renewed_while_a_job_runs(r: redis.asyncio.Redis, shared_redis: RedisServer,
@@ -338,15 +359,16 @@ async def test_graceful_close_finishes_short_jobs_and_abandons_long_ones(
     assert worker.stats["abandoned"] == 1
     # The long job stays pending on this consumer (it runs again after the lease);
     # the job added after close was never read.
-    pending = await r.xpending_range(keys.queue("py"), "workers", "-", "+", 10)
-    assert [(p["consumer"], p["message_id"]) for p in pending] == [
-        (b"g1", (await r.xrange(keys.queue("py")))[0][0])]
-    assert await r.xlen(keys.queue("py")) == 2
+    lane = default_lane(keys, "py")
+    pending = await r.xpending_range(lane, "workers", "-", "+", 10)
+    assert [(p["consumer"], p["message_id"]) for p in pending] == [(b"g1", (await r.xrange(lane))[0][0])]
+    assert await r.xlen(lane) == 2
 
 
 async def test_survives_flushall_while_blocked(own_redis: RedisServer, prefix: str) -> None:
-    """After FLUSHALL a blocked read fails (UNBLOCKED on 7.0, NOGROUP later): the
-    worker recreates its group and serves jobs enqueued afterwards."""
+    """FLUSHALL while the worker waits in XREAD (which has no group, so it just goes
+    on waiting): jobs enqueued afterwards, on lanes created anew with their groups,
+    still wake it and run."""
     client = redis.asyncio.Redis.from_url(own_redis.url)
     keys = Keys(prefix)
     worker = Worker(own_redis.url, {"py": 2}, {"echo": echo}, prefix=prefix, block_ms=2000)
@@ -355,7 +377,7 @@ async def test_survives_flushall_while_blocked(own_redis: RedisServer, prefix: s
         first = enq.envelope("first", "echo", "py")
         await enq.add(first)
         await eventually(lambda: outcomes(client, keys), what="the first outcome")
-        await asyncio.sleep(0.2)  # the fetcher is blocked in XREADGROUP again
+        await asyncio.sleep(0.2)  # the fetcher is blocked in XREAD again
         await client.flushall()
         await asyncio.sleep(0.3)
         enq2 = Enqueuer(client, keys)
@@ -427,34 +449,40 @@ async def test_a_worker_started_before_redis_waits_for_it(own_redis: RedisServer
 
 async def test_consumers_of_stopped_workers_are_removed(r: redis.asyncio.Redis, shared_redis: RedisServer,
                                                         prefix: str) -> None:
-    from dagflow_worker.reader import StreamReader
+    """Per lane: idle consumers with nothing pending go, in every lane that has a
+    group; lanes without a stream are skipped."""
+    from dagflow_worker.reader import QueueReader
 
     keys = Keys(prefix)
-    stream = keys.queue("py")
+    stream = default_lane(keys, "py")
     enq = Enqueuer(r, keys)
     await enq.add(enq.envelope("a", "echo", "py"), enq.envelope("b", "echo", "py"))
+    other = enq.envelope("c", "echo", "py", priority=2)
+    await enq.add(other, new=True)
     await r.xreadgroup("workers", "busy", {stream: ">"}, count=1)  # holds a pending job
-    # Ran a job, reported it, stopped.
+    # Ran a job, reported it, stopped; another did the same on the other lane.
     [[_, [(gone_id, _)]]] = await r.xreadgroup("workers", "gone", {stream: ">"}, count=1)
     await r.xack(stream, "workers", gone_id)
-    reader = StreamReader(shared_redis.url, [stream], "me", 100)
+    [[_, [(gone2_id, _)]]] = await r.xreadgroup("workers", "gone2", {enq.lane(other, new=True): ">"}, count=1)
+    await r.xack(enq.lane(other, new=True), "workers", gone2_id)
+    reader = QueueReader(shared_redis.url, keys, "py", "me", 100)
     try:
-        await reader.read(1, ())
+        assert await reader.read(1, ()) == [], "nothing to take: a read that waited 100 ms"
         await asyncio.sleep(0.2)
-        assert await reader.remove_idle_consumers(100) == 1
+        assert await reader.remove_idle_consumers(100) == 2
     finally:
         await reader.close()
     names = {c["name"] for c in await r.xinfo_consumers(stream, "workers")}
     assert names == {b"busy", b"me"}
+    assert {c["name"] for c in await r.xinfo_consumers(enq.lane(other, new=True), "workers")} == {b"me"}
 
 
 async def test_jobs_delivered_on_a_lost_reply_are_found_without_touching_running_ones(
         r: redis.asyncio.Redis, shared_redis: RedisServer, prefix: str) -> None:
-    """A read whose reply is lost still left its entries pending on this consumer:
-    after the connection error the worker finds them (XPENDING + XRANGE) and runs
-    them, and the jobs it was running keep their delivery count."""
+    """A take whose reply is lost still left its entries pending on this consumer:
+    after the connection error the worker finds them (XPENDING + XRANGE, lane by
+    lane) and runs them, and the jobs it was running keep their delivery count."""
     keys = Keys(prefix)
-    stream = keys.queue("py")
     release = asyncio.Event()
 
     async def held(job: Job) -> Any:
@@ -469,16 +497,17 @@ async def test_jobs_delivered_on_a_lost_reply_are_found_without_touching_running
         await eventually(lambda: _true(worker.running == 1), what="job a running")
         reader = worker._queues["py"].reader
         await eventually(lambda: _true(reader.client_id is not None), what="the reader's client id")
-        await asyncio.sleep(0.1)  # blocked in XREADGROUP
-        b = enq.envelope("b", "held", "py")
+        await asyncio.sleep(0.1)  # blocked in XREAD
+        b = enq.envelope("b", "held", "py", priority=6)
         await r.execute_command("CLIENT", "KILL", "ID", reader.client_id)
-        await enq.add(b)
-        # The delivery the worker never heard of:
-        await r.xreadgroup("workers", "lossy", {stream: ">"}, count=1)
+        await enq.add(b, new=True)
+        # The delivery the worker never heard of, on another lane than a's:
+        assert await r.xreadgroup("workers", "lossy", {enq.lane(b, new=True): ">"}, count=1), \
+            "the test took b before the worker's next take"
         await eventually(lambda: _true(worker.running == 2), what="job b found and running")
-        pending = {p["message_id"]: p["times_delivered"]
-                   for p in await r.xpending_range(stream, "workers", "-", "+", 10)}
-        assert sorted(pending.values()) == [1, 1], "recovery counted no delivery"
+        pending = [p["times_delivered"] for lane in (enq.lane(a), enq.lane(b, new=True))
+                   for p in await r.xpending_range(lane, "workers", "-", "+", 10)]
+        assert pending == [1, 1], "recovery counted no delivery"
         release.set()
         done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="both outcomes")
         assert worker.stats["completed"] == 2
@@ -512,3 +541,51 @@ async def test_cancel_subscription_comes_back_after_a_redis_restart(own_redis: R
     assert seen == ["cancelled"]
     assert done[env["id"]] == {"kind": "failed", "message": "cancelled", "retryable": False}
     await client.aclose()
+
+
+async def test_a_full_redis_stops_nothing_for_good(own_redis: RedisServer, prefix: str) -> None:
+    """At its maxmemory (noeviction) Redis refuses the heartbeat and every report
+    (``OOM command not allowed``), and may refuse takes: the worker keeps running
+    and retrying, and once memory is freed its heartbeat and the job's outcome land."""
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    keys = Keys(prefix)
+    enq = Enqueuer(client, keys)
+    env = enq.envelope("a", "echo", "py")
+    await enq.add(env)
+    await client.config_set("maxmemory", 1)
+    worker = Worker(own_redis.url, {"py": 1}, {"echo": echo}, prefix=prefix, consumer="full")
+    task = asyncio.create_task(worker.run(install_signal_handlers=False))
+    try:
+        await asyncio.sleep(1.5)  # heartbeats, takes and reports meet OOM
+        assert not task.done(), "the worker must not exit on OOM"
+        assert await client.xlen(keys.completions) == 0 and await client.hget(keys.workers, "full") is None, \
+            "Redis took a write at maxmemory: the test no longer exercises OOM"
+        await client.config_set("maxmemory", 0)
+        done = await eventually(lambda: outcomes(client, keys), timeout=15, what="the outcome once memory is free")
+        await eventually(lambda: client.hget(keys.workers, "full"), timeout=10, what="a heartbeat")
+    finally:
+        worker.close()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()
+    assert done[env["id"]] == {"kind": "completed", "result": {
+        "data": None, "parents": {}, "id": env["id"], "attempt": 1}}
+
+
+async def test_the_same_entry_id_on_two_lanes_is_two_jobs(r: redis.asyncio.Redis, shared_redis: RedisServer,
+                                                          prefix: str) -> None:
+    """Entry ids are unique only within a stream: jobs added to two lanes in the same
+    millisecond (one enqueue.lua call) can share one. Both run, and each report
+    removes its own entry."""
+    keys = Keys(prefix)
+    enq = Enqueuer(r, keys)
+    first, second = enq.envelope("a", "echo", "py", priority=4), enq.envelope("b", "echo", "py", priority=3)
+    for env in (first, second):
+        await r.xgroup_create(enq.lane(env), "workers", id="0", mkstream=True)
+        await r.xadd(enq.lane(env), {"envelope": json.dumps(env)}, id="1-1")
+    worker = Worker(shared_redis.url, {"py": 2}, {"echo": echo}, prefix=prefix)
+    async with running_worker(worker):
+        done = await eventually(lambda: _at_least(outcomes(r, keys), 2), what="both outcomes")
+    assert set(done) == {first["id"], second["id"]}
+    for env in (first, second):
+        assert await r.xlen(enq.lane(env)) == 0
+        assert (await r.xpending(enq.lane(env), "workers"))["pending"] == 0

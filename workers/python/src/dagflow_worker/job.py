@@ -43,7 +43,8 @@ class Job:
         self.envelope = envelope
         #: The stream entry id: the delivery handle renewed and reported on.
         self.entry_id = entry_id
-        #: The stream key it was read from.
+        #: The lane stream it was taken from (``P:q:{queue}:{priority}[:new]``), where
+        #: it is renewed and reported.
         self.stream = stream
         #: Its report command's encoded parts.
         self.wire = wire
@@ -82,6 +83,12 @@ class Job:
     def queue(self) -> str:
         """The queue the job came from."""
         return self.envelope.queue
+
+    @property
+    def priority(self) -> int:
+        """0 (lowest) to 9 (highest): the node's ``priority``, else its flow's
+        ``opts.priority``, else 5. Jobs of higher priority are taken first."""
+        return self.envelope.priority
 
     @property
     def attempt(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 #: The key prefix used when none is configured (the engine's default too).
 DEFAULT_PREFIX = "dagflow"
-#: The consumer group on every queue stream.
+#: The consumer group on every lane stream.
 WORKERS_GROUP = "workers"
 #: The consumer group on the completions stream (created by ``report.lua`` if needed).
 ENGINE_GROUP = "engine"
@@ -29,6 +29,18 @@ DEFAULT_LEASE_MS = 30_000
 #: Heartbeat interval of this worker; also what ``heartbeat.lua`` assumes for
 #: entries that do not say.
 HEARTBEAT_INTERVAL_MS = 5_000
+#: Priorities go from 0 (lowest) to this (highest).
+MAX_PRIORITY = 9
+#: The priority of an envelope that carries none (written before priorities).
+DEFAULT_PRIORITY = 5
+#: Lane streams per queue: two per priority (started flows, then new ones).
+LANES = 2 * (MAX_PRIORITY + 1)
+
+
+def lane_index(priority: int, new: bool) -> int:
+    """A lane's position in the order a queue serves its lanes: 0 is
+    ``P:q:{queue}:9``, 1 ``P:q:{queue}:9:new``, ..., 19 ``P:q:{queue}:0:new``."""
+    return 2 * (MAX_PRIORITY - priority) + (1 if new else 0)
 
 _QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -52,9 +64,21 @@ class Keys:
 
     prefix: str = DEFAULT_PREFIX
 
-    def queue(self, queue: str) -> str:
-        """``P:q:{queue}``: ready and running jobs of a queue (group ``workers``)."""
-        return f"{self.prefix}:q:{queue}"
+    def lane(self, queue: str, priority: int, new: bool) -> str:
+        """A lane stream (group ``workers``): ``P:q:{queue}:{priority}`` holds ready and
+        running jobs of flows that have started, ``P:q:{queue}:{priority}:new`` the
+        first jobs of flows that have not."""
+        return f"{self.prefix}:q:{queue}:{priority}:new" if new else f"{self.prefix}:q:{queue}:{priority}"
+
+    def lanes(self, queue: str) -> list[str]:
+        """The queue's 20 lane streams in the order they are served (lane index 0 to
+        19): what ``take.lua`` takes, and the order every per-lane step goes in."""
+        return [self.lane(queue, MAX_PRIORITY - i // 2, i % 2 == 1) for i in range(LANES)]
+
+    def takes(self, queue: str) -> str:
+        """``P:q:{queue}:takes``: how many jobs the queue handed out (``take.lua``
+        counts them to give lower priorities their share turns)."""
+        return f"{self.prefix}:q:{queue}:takes"
 
     def delayed(self, queue: str) -> str:
         """``P:q:{queue}:delayed``: retries waiting out their backoff."""
@@ -120,6 +144,8 @@ class Envelope:
     #: On an element of a map node: its position in the array, from 0; ``None`` on
     #: every other job.
     index: int | None = None
+    #: 0 (lowest) to 9 (highest); what decided its lane. 5 when the envelope has none.
+    priority: int = DEFAULT_PRIORITY
 
     @property
     def field(self) -> str:
@@ -172,6 +198,9 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
     max_stalled = get("maxStalled")
     if type(max_stalled) is not int or max_stalled < 0:
         raise _bad("maxStalled", "a non-negative integer")
+    priority = get("priority", DEFAULT_PRIORITY)
+    if type(priority) is not int or not 0 <= priority <= MAX_PRIORITY:
+        raise _bad("priority", f"an integer from 0 to {MAX_PRIORITY}")
     job_id, flow_id, node, handler, queue = get("id"), get("flowId"), get("node"), get("handler"), get("queue")
     for name, value in (("id", job_id), ("flowId", flow_id), ("node", node), ("handler", handler),
                         ("queue", queue)):
@@ -192,6 +221,7 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
         enqueued_at_ms=enqueued if type(enqueued) is int else 0,
         item=item,
         index=index,
+        priority=priority,
     )
 
 
@@ -265,6 +295,8 @@ class ReportWire:
 
     @classmethod
     def of(cls, sha: str, keys: Keys, stream: str, entry_id: str, envelope: Envelope) -> "ReportWire":
+        """The report command of the job held as entry ``entry_id`` of the lane stream
+        ``stream``."""
         hash_key = keys.flow_jobs(envelope.flow_id).encode()
         entry = entry_id.encode()
         field = envelope.field.encode()
@@ -285,7 +317,8 @@ class ReportWire:
 
 @functools.lru_cache(maxsize=256)
 def _head(sha: str, completions: str, stream: str) -> bytes:
-    """The start of every report command on one stream (cached: a handful of streams)."""
+    """The start of every report command on one lane stream (cached: a few lanes per
+    queue are in use)."""
     args = [b"EVALSHA", sha.encode(), b"3", completions.encode(), stream.encode()]
     return b"*%d\r\n" % _REPORT_ARGS + b"".join(map(_bulk, args))
 

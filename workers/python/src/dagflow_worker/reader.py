@@ -1,15 +1,16 @@
-"""Reading one queue's stream as one consumer of group ``workers``, on a dedicated
-connection.
+"""Reading one queue's 20 lane streams as one consumer of group ``workers``, on a
+dedicated connection.
 
-A blocked ``XREADGROUP`` holds its connection for the whole block, so each queue gets
-its own connection (``single_connection_client``), with a socket timeout longer than
-the block time so that a long poll is never mistaken for a dead Redis. Replies are
-parsed here from the raw RESP2 arrays (redis-py's parsers choke on the nil fields of
-an entry deleted while pending).
-
-A reader may serve several stream keys of one queue, read in the order given (a
-later protocol version may add a continuation stream read before the main one);
-today every queue has one.
+New jobs are taken only with ``take.lua``, which serves the lanes in their order
+(higher priority first and, within a priority, started flows before new ones); when
+it finds nothing, a plain ``XREAD BLOCK`` on all 20 lanes waits for the next entry.
+That blocked read holds its connection for the whole block, so each queue gets its
+own connection (``single_connection_client``), with a socket timeout longer than the
+block time so that a long poll is never mistaken for a dead Redis. Every other step
+(this consumer's pending entries, reclaim, lost replies, the janitor) goes lane by
+lane, and every job is held as (lane stream, entry id). Replies are parsed here from
+the raw RESP2 arrays (redis-py's parsers choke on the nil fields of an entry deleted
+while pending).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from .protocol import WORKERS_GROUP
+from . import scripts
+from .protocol import LANES, WORKERS_GROUP, Keys
 
 log = logging.getLogger("dagflow_worker")
 
@@ -31,11 +33,12 @@ log = logging.getLogger("dagflow_worker")
 BLOCK_MARGIN_S = 5.0
 #: Socket timeout of the non-blocking commands of a reader.
 COMMAND_TIMEOUT_S = 10.0
-#: Most ``XAUTOCLAIM`` calls of one reclaim, each scanning up to 10 x COUNT entries.
+#: Most ``XAUTOCLAIM`` calls of one reclaim per lane, each scanning up to 10 x COUNT
+#: entries.
 MAX_AUTOCLAIM_ROUNDS = 10
 
 #: Commands whose replies this package parses itself.
-RAW_COMMANDS = ("XREADGROUP", "XAUTOCLAIM", "XPENDING", "XCLAIM", "XACK", "XDEL", "XRANGE")
+RAW_COMMANDS = ("XREADGROUP", "XREAD", "XAUTOCLAIM", "XPENDING", "XCLAIM", "XACK", "XDEL", "XRANGE")
 
 
 def raw_replies(client: Redis) -> Redis:
@@ -49,22 +52,21 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def is_group_lost(error: BaseException) -> bool:
-    """True when Redis says the stream or its group is gone: it lost its data
-    (``FLUSHALL``, restart without persistence). A blocked ``XREADGROUP`` answers
-    ``UNBLOCKED the stream key no longer exists`` on Redis 7.0, later commands
-    ``NOGROUP``."""
-    if not isinstance(error, ResponseError):
-        return False
-    text = str(error)
-    return text.startswith("NOGROUP") or text.startswith("UNBLOCKED")
+def is_no_group(error: BaseException) -> bool:
+    """True when Redis says a lane has no stream or no group: it was never used, or
+    Redis lost its data (``FLUSHALL``, restart without persistence). Group commands
+    answer ``NOGROUP`` (for a missing key too); either way the lane holds nothing for
+    this consumer. (The blocking read is a plain ``XREAD``, which has no group, so
+    the ``UNBLOCKED`` reply of a blocked ``XREADGROUP`` never comes.)"""
+    return isinstance(error, ResponseError) and str(error).startswith("NOGROUP")
 
 
 @dataclass
 class Entry:
-    """One stream entry as read: ``fields`` is ``None`` for an entry deleted while
-    pending (only its pending record is left)."""
+    """One lane stream entry as read: ``deleted`` for an entry deleted while pending
+    (only its pending record is left); ``envelope`` is ``None`` when it has none."""
 
+    #: The lane stream it is on: where it is renewed, reclaimed and reported.
     stream: str
     id: str
     envelope: Optional[bytes]
@@ -91,11 +93,15 @@ def parse_entries(stream: str, raw: Any) -> list[Entry]:
     return out
 
 
-class StreamReader:
-    """One consumer of one queue: pending-first reads, reclaim, removal."""
+class QueueReader:
+    """One consumer of one queue's lanes: pending-first reads, ``take.lua``, reclaim,
+    removal."""
 
-    def __init__(self, redis_url: str, streams: Sequence[str], consumer: str, block_ms: int) -> None:
-        self.streams = list(streams)
+    def __init__(self, redis_url: str, keys: Keys, queue: str, consumer: str, block_ms: int) -> None:
+        self.queue = queue
+        #: The lane streams in lane order: a lane index is a position here.
+        self.lanes = keys.lanes(queue)
+        self._takes = keys.takes(queue)
         self.consumer = consumer
         self.block_ms = block_ms
         self._redis: Redis = raw_replies(
@@ -104,16 +110,17 @@ class StreamReader:
                 single_connection_client=True,
                 socket_timeout=block_ms / 1000 + BLOCK_MARGIN_S,
                 socket_connect_timeout=COMMAND_TIMEOUT_S,
-                # Errors are handled by the fetcher, which re-reads its pending
-                # entries after one; a silent retry would hide that a read was lost.
+                # Errors are handled by the fetcher, which looks for lost deliveries
+                # after one; a silent retry would hide that a reply was lost.
                 retry=Retry(NoBackoff(), 0),
                 protocol=2,
             )
         )
-        # Per stream: where reading this consumer's own pending entries goes on
-        # from, or None once they are exhausted and reads wait for new entries.
-        self._pending: dict[str, Optional[str]] = {s: "0" for s in self.streams}
-        self._autoclaim: dict[str, str] = {s: "0-0" for s in self.streams}
+        # Where reading this consumer's own pending entries goes on from (a lane index
+        # and an entry id), or None once every lane is exhausted.
+        self._pending: Optional[tuple[int, str]] = (0, "0")
+        # Per lane, where the next XAUTOCLAIM scan goes on from.
+        self._autoclaim: list[str] = ["0-0"] * LANES
         #: Redis's id of the connection (``CLIENT ID``), so that a shutdown can end
         #: a blocked read at once with ``CLIENT UNBLOCK``; None until known.
         self.client_id: Optional[int] = None
@@ -126,40 +133,21 @@ class StreamReader:
     def recover(self) -> None:
         """Looks for lost deliveries before the next new read.
 
-        Called after a connection error: a read whose reply was lost on the way still
-        moved its entries into this consumer's pending list. They are found with
-        ``XPENDING`` and fetched with ``XRANGE``, which touch nothing; re-reading the
-        pending list with ``XREADGROUP`` would also count a delivery of every job
-        running here (toward its ``maxStalled``).
+        Called after an error: a ``take.lua`` call whose reply was lost on the way
+        still moved its entries into this consumer's pending lists. They are found
+        with ``XPENDING`` and fetched with ``XRANGE``, lane by lane, which touch
+        nothing; re-reading the pending lists with ``XREADGROUP`` would also count a
+        delivery of every job running here (toward its ``maxStalled``).
         """
         self._recover = True
         self.client_id = None  # the next connection is another client
 
-    async def ensure_groups(self) -> None:
-        """Creates the group of every stream (and the stream), from its start so that
-        no entry added earlier is invisible; ``BUSYGROUP`` means it exists already."""
-        for stream in self.streams:
-            await self._ensure_group(stream)
-
-    async def _ensure_group(self, stream: str) -> None:
-        try:
-            await self._redis.execute_command("XGROUP", "CREATE", stream, WORKERS_GROUP, "0", "MKSTREAM")
-        except ResponseError as e:
-            if not str(e).startswith("BUSYGROUP"):
-                raise
-
-    async def _group_lost(self, stream: str) -> None:
-        log.warning("consumer group of %s is gone (Redis lost its data); recreating it", stream)
-        await self._ensure_group(stream)
-        # A fresh group holds nothing pending for this consumer.
-        self._pending[stream] = None
-
-    async def read(self, count: int, running: Collection[str]) -> list[Entry]:
-        """Up to ``count`` entries, from the first stream that has any: lost
-        deliveries after a connection error (entries pending here that are not in
-        ``running``), this consumer's own pending entries after a start, then new
-        ones; the last stream's read blocks up to ``block_ms``. Empty when nothing
-        came in time.
+    async def read(self, count: int, running: Collection[tuple[str, str]]) -> list[Entry]:
+        """Up to ``count`` entries: lost deliveries after an error (entries pending
+        here that are not in ``running``, given as (lane stream, entry id)), this
+        consumer's own pending entries after a start, lane by lane, then the best
+        ready jobs (``take.lua``), waiting up to ``block_ms`` for one when none is
+        ready. Empty when nothing came in time.
 
         Reading the pending list at start (``XREADGROUP ... 0``) resets the idle time
         of those entries and counts a delivery of each (Redis 7.0): a restart under
@@ -170,99 +158,112 @@ class StreamReader:
             if lost:
                 return lost
             self._recover = False
-        for stream in self.streams:
-            cursor = self._pending[stream]
-            while cursor is not None:
-                try:
-                    reply = await self._redis.execute_command(
-                        "XREADGROUP", "GROUP", WORKERS_GROUP, self.consumer,
-                        "COUNT", count, "STREAMS", stream, cursor,
-                    )  # fmt: skip
-                except ResponseError as e:
-                    if not is_group_lost(e):
-                        raise
-                    await self._group_lost(stream)
-                    break
-                entries = parse_entries(stream, reply[0][1]) if reply else []
-                if not entries:
-                    self._pending[stream] = None
-                    break
-                self._pending[stream] = cursor = entries[-1].id
-                return entries
+        while self._pending is not None:
+            lane, cursor = self._pending
+            try:
+                reply = await self._redis.execute_command(
+                    "XREADGROUP", "GROUP", WORKERS_GROUP, self.consumer,
+                    "COUNT", count, "STREAMS", self.lanes[lane], cursor,
+                )  # fmt: skip
+            except ResponseError as e:
+                if not is_no_group(e):
+                    raise
+                reply = None  # no stream or no group: nothing pending there
+            entries = parse_entries(self.lanes[lane], reply[0][1]) if reply else []
+            if not entries:
+                self._pending = (lane + 1, "0") if lane + 1 < LANES else None
+                continue
+            self._pending = (lane, entries[-1].id)
+            return entries
+        taken, wait = await self._take(count)
+        if taken:
+            return taken
         if self.client_id is None:
             self.client_id = int(await self._redis.execute_command("CLIENT", "ID"))
-        for i, stream in enumerate(self.streams):
-            args: list[Any] = ["XREADGROUP", "GROUP", WORKERS_GROUP, self.consumer, "COUNT", count]
-            if i == len(self.streams) - 1:
-                # Only the last stream's read waits: the earlier ones are read first
-                # whenever they have something.
-                args += ["BLOCK", self.block_ms]
-            args += ["STREAMS", stream, ">"]
-            try:
-                reply = await self._redis.execute_command(*args)
-            except ResponseError as e:
-                if not is_group_lost(e):
-                    raise
-                await self._group_lost(stream)
-                continue
-            entries = parse_entries(stream, reply[0][1]) if reply else []
-            if entries:
-                return entries
-        return []
+        # Nothing ready: wait for an entry newer than what take.lua saw, in any lane
+        # (XREAD consumes nothing), then take again; another worker may have taken it
+        # meanwhile. ``CLIENT UNBLOCK`` ends the wait as a timeout (nil).
+        woke = await self._redis.execute_command(
+            "XREAD", "COUNT", 1, "BLOCK", self.block_ms, "STREAMS", *self.lanes, *wait)
+        if woke is None:
+            return []
+        taken, _ = await self._take(count)
+        return taken
 
-    async def _lost(self, count: int, running: Collection[str]) -> list[Entry]:
-        """Entries pending on this consumer that are not running here, up to ``count``."""
-        for stream in self.streams:
+    async def _take(self, count: int) -> tuple[list[Entry], list[str]]:
+        """Runs ``take.lua`` for up to ``count`` jobs: the entries taken, in the order
+        to start them, and, when there are none, the 20 ids to wait after."""
+        reply = await scripts.TAKE.call(
+            self._redis, [*self.lanes, self._takes], [WORKERS_GROUP, self.consumer, count])
+        jobs, wait = reply[0] or [], reply[1] or []
+        taken: list[Entry] = []
+        for i in range(0, len(jobs) - 2, 3):
+            lane = int(jobs[i])
+            if not 0 <= lane < LANES:
+                raise ResponseError(f"take.lua returned lane index {lane}")
+            # A Lua false (an entry without an envelope field) arrives as nil:
+            # malformed, removed by the caller.
+            envelope = jobs[i + 2] if isinstance(jobs[i + 2], bytes) else None
+            taken.append(Entry(self.lanes[lane], _text(jobs[i + 1]), envelope, False))
+        if not taken and len(wait) != LANES:
+            raise ResponseError(f"take.lua returned {len(wait)} ids to wait after, not {LANES}")
+        return taken, [_text(w) for w in wait]
+
+    async def _lost(self, count: int, running: Collection[tuple[str, str]]) -> list[Entry]:
+        """Entries pending on this consumer that are not running here, up to ``count``,
+        in lane order."""
+        pipe = self._redis.pipeline(transaction=False)
+        for lane in self.lanes:
             # Sorted by id, running ones among them: asking for as many more as there
             # are running jobs shows ``count`` unknown ones if there are that many.
-            try:
-                rows = await self._redis.execute_command(
-                    "XPENDING", stream, WORKERS_GROUP, "-", "+", count + len(running) + 1, self.consumer)
-            except ResponseError as e:
-                if not is_group_lost(e):
-                    raise
-                await self._group_lost(stream)
-                continue
-            ids = [i for i in (_text(row[0]) for row in rows or []) if i not in running][:count]
-            if not ids:
-                continue
-            pipe = self._redis.pipeline(transaction=False)
-            for entry_id in ids:
-                pipe.execute_command("XRANGE", stream, entry_id, entry_id)
-            found: list[Entry] = []
-            for entry_id, reply in zip(ids, await pipe.execute()):
-                entries = parse_entries(stream, reply)
-                # Gone from the stream but still pending: deleted while pending.
-                found.extend(entries or [Entry(stream, entry_id, None, True)])
-            log.info("found %d jobs delivered to %s on a lost reply", len(found), self.consumer)
-            return found
-        return []
+            pipe.execute_command("XPENDING", lane, WORKERS_GROUP, "-", "+", count + len(running) + 1, self.consumer)
+        ids: list[tuple[str, str]] = []
+        for lane, rows in zip(self.lanes, await pipe.execute(raise_on_error=False)):
+            if isinstance(rows, BaseException):
+                if is_no_group(rows):
+                    continue  # no stream or no group: nothing pending there
+                raise rows
+            ids.extend((lane, i) for i in (_text(row[0]) for row in rows or []) if (lane, i) not in running)
+        ids = ids[:count]
+        if not ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for lane, entry_id in ids:
+            pipe.execute_command("XRANGE", lane, entry_id, entry_id)
+        found: list[Entry] = []
+        for (lane, entry_id), reply in zip(ids, await pipe.execute()):
+            entries = parse_entries(lane, reply)
+            # Gone from the stream but still pending: deleted while pending.
+            found.extend(entries or [Entry(lane, entry_id, None, True)])
+        log.info("found %d jobs delivered to %s on a lost reply", len(found), self.consumer)
+        return found
 
     async def reclaim(self, lease_ms: int, count: int) -> list[tuple[Entry, int]]:
         """Claims up to ``count`` entries idle for more than ``lease_ms`` (their worker
-        died or stopped renewing), with how often each was delivered (this claim
-        included). Entries deleted while pending are returned with ``deleted`` set."""
+        died or stopped renewing), lane by lane in lane order, with how often each was
+        delivered (this claim included). Entries deleted while pending are returned
+        with ``deleted`` set."""
         claimed: list[Entry] = []
-        for stream in self.streams:
+        for index, lane in enumerate(self.lanes):
             for _ in range(MAX_AUTOCLAIM_ROUNDS):
                 if len(claimed) >= count:
                     break
                 try:
                     reply = await self._redis.execute_command(
-                        "XAUTOCLAIM", stream, WORKERS_GROUP, self.consumer, lease_ms,
-                        self._autoclaim[stream], "COUNT", count - len(claimed),
+                        "XAUTOCLAIM", lane, WORKERS_GROUP, self.consumer, lease_ms,
+                        self._autoclaim[index], "COUNT", count - len(claimed),
                     )  # fmt: skip
                 except ResponseError as e:
-                    if not is_group_lost(e):
+                    if not is_no_group(e):
                         raise
-                    await self._group_lost(stream)
-                    self._autoclaim[stream] = "0-0"
+                    # A lane never used (or lost with Redis's data): nothing to claim.
+                    self._autoclaim[index] = "0-0"
                     break
                 # [next cursor, entries, ids deleted while pending (7.0+)]. Redis
                 # already removed the deleted ids from the pending list: nothing to do.
                 cursor = _text(reply[0])
-                claimed.extend(parse_entries(stream, reply[1]))
-                self._autoclaim[stream] = cursor
+                claimed.extend(parse_entries(lane, reply[1]))
+                self._autoclaim[index] = cursor
                 if cursor == "0-0":
                     break
         live = [entry for entry in claimed if not entry.deleted]
@@ -280,29 +281,27 @@ class StreamReader:
         return out
 
     async def remove_idle_consumers(self, idle_ms: int) -> int:
-        """Removes the group's consumers, other than this one, that hold no pending job
-        and have been idle for more than ``idle_ms`` (workers that stopped); returns
-        how many."""
+        """Removes the consumers of every lane's group, other than this one, that hold
+        no pending job there and have been idle for more than ``idle_ms`` (workers
+        that stopped); returns how many."""
         removed = 0
-        for stream in self.streams:
+        for lane in self.lanes:
             try:
-                consumers = await self._redis.execute_command("XINFO", "CONSUMERS", stream, WORKERS_GROUP)
-            except ResponseError as e:
-                if is_group_lost(e):
-                    continue
-                raise
+                consumers = await self._redis.execute_command("XINFO", "CONSUMERS", lane, WORKERS_GROUP)
+            except ResponseError:
+                continue  # a lane with no stream or no group yet
             for row in consumers or []:
                 info = {_text(row[i]): row[i + 1] for i in range(0, len(row) - 1, 2)}
                 name = _text(info.get("name", b""))
                 if name and name != self.consumer and int(info.get("pending", 1)) == 0 \
                         and int(info.get("idle", 0)) > idle_ms:
-                    await self._redis.execute_command("XGROUP", "DELCONSUMER", stream, WORKERS_GROUP, name)
+                    await self._redis.execute_command("XGROUP", "DELCONSUMER", lane, WORKERS_GROUP, name)
                     removed += 1
         return removed
 
     async def remove(self, entries: Sequence[Entry]) -> None:
-        """Acknowledges entries; deletes those still in the stream (malformed ones),
-        so that they are not delivered forever."""
+        """Acknowledges entries on their lanes; deletes those still in the stream
+        (malformed ones), so that they are not delivered forever."""
         if not entries:
             return
         pipe = self._redis.pipeline(transaction=False)

@@ -49,5 +49,6 @@ def is_noscript(error: BaseException) -> bool:
     )
 
 
+TAKE = Script.load("take")
 REPORT = Script.load("report")
 HEARTBEAT = Script.load("heartbeat")

@@ -105,12 +105,17 @@ class NodeSpec(TypedDict):
     map: NotRequired[MapSpec]
     #: Wait for a signal or a time instead of running a job.
     wait: NotRequired[WaitSpec]
+    #: 0 (lowest) to 9 (highest): a queue hands out jobs of higher priority first.
+    #: Overrides the flow's ``opts.priority``; the default is 5.
+    priority: NotRequired[int]
 
 
 class FlowOpts(TypedDict, total=False):
     """Flow-wide behaviour."""
 
     onFailure: Literal["continue", "failFast"]
+    #: The priority of every node that sets none (0 to 9, default 5).
+    priority: int
 
 
 class FlowSpec(TypedDict):

@@ -4,15 +4,17 @@
 Shape, and why:
 
 - **One fetcher task per queue**, each on its own Redis connection (a blocked
-  ``XREADGROUP`` can do nothing else). It reads only as many jobs as the queue has
-  free slots (``COUNT``), so a job is never read before something can run it, and
-  first re-reads this consumer's own pending jobs (after a restart under the same
-  consumer name, or after a connection error lost a reply).
+  ``XREAD`` can do nothing else). It takes jobs with ``take.lua``, which serves the
+  queue's 20 lane streams best first (priority, then started flows before new ones),
+  only as many as the queue has free slots, so a job is never taken before something
+  can run it; with nothing ready it blocks in ``XREAD`` on every lane until one gets
+  an entry. It first re-reads this consumer's own pending jobs, lane by lane (after a
+  restart under the same consumer name, or after an error lost a reply).
 - **One task per running job**, which runs the handler in place: no extra task or
   timer per job for leases or heartbeats. Only a job with ``timeoutMs`` gets a timer
   handle (cheap, no task).
 - **Tickers shared by all jobs**: lease renewal of every running job every lease/3
-  (one ``XCLAIM ... JUSTID`` per queue), reclaim of dead workers' jobs, heartbeat
+  (one ``XCLAIM ... JUSTID`` per lane stream), reclaim of dead workers' jobs, heartbeat
   (which also re-reads the engine's lease from ``P:config``).
 - **One reporter** writes every report in order, batched into pipelines, retrying
   until Redis takes it (``reporter.py``). A job's slot is freed only once its final
@@ -44,7 +46,7 @@ from . import protocol, scripts
 from .errors import JobError
 from .job import Job, StopReason
 from .protocol import WORKERS_GROUP, Envelope, EnvelopeError, Keys
-from .reader import Entry, StreamReader, is_group_lost, raw_replies
+from .reader import Entry, QueueReader, is_no_group, raw_replies
 from .reporter import Report, Reporter
 
 log = logging.getLogger("dagflow_worker")
@@ -56,7 +58,7 @@ Handler = Callable[[Job], Union[Awaitable[Any], Any]]
 
 #: Errors that mean Redis is unreachable right now (retry later).
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-#: How often each queue's group is cleared of consumers that stopped, and how long
+#: How often each lane's group is cleared of consumers that stopped, and how long
 #: such a consumer must have been idle (with nothing pending) to go.
 JANITOR_EVERY_S = 600.0
 CONSUMER_IDLE_MS = 3_600_000
@@ -68,9 +70,10 @@ class _Queue:
 
     name: str
     concurrency: int
-    reader: StreamReader
-    #: Running jobs by stream entry id (renewed until their final report is written).
-    running: dict[str, Job] = field(default_factory=dict)
+    reader: QueueReader
+    #: Running jobs by (lane stream, entry id), renewed until their final report is
+    #: written. Entry ids are unique only within a stream: two lanes may hold the same.
+    running: dict[tuple[str, str], Job] = field(default_factory=dict)
     #: Set when a slot frees up, to wake a fetcher waiting for one.
     slot_freed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -202,7 +205,7 @@ class Worker:
         tasks: list[asyncio.Task[Any]] = []
         try:
             for name, concurrency in self._queue_conf.items():
-                reader = StreamReader(self.redis_url, [self.keys.queue(name)], self.consumer, self.block_ms)
+                reader = QueueReader(self.redis_url, self.keys, name, self.consumer, self.block_ms)
                 self._queues[name] = _Queue(name, concurrency, reader)
             if not await self._connect():
                 return
@@ -232,15 +235,14 @@ class Worker:
             await self._redis.aclose()
 
     async def _connect(self) -> bool:
-        """Reads the config and creates the groups, waiting for Redis as long as it
-        takes (a worker may start before Redis does); False if closed meanwhile."""
+        """Reads the config, waiting for Redis as long as it takes (a worker may start
+        before Redis does); False if closed meanwhile. There are no groups to create:
+        each lane stream comes with its group."""
         assert self._stop_requested is not None
         delay = 0.1
         while not self._stopping:
             try:
                 await self._read_config(starting=True)
-                for q in self._queues.values():
-                    await q.reader.ensure_groups()
                 return True
             except (RedisError, *_CONNECTION_ERRORS) as e:
                 log.warning("cannot reach Redis at start (%s); retrying in %.1f s", e, delay)
@@ -347,6 +349,9 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except (RedisError, *_CONNECTION_ERRORS) as e:
+                # A connection error, or an error reply (OOM...): never fatal. Either
+                # may have cost the reply of a take.lua that moved entries to this
+                # consumer, so look for them before taking more.
                 if self._stopping:
                     break
                 log.warning("queue %s: reading failed (%s); retrying in %.1f s", q.name, e, delay)
@@ -364,7 +369,7 @@ class Worker:
             if entry.deleted:
                 bad.append(entry)
                 continue
-            if entry.id in q.running:
+            if (entry.stream, entry.id) in q.running:
                 continue  # running here already
             try:
                 envelope = protocol.parse_envelope(entry.envelope)
@@ -385,7 +390,7 @@ class Worker:
             if entry.deleted:
                 deleted.append(entry)
                 continue
-            if entry.id in q.running:
+            if (entry.stream, entry.id) in q.running:
                 continue  # our own job, idle only because renewal could not reach Redis
             try:
                 envelope = protocol.parse_envelope(entry.envelope)
@@ -414,7 +419,7 @@ class Worker:
     def _start(self, q: _Queue, entry: Entry, envelope: Envelope) -> Job:
         wire = protocol.ReportWire.of(scripts.REPORT.sha, self.keys, entry.stream, entry.id, envelope)
         job = Job(envelope, entry.id, entry.stream, wire, self)
-        q.running[entry.id] = job
+        q.running[(entry.stream, entry.id)] = job
         self._jobs[envelope.id] = job
         loop = asyncio.get_running_loop()
         if sys.version_info >= (3, 12):
@@ -480,7 +485,7 @@ class Worker:
             return
         job._request_stop("cancelled")
         q = self._queues.get(job.envelope.queue) or next(
-            (q for q in self._queues.values() if job.entry_id in q.running), None)
+            (q for q in self._queues.values() if (job.stream, job.entry_id) in q.running), None)
         if q is None:
             return
         asyncio.get_running_loop().call_later(self.cancel_grace, self._force_stop, q, job)
@@ -504,8 +509,9 @@ class Worker:
         self.stats["completed" if outcome.startswith('{"kind":"completed"') else "failed"] += 1
 
         def written() -> None:
-            if q.running.get(job.entry_id) is job:
-                del q.running[job.entry_id]
+            key = (job.stream, job.entry_id)
+            if q.running.get(key) is job:
+                del q.running[key]
                 q.slot_freed.set()
 
         assert self._reporter is not None
@@ -528,7 +534,8 @@ class Worker:
 
     async def _renew(self, jobs: list[Job]) -> None:
         """Resets the idle time of running jobs (``XCLAIM ... JUSTID`` does not count a
-        delivery), so no other worker reclaims them: one command per stream, pipelined."""
+        delivery), so no other worker reclaims them: one command per lane stream
+        holding some, pipelined."""
         assert self._redis is not None
         by_stream: dict[str, list[str]] = {}
         for job in jobs:
@@ -538,8 +545,8 @@ class Worker:
             for i in range(0, len(ids), 1000):
                 pipe.execute_command("XCLAIM", stream, WORKERS_GROUP, self.consumer, 0, *ids[i:i + 1000], "JUSTID")
         for result in await pipe.execute(raise_on_error=False):
-            # A lost group is recreated by the fetcher; anything else is worth a log.
-            if isinstance(result, BaseException) and not is_group_lost(result):
+            # A lane without its group (Redis lost its data) holds nothing to renew.
+            if isinstance(result, BaseException) and not is_no_group(result):
                 raise result
 
     async def _renew_loop(self) -> None:
@@ -557,7 +564,8 @@ class Worker:
 
         Missing at start (no engine yet, or an engine that does not publish it): the
         30 s default. Missing later (Redis lost its data; the engine writes it again
-        only when it restarts): the last value stays.
+        once it notices): the last value stays. At start an error is raised (the
+        caller waits for Redis); later it is logged and the last value stays.
         """
         if self._lease_override is not None:
             return
@@ -565,6 +573,8 @@ class Worker:
         try:
             value = await self._redis.hget(self.keys.config, "leaseMs")
         except (RedisError, *_CONNECTION_ERRORS) as e:
+            if starting:
+                raise  # _connect waits for Redis
             log.warning("reading %s failed: %s", self.keys.config, e)
             return
         if value is None:
