@@ -291,6 +291,7 @@ impl EngineBuilder {
             .map_err(|e| EngineError::Internal(format!("spawning completion router: {e}")))?;
             let background = vec![
                 tokio::spawn(promote_loop(Arc::clone(&shared))),
+                tokio::spawn(rate_loop(Arc::clone(&shared))),
                 tokio::spawn(reconcile_loop(
                     Arc::clone(&shared),
                     supervisor.clone(),
@@ -830,6 +831,35 @@ async fn promote_loop(shared: Arc<Shared>) {
                 shared.stats.promoted.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => tracing::debug!(error = %e, "promoting due retries failed"),
+        }
+    }
+}
+
+/// Most jobs waiting for rate-limit tokens released by one call.
+const RATE_BUDGET: usize = 1_000;
+
+/// Releases jobs waiting for rate-limit tokens when their tokens free up: it sleeps
+/// until the earliest waiting key's next token (as Redis said), at most
+/// [`PROMOTE_EVERY`] so that keys that start waiting meanwhile are seen.
+async fn rate_loop(shared: Arc<Shared>) {
+    let mut sleep = PROMOTE_EVERY;
+    loop {
+        tokio::time::sleep(sleep).await;
+        sleep = PROMOTE_EVERY;
+        match shared.queue.release_rate_due(RATE_BUDGET).await {
+            Ok((released, next)) => {
+                shared
+                    .stats
+                    .rate_released
+                    .fetch_add(released as u64, Ordering::Relaxed);
+                if released >= RATE_BUDGET {
+                    sleep = Duration::from_millis(1);
+                } else if let Some(next) = next {
+                    let wait = next.saturating_sub(now_ms()).clamp(1, 100);
+                    sleep = Duration::from_millis(wait);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "releasing rate-limited jobs failed"),
         }
     }
 }

@@ -93,6 +93,68 @@ pub struct NodeSpec {
     /// queue. Overrides the flow's `opts.priority`; the default is 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// At most `limit` jobs with the same key run at once, across every worker
+    /// process and every flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencySpec>,
+    /// At most `limit` jobs with the same key start per `perMs`, across every worker
+    /// process and every flow; the others wait (they do not fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A concurrency key: at most `limit` jobs of the same key value at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConcurrencySpec {
+    /// A CEL expression over `data` and `parents` (and `item`, `index` in a map's
+    /// elements) that gives the key: a string or a number, e.g. `data.tenant`.
+    pub key: String,
+    /// How many jobs of one key may run at once (at least 1).
+    pub limit: u32,
+    /// What a job does when its key is at its limit.
+    #[serde(default)]
+    pub strategy: ConcurrencyStrategy,
+}
+
+/// What a job does when its concurrency key is at its limit.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ConcurrencyStrategy {
+    /// Wait for a slot, without holding a worker; keys take turns, so a key with
+    /// many waiting jobs does not delay a key with few.
+    #[default]
+    Queue,
+    /// The new job is cancelled (its node ends `cancelled`, with the reason).
+    CancelNewest,
+    /// The oldest running job of the key is cancelled and the new one takes its
+    /// slot.
+    CancelInProgress,
+}
+
+impl ConcurrencyStrategy {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConcurrencyStrategy::Queue => "queue",
+            ConcurrencyStrategy::CancelNewest => "cancelNewest",
+            ConcurrencyStrategy::CancelInProgress => "cancelInProgress",
+        }
+    }
+}
+
+/// A rate limit: at most `limit` jobs of the same key start per `perMs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// A CEL expression giving the key, as for [`ConcurrencySpec::key`]; a constant
+    /// such as `'payments-api'` makes one limit for every job of the node.
+    pub key: String,
+    /// How many jobs may start per period (at least 1); up to that many may start at
+    /// once after a quiet period.
+    pub limit: u32,
+    /// The period in ms (at least 1).
+    pub per_ms: u64,
 }
 
 /// What a node's parents' outcomes must be for it to run. A parent that failed with
@@ -296,6 +358,31 @@ impl Default for Limits {
     }
 }
 
+/// A compiled concurrency key.
+#[derive(Debug)]
+pub struct ConcurrencyDef {
+    /// The key expression.
+    pub key: Condition,
+    /// Jobs of one key at once.
+    pub limit: u32,
+    /// What a job does at the limit.
+    pub strategy: ConcurrencyStrategy,
+}
+
+/// A compiled rate limit.
+#[derive(Debug)]
+pub struct RateLimitDef {
+    /// The key expression.
+    pub key: Condition,
+    /// Jobs per period.
+    pub limit: u32,
+    /// The period in ms.
+    pub per_ms: u64,
+}
+
+/// The most a limit's `limit` may be: beyond it, a limit limits nothing.
+pub const MAX_LIMIT: u32 = 1_000_000;
+
 /// One thing wrong with a flow spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -331,7 +418,8 @@ fn summary(problems: &[Problem]) -> String {
     out
 }
 
-/// A compiled `when` condition, with its source for messages.
+/// A compiled CEL expression (a `when` condition or a limit's key), with its source
+/// for messages.
 #[derive(Debug)]
 pub struct Condition {
     /// The expression as written.
@@ -398,6 +486,10 @@ pub struct DagNode {
     pub wait: Option<WaitDef>,
     /// The node's priority, or the flow's, or the default.
     pub priority: u8,
+    /// Its concurrency key, compiled.
+    pub concurrency: Option<Arc<ConcurrencyDef>>,
+    /// Its rate limit, compiled.
+    pub rate_limit: Option<Arc<RateLimitDef>>,
 }
 
 /// A validated flow: acyclic, every edge known, both edge directions agreeing.
@@ -610,6 +702,54 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                     format!("node '{}' is both a map and a wait", node.name),
                 );
             }
+        }
+        let limit_keys = [
+            node.concurrency
+                .as_ref()
+                .map(|c| ("bad_concurrency", "concurrency", &c.key, c.limit)),
+            node.rate_limit
+                .as_ref()
+                .map(|r| ("bad_rate_limit", "rateLimit", &r.key, r.limit)),
+        ];
+        for (code, what, key, limit) in limit_keys.into_iter().flatten() {
+            if let Err(e) = cel::Program::compile(key) {
+                push(
+                    code,
+                    Some(&node.name),
+                    format!(
+                        "node '{}' has a {what} key that does not parse: {}",
+                        node.name,
+                        one_line(&e.to_string())
+                    ),
+                );
+            }
+            if limit == 0 || limit > MAX_LIMIT {
+                push(
+                    code,
+                    Some(&node.name),
+                    format!(
+                        "node '{}' has a {what} limit of {limit}; it must be from 1 to {MAX_LIMIT}",
+                        node.name
+                    ),
+                );
+            }
+            if node.wait.is_some() {
+                push(
+                    code,
+                    Some(&node.name),
+                    format!(
+                        "node '{}' waits and runs no job, so it takes no {what}",
+                        node.name
+                    ),
+                );
+            }
+        }
+        if node.rate_limit.as_ref().is_some_and(|r| r.per_ms == 0) {
+            push(
+                "bad_rate_limit",
+                Some(&node.name),
+                format!("node '{}' has a rateLimit with perMs 0", node.name),
+            );
         }
         if let Some(priority) = node.priority.filter(|p| *p > MAX_PRIORITY) {
             push(
@@ -927,6 +1067,20 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                     .priority
                     .or(spec.opts.priority)
                     .unwrap_or(DEFAULT_PRIORITY),
+                concurrency: node.concurrency.as_ref().and_then(|c| {
+                    Some(Arc::new(ConcurrencyDef {
+                        key: compile(&c.key)?,
+                        limit: c.limit,
+                        strategy: c.strategy,
+                    }))
+                }),
+                rate_limit: node.rate_limit.as_ref().and_then(|r| {
+                    Some(Arc::new(RateLimitDef {
+                        key: compile(&r.key)?,
+                        limit: r.limit,
+                        per_ms: r.per_ms,
+                    }))
+                }),
                 handler: match node.handler.as_deref() {
                     Some(handler) => intern(handler),
                     None => name.clone(),
@@ -947,6 +1101,15 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         opts: spec.opts.clone(),
         nodes,
         index,
+    })
+}
+
+/// A CEL expression compiled, or `None` when it does not parse (validation has
+/// refused the spec by then).
+fn compile(source: &str) -> Option<Condition> {
+    Some(Condition {
+        source: source.to_owned(),
+        program: cel::Program::compile(source).ok()?,
     })
 }
 

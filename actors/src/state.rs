@@ -210,6 +210,17 @@ pub enum Input {
         /// The progress value.
         progress: Arc<str>,
     },
+    /// An attempt was cancelled by its concurrency key's strategy (a newer job took
+    /// its slot, or it was the newest at the limit): the node ends `cancelled` with
+    /// the reason.
+    JobCancelled {
+        /// The node.
+        node: NodeIdx,
+        /// The attempt cancelled.
+        attempt: u32,
+        /// Why, for people.
+        reason: String,
+    },
     /// Stop the flow: cancel everything not yet terminal.
     Cancel,
     /// Re-run the failed, skipped and cancelled nodes of a terminal flow.
@@ -235,6 +246,18 @@ pub enum Input {
         /// Why, for people.
         reason: String,
     },
+}
+
+/// Longest key a limit's expression may give, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// A job's limits with their keys evaluated: what Redis enforces for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLimits {
+    /// Concurrency key, limit and strategy.
+    pub concurrency: Option<(String, u32, crate::spec::ConcurrencyStrategy)>,
+    /// Rate-limit key, limit and period (ms).
+    pub rate: Option<(String, u32, u64)>,
 }
 
 /// One job to put on its queue.
@@ -873,6 +896,15 @@ impl FlowState {
                     self.fail(&mut tx, node, error, retryable, now);
                 }
             }
+            Input::JobCancelled {
+                node,
+                attempt,
+                reason,
+            } => {
+                if self.current(node, attempt).is_some() {
+                    self.cancel_job(&mut tx, node, reason, now);
+                }
+            }
             Input::Progress {
                 node,
                 attempt,
@@ -1182,15 +1214,24 @@ impl FlowState {
         if node.map.is_some() {
             return self.expand(tx, i, now);
         }
+        if let Err(e) = self.limits_with(i, None) {
+            return self.fail_now(tx, i, e, now);
+        }
         self.queue(tx, i, true, 0, now, None);
         false
     }
 
-    /// Evaluates a condition with `parents` (results by name) and `data` bound.
-    fn evaluate(&self, i: NodeIdx, program: &cel::Program) -> Result<bool, String> {
+    /// The CEL variables of DAG node `i`: `parents` (results by name, without
+    /// `skip`) and `data`, and `item` and `index` for a map's element.
+    fn cel_context(
+        &self,
+        i: NodeIdx,
+        skip: Option<NodeIdx>,
+        item: Option<(serde_json::Value, u32)>,
+    ) -> Result<cel::Context<'static, 'static>, String> {
         let node = self.dag.node(i);
         let mut parents = serde_json::Map::new();
-        for p in &node.parents {
+        for p in node.parents.iter().filter(|p| Some(**p) != skip) {
             let mut text = String::new();
             self.push_parent_value(&mut text, *p);
             let value: serde_json::Value =
@@ -1203,6 +1244,88 @@ impl FlowState {
         ctx.add_variable("parents", serde_json::Value::Object(parents))
             .map_err(|e| e.to_string())?;
         ctx.add_variable("data", data).map_err(|e| e.to_string())?;
+        if let Some((item, index)) = item {
+            ctx.add_variable("item", item).map_err(|e| e.to_string())?;
+            ctx.add_variable("index", u64::from(index))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(ctx)
+    }
+
+    /// The keys of a job's limits (concurrency key, rate limit), evaluated; `None`
+    /// when its node has neither. The same inputs give the same keys, so a job put
+    /// back after a crash or a Redis loss goes under the same keys.
+    pub fn job_limits(&self, i: NodeIdx) -> Result<Option<JobLimits>, String> {
+        let j = self.job_node(i);
+        let node = self.dag.node(j);
+        if node.concurrency.is_none() && node.rate_limit.is_none() {
+            return Ok(None);
+        }
+        let item = match self.owner(i) {
+            Some((_, index)) if j != i => {
+                let text = self.nodes[i.as_usize()].item.as_deref().unwrap_or("null");
+                let value = serde_json::from_str(text).map_err(|e| format!("item: {e}"))?;
+                Some((value, index))
+            }
+            _ => None,
+        };
+        self.limits_with(j, item)
+    }
+
+    /// [`FlowState::job_limits`] for DAG node `j`, with an element's item if any.
+    fn limits_with(
+        &self,
+        j: NodeIdx,
+        item: Option<(serde_json::Value, u32)>,
+    ) -> Result<Option<JobLimits>, String> {
+        let node = self.dag.node(j);
+        let skip = item.as_ref().and(node.map.as_ref().map(|m| m.from));
+        let ctx = self.cel_context(j, skip, item)?;
+        let key = |program: &crate::spec::Condition, what: &str| -> Result<String, String> {
+            let value = program.program.execute(&ctx).map_err(|e| {
+                format!(
+                    "{what} key `{}` could not be evaluated: {e}",
+                    program.source
+                )
+            })?;
+            let key = match value {
+                cel::Value::String(s) => s.to_string(),
+                cel::Value::Int(n) => n.to_string(),
+                cel::Value::UInt(n) => n.to_string(),
+                cel::Value::Float(n) => n.to_string(),
+                cel::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "{what} key `{}` must give a string or a number, it gave {:?}",
+                        program.source,
+                        other.type_of()
+                    ))
+                }
+            };
+            if key.is_empty() || key.len() > MAX_KEY_LEN {
+                return Err(format!(
+                    "{what} key `{}` gave a key of {} bytes; it must have 1 to {MAX_KEY_LEN}",
+                    program.source,
+                    key.len()
+                ));
+            }
+            Ok(key)
+        };
+        Ok(Some(JobLimits {
+            concurrency: match &node.concurrency {
+                Some(c) => Some((key(&c.key, "concurrency")?, c.limit, c.strategy)),
+                None => None,
+            },
+            rate: match &node.rate_limit {
+                Some(r) => Some((key(&r.key, "rateLimit")?, r.limit, r.per_ms)),
+                None => None,
+            },
+        }))
+    }
+
+    /// Evaluates a condition with `parents` (results by name) and `data` bound.
+    fn evaluate(&self, i: NodeIdx, program: &cel::Program) -> Result<bool, String> {
+        let ctx = self.cel_context(i, None, None)?;
         match program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
@@ -1270,6 +1393,36 @@ impl FlowState {
         } else {
             self.remaining -= 1;
             self.node_event(tx, node, now, None);
+            self.settle(tx, vec![node], now);
+        }
+        self.check_finished(tx, now);
+    }
+
+    /// A job cancelled by its concurrency key. A DAG node ends `cancelled` with the
+    /// reason; like a failure, it stops a `failFast` flow (the rest is cancelled),
+    /// and its children see a parent that did not complete. A map element fails
+    /// for good instead, with the reason as its error (its slot in the map's result
+    /// needs one).
+    fn cancel_job(&mut self, tx: &mut Tx, node: NodeIdx, reason: String, now: u64) {
+        if node.as_usize() >= self.dag.len() {
+            self.fail(tx, node, reason, false, now);
+            return;
+        }
+        let n = &mut self.nodes[node.as_usize()];
+        n.status = NodeStatus::Cancelled;
+        n.reason = Some(reason.clone());
+        n.due_at = None;
+        n.finished_at = Some(now);
+        self.remaining -= 1;
+        self.node_event(tx, node, now, None);
+        if let Some(event) = tx.events.last_mut() {
+            event.reason = Some(reason);
+        }
+        if self.dag.opts.on_failure == OnFailure::FailFast
+            && !self.dag.node(node).opts.continue_on_failure
+        {
+            self.cancel_rest(tx, now);
+        } else {
             self.settle(tx, vec![node], now);
         }
         self.check_finished(tx, now);
@@ -1363,6 +1516,14 @@ impl FlowState {
             Ok(items) => items,
             Err(error) => return self.fail_now(tx, m, error, now),
         };
+        // Every element's limit keys must evaluate, or the map fails before any runs.
+        if dag.node(m).concurrency.is_some() || dag.node(m).rate_limit.is_some() {
+            for (index, item) in items.iter().enumerate() {
+                if let Err(e) = self.limits_with(m, Some((item.clone(), index as u32))) {
+                    return self.fail_now(tx, m, format!("element {index}: {e}"), now);
+                }
+            }
+        }
         let first = self.nodes.len() as u32;
         let len = items.len() as u32;
         // Element attempts continue past every attempt any element of this flow had

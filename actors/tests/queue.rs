@@ -58,6 +58,7 @@ fn job(flow: &str, node: &str, queue: &str) -> NewJob {
         envelope: envelope(flow, node, 1, queue, 1),
         delay_ms: 0,
         fresh: false,
+        limits: None,
     }
 }
 

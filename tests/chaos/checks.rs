@@ -265,8 +265,13 @@ pub(crate) fn redis_leftovers(redis: &RedisServer, prefix: &str) -> Result<Vec<S
         if GLOBAL_KEYS.contains(&short.as_str()) {
             continue;
         }
-        // A queue's counter of jobs handed out (take.lua) lives as long as the queue.
-        if short.starts_with("q:") && short.ends_with(":takes") {
+        // A queue's counter of jobs handed out (take.lua) lives as long as the queue,
+        // the limits' counter as long as the deployment, and a rate limit's state
+        // expires by itself one period after its last job.
+        if (short.starts_with("q:") && short.ends_with(":takes"))
+            || short == "limits:seq"
+            || (short.starts_with("rl:") && !short.ends_with(":wait") && short != "rl:due")
+        {
             continue;
         }
         let kind: String = redis::cmd("TYPE")

@@ -496,6 +496,11 @@ impl FlowActor {
                         attempt,
                         progress: Arc::from(progress.get()),
                     },
+                    Outcome::Cancelled { message } => Input::JobCancelled {
+                        node: idx,
+                        attempt,
+                        reason: message.clone(),
+                    },
                 };
                 let effects = state.flow.apply(input, now);
                 state.persist_report(&myself, effects, receipt);
@@ -776,6 +781,12 @@ impl FlowActorState {
             },
             delay_ms: job.delay_ms,
             fresh: self.flow.is_fresh_job(job.node, job.attempt),
+            // The keys evaluated when the node became ready; they cannot fail now
+            // (same inputs), but a job is never held back by a guess.
+            limits: self.flow.job_limits(job.node).unwrap_or_else(|e| {
+                warn!(error = %e, "a job's limit keys could not be evaluated; it runs without them");
+                None
+            }),
         }
     }
 

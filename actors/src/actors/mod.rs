@@ -126,6 +126,8 @@ pub struct EngineStats {
     pub reconcile_passes: AtomicU64,
     /// Due retries the engine moved into their streams.
     pub promoted: AtomicU64,
+    /// Jobs released when their rate-limit tokens freed up.
+    pub rate_released: AtomicU64,
     /// Flow actors the supervisor restarted from their snapshot after a failure.
     pub actor_restarts: AtomicU64,
     /// Flows whose durable status is `running`, awake or hibernating: counted at

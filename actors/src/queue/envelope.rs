@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use super::error::QueueError;
 use super::keys::Lane;
 use crate::spec::DEFAULT_PRIORITY;
+use crate::state::JobLimits;
 
 /// The envelope format version written by this code; readers reject other versions.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -111,9 +112,32 @@ pub struct NewJob {
     /// attempt): such jobs wait in the fresh lane of their priority, behind the jobs
     /// of flows already running.
     pub fresh: bool,
+    /// Its concurrency key and rate limit, enforced in Redis before it reaches its
+    /// lane; `None` for a job without limits (the fast path).
+    pub limits: Option<JobLimits>,
 }
 
 impl NewJob {
+    /// The limits as the JSON object the scripts keep in the job's field
+    /// (`{"ck","cl","cs","rk","rn","rp"}`, see `lua/limits.lua`), or `""`.
+    pub(crate) fn limits_json(&self) -> String {
+        let Some(limits) = &self.limits else {
+            return String::new();
+        };
+        let mut object = serde_json::Map::new();
+        if let Some((key, limit, strategy)) = &limits.concurrency {
+            object.insert("ck".into(), key.as_str().into());
+            object.insert("cl".into(), (*limit).into());
+            object.insert("cs".into(), strategy.as_str().into());
+        }
+        if let Some((key, limit, per_ms)) = &limits.rate {
+            object.insert("rk".into(), key.as_str().into());
+            object.insert("rn".into(), (*limit).into());
+            object.insert("rp".into(), (*per_ms).into());
+        }
+        serde_json::Value::Object(object).to_string()
+    }
+
     /// The lane the job goes to when it is ready: its envelope's priority, fresh or
     /// not. A delayed job is a retry, so it is never fresh.
     pub fn lane(&self) -> Lane {
@@ -162,13 +186,22 @@ pub enum Outcome {
     },
     /// A worker began running the job; the job goes on.
     Started,
+    /// The job's concurrency key cancelled it (strategy `cancelNewest` or
+    /// `cancelInProgress`); ends the job. Only the engine's scripts write it.
+    Cancelled {
+        /// Why, for people.
+        message: String,
+    },
 }
 
 impl Outcome {
     /// True for outcomes that end the job (completed or failed): those acknowledge and
     /// delete the job's stream entry.
     pub fn is_final(&self) -> bool {
-        matches!(self, Outcome::Completed { .. } | Outcome::Failed { .. })
+        matches!(
+            self,
+            Outcome::Completed { .. } | Outcome::Failed { .. } | Outcome::Cancelled { .. }
+        )
     }
 }
 
@@ -212,6 +245,9 @@ impl TryFrom<OutcomeWire> for Outcome {
                 progress: wire.progress.unwrap_or_else(json_null),
             }),
             "started" => Ok(Outcome::Started),
+            "cancelled" => Ok(Outcome::Cancelled {
+                message: wire.message.unwrap_or_default(),
+            }),
             other => Err(format!("unknown outcome kind {other:?}")),
         }
     }

@@ -153,6 +153,33 @@ impl Keys {
         format!("{}:config", self.prefix)
     }
 
+    /// `P:rl:due`: rate-limit keys with waiting jobs, scored by when their next
+    /// token frees (ms); see `lua/limits.lua` for the other limit keys.
+    pub fn rate_due(&self) -> String {
+        format!("{}:rl:due", self.prefix)
+    }
+
+    /// `P:q:{queue}:held`: how many jobs of the queue each limit key holds back
+    /// (member `c:{key}` for a concurrency key, `r:{key}` for a rate limit).
+    pub fn held(&self, queue: &str) -> String {
+        format!("{}:q:{queue}:held", self.prefix)
+    }
+
+    /// `P:ck:{key}:run`: the jobs holding a slot of a concurrency key.
+    pub fn concurrency_running(&self, key: &str) -> String {
+        format!("{}:ck:{key}:run", self.prefix)
+    }
+
+    /// `P:ck:{key}:wait`: the jobs waiting for a slot of a concurrency key.
+    pub fn concurrency_waiting(&self, key: &str) -> String {
+        format!("{}:ck:{key}:wait", self.prefix)
+    }
+
+    /// `P:rl:{key}:wait`: the jobs waiting for a token of a rate limit.
+    pub fn rate_waiting(&self, key: &str) -> String {
+        format!("{}:rl:{key}:wait", self.prefix)
+    }
+
     /// `P:queues:delayed`: names of the queues that have had delayed jobs (retries
     /// waiting for their backoff), so that the engine promotes them for every queue,
     /// whoever serves it.

@@ -171,6 +171,7 @@ impl Queue {
                 .arg(&envelope.queue)
                 .arg(due)
                 .arg(lane.index())
+                .arg(job.limits_json())
                 .arg(envelope.to_json()?);
         }
         invocation.key(self.keys.delayed_queues());
@@ -517,6 +518,28 @@ impl Queue {
             }
         }
         Ok(moved)
+    }
+
+    /// Releases jobs waiting for rate-limit tokens whose tokens are free now (at most
+    /// `budget`). Returns how many were released and when (ms since the epoch, by
+    /// the Redis clock) the next waiting key's token frees, if any: the caller sleeps
+    /// until then.
+    pub async fn release_rate_due(
+        &self,
+        budget: usize,
+    ) -> Result<(usize, Option<u64>), QueueError> {
+        error::failpoint!("queue::rate");
+        let mut invocation = scripts::RATE.prepare_invoke();
+        invocation
+            .key(self.keys.rate_due())
+            .arg(WORKERS_GROUP)
+            .arg(budget);
+        let mut conn = self.conn.clone();
+        let (released, next): (i64, i64) = invocation.invoke_async(&mut conn).await?;
+        Ok((
+            usize::try_from(released).unwrap_or(0),
+            u64::try_from(next).ok(),
+        ))
     }
 
     /// Publishes the settings that workers in other processes must share with the

@@ -627,6 +627,8 @@ fn ten_thousand_node_chain_validates_without_overflowing_the_stack() {
             map: None,
             wait: None,
             priority: None,
+            concurrency: None,
+            rate_limit: None,
         })
         .collect();
     let mut flow = FlowSpec {
@@ -789,6 +791,8 @@ fn any_node() -> impl Strategy<Value = NodeSpec> {
             map: None,
             wait: None,
             priority: None,
+            concurrency: None,
+            rate_limit: None,
         })
 }
 
@@ -946,6 +950,8 @@ fn planted() -> impl Strategy<Value = (FlowSpec, Vec<Vec<usize>>, Mistake)> {
                 map: None,
                 wait: None,
                 priority: None,
+                concurrency: None,
+                rate_limit: None,
             })
             .collect();
         let edges: Vec<(usize, usize)> = parents

@@ -1394,7 +1394,8 @@ impl Sim {
                     self.results[i] = Some(Arc::clone(result));
                     self.accepted.push(input.clone());
                 }
-                Input::JobFailed { node, attempt, .. } => {
+                Input::JobFailed { node, attempt, .. }
+                | Input::JobCancelled { node, attempt, .. } => {
                     assert!(self
                         .outstanding
                         .remove(&(node.as_usize(), *attempt))
@@ -3803,7 +3804,8 @@ impl Rich {
                     self.results.insert(node.as_usize(), Arc::clone(result));
                     self.accepted.push(input.clone());
                 }
-                Input::JobFailed { node, attempt, .. } => {
+                Input::JobFailed { node, attempt, .. }
+                | Input::JobCancelled { node, attempt, .. } => {
                     assert!(self
                         .outstanding
                         .remove(&(node.as_usize(), *attempt))
@@ -4291,7 +4293,12 @@ impl Rich {
     }
 
     fn report(&mut self, node: NodeIdx, attempt: u32, what: &str) -> Input {
-        match self.rng.below(4) {
+        match self.rng.below(5) {
+            4 => Input::JobCancelled {
+                node,
+                attempt,
+                reason: format!("{what}: cancelled by its concurrency key"),
+            },
             0 => Input::JobStarted { node, attempt },
             1 => Input::JobCompleted {
                 node,

@@ -117,8 +117,13 @@ pub async fn leftovers(prefix: &str) -> Vec<String> {
         if matches!(name, "marker" | "workers" | "config" | "queues:delayed") {
             continue;
         }
-        // A queue's counter of jobs handed out (take.lua) lives as long as the queue.
-        if name.starts_with("q:") && name.ends_with(":takes") {
+        // A queue's counter of jobs handed out (take.lua) lives as long as the queue,
+        // the limits' counter as long as the deployment, and a rate limit's state
+        // expires by itself one period after its last job.
+        if (name.starts_with("q:") && name.ends_with(":takes"))
+            || name == "limits:seq"
+            || (name.starts_with("rl:") && !name.ends_with(":wait") && name != "rl:due")
+        {
             continue;
         }
         let is_stream =

@@ -9,19 +9,23 @@
 -- Returns the number of jobs given. Idempotent.
 
 
--- Whether the job's field names `id` as its stream entry (state queued). A plain
--- search for `"e":"<id>"` in the JSON value rather than a decode: this runs once
--- per finished job, and entry ids hold only digits and '-'.
+-- The job's field when it names `id` as its stream entry (state queued), else
+-- false. A plain search for `"e":"<id>"` in the JSON value rather than a decode:
+-- this runs once per finished job, and entry ids hold only digits and '-'.
 local function delivered_as(hash, field, id)
   local value = redis.call('HGET', hash, field)
   if not value or value == 'done' then
     return false
   end
-  return string.find(value, '"e":"' .. id .. '"', 1, true) ~= nil
+  if string.find(value, '"e":"' .. id .. '"', 1, true) == nil then
+    return false
+  end
+  return value
 end
 
 local group = ARGV[1]
 local n = (#ARGV - 1) / 2
+local P = n > 0 and string.match(KEYS[2], '^(.*):flow:[^:]*:jobs$')
 
 for k = 1, n do
   local stream = KEYS[2 * k - 1]
@@ -39,8 +43,13 @@ for k = 1, n do
   -- And only the delivery this ack is for: after Redis lost the job and the engine
   -- put it back as a new entry, an ack of the old entry must not mark the new one
   -- done (it would then outlive its flow and run once more).
-  if delivered_as(hash, field, id) then
+  local value = delivered_as(hash, field, id)
+  if value then
     redis.call('HSET', hash, field, 'done')
+    -- A job of a concurrency key gives its slot to the next waiting job.
+    if string.find(value, '"ck"', 1, true) then
+      limits_release(P, hash, field, cjson.decode(value), group)
+    end
   end
 end
 

@@ -14,8 +14,13 @@
 --   3  the field says delayed but its member is gone
 --   4  the field says done: a worker reported the job, but the snapshot does not
 --      hold the outcome yet (in flight, or its completion record was lost)
+--   5  the job's place under its limits is gone: a queued job of a concurrency key
+--      missing from the key's running set, or a job waiting for a slot or a token
+--      missing from the key's waiting list
 
 local hash = KEYS[1]
+local P = string.match(hash, '^(.*):flow:[^:]*:jobs$')
+local flow = string.match(hash, ':flow:(.*):jobs$')
 local out = {}
 
 for k = 1, #ARGV do
@@ -34,6 +39,16 @@ for k = 1, #ARGV do
     elseif state.s == 'queued' then
       if type(state.e) ~= 'string' or state.l == nil or #redis.call('XRANGE', stream, state.e, state.e) == 0 then
         code = 2
+      elseif state.ck and not redis.call('ZSCORE', P .. ':ck:' .. state.ck .. ':run', flow .. ':' .. ARGV[k]) then
+        code = 5
+      end
+    elseif state.s == 'held' then
+      if not redis.call('ZSCORE', P .. ':ck:' .. tostring(state.ck) .. ':wait', hash .. '|' .. ARGV[k]) then
+        code = 5
+      end
+    elseif state.s == 'rate' then
+      if not redis.call('ZSCORE', P .. ':rl:' .. tostring(state.rk) .. ':wait', hash .. '|' .. ARGV[k]) then
+        code = 5
       end
     elseif state.s == 'delayed' then
       if type(state.m) ~= 'string' or not redis.call('ZSCORE', delayed, state.m) then

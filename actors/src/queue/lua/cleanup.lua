@@ -15,6 +15,7 @@
 -- Returns the number of job fields removed, or an array of queue names to add.
 
 local hash = KEYS[1]
+local P = string.match(hash, '^(.*):flow:[^:]*:jobs$')
 local group = ARGV[1]
 
 local queues = {}
@@ -57,8 +58,14 @@ if #missing > 0 then
   return missing
 end
 
+-- The hash goes first: a slot released below must not go to a job of this very
+-- flow (limits_release skips jobs whose field is gone).
+redis.call('DEL', hash)
+
 -- Second pass: remove the flow's jobs from the streams (acknowledged first, so no
--- consumer keeps a pending entry for them) and from the delayed sets.
+-- consumer keeps a pending entry for them) and from the delayed sets, and take its
+-- waiting jobs off their keys' waiting lists.
+local slots = {}
 for j = 2, #all, 2 do
   local state = decode(all[j])
   if state then
@@ -70,8 +77,17 @@ for j = 2, #all, 2 do
     elseif state.s == 'delayed' and type(state.m) == 'string' then
       redis.call('ZREM', keys.delayed, state.m)
     end
+    if state.s == 'held' or state.s == 'rate' then
+      limits_release(P, hash, all[j - 1], state, group)
+    elseif state.ck and state.s == 'queued' then
+      slots[#slots + 1] = { all[j - 1], state }
+    end
   end
 end
 
-redis.call('DEL', hash)
+-- Last, the concurrency slots its jobs held go to the next waiting jobs.
+for _, slot in ipairs(slots) do
+  limits_release(P, hash, slot[1], slot[2], group)
+end
+
 return #all / 2

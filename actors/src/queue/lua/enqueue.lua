@@ -5,23 +5,28 @@
 -- KEYS[2k+1]       P:q:{queue}:delayed     delayed set of job k
 -- KEYS[2n+2]       P:queues:delayed        names of queues that have delayed jobs
 -- ARGV[1]          consumer group of the queue streams ("workers")
--- ARGV[5k-3]       field of job k: "{node}:{attempt}"
--- ARGV[5k-2]       queue name of job k
--- ARGV[5k-1]       due time of job k in ms since the epoch, or "0" to make it ready now
--- ARGV[5k]         lane index of job k (0..19, the position of its lane stream in
+-- ARGV[6k-4]       field of job k: "{node}:{attempt}"
+-- ARGV[6k-3]       queue name of job k
+-- ARGV[6k-2]       due time of job k in ms since the epoch, or "0" to make it ready now
+-- ARGV[6k-1]       lane index of job k (0..19, the position of its lane stream in
 --                  the order workers serve the lanes)
--- ARGV[5k+1]       the job envelope (JSON)
+-- ARGV[6k]         the job's limits as JSON ({"ck","cl","cs","rk","rn","rp"}, see
+--                  limits.lua), or "" when it has none
+-- ARGV[6k+1]       the job envelope (JSON)
 -- Returns the number of jobs added; a job whose field already exists is left alone,
 -- whatever its state, so re-enqueueing after a crash is a no-op.
 --
 -- Hash values written here (read back by ack/report/promote/cleanup):
 --   {"s":"queued","q":<queue>,"l":<lane index>,"e":<stream entry id>}
 --   {"s":"delayed","q":<queue>,"m":<the delayed set member, i.e. the envelope>}
--- The delayed member is kept in the hash so that cleanup can remove it exactly.
+-- The delayed member is kept in the hash so that cleanup can remove it exactly. A job
+-- with limits goes through limits_admit (limits.lua) instead of straight to its lane,
+-- and its limits are kept in its field (also while delayed, for promote.lua).
 
 local hash = KEYS[1]
+local P = string.match(hash, '^(.*):flow:[^:]*:jobs$')
 local group = ARGV[1]
-local njobs = (#ARGV - 1) / 5
+local njobs = (#ARGV - 1) / 6
 local delayed_queues = KEYS[2 * njobs + 2]
 local added = 0
 local checked = {}
@@ -29,11 +34,12 @@ local checked = {}
 for k = 1, njobs do
   local stream = KEYS[2 * k]
   local delayed = KEYS[2 * k + 1]
-  local field = ARGV[5 * k - 3]
-  local queue = ARGV[5 * k - 2]
-  local due = ARGV[5 * k - 1]
-  local lane = tonumber(ARGV[5 * k])
-  local envelope = ARGV[5 * k + 1]
+  local field = ARGV[6 * k - 4]
+  local queue = ARGV[6 * k - 3]
+  local due = ARGV[6 * k - 2]
+  local lane = tonumber(ARGV[6 * k - 1])
+  local limits = ARGV[6 * k]
+  local envelope = ARGV[6 * k + 1]
 
   -- The field is the job's idempotency record: once it exists the job was enqueued
   -- (and maybe already run), so nothing is added twice.
@@ -42,7 +48,20 @@ for k = 1, njobs do
       redis.call('ZADD', delayed, due, envelope)
       -- The engine promotes due jobs of every queue named here.
       redis.call('SADD', delayed_queues, queue)
-      redis.call('HSET', hash, field, cjson.encode({ s = 'delayed', q = queue, m = envelope }))
+      local value = { s = 'delayed', q = queue, m = envelope }
+      if limits ~= '' then
+        value = cjson.decode(limits)
+        value.s = 'delayed'
+        value.q = queue
+        value.m = envelope
+      end
+      redis.call('HSET', hash, field, cjson.encode(value))
+    elseif limits ~= '' then
+      local st = cjson.decode(limits)
+      st.q = queue
+      st.l = lane
+      st.env = envelope
+      limits_admit(P, hash, field, st, group)
     else
       -- A missing stream means a new queue or a Redis that lost its data: create the
       -- group from the start of the stream so no entry is ever invisible to it.

@@ -17,9 +17,10 @@
 -- ARGV[3k+1]   field of member k "{node}:{attempt}", or "" when its envelope could not
 --              be decoded (the member is then dropped)
 -- ARGV[3k+2]   lane index of member k (see enqueue.lua)
--- Returns the number of jobs moved into a stream.
+-- Returns the number of jobs moved into a stream (or through their limits).
 
 local delayed = KEYS[1]
+local P = string.sub(delayed, 1, -(#ARGV[2] + 12))
 local group = ARGV[1]
 local queue = ARGV[2]
 local n = (#ARGV - 2) / 3
@@ -35,8 +36,23 @@ for k = 1, n do
   -- ZREM doubles as the check that the member is still waiting.
   if redis.call('ZREM', delayed, member) == 1 and field ~= '' then
     local state = redis.call('HGET', hash, field)
+    local st = nil
+    if state and state ~= 'done' and string.find(state, '"delayed"', 1, true)
+        and (string.find(state, '"ck"', 1, true) or string.find(state, '"rk"', 1, true)) then
+      st = cjson.decode(state)
+    end
     -- A job its flow no longer holds belongs to a deleted flow: drop it.
-    if state and state ~= 'done' then
+    if st then
+      -- A retry with limits goes through them again (its earlier attempt gave its
+      -- slot back when it ended).
+      st.s = nil
+      st.m = nil
+      st.q = queue
+      st.l = lane
+      st.env = member
+      limits_admit(P, hash, field, st, group)
+      moved = moved + 1
+    elseif state and state ~= 'done' then
       if redis.call('EXISTS', stream) == 0 then
         redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
       end

@@ -11,12 +11,16 @@
 -- Returns the number of jobs put back.
 
 local hash = KEYS[1]
+local P = string.match(hash, '^(.*):flow:[^:]*:jobs$')
 local group = ARGV[1]
-local njobs = (#ARGV - 1) / 5
+local njobs = (#ARGV - 1) / 6
 local delayed_queues = KEYS[2 * njobs + 2]
 local repaired = 0
 
-local function lost(value, stream, delayed)
+-- Whether the job's field, entry or delayed member is gone. A job whose entry is
+-- there but whose concurrency slot was lost gets its slot back here (it runs, so it
+-- holds one), and counts as repaired.
+local function lost(value, stream, delayed, field)
   if not value or value == 'done' then
     return true
   end
@@ -24,11 +28,29 @@ local function lost(value, stream, delayed)
   if not ok or type(state) ~= 'table' then
     return true
   end
+  local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+  local ref = hash .. '|' .. field
   if state.s == 'queued' then
-    return type(state.e) ~= 'string' or #redis.call('XRANGE', stream, state.e, state.e) == 0
+    if type(state.e) ~= 'string' or #redis.call('XRANGE', stream, state.e, state.e) == 0 then
+      return true
+    end
+    if state.ck and not redis.call('ZSCORE', P .. ':ck:' .. state.ck .. ':run', job) then
+      redis.call('ZADD', P .. ':ck:' .. state.ck .. ':run', clock_ms(), job)
+      repaired = repaired + 1
+    end
+    return false
   end
   if state.s == 'delayed' then
     return type(state.m) ~= 'string' or not redis.call('ZSCORE', delayed, state.m)
+  end
+  if state.s == 'held' then
+    return not redis.call('ZSCORE', P .. ':ck:' .. tostring(state.ck) .. ':wait', ref)
+  end
+  if state.s == 'rate' then
+    if state.ck and not redis.call('ZSCORE', P .. ':ck:' .. state.ck .. ':run', job) then
+      redis.call('ZADD', P .. ':ck:' .. state.ck .. ':run', clock_ms(), job)
+    end
+    return not redis.call('ZSCORE', P .. ':rl:' .. tostring(state.rk) .. ':wait', ref)
   end
   return true
 end
@@ -36,17 +58,32 @@ end
 for k = 1, njobs do
   local stream = KEYS[2 * k]
   local delayed = KEYS[2 * k + 1]
-  local field = ARGV[5 * k - 3]
-  local queue = ARGV[5 * k - 2]
-  local due = ARGV[5 * k - 1]
-  local lane = tonumber(ARGV[5 * k])
-  local envelope = ARGV[5 * k + 1]
+  local field = ARGV[6 * k - 4]
+  local queue = ARGV[6 * k - 3]
+  local due = ARGV[6 * k - 2]
+  local lane = tonumber(ARGV[6 * k - 1])
+  local limits = ARGV[6 * k]
+  local envelope = ARGV[6 * k + 1]
 
-  if lost(redis.call('HGET', hash, field), stream, delayed) then
+  if lost(redis.call('HGET', hash, field), stream, delayed, field) then
     if due ~= '0' then
       redis.call('ZADD', delayed, due, envelope)
       redis.call('SADD', delayed_queues, queue)
-      redis.call('HSET', hash, field, cjson.encode({ s = 'delayed', q = queue, m = envelope }))
+      local value = { s = 'delayed', q = queue, m = envelope }
+      if limits ~= '' then
+        value = cjson.decode(limits)
+        value.s = 'delayed'
+        value.q = queue
+        value.m = envelope
+      end
+      redis.call('HSET', hash, field, cjson.encode(value))
+    elseif limits ~= '' then
+      -- Through the limits again; a slot it still holds is kept (limits_admit).
+      local st = cjson.decode(limits)
+      st.q = queue
+      st.l = lane
+      st.env = envelope
+      limits_admit(P, hash, field, st, group)
     else
       -- The stream may exist without its group (restored from a snapshot taken
       -- before the group was created): create it from the start, as enqueue does.
