@@ -49,19 +49,20 @@ local function count_held(P, queue, member, by)
   end
 end
 
--- GCRA: whether a token is free now for rate key state {rk, rn, rp}; takes it if so.
--- Returns true, or false and the time (ms) the next token frees.
+-- GCRA without a burst: whether a token is free now for rate key state {rk, rn,
+-- rp}; takes it if so. Tokens come one every rp/rn ms, so no window of rp ms ever
+-- sees more than rn starts. Returns true, or false and the time (ms) the next token
+-- frees.
 local function take_token(P, st, now)
   local key = P .. ':rl:' .. st.rk
   local period = tonumber(st.rp)
   local interval = period / tonumber(st.rn)
-  local tolerance = period - interval
   local tat = tonumber(redis.call('GET', key) or '0') or 0
   if tat < now then
     tat = now
   end
-  if now < tat - tolerance then
-    return false, tat - tolerance
+  if now < tat then
+    return false, tat
   end
   tat = tat + interval
   redis.call('SET', key, string.format('%.3f', tat), 'PX', math.ceil(tat - now + period))
