@@ -104,6 +104,40 @@ pub struct NodeView {
     /// On a map element: its position in the map's array.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub index: Option<u32>,
+    /// 0 (lowest) to 9 (highest): which of its queue's jobs it goes before.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Its concurrency key, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub concurrency: Option<LimitView>,
+    /// Its rate limit, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rate_limit: Option<LimitView>,
+}
+
+fn default_priority() -> u8 {
+    crate::spec::DEFAULT_PRIORITY
+}
+
+/// A node's concurrency key or rate limit: the spec, and the key its job runs
+/// under once the node is ready.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitView {
+    /// The key expression, as written.
+    pub key: String,
+    /// The evaluated key, once the node's job exists (for a map node: absent; each
+    /// element has its own).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<String>,
+    /// Jobs at once (concurrency) or per period (rate limit).
+    pub limit: u32,
+    /// A concurrency key's strategy: `queue`, `cancelNewest` or `cancelInProgress`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub strategy: Option<String>,
+    /// A rate limit's period in ms.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub per_ms: Option<u64>,
 }
 
 /// What a wait node waits for; its deadline is the node's `dueAt`.
@@ -280,6 +314,10 @@ impl NodeView {
             },
         });
         let is_job = state.is_job(idx);
+        // The keys a job runs under, once it exists.
+        let keys = (is_job && n.attempt > 0)
+            .then(|| state.job_limits(idx).ok().flatten())
+            .flatten();
         NodeView {
             job_id: (n.attempt > 0 && is_job)
                 .then(|| JobId::new(state.id(), &name, n.attempt).to_string()),
@@ -311,6 +349,23 @@ impl NodeView {
             map,
             map_of: owner.map(|(m, _)| dag.node(m).name.to_string()),
             index: owner.map(|(_, i)| i),
+            priority: def.priority,
+            concurrency: def.concurrency.as_ref().map(|c| LimitView {
+                key: c.key.source.clone(),
+                value: keys
+                    .as_ref()
+                    .and_then(|k| k.concurrency.as_ref().map(|c| c.0.clone())),
+                limit: c.limit,
+                strategy: Some(c.strategy.as_str().to_owned()),
+                per_ms: None,
+            }),
+            rate_limit: def.rate_limit.as_ref().map(|r| LimitView {
+                key: r.key.source.clone(),
+                value: keys.as_ref().and_then(|k| k.rate.as_ref().map(|r| r.0.clone())),
+                limit: r.limit,
+                strategy: None,
+                per_ms: Some(r.per_ms),
+            }),
         }
     }
 }
