@@ -4,7 +4,7 @@
 -- and still pending.
 --
 -- KEYS[1]    P:completions           the completions stream
--- KEYS[2]    P:q:{queue}             the job's stream
+-- KEYS[2]    P:q:{queue}:{lane}      the job's lane stream
 -- KEYS[3]    P:flow:{flow_id}:jobs   the job's flow's jobs hash
 -- ARGV[1]    consumer group of the queue streams ("workers")
 -- ARGV[2]    consumer group of the completions stream ("engine")
