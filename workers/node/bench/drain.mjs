@@ -1,5 +1,5 @@
-// The worker's own ceiling, without an engine: N jobs are put on a queue with the
-// engine's enqueue.lua, then a Worker (no-op handler) drains them; reported is the
+// The worker's own ceiling, without an engine: N jobs are put on a queue's lane as
+// the engine would, then a Worker (no-op handler) drains them; reported is the
 // time from start to the last job's final report in Redis. Each job costs the worker
 // a share of a read, a `started` report and a final report.
 //
@@ -9,7 +9,7 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 
 import { Worker } from "../dist/index.js";
-import { lua, startRedis, uniquePrefix } from "../test/helpers.mjs";
+import { enqueue, startRedis, uniquePrefix } from "../test/helpers.mjs";
 
 const { values: args } = parseArgs({
   options: { jobs: { type: "string", default: "50000" }, concurrency: { type: "string", default: "50" } },
@@ -18,25 +18,15 @@ const jobs = Number(args.jobs);
 const redisServer = await startRedis();
 const redis = new Redis(redisServer.url);
 const prefix = uniquePrefix("drain");
-const script = lua("enqueue.lua");
-const sha = await redis.script("LOAD", script);
 
-// 100 jobs per flow, enqueued in one script call per flow, as the engine would.
+// 100 jobs per flow, first jobs of new flows (the `:new` lane), added in one
+// transaction per flow.
 const perFlow = 100;
 for (let f = 0; f < jobs / perFlow; f++) {
   const flowId = randomUUID();
-  const keys = [`${prefix}:flow:${flowId}:jobs`];
-  const argv = ["workers"];
-  for (let i = 0; i < perFlow; i++) {
-    keys.push(`${prefix}:q:bench`, `${prefix}:q:bench:delayed`);
-    const env = {
-      v: 1, id: `${flowId}:n${i}:1`, flowId, node: `n${i}`, attempt: 1, handler: "noop", queue: "bench",
-      input: { data: null, parents: {} }, maxStalled: 1, enqueuedAtMs: Date.now(),
-    };
-    argv.push(`n${i}:1`, "bench", "0", JSON.stringify(env));
-  }
-  keys.push(`${prefix}:queues:delayed`);
-  await redis.evalsha(sha, keys.length, ...keys, ...argv);
+  await enqueue(redis, prefix, Array.from({ length: perFlow }, (_, i) => ({
+    flowId, node: `n${i}`, handler: "noop", queue: "bench", fresh: true,
+  })));
 }
 
 let done = 0;

@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const luaSource = join(root, "..", "..", "actors", "src", "queue", "lua");
 const luaTarget = join(root, "dist", "lua");
-const needed = ["report.lua", "heartbeat.lua"];
+const needed = ["take.lua", "report.lua", "heartbeat.lua"];
 
 if (existsSync(luaSource)) {
   mkdirSync(luaTarget, { recursive: true });

@@ -29,6 +29,11 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
   readonly queue: string;
   /** Which attempt this is, from 1; a retry is a new job with `attempt + 1`. */
   readonly attempt: number;
+  /**
+   * 0 (lowest) to 9 (highest): the node's `priority`, else its flow's
+   * `opts.priority`, else 5. A queue hands out higher priorities first.
+   */
+  readonly priority: number;
   /** The node's own `data` from the flow spec; `null` when it has none. */
   readonly data: Data;
   /**
@@ -59,6 +64,7 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
     this.name = env.handler;
     this.queue = env.queue;
     this.attempt = env.attempt;
+    this.priority = env.priority;
     this.data = input.data as Data;
     this.parents = input.parents as Parents;
     this.item = input.item;

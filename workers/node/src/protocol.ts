@@ -37,23 +37,49 @@ export function isValidQueueName(name: string): boolean {
   return QUEUE_NAME.test(name) && name.length <= 256;
 }
 
+/** The highest priority (0 is the lowest). */
+export const MAX_PRIORITY = 9;
+/** The priority of an envelope that carries none (written before priorities existed). */
+export const DEFAULT_PRIORITY = 5;
+/** Lane streams per queue: two per priority. */
+export const LANES = 2 * (MAX_PRIORITY + 1);
+
+/**
+ * The lane index of a job (its lane's position in the order `take.lua` serves them):
+ * 0 is priority 9 of flows that have started, 1 priority 9 of new flows, ..., 19
+ * priority 0 of new flows.
+ */
+export function laneIndex(priority: number, fresh: boolean): number {
+  return 2 * (MAX_PRIORITY - priority) + (fresh ? 1 : 0);
+}
+
 /** Every Redis key name of one deployment, built in one place. */
 export class Keys {
   /** @param prefix the deployment's prefix (`P`), the engine's `--prefix` */
   constructor(readonly prefix: string = DEFAULT_PREFIX) {
     if (prefix.length === 0) throw new TypeError("prefix must not be empty");
   }
-  /** `P:q:{queue}`: the stream of ready and running jobs of a queue. */
-  queue(queue: string): string {
-    return `${this.prefix}:q:${queue}`;
+  /**
+   * One lane stream of a queue: `P:q:{queue}:{priority}` holds the ready and running
+   * jobs of flows that have started, `P:q:{queue}:{priority}:new` the first jobs of
+   * flows that have not.
+   */
+  lane(queue: string, priority: number, fresh: boolean): string {
+    return `${this.prefix}:q:${queue}:${priority}${fresh ? ":new" : ""}`;
   }
   /**
-   * The streams one queue is served from, in reading order. One today; a later
-   * protocol version adds a continuations stream read first, and every reading
-   * path already takes a list.
+   * The 20 lane streams of a queue in the order they are served (index = lane index):
+   * `P:q:{queue}:9`, `P:q:{queue}:9:new`, `P:q:{queue}:8`, ..., `P:q:{queue}:0:new`.
+   * These are `take.lua`'s first 20 keys.
    */
-  queueStreams(queue: string): string[] {
-    return [this.queue(queue)];
+  lanes(queue: string): string[] {
+    const out: string[] = [];
+    for (let i = 0; i < LANES; i++) out.push(this.lane(queue, MAX_PRIORITY - Math.floor(i / 2), i % 2 === 1));
+    return out;
+  }
+  /** `P:q:{queue}:takes`: how many jobs the queue handed out (`take.lua`'s share turns). */
+  takes(queue: string): string {
+    return `${this.prefix}:q:${queue}:takes`;
   }
   /** `P:q:{queue}:delayed`: retries waiting out their backoff. */
   delayed(queue: string): string {
@@ -97,6 +123,11 @@ export interface Envelope {
   handler: string;
   /** The queue it was put on. */
   queue: string;
+  /**
+   * 0 (lowest) to 9 (highest): which lane of its queue the job waited in. Envelopes
+   * written before priorities have none; {@link parseEnvelope} reads them as 5.
+   */
+  priority: number;
   /** `{"data": ..., "parents": {...}}` (a map element also `"item"` and `"index"`), as the engine built it. */
   input: unknown;
   /** Time limit of the handler, if any. */
@@ -144,6 +175,12 @@ export function parseEnvelope(json: string | null | undefined): Envelope {
   }
   if (!isNonNegativeInteger(env.maxStalled)) throw new MalformedEnvelope("field maxStalled is not an integer >= 0");
   if (!isNonNegativeInteger(env.enqueuedAtMs)) throw new MalformedEnvelope("field enqueuedAtMs is not an integer >= 0");
+  // The reference reader takes any u8 here (the engine writes 0 to 9) and a missing
+  // field as the default; null is not a u8 there, so it is refused here too.
+  if (!("priority" in env)) env.priority = DEFAULT_PRIORITY;
+  else if (!isNonNegativeInteger(env.priority) || env.priority > 255) {
+    throw new MalformedEnvelope("field priority is not an integer from 0 to 255");
+  }
   if (!("input" in env)) throw new MalformedEnvelope("field input is missing");
   if (env.timeoutMs !== undefined && env.timeoutMs !== null && !isNonNegativeInteger(env.timeoutMs)) {
     throw new MalformedEnvelope("field timeoutMs is not an integer >= 0");
@@ -296,9 +333,11 @@ export function stalledMessage(deliveries: number, maxStalled: number, leaseMs: 
 }
 
 /**
- * Whether a Redis error means the consumer group (or its stream) is gone: Redis
- * lost its data. `NOGROUP` on most commands; a blocked XREADGROUP whose stream is
- * removed by FLUSHALL fails with `UNBLOCKED the stream key no longer exists` on 7.0.
+ * Whether a Redis error means the consumer group (or its stream) is missing: a lane
+ * never used yet, or Redis lost its data. Either way the lane holds nothing pending
+ * for this consumer. `NOGROUP` on most commands (a missing key included); a blocked
+ * XREADGROUP whose stream is removed by FLUSHALL fails with `UNBLOCKED the stream key
+ * no longer exists` on 7.0.
  */
 export function isGroupLost(err: unknown): boolean {
   const message = err instanceof Error ? err.message : String(err);
@@ -357,6 +396,47 @@ export function parseDeliveries(reply: unknown): number | null {
   const row = reply[0];
   if (!Array.isArray(row) || row.length < 4) return null;
   return Number(row[3]);
+}
+
+/** The ids in an `XPENDING key group - + count consumer` reply (`[[id, consumer, idle, deliveries], ...]`). */
+export function parsePendingIds(reply: unknown): string[] {
+  if (!Array.isArray(reply)) return [];
+  return reply.filter((row): row is unknown[] => Array.isArray(row) && row.length > 0).map((row) => String(row[0]));
+}
+
+/** One job `take.lua` handed to this consumer. */
+export interface TakenEntry {
+  /** Lane index (0..19): the position of its lane stream in `take.lua`'s keys. */
+  lane: number;
+  /** Its entry id. */
+  id: string;
+  /** The entry's `envelope` field; `null` when it has none (malformed). */
+  envelope: string | null;
+}
+
+/**
+ * A `take.lua` reply `[jobs, wait]`. `jobs` is flat triples (lane index, entry id,
+ * envelope or nil), in the order to start them; `wait`, when nothing was taken,
+ * holds one entry id per lane to block after with `XREAD`. Throws on a reply of
+ * another shape: a worker built against another protocol version.
+ */
+export function parseTakeReply(reply: unknown): { jobs: TakenEntry[]; wait: string[] } {
+  if (!Array.isArray(reply) || reply.length !== 2 || !Array.isArray(reply[0]) || !Array.isArray(reply[1])) {
+    throw new Error("unexpected take.lua reply");
+  }
+  const flat = reply[0] as unknown[];
+  const jobs: TakenEntry[] = [];
+  for (let i = 0; i + 2 < flat.length; i += 3) {
+    const lane = Number(flat[i]);
+    if (!Number.isInteger(lane) || lane < 0 || lane >= LANES) throw new Error(`take.lua returned lane ${String(flat[i])}`);
+    const envelope = flat[i + 2];
+    jobs.push({ lane, id: String(flat[i + 1]), envelope: typeof envelope === "string" ? envelope : null });
+  }
+  const wait = (reply[1] as unknown[]).map(String);
+  if (jobs.length === 0 && wait.length !== LANES) {
+    throw new Error(`take.lua returned ${wait.length} wait ids for ${LANES} lanes`);
+  }
+  return { jobs, wait };
 }
 
 /**

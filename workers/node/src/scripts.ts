@@ -11,6 +11,8 @@ import { readFileSync } from "node:fs";
 
 /** The scripts a worker runs, by name. */
 export interface LuaScripts {
+  /** `take.lua`: up to n ready jobs of a queue, best lane first, or the ids to block after. */
+  take: string;
   /** `report.lua`: a completion record, plus ack, delete and `done` for a final outcome. */
   report: string;
   /** `heartbeat.lua`: the worker's `P:workers` entry, stamped with the Redis clock. */
@@ -33,7 +35,7 @@ export function luaScripts(): LuaScripts {
         );
       }
     };
-    cached = { report: read("report.lua"), heartbeat: read("heartbeat.lua") };
+    cached = { take: read("take.lua"), report: read("report.lua"), heartbeat: read("heartbeat.lua") };
   }
   return cached;
 }

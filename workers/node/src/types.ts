@@ -96,6 +96,11 @@ export interface NodeSpec {
   map?: MapSpec;
   /** Wait for a signal or a time instead of running a job. */
   wait?: WaitSpec;
+  /**
+   * 0 (lowest) to 9 (highest): a queue hands out jobs of higher priority first (each
+   * priority still gets a share). Overrides the flow's `opts.priority`; default 5.
+   */
+  priority?: number;
 }
 
 /** Flow-wide behaviour. */
@@ -106,6 +111,8 @@ export interface FlowOpts {
    * first permanent failure.
    */
   onFailure?: "continue" | "failFast";
+  /** The priority (0 to 9) of every node that sets none; default 5. */
+  priority?: number;
 }
 
 /** A flow as `POST /flows` takes it. */

@@ -2,12 +2,14 @@
  * The worker: serves dagflow queues from Redis with TypeScript handlers, speaking
  * the protocol of docs/PROTOCOL.md.
  *
- * Per queue a {@link QueueFetcher} reads jobs on its own connection and starts at
- * most `concurrency` of them at once; the worker reports each job's outcome with
+ * Per queue a {@link QueueFetcher} takes jobs on its own connection (`take.lua`,
+ * which serves the queue's 20 lane streams best first) and starts at most
+ * `concurrency` of them at once; the worker reports each job's outcome with
  * `report.lua` on one shared, auto-pipelined connection, so reports of jobs that end
  * in the same tick go to Redis in one round trip. One ticker renews the lease of
- * every running job, one reclaims jobs of dead workers, one sends heartbeats; no
- * timer runs per job except a job's own `timeoutMs`.
+ * every running job, one reclaims jobs of dead workers, one sends heartbeats, one
+ * removes consumers that stopped workers left behind; no timer runs per job except
+ * a job's own `timeoutMs`.
  *
  * @module
  */
@@ -15,7 +17,7 @@
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { hostname } from "node:os";
-import type { Redis } from "ioredis";
+import { ReplyError, type Redis } from "ioredis";
 
 import { FatalError, JobAbortedError, isRetryable, messageOf } from "./errors.js";
 import { Job } from "./job.js";
@@ -25,6 +27,7 @@ import {
   DEFAULT_PREFIX,
   ENVELOPE_FIELD,
   Keys,
+  LANES,
   WORKERS_GROUP,
   encodeOutcome,
   fieldOf,
@@ -33,8 +36,11 @@ import {
   isValidQueueName,
   parseAutoclaimReply,
   parseDeliveries,
+  parseEntries,
   parseEnvelope,
+  parsePendingIds,
   parseReadReply,
+  parseTakeReply,
   ReportFrame,
   splitInput,
   stalledMessage,
@@ -72,7 +78,7 @@ export interface WorkerOptions {
   /** Runs jobs whose handler has no entry in `handlers` (BullMQ's single processor; switch on `job.name`). */
   processor?: Handler;
   /**
-   * This worker's consumer name in every queue's group, and its id in `P:workers`.
+   * This worker's consumer name in the group of every lane it reads, and its id in `P:workers`.
    * Give a stable name (host + slot) so that a restarted worker resumes its own
    * unfinished jobs at once; with the default (host, pid and a random part) they are
    * reclaimed by someone after their lease. Never run two live workers under one name.
@@ -94,7 +100,7 @@ export interface WorkerOptions {
 
 /** The events of a {@link Worker}, with their arguments. */
 export interface WorkerEvents {
-  /** Serving: groups exist, cancel channel subscribed, first heartbeat sent. */
+  /** Serving: cancel channel subscribed, first heartbeat sent. */
   ready: [];
   /** A handler was started. */
   active: [job: Job];
@@ -124,14 +130,18 @@ interface ReportSink {
   close(): void;
 }
 
-/** Most `XAUTOCLAIM` calls one reclaim pass makes per stream. */
+/** Most `XAUTOCLAIM` calls one reclaim pass makes per lane. */
 const MAX_AUTOCLAIM_ROUNDS = 10;
+/** How often consumers left behind by stopped workers are removed from the lanes' groups. */
+const JANITOR_EVERY_MS = 600_000;
+/** How long a consumer with no pending job must have been idle to be removed: no live worker is. */
+const CONSUMER_IDLE_MS = 3_600_000;
 /** Longest wait between two tries of a report or a failed read. */
 const MAX_BACKOFF_MS = 5_000;
 
-/** A job read from a stream. */
+/** A job read from a lane stream. */
 interface Delivery {
-  /** The stream it was read from: what gets renewed, acknowledged and reported on. */
+  /** The lane stream it was read from: what gets renewed, acknowledged and reported on. */
   stream: string;
   /** Its entry id, the delivery handle. */
   entryId: string;
@@ -181,14 +191,13 @@ class RunningJob {
   }
 }
 
-/** One stream a queue is served from, with its reading state. */
-interface Source {
-  /** The stream key. */
-  key: string;
-  /** Where reading this consumer's own pending entries goes on; `null` once they are all read. */
-  pendingCursor: string | null;
-  /** Where the next XAUTOCLAIM scan goes on. */
-  autoclaimCursor: string;
+/**
+ * What a job this worker holds is known by: its lane stream and entry id. An entry id
+ * alone is not enough, since ids are unique within one stream only and two lanes of a
+ * queue often hold the same id (one enqueue adds to several lanes in one millisecond).
+ */
+function handleOf(stream: string, entryId: string): string {
+  return `${entryId} ${stream}`;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -207,16 +216,32 @@ function asError(err: unknown): Error {
 
 /**
  * Reads one queue on its own connection and starts its jobs: first this consumer's
- * own pending entries (left by a previous run under the same consumer name), then
- * new ones, blocking. Never reads more than the free slots.
+ * own pending entries (left by a previous run under the same consumer name), lane by
+ * lane; then the best ready jobs through `take.lua`, blocking with a plain `XREAD` on
+ * all 20 lanes when there are none. Never takes more than the free slots.
  */
 class QueueFetcher {
-  /** Jobs of this queue that run now, by entry id. */
+  /** Jobs of this queue that run now, by handle ({@link handleOf}). */
   readonly running = new Map<string, RunningJob>();
   /** Jobs delivered beyond the free slots (a reclaim raced a read); started as slots free up. */
   readonly buffer: Delivery[] = [];
-  /** The dedicated connection of the blocking reads. */
+  /** Handles of entries a reclaim pass claimed and has not handed over yet. */
+  readonly claiming = new Set<string>();
+  /** The dedicated connection of the takes and blocking reads. */
   readonly conn: Redis;
+  /** The queue's lane streams in lane order: `take.lua`'s first 20 keys. */
+  readonly lanes: string[];
+  /** Per lane, where the next XAUTOCLAIM scan goes on. */
+  readonly autoclaimCursors: string[];
+  /** `P:q:{queue}:takes`, `take.lua`'s last key. */
+  private readonly takes: string;
+  /** Where reading this consumer's own pending entries goes on (a lane index and a cursor); `null` once all are read. */
+  private pending: { lane: number; cursor: string } | null = { lane: 0, cursor: "0" };
+  /**
+   * A take may have handed entries to this consumer whose reply never arrived (its
+   * connection broke, or it failed): they are looked for before the next take.
+   */
+  private recover = false;
   /** Redis's id of `conn`, for `CLIENT UNBLOCK` at close; `null` until known or after a reconnect. */
   private clientId: number | null = null;
   /** A blocking read is in flight. */
@@ -225,31 +250,29 @@ class QueueFetcher {
   private wake: (() => void) | null = null;
   /** The read loop, once started. */
   private loop: Promise<void> | null = null;
-  readonly sources: Source[];
 
   constructor(
     private readonly worker: Worker,
     readonly queue: string,
     readonly concurrency: number,
   ) {
-    this.sources = worker.keys.queueStreams(queue).map((key) => ({ key, pendingCursor: "0", autoclaimCursor: "0-0" }));
+    this.lanes = worker.keys.lanes(queue);
+    this.takes = worker.keys.takes(queue);
+    this.autoclaimCursors = this.lanes.map(() => "0-0");
     this.conn = worker.openConnection(`read:${queue}`);
-    // A new connection has a new client id; and a read whose reply was lost in the
-    // disconnect may have delivered entries to this consumer: read own pending again.
-    this.conn.on("ready", () => {
+    this.conn.defineCommand("dagflowTake", { numberOfKeys: LANES + 1, lua: luaScripts().take });
+    // A new connection has a new client id. And a take cut off by the disconnect may
+    // have handed entries to this consumer although its reply is lost (ioredis sends
+    // the call again, and the second call takes other entries): look for them.
+    this.conn.on("close", () => {
       this.clientId = null;
-      for (const s of this.sources) s.pendingCursor = "0";
+      this.recover = true;
     });
   }
 
   /** Free slots: the concurrency minus running and buffered jobs. */
   free(): number {
     return this.concurrency - this.running.size - this.buffer.length;
-  }
-
-  /** Creates the group of every stream (from the start of the stream; BUSYGROUP is fine). */
-  async ensureGroups(): Promise<void> {
-    for (const s of this.sources) await this.worker.createGroup(this.conn, s.key);
   }
 
   /** Starts the read loop. */
@@ -268,16 +291,23 @@ class QueueFetcher {
   }
 
   /**
-   * Whether this worker holds the entry already: running, buffered, or ended with its
-   * final report still on the way to Redis (it stays pending until the report lands).
+   * Whether this worker holds the entry already: running, buffered, being claimed,
+   * or ended with its final report still on the way to Redis (it stays pending until
+   * the report lands).
    */
-  holds(entryId: string): boolean {
-    return this.running.has(entryId) || this.buffer.some((d) => d.entryId === entryId) || this.worker.awaitsReport(entryId);
+  holds(stream: string, entryId: string): boolean {
+    const handle = handleOf(stream, entryId);
+    return (
+      this.running.has(handle) ||
+      this.claiming.has(handle) ||
+      this.worker.awaitsReport(handle) ||
+      this.buffer.some((d) => d.entryId === entryId && d.stream === stream)
+    );
   }
 
   /** Starts a job now if a slot is free, else keeps it for the next free slot. */
   offer(delivery: Delivery): void {
-    if (this.holds(delivery.entryId)) return;
+    if (this.holds(delivery.stream, delivery.entryId)) return;
     if (this.running.size < this.concurrency) this.worker.startJob(this, delivery);
     else this.buffer.push(delivery);
   }
@@ -287,7 +317,7 @@ class QueueFetcher {
     this.slotFreed();
     if (this.blocked) {
       if (this.clientId !== null) {
-        // CLIENT UNBLOCK makes the read return as if it timed out: nothing delivered is lost.
+        // CLIENT UNBLOCK makes the read return as if it timed out.
         await this.worker.cmd.call("CLIENT", "UNBLOCK", String(this.clientId)).catch(() => undefined);
       } else {
         this.conn.disconnect();
@@ -318,74 +348,142 @@ class QueueFetcher {
       } catch (err) {
         this.blocked = false;
         if (this.worker.stopping) break;
-        if (isGroupLost(err)) {
-          // Redis lost its data (FLUSHALL, restart without persistence): a fresh group
-          // holds nothing pending for this consumer.
-          this.worker.emitError(new Error(`queue ${this.queue}: consumer group lost (${messageOf(err)}); recreating it`));
-          try {
-            await this.ensureGroups();
-            for (const s of this.sources) s.pendingCursor = null;
-            continue;
-          } catch (e) {
-            err = e;
-          }
-        }
+        // take.lua is a write: a Redis at its maxmemory refuses it (OOM) until memory
+        // is freed, so this is retried like a connection error, never given up.
         this.worker.emitError(new Error(`queue ${this.queue}: read failed: ${messageOf(err)}`));
-        // A read whose reply was lost may have delivered entries: read own pending again.
-        for (const s of this.sources) s.pendingCursor = "0";
+        this.recover = true;
         await sleep(backoff(failures++));
       }
     }
   }
 
-  /** Reads up to `count` jobs: own pending ones first, then new ones (blocking). */
+  /**
+   * Reads up to `count` jobs: own pending ones first, then those a lost take reply
+   * left pending here, then the best ready ones, blocking until one arrives or
+   * `blockMs` passes.
+   */
   private async read(count: number): Promise<Delivery[]> {
-    for (const source of this.sources) {
-      while (source.pendingCursor !== null) {
-        const reply = await this.conn.call(
-          "XREADGROUP", "GROUP", WORKERS_GROUP, this.worker.consumer,
-          "COUNT", String(count), "STREAMS", source.key, source.pendingCursor,
-        );
-        const entries = parseReadReply(reply).get(source.key) ?? [];
-        const last = entries[entries.length - 1];
-        if (!last) {
-          source.pendingCursor = null;
-          break;
-        }
-        source.pendingCursor = last.id;
-        // Jobs already running here (or waiting for their final report) come back too
-        // when own pending is re-read after a reconnect; they are not started twice.
-        const fresh = entries.filter((e) => !this.holds(e.id));
-        const good = await this.worker.triage(source.key, fresh);
-        if (good.length > 0) {
-          // Reading pending history does not reset idle time: renew before anyone
-          // reclaims them while they run again here.
-          await this.worker.renew(source.key, good.map((d) => d.entryId));
-          return good;
-        }
-      }
+    const own = await this.readOwnPending(count);
+    if (own.length > 0) return own;
+    if (this.recover) {
+      this.recover = false;
+      const lost = await this.findLost();
+      if (lost.length > 0) return lost;
     }
+    const first = await this.take(count);
+    if (first.deliveries.length > 0 || first.wait.length === 0) return first.deliveries;
     if (this.clientId === null) this.clientId = Number(await this.conn.call("CLIENT", "ID"));
     if (this.worker.stopping) return [];
-    const keys = this.sources.map((s) => s.key);
+    // Nothing ready: wait for an entry newer than what take.lua saw in any lane (XREAD
+    // consumes nothing), then take again; someone else may have taken it meanwhile.
     this.blocked = true;
-    let reply: unknown;
+    let woke: unknown;
     try {
-      reply = await this.conn.call(
-        "XREADGROUP", "GROUP", WORKERS_GROUP, this.worker.consumer,
-        "COUNT", String(count), "BLOCK", String(this.worker.blockMs),
-        "STREAMS", ...keys, ...keys.map(() => ">"),
+      woke = await this.conn.call(
+        "XREAD", "COUNT", "1", "BLOCK", String(this.worker.blockMs), "STREAMS", ...this.lanes, ...first.wait,
       );
     } finally {
       this.blocked = false;
     }
-    const byStream = parseReadReply(reply);
+    if (woke === null || this.worker.stopping) return [];
+    return (await this.take(count)).deliveries;
+  }
+
+  /**
+   * The next page of this consumer's own pending entries (jobs it received before a
+   * restart and never finished), lane by lane in lane order; empty once every lane
+   * is read.
+   */
+  private async readOwnPending(count: number): Promise<Delivery[]> {
+    while (this.pending !== null) {
+      const { lane, cursor } = this.pending;
+      const stream = this.lanes[lane] as string;
+      let reply: unknown = null;
+      try {
+        reply = await this.conn.call(
+          "XREADGROUP", "GROUP", WORKERS_GROUP, this.worker.consumer,
+          "COUNT", String(count), "STREAMS", stream, cursor,
+        );
+      } catch (err) {
+        // NOGROUP: a lane never used (or Redis lost its data) holds nothing for us.
+        if (!isGroupLost(err)) throw err;
+      }
+      const entries = parseReadReply(reply).get(stream) ?? [];
+      const last = entries[entries.length - 1];
+      if (!last) {
+        this.pending = lane + 1 < LANES ? { lane: lane + 1, cursor: "0" } : null;
+        continue;
+      }
+      this.pending = { lane, cursor: last.id };
+      const fresh = entries.filter((e) => !this.holds(stream, e.id));
+      const good = await this.worker.triage(stream, fresh);
+      if (good.length > 0) {
+        // Redis 7.0 resets their idle time as it reads them; renewing them at once
+        // keeps that true on versions that do not, so that no other worker reclaims
+        // them while they run again here.
+        await this.worker.renew(stream, good.map((d) => d.entryId));
+        return good;
+      }
+      // A page of deleted or malformed entries says nothing about the next one.
+    }
+    return [];
+  }
+
+  /**
+   * Entries pending on this consumer that no job here holds: handed out by a take
+   * whose reply was lost. Listed with XPENDING and fetched with XRANGE, which touch
+   * nothing (re-reading them with XREADGROUP would count a delivery of every job
+   * that runs here); entries XRANGE no longer finds are acknowledged.
+   */
+  private async findLost(): Promise<Delivery[]> {
+    // The jobs held here are listed too: ask for enough that they cannot hide the lost ones.
+    const n = String(this.concurrency + this.worker.finalsOnTheirWay());
+    const pending = this.conn.pipeline();
+    for (const stream of this.lanes) pending.call("XPENDING", stream, WORKERS_GROUP, "-", "+", n, this.worker.consumer);
+    const replies = (await pending.exec()) ?? [];
+    const lost: Array<[string, string]> = [];
+    for (let lane = 0; lane < LANES; lane++) {
+      const stream = this.lanes[lane] as string;
+      const [err, reply] = replies[lane] ?? [null, null];
+      if (err) {
+        if (isGroupLost(err)) continue;
+        throw err;
+      }
+      for (const id of parsePendingIds(reply)) if (!this.holds(stream, id)) lost.push([stream, id]);
+    }
+    if (lost.length === 0) return [];
+    const ranges = this.conn.pipeline();
+    for (const [stream, id] of lost) ranges.call("XRANGE", stream, id, id);
+    const found = (await ranges.exec()) ?? [];
     const out: Delivery[] = [];
-    for (const key of keys) {
-      const entries = byStream.get(key);
-      if (entries) out.push(...(await this.worker.triage(key, entries)));
+    for (let i = 0; i < lost.length; i++) {
+      const [stream, id] = lost[i] as [string, string];
+      const [err, reply] = found[i] ?? [null, null];
+      if (err) throw err;
+      // Claimed by a reclaim pass meanwhile: it hands the job over itself.
+      if (this.holds(stream, id)) continue;
+      const entries = parseEntries(reply);
+      // Not found: deleted while pending, only its pending record is left to clear.
+      out.push(...(await this.worker.triage(stream, entries.length > 0 ? entries : [{ id, fields: null }])));
     }
     return out;
+  }
+
+  /**
+   * Runs `take.lua` for up to `count` jobs: the jobs taken, in the order to start
+   * them (malformed entries removed), or, when none was ready, the ids to block after.
+   */
+  private async take(count: number): Promise<{ deliveries: Delivery[]; wait: string[] }> {
+    const reply = await (this.conn as unknown as TakeCommand).dagflowTake(
+      ...this.lanes, this.takes, WORKERS_GROUP, this.worker.consumer, String(count),
+    );
+    const { jobs, wait } = parseTakeReply(reply);
+    const deliveries: Delivery[] = [];
+    for (const job of jobs) {
+      const entry: RawEntry = { id: job.id, fields: job.envelope === null ? [] : [ENVELOPE_FIELD, job.envelope] };
+      deliveries.push(...(await this.worker.triage(this.lanes[job.lane] as string, [entry])));
+    }
+    return { deliveries, wait };
   }
 }
 
@@ -426,9 +524,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
   /** Running jobs by job id, for cancel messages. */
   private readonly byJobId = new Map<string, RunningJob>();
   /**
-   * Jobs that ended whose final report is not yet in Redis, by entry id: close()
-   * waits for them, and their lease is renewed meanwhile so that no one reclaims
-   * and re-runs a job whose outcome is only waiting for Redis.
+   * Jobs that ended whose final report is not yet in Redis, by handle
+   * ({@link handleOf}): close() waits for them, and their lease is renewed meanwhile
+   * so that no one reclaims and re-runs a job whose outcome is only waiting for Redis.
    */
   private readonly unwrittenFinals = new Map<string, Delivery>();
   private sub: Redis | undefined;
@@ -584,15 +682,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
     // ioredis subscribes again by itself after a reconnect (autoResubscribe).
     await step("subscribing to the cancel channel", () => sub.subscribe(this.keys.cancelChannel()));
 
+    // No groups to create: each lane's group comes with its stream (enqueue.lua).
     for (const [queue, concurrency] of this.queueConcurrency) {
       checkOpen();
-      const fetcher = new QueueFetcher(this, queue, concurrency);
-      this.fetchers.push(fetcher);
-      await step(`creating the group of queue ${queue}`, () => fetcher.ensureGroups());
+      this.fetchers.push(new QueueFetcher(this, queue, concurrency));
     }
     await step("the first heartbeat", () => this.heartbeat());
 
     this.timers.push(this.every(this.heartbeatMs, () => this.heartbeat()));
+    this.timers.push(this.every(JANITOR_EVERY_MS, () => this.removeIdleConsumers(CONSUMER_IDLE_MS).then(() => undefined)));
     this.scheduleLeaseTimers();
     for (const f of this.fetchers) f.start();
     this.emit("ready");
@@ -684,9 +782,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
     };
   }
 
-  /** @internal Whether the final report of this entry's job is still on its way to Redis. */
-  awaitsReport(entryId: string): boolean {
-    return this.unwrittenFinals.has(entryId);
+  /** @internal Whether the final report of this job ({@link handleOf}) is still on its way to Redis. */
+  awaitsReport(handle: string): boolean {
+    return this.unwrittenFinals.has(handle);
+  }
+
+  /** @internal How many jobs ended whose final report is still on its way to Redis. */
+  finalsOnTheirWay(): number {
+    return this.unwrittenFinals.size;
   }
 
   /** @internal Opens a connection named for `CLIENT LIST`; errors are reported once per outage. */
@@ -706,15 +809,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
     });
     conn.on("ready", () => this.lastConnError.delete(role));
     return conn;
-  }
-
-  /** @internal `XGROUP CREATE key workers 0 MKSTREAM`; an existing group is fine. */
-  async createGroup(conn: Redis, key: string): Promise<void> {
-    try {
-      await conn.call("XGROUP", "CREATE", key, WORKERS_GROUP, "0", "MKSTREAM");
-    } catch (err) {
-      if (!messageOf(err).startsWith("BUSYGROUP")) throw err;
-    }
   }
 
   /**
@@ -747,18 +841,21 @@ export class Worker extends EventEmitter<WorkerEvents> {
     return good;
   }
 
-  /** @internal Resets the idle time of entries this consumer holds (`XCLAIM ... JUSTID`). */
+  /**
+   * @internal Resets the idle time of entries of one lane stream this consumer holds
+   * (`XCLAIM ... JUSTID`). A lane without its group (Redis lost its data) holds
+   * nothing to renew.
+   */
   async renew(stream: string, entryIds: string[]): Promise<void> {
     if (entryIds.length === 0) return;
     try {
       await this.cmd.call("XCLAIM", stream, WORKERS_GROUP, this.consumer, "0", ...entryIds, "JUSTID");
     } catch (err) {
       if (!isGroupLost(err)) throw err;
-      await this.createGroup(this.cmd, stream);
     }
   }
 
-  /** Renews the lease of every running and buffered job, one XCLAIM per stream. */
+  /** Renews the lease of every running and buffered job, one XCLAIM per lane stream that holds some. */
   private async renewAll(): Promise<void> {
     const byStream = new Map<string, string[]>();
     const add = (d: Delivery): void => {
@@ -776,64 +873,112 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /**
    * Takes over jobs whose lease expired (their worker died), for every queue with
-   * free slots: XAUTOCLAIM, then the delivery count of each claimed entry; jobs
-   * claimed more often than their `maxStalled` allows are failed as stalled instead
-   * of run.
+   * free slots, lane by lane in lane order: XAUTOCLAIM, then the delivery count of
+   * each claimed entry; jobs claimed more often than their `maxStalled` allows are
+   * failed as stalled instead of run.
    */
   private async reclaimAll(): Promise<void> {
     for (const f of this.fetchers) {
-      if (this.stopping) return;
-      for (const source of f.sources) {
-        let free = f.free();
+      for (let lane = 0; lane < f.lanes.length; lane++) {
+        if (this.stopping) return;
+        const free = f.free();
         if (free <= 0) break;
-        const claimed: RawEntry[] = [];
-        for (let round = 0; round < MAX_AUTOCLAIM_ROUNDS && claimed.length < free; round++) {
-          let reply: unknown;
-          try {
-            reply = await this.cmd.call(
-              "XAUTOCLAIM", source.key, WORKERS_GROUP, this.consumer, String(this.lease),
-              source.autoclaimCursor, "COUNT", String(free - claimed.length),
-            );
-          } catch (err) {
-            if (!isGroupLost(err)) throw err;
-            await this.createGroup(this.cmd, source.key);
-            source.autoclaimCursor = "0-0";
-            break;
-          }
-          const { next, entries } = parseAutoclaimReply(reply);
-          claimed.push(...entries);
-          source.autoclaimCursor = next;
-          if (next === "0-0") break;
+        await this.reclaimLane(f, lane, free);
+      }
+    }
+  }
+
+  /** Reclaims up to `free` jobs of one lane of `f`'s queue. */
+  private async reclaimLane(f: QueueFetcher, lane: number, free: number): Promise<void> {
+    const stream = f.lanes[lane] as string;
+    const claimed: RawEntry[] = [];
+    for (let round = 0; round < MAX_AUTOCLAIM_ROUNDS && claimed.length < free; round++) {
+      let reply: unknown;
+      try {
+        reply = await this.cmd.call(
+          "XAUTOCLAIM", stream, WORKERS_GROUP, this.consumer, String(this.lease),
+          f.autoclaimCursors[lane] as string, "COUNT", String(free - claimed.length),
+        );
+      } catch (err) {
+        // NOGROUP, a missing key included: a lane never used holds nothing to claim.
+        if (!isGroupLost(err)) throw err;
+        f.autoclaimCursors[lane] = "0-0";
+        break;
+      }
+      const { next, entries } = parseAutoclaimReply(reply);
+      claimed.push(...entries);
+      f.autoclaimCursors[lane] = next;
+      if (next === "0-0") break;
+    }
+    // A job held here whose renewal came late: not started twice.
+    const fresh = claimed.filter((e) => !f.holds(stream, e.id));
+    // Held until handed over, so that the read loop does not take them for entries
+    // of a lost take (they are pending on this consumer now).
+    const handles = fresh.map((e) => handleOf(stream, e.id));
+    for (const h of handles) f.claiming.add(h);
+    try {
+      const good = await this.triage(stream, fresh);
+      if (good.length === 0) return;
+      const pipe = this.cmd.pipeline();
+      for (const d of good) pipe.call("XPENDING", stream, WORKERS_GROUP, d.entryId, d.entryId, "1");
+      const replies = (await pipe.exec()) ?? [];
+      for (let i = 0; i < good.length; i++) {
+        const d = good[i] as Delivery;
+        const handle = handleOf(stream, d.entryId);
+        const [err, pending] = replies[i] ?? [null, null];
+        if (err) throw err;
+        f.claiming.delete(handle);
+        const deliveries = parseDeliveries(pending);
+        // No longer pending: someone finished it meanwhile.
+        if (deliveries === null) continue;
+        if (isStalled(deliveries, d.env.maxStalled)) {
+          const message = stalledMessage(deliveries, d.env.maxStalled, this.lease);
+          // Held like any job whose final report is on its way: renewed, waited for by close().
+          this.unwrittenFinals.set(handle, d);
+          void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then((ok) => {
+            this.unwrittenFinals.delete(handle);
+            if (ok) this.emit("stalled", d.env.id, message);
+          });
+        } else {
+          f.offer(d);
         }
-        // A job held here whose renewal came late: not started twice.
-        const fresh = claimed.filter((e) => !f.holds(e.id));
-        const good = await this.triage(source.key, fresh);
-        if (good.length === 0) continue;
-        const pipe = this.cmd.pipeline();
-        for (const d of good) pipe.call("XPENDING", source.key, WORKERS_GROUP, d.entryId, d.entryId, "1");
-        const replies = (await pipe.exec()) ?? [];
-        for (let i = 0; i < good.length; i++) {
-          const d = good[i] as Delivery;
-          const [err, pending] = replies[i] ?? [null, null];
-          if (err) throw err;
-          const deliveries = parseDeliveries(pending);
-          // No longer pending: someone finished it meanwhile.
-          if (deliveries === null) continue;
-          if (isStalled(deliveries, d.env.maxStalled)) {
-            const message = stalledMessage(deliveries, d.env.maxStalled, this.lease);
-            // Held like any job whose final report is on its way: renewed, waited for by close().
-            this.unwrittenFinals.set(d.entryId, d);
-            void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then((ok) => {
-              this.unwrittenFinals.delete(d.entryId);
-              if (ok) this.emit("stalled", d.env.id, message);
-            });
-          } else {
-            f.offer(d);
-            free = f.free();
-          }
+      }
+    } finally {
+      for (const h of handles) f.claiming.delete(h);
+    }
+  }
+
+  /**
+   * @internal Removes consumers of the served queues' lane groups that hold no
+   * pending job and have been idle for more than `idleMs` (every worker process
+   * that started under a fresh name left one behind in each lane it read). Returns
+   * how many were removed.
+   */
+  async removeIdleConsumers(idleMs: number): Promise<number> {
+    let removed = 0;
+    for (const f of this.fetchers) {
+      for (const stream of f.lanes) {
+        let reply: unknown;
+        try {
+          reply = await this.cmd.call("XINFO", "CONSUMERS", stream, WORKERS_GROUP);
+        } catch (err) {
+          // A lane never used has no stream (ERR no such key) or no group (NOGROUP).
+          if (err instanceof ReplyError) continue;
+          throw err;
+        }
+        for (const consumer of Array.isArray(reply) ? reply : []) {
+          // [name, <name>, pending, <n>, idle, <ms>, ...]
+          const info = new Map<string, unknown>();
+          if (Array.isArray(consumer)) for (let i = 0; i + 1 < consumer.length; i += 2) info.set(String(consumer[i]), consumer[i + 1]);
+          const name = info.get("name");
+          if (typeof name !== "string" || name === this.consumer) continue;
+          if (Number(info.get("pending")) !== 0 || !(Number(info.get("idle")) > idleMs)) continue;
+          await this.cmd.call("XGROUP", "DELCONSUMER", stream, WORKERS_GROUP, name);
+          removed++;
         }
       }
     }
+    return removed;
   }
 
   /**
@@ -867,7 +1012,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   startJob(fetcher: QueueFetcher, delivery: Delivery): void {
     const rj = new RunningJob(fetcher, delivery);
     const env = delivery.env;
-    fetcher.running.set(delivery.entryId, rj);
+    fetcher.running.set(handleOf(delivery.stream, delivery.entryId), rj);
     this.byJobId.set(env.id, rj);
     const handler = Object.prototype.hasOwnProperty.call(this.handlers, env.handler)
       ? this.handlers[env.handler]
@@ -946,11 +1091,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
     rj.done = true;
     clearTimeout(rj.timer);
     const { fetcher, delivery } = rj;
-    fetcher.running.delete(delivery.entryId);
+    const handle = handleOf(delivery.stream, delivery.entryId);
+    fetcher.running.delete(handle);
     if (this.byJobId.get(delivery.env.id) === rj) this.byJobId.delete(delivery.env.id);
-    this.unwrittenFinals.set(delivery.entryId, delivery);
+    this.unwrittenFinals.set(handle, delivery);
     void this.report(delivery, outcomeJson, true, rj).then((ok) => {
-      this.unwrittenFinals.delete(delivery.entryId);
+      this.unwrittenFinals.delete(handle);
       if (ok) after();
     });
     fetcher.slotFreed();
@@ -1041,4 +1187,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
 /** The scripts defined on the shared connection. */
 interface ScriptCommands {
   dagflowHeartbeat(...args: string[]): Promise<number>;
+}
+
+/** `take.lua`, defined on each queue's reading connection. */
+interface TakeCommand {
+  dagflowTake(...args: string[]): Promise<unknown>;
 }

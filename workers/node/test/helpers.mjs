@@ -3,7 +3,7 @@
 // mocked: every test talks to these processes over the network.
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -206,42 +206,85 @@ export async function startWorkerProcess(options) {
   };
 }
 
-/** A protocol script's text, as the package's build copied it. */
-export function lua(name) {
-  return readFileSync(join(packageRoot, "dist", "lua", name), "utf8");
+/** The lane stream of a queue (`P:q:{queue}:{priority}`, `:new` for first jobs of flows that have not started). */
+export function laneKey(prefix, queue, priority = 5, fresh = false) {
+  return `${prefix}:q:${queue}:${priority}${fresh ? ":new" : ""}`;
+}
+
+/** Every lane stream of a queue, in the order take.lua serves them. */
+export function laneKeys(prefix, queue) {
+  return Array.from({ length: 20 }, (_, i) => laneKey(prefix, queue, 9 - Math.floor(i / 2), i % 2 === 1));
 }
 
 /**
- * Enqueues jobs the way the engine does, with the engine's own enqueue.lua, so that
- * protocol tests need no engine. Returns the envelopes.
+ * A job envelope as the engine writes it: `node` is required; `flowId` (a new uuid),
+ * `attempt` (1), `handler` (the node), `queue` (`q`), `priority` (5), `input` (from
+ * `data` and `parents`), `maxStalled` (1) and `timeoutMs` may be given.
+ */
+export function envelope(job) {
+  const flowId = job.flowId ?? randomUUID();
+  const attempt = job.attempt ?? 1;
+  return {
+    v: 1,
+    id: `${flowId}:${job.node}:${attempt}`,
+    flowId,
+    node: job.node,
+    attempt,
+    handler: job.handler ?? job.node,
+    queue: job.queue ?? "q",
+    priority: job.priority ?? 5,
+    input: job.input ?? { data: job.data ?? null, parents: job.parents ?? {} },
+    maxStalled: job.maxStalled ?? 1,
+    enqueuedAtMs: Date.now(),
+    ...(job.timeoutMs !== undefined ? { timeoutMs: job.timeoutMs } : {}),
+  };
+}
+
+/**
+ * Puts jobs ({@link envelope}'s fields, and `fresh`) on their lanes the way the
+ * engine's enqueue.lua does for a ready job (the lane's group created from the start
+ * of the stream, an entry with the envelope, the job's field in the flow's jobs hash
+ * naming the entry), so that protocol tests need no engine. A few lines of Lua of
+ * its own rather than enqueue.lua, whose arguments change with engine features a
+ * worker never sees. A job goes to the lane of its priority, the `:new` one with
+ * `fresh: true`. All jobs of one call are added at once (a transaction). Returns the
+ * envelopes.
  */
 export async function enqueue(redis, prefix, jobs) {
   const out = [];
+  const multi = redis.multi();
   for (const job of jobs) {
-    const flowId = job.flowId ?? randomUUID();
-    const attempt = job.attempt ?? 1;
-    const queue = job.queue ?? "q";
-    const env = {
-      v: 1,
-      id: `${flowId}:${job.node}:${attempt}`,
-      flowId,
-      node: job.node,
-      attempt,
-      handler: job.handler ?? job.node,
-      queue,
-      input: job.input ?? { data: job.data ?? null, parents: job.parents ?? {} },
-      maxStalled: job.maxStalled ?? 1,
-      enqueuedAtMs: Date.now(),
-      ...(job.timeoutMs !== undefined ? { timeoutMs: job.timeoutMs } : {}),
-    };
-    await redis.eval(
-      lua("enqueue.lua"), 4,
-      `${prefix}:flow:${flowId}:jobs`, `${prefix}:q:${queue}`, `${prefix}:q:${queue}:delayed`, `${prefix}:queues:delayed`,
-      "workers", `${job.node}:${attempt}`, queue, "0", JSON.stringify(env),
+    const env = envelope(job);
+    const fresh = job.fresh ?? false;
+    multi.eval(
+      `if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '0', 'MKSTREAM') end
+       local id = redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[1])
+       redis.call('HSET', KEYS[2], ARGV[2], cjson.encode({ s = 'queued', q = ARGV[3], l = tonumber(ARGV[4]), e = id }))
+       return id`,
+      2, laneKey(prefix, env.queue, env.priority, fresh), `${prefix}:flow:${env.flowId}:jobs`,
+      JSON.stringify(env), `${env.node}:${env.attempt}`, env.queue, String(2 * (9 - env.priority) + (fresh ? 1 : 0)),
     );
     out.push(env);
   }
+  const replies = await multi.exec();
+  for (const [err] of replies ?? []) if (err) throw err;
   return out;
+}
+
+/** The `CLIENT LIST` line of the connection named `name`, as a map of its fields; `undefined` when there is none. */
+export async function clientNamed(redis, name) {
+  const lines = String(await redis.client("LIST")).split("\n");
+  const line = lines.find((l) => l.includes(` name=${name} `));
+  if (!line) return undefined;
+  return new Map(line.trim().split(" ").map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+}
+
+/** Resolves once the reading connection of worker `consumer` on `queue` is blocked in a plain XREAD. */
+export function blockedInXread(redis, consumer, queue = "q") {
+  return waitFor(async () => {
+    const c = await clientNamed(redis, `dagflow-node:${consumer}:read:${queue}`);
+    return c?.get("cmd") === "xread" && c.get("flags").includes("b");
+  }, { what: `${consumer} blocked in XREAD` });
 }
 
 /** Every record on `P:completions`, decoded: `{id, flow, node, attempt, job, outcome}`. */

@@ -7,9 +7,12 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { Client, DagflowApiError, FatalError, Worker } from "../../dist/index.js";
-import { startRedis, startServer, startWorkerProcess, uniquePrefix, waitFor } from "../helpers.mjs";
+import { Redis } from "ioredis";
+
+import { blockedInXread, laneKey, laneKeys, startRedis, startServer, startWorkerProcess, uniquePrefix, waitFor } from "../helpers.mjs";
 
 let redisServer;
+let redis;
 let server;
 let client;
 let prefix;
@@ -17,6 +20,7 @@ const cleanups = [];
 
 before(async () => {
   redisServer = await startRedis();
+  redis = new Redis(redisServer.url);
   prefix = uniquePrefix("e2e");
   server = await startServer({ redisUrl: redisServer.url, prefix, queues: "default", lease: "2s" });
   client = new Client({ baseUrl: server.baseUrl });
@@ -25,6 +29,7 @@ before(async () => {
 after(async () => {
   for (const fn of cleanups.reverse()) await fn().catch(() => {});
   await server?.stop();
+  redis?.disconnect();
   await redisServer?.stop();
 });
 
@@ -37,6 +42,13 @@ function tsWorker(options) {
 }
 
 const nodeOf = (flow, name) => flow.nodes.find((n) => n.name === name);
+
+/** How many entries (ready or running jobs) a queue's lanes hold, over all 20. */
+async function queuedEntries(queue) {
+  let n = 0;
+  for (const lane of laneKeys(prefix, queue)) n += await redis.xlen(lane);
+  return n;
+}
 
 describe("TypeScript worker with a real dagflow server", () => {
   it("publishes its lease in P:config, and the worker uses it", async () => {
@@ -152,16 +164,8 @@ describe("TypeScript worker with a real dagflow server", () => {
     assert.equal(reason.why, "cancelled");
     const flow = await client.get(id);
     assert.equal(nodeOf(flow, "hang").status, "cancelled");
-    // The worker reported it, so its entry is gone from the stream.
-    await waitFor(async () => {
-      const { Redis } = await import("ioredis");
-      const r = new Redis(redisServer.url);
-      try {
-        return (await r.xlen(`${prefix}:q:ts-cancel`)) === 0;
-      } finally {
-        r.disconnect();
-      }
-    }, { what: "entry removed" });
+    // The worker reported it, so its entry is gone from its lane.
+    await waitFor(async () => (await queuedEntries("ts-cancel")) === 0, { what: "entry removed" });
   });
 
   it("fails a job past its timeoutMs: the signal fires and the node fails with the timeout", async () => {
@@ -300,6 +304,85 @@ describe("TypeScript worker with a real dagflow server", () => {
     await second.waitUntilReady();
     const flow = await client.wait(id, { timeoutMs: 15_000 });
     assert.equal(nodeOf(flow, "work").result, "second worker");
+  });
+});
+
+describe("lanes: the order a queue serves its jobs", () => {
+  it("takes jobs by priority (node's, else the flow's), and within a priority jobs of started flows before new roots", async () => {
+    const queue = "ts-lanes";
+    // Submitted worst first, while no worker serves the queue. The `started` nodes are
+    // children of a root the server runs (echo, on queue default): when they are
+    // enqueued their flow has started.
+    const specs = [
+      { nodes: [{ name: "low-new", queue }], opts: { priority: 2 } },
+      { nodes: [{ name: "mid-new", queue }] },
+      { nodes: [{ name: "src", handler: "echo" }, { name: "mid-started", queue, parents: ["src"] }] },
+      { nodes: [{ name: "top-new", queue, priority: 9 }] },
+      { nodes: [{ name: "src", handler: "echo" }, { name: "top-started", queue, parents: ["src"] }], opts: { priority: 9 } },
+    ];
+    const ids = [];
+    for (const spec of specs) ids.push(await client.submit(spec));
+    await waitFor(async () => (await queuedEntries(queue)) === 5, { what: "five jobs on the queue's lanes" });
+    for (const [priority, fresh] of [[9, false], [9, true], [5, false], [5, true], [2, true]]) {
+      assert.equal(await redis.xlen(laneKey(prefix, queue, priority, fresh)), 1, laneKey(prefix, queue, priority, fresh));
+    }
+    const ran = [];
+    const w = tsWorker({ queues: { [queue]: 1 }, processor: async (job) => ran.push([job.node, job.priority]) });
+    await w.waitUntilReady();
+    for (const id of ids) assert.equal((await client.wait(id, { timeoutMs: 15_000 })).status, "completed");
+    assert.deepEqual(ran, [["top-started", 9], ["top-new", 9], ["mid-started", 5], ["mid-new", 5], ["low-new", 2]]);
+  });
+
+  it("a worker blocked with nothing to do starts a new job at once, whatever its lane", async () => {
+    const queue = "ts-wake";
+    const started = new Map();
+    const w = tsWorker({
+      queues: { [queue]: 2 },
+      consumer: "ts-waker",
+      blockMs: 20_000,
+      processor: async (job) => started.set(job.flowId, Date.now()),
+    });
+    await w.waitUntilReady();
+    for (const opts of [{ priority: 0 }, { priority: 8 }, {}]) {
+      await blockedInXread(redis, "ts-waker", queue);
+      const t0 = Date.now();
+      const id = await client.submit({ nodes: [{ name: "wake", queue }], opts });
+      await waitFor(() => started.has(id), { what: `job of priority ${opts.priority ?? 5} started`, timeoutMs: 5_000 });
+      const took = started.get(id) - t0;
+      assert.ok(took < 1_500, `started ${took} ms after the submit (the block is 20 s)`);
+      assert.equal((await client.wait(id, { timeoutMs: 10_000 })).status, "completed");
+    }
+  });
+
+  it("a job of a SIGKILLed worker process is reclaimed from its lane (priority 8, new) after the lease", async () => {
+    const queue = "ts-kill-lane";
+    const lane = laneKey(prefix, queue, 8, true);
+    const a = await startWorkerProcess({ redis: redisServer.url, prefix, queues: { [queue]: 1 }, consumer: "lane-victim", blockMs: 500 });
+    cleanups.push(() => a.kill());
+    const id = await client.submit({ nodes: [{ name: "slow", queue, data: { ms: 60_000 } }], opts: { priority: 8 } });
+    await waitFor(() => a.lines.includes(`started ${id}:slow:1`), { what: "job started in the worker process" });
+    const [[, owner]] = await redis.xpending(lane, "workers", "-", "+", 10);
+    assert.equal(owner, "lane-victim", `the job is pending on ${lane}`);
+    await a.kill("SIGKILL");
+    const killedAt = Date.now();
+    let rescued;
+    const b = tsWorker({
+      queues: { [queue]: 1 },
+      consumer: "lane-rescuer",
+      handlers: {
+        slow: async (job) => {
+          rescued = { at: Date.now(), priority: job.priority };
+          return { rescuedBy: "lane-rescuer" };
+        },
+      },
+    });
+    await b.waitUntilReady();
+    const flow = await client.wait(id, { timeoutMs: 20_000 });
+    assert.equal(flow.status, "completed");
+    assert.deepEqual(nodeOf(flow, "slow").result, { rescuedBy: "lane-rescuer" });
+    assert.equal(rescued.priority, 8);
+    assert.ok(rescued.at - killedAt >= 1000, `reclaimed only after the lease (after ${rescued.at - killedAt} ms)`);
+    assert.equal(await redis.xlen(lane), 0, "reported on its lane");
   });
 });
 

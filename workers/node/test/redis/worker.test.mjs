@@ -1,15 +1,16 @@
-// The worker against a real redis-server, with jobs enqueued by the engine's own
-// enqueue.lua and outcomes read back from P:completions: every step of
-// docs/PROTOCOL.md that needs no engine (reading, reporting, progress, timeout,
-// cancel, malformed entries, pending-first, reclaim, maxStalled, leases, heartbeats,
-// FLUSHALL, a Redis restart, graceful close).
+// The worker against a real redis-server, with jobs put on their lanes as the
+// engine's enqueue.lua does and outcomes read back from P:completions: every step of
+// docs/PROTOCOL.md that needs no engine (taking in lane order, waking from the
+// blocking XREAD, reporting, progress, timeout, cancel, malformed entries,
+// pending-first, jobs of a lost take, reclaim, maxStalled, leases, heartbeats, idle
+// consumers, FLUSHALL, a Redis restart, OOM, graceful close).
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 
 import { FatalError, RetryableError, Worker } from "../../dist/index.js";
-import { completions, enqueue, recordsOf, startRedis, uniquePrefix, waitFor } from "../helpers.mjs";
+import { blockedInXread, clientNamed, completions, enqueue, envelope, laneKey, recordsOf, startRedis, uniquePrefix, waitFor } from "../helpers.mjs";
 
 let redisServer;
 let redis;
@@ -70,8 +71,8 @@ describe("worker over a real Redis", () => {
     assert.equal(rec.node, "resize");
     assert.equal(rec.attempt, "2");
     assert.deepEqual(rec.outcome.result, { width: 400, from: "/a.png" });
-    assert.equal(await redis.xlen(`${prefix}:q:q`), 0, "entry deleted");
-    assert.equal((await redis.xpending(`${prefix}:q:q`, "workers"))[0], 0, "nothing pending");
+    assert.equal(await redis.xlen(laneKey(prefix, "q")), 0, "entry deleted");
+    assert.equal((await redis.xpending(laneKey(prefix, "q"), "workers"))[0], 0, "nothing pending");
     assert.equal(await redis.hget(`${prefix}:flow:${env.flowId}:jobs`, "resize:2"), "done");
   });
 
@@ -226,26 +227,31 @@ describe("worker over a real Redis", () => {
     const event = await failed;
     assert.equal(event.job.id, env.id);
     assert.equal(event.err.why, "cancelled");
-    assert.equal(await redis.xlen(`${prefix}:q:q`), 0);
+    assert.equal(await redis.xlen(laneKey(prefix, "q")), 0);
   });
 
-  it("removes malformed entries (bad JSON, unknown version, no envelope) so they are not delivered forever", async () => {
+  it("removes malformed entries (bad JSON, unknown version, bad priority, no envelope) from their lane so they are not delivered forever", async () => {
     const prefix = uniquePrefix("malformed");
     const errors = [];
     const w = new Worker({ redis: redisServer.url, prefix, queues: { q: 2 }, blockMs: 200, handlers: { ok: async () => 1 } });
     workers.push(w);
     w.on("error", (err) => errors.push(err.message));
     await w.waitUntilReady();
-    const stream = `${prefix}:q:q`;
+    // A lane other than the default one, and a stream without its group (take.lua creates it).
+    const stream = laneKey(prefix, "q", 7, true);
     await redis.xadd(stream, "*", "envelope", "{not json");
     await redis.xadd(stream, "*", "envelope", JSON.stringify({ v: 99, id: "x" }));
     await redis.xadd(stream, "*", "other", "field");
-    const [env] = await enqueue(redis, prefix, [{ node: "ok" }]);
+    const [valid] = await enqueue(redis, prefix, [{ node: "ok" }]);
+    await redis.xadd(stream, "*", "envelope", JSON.stringify({ ...valid, priority: "high" }));
+    const [env] = await enqueue(redis, prefix, [{ node: "ok", priority: 1 }]);
+    await finalRecord(prefix, valid.id);
     await finalRecord(prefix, env.id);
     await waitFor(async () => (await redis.xlen(stream)) === 0, { what: "malformed entries deleted" });
     assert.equal((await redis.xpending(stream, "workers"))[0], 0);
-    assert.equal(errors.filter((m) => m.includes("dropping malformed entry")).length, 3, errors.join("\n"));
+    assert.equal(errors.filter((m) => m.includes("dropping malformed entry")).length, 4, errors.join("\n"));
     assert.ok(errors.some((m) => m.includes("unsupported version 99")));
+    assert.ok(errors.some((m) => m.includes(`of ${stream}: field priority is not an integer`)), errors.join("\n"));
   });
 
   it("runs at most `concurrency` jobs of a queue at once", async () => {
@@ -268,25 +274,33 @@ describe("worker over a real Redis", () => {
     assert.equal(peak, 2);
   });
 
-  it("resumes its own pending jobs at once when restarted under the same consumer name", async () => {
+  it("resumes its own pending jobs at once when restarted under the same consumer name, lane by lane, before new ones", async () => {
     const prefix = uniquePrefix("pending");
-    const stream = `${prefix}:q:q`;
-    const envs = await enqueue(redis, prefix, [{ node: "a" }, { node: "b" }]);
-    // A previous run of consumer "slot-1" read both and died: they are pending on it.
-    await redis.xreadgroup("GROUP", "workers", "slot-1", "COUNT", 10, "STREAMS", stream, ">");
+    const envs = await enqueue(redis, prefix, [{ node: "a", priority: 9 }, { node: "b", priority: 2, fresh: true }]);
+    // A previous run of consumer "slot-1" took both and died: they are pending on it,
+    // each on its own lane.
+    for (const lane of [laneKey(prefix, "q", 9), laneKey(prefix, "q", 2, true)]) {
+      await redis.xreadgroup("GROUP", "workers", "slot-1", "COUNT", 10, "STREAMS", lane, ">");
+    }
+    // A ready job on a better lane than b's: a worker that took before reading its
+    // own pending jobs would start it before b.
+    const [c] = await enqueue(redis, prefix, [{ node: "c", priority: 5 }]);
     const ran = [];
-    // A lease of a minute: only pending-first can run them within this test.
+    // A lease of a minute: only pending-first can run a and b within this test.
     const w = worker(prefix, { consumer: "slot-1", leaseMs: 60_000, processor: async (job) => ran.push(job.node) });
     await w.waitUntilReady();
-    for (const env of envs) await finalRecord(prefix, env.id);
-    assert.deepEqual(ran.sort(), ["a", "b"]);
+    for (const env of [...envs, c]) await finalRecord(prefix, env.id);
+    assert.deepEqual(ran, ["a", "b", "c"]);
   });
 
-  it("reclaims jobs of a dead worker after the lease, and fails as stalled those claimed too often", async () => {
+  it("reclaims jobs of a dead worker after the lease from any lane, and fails as stalled those claimed too often", async () => {
     const prefix = uniquePrefix("reclaim");
-    const stream = `${prefix}:q:q`;
-    const [fresh, stalled] = await enqueue(redis, prefix, [{ node: "fresh", maxStalled: 1 }, { node: "stale", maxStalled: 0 }]);
-    await redis.xreadgroup("GROUP", "workers", "dead-1", "COUNT", 10, "STREAMS", stream, ">");
+    const lanes = [laneKey(prefix, "q", 3, true), laneKey(prefix, "q", 8)];
+    const [fresh, stalled] = await enqueue(redis, prefix, [
+      { node: "fresh", maxStalled: 1, priority: 3, fresh: true },
+      { node: "stale", maxStalled: 0, priority: 8 },
+    ]);
+    for (const lane of lanes) await redis.xreadgroup("GROUP", "workers", "dead-1", "COUNT", 10, "STREAMS", lane, ">");
     const ran = [];
     const stalledEvents = [];
     const w = worker(prefix, { leaseMs: 300, reclaimEveryMs: 50, processor: async (job) => ran.push(job.node) });
@@ -303,7 +317,7 @@ describe("worker over a real Redis", () => {
     assert.deepEqual(ran, ["fresh"], "a stalled job is not run");
     await waitFor(() => stalledEvents.length === 1, { what: "stalled event" });
     assert.equal(stalledEvents[0].id, stalled.id);
-    assert.equal(await redis.xlen(stream), 0);
+    for (const lane of lanes) assert.equal(await redis.xlen(lane), 0, `${lane} emptied`);
   });
 
   it("renews the lease of a running job so that no other worker reclaims it", async () => {
@@ -371,20 +385,31 @@ describe("worker over a real Redis", () => {
     assert.equal(await redis.hget(`${prefix}:workers`, "hb-1"), null);
   });
 
-  it("recreates its group after FLUSHALL (UNBLOCKED / NOGROUP) and goes on serving", async () => {
+  it("goes on serving after FLUSHALL: a running job's renewals meet NOGROUP quietly, its report is written, new jobs wake the blocked read", async () => {
     const prefix = uniquePrefix("flush");
     const errors = [];
-    const w = new Worker({ redis: redisServer.url, prefix, queues: { q: 2 }, blockMs: 1000, handlers: { a: async () => "after" } });
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const w = new Worker({
+      redis: redisServer.url, prefix, queues: { q: 2 }, blockMs: 5000, leaseMs: 300, reclaimEveryMs: 50,
+      handlers: { gated: () => gate, a: async () => "after" },
+    });
     workers.push(w);
     w.on("error", (err) => errors.push(err.message));
     await w.waitUntilReady();
-    await sleep(100); // the reader is now blocked in XREADGROUP
+    const [running] = await enqueue(redis, prefix, [{ node: "gated", priority: 8 }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, running.id)).length === 1, { what: "started" });
+    await sleep(100); // the reader is now blocked in XREAD
     await redis.flushall();
-    await sleep(300);
+    await sleep(400); // renewals (every 100 ms) and reclaims of lanes without groups
+    release("before the flush");
+    assert.equal((await finalRecord(prefix, running.id)).outcome.result, "before the flush");
+    const t0 = Date.now();
     const [env] = await enqueue(redis, prefix, [{ node: "a" }]);
     const rec = await finalRecord(prefix, env.id);
     assert.equal(rec.outcome.result, "after");
-    assert.ok(errors.some((m) => /consumer group lost/.test(m)), errors.join("\n"));
+    assert.ok(Date.now() - t0 < 2000, "woken by the new entry, not by the end of the 5 s block");
+    assert.deepEqual(errors, []);
   });
 
   it("survives its connections being killed, without starting a running job twice", async () => {
@@ -409,7 +434,7 @@ describe("worker over a real Redis", () => {
     // Every other client's connection, the blocked reader and the subscriber included.
     await redis.client("KILL", "TYPE", "normal", "SKIPME", "yes");
     await redis.client("KILL", "TYPE", "pubsub", "SKIPME", "yes");
-    await sleep(500); // reconnected; own pending re-read (it holds the running job)
+    await sleep(500); // reconnected; entries of a lost take looked for (it holds the running job)
     release();
     assert.equal((await finalRecord(prefix, env.id)).outcome.result, "once");
     assert.equal(runs, 1);
@@ -463,7 +488,7 @@ describe("worker over a real Redis", () => {
   it("retries a report Redis refuses (OOM) and keeps renewing the job's lease meanwhile", async () => {
     if (redisServer.external) throw new Error("this test changes maxmemory: run it without REDIS_URL");
     const prefix = uniquePrefix("oom");
-    const stream = `${prefix}:q:q`;
+    const stream = laneKey(prefix, "q");
     const runs = { x: 0, orphan: 0 };
     let release;
     const gate = new Promise((r) => (release = r));
@@ -549,7 +574,7 @@ describe("worker over a real Redis", () => {
 
   it("close() lets running jobs finish until the deadline, then abandons the rest unreported", async () => {
     const prefix = uniquePrefix("close");
-    const stream = `${prefix}:q:q`;
+    const stream = laneKey(prefix, "q");
     let abandonedReason;
     const w = worker(prefix, {
       handlers: {
@@ -588,5 +613,196 @@ describe("worker over a real Redis", () => {
     await enqueue(redis, prefix, [{ node: "quick" }]);
     await sleep(300);
     assert.equal(await redis.xlen(stream), 2);
+  });
+});
+
+/** The delivery count of one pending entry. */
+async function deliveriesOf(stream, id) {
+  const [row] = await redis.xpending(stream, "workers", id, id, 1);
+  return row ? Number(row[3]) : null;
+}
+
+describe("lanes", () => {
+  it("takes jobs in lane order: higher priority first, within a priority started flows before new ones; job.priority", async () => {
+    const prefix = uniquePrefix("order");
+    // Enqueued worst first, while no worker runs.
+    await enqueue(redis, prefix, [
+      { node: "low-new", priority: 2, fresh: true },
+      { node: "mid-new", priority: 5, fresh: true },
+      { node: "mid-started", priority: 5 },
+      { node: "top-new", priority: 9, fresh: true },
+      { node: "top-started", priority: 9 },
+    ]);
+    const ran = [];
+    const w = worker(prefix, { queues: { q: 1 }, processor: async (job) => ran.push([job.node, job.priority]) });
+    await w.waitUntilReady();
+    await waitFor(() => ran.length === 5, { what: "all five ran" });
+    assert.deepEqual(ran, [["top-started", 9], ["top-new", 9], ["mid-started", 5], ["mid-new", 5], ["low-new", 2]]);
+    assert.equal(await redis.get(`${prefix}:q:q:takes`), "5", "every take counted");
+  });
+
+  it("gives every 10th take to a lower priority in turn (take.lua's share turns)", async () => {
+    const prefix = uniquePrefix("share");
+    await enqueue(redis, prefix, [
+      ...Array.from({ length: 12 }, (_, i) => ({ node: `high${i}`, priority: 9 })),
+      { node: "one", priority: 1, fresh: true },
+    ]);
+    const ran = [];
+    const w = worker(prefix, { queues: { q: 1 }, processor: async (job) => ran.push(job.node) });
+    await w.waitUntilReady();
+    await waitFor(() => ran.length === 13, { what: "all ran" });
+    assert.equal(ran.indexOf("one"), 9, `turn 10 goes to priority 1: ${ran.join(" ")}`);
+  });
+
+  it("wakes from its blocking XREAD as soon as a job arrives on any lane", async () => {
+    const prefix = uniquePrefix("wake");
+    const started = new Map();
+    const w = worker(prefix, { consumer: "waker", blockMs: 20_000, processor: async (job) => started.set(job.node, Date.now()) });
+    await w.waitUntilReady();
+    for (const [node, priority, fresh] of [["lowest", 0, true], ["highest", 9, false], ["middle", 5, true]]) {
+      await blockedInXread(redis, "waker");
+      const t0 = Date.now();
+      await enqueue(redis, prefix, [{ node, priority, fresh }]);
+      await waitFor(() => started.has(node), { what: `${node} started`, timeoutMs: 5_000 });
+      const took = started.get(node) - t0;
+      assert.ok(took < 1_000, `${node} started ${took} ms after it was enqueued (the block is 20 s)`);
+    }
+  });
+
+  it("runs the jobs of a take whose reply was lost once its connection is back, without counting a delivery of running jobs", async () => {
+    const prefix = uniquePrefix("lost");
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const ran = [];
+    // A lease of a minute: no reclaim can run the lost job within this test.
+    const w = worker(prefix, {
+      consumer: "lost-1", leaseMs: 60_000,
+      handlers: { gated: () => gate, lost: async (job) => ran.push(job.id) },
+    });
+    await w.waitUntilReady();
+    const [running] = await enqueue(redis, prefix, [{ node: "gated" }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, running.id)).length === 1, { what: "gated started" });
+    await blockedInXread(redis, "lost-1");
+    // What a take whose reply never arrived leaves behind: entries pending on this
+    // consumer that it does not run (added and taken in one step, so that the
+    // worker's own take cannot get them first). One of them was deleted since.
+    const lane = laneKey(prefix, "q", 4, true);
+    const [lost, gone] = [envelope({ node: "lost", priority: 4 }), envelope({ node: "lost", priority: 4 })];
+    const ids = await redis.eval(
+      `redis.call('XGROUP', 'CREATE', KEYS[1], 'workers', '0', 'MKSTREAM')
+       local ids = {}
+       for i = 2, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'envelope', ARGV[i]) end
+       redis.call('XREADGROUP', 'GROUP', 'workers', ARGV[1], 'COUNT', #ids, 'STREAMS', KEYS[1], '>')
+       return ids`,
+      1, lane, "lost-1", JSON.stringify(lost), JSON.stringify(gone),
+    );
+    await redis.xdel(lane, ids[1]);
+    await sleep(300);
+    assert.deepEqual(ran, [], "not run before the connection broke");
+    const reader = await clientNamed(redis, "dagflow-node:lost-1:read:q");
+    await redis.client("KILL", "ID", reader.get("id"));
+    assert.equal((await finalRecord(prefix, lost.id)).outcome.kind, "completed");
+    assert.deepEqual(ran, [lost.id]);
+    assert.deepEqual(await recordsOf(redis, prefix, gone.id), [], "the deleted entry did not run");
+    await waitFor(async () => (await redis.xpending(lane, "workers"))[0] === 0, { what: "lane's pending list cleared" });
+    const runningLane = laneKey(prefix, "q");
+    const [runningId] = (await redis.xrange(runningLane, "-", "+"))[0];
+    assert.equal(await deliveriesOf(runningLane, runningId), 1, "the running job was not read again");
+    release("done");
+    assert.equal((await finalRecord(prefix, running.id)).outcome.result, "done");
+  });
+
+  it("runs two jobs that share an entry id on different lanes, and reports each on its own lane", async () => {
+    const prefix = uniquePrefix("sameid");
+    const lanes = [laneKey(prefix, "q", 9), laneKey(prefix, "q", 5, true)];
+    const envs = [];
+    for (const [i, lane] of lanes.entries()) {
+      const env = envelope({ node: "n", data: i, priority: i === 0 ? 9 : 5 });
+      await redis.xgroup("CREATE", lane, "workers", "0", "MKSTREAM");
+      await redis.xadd(lane, "5-1", "envelope", JSON.stringify(env));
+      envs.push(env);
+    }
+    let release;
+    const gate = new Promise((r) => (release = r));
+    let started = 0;
+    const w = worker(prefix, {
+      queues: { q: 2 },
+      handlers: {
+        n: async (job) => {
+          started++;
+          await gate;
+          return job.data;
+        },
+      },
+    });
+    await w.waitUntilReady();
+    await waitFor(() => started === 2, { what: "both running at once" });
+    release();
+    for (const [i, env] of envs.entries()) assert.equal((await finalRecord(prefix, env.id)).outcome.result, i);
+    for (const lane of lanes) assert.equal(await redis.xlen(lane), 0, `${lane} emptied`);
+  });
+
+  it("removes consumers idle with no pending job from every lane's group, keeping busy ones and itself", async () => {
+    const prefix = uniquePrefix("janitor");
+    const mid = laneKey(prefix, "q");
+    const low = laneKey(prefix, "q", 1, true);
+    // Left behind by stopped workers, before this one starts: two idle consumers, on
+    // two lanes, and one that still holds a job.
+    await enqueue(redis, prefix, [{ node: "held", priority: 1, fresh: true }]);
+    await redis.xreadgroup("GROUP", "workers", "busy", "COUNT", 1, "STREAMS", low, ">");
+    await redis.xgroup("CREATE", mid, "workers", "0", "MKSTREAM");
+    await redis.xgroup("CREATECONSUMER", mid, "workers", "old-a");
+    await redis.xgroup("CREATECONSUMER", low, "workers", "old-b");
+    const w = worker(prefix, { consumer: "janitor-self", handlers: { x: async () => 1 } });
+    await w.waitUntilReady();
+    const [env] = await enqueue(redis, prefix, [{ node: "x" }]);
+    await finalRecord(prefix, env.id);
+    await sleep(50);
+    const names = async (stream) => (await redis.xinfo("CONSUMERS", stream, "workers")).map((c) => c[1]).sort();
+    assert.deepEqual(await names(mid), ["janitor-self", "old-a"]);
+    assert.equal(await w.removeIdleConsumers(3_600_000), 0, "nobody was idle an hour");
+    assert.equal(await w.removeIdleConsumers(20), 2);
+    assert.deepEqual(await names(mid), ["janitor-self"]);
+    assert.deepEqual((await names(low)).filter((n) => n !== "janitor-self"), ["busy"]);
+  });
+
+  it("keeps serving at Redis's maxmemory: takes go on (XREADGROUP is not refused), reports wait until memory is freed", async () => {
+    if (redisServer.external) throw new Error("this test changes maxmemory: run it without REDIS_URL");
+    const prefix = uniquePrefix("oomtake");
+    let release;
+    const gate = new Promise((r) => (release = r));
+    const ran = [];
+    const w = worker(prefix, { queues: { q: 1 }, handlers: { gated: () => gate, next: async () => ran.push("next") } });
+    await w.waitUntilReady();
+    const [first] = await enqueue(redis, prefix, [{ node: "gated" }]);
+    await waitFor(async () => (await recordsOf(redis, prefix, first.id)).length === 1, { what: "gated started" });
+    const [next] = await enqueue(redis, prefix, [{ node: "next" }]);
+    await redis.config("SET", "maxmemory", "1");
+    try {
+      release("ok"); // the slot frees: the worker takes again while every report is refused
+      await waitFor(() => ran.length === 1, { what: "next taken and run at maxmemory" });
+      await sleep(300);
+      assert.deepEqual(await recordsOf(redis, prefix, next.id), [], "no report written at maxmemory");
+    } finally {
+      await redis.config("SET", "maxmemory", "0");
+    }
+    assert.equal((await finalRecord(prefix, next.id)).outcome.kind, "completed");
+    assert.equal((await finalRecord(prefix, first.id)).outcome.result, "ok");
+  });
+
+  it("retries a take.lua that fails (a lane key of the wrong type) with backoff, and serves once it succeeds", async () => {
+    const prefix = uniquePrefix("badlane");
+    const errors = [];
+    const w = new Worker({ redis: redisServer.url, prefix, queues: { q: 1 }, blockMs: 200, handlers: { x: async () => "served" } });
+    workers.push(w);
+    w.on("error", (err) => errors.push(err.message));
+    await w.waitUntilReady();
+    const broken = laneKey(prefix, "q", 7);
+    await redis.set(broken, "not a stream");
+    const [env] = await enqueue(redis, prefix, [{ node: "x" }]);
+    await waitFor(() => errors.filter((m) => /read failed: .*WRONGTYPE/.test(m)).length >= 2, { what: "take.lua failing, retried" });
+    assert.deepEqual(await recordsOf(redis, prefix, env.id), []);
+    await redis.del(broken);
+    assert.equal((await finalRecord(prefix, env.id)).outcome.result, "served");
   });
 });

@@ -8,9 +8,9 @@ import { it } from "node:test";
 
 import { packageRoot } from "../helpers.mjs";
 
-it("ships byte-for-byte copies of report.lua and heartbeat.lua", () => {
+it("ships byte-for-byte copies of take.lua, report.lua and heartbeat.lua", () => {
   const repo = join(packageRoot, "..", "..", "actors", "src", "queue", "lua");
-  for (const name of ["report.lua", "heartbeat.lua"]) {
+  for (const name of ["take.lua", "report.lua", "heartbeat.lua"]) {
     const shipped = readFileSync(join(packageRoot, "dist", "lua", name));
     const normative = readFileSync(join(repo, name));
     assert.ok(shipped.equals(normative), `dist/lua/${name} differs from ${join(repo, name)}: run npm run build`);

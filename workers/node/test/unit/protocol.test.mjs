@@ -10,10 +10,13 @@ import {
   isGroupLost,
   isStalled,
   isValidQueueName,
+  laneIndex,
   parseAutoclaimReply,
   parseDeliveries,
   parseEnvelope,
+  parsePendingIds,
   parseReadReply,
+  parseTakeReply,
   reportArgs,
   splitInput,
   stalledMessage,
@@ -37,16 +40,29 @@ const good = {
 describe("keys", () => {
   it("builds every key from the prefix", () => {
     const k = new Keys("P");
-    assert.equal(k.queue("default"), "P:q:default");
-    assert.deepEqual(k.queueStreams("default"), ["P:q:default"]);
+    assert.equal(k.lane("default", 5, false), "P:q:default:5");
+    assert.equal(k.lane("default", 0, true), "P:q:default:0:new");
+    assert.equal(k.takes("default"), "P:q:default:takes");
     assert.equal(k.delayed("default"), "P:q:default:delayed");
     assert.equal(k.flowJobs("f"), "P:flow:f:jobs");
     assert.equal(k.completions(), "P:completions");
     assert.equal(k.cancelChannel(), "P:cancel");
     assert.equal(k.workers(), "P:workers");
     assert.equal(k.config(), "P:config");
-    assert.equal(new Keys().queue("x"), "dagflow:q:x");
+    assert.equal(new Keys().lane("x", 9, true), "dagflow:q:x:9:new");
     assert.throws(() => new Keys(""), /prefix/);
+  });
+
+  it("lists a queue's 20 lanes in the order take.lua serves them, each at its lane index", () => {
+    const lanes = new Keys("P").lanes("gpu");
+    assert.equal(lanes.length, 20);
+    assert.deepEqual(lanes.slice(0, 4), ["P:q:gpu:9", "P:q:gpu:9:new", "P:q:gpu:8", "P:q:gpu:8:new"]);
+    assert.equal(lanes[19], "P:q:gpu:0:new");
+    for (let p = 0; p <= 9; p++) {
+      for (const fresh of [false, true]) assert.equal(lanes[laneIndex(p, fresh)], `P:q:gpu:${p}${fresh ? ":new" : ""}`);
+    }
+    assert.equal(laneIndex(5, false), 8);
+    assert.equal(laneIndex(0, true), 19);
   });
 
   it("accepts the queue names the engine accepts", () => {
@@ -62,6 +78,12 @@ describe("envelope", () => {
     assert.equal(env.attempt, 2);
     assert.equal(env.timeoutMs, 3000);
     assert.deepEqual(env.input, good.input);
+  });
+
+  it("reads priority, and a missing priority (an envelope from before priorities) as 5", () => {
+    assert.equal(parseEnvelope(JSON.stringify({ ...good, priority: 9 })).priority, 9);
+    assert.equal(parseEnvelope(JSON.stringify({ ...good, priority: 0 })).priority, 0);
+    assert.equal(parseEnvelope(JSON.stringify(good)).priority, 5);
   });
 
   it("treats timeoutMs as optional", () => {
@@ -84,6 +106,10 @@ describe("envelope", () => {
       [JSON.stringify({ ...good, enqueuedAtMs: "x" }), /enqueuedAtMs/],
       [JSON.stringify({ ...good, input: undefined }), /input/],
       [JSON.stringify({ ...good, timeoutMs: "5" }), /timeoutMs/],
+      [JSON.stringify({ ...good, priority: null }), /priority/],
+      [JSON.stringify({ ...good, priority: "9" }), /priority/],
+      [JSON.stringify({ ...good, priority: -1 }), /priority/],
+      [JSON.stringify({ ...good, priority: 256 }), /priority/],
     ];
     for (const [json, why] of cases) assert.throws(() => parseEnvelope(json), why, String(json));
   });
@@ -185,6 +211,25 @@ describe("replies", () => {
     assert.equal(parseDeliveries([["1-0", "c", 5, 3]]), 3);
     assert.equal(parseDeliveries([]), null);
   });
+
+  it("reads the ids of a consumer's XPENDING list", () => {
+    assert.deepEqual(parsePendingIds([["1-0", "c", 5, 1], ["2-3", "c", 9, 2]]), ["1-0", "2-3"]);
+    assert.deepEqual(parsePendingIds([]), []);
+  });
+
+  it("parses take.lua's reply: jobs as lane, id, envelope (nil for none), or 20 ids to wait after", () => {
+    const taken = parseTakeReply([[0, "5-1", "{}", 19, "5-1", null], []]);
+    assert.deepEqual(taken.jobs, [
+      { lane: 0, id: "5-1", envelope: "{}" },
+      { lane: 19, id: "5-1", envelope: null },
+    ]);
+    assert.deepEqual(taken.wait, []);
+    const wait = Array.from({ length: 20 }, (_, i) => `${i}-0`);
+    assert.deepEqual(parseTakeReply([[], wait]), { jobs: [], wait });
+    assert.throws(() => parseTakeReply([[], ["0-0"]]), /1 wait ids for 20 lanes/);
+    assert.throws(() => parseTakeReply([[20, "1-0", "{}"], []]), /lane 20/);
+    assert.throws(() => parseTakeReply("OK"), /take.lua/);
+  });
 });
 
 describe("stalled", () => {
@@ -201,7 +246,7 @@ describe("stalled", () => {
     );
   });
 
-  it("recognises a lost group: NOGROUP, and UNBLOCKED after FLUSHALL on 7.0", () => {
+  it("recognises a missing group: NOGROUP (a missing key too), and UNBLOCKED after FLUSHALL on 7.0", () => {
     assert.ok(isGroupLost(new Error("NOGROUP No such key 'x' or consumer group 'workers'")));
     assert.ok(isGroupLost(new Error("UNBLOCKED the stream key no longer exists")));
     assert.ok(!isGroupLost(new Error("ERR something")));
