@@ -324,6 +324,11 @@ pub struct FlowOpts {
     /// The priority of every node that sets none (0 to 9, default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// At most `limit` flows with the same key run at once. The key is a CEL
+    /// expression over `name` (the flow's name) and `data` (each node's data by
+    /// node name), evaluated when the flow is submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencySpec>,
 }
 
 /// What a permanent node failure does to the rest of the flow.
@@ -501,6 +506,8 @@ pub struct Dag {
     pub opts: FlowOpts,
     /// Nodes by index; the index is the node's position in the submitted spec.
     pub nodes: Vec<DagNode>,
+    /// The flow concurrency key, evaluated, with its limit and strategy.
+    pub flow_key: Option<(String, u32, ConcurrencyStrategy)>,
     index: HashMap<Arc<str>, NodeIdx>,
 }
 
@@ -555,6 +562,30 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
 
     if spec.nodes.is_empty() {
         push("empty_flow", None, "the flow has no nodes".to_owned());
+    }
+    let mut flow_key_value = None;
+    if let Some(c) = &spec.opts.concurrency {
+        match flow_key(spec, c) {
+            Ok(key) => flow_key_value = Some((key, c.limit, c.strategy)),
+            Err(e) => push(
+                "bad_concurrency",
+                None,
+                format!(
+                    "the flow's concurrency key `{}` cannot be evaluated: {e}",
+                    c.key
+                ),
+            ),
+        }
+        if c.limit == 0 || c.limit > MAX_LIMIT {
+            push(
+                "bad_concurrency",
+                None,
+                format!(
+                    "the flow's concurrency limit is {}; it must be from 1 to {MAX_LIMIT}",
+                    c.limit
+                ),
+            );
+        }
     }
     if let Some(priority) = spec.opts.priority.filter(|p| *p > MAX_PRIORITY) {
         push(
@@ -1008,6 +1039,7 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
     if !problems.is_empty() {
         return Err(SpecError { problems });
     }
+    let flow_key = flow_key_value;
 
     // Handler, queue and data strings repeat across a flow's nodes ("default",
     // "null", one handler for a fan-out): one allocation each, shared. A waiting
@@ -1100,8 +1132,45 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         name: spec.name.clone(),
         opts: spec.opts.clone(),
         nodes,
+        flow_key,
         index,
     })
+}
+
+/// Evaluates a flow's concurrency key with `name` and `data` (each node's data by
+/// name) bound.
+fn flow_key(spec: &FlowSpec, c: &ConcurrencySpec) -> Result<String, String> {
+    let program = cel::Program::compile(&c.key).map_err(|e| one_line(&e.to_string()))?;
+    let mut data = serde_json::Map::new();
+    for node in &spec.nodes {
+        data.insert(node.name.clone(), node.data.clone());
+    }
+    let mut ctx = cel::Context::default();
+    ctx.add_variable("name", spec.name.clone())
+        .map_err(|e| e.to_string())?;
+    ctx.add_variable("data", serde_json::Value::Object(data))
+        .map_err(|e| e.to_string())?;
+    let key = match program.execute(&ctx).map_err(|e| e.to_string())? {
+        cel::Value::String(s) => s.to_string(),
+        cel::Value::Int(n) => n.to_string(),
+        cel::Value::UInt(n) => n.to_string(),
+        cel::Value::Float(n) => n.to_string(),
+        cel::Value::Bool(b) => b.to_string(),
+        other => {
+            return Err(format!(
+                "it must give a string or a number, it gave {:?}",
+                other.type_of()
+            ))
+        }
+    };
+    if key.is_empty() || key.len() > crate::state::MAX_KEY_LEN {
+        return Err(format!(
+            "it gave a key of {} bytes; it must have 1 to {}",
+            key.len(),
+            crate::state::MAX_KEY_LEN
+        ));
+    }
+    Ok(key)
 }
 
 /// A CEL expression compiled, or `None` when it does not parse (validation has

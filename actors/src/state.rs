@@ -258,6 +258,9 @@ pub struct JobLimits {
     pub concurrency: Option<(String, u32, crate::spec::ConcurrencyStrategy)>,
     /// Rate-limit key, limit and period (ms).
     pub rate: Option<(String, u32, u64)>,
+    /// The flow's concurrency key, limit and strategy: every job of the flow passes
+    /// its gate.
+    pub flow: Option<(String, u32, crate::spec::ConcurrencyStrategy)>,
 }
 
 /// One job to put on its queue.
@@ -1259,7 +1262,11 @@ impl FlowState {
         let j = self.job_node(i);
         let node = self.dag.node(j);
         if node.concurrency.is_none() && node.rate_limit.is_none() {
-            return Ok(None);
+            return Ok(self.dag.flow_key.clone().map(|flow| JobLimits {
+                concurrency: None,
+                rate: None,
+                flow: Some(flow),
+            }));
         }
         let item = match self.owner(i) {
             Some((_, index)) if j != i => {
@@ -1320,6 +1327,7 @@ impl FlowState {
                 Some(r) => Some((key(&r.key, "rateLimit")?, r.limit, r.per_ms)),
                 None => None,
             },
+            flow: self.dag.flow_key.clone(),
         }))
     }
 

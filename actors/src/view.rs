@@ -361,7 +361,9 @@ impl NodeView {
             }),
             rate_limit: def.rate_limit.as_ref().map(|r| LimitView {
                 key: r.key.source.clone(),
-                value: keys.as_ref().and_then(|k| k.rate.as_ref().map(|r| r.0.clone())),
+                value: keys
+                    .as_ref()
+                    .and_then(|k| k.rate.as_ref().map(|r| r.0.clone())),
                 limit: r.limit,
                 strategy: None,
                 per_ms: Some(r.per_ms),

@@ -318,3 +318,113 @@ async fn a_key_that_cannot_be_evaluated_fails_the_node_and_a_bad_key_is_refused(
     assert!(error.contains("concurrency key"), "{error}");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_concurrency_key_runs_one_flow_of_a_key_at_a_time() {
+    let prefix = testing::unique_prefix();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let handler = {
+        let log = Arc::clone(&log);
+        handler_fn(move |ctx| {
+            let log = Arc::clone(&log);
+            async move {
+                let tag = format!("{}{}", ctx.node, ctx.data["flow"]);
+                log.lock().unwrap().push(format!("+{tag}"));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                log.lock().unwrap().push(format!("-{tag}"));
+                Ok(json!(null))
+            }
+        })
+    };
+    let engine = builder(&prefix)
+        .queue("default", 8)
+        .handler("step", handler)
+        .build()
+        .await
+        .unwrap();
+    let flow = |i: u32, tenant: &str| {
+        spec(json!({
+            "nodes": [
+                {"name": "a", "handler": "step", "data": {"flow": i, "tenant": tenant}},
+                {"name": "b", "handler": "step", "parents": ["a"], "data": {"flow": i}}
+            ],
+            "opts": {"concurrency": {"key": "data.a.tenant", "limit": 1}}
+        }))
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(engine.create(&flow(i, "acme"), None).await.unwrap());
+    }
+    // Another key is not held back by acme's flows.
+    let other = engine.create(&flow(9, "globex"), None).await.unwrap();
+    for id in ids.iter().chain([&other]) {
+        let view = engine.wait(*id, WAIT).await.unwrap();
+        assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    }
+    let log = log.lock().unwrap().clone();
+    // acme's flows never overlap: each one's last step ends before the next one's
+    // first step starts.
+    let at = |what: &str| log.iter().position(|e| e == what).unwrap();
+    let mut ends: Vec<(usize, usize)> = (0..3)
+        .map(|i| (at(&format!("+a{i}")), at(&format!("-b{i}"))))
+        .collect();
+    ends.sort();
+    for pair in ends.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "{log:?}");
+    }
+    // globex ran while acme's flows waited.
+    assert!(at("+a9") < ends[2].0, "{log:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+    only_global_keys_left(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
+    let prefix = testing::unique_prefix();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let engine = builder(&prefix)
+        .queue("default", 4)
+        .handler(
+            "block",
+            blocking_handler(Arc::clone(&release), Arc::clone(&cancelled)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let flow = spec(json!({
+        "name": "nightly",
+        "nodes": [{"name": "job", "handler": "block"}],
+        "opts": {"concurrency": {"key": "name", "limit": 1, "strategy": "cancelNewest"}}
+    }));
+    let first = engine.create(&flow, None).await.unwrap();
+    eventually("the first flow to run", || {
+        let engine = engine.clone();
+        async move {
+            engine.get(first).await.unwrap().node("job").unwrap().status == NodeStatus::Active
+        }
+    })
+    .await;
+    let second = engine.create(&flow, None).await.unwrap();
+    let view = engine.wait(second, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Cancelled, "{view:?}");
+    let reason = view.node("job").unwrap().reason.clone().unwrap_or_default();
+    assert!(reason.contains("flow concurrency key"), "{reason}");
+    release.notify_waiters();
+    let view = engine.wait(first, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    // Its slot is free again: a third flow runs.
+    let third = engine.create(&flow, None).await.unwrap();
+    eventually("the third flow to run", || {
+        let engine = engine.clone();
+        async move {
+            engine.get(third).await.unwrap().node("job").unwrap().status == NodeStatus::Active
+        }
+    })
+    .await;
+    release.notify_waiters();
+    let view = engine.wait(third, WAIT).await.unwrap();
+    assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+    only_global_keys_left(&prefix).await;
+}

@@ -135,6 +135,11 @@ impl NewJob {
             object.insert("rn".into(), (*limit).into());
             object.insert("rp".into(), (*per_ms).into());
         }
+        if let Some((key, limit, strategy)) = &limits.flow {
+            object.insert("fk".into(), key.as_str().into());
+            object.insert("fl".into(), (*limit).into());
+            object.insert("fs".into(), strategy.as_str().into());
+        }
         serde_json::Value::Object(object).to_string()
     }
 

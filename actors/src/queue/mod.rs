@@ -15,6 +15,7 @@ mod keys;
 mod reader;
 mod reply;
 mod scripts;
+mod stats;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub use envelope::{
 pub use error::QueueError;
 pub use keys::{Keys, Lane, DEFAULT_PREFIX, ENGINE_GROUP, LANES, WORKERS_GROUP};
 pub use reader::{CompletionReader, QueueReader, Reclaimed};
+pub use stats::{HeldKey, HeldKind, LiveWorker, PriorityCounts, QueueStats};
 
 /// How long the shared client waits to establish a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -565,7 +567,8 @@ impl Queue {
             .job_states(flow_id)
             .await?
             .into_iter()
-            .filter(|(_, state)| state != "done")
+            // A field starting with ':' is the flow's own (its flow slot), not a job.
+            .filter(|(field, state)| state != "done" && !field.starts_with(':'))
             .map(|(field, _)| format!("{flow_id}:{field}"))
             .collect())
     }
