@@ -154,6 +154,13 @@ pub struct BenchArgs {
     /// width is 8 here (10 nodes per flow).
     #[arg(long, conflicts_with_all = ["rate", "over_http"])]
     pub restart: bool,
+    /// Give every node a concurrency key (`data.k`), spreading the flows over this
+    /// many keys in turn (0: no limits), to measure what the limits cost.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["over_http", "idle", "restart"])]
+    pub keys: usize,
+    /// The limit of each key of `--keys`.
+    #[arg(long, default_value_t = 2)]
+    pub key_limit: u32,
     /// How the first engine of a `--restart` run stops: `kill` runs it as a
     /// `dagflow serve` process and SIGKILLs it (a crash), `graceful` runs it in this
     /// process and calls `Engine::shutdown`.
@@ -278,6 +285,9 @@ pub struct Parameters {
     /// How the first engine stopped (`restart`): `kill` or `graceful`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
+    /// `--keys` and `--key-limit`, when the nodes had concurrency keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<(usize, u32)>,
     /// Which run of `--runs` this is (from 1).
     pub run: u32,
 }
@@ -578,6 +588,7 @@ impl BenchResult {
                 in_flight: 0,
                 over_http: None,
                 stop: None,
+                keys: None,
                 run: 0,
             },
             nodes_per_flow: 0,
@@ -639,6 +650,7 @@ fn parameters(args: &BenchArgs, run: u32, flows: Option<usize>) -> Parameters {
         in_flight: args.in_flight,
         over_http: args.over_http.clone(),
         stop: args.restart.then(|| args.stop.as_str().to_owned()),
+        keys: (args.keys > 0).then_some((args.keys, args.key_limit)),
         run,
     }
 }
@@ -775,13 +787,18 @@ trait Target: Send + Sync + 'static {
 /// The engine of an embedded run.
 struct EngineTarget {
     engine: Engine,
-    spec: FlowSpec,
+    /// The specs flows take in turn: one, or one per concurrency key (`--keys`).
+    specs: Vec<FlowSpec>,
+    /// Flows created so far, which picks the next spec.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
 impl Target for EngineTarget {
     async fn create(&self) -> anyhow::Result<FlowId> {
-        Ok(self.engine.create(&self.spec, None).await?)
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spec = &self.specs[n % self.specs.len().max(1)];
+        Ok(self.engine.create(spec, None).await?)
     }
 
     async fn ended(&self, id: FlowId) -> anyhow::Result<Option<bool>> {
@@ -791,6 +808,26 @@ impl Target for EngineTarget {
             .is_terminal()
             .then_some(view.status == FlowStatus::Completed))
     }
+}
+
+/// The spec as it is (`keys` 0), or one copy per key whose every node has the
+/// concurrency key `data.k` with that key and `limit`.
+fn keyed_specs(spec: &FlowSpec, keys: usize, limit: u32) -> anyhow::Result<Vec<FlowSpec>> {
+    if keys == 0 {
+        return Ok(vec![spec.clone()]);
+    }
+    let mut specs = Vec::with_capacity(keys);
+    for k in 0..keys {
+        let mut value = serde_json::to_value(spec)?;
+        if let Some(nodes) = value["nodes"].as_array_mut() {
+            for node in nodes {
+                node["data"] = serde_json::json!({ "k": format!("key{k}") });
+                node["concurrency"] = serde_json::json!({ "key": "data.k", "limit": limit });
+            }
+        }
+        specs.push(serde_json::from_value(value)?);
+    }
+    Ok(specs)
 }
 
 /// An embedded run: engine and workers in this process, fresh prefix and data dir.
@@ -822,7 +859,8 @@ async fn embedded(
         let before = Counters::take(probe).await;
         let target: Arc<dyn Target> = Arc::new(EngineTarget {
             engine: engine.clone(),
-            spec,
+            specs: keyed_specs(&spec, args.keys, args.key_limit)?,
+            next: Default::default(),
         });
         let started = Instant::now();
         let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;

@@ -357,3 +357,42 @@ async fn only_global_keys(url: &str, prefix: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_example_of_limits_runs() {
+    let redis = blocking(TestRedis::dedicated);
+    let mut deployment = Deployment::new(&redis.url);
+    let server = deployment.serve(&ServeArgs::new("default=4"));
+    let api = Api::new(&server.url, None);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tenants.json");
+    let spec: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = [api.create_flow(&spec).await, api.create_flow(&spec).await];
+    let views = all_completed(&api, &ids).await;
+    let view = &views[0];
+    let node = |name: &str| {
+        view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(node("fetch")["priority"], 3);
+    assert_eq!(node("charge")["priority"], 8);
+    assert_eq!(node("fetch")["concurrency"]["value"], "acme");
+    assert_eq!(node("charge")["rateLimit"]["value"], "payments-api");
+    assert_eq!(node("charge")["rateLimit"]["perMs"], 60000);
+    // One flow of tenant acme at a time: the second started after the first ended.
+    let (a, b) = (&views[0], &views[1]);
+    let first_end = a["finishedAt"]
+        .as_u64()
+        .unwrap()
+        .min(b["finishedAt"].as_u64().unwrap());
+    let second_start = [a, b]
+        .iter()
+        .map(|v| v["nodes"][0]["startedAt"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(second_start >= first_end, "the two acme flows overlapped");
+}

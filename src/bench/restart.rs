@@ -125,7 +125,8 @@ async fn restart(
                 .context("starting the first engine")?;
             let target: Arc<dyn Target> = Arc::new(EngineTarget {
                 engine: engine.clone(),
-                spec,
+                specs: vec![spec],
+                next: Default::default(),
             });
             let phase = create_phase(args, probe, &queue, topology, target, true).await;
             engine.shutdown(ENGINE_STOP).await;

@@ -307,7 +307,8 @@ pub(super) async fn run_idle(
         let baseline = rss_mb();
         let target: Arc<dyn Target> = Arc::new(EngineTarget {
             engine: engine.clone(),
-            spec,
+            specs: vec![spec],
+            next: Default::default(),
         });
         let phase = create_phase(args, probe, &queue, topology, target, false).await?;
         // Read at once: every flow created and waiting, nothing else going on.
