@@ -204,6 +204,19 @@ fn gen_node(rng: &mut Rng, flow: usize, name: String, parents: Vec<String>) -> G
     if !opts.is_null() {
         spec["opts"] = opts;
     }
+    // Priorities and limits go through the kills too: a job's slot, its place
+    // among the waiting, and the lanes are Redis's, rebuilt from the snapshots
+    // after the empty Redis.
+    if rng.chance(30) {
+        spec["priority"] = json!(rng.range(0, 9));
+    }
+    if rng.chance(25) {
+        let key = format!("'crash-{}'", rng.next() % 4);
+        spec["concurrency"] = json!({ "key": key, "limit": 2 });
+    }
+    if rng.chance(10) {
+        spec["rateLimit"] = json!({ "key": "'crash-rate'", "limit": 200, "perMs": 1000 });
+    }
     GenNode {
         name,
         parents,
@@ -773,6 +786,23 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     );
     assert_eq!(lost, 0, "flows that did not complete (seed {seed})");
     assert_eq!(wrong, 0, "nodes with a wrong result (seed {seed})");
+    // Every slot, waiting list and held-back count was given back: the limits kept
+    // nothing of flows that all ended.
+    let limit_keys: Vec<String> =
+        testing::keys_matching(&redis.url, &format!("{}:*", deployment.prefix))
+            .await
+            .into_iter()
+            .filter(|k| {
+                k.contains(":ck:")
+                    || k.contains(":fk:")
+                    || k.ends_with(":wait")
+                    || k.ends_with(":held")
+            })
+            .collect();
+    assert!(
+        limit_keys.is_empty(),
+        "limit state left behind: {limit_keys:?}"
+    );
     assert_eq!(
         unlogged, 0,
         "jobs whose run left no log line: the run count is not to be trusted"
