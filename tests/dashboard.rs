@@ -200,6 +200,19 @@ async fn dashboard_in_headless_chromium() {
     let huge = api.flow(&id("hugeMap")).await;
     assert_eq!(huge["status"], "cancelled", "cancelled from the page");
     assert_eq!(huge["nodes"].as_array().unwrap().len(), 3 + 10_000);
+    // The queues scenario: a node its concurrency key cancelled keeps the reason,
+    // and the queue the page showed is one the API knows.
+    let by_key = api.flow(&id("cancelledByKey")).await;
+    let job = common::node(&by_key, "job");
+    assert_eq!(job["status"], "cancelled", "{by_key}");
+    assert!(
+        job["reason"].as_str().unwrap().contains("cancelNewest"),
+        "{job}"
+    );
+    assert_eq!(job["concurrency"]["value"], "solo", "{job}");
+    let (status, queue) = api.get("/queues/e2e-unserved").await;
+    assert_eq!(status, StatusCode::OK, "{queue}");
+    assert_eq!(queue["workers"], serde_json::json!([]), "{queue}");
     let (status, page) = guarded.api().get("/flows").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -127,6 +127,21 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
             .map(|_: String, _: String, r| r))
         .unify();
 
+    let queues_path = || warp::path!("queues").and(auth(&state));
+    let queues = queues_path()
+        .and(get_or_head())
+        .and(with_state(&state))
+        .then(handlers::list_queues)
+        .or(queues_path().and(methods(GET_ONLY)))
+        .unify();
+    let queue_path = || warp::path!("queues" / String).and(auth(&state));
+    let queue = queue_path()
+        .and(get_or_head())
+        .and(with_state(&state))
+        .then(handlers::get_queue)
+        .or(queue_path().and(methods(GET_ONLY)).map(|_: String, r| r))
+        .unify();
+
     let metrics_path = || warp::path!("metrics").and(auth(&state));
     let metrics = metrics_path()
         .and(get_or_head())
@@ -166,6 +181,10 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(signal.boxed())
         .unify()
         .or(rerun.boxed())
+        .unify()
+        .or(queues.boxed())
+        .unify()
+        .or(queue.boxed())
         .unify()
         .or(metrics.boxed())
         .unify()

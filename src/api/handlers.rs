@@ -20,9 +20,10 @@ use warp::reply::Response;
 use super::errors::{self, HttpError};
 use super::models::{self, CreatedFlow, ErrorBody, Health, MAX_IDEMPOTENCY_KEY_LEN};
 use super::models::{
-    FlowPageSchema, FlowSpecSchema, FlowStatusSchema, FlowViewSchema, NodeViewSchema,
+    FlowPageSchema, FlowSpecSchema, FlowStatusSchema, FlowViewSchema, NodeViewSchema, QueueInfo,
+    QueueList,
 };
-use super::ApiState;
+use super::{queues, ApiState};
 
 /// How long a readiness or pre-write Redis check may take before Redis counts as down.
 const REDIS_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -144,7 +145,7 @@ pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
         (status = 411, description = "no Content-Length (a chunked body)", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "no `Content-Type: application/json`", body = ErrorBody),
-        (status = 422, description = "invalid flow; `details.problems` lists every problem (at most 100, then a count)", body = ErrorBody),
+        (status = 422, description = "invalid flow; `details.problems` lists every problem (at most 100, then a count), each with its `code` (see ErrorObject: `cycle`, `unknown_parent`, `bad_priority`, `bad_concurrency`, `bad_rate_limit`...)", body = ErrorBody),
         (status = 503, description = "Redis unreachable or the engine stopping", body = ErrorBody)))]
 pub(crate) async fn create(
     state: Arc<ApiState>,
@@ -445,6 +446,60 @@ pub(crate) async fn delete(id: String, state: Arc<ApiState>) -> Response {
             require_redis(&state).await?;
             settle(&state, id, state.engine.delete(id).await).await?;
             Ok(warp::Reply::into_response(StatusCode::NO_CONTENT))
+        }
+        .await,
+    )
+}
+
+/// Every queue Redis knows, with its ready jobs by priority and lane, its running
+/// and delayed jobs, the limit keys holding jobs back and its live workers.
+#[utoipa::path(get, path = "/queues", tag = "queues", operation_id = "listQueues",
+    responses(
+        (status = 200, description = "the queues, by name", body = QueueList),
+        (status = 500, description = "Redis answered something the protocol does not allow; the cause is in the server's log", body = ErrorBody),
+        (status = 503, description = "Redis unreachable or too slow", body = ErrorBody)))]
+pub(crate) async fn list_queues(state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let reports =
+                queues::within_deadline(queues::all(state.engine.queue(), &state.queues)).await?;
+            let list = QueueList {
+                queues: reports.iter().map(queues::QueueReport::to_model).collect(),
+            };
+            Ok(json_reply(StatusCode::OK, &list))
+        }
+        .await,
+    )
+}
+
+/// One queue, as in `GET /queues`.
+#[utoipa::path(get, path = "/queues/{name}", tag = "queues", operation_id = "getQueue",
+    params(("name" = String, Path, min_length = 1, max_length = 256, pattern = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$",
+        description = "the queue's name: ASCII letters, digits, `-`, `_`, `.`, not dots alone")),
+    responses(
+        (status = 200, description = "the queue", body = QueueInfo),
+        (status = 404, description = "nothing is known about this queue (no lane, no job, no worker), or the name cannot be a queue's", body = ErrorBody),
+        (status = 500, description = "Redis answered something the protocol does not allow; the cause is in the server's log", body = ErrorBody),
+        (status = 503, description = "Redis unreachable or too slow", body = ErrorBody)))]
+pub(crate) async fn get_queue(name: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let unknown = || {
+                HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_queue",
+                    format!("queue {} is not known", clip(&name)),
+                )
+            };
+            // Queue names need no escape: one that does is no queue's.
+            let decoded = percent_decode(&name).ok_or_else(unknown)?;
+            if !queues::is_queue_name(&decoded, state.engine.limits().max_name_len) {
+                return Err(unknown());
+            }
+            let report = queues::within_deadline(queues::one(state.engine.queue(), &decoded))
+                .await?
+                .ok_or_else(unknown)?;
+            Ok(json_reply(StatusCode::OK, &report.to_model()))
         }
         .await,
     )

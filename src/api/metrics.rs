@@ -25,7 +25,14 @@
 //! | `dagflow_node_retries_total` | counter | |
 //! | `dagflow_node_run_seconds` | histogram | `outcome`: completed, failed, retried |
 //! | `dagflow_flows_running` | gauge | |
-//! | `dagflow_queue_depth` | gauge | `queue`, `state`: ready (in the stream), delayed (backoff) |
+//! | `dagflow_queue_depth` | gauge | `queue`, `state`: ready (in the lanes, running jobs included), delayed (backoff) |
+//! | `dagflow_queue_ready` | gauge | `queue`, `priority` (0-9), `lane`: started, new — jobs not yet taken |
+//! | `dagflow_queue_running` | gauge | `queue` — jobs taken and not yet acknowledged |
+//! | `dagflow_queue_delayed` | gauge | `queue` — retries waiting for their backoff |
+//! | `dagflow_queue_held_back` | gauge | `queue`, `kind`: concurrency, rateLimit, flowConcurrency — jobs held back by limit keys |
+//! | `dagflow_queue_held_back_key` | gauge | `queue`, `kind`, `key` — the 20 keys holding back the most jobs of each queue |
+//! | `dagflow_queue_workers` | gauge | `queue` — live workers serving it |
+//! | `dagflow_queue_worker_concurrency` | gauge | `queue` — the jobs they may run at once, together |
 //! | `dagflow_ws_sessions` | gauge | |
 //! | `dagflow_event_subscribers` | gauge | |
 //! | `dagflow_metrics_events_missed_total` | counter | events the metrics task fell behind on |
@@ -41,8 +48,18 @@
 //!
 //! `dagflow_flows_running` counts every flow whose durable status is `running`,
 //! hibernating ones included.
+//!
+//! The `dagflow_queue_*` gauges but `dagflow_queue_depth` are read from Redis at
+//! each scrape (`GET /queues` reads the same, see `queues.rs`) and written as text
+//! after the recorder's: a key that no longer holds jobs back, or a queue Redis
+//! forgot, leaves the output at once instead of staying at its last value. Their
+//! label sets are bounded: 20 lanes per queue, three kinds, the top 20 keys, and the
+//! queues Redis knows (a scrape scans at most 20,000 keys for queue names and keeps
+//! at most 1,000 names from scans). `dagflow_queue_held_back` sums the 1,000 keys
+//! holding back the most jobs of the queue. When Redis does not answer within 2 s
+//! these families have no samples, and the scrape still succeeds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +69,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use tokio::sync::broadcast;
 use tracing::debug;
 
+use super::queues::{self, QueueReport, TOP_HELD};
 use super::ApiState;
 
 /// Upper bounds of the run-time histogram's buckets, in seconds.
@@ -89,20 +107,24 @@ impl Metrics {
 
     /// The Prometheus text, with the gauges read now.
     pub(crate) async fn render(&self, state: &ApiState) -> String {
-        let depths = queue_depths(&state.engine).await;
+        let reports = queue_reports(state).await;
         with_local_recorder(&*self.recorder, || {
             engine_stats(&state.engine);
             gauge!("dagflow_ws_sessions").set(state.open_sessions() as f64);
             gauge!("dagflow_event_subscribers").set(state.engine.subscribers() as f64);
-            for (queue, ready, delayed) in depths {
+            for report in &reports {
+                let s = &report.stats;
+                let queue = s.name.clone();
                 gauge!("dagflow_queue_depth", "queue" => queue.clone(), "state" => "ready")
-                    .set(ready as f64);
+                    .set((s.ready_total() + s.running) as f64);
                 gauge!("dagflow_queue_depth", "queue" => queue, "state" => "delayed")
-                    .set(delayed as f64);
+                    .set(s.delayed as f64);
             }
         });
         self.handle.run_upkeep();
-        self.handle.render()
+        let mut text = self.handle.render();
+        queue_text(&mut text, &reports);
+        text
     }
 }
 
@@ -130,7 +152,7 @@ fn describe() {
     );
     describe_gauge!(
         "dagflow_queue_depth",
-        "jobs in a queue's stream (ready) and delayed set"
+        "jobs in a queue's lanes (ready, running ones included) and delayed set"
     );
     describe_gauge!("dagflow_ws_sessions", "open WebSocket sessions");
     describe_gauge!(
@@ -234,36 +256,107 @@ fn register_at_zero() {
     }
 }
 
-/// `(queue, ready, delayed)` for the default queue and every queue a live worker
-/// serves; empty when Redis does not answer (the scrape still succeeds).
-async fn queue_depths(engine: &Engine) -> Vec<(String, u64, u64)> {
-    let work = async {
-        let mut queues = BTreeSet::from([dagflow_actors::spec::DEFAULT_QUEUE.to_owned()]);
-        for (_, info) in engine.queue().workers().await? {
-            let listed = info.get("queues").and_then(|q| q.as_array()).cloned();
-            for q in listed.unwrap_or_default() {
-                // `{"name", "concurrency"}` objects, or plain names from other workers.
-                let name = q.get("name").and_then(|n| n.as_str()).or(q.as_str());
-                if let Some(name) = name {
-                    queues.insert(name.to_owned());
-                }
-            }
-        }
-        let mut depths = Vec::with_capacity(queues.len());
-        for queue in queues {
-            let (ready, delayed) = engine.queue().depth(&queue).await?;
-            depths.push((queue, ready, delayed));
-        }
-        Ok::<_, dagflow_actors::queue::QueueError>(depths)
-    };
+/// Every queue Redis knows (as `GET /queues` lists them); empty when Redis does
+/// not answer in time (the scrape still succeeds).
+async fn queue_reports(state: &ApiState) -> Vec<QueueReport> {
+    let work = queues::all(state.engine.queue(), &state.queues);
     match tokio::time::timeout(DEPTH_TIMEOUT, work).await {
-        Ok(Ok(depths)) => depths,
+        Ok(Ok(reports)) => reports,
         Ok(Err(e)) => {
-            debug!(error = %e, "queue depths unavailable for metrics");
+            debug!(error = %e, "queue figures unavailable for metrics");
             Vec::new()
         }
         Err(_) => Vec::new(),
     }
+}
+
+/// The per-scrape queue families (see the module's documentation), appended to
+/// `out` in the Prometheus text format.
+fn queue_text(out: &mut String, reports: &[QueueReport]) {
+    use std::fmt::Write;
+    let mut family = |name: &str, help: &str, samples: &mut dyn Iterator<Item = (String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+        out.push('\n');
+    };
+    let q = |r: &QueueReport| format!("queue=\"{}\"", label(&r.stats.name));
+    family(
+        "dagflow_queue_ready",
+        "ready jobs of a queue (in a lane, not yet taken), by priority and lane: started flows, new flows",
+        &mut reports.iter().flat_map(|r| {
+            r.stats.ready.iter().flat_map(move |p| {
+                [("started", p.started), ("new", p.fresh)].map(|(lane, n)| {
+                    (format!("{},priority=\"{}\",lane=\"{lane}\"", q(r), p.priority), n)
+                })
+            })
+        }),
+    );
+    family(
+        "dagflow_queue_running",
+        "jobs of a queue taken by a worker and not yet acknowledged",
+        &mut reports.iter().map(|r| (q(r), r.stats.running)),
+    );
+    family(
+        "dagflow_queue_delayed",
+        "retries of a queue waiting for their backoff",
+        &mut reports.iter().map(|r| (q(r), r.stats.delayed)),
+    );
+    family(
+        "dagflow_queue_held_back",
+        "jobs of a queue held back by concurrency keys at their limit, rate limits out of tokens or flow concurrency keys at their limit (the 1000 keys holding back the most)",
+        &mut reports.iter().flat_map(|r| {
+            [
+                ("concurrency", r.stats.held_by_concurrency),
+                ("rateLimit", r.stats.held_by_rate),
+                ("flowConcurrency", r.stats.held_by_flow),
+            ]
+            .map(|(kind, n)| (format!("{},kind=\"{kind}\"", q(r)), n))
+        }),
+    );
+    family(
+        "dagflow_queue_held_back_key",
+        &format!(
+            "jobs of a queue held back by one key, for the {TOP_HELD} keys holding back the most"
+        ),
+        &mut reports.iter().flat_map(|r| {
+            r.stats.held_back.iter().map(move |h| {
+                let kind = match h.kind {
+                    dagflow_actors::queue::HeldKind::Concurrency => "concurrency",
+                    dagflow_actors::queue::HeldKind::RateLimit => "rateLimit",
+                    dagflow_actors::queue::HeldKind::FlowConcurrency => "flowConcurrency",
+                };
+                let labels = format!("{},kind=\"{kind}\",key=\"{}\"", q(r), label(&h.key));
+                (labels, h.waiting)
+            })
+        }),
+    );
+    family(
+        "dagflow_queue_workers",
+        "live workers serving a queue, by their heartbeats",
+        &mut reports.iter().map(|r| (q(r), r.workers.len() as u64)),
+    );
+    family(
+        "dagflow_queue_worker_concurrency",
+        "jobs of a queue its live workers may run at once, together",
+        &mut reports.iter().map(|r| (q(r), r.total_concurrency())),
+    );
+}
+
+/// A label value, escaped as the text format wants (`\`, `"`, newline).
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The engine's own counters (background work) and the running-flow gauges.
@@ -517,6 +610,34 @@ mod tests {
             let line = format!("dagflow_node_run_seconds_count{{outcome=\"{outcome}\"}} 0");
             assert!(text.contains(&line), "missing {line} in:\n{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod queue_text_tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_families_typed_without_samples() {
+        assert_eq!(label("plain"), "plain");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut text = String::new();
+        queue_text(&mut text, &[]);
+        for family in [
+            "dagflow_queue_ready",
+            "dagflow_queue_running",
+            "dagflow_queue_delayed",
+            "dagflow_queue_held_back",
+            "dagflow_queue_held_back_key",
+            "dagflow_queue_workers",
+            "dagflow_queue_worker_concurrency",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} gauge\n")),
+                "{family} in:\n{text}"
+            );
+        }
+        assert!(!text.contains('{'), "no samples without queues: {text}");
     }
 }
 

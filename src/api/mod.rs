@@ -3,8 +3,9 @@
 //! Laid out as warp's `todos` example: `filters` matches requests and extracts
 //! their parts, `handlers` turns them into engine calls, `models` holds the wire
 //! types, `errors` the one JSON error shape and the `recover` that produces it,
-//! `ws` the WebSocket session actor, `metrics` the Prometheus text and
-//! `openapi` the generated API description.
+//! `ws` the WebSocket session actor, `queues` what the queue routes and gauges
+//! read from Redis, `metrics` the Prometheus text and `openapi` the generated API
+//! description.
 //!
 //! # Endpoints
 //!
@@ -17,6 +18,8 @@
 //! | `POST /flows/{id}/cancel`       | `200` with the flow, now `cancelled`: running jobs are told to stop, the rest never run |
 //! | `POST /flows/{id}/retry`        | `200` with the flow, `running` again: its failed, skipped and cancelled nodes run again |
 //! | `DELETE /flows/{id}`            | `204`: its jobs leave Redis, its snapshot the disk |
+//! | `GET /queues`                   | `{"queues": [...]}`: every queue Redis knows, with its ready jobs by priority, running, delayed and held-back jobs and live workers |
+//! | `GET /queues/{name}`            | one queue; `404 unknown_queue` when nothing is known about it |
 //! | `GET /ws`                       | WebSocket, see below |
 //! | `GET /healthz`                  | `200 {"status":"ok"}` while the process serves |
 //! | `GET /readyz`                   | `200` when Redis and the store answer, else `503` naming the failing check |
@@ -48,6 +51,7 @@
 //! Writes (create, cancel, retry, delete) first check that Redis answers and are
 //! refused with 503 when it does not, so that a client retries rather than leaving
 //! work that waits silently; reads are served from the snapshots and keep working.
+//! The queue routes read Redis itself, and answer 503 while it is unreachable.
 //!
 //! # Auth
 //!
@@ -87,6 +91,7 @@ mod handlers;
 mod metrics;
 mod models;
 mod openapi;
+mod queues;
 mod ws;
 
 use std::convert::Infallible;
@@ -184,6 +189,8 @@ pub(crate) struct ApiState {
     /// `GET /openapi.json`: the description of this server as configured (with or
     /// without the token, with the engine's limits), rendered once.
     pub(crate) openapi: String,
+    /// The queue names found in Redis so far, for `GET /queues` and the metrics.
+    pub(crate) queues: queues::Directory,
 }
 
 impl ApiState {
@@ -209,6 +216,7 @@ fn build(
         max_sessions,
         shutdown: CancellationToken::new(),
         event_texts: Arc::new(ws::EventTexts::new()),
+        queues: queues::Directory::default(),
         engine,
         cfg,
     });

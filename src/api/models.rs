@@ -51,13 +51,22 @@ pub(crate) struct ErrorBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ErrorObject {
     /// Stable and machine-readable: `malformed_json`, `invalid_flow`, `flow_not_found`,
-    /// `node_not_found`, `conflict`, `unauthorized`, `redis_unavailable`, ...
+    /// `node_not_found`, `unknown_queue`, `conflict`, `unauthorized`,
+    /// `redis_unavailable`, ...
     #[schema(example = "invalid_flow")]
     pub(crate) code: String,
     /// For people.
     pub(crate) message: String,
     /// Context: `{"problems": [...]}` for an invalid flow, `{"line", "column"}` for
-    /// malformed JSON, otherwise `null`.
+    /// malformed JSON, otherwise `null`. Each problem is `{"code", "message",
+    /// "node"?}`; its `code` is one of `empty_flow`, `too_many_nodes`,
+    /// `name_too_long`, `empty_name`, `reserved_name`, `duplicate_name`,
+    /// `bad_queue_name`, `bad_attempts`, `bad_timeout`, `data_too_large`,
+    /// `bad_condition`, `bad_map`, `bad_wait`, `bad_priority`, `bad_concurrency`,
+    /// `bad_rate_limit`, `unknown_parent`, `unknown_child`, `self_edge`,
+    /// `duplicate_edge`, `edge_mismatch`, `cycle`, `too_many_problems` (the count of
+    /// those past the first 100), or `invalid_spec` (JSON that is not a flow spec,
+    /// with `line` and `column`).
     #[schema(value_type = Object, nullable)]
     pub(crate) details: serde_json::Value,
 }
@@ -393,7 +402,8 @@ pub(crate) enum NodeStatusSchema {
     Failed,
     /// Will not run: its trigger rule or its condition ruled it out (see `reason`).
     Skipped,
-    /// Will not run: the flow was cancelled.
+    /// Will not run, or stopped: the flow was cancelled, or a concurrency key's
+    /// strategy (the node's own or its flow's) cancelled its job (see `reason`).
     Cancelled,
 }
 
@@ -501,7 +511,8 @@ pub(crate) struct NodeViewSchema {
     /// `{"data", "parents"}` as its handler gets it (a map element also `item` and
     /// `index`); only in the single-node view, once every parent is done.
     input: Option<serde_json::Value>,
-    /// Why it was skipped: its trigger rule or its condition.
+    /// Why it was skipped (its trigger rule or its condition), or why a
+    /// concurrency key (its own or its flow's) cancelled it.
     #[schema(nullable = false)]
     reason: Option<String>,
     /// Its trigger rule, when not `allSuccess`.
@@ -522,6 +533,42 @@ pub(crate) struct NodeViewSchema {
     /// On a map element: its position in the array.
     #[schema(nullable = false)]
     index: Option<u32>,
+    /// 0 (lowest) to 9 (highest): its node's `priority`, else its flow's
+    /// `opts.priority`, else 5. Ready jobs of a higher priority are taken first.
+    /// This server always sends it; servers from before priorities did not, so
+    /// the schema leaves it optional.
+    #[schema(nullable = false, minimum = 0, maximum = 9)]
+    priority: Option<u8>,
+    /// Its concurrency key, when it has one.
+    #[schema(nullable = false)]
+    concurrency: Option<LimitViewSchema>,
+    /// Its rate limit, when it has one.
+    #[schema(nullable = false)]
+    rate_limit: Option<LimitViewSchema>,
+}
+
+/// A node's concurrency key or rate limit: as the spec wrote it, and the key its
+/// job runs under once the node is ready.
+#[derive(ToSchema)]
+#[schema(as = LimitView)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct LimitViewSchema {
+    /// The key expression (CEL), as written.
+    key: String,
+    /// The evaluated key, once the node's job exists; absent on a map node (each
+    /// element has its own).
+    #[schema(nullable = false)]
+    value: Option<String>,
+    /// Jobs of one key at once (concurrency), or started per `perMs` (rate limit).
+    #[schema(minimum = 1)]
+    limit: u32,
+    /// A concurrency key's strategy.
+    #[schema(nullable = false)]
+    strategy: Option<ConcurrencyStrategySchema>,
+    /// A rate limit's period, ms.
+    #[schema(nullable = false, minimum = 1)]
+    per_ms: Option<u64>,
 }
 
 /// What a wait node waits for.
@@ -689,7 +736,8 @@ pub(crate) struct FlowEventSchema {
     /// The error, on failures and retries.
     #[schema(nullable = false)]
     error: Option<String>,
-    /// Why the node was skipped, on skip events.
+    /// Why the node was skipped, on skip events; why its concurrency key cancelled
+    /// it, on such cancel events.
     #[schema(nullable = false)]
     reason: Option<String>,
 }
@@ -739,6 +787,15 @@ pub(crate) struct FlowOptsSchema {
     /// What a node's permanent failure does to the rest of the flow (default `continue`).
     #[schema(nullable = false)]
     on_failure: Option<OnFailureSchema>,
+    /// The priority of every node that sets none: 0 (lowest) to 9 (highest),
+    /// default 5. Above 9 is a 422 (`bad_priority`).
+    #[schema(minimum = 0, maximum = 9)]
+    priority: Option<u8>,
+    /// At most `limit` flows with the same key run at once. The key is a CEL
+    /// expression over `name` (the flow's name) and `data` (each node's data by node
+    /// name), evaluated when the flow is submitted; one that cannot be evaluated is
+    /// a 422 (`bad_concurrency`).
+    concurrency: Option<ConcurrencySpecSchema>,
 }
 
 /// What a node's permanent failure does to the rest of the flow.
@@ -795,6 +852,71 @@ pub(crate) struct NodeSpecSchema {
     /// Wait for a signal or a time instead of running a job.
     #[schema(nullable = false)]
     wait: Option<WaitSpecSchema>,
+    /// 0 (lowest) to 9 (highest): its queue hands out ready jobs of higher
+    /// priorities first (each priority still gets a share). Overrides the flow's
+    /// `opts.priority`; default 5. Above 9 is a 422 (`bad_priority`).
+    #[schema(minimum = 0, maximum = 9)]
+    priority: Option<u8>,
+    /// At most `limit` jobs with the same key run at once, across every worker and
+    /// every flow. Not on a wait node (`bad_concurrency`).
+    concurrency: Option<ConcurrencySpecSchema>,
+    /// At most `limit` jobs with the same key start per `perMs`, across every
+    /// worker and every flow; the others wait (they do not fail). Not on a wait
+    /// node (`bad_rate_limit`).
+    rate_limit: Option<RateLimitSpecSchema>,
+}
+
+/// A concurrency key: at most `limit` jobs of one key value at once.
+#[derive(ToSchema)]
+#[schema(as = ConcurrencySpec)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct ConcurrencySpecSchema {
+    /// A CEL expression over `data` and `parents` (and `item`, `index` in a map's
+    /// elements) giving the key, a string or a number: `data.tenant`, `'one-at-a-time'`.
+    /// One that does not parse is a 422 (`bad_concurrency`).
+    #[schema(min_length = 1)]
+    key: String,
+    /// Jobs of one key at once.
+    #[schema(minimum = 1, maximum = 1000000)]
+    limit: u32,
+    /// What a job does when its key is at its limit (default `queue`).
+    #[schema(nullable = false)]
+    strategy: Option<ConcurrencyStrategySchema>,
+}
+
+/// What a job does when its concurrency key is at its limit.
+#[derive(ToSchema)]
+#[schema(as = ConcurrencyStrategy)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum ConcurrencyStrategySchema {
+    /// Wait for a slot without holding a worker (the default).
+    Queue,
+    /// The new job is cancelled: its node ends `cancelled`, with the reason.
+    CancelNewest,
+    /// The key's oldest running job is cancelled (its node ends `cancelled`, with
+    /// the reason) and the new one takes its slot.
+    CancelInProgress,
+}
+
+/// A rate limit: at most `limit` jobs of one key value start per `perMs`.
+#[derive(ToSchema)]
+#[schema(as = RateLimitSpec)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct RateLimitSpecSchema {
+    /// A CEL expression giving the key, as for a concurrency key; a constant such
+    /// as `'payments-api'` makes one limit for every job of the node. One that does
+    /// not parse is a 422 (`bad_rate_limit`).
+    #[schema(min_length = 1)]
+    key: String,
+    /// Jobs of one key started per period.
+    #[schema(minimum = 1, maximum = 1000000)]
+    limit: u32,
+    /// The period, ms.
+    #[schema(minimum = 1)]
+    per_ms: u64,
 }
 
 /// Retries, timeout and failure behaviour of one node.
@@ -843,6 +965,117 @@ pub(crate) enum BackoffKindSchema {
     Exponential,
 }
 
+/// `GET /queues`: every queue Redis knows.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct QueueList {
+    /// The queues, by name: those live workers serve, those with jobs or lanes in
+    /// Redis, and those that ever had a delayed retry.
+    pub(crate) queues: Vec<QueueInfo>,
+}
+
+/// One queue as Redis holds it now (`GET /queues/{name}`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Queue)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QueueInfo {
+    /// The queue's name.
+    pub(crate) name: String,
+    /// Jobs waiting for a worker, in the lanes it serves them from.
+    pub(crate) ready: ReadyCounts,
+    /// Jobs a worker took and has not yet finished (or that a dead worker held
+    /// until they are reclaimed).
+    pub(crate) running: u64,
+    /// Retries waiting for their backoff.
+    pub(crate) delayed: u64,
+    /// Jobs held back by a concurrency key at its limit, a rate limit out of
+    /// tokens or a flow concurrency key at its limit, summed over the 1000 keys
+    /// holding back the most.
+    pub(crate) held_back_jobs: u64,
+    /// How many keys hold back jobs of this queue.
+    pub(crate) held_back_keys: u64,
+    /// The keys holding back the most jobs, most first: at most 20.
+    pub(crate) held_back: Vec<HeldBackKey>,
+    /// Live workers serving the queue (by their heartbeats), by id.
+    pub(crate) workers: Vec<QueueWorker>,
+    /// The jobs they may run at once, together.
+    pub(crate) total_concurrency: u64,
+}
+
+/// Ready jobs: in all, and per priority.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReadyCounts {
+    /// Every ready job of the queue.
+    pub(crate) total: u64,
+    /// Always ten entries, priority 9 first: the order workers are served.
+    #[schema(min_items = 10, max_items = 10)]
+    pub(crate) by_priority: Vec<PriorityReady>,
+}
+
+/// Ready jobs of one priority, by lane. Within a priority, jobs of flows that have
+/// started go before the first jobs of flows that have not.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PriorityReady {
+    /// 0 (lowest) to 9 (highest).
+    #[schema(minimum = 0, maximum = 9)]
+    pub(crate) priority: u8,
+    /// Jobs of flows that have started (children, retries, map elements, re-runs).
+    pub(crate) started: u64,
+    /// First jobs (roots, first attempt) of flows that have not started.
+    pub(crate) new: u64,
+}
+
+/// A limit key holding back jobs of a queue.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HeldBackKey {
+    /// A concurrency key, a rate limit, or a flow concurrency key.
+    pub(crate) kind: HeldKindSchema,
+    /// The evaluated key.
+    pub(crate) key: String,
+    /// Jobs of this queue it holds back.
+    pub(crate) waiting: u64,
+    /// A concurrency key: the jobs holding one of its slots now, of every queue; a
+    /// flow concurrency key: the flows holding one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) running: Option<u64>,
+    /// A rate limit: when its next token frees, ms since the epoch (Redis's clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) next_token_at: Option<u64>,
+}
+
+/// What kind of limit holds jobs back.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = HeldKind)]
+#[serde(rename_all = "camelCase")]
+pub(crate) enum HeldKindSchema {
+    /// A concurrency key at its limit.
+    Concurrency,
+    /// A rate limit out of tokens.
+    RateLimit,
+    /// A flow concurrency key (a flow's `opts.concurrency`) at its limit: the
+    /// jobs' flows wait for a flow slot.
+    FlowConcurrency,
+}
+
+/// A live worker serving a queue, from its heartbeat.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QueueWorker {
+    /// The worker's id.
+    pub(crate) id: String,
+    /// Jobs of this queue it runs at once, when its heartbeat says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) concurrency: Option<u64>,
+    /// The handlers it has.
+    pub(crate) handlers: Vec<String>,
+    /// Its last heartbeat, ms since the epoch (Redis's clock).
+    pub(crate) last_seen_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -877,7 +1110,9 @@ mod tests {
             "reason": "r", "trigger": "allDone", "when": "true",
             "wait": {"kind": "signal", "signal": "go", "timeoutMs": 5},
             "map": {"from": "p", "path": "", "total": 3, "done": 1, "running": 1, "failed": 0},
-            "mapOf": "m", "index": 0
+            "mapOf": "m", "index": 0, "priority": 7,
+            "concurrency": {"key": "data.t", "value": "acme", "limit": 2, "strategy": "queue"},
+            "rateLimit": {"key": "'api'", "value": "api", "limit": 5, "perMs": 1000}
         })
     }
 
@@ -887,6 +1122,9 @@ mod tests {
         let node: dagflow_actors::NodeView = serde_json::from_value(full_node()).unwrap();
         let node = serde_json::to_value(node).unwrap();
         assert_eq!(keys(&node), schema_fields::<NodeViewSchema>());
+        let mut limit_fields = keys(&node["concurrency"]);
+        limit_fields.extend(keys(&node["rateLimit"]));
+        assert_eq!(limit_fields, schema_fields::<LimitViewSchema>());
 
         let flow: FlowView = serde_json::from_value(json!({
             "id": id, "name": "f", "status": "failed", "seq": 3, "createdAt": 1,

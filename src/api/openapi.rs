@@ -9,7 +9,8 @@
 //! - with an API token, every operation but the health checks names the `bearer`
 //!   scheme and documents its 401; without one, no operation names a scheme (a
 //!   client that sends nothing is served, and the document must say so);
-//! - the spec limits (`maxItems` of `nodes`, `maxLength` of names) are the engine's;
+//! - the spec limits (`maxItems` of `nodes`, `maxLength` of names, queue names in
+//!   paths included) are the engine's;
 //! - `POST /flows` links its 201 to the operations on the new flow, and cancel and
 //!   retry link to each other, so that a client (and Schemathesis's stateful phase)
 //!   can follow a flow from creation to deletion.
@@ -46,6 +47,8 @@ use super::models;
         handlers::signal,
         handlers::rerun,
         handlers::delete,
+        handlers::list_queues,
+        handlers::get_queue,
         handlers::metrics,
         handlers::openapi,
     ),
@@ -59,6 +62,9 @@ use super::models;
         models::OnFailureSchema,
         models::NodeSpecSchema,
         models::NodeOptsSchema,
+        models::ConcurrencySpecSchema,
+        models::ConcurrencyStrategySchema,
+        models::RateLimitSpecSchema,
         models::BackoffSchema,
         models::BackoffKindSchema,
         models::TriggerRuleSchema,
@@ -68,6 +74,7 @@ use super::models;
         models::MapViewSchema,
         models::FlowViewSchema,
         models::NodeViewSchema,
+        models::LimitViewSchema,
         models::FlowSummarySchema,
         models::FlowPageSchema,
         models::FlowEventSchema,
@@ -82,9 +89,17 @@ use super::models;
         models::UnsubscribedMessage,
         models::LaggedMessage,
         models::ErrorMessage,
+        models::QueueList,
+        models::QueueInfo,
+        models::ReadyCounts,
+        models::PriorityReady,
+        models::HeldBackKey,
+        models::HeldKindSchema,
+        models::QueueWorker,
     )),
     tags(
         (name = "flows", description = "submit, inspect and control flows"),
+        (name = "queues", description = "what waits in each queue, what holds it back, and who serves it"),
         (name = "health", description = "liveness and readiness, never behind the token"),
         (name = "operations", description = "metrics and this description"),
     )
@@ -142,6 +157,12 @@ fn apply_limits(doc: &mut Value, limits: &Limits) {
     schemas["FlowSpec"]["properties"]["name"]["maxLength"] = name_len.clone();
     for field in ["name", "handler", "queue"] {
         schemas["NodeSpec"]["properties"][field]["maxLength"] = name_len.clone();
+    }
+    let queue_params = doc["paths"]["/queues/{name}"]["get"]["parameters"].as_array_mut();
+    for param in queue_params.into_iter().flatten() {
+        if param["name"] == "name" {
+            param["schema"]["maxLength"] = name_len.clone();
+        }
     }
 }
 
@@ -353,6 +374,8 @@ mod tests {
             "/flows/{id}/nodes/{name}",
             "/flows/{id}/cancel",
             "/flows/{id}/retry",
+            "/queues",
+            "/queues/{name}",
             "/healthz",
             "/readyz",
             "/metrics",
@@ -369,6 +392,11 @@ mod tests {
             "FlowSpec",
             "ServerMessage",
             "ClientMessage",
+            "QueueList",
+            "Queue",
+            "LimitView",
+            "ConcurrencySpec",
+            "RateLimitSpec",
         ] {
             assert!(
                 doc["components"]["schemas"][schema].is_object(),
@@ -396,7 +424,7 @@ mod tests {
             assert_eq!(op.get("security").is_none(), open, "{id}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{id}");
         }
-        assert_eq!(ops, 13);
+        assert_eq!(ops, 15);
     }
 
     #[test]
@@ -412,6 +440,9 @@ mod tests {
         assert_eq!(spec["nodes"]["minItems"], 1);
         let node = &doc["components"]["schemas"]["NodeSpec"]["properties"];
         assert_eq!(node["queue"]["maxLength"], 9);
+        let queue_name = &doc["paths"]["/queues/{name}"]["get"]["parameters"][0];
+        assert_eq!(queue_name["name"], "name");
+        assert_eq!(queue_name["schema"]["maxLength"], 9);
         let opts = &doc["components"]["schemas"]["NodeOpts"]["properties"];
         assert_eq!(opts["timeoutMs"]["maximum"], json!(u64::MAX));
         assert_eq!(opts["timeoutMs"]["format"], "uint64");

@@ -42,7 +42,7 @@ pub struct Route {
 }
 
 /// The paths the document describes, as templates.
-const TEMPLATES: [&str; 11] = [
+const TEMPLATES: [&str; 13] = [
     "/flows",
     "/flows/{id}",
     "/flows/{id}/nodes/{name}",
@@ -50,6 +50,8 @@ const TEMPLATES: [&str; 11] = [
     "/flows/{id}/nodes/{name}/rerun",
     "/flows/{id}/cancel",
     "/flows/{id}/retry",
+    "/queues",
+    "/queues/{name}",
     "/healthz",
     "/readyz",
     "/metrics",

@@ -406,6 +406,7 @@ async function run(page, result) {
   await failingMapScenario(page, result);
   await wideMapScenario(page, result);
   await hugeMapScenario(page, result);
+  await queuesScenario(page, result);
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);
@@ -654,6 +655,88 @@ async function hugeMapScenario(page, result) {
   await page.click('#cancel-flow');
   await waitFlowStatus(page, 'cancelled');
   log(`10,000-element map: one node, shown ${shownMs} ms after opening, 1,000 chips in ${expandMs} ms, paged`);
+}
+
+/**
+ * Queues: a queued node on a queue nobody serves says how many jobs are ready
+ * ahead of it and that no worker serves the queue, linking to the Queues page,
+ * which lists every queue and follows new jobs; a node its concurrency key
+ * cancelled says why, and shows its key.
+ */
+async function queuesScenario(page, result) {
+  const Q = 'e2e-unserved';
+  const ids = [];
+  for (const [name, priority] of [['urgent', 9], ['first', 5], ['second', 5]]) {
+    const created = await rest(URL_PLAIN, 'POST', '/flows', { name, nodes: [{ name: 'job', handler: 'noop', queue: Q, priority }] });
+    check(created.status === 201, `create ${name}: ${JSON.stringify(created.body)}`);
+    ids.push(created.body.flowId);
+  }
+  result.queuedUrgent = ids[0];
+  result.queuedSecond = ids[2];
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    const q = await rest(URL_PLAIN, 'GET', `/queues/${Q}`);
+    if (q.status === 200 && q.body.ready.total === 3) break;
+    check(Date.now() < deadline, `the three jobs reach ${Q}: ${JSON.stringify(q)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  // The last one's panel: one job of priority 9 ahead, and the one before it in its lane.
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}`; }, ids[2]);
+  await waitNode(page, 'job', 'queued');
+  await page.click('g.node[data-name="job"]');
+  await page.waitForSelector('#node-queue-link');
+  const hint = await page.textContent('#node-queue-hint');
+  check(hint.includes(`about 2 jobs ready ahead in ${Q} (priority ≥ 5)`) && hint.includes(`0 workers serving ${Q}`), `queue hint: ${hint}`);
+  check((await page.textContent('#node-priority')) === '5', 'the node shows its priority');
+  check(await page.$eval('#node-queue-hint', (p) => p.classList.contains('warn')), 'no worker: a warning');
+  await page.click('#node-queue-link');
+  await page.waitForFunction((q) => location.hash === `#/queues/${q}`, Q);
+  const card = `section.queue[data-queue="${Q}"]`;
+  await page.waitForSelector(card);
+  const cell = (priority, lane) => page.textContent(`${card} td[data-priority="${priority}"][data-lane="${lane}"]`);
+  check((await page.textContent(`${card} [data-figure="ready"]`)) === '3', 'three ready');
+  check((await cell(9, 'new')) === '1' && (await cell(5, 'new')) === '2' && (await cell(5, 'started')) === '0', 'ready by priority and lane');
+  check((await page.textContent(`${card} [data-figure="workers"]`)).startsWith('0 workers'), 'no workers');
+  check(await page.isVisible(`${card} .queue-warn`), 'the page says nobody serves it');
+  log('a queued node points to its queue: 2 jobs ahead, no worker; the queue page shows its lanes');
+
+  // Every queue, following new jobs without a reload.
+  await page.click('nav a[data-nav="queues"]');
+  await page.waitForSelector('section.queue[data-queue="default"]');
+  await page.waitForSelector(card);
+  check((await page.textContent('section.queue[data-queue="default"] [data-figure="workers"]')).startsWith('1 worker · 4 slots'), 'default: one worker of 4 slots');
+  const more = await rest(URL_PLAIN, 'POST', '/flows', { name: 'late', nodes: [{ name: 'job', handler: 'noop', queue: Q, priority: 7 }] });
+  check(more.status === 201, 'create late');
+  ids.push(more.body.flowId);
+  await page.waitForFunction((sel) => document.querySelector(`${sel} [data-figure="ready"]`)?.textContent === '4'
+    && document.querySelector(`${sel} td[data-priority="7"][data-lane="new"]`)?.textContent === '1', card, { timeout: 10000 });
+  check(await page.evaluate(() => window.__sameDocument === true), 'the queues page updated without reload');
+  log('the queues page lists every queue and follows new jobs');
+
+  // A concurrency key of one that cancels newcomers: the second job is cancelled, with the reason.
+  const solo = { nodes: [{ name: 'job', handler: 'noop', queue: Q, concurrency: { key: "'solo'", limit: 1, strategy: 'cancelNewest' } }] };
+  for (const name of ['holder', 'newcomer']) {
+    const created = await rest(URL_PLAIN, 'POST', '/flows', { name, ...solo });
+    check(created.status === 201, `create ${name}: ${JSON.stringify(created.body)}`);
+    ids.push(created.body.flowId);
+  }
+  result.cancelledByKey = ids[ids.length - 1];
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}`; }, result.cancelledByKey);
+  await waitNode(page, 'job', 'cancelled');
+  await page.click('g.node[data-name="job"]');
+  await page.waitForSelector('#node-reason');
+  const reason = await page.textContent('#node-reason');
+  check(reason.includes('concurrency key "solo"') && reason.includes('cancelNewest'), `the reason is shown: ${reason}`);
+  check((await page.textContent('#node-panel')).includes('Why cancelled'), 'titled why cancelled');
+  const limit = await page.textContent('#node-concurrency');
+  check(limit.includes("'solo'") && limit.includes('"solo"') && limit.includes('1 at once, cancelNewest'), `the key is shown: ${limit}`);
+  check((await page.textContent('g.node[data-name="job"] text.sub')).includes('by its key'), 'the graph says so too');
+  log(`a node its concurrency key cancelled shows why: ${reason}`);
+
+  for (const id of ids) {
+    if (id !== result.cancelledByKey) await rest(URL_PLAIN, 'POST', `/flows/${id}/cancel`);
+  }
 }
 
 /** The test's expanded map group, with the artifacts. */

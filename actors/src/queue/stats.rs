@@ -42,6 +42,9 @@ pub enum HeldKind {
     Concurrency,
     /// A rate limit out of tokens (`r:{key}`).
     RateLimit,
+    /// A flow concurrency key at its limit (`f:{key}`): the jobs' flows wait for
+    /// a flow slot.
+    FlowConcurrency,
 }
 
 /// One limit key holding back jobs of a queue.
@@ -54,10 +57,13 @@ pub struct HeldKey {
     /// Jobs of this queue it holds back.
     pub waiting: u64,
     /// A concurrency key: the jobs holding one of its slots, of every queue
-    /// (`ZCARD P:ck:{key}:run`).
+    /// (`ZCARD P:ck:{key}:run`); a flow concurrency key: the flows holding one
+    /// (`ZCARD P:fk:{key}:run`).
     pub running: Option<u64>,
     /// A rate limit: when its next token frees (ms since the epoch, Redis clock),
-    /// while jobs wait for it.
+    /// while jobs wait for it: the limit's GCRA time (`P:rl:{key}`), or, once that
+    /// passed (a token is free), when the engine looks at the key next to release
+    /// them (`P:rl:due`).
     pub next_token_at: Option<u64>,
 }
 
@@ -90,10 +96,13 @@ pub struct QueueStats {
     pub held_back: Vec<HeldKey>,
     /// How many keys hold back jobs of this queue.
     pub held_back_keys: u64,
-    /// Jobs held back by concurrency keys, summed over the first [`HELD_READ`] keys.
+    /// Jobs held back by concurrency keys, summed over the 1000 keys holding back
+    /// the most (of every kind).
     pub held_by_concurrency: u64,
-    /// Jobs held back by rate limits, summed over the first [`HELD_READ`] keys.
+    /// Jobs held back by rate limits, summed over the same keys.
     pub held_by_rate: u64,
+    /// Jobs held back by flow concurrency keys, summed over the same keys.
+    pub held_by_flow: u64,
     /// Whether Redis knows the queue at all: a lane stream, a delayed job, a held
     /// job, or its name in `P:queues:delayed`.
     pub known: bool,
@@ -263,17 +272,19 @@ impl Queue {
         let named = count(&tail[1])? == 1;
         let held_back_keys = count(&tail[2])?;
         let held = scored_members(&tail[3])?;
-        let (mut held_by_concurrency, mut held_by_rate) = (0u64, 0u64);
+        let (mut held_by_concurrency, mut held_by_rate, mut held_by_flow) = (0u64, 0u64, 0u64);
         let mut top_keys = Vec::new();
         for (member, waiting) in held {
             let (kind, key) = match member.split_at_checked(2) {
                 Some(("c:", key)) => (HeldKind::Concurrency, key),
                 Some(("r:", key)) => (HeldKind::RateLimit, key),
+                Some(("f:", key)) => (HeldKind::FlowConcurrency, key),
                 _ => continue,
             };
             match kind {
                 HeldKind::Concurrency => held_by_concurrency += waiting,
                 HeldKind::RateLimit => held_by_rate += waiting,
+                HeldKind::FlowConcurrency => held_by_flow += waiting,
             }
             if top_keys.len() < top {
                 top_keys.push(HeldKey {
@@ -296,10 +307,18 @@ impl Queue {
             held_back_keys,
             held_by_concurrency,
             held_by_rate,
+            held_by_flow,
         })
     }
 
-    /// Each concurrency key's running jobs and each rate limit's next token.
+    /// Each concurrency key's running jobs (flows, for a flow key) and each rate
+    /// limit's next token.
+    ///
+    /// A rate limit's score in `P:rl:due` is when the engine looks at the key next,
+    /// which is not always when its token frees: a job that arrives while others
+    /// wait sets it to "now", and the engine's next look moves it on to the token.
+    /// The GCRA time in `P:rl:{key}` (`lua/limits.lua`) is the token's own time;
+    /// the later of the two is when a waiting job can go at the earliest.
     async fn fill_held_keys(&self, keys: &mut [HeldKey]) -> Result<(), QueueError> {
         if keys.is_empty() {
             return Ok(());
@@ -311,20 +330,41 @@ impl Queue {
                     pipe.cmd("ZCARD")
                         .arg(self.keys.concurrency_running(&held.key));
                 }
+                HeldKind::FlowConcurrency => {
+                    // `P:fk:{key}:run` (`lua/limits.lua`); keys.rs has no builder.
+                    pipe.cmd("ZCARD")
+                        .arg(format!("{}:fk:{}:run", self.keys.prefix(), held.key));
+                }
                 HeldKind::RateLimit => {
+                    // `P:rl:{key}` (`lua/limits.lua`); keys.rs has no builder.
+                    pipe.cmd("GET")
+                        .arg(format!("{}:rl:{}", self.keys.prefix(), held.key));
                     pipe.cmd("ZSCORE").arg(self.keys.rate_due()).arg(&held.key);
                 }
             }
         }
         let mut conn = self.conn.clone();
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
-        for (held, value) in keys.iter_mut().zip(replies) {
+        let mut replies = replies.iter();
+        let mut next = || {
+            replies
+                .next()
+                .ok_or_else(|| QueueError::Protocol("held keys: a reply short".into()))
+        };
+        for held in keys.iter_mut() {
             match held.kind {
-                HeldKind::Concurrency => held.running = Some(count(&value)?),
-                // Scores are fractional ms (`limits.lua` keeps the GCRA time to
-                // the microsecond): the token is free from the next whole ms.
+                HeldKind::Concurrency | HeldKind::FlowConcurrency => {
+                    held.running = Some(count(next()?)?)
+                }
                 HeldKind::RateLimit => {
-                    held.next_token_at = score(&value)?.map(|ms| ms.max(0.0).ceil() as u64)
+                    let (tat, due) = (score(next()?)?, score(next()?)?);
+                    // Times are fractional ms (`limits.lua` keeps them to the
+                    // microsecond): the token is free from the next whole ms.
+                    let at = match (tat, due) {
+                        (Some(t), Some(d)) => Some(t.max(d)),
+                        (t, d) => t.or(d),
+                    };
+                    held.next_token_at = at.map(|ms| ms.max(0.0).ceil() as u64);
                 }
             }
         }
@@ -436,7 +476,7 @@ fn count(value: &Value) -> Result<u64, QueueError> {
     }
 }
 
-/// A score reply (`ZSCORE`): nil when the member is absent.
+/// A score reply (`ZSCORE`), or a number kept as text (`GET`): nil when absent.
 fn score(value: &Value) -> Result<Option<f64>, QueueError> {
     match value {
         Value::Nil => Ok(None),

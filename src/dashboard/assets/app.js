@@ -1,10 +1,12 @@
 /*
- * dagflow dashboard: flows list, live flow graph, node details, submit form.
+ * dagflow dashboard: flows list, live flow graph, node details, submit form,
+ * queues.
  *
  * Built only on the public API: REST for lists, actions and node details, one
  * WebSocket per page for live state (the flows list follows "*", a flow page its
  * flow: a snapshot, then one event per change, applied to that node's element
- * alone). Routing is by URL hash, so the server serves a single page.
+ * alone). Queues have no events: their page asks `GET /queues` every few seconds.
+ * Routing is by URL hash, so the server serves a single page.
  */
 (function () {
   'use strict';
@@ -15,6 +17,8 @@
   const FLOW_STATUSES = ['running', 'completed', 'failed', 'cancelled'];
   const TERMINAL = new Set(['completed', 'failed', 'skipped', 'cancelled']);
   const PAGE_SIZE = 25;
+  // How often the queues page asks again.
+  const QUEUES_EVERY_MS = 3000;
   // A map element's name: `{map}[{index}]`.
   const ELEMENT = /^(.*)\[(\d+)\]$/;
   // A map group drawn collapsed, and its expanded grid of element chips.
@@ -598,7 +602,8 @@
       if (m.status === 'pending' || m.status === 'queued' || m.status === 'waiting') n.finishedAt = undefined;
       if (m.progress !== undefined) n.progress = m.progress;
       if (m.error !== undefined) n.error = m.error;
-      n.reason = m.status === 'skipped' ? m.reason : undefined;
+      // Skipped by a rule or a condition, or cancelled by a concurrency key.
+      n.reason = m.status === 'skipped' || m.status === 'cancelled' ? m.reason : undefined;
     }
 
     function applyElementEvent(grp, k, m) {
@@ -630,6 +635,7 @@
         s += n.wait.kind === 'signal' ? ` · signal ${n.wait.signal}` : n.dueAt ? ` · until ${fmtClock(n.dueAt)}` : ' · timer';
       }
       if (n.status === 'skipped' && n.reason) s += /^condition/.test(n.reason) ? ' · condition' : ' · trigger';
+      if (n.status === 'cancelled' && n.reason) s += ' · by its key';
       if (TERMINAL.has(n.status) && n.status !== 'skipped' && n.startedAt && n.finishedAt) s += ` · ${fmtDuration(n.finishedAt - n.startedAt)}`;
       return s;
     }
@@ -640,7 +646,7 @@
       else if (n.wait) t += n.wait.kind === 'signal' ? ` (waits for signal “${n.wait.signal}”)` : ' (waits for a timer)';
       else t += ` (${n.handler} on ${n.queue})`;
       t += `\n${n.status}`;
-      if (n.status === 'skipped' && n.reason) t += `: ${n.reason}`;
+      if ((n.status === 'skipped' || n.status === 'cancelled') && n.reason) t += `: ${n.reason}`;
       if (n.when) t += `\nwhen: ${n.when}`;
       if (n.trigger) t += `\ntrigger: ${n.trigger}`;
       if (n.map) t += '\nclick ▸ (or double-click) to show or hide its elements';
@@ -938,7 +944,7 @@
       let elements = 0;
       groups.forEach((grp) => { elements += grp.elems.length; });
       const item = (label, value, attrs) => el('span', {}, `${label} `, el('b', Object.assign({ text: value }, attrs || {})));
-      meta.replaceChildren(
+      fill(meta,
         item('id', flow.id, { class: 'mono' }),
         item('nodes', String(nodes.length)),
         groups.size ? item('map elements', elements.toLocaleString()) : null,
@@ -1188,6 +1194,88 @@
       return flow.status !== 'running' || TERMINAL.has(v.status);
     }
 
+    /** A concurrency key or a rate limit: its key (and value), its limit. */
+    function limitText(l, elId) {
+      const limit = l.perMs !== undefined
+        ? `${l.limit} per ${fmtDuration(l.perMs)}`
+        : `${l.limit} at once${l.strategy && l.strategy !== 'queue' ? `, ${l.strategy}` : ''}`;
+      return el('span', { id: elId }, el('code', { text: l.key }),
+        l.value !== undefined ? [' = ', el('code', { text: JSON.stringify(l.value) })] : null,
+        ` · ${limit}`);
+    }
+
+    /**
+     * Where a queued job stands in its queue: a paragraph filled once
+     * `GET /queues/{queue}` answers (jobs ready ahead of it, the workers serving
+     * the queue, the key holding it back), or nothing for a node that waits for no worker.
+     */
+    function queueHint(v) {
+      if (v.status !== 'queued' || v.wait || v.map) return null;
+      const hint = el('p', { id: 'node-queue-hint', class: 'queue-hint muted small', text: `Looking at queue ${v.queue}…` });
+      const ask = detailAsk;
+      api('GET', `/queues/${encodeURIComponent(v.queue)}`).then((res) => {
+        if (!alive || ask !== detailAsk || !hint.isConnected) return;
+        if (res.status === 404) {
+          // Nothing in Redis yet (the job is being put on its lane) and no worker.
+          fill(hint, 'Nothing is known yet about queue ', el('code', { text: v.queue }), ': ',
+            el('a', { id: 'node-queue-link', href: queueHref(v.queue), text: '0 workers serving it' }), '.');
+          hint.classList.add('warn');
+          return;
+        }
+        if (!res.ok) {
+          hint.textContent = `Queue ${v.queue}: ${errorMessage(res)}`;
+          return;
+        }
+        fill(hint, queueHintParts(v, res.body));
+        hint.classList.toggle('warn', res.body.workers.length === 0);
+        hint.classList.remove('muted');
+      });
+      return [el('h3', { text: 'In its queue' }), hint];
+    }
+
+    function queueHintParts(v, q) {
+      const a = jobsAhead(v, q);
+      const workers = q.workers.length;
+      const parts = [
+        `${a.about ? 'about ' : ''}${a.n} job${a.n === 1 ? '' : 's'} ready ahead in `, el('code', { text: q.name }),
+        ` (priority ≥ ${v.priority}), `,
+        el('a', { id: 'node-queue-link', href: queueHref(q.name) },
+          `${workers} worker${workers === 1 ? '' : 's'} serving `, el('code', { text: q.name })),
+        workers ? ` (${q.totalConcurrency} at once)` : '', '.',
+      ];
+      for (const [limit, kind] of [[v.concurrency, 'concurrency'], [v.rateLimit, 'rateLimit']]) {
+        if (!limit || limit.value === undefined) continue;
+        const held = q.heldBack.find((h) => h.kind === kind && h.key === limit.value);
+        if (!held) continue;
+        parts.push(el('br'), kind === 'concurrency'
+          ? `Key “${held.key}” holds back ${held.waiting} job${held.waiting === 1 ? '' : 's'} here; ${held.running} hold${held.running === 1 ? 's' : ''} its ${limit.limit} slot${limit.limit === 1 ? '' : 's'}.`
+          : `Rate limit “${held.key}” holds back ${held.waiting} job${held.waiting === 1 ? '' : 's'} here${held.nextTokenAt ? `; next token ${fmtIn(held.nextTokenAt)}` : ''}.`);
+      }
+      return parts;
+    }
+
+    /**
+     * Ready jobs a worker takes before this one: every job of a higher priority,
+     * and of its own priority the started flows' jobs when it is a new flow's first
+     * job. Jobs in its own lane may be older or newer: counted, the figure is "about".
+     */
+    function jobsAhead(v, q) {
+      const fresh = v.parents.length === 0 && v.attempt <= 1 && v.mapOf === undefined;
+      let n = 0;
+      let own = 0;
+      q.ready.byPriority.forEach((p) => {
+        if (p.priority > v.priority) n += p.started + p.new;
+        else if (p.priority === v.priority) {
+          if (fresh) n += p.started;
+          own = fresh ? p.new : p.started;
+        }
+      });
+      // The job itself is in its lane unless a retry waits for its backoff.
+      const inLane = !(v.dueAt && v.dueAt > Date.now());
+      const others = Math.max(0, own - (inLane ? 1 : 0));
+      return { n: n + others, about: others > 0 };
+    }
+
     function renderDetail(v) {
       const kv = (pairs) => el('dl', { class: 'kv' }, pairs.filter(Boolean).map(([k, val]) => [el('dt', { text: k }), el('dd', {}, val)]));
       const hasInput = v.input !== undefined && v.input !== null;
@@ -1214,14 +1302,19 @@
           v.wait ? ['kind', el('span', { text: v.wait.kind === 'signal' ? 'wait for a signal' : 'wait for a timer' })] : null,
           v.map ? ['kind', el('span', {}, 'map over ', el('code', { text: v.map.from }), ' ', el('code', { text: v.map.path || '(whole result)' }))] : null,
           v.wait ? null : ['handler', el('code', { text: v.handler })],
-          v.wait ? null : ['queue', el('code', { text: v.queue })],
+          v.wait ? null : ['queue', el('span', {}, el('a', { id: 'node-queue', href: queueHref(v.queue) }, el('code', { text: v.queue })))],
+          v.wait ? null : ['priority', el('span', { id: 'node-priority', text: String(v.priority) })],
+          v.concurrency ? ['concurrency', limitText(v.concurrency, 'node-concurrency')] : null,
+          v.rateLimit ? ['rate limit', limitText(v.rateLimit, 'node-rate-limit')] : null,
           v.jobId ? ['job id', el('code', { text: v.jobId })] : null,
           isElement ? null : ['parents', nodeLinks(v.parents)],
           isElement ? null : ['children', nodeLinks(v.children)],
           v.trigger ? ['trigger', el('code', { id: 'node-trigger', text: v.trigger })] : null,
           v.when ? ['when', el('code', { id: 'node-when', text: v.when })] : null,
         ]),
-        v.status === 'skipped' && v.reason ? [el('h3', { text: 'Why skipped' }), el('p', { id: 'node-reason', class: 'reason', text: v.reason })] : null,
+        (v.status === 'skipped' || v.status === 'cancelled') && v.reason
+          ? [el('h3', { text: v.status === 'skipped' ? 'Why skipped' : 'Why cancelled' }), el('p', { id: 'node-reason', class: 'reason', text: v.reason })] : null,
+        queueHint(v),
         v.wait ? [el('h3', { text: 'Waits for' }), kv([
           ['what', el('span', { id: 'node-wait', text: waitText(v.wait) })],
           isWaiting ? ['deadline', el('span', { id: 'node-due', text: v.dueAt ? `${fmtTime(v.dueAt)} (${fmtIn(v.dueAt)})` : 'none' })] : null,
@@ -1366,6 +1459,93 @@
     };
   }
 
+  // ----------------------------------------------------------------- queues
+
+  function queueHref(name) {
+    return `#/queues/${encodeURIComponent(name)}`;
+  }
+
+  /**
+   * The queues page: every queue (`GET /queues`), or one (`#/queues/{name}`,
+   * `GET /queues/{name}`), asked again every few seconds while the page is open.
+   */
+  function queuesView(root, only) {
+    let alive = true;
+    let timer = null;
+    const list = el('div', { id: 'queues', class: 'queues' }, el('p', { class: 'muted loading', text: 'Loading…' }));
+    const updated = el('span', { id: 'queues-updated', class: 'muted small' });
+    root.append(
+      el('div', { class: 'toolbar' },
+        only ? el('a', { class: 'crumb', href: '#/queues', text: 'Queues /' }) : null,
+        el('h1', { text: only || 'Queues' }), el('span', { class: 'spacer' }), updated),
+      list);
+    document.title = `${only ? `${only} · ` : ''}queues · dagflow`;
+
+    async function load() {
+      timer = null;
+      const res = await api('GET', only ? `/queues/${encodeURIComponent(only)}` : '/queues');
+      if (!alive) return;
+      if (res.ok) {
+        const queues = only ? [res.body] : res.body.queues;
+        fill(list, queues.length ? queues.map(queueCard)
+          : el('p', { id: 'queues-empty', class: 'empty muted', text: 'No queues yet: a queue appears once a worker serves it or a job is put on it.' }));
+        updated.textContent = `updated ${fmtClock(Date.now())}`;
+      } else {
+        fill(list, el('p', { id: 'queues-error', class: 'empty muted', text: res.status === 404 ? `Nothing is known about queue “${only}”: no job has been put on it and no worker serves it.` : `Asking for the queues failed: ${errorMessage(res)}` }));
+      }
+      timer = setTimeout(load, QUEUES_EVERY_MS);
+    }
+
+    load();
+    return () => {
+      alive = false;
+      clearTimeout(timer);
+      document.title = 'dagflow';
+    };
+  }
+
+  function plural(n, word) {
+    return `${n.toLocaleString()} ${word}${n === 1 ? '' : 's'}`;
+  }
+
+  function queueCard(q) {
+    const figure = (label, value, id) => el('span', { class: 'figure' }, el('b', { 'data-figure': id, text: value.toLocaleString() }), ` ${label}`);
+    const workers = q.workers.length;
+    const lanes = el('table', { class: 'lanes' },
+      el('thead', {}, el('tr', {}, el('th', { text: 'priority' }), q.ready.byPriority.map((p) => el('th', { text: String(p.priority) })))),
+      el('tbody', {}, [['started', 'started flows: their next jobs'], ['new', 'new flows: their first jobs']].map(([lane, title]) =>
+        el('tr', {}, el('th', { title, text: lane }), q.ready.byPriority.map((p) =>
+          el('td', { class: p[lane] ? '' : 'zero', 'data-priority': p.priority, 'data-lane': lane, text: p[lane].toLocaleString() }))))));
+    const held = q.heldBack.length
+      ? el('table', { class: 'held' },
+        el('thead', {}, el('tr', {}, ['kind', 'key', 'waiting', 'running', 'next token'].map((h) => el('th', { text: h })))),
+        el('tbody', {}, q.heldBack.map((h) => el('tr', { 'data-kind': h.kind, 'data-key': h.key },
+          el('td', { text: { concurrency: 'concurrency key', rateLimit: 'rate limit', flowConcurrency: 'flow concurrency key' }[h.kind] || h.kind }),
+          el('td', {}, el('code', { text: h.key })),
+          el('td', { text: h.waiting.toLocaleString() }),
+          el('td', { text: h.running === undefined ? '—' : h.running.toLocaleString() }),
+          el('td', { text: h.nextTokenAt ? fmtIn(h.nextTokenAt) : '—' })))))
+      : null;
+    const more = q.heldBackKeys - q.heldBack.length;
+    return el('section', { class: 'card queue', 'data-queue': q.name },
+      el('header', {},
+        el('h2', {}, el('a', { href: queueHref(q.name), text: q.name })),
+        el('span', { class: 'figures' },
+          figure('ready', q.ready.total, 'ready'), figure('running', q.running, 'running'),
+          figure('delayed', q.delayed, 'delayed'), figure('held back', q.heldBackJobs, 'held'),
+          el('span', { class: `figure${workers ? '' : ' warn'}`, 'data-figure': 'workers' },
+            el('b', { text: String(workers) }), ` worker${workers === 1 ? '' : 's'}`,
+            workers ? ` · ${plural(q.totalConcurrency, 'slot')}` : ''))),
+      !workers && q.ready.total ? el('p', { class: 'queue-warn small', text: `No live worker serves ${q.name}: its ${plural(q.ready.total, 'ready job')} wait until one starts.` }) : null,
+      el('h3', { text: 'Ready, by priority (served from the left)' }), lanes,
+      held ? [el('h3', { text: `Held back by limits${more > 0 ? ` (top ${q.heldBack.length} of ${q.heldBackKeys} keys)` : ''}` }), held] : null,
+      workers ? [el('h3', { text: 'Workers' }), el('ul', { class: 'workers' }, q.workers.map((w) => el('li', { 'data-worker': w.id },
+        el('code', { text: w.id }),
+        w.concurrency !== undefined ? ` · ${plural(w.concurrency, 'slot')}` : '',
+        ` · seen ${fmtIn(w.lastSeenMs)}`,
+        w.handlers.length ? el('span', { class: 'muted' }, ` · ${w.handlers.join(', ')}`) : null)))] : null);
+  }
+
   // ----------------------------------------------------------------- submit
 
   function submitView(root) {
@@ -1464,10 +1644,12 @@
     const root = $('#view');
     root.replaceChildren();
     const m = path.match(/^\/flows\/([^/]+)$/);
-    const current = m ? 'flows' : path === '/submit' ? 'submit' : 'flows';
+    const qm = path.match(/^\/queues(?:\/([^/]+))?$/);
+    const current = m ? 'flows' : path === '/submit' ? 'submit' : qm ? 'queues' : 'flows';
     document.querySelectorAll('[data-nav]').forEach((a) => a.classList.toggle('current', a.dataset.nav === current));
     if (m) teardown = flowView(root, decodeURIComponent(m[1]));
     else if (path === '/submit') teardown = submitView(root);
+    else if (qm) teardown = queuesView(root, qm[1] ? decodeURIComponent(qm[1]) : null);
     else teardown = listView(root, params);
   }
 
