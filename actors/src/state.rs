@@ -1286,6 +1286,15 @@ impl FlowState {
         item: Option<(serde_json::Value, u32)>,
     ) -> Result<Option<JobLimits>, String> {
         let node = self.dag.node(j);
+        if node.concurrency.is_none() && node.rate_limit.is_none() {
+            // No key to evaluate: no CEL context to build (each parent's result
+            // would be parsed for nothing on every job).
+            return Ok(self.dag.flow_key.clone().map(|flow| JobLimits {
+                concurrency: None,
+                rate: None,
+                flow: Some(flow),
+            }));
+        }
         let skip = item.as_ref().and(node.map.as_ref().map(|m| m.from));
         let ctx = self.cel_context(j, skip, item)?;
         let key = |program: &crate::spec::Condition, what: &str| -> Result<String, String> {
