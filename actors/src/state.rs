@@ -248,6 +248,12 @@ pub enum Input {
     },
 }
 
+thread_local! {
+    /// CEL's standard library, built once per thread; each evaluation adds its
+    /// variables in a scope over it.
+    static CEL_ROOT: cel::Context<'static, 'static> = cel::Context::default();
+}
+
 /// Longest key a limit's expression may give, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
 
@@ -1224,14 +1230,17 @@ impl FlowState {
         false
     }
 
-    /// The CEL variables of DAG node `i`: `parents` (results by name, without
-    /// `skip`) and `data`, and `item` and `index` for a map's element.
-    fn cel_context(
+    /// Runs `f` with the CEL variables of DAG node `i`: `parents` (results by name,
+    /// without `skip`) and `data`, and `item` and `index` for a map's element. The
+    /// variables live in a scope over one root context per thread: building a root
+    /// (cel's standard library) costs more than evaluating most expressions.
+    fn with_cel<T>(
         &self,
         i: NodeIdx,
         skip: Option<NodeIdx>,
         item: Option<(serde_json::Value, u32)>,
-    ) -> Result<cel::Context<'static, 'static>, String> {
+        f: impl FnOnce(&cel::Context<'_, 'static>) -> T,
+    ) -> Result<T, String> {
         let node = self.dag.node(i);
         let mut parents = serde_json::Map::new();
         for p in node.parents.iter().filter(|p| Some(**p) != skip) {
@@ -1243,16 +1252,18 @@ impl FlowState {
         }
         let data: serde_json::Value =
             serde_json::from_str(&node.data).map_err(|e| format!("data: {e}"))?;
-        let mut ctx = cel::Context::default();
-        ctx.add_variable("parents", serde_json::Value::Object(parents))
-            .map_err(|e| e.to_string())?;
-        ctx.add_variable("data", data).map_err(|e| e.to_string())?;
-        if let Some((item, index)) = item {
-            ctx.add_variable("item", item).map_err(|e| e.to_string())?;
-            ctx.add_variable("index", u64::from(index))
+        CEL_ROOT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable("parents", serde_json::Value::Object(parents))
                 .map_err(|e| e.to_string())?;
-        }
-        Ok(ctx)
+            ctx.add_variable("data", data).map_err(|e| e.to_string())?;
+            if let Some((item, index)) = item {
+                ctx.add_variable("item", item).map_err(|e| e.to_string())?;
+                ctx.add_variable("index", u64::from(index))
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(f(&ctx))
+        })
     }
 
     /// The keys of a job's limits (concurrency key, rate limit), evaluated; `None`
@@ -1296,9 +1307,18 @@ impl FlowState {
             }));
         }
         let skip = item.as_ref().and(node.map.as_ref().map(|m| m.from));
-        let ctx = self.cel_context(j, skip, item)?;
+        self.with_cel(j, skip, item, |ctx| self.keys_in(j, ctx))?
+    }
+
+    /// The limit keys of DAG node `j`, evaluated in `ctx`.
+    fn keys_in(
+        &self,
+        j: NodeIdx,
+        ctx: &cel::Context<'_, 'static>,
+    ) -> Result<Option<JobLimits>, String> {
+        let node = self.dag.node(j);
         let key = |program: &crate::spec::Condition, what: &str| -> Result<String, String> {
-            let value = program.program.execute(&ctx).map_err(|e| {
+            let value = program.program.execute(ctx).map_err(|e| {
                 format!(
                     "{what} key `{}` could not be evaluated: {e}",
                     program.source
@@ -1342,15 +1362,14 @@ impl FlowState {
 
     /// Evaluates a condition with `parents` (results by name) and `data` bound.
     fn evaluate(&self, i: NodeIdx, program: &cel::Program) -> Result<bool, String> {
-        let ctx = self.cel_context(i, None, None)?;
-        match program.execute(&ctx) {
+        self.with_cel(i, None, None, |ctx| match program.execute(ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!(
                 "it must give a boolean, it gave {:?}",
                 other.type_of()
             )),
             Err(e) => Err(e.to_string()),
-        }
+        })?
     }
 
     /// Ends a pending node as skipped, with the reason.

@@ -279,7 +279,14 @@ async fn a_flow_of_higher_priority_goes_first() {
             .await
             .unwrap(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocker = ids[0];
+    eventually("the blocker to take the only slot", || {
+        let engine = engine.clone();
+        async move {
+            engine.get(blocker).await.unwrap().node("x").unwrap().status == NodeStatus::Active
+        }
+    })
+    .await;
     for (tag, opts, node_priority) in [
         ("low", json!({"priority": 1}), None),
         ("default", json!({}), None),
@@ -293,6 +300,13 @@ async fn a_flow_of_higher_priority_goes_first() {
         let flow = spec(json!({"nodes": [node], "opts": opts}));
         ids.push(engine.create(&flow, None).await.unwrap());
     }
+    // Every job is on its lane before the slot frees (a create answers once the
+    // flow is on disk; its jobs are enqueued just after).
+    eventually("the four jobs to be queued", || {
+        let engine = engine.clone();
+        async move { engine.queue().depth("default").await.unwrap().0 == 5 }
+    })
+    .await;
     gate.add_permits(1);
     for id in ids {
         engine.wait(id, WAIT).await.unwrap();

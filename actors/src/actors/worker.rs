@@ -450,8 +450,14 @@ impl Actor for WorkerActor {
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Run(delivery, guard) = message;
         fail::fail_point!("worker::run");
-        if let Some(outcome) = run_job(&state.ctx, &delivery).await {
-            report(&state.ctx, &delivery, outcome).await;
+        match run_job(&state.ctx, &delivery).await {
+            // A job stopped through `P:cancel` may have been cancelled by its
+            // concurrency key: the cancel record is on the completions stream, and
+            // this report must come after it, not overtake it on the fast path
+            // (the node would end completed instead of cancelled).
+            Some((outcome, true)) => report_through_redis(&state.ctx, &delivery, outcome).await,
+            Some((outcome, false)) => report(&state.ctx, &delivery, outcome).await,
+            None => {}
         }
         drop(guard);
         // The fetcher is gone only during shutdown; then nobody needs this worker.
@@ -475,30 +481,44 @@ struct JobInput {
 }
 
 /// Runs a job; `None` when it was abandoned by shutdown and must not be reported.
-async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
+/// Runs a job's handler; the outcome to report (none when abandoned at shutdown),
+/// and whether the job was stopped through `P:cancel`.
+async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, bool)> {
     let env = &delivery.envelope;
     let Some(handler) = ctx.handlers.get(&env.handler).cloned() else {
-        return Some(Outcome::Failed {
-            message: format!(
-                "no handler named '{}' on worker {} (queue '{}')",
-                env.handler, ctx.consumer, env.queue
-            ),
-            retryable: false,
-        });
+        let message = format!(
+            "no handler named '{}' on worker {} (queue '{}')",
+            env.handler, ctx.consumer, env.queue
+        );
+        return Some((
+            Outcome::Failed {
+                message,
+                retryable: false,
+            },
+            false,
+        ));
     };
     let Ok(flow_id) = FlowId::from_str(&env.flow_id) else {
-        return Some(Outcome::Failed {
-            message: format!("job {} has a malformed flow id", env.id),
-            retryable: false,
-        });
+        let message = format!("job {} has a malformed flow id", env.id);
+        return Some((
+            Outcome::Failed {
+                message,
+                retryable: false,
+            },
+            false,
+        ));
     };
     let input: JobInput = match serde_json::from_str(env.input.get()) {
         Ok(i) => i,
         Err(e) => {
-            return Some(Outcome::Failed {
-                message: format!("job input is not an object with data and parents: {e}"),
-                retryable: false,
-            })
+            let message = format!("job input is not an object with data and parents: {e}");
+            return Some((
+                Outcome::Failed {
+                    message,
+                    retryable: false,
+                },
+                false,
+            ));
         }
     };
     let token = CancellationToken::new();
@@ -547,6 +567,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     };
     let mut task = tokio::spawn(async move { handler.run(job).await });
     let timeout = env.timeout_ms.map(Duration::from_millis);
+    let mut stopped = false;
     let outcome = tokio::select! {
         joined = &mut task => Some(joined_outcome(joined)),
         _ = ctx.abandon.cancelled() => {
@@ -564,6 +585,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
             })
         }
         _ = token.cancelled() => {
+            stopped = true;
             // Cooperative first: the handler sees its token and may return; after
             // the grace period its task is aborted.
             Some(match tokio::time::timeout(ctx.cancel_grace, &mut task).await {
@@ -584,7 +606,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<Outcome> {
     // No progress may follow the final report: drop what is not sent yet and wait
     // for a send in flight.
     progress_slot.close().await;
-    outcome
+    outcome.map(|o| (o, stopped))
 }
 
 fn cancelled() -> Outcome {
@@ -675,6 +697,12 @@ async fn report(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
         // No actor here: the flow hibernates (the report wakes it through the
         // completions stream), or it ended (the router drops the record).
     }
+    report_through_redis(ctx, delivery, outcome).await;
+}
+
+/// Writes a report to the completions stream, retrying until Redis takes it.
+async fn report_through_redis(ctx: &WorkerCtx, delivery: &Delivery, outcome: Outcome) {
+    let env = &delivery.envelope;
     // A report is never dropped: it is retried (backing off to 5 s) until Redis
     // takes it. Only a shutdown past its deadline gives up, and then the job is
     // still pending in Redis and runs again after the restart or the lease.

@@ -184,6 +184,11 @@ end
 -- END limits_release
 
 -- The jobs hash and field of a job id.
+-- Added to the arrival order of a new flow's first job waiting for a concurrency
+-- slot: it waits behind every job of a started flow (2^40, far above any count of
+-- arrivals and exact in a double).
+local FRESH_OFFSET = 1099511627776
+
 local function job_place(P, job)
   local colon = string.find(job, ':', 1, true)
   if not colon then
@@ -348,7 +353,13 @@ local function limits_admit(P, hash, field, st, group)
         end
         redis.call('ZADD', run, now, job)
       else
+        -- Jobs of flows that have started go before the first jobs of new ones
+        -- here too (as on the lanes), so that a key's slots finish flows rather
+        -- than start more of them.
         local seq = redis.call('INCR', P .. ':limits:seq')
+        if tonumber(st.l) % 2 == 1 then
+          seq = seq + FRESH_OFFSET
+        end
         redis.call('ZADD', wait, seq, hash .. '|' .. field)
         st.s = 'held'
         redis.call('HSET', hash, field, cjson.encode(st))
