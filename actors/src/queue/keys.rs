@@ -153,8 +153,8 @@ impl Keys {
         format!("{}:config", self.prefix)
     }
 
-    /// `P:rl:due`: rate-limit keys with waiting jobs, scored by when their next
-    /// token frees (ms); see `lua/limits.lua` for the other limit keys.
+    /// `P:rl:due`: rate-limit keys with waiting jobs, scored by when the engine
+    /// looks at them next (ms); see `lua/limits.lua` for the other limit keys.
     pub fn rate_due(&self) -> String {
         format!("{}:rl:due", self.prefix)
     }

@@ -10,8 +10,9 @@
 --   P:ck:{key}:wait   sorted set: jobs waiting for a slot (score = arrival order)
 --   P:rl:{key}        string: the rate limit's theoretical arrival time (GCRA, ms)
 --   P:rl:{key}:wait   sorted set: jobs waiting for a token (score = arrival order)
---   P:rl:due          sorted set: rate keys with waiting jobs, scored by when their
---                     next token frees (ms); the engine releases them then
+--   P:rl:due          sorted set: rate keys with waiting jobs, scored by when the
+--                     engine should look at them next (ms): when the next token
+--                     frees, or at once when a job arrived behind waiting ones
 --   P:limits:seq      counter giving waiting jobs their arrival order
 --   P:fk:{key}:run    sorted set: flows holding a slot of flow concurrency key {key}
 --                     (member = flow id, score = when it got the slot, ms)

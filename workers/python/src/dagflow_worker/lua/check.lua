@@ -46,6 +46,10 @@ for k = 1, #ARGV do
       if not redis.call('ZSCORE', P .. ':ck:' .. tostring(state.ck) .. ':wait', hash .. '|' .. ARGV[k]) then
         code = 5
       end
+    elseif state.s == 'fheld' then
+      if not redis.call('ZSCORE', P .. ':fk:' .. tostring(state.fk) .. ':wait', flow) then
+        code = 5
+      end
     elseif state.s == 'rate' then
       if not redis.call('ZSCORE', P .. ':rl:' .. tostring(state.rk) .. ':wait', hash .. '|' .. ARGV[k]) then
         code = 5

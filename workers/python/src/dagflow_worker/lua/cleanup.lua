@@ -60,6 +60,7 @@ end
 
 -- The hash goes first: a slot released below must not go to a job of this very
 -- flow (limits_release skips jobs whose field is gone).
+local flow_marker = redis.call('HGET', hash, ':fk')
 redis.call('DEL', hash)
 
 -- Second pass: remove the flow's jobs from the streams (acknowledged first, so no
@@ -77,7 +78,9 @@ for j = 2, #all, 2 do
     elseif state.s == 'delayed' and type(state.m) == 'string' then
       redis.call('ZREM', keys.delayed, state.m)
     end
-    if state.s == 'held' or state.s == 'rate' then
+    if state.s == 'fheld' then
+      count_held(P, state.q, 'f:' .. tostring(state.fk), -1)
+    elseif state.s == 'held' or state.s == 'rate' then
       limits_release(P, hash, all[j - 1], state, group)
     elseif state.ck and state.s == 'queued' then
       slots[#slots + 1] = { all[j - 1], state }
@@ -85,9 +88,13 @@ for j = 2, #all, 2 do
   end
 end
 
--- Last, the concurrency slots its jobs held go to the next waiting jobs.
+-- Last, the concurrency slots its jobs held go to the next waiting jobs, and its
+-- flow slot to the next waiting flow.
 for _, slot in ipairs(slots) do
   limits_release(P, hash, slot[1], slot[2], group)
+end
+if flow_marker then
+  release_flow(P, string.match(hash, ':flow:(.*):jobs$'), flow_marker, group)
 end
 
 return #all / 2

@@ -10,19 +10,28 @@
 --   P:ck:{key}:wait   sorted set: jobs waiting for a slot (score = arrival order)
 --   P:rl:{key}        string: the rate limit's theoretical arrival time (GCRA, ms)
 --   P:rl:{key}:wait   sorted set: jobs waiting for a token (score = arrival order)
---   P:rl:due          sorted set: rate keys with waiting jobs, scored by when their
---                     next token frees (ms); the engine releases them then
+--   P:rl:due          sorted set: rate keys with waiting jobs, scored by when the
+--                     engine should look at them next (ms): when the next token
+--                     frees, or at once when a job arrived behind waiting ones
 --   P:limits:seq      counter giving waiting jobs their arrival order
+--   P:fk:{key}:run    sorted set: flows holding a slot of flow concurrency key {key}
+--                     (member = flow id, score = when it got the slot, ms)
+--   P:fk:{key}:wait   sorted set: flows waiting for a slot (score = arrival order)
 --   P:q:{queue}:held  sorted set: per queue, how many jobs each key holds back
---                     (member "c:{key}" or "r:{key}", score = count)
+--                     (member "c:{key}", "r:{key}" or "f:{key}", score = count)
 -- A job id is "{flowId}:{node}:{attempt}"; its jobs hash is P:flow:{flowId}:jobs
 -- and its field "{node}:{attempt}" (a flow id never contains ':').
 --
 -- A job's limits travel in its jobs-hash field (JSON): ck, cl, cs (concurrency key,
 -- limit, strategy: "queue", "cancelNewest" or "cancelInProgress"), rk, rn, rp (rate
--- key, limit, period in ms). States besides queued/delayed/done:
+-- key, limit, period in ms), fk, fl, fs (its flow's concurrency key, limit,
+-- strategy). States besides queued/delayed/done:
+--   {"s":"fheld", ..., "env": <envelope>}  its flow waits for a flow slot
 --   {"s":"held", ..., "env": <envelope>}   waiting for a concurrency slot
 --   {"s":"rate", ..., "env": <envelope>}   holding its slot, waiting for a token
+-- A flow holding or waiting for a flow slot has the field ":fk" in its jobs hash
+-- ({"fk", "fl", "s": "run"|"wait"}; no job field starts with ':'), so that the
+-- slot is given back when the flow ends (cleanup.lua), whatever its jobs' fields say.
 -- BEGIN limits_release
 
 -- The lane stream of a queue by lane index (see take.lua).
@@ -176,6 +185,11 @@ end
 -- END limits_release
 
 -- The jobs hash and field of a job id.
+-- Added to the arrival order of a new flow's first job waiting for a concurrency
+-- slot: it waits behind every job of a started flow (2^40, far above any count of
+-- arrivals and exact in a double).
+local FRESH_OFFSET = 1099511627776
+
 local function job_place(P, job)
   local colon = string.find(job, ':', 1, true)
   if not colon then
@@ -200,13 +214,104 @@ local function cancel_record(P, job, reason)
   redis.call('PUBLISH', P .. ':cancel', job)
 end
 
+-- Cancels every live job of a flow (a flow that lost its slot to a newer one):
+-- removes them from lanes, delayed sets and waiting lists, gives back their
+-- concurrency slots and adds a cancel record for each.
+local function cancel_flow_jobs(P, victim, reason, group)
+  local hash = P .. ':flow:' .. victim .. ':jobs'
+  local all = redis.call('HGETALL', hash)
+  local slots = {}
+  for j = 2, #all, 2 do
+    local field, value = all[j - 1], all[j]
+    if value ~= 'done' and string.sub(field, 1, 1) ~= ':' then
+      local ok, st = pcall(cjson.decode, value)
+      if ok and type(st) == 'table' and type(st.q) == 'string' then
+        if st.s == 'queued' and st.e then
+          local stream = lane_key(P, st.q, tonumber(st.l) or 0)
+          redis.pcall('XACK', stream, group, st.e)
+          redis.call('XDEL', stream, st.e)
+        elseif st.s == 'delayed' and st.m then
+          redis.call('ZREM', P .. ':q:' .. st.q .. ':delayed', st.m)
+        elseif st.s == 'fheld' then
+          count_held(P, st.q, 'f:' .. tostring(st.fk), -1)
+        end
+        redis.call('HSET', hash, field, 'done')
+        if st.s == 'held' or st.s == 'rate' then
+          limits_release(P, hash, field, st, group)
+        elseif st.s == 'queued' and st.ck then
+          slots[#slots + 1] = { field, st }
+        end
+        cancel_record(P, victim .. ':' .. field, reason)
+      end
+    end
+  end
+  for _, slot in ipairs(slots) do
+    limits_release(P, hash, slot[1], slot[2], group)
+  end
+end
+
+-- The flow gate of a job whose flow has a flow concurrency key: nil when the flow
+-- holds (or now takes) a slot, else 'held' (strategy queue: the flow waits) or
+-- 'cancelled' (cancelNewest: the job is cancelled).
+local function flow_gate(P, hash, flow, job, st, group, now)
+  local run = P .. ':fk:' .. st.fk .. ':run'
+  local wait = P .. ':fk:' .. st.fk .. ':wait'
+  if redis.call('ZSCORE', run, flow) then
+    return nil
+  end
+  local limit = tonumber(st.fl)
+  local marker = { fk = st.fk, fl = st.fl, s = 'run' }
+  local waiting = redis.call('ZSCORE', wait, flow)
+  if not waiting and redis.call('ZCARD', run) < limit and redis.call('ZCARD', wait) == 0 then
+    redis.call('ZADD', run, now, flow)
+    redis.call('HSET', hash, ':fk', cjson.encode(marker))
+    return nil
+  end
+  if st.fs == 'cancelNewest' and not waiting then
+    cancel_record(P, job, 'cancelled: flow concurrency key "' .. st.fk .. '" already runs ' ..
+      limit .. ' flows (strategy cancelNewest)')
+    return 'cancelled'
+  end
+  if st.fs == 'cancelInProgress' and not waiting then
+    local oldest = redis.call('ZRANGE', run, 0, 0)
+    if #oldest > 0 then
+      redis.call('ZREM', run, oldest[1])
+      cancel_flow_jobs(P, oldest[1], 'cancelled: a newer flow of flow concurrency key "' ..
+        st.fk .. '" took its slot (strategy cancelInProgress)', group)
+    end
+    redis.call('ZADD', run, now, flow)
+    redis.call('HSET', hash, ':fk', cjson.encode(marker))
+    return nil
+  end
+  if not waiting then
+    redis.call('ZADD', wait, redis.call('INCR', P .. ':limits:seq'), flow)
+    marker.s = 'wait'
+    redis.call('HSET', hash, ':fk', cjson.encode(marker))
+  end
+  return 'held'
+end
+
 -- Puts a job through its limits: a concurrency slot (or wait, or a cancel by the
 -- key's strategy), then a rate token (or wait), then its lane. `st` is the state
 -- to record ({q, l, env, ck, cl, cs, rk, rn, rp}). Returns 'queued', 'held', 'rate'
 -- or 'cancelled'.
 local function limits_admit(P, hash, field, st, group)
   local now = clock_ms()
-  local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+  local flow = string.match(hash, ':flow:(.*):jobs$')
+  local job = flow .. ':' .. field
+  if st.fk then
+    local gate = flow_gate(P, hash, flow, job, st, group, now)
+    if gate then
+      if gate == 'held' then
+        st.s = 'fheld'
+        redis.call('HSET', hash, field, cjson.encode(st))
+        count_held(P, st.q, 'f:' .. st.fk, 1)
+      else
+        redis.call('HSET', hash, field, 'done')
+      end
+      return gate
+    end
+  end
   if st.ck then
     local run = P .. ':ck:' .. st.ck .. ':run'
     local wait = P .. ':ck:' .. st.ck .. ':wait'
@@ -249,7 +354,13 @@ local function limits_admit(P, hash, field, st, group)
         end
         redis.call('ZADD', run, now, job)
       else
+        -- Jobs of flows that have started go before the first jobs of new ones
+        -- here too (as on the lanes), so that a key's slots finish flows rather
+        -- than start more of them.
         local seq = redis.call('INCR', P .. ':limits:seq')
+        if tonumber(st.l) % 2 == 1 then
+          seq = seq + FRESH_OFFSET
+        end
         redis.call('ZADD', wait, seq, hash .. '|' .. field)
         st.s = 'held'
         redis.call('HSET', hash, field, cjson.encode(st))
@@ -261,4 +372,55 @@ local function limits_admit(P, hash, field, st, group)
     end
   end
   return pass_rate(P, hash, field, st, group, now)
+end
+
+-- Lets waiting flows of flow key `fk` take the free slots: each one's jobs that
+-- waited for it go on through their own limits.
+local function admit_flows(P, fk, group)
+  local run = P .. ':fk:' .. fk .. ':run'
+  local wait = P .. ':fk:' .. fk .. ':wait'
+  while true do
+    local first = redis.call('ZRANGE', wait, 0, 0)
+    if #first == 0 then
+      return
+    end
+    local flow = first[1]
+    local hash = P .. ':flow:' .. flow .. ':jobs'
+    local marker = redis.call('HGET', hash, ':fk')
+    if not marker then
+      -- The flow ended or was deleted meanwhile.
+      redis.call('ZREM', wait, flow)
+    else
+      local m = cjson.decode(marker)
+      if redis.call('ZCARD', run) >= tonumber(m.fl) then
+        return
+      end
+      redis.call('ZREM', wait, flow)
+      redis.call('ZADD', run, clock_ms(), flow)
+      m.s = 'run'
+      redis.call('HSET', hash, ':fk', cjson.encode(m))
+      local all = redis.call('HGETALL', hash)
+      for j = 2, #all, 2 do
+        if string.find(all[j], '"fheld"', 1, true) then
+          local st = cjson.decode(all[j])
+          count_held(P, st.q, 'f:' .. fk, -1)
+          st.s = nil
+          limits_admit(P, hash, all[j - 1], st, group)
+        end
+      end
+    end
+  end
+end
+
+-- Gives back the flow slot (or the place among waiting flows) of a flow that ends,
+-- given its ":fk" marker, and lets the next waiting flows in.
+local function release_flow(P, flow, marker, group)
+  local ok, m = pcall(cjson.decode, marker)
+  if not ok or type(m) ~= 'table' or not m.fk then
+    return
+  end
+  redis.call('ZREM', P .. ':fk:' .. m.fk .. ':wait', flow)
+  if redis.call('ZREM', P .. ':fk:' .. m.fk .. ':run', flow) == 1 then
+    admit_flows(P, m.fk, group)
+  end
 end

@@ -38,7 +38,8 @@ for k = 1, n do
     local state = redis.call('HGET', hash, field)
     local st = nil
     if state and state ~= 'done' and string.find(state, '"delayed"', 1, true)
-        and (string.find(state, '"ck"', 1, true) or string.find(state, '"rk"', 1, true)) then
+        and (string.find(state, '"ck"', 1, true) or string.find(state, '"rk"', 1, true)
+          or string.find(state, '"fk"', 1, true)) then
       st = cjson.decode(state)
     end
     -- A job its flow no longer holds belongs to a deleted flow: drop it.

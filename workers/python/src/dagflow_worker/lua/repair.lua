@@ -43,6 +43,10 @@ local function lost(value, stream, delayed, field)
   if state.s == 'delayed' then
     return type(state.m) ~= 'string' or not redis.call('ZSCORE', delayed, state.m)
   end
+  if state.s == 'fheld' then
+    return not redis.call('ZSCORE', P .. ':fk:' .. tostring(state.fk) .. ':wait',
+      string.match(hash, ':flow:(.*):jobs$'))
+  end
   if state.s == 'held' then
     return not redis.call('ZSCORE', P .. ':ck:' .. tostring(state.ck) .. ':wait', ref)
   end
