@@ -118,3 +118,15 @@ summary "$OUT/map-10k.jsonl" "nodes/s:nodes_per_s" "engine_us/node:cpu_us_per_no
 bench signal-100k signal --idle --flows "${IDLE_FLOWS:-100000}" --runs 1
 summary "$OUT/signal-100k.jsonl" "rss_mb:rss_mb" "kib/flow:rss_per_flow_kb" \
   "hibernated_rss_mb:hibernated_rss_mb" "hibernated_kib/flow:hibernated_rss_per_flow_kb"
+
+# 11. The burst of issue 13 (flows that started go first) and what concurrency keys
+#     cost: every node keyed, flows spread over 100 keys at limit 2, against the same
+#     run without keys.
+bench burst-10k diamond --width 10 --flows 10000 --concurrency 50 --runs 3
+summary "$OUT/burst-10k.jsonl" "nodes/s:nodes_per_s" "edge_p50_ms:edge_latency_ms.p50" \
+  "edge_p99_ms:edge_latency_ms.p99" "flow_p50_ms:flow_latency_ms.p50" "wall_s:wall_s" \
+  "cmds/node:redis_cmds_per_node"
+bench keys-100 diamond --width 10 --flows 10000 --concurrency 50 --keys 100 --key-limit 2 --runs 3
+summary "$OUT/keys-100.jsonl" "nodes/s:nodes_per_s" "edge_p50_ms:edge_latency_ms.p50" \
+  "flow_p50_ms:flow_latency_ms.p50" "cmds/node:redis_cmds_per_node" \
+  "engine_us/node:cpu_us_per_node.process" "redis_us/node:cpu_us_per_node.redis"
