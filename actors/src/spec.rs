@@ -1150,7 +1150,14 @@ fn flow_key(spec: &FlowSpec, c: &ConcurrencySpec) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     ctx.add_variable("data", serde_json::Value::Object(data))
         .map_err(|e| e.to_string())?;
-    let key = match program.execute(&ctx).map_err(|e| e.to_string())? {
+    key_text(program.execute(&ctx).map_err(|e| e.to_string())?)
+}
+
+/// A limit key from what its expression gave: a string, or a number or boolean as
+/// text, of 1 to [`crate::state::MAX_KEY_LEN`] bytes; the error says what is wrong
+/// (the caller names the expression).
+pub(crate) fn key_text(value: cel::Value) -> Result<String, String> {
+    let key = match value {
         cel::Value::String(s) => s.to_string(),
         cel::Value::Int(n) => n.to_string(),
         cel::Value::UInt(n) => n.to_string(),

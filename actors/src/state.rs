@@ -1324,28 +1324,8 @@ impl FlowState {
                     program.source
                 )
             })?;
-            let key = match value {
-                cel::Value::String(s) => s.to_string(),
-                cel::Value::Int(n) => n.to_string(),
-                cel::Value::UInt(n) => n.to_string(),
-                cel::Value::Float(n) => n.to_string(),
-                cel::Value::Bool(b) => b.to_string(),
-                other => {
-                    return Err(format!(
-                        "{what} key `{}` must give a string or a number, it gave {:?}",
-                        program.source,
-                        other.type_of()
-                    ))
-                }
-            };
-            if key.is_empty() || key.len() > MAX_KEY_LEN {
-                return Err(format!(
-                    "{what} key `{}` gave a key of {} bytes; it must have 1 to {MAX_KEY_LEN}",
-                    program.source,
-                    key.len()
-                ));
-            }
-            Ok(key)
+            crate::spec::key_text(value)
+                .map_err(|e| format!("{what} key `{}`: {e}", program.source))
         };
         Ok(Some(JobLimits {
             concurrency: match &node.concurrency {

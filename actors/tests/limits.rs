@@ -241,6 +241,25 @@ async fn cancel_in_progress_cancels_the_running_job_for_the_new_one() {
     release.notify_waiters();
     let view = engine.wait(second, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    // The cancelled handler's own report (through Redis, after the cancel record)
+    // is applied, or dropped as stale, before the engine stops.
+    eventually("the completions stream to drain", || {
+        let key = format!("{prefix}:completions");
+        async move {
+            let mut conn = redis::Client::open(testing::redis().url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("XLEN")
+                .arg(&key)
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap()
+                == 0
+        }
+    })
+    .await;
     engine.shutdown(Duration::from_secs(5)).await;
     only_global_keys_left(&prefix).await;
 }
@@ -413,7 +432,25 @@ async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
     release.notify_waiters();
     let view = engine.wait(first, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
-    // Its slot is free again: a third flow runs.
+    // Its slot is free again once its jobs are cleaned up (a moment after it
+    // ended): a third flow runs.
+    eventually("the first flow's slot to be given back", || {
+        let key = format!("{prefix}:fk:nightly:run");
+        async move {
+            let mut conn = redis::Client::open(testing::redis().url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap()
+                == 0
+        }
+    })
+    .await;
     let third = engine.create(&flow, None).await.unwrap();
     eventually("the third flow to run", || {
         let engine = engine.clone();

@@ -27,15 +27,8 @@ for _, rk in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, 10
       break
     end
     local ref = first[1]
-    local bar = string.find(ref, '|', 1, true)
-    local hash = string.sub(ref, 1, bar - 1)
-    local field = string.sub(ref, bar + 1)
-    local value = redis.call('HGET', hash, field)
-    local ok, st = false, nil
-    if value then
-      ok, st = pcall(cjson.decode, value)
-    end
-    if not ok or type(st) ~= 'table' or st.s ~= 'rate' then
+    local hash, field, st = waiting_job(ref)
+    if not st or st.s ~= 'rate' then
       -- Its flow ended or was deleted meanwhile: forget it.
       redis.call('ZREM', wait, ref)
     else

@@ -113,6 +113,23 @@ local function pass_rate(P, hash, field, st, group, now)
   return 'queued'
 end
 
+-- The jobs hash, field and state of member `ref` ("{hash}|{field}") of a waiting
+-- list; the state is nil when the job's flow ended or was deleted meanwhile.
+local function waiting_job(ref)
+  local bar = string.find(ref, '|', 1, true)
+  local hash = string.sub(ref, 1, bar - 1)
+  local field = string.sub(ref, bar + 1)
+  local value = redis.call('HGET', hash, field)
+  local ok, st = false, nil
+  if value then
+    ok, st = pcall(cjson.decode, value)
+  end
+  if not ok or type(st) ~= 'table' then
+    return hash, field, nil
+  end
+  return hash, field, st
+end
+
 -- Lets waiting jobs of concurrency key `ck` take the free slots.
 local function admit_waiting(P, ck, group, now)
   local run = P .. ':ck:' .. ck .. ':run'
@@ -123,15 +140,8 @@ local function admit_waiting(P, ck, group, now)
       return
     end
     local ref = first[1]
-    local bar = string.find(ref, '|', 1, true)
-    local hash = string.sub(ref, 1, bar - 1)
-    local field = string.sub(ref, bar + 1)
-    local value = redis.call('HGET', hash, field)
-    local ok, st = false, nil
-    if value then
-      ok, st = pcall(cjson.decode, value)
-    end
-    if not ok or type(st) ~= 'table' or st.s ~= 'held' then
+    local hash, field, st = waiting_job(ref)
+    if not st or st.s ~= 'held' then
       -- Its flow ended or was deleted meanwhile: forget it.
       redis.call('ZREM', wait, ref)
     else
