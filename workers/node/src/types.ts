@@ -67,6 +67,26 @@ export interface WaitSpec {
   until?: number;
 }
 
+/** A concurrency key: at most `limit` jobs (or flows) with the same key at once. */
+export interface ConcurrencySpec {
+  /** CEL giving the key, e.g. `data.tenant` (a flow's key: over `name` and `data`). */
+  key: string;
+  /** How many at once, at least 1. */
+  limit: number;
+  /** At the limit: wait (`queue`, default), cancel the new one, or cancel the oldest running one. */
+  strategy?: "queue" | "cancelNewest" | "cancelInProgress";
+}
+
+/** A rate limit: at most `limit` jobs with the same key start per `perMs`, evenly spaced. */
+export interface RateLimitSpec {
+  /** CEL giving the key, e.g. `'payments-api'`. */
+  key: string;
+  /** Starts per period, at least 1. */
+  limit: number;
+  /** The period in ms. */
+  perMs: number;
+}
+
 /** One node (job) of a flow spec. */
 export interface NodeSpec {
   /** Unique within the flow. */
@@ -101,6 +121,10 @@ export interface NodeSpec {
    * priority still gets a share). Overrides the flow's `opts.priority`; default 5.
    */
   priority?: number;
+  /** At most `limit` jobs of the same key run at once, across every worker. */
+  concurrency?: ConcurrencySpec;
+  /** At most `limit` jobs of the same key start per `perMs`; the others wait. */
+  rateLimit?: RateLimitSpec;
 }
 
 /** Flow-wide behaviour. */
@@ -113,6 +137,8 @@ export interface FlowOpts {
   onFailure?: "continue" | "failFast";
   /** The priority (0 to 9) of every node that sets none; default 5. */
   priority?: number;
+  /** At most `limit` flows of the same key run at once (key: CEL over `name` and `data`). */
+  concurrency?: ConcurrencySpec;
 }
 
 /** A flow as `POST /flows` takes it. */
@@ -201,7 +227,7 @@ export interface NodeView {
    * in `GET /flows/{id}/nodes/{name}`, once every parent is done.
    */
   input?: { data: unknown; parents: Record<string, unknown>; item?: unknown; index?: number };
-  /** Why it was skipped: its trigger rule or its condition. */
+  /** Why it was skipped (its trigger rule or its condition) or cancelled (by its concurrency key). */
   reason?: string;
   /** Its trigger rule, when not `allSuccess`. */
   trigger?: TriggerRule;
@@ -215,6 +241,24 @@ export interface NodeView {
   mapOf?: string;
   /** On a map element: its position in the array. */
   index?: number;
+  /** 0 (lowest) to 9 (highest). */
+  priority?: number;
+  /** Its concurrency key: the spec, and `value`, the key its job runs under. */
+  concurrency?: LimitView;
+  /** Its rate limit, likewise. */
+  rateLimit?: LimitView;
+}
+
+/** A node's concurrency key or rate limit as views show it. */
+export interface LimitView {
+  key: string;
+  /** The evaluated key, once the node's job exists. */
+  value?: string;
+  limit: number;
+  /** A concurrency key's strategy. */
+  strategy?: "queue" | "cancelNewest" | "cancelInProgress";
+  /** A rate limit's period. */
+  perMs?: number;
 }
 
 /** A flow with every node (`GET /flows/{id}`, WebSocket snapshots). */

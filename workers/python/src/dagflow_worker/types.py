@@ -108,6 +108,29 @@ class NodeSpec(TypedDict):
     #: 0 (lowest) to 9 (highest): a queue hands out jobs of higher priority first.
     #: Overrides the flow's ``opts.priority``; the default is 5.
     priority: NotRequired[int]
+    #: At most ``limit`` jobs of the same key run at once, across every worker.
+    concurrency: NotRequired["ConcurrencySpec"]
+    #: At most ``limit`` jobs of the same key start per ``perMs``; the others wait.
+    rateLimit: NotRequired["RateLimitSpec"]
+
+
+class ConcurrencySpec(TypedDict):
+    """A concurrency key: at most ``limit`` jobs (or flows) with the same key at once."""
+
+    #: CEL giving the key, e.g. ``data.tenant`` (a flow's key: over ``name`` and ``data``).
+    key: str
+    limit: int
+    #: At the limit: wait (``queue``, default), cancel the new one, or the oldest running one.
+    strategy: NotRequired[Literal["queue", "cancelNewest", "cancelInProgress"]]
+
+
+class RateLimitSpec(TypedDict):
+    """At most ``limit`` jobs with the same key start per ``perMs``, evenly spaced."""
+
+    #: CEL giving the key, e.g. ``'payments-api'``.
+    key: str
+    limit: int
+    perMs: int
 
 
 class FlowOpts(TypedDict, total=False):
@@ -116,6 +139,8 @@ class FlowOpts(TypedDict, total=False):
     onFailure: Literal["continue", "failFast"]
     #: The priority of every node that sets none (0 to 9, default 5).
     priority: int
+    #: At most ``limit`` flows of the same key run at once.
+    concurrency: ConcurrencySpec
 
 
 class FlowSpec(TypedDict):
@@ -168,7 +193,7 @@ class NodeView(TypedDict):
     #: Only in ``GET /flows/{id}/nodes/{name}``, once every parent is done: ``data``
     #: and ``parents``, and on a map element ``item`` and ``index``.
     input: NotRequired[Any]
-    #: Why it was skipped: its trigger rule or its condition.
+    #: Why it was skipped (its trigger rule or its condition) or cancelled (its key).
     reason: NotRequired[str]
     trigger: NotRequired[TriggerRule]
     when: NotRequired[str]
@@ -177,6 +202,21 @@ class NodeView(TypedDict):
     #: On a map element (``{map}[{index}]``): its map node, and its position.
     mapOf: NotRequired[str]
     index: NotRequired[int]
+    #: 0 (lowest) to 9 (highest).
+    priority: NotRequired[int]
+    #: Its concurrency key and rate limit, with ``value``, the key its job runs under.
+    concurrency: NotRequired["LimitView"]
+    rateLimit: NotRequired["LimitView"]
+
+
+class LimitView(TypedDict):
+    """A node's concurrency key or rate limit as views show it."""
+
+    key: str
+    limit: int
+    value: NotRequired[str]
+    strategy: NotRequired[str]
+    perMs: NotRequired[int]
 
 
 class FlowView(TypedDict):
