@@ -570,10 +570,7 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
             Err(e) => push(
                 "bad_concurrency",
                 None,
-                format!(
-                    "the flow's concurrency key `{}` cannot be evaluated: {e}",
-                    c.key
-                ),
+                format!("the flow's concurrency key `{}` is refused: {e}", c.key),
             ),
         }
         if c.limit == 0 || c.limit > MAX_LIMIT {
@@ -742,9 +739,16 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                 .as_ref()
                 .map(|r| ("bad_rate_limit", "rateLimit", &r.key, r.limit)),
         ];
+        // A key may read `data` and `parents`, and `item` and `index` in a map's
+        // elements; any other name would only fail when the node runs.
+        let known: &[&str] = if node.map.is_some() {
+            &["data", "parents", "item", "index"]
+        } else {
+            &["data", "parents"]
+        };
         for (code, what, key, limit) in limit_keys.into_iter().flatten() {
-            if let Err(e) = cel::Program::compile(key) {
-                push(
+            match cel::Program::compile(key) {
+                Err(e) => push(
                     code,
                     Some(&node.name),
                     format!(
@@ -752,7 +756,27 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                         node.name,
                         one_line(&e.to_string())
                     ),
-                );
+                ),
+                Ok(program) => {
+                    let references = program.references();
+                    let unknown: Vec<&str> = references
+                        .variables()
+                        .into_iter()
+                        .filter(|v| !known.contains(v))
+                        .collect();
+                    if !unknown.is_empty() {
+                        push(
+                            code,
+                            Some(&node.name),
+                            format!(
+                                "node '{}' has a {what} key that reads {}; it may read {}",
+                                node.name,
+                                unknown.join(", "),
+                                known.join(", ")
+                            ),
+                        );
+                    }
+                }
             }
             if limit == 0 || limit > MAX_LIMIT {
                 push(
@@ -1140,7 +1164,8 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
 /// Evaluates a flow's concurrency key with `name` and `data` (each node's data by
 /// name) bound.
 fn flow_key(spec: &FlowSpec, c: &ConcurrencySpec) -> Result<String, String> {
-    let program = cel::Program::compile(&c.key).map_err(|e| one_line(&e.to_string()))?;
+    let program = cel::Program::compile(&c.key)
+        .map_err(|e| format!("it does not parse: {}", one_line(&e.to_string())))?;
     let mut data = serde_json::Map::new();
     for node in &spec.nodes {
         data.insert(node.name.clone(), node.data.clone());
@@ -1165,7 +1190,7 @@ pub(crate) fn key_text(value: cel::Value) -> Result<String, String> {
         cel::Value::Bool(b) => b.to_string(),
         other => {
             return Err(format!(
-                "it must give a string or a number, it gave {:?}",
+                "it must give a string, a number or a boolean, it gave {:?}",
                 other.type_of()
             ))
         }

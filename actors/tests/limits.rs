@@ -465,3 +465,36 @@ async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
     engine.shutdown(Duration::from_secs(5)).await;
     only_global_keys_left(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_key_value_cannot_take_the_name_of_another_key() {
+    // `due` and `y:wait` were names of the engine's own keys (`P:rl:due`, key y's
+    // waiting list) when a token time lived at `P:rl:{key}`.
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .queue("default", 4)
+        .handler("sum", sum_handler())
+        .build()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for key in ["due", "y:wait"] {
+        let flow = spec(json!({"nodes": [{
+            "name": "a", "handler": "sum",
+            "rateLimit": {"key": format!("'{key}'"), "limit": 1, "perMs": 20_000}
+        }]}));
+        ids.push(engine.create(&flow, None).await.unwrap());
+    }
+    // Key y, two jobs 300 ms apart: the second waits for its token, released by
+    // the engine's timer through `P:rl:due`.
+    let flow = spec(json!({"nodes": [
+        {"name": "a", "handler": "sum", "rateLimit": {"key": "'y'", "limit": 1, "perMs": 300}},
+        {"name": "b", "handler": "sum", "rateLimit": {"key": "'y'", "limit": 1, "perMs": 300}}
+    ]}));
+    ids.push(engine.create(&flow, None).await.unwrap());
+    for id in ids {
+        let view = engine.wait(id, WAIT).await.unwrap();
+        assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+}

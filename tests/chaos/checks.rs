@@ -270,7 +270,7 @@ pub(crate) fn redis_leftovers(redis: &RedisServer, prefix: &str) -> Result<Vec<S
         // expires by itself one period after its last job.
         if (short.starts_with("q:") && short.ends_with(":takes"))
             || short == "limits:seq"
-            || (short.starts_with("rl:") && !short.ends_with(":wait") && short != "rl:due")
+            || (short.starts_with("rl:") && short.ends_with(":tat"))
         {
             continue;
         }

@@ -175,6 +175,12 @@ impl Keys {
         format!("{}:ck:{key}:wait", self.prefix)
     }
 
+    /// `P:rl:{key}:tat`: a rate limit's next token time (GCRA, ms by the Redis
+    /// clock); it expires one period after the last token.
+    pub fn rate_token(&self, key: &str) -> String {
+        format!("{}:rl:{key}:tat", self.prefix)
+    }
+
     /// `P:rl:{key}:wait`: the jobs waiting for a token of a rate limit.
     pub fn rate_waiting(&self, key: &str) -> String {
         format!("{}:rl:{key}:wait", self.prefix)

@@ -61,7 +61,7 @@ pub struct HeldKey {
     /// (`ZCARD P:fk:{key}:run`).
     pub running: Option<u64>,
     /// A rate limit: when its next token frees (ms since the epoch, Redis clock),
-    /// while jobs wait for it: the limit's GCRA time (`P:rl:{key}`), or, once that
+    /// while jobs wait for it: the limit's GCRA time (`P:rl:{key}:tat`), or, once that
     /// passed (a token is free), when the engine looks at the key next to release
     /// them (`P:rl:due`).
     pub next_token_at: Option<u64>,
@@ -317,7 +317,7 @@ impl Queue {
     /// A rate limit's score in `P:rl:due` is when the engine looks at the key next,
     /// which is not always when its token frees: a job that arrives while others
     /// wait sets it to "now", and the engine's next look moves it on to the token.
-    /// The GCRA time in `P:rl:{key}` (`lua/limits.lua`) is the token's own time;
+    /// The GCRA time in `P:rl:{key}:tat` (`lua/limits.lua`) is the token's own time;
     /// the later of the two is when a waiting job can go at the earliest.
     async fn fill_held_keys(&self, keys: &mut [HeldKey]) -> Result<(), QueueError> {
         if keys.is_empty() {
@@ -336,9 +336,8 @@ impl Queue {
                         .arg(format!("{}:fk:{}:run", self.keys.prefix(), held.key));
                 }
                 HeldKind::RateLimit => {
-                    // `P:rl:{key}` (`lua/limits.lua`); keys.rs has no builder.
-                    pipe.cmd("GET")
-                        .arg(format!("{}:rl:{}", self.keys.prefix(), held.key));
+                    // `P:rl:{key}:tat` (`lua/limits.lua`).
+                    pipe.cmd("GET").arg(self.keys.rate_token(&held.key));
                     pipe.cmd("ZSCORE").arg(self.keys.rate_due()).arg(&held.key);
                 }
             }

@@ -1225,3 +1225,45 @@ fn element_names_split_into_map_and_index() {
     assert_eq!(element_name("m"), None);
     assert_eq!(element_name("m[99999999999]"), None, "past u32");
 }
+
+#[test]
+fn bad_priorities_limits_and_keys_are_all_reported_at_once() {
+    let err = validate_default(json!({
+        "opts": { "priority": 10, "concurrency": { "key": "data.missing.", "limit": 1 } },
+        "nodes": [
+            { "name": "p", "priority": 12 },
+            { "name": "syntax", "concurrency": { "key": "data.t ==", "limit": 1 } },
+            { "name": "zero", "concurrency": { "key": "data.t", "limit": 0 } },
+            { "name": "unknown", "concurrency": { "key": "tenant", "limit": 1 } },
+            { "name": "item", "rateLimit": { "key": "item.t", "limit": 1, "perMs": 10 } },
+            { "name": "period", "rateLimit": { "key": "'x'", "limit": 1, "perMs": 0 } },
+            { "name": "waits", "wait": { "forMs": 5 }, "concurrency": { "key": "'x'", "limit": 1 } }
+        ]
+    }))
+    .unwrap_err();
+    assert_eq!(
+        codes(&err),
+        [
+            "bad_concurrency",
+            "bad_priority",
+            "bad_priority",
+            "bad_concurrency",
+            "bad_concurrency",
+            "bad_concurrency",
+            "bad_rate_limit",
+            "bad_rate_limit",
+            "bad_concurrency",
+        ],
+        "{err:#?}"
+    );
+    let text = format!("{err:#?}");
+    assert!(text.contains("reads tenant"), "{text}");
+    assert!(text.contains("reads item"), "{text}");
+    // `item` and `index` are known on a map node.
+    validate_default(json!({ "nodes": [
+        { "name": "src", "data": { "items": [1] } },
+        { "name": "m", "parents": ["src"], "map": { "from": "src", "path": "/data/items" },
+          "concurrency": { "key": "string(item) + string(index)", "limit": 1 } }
+    ]}))
+    .unwrap();
+}

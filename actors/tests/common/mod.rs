@@ -122,7 +122,7 @@ pub async fn leftovers(prefix: &str) -> Vec<String> {
         // expires by itself one period after its last job.
         if (name.starts_with("q:") && name.ends_with(":takes"))
             || name == "limits:seq"
-            || (name.starts_with("rl:") && !name.ends_with(":wait") && name != "rl:due")
+            || (name.starts_with("rl:") && name.ends_with(":tat"))
         {
             continue;
         }

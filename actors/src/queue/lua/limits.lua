@@ -4,11 +4,14 @@
 -- carries the part it needs (`limits_release`) between the same markers, and a test
 -- keeps the two copies equal.
 --
--- Keys (P is the prefix, derived by each script from a key it is given):
+-- Keys (P is the prefix, derived by each script from a key it is given). A key
+-- value ({key}) is any string a user's expression gives, so every name built from
+-- one ends in a fixed suffix (:run, :wait, :tat) that no other name of its family
+-- ends in: no value can make one key's name another's, or a fixed name's (P:rl:due).
 --   P:ck:{key}:run    sorted set: jobs holding a slot of concurrency key {key}
 --                     (member = job id, score = when it got the slot, ms)
 --   P:ck:{key}:wait   sorted set: jobs waiting for a slot (score = arrival order)
---   P:rl:{key}        string: the rate limit's theoretical arrival time (GCRA, ms)
+--   P:rl:{key}:tat    string: the rate limit's theoretical arrival time (GCRA, ms)
 --   P:rl:{key}:wait   sorted set: jobs waiting for a token (score = arrival order)
 --   P:rl:due          sorted set: rate keys with waiting jobs, scored by when the
 --                     engine should look at them next (ms): when the next token
@@ -63,7 +66,7 @@ end
 -- sees more than rn starts. Returns true, or false and the time (ms) the next token
 -- frees.
 local function take_token(P, st, now)
-  local key = P .. ':rl:' .. st.rk
+  local key = P .. ':rl:' .. st.rk .. ':tat'
   local period = tonumber(st.rp)
   local interval = period / tonumber(st.rn)
   local tat = tonumber(redis.call('GET', key) or '0') or 0

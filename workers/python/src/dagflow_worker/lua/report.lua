@@ -51,7 +51,7 @@ end
 -- sees more than rn starts. Returns true, or false and the time (ms) the next token
 -- frees.
 local function take_token(P, st, now)
-  local key = P .. ':rl:' .. st.rk
+  local key = P .. ':rl:' .. st.rk .. ':tat'
   local period = tonumber(st.rp)
   local interval = period / tonumber(st.rn)
   local tat = tonumber(redis.call('GET', key) or '0') or 0
