@@ -149,17 +149,7 @@ async fn cancel_newest_cancels_the_new_job_with_a_reason() {
         .build()
         .await
         .unwrap();
-    let first = engine
-        .create(&spec(keyed("cancelNewest")), None)
-        .await
-        .unwrap();
-    eventually("the first job to run", || {
-        let engine = engine.clone();
-        async move {
-            engine.get(first).await.unwrap().node("job").unwrap().status == NodeStatus::Active
-        }
-    })
-    .await;
+    let first = create_running(&engine, &spec(keyed("cancelNewest"))).await;
     let second = engine
         .create(&spec(keyed("cancelNewest")), None)
         .await
@@ -196,17 +186,7 @@ async fn cancel_in_progress_cancels_the_running_job_for_the_new_one() {
         .build()
         .await
         .unwrap();
-    let first = engine
-        .create(&spec(keyed("cancelInProgress")), None)
-        .await
-        .unwrap();
-    eventually("the first job to run", || {
-        let engine = engine.clone();
-        async move {
-            engine.get(first).await.unwrap().node("job").unwrap().status == NodeStatus::Active
-        }
-    })
-    .await;
+    let first = create_running(&engine, &spec(keyed("cancelInProgress"))).await;
     let second = engine
         .create(&spec(keyed("cancelInProgress")), None)
         .await
@@ -243,22 +223,11 @@ async fn cancel_in_progress_cancels_the_running_job_for_the_new_one() {
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
     // The cancelled handler's own report (through Redis, after the cancel record)
     // is applied, or dropped as stale, before the engine stops.
-    eventually("the completions stream to drain", || {
-        let key = format!("{prefix}:completions");
-        async move {
-            let mut conn = redis::Client::open(testing::redis().url.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            redis::cmd("XLEN")
-                .arg(&key)
-                .query_async::<usize>(&mut conn)
-                .await
-                .unwrap()
-                == 0
-        }
-    })
+    until_empty(
+        "the completions stream to drain",
+        "XLEN",
+        format!("{prefix}:completions"),
+    )
     .await;
     engine.shutdown(Duration::from_secs(5)).await;
     only_global_keys_left(&prefix).await;
@@ -416,14 +385,7 @@ async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
         "nodes": [{"name": "job", "handler": "block"}],
         "opts": {"concurrency": {"key": "name", "limit": 1, "strategy": "cancelNewest"}}
     }));
-    let first = engine.create(&flow, None).await.unwrap();
-    eventually("the first flow to run", || {
-        let engine = engine.clone();
-        async move {
-            engine.get(first).await.unwrap().node("job").unwrap().status == NodeStatus::Active
-        }
-    })
-    .await;
+    let first = create_running(&engine, &flow).await;
     let second = engine.create(&flow, None).await.unwrap();
     let view = engine.wait(second, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Cancelled, "{view:?}");
@@ -434,31 +396,13 @@ async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
     // Its slot is free again once its jobs are cleaned up (a moment after it
     // ended): a third flow runs.
-    eventually("the first flow's slot to be given back", || {
-        let key = format!("{prefix}:fk:nightly:run");
-        async move {
-            let mut conn = redis::Client::open(testing::redis().url.as_str())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
-            redis::cmd("ZCARD")
-                .arg(&key)
-                .query_async::<usize>(&mut conn)
-                .await
-                .unwrap()
-                == 0
-        }
-    })
+    until_empty(
+        "the first flow's slot to be given back",
+        "ZCARD",
+        format!("{prefix}:fk:nightly:run"),
+    )
     .await;
-    let third = engine.create(&flow, None).await.unwrap();
-    eventually("the third flow to run", || {
-        let engine = engine.clone();
-        async move {
-            engine.get(third).await.unwrap().node("job").unwrap().status == NodeStatus::Active
-        }
-    })
-    .await;
+    let third = create_running(&engine, &flow).await;
     release.notify_waiters();
     let view = engine.wait(third, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
@@ -497,4 +441,39 @@ async fn a_rate_key_value_cannot_take_the_name_of_another_key() {
         assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
     }
     engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Creates a flow and waits until its node `job` runs.
+async fn create_running(
+    engine: &dagflow_actors::Engine,
+    flow: &dagflow_actors::FlowSpec,
+) -> dagflow_actors::FlowId {
+    let id = engine.create(flow, None).await.unwrap();
+    eventually("the job to run", || {
+        let engine = engine.clone();
+        async move { engine.get(id).await.unwrap().node("job").unwrap().status == NodeStatus::Active }
+    })
+    .await;
+    id
+}
+
+/// Waits until a Redis length command (`XLEN`, `ZCARD`) on `key` answers 0.
+async fn until_empty(what: &str, command: &'static str, key: String) {
+    eventually(what, || {
+        let key = key.clone();
+        async move {
+            let mut conn = redis::Client::open(testing::redis().url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            redis::cmd(command)
+                .arg(&key)
+                .query_async::<usize>(&mut conn)
+                .await
+                .unwrap()
+                == 0
+        }
+    })
+    .await;
 }
