@@ -806,6 +806,16 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                 format!("node '{}' has a rateLimit with perMs 0", node.name),
             );
         }
+        if node.priority.is_some() && node.wait.is_some() {
+            push(
+                "bad_priority",
+                Some(&node.name),
+                format!(
+                    "node '{}' waits and runs no job, so it takes no priority",
+                    node.name
+                ),
+            );
+        }
         if let Some(priority) = node.priority.filter(|p| *p > MAX_PRIORITY) {
             push(
                 "bad_priority",

@@ -1237,7 +1237,8 @@ fn bad_priorities_limits_and_keys_are_all_reported_at_once() {
             { "name": "unknown", "concurrency": { "key": "tenant", "limit": 1 } },
             { "name": "item", "rateLimit": { "key": "item.t", "limit": 1, "perMs": 10 } },
             { "name": "period", "rateLimit": { "key": "'x'", "limit": 1, "perMs": 0 } },
-            { "name": "waits", "wait": { "forMs": 5 }, "concurrency": { "key": "'x'", "limit": 1 } }
+            { "name": "waits", "wait": { "forMs": 5 }, "concurrency": { "key": "'x'", "limit": 1 } },
+            { "name": "waitp", "wait": { "forMs": 5 }, "priority": 3 }
         ]
     }))
     .unwrap_err();
@@ -1253,6 +1254,7 @@ fn bad_priorities_limits_and_keys_are_all_reported_at_once() {
             "bad_rate_limit",
             "bad_rate_limit",
             "bad_concurrency",
+            "bad_priority",
         ],
         "{err:#?}"
     );
