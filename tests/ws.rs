@@ -245,6 +245,9 @@ async fn connection_and_subscription_limits() {
     let api = Checked::new(&server).await;
     let a = api.create_flow(&single("noop", Value::Null)).await;
     let b = api.create_flow(&single("noop", Value::Null)).await;
+    // Both ended: no update of `a` can slip in between the answers read below.
+    api.wait_for_status(&a, "completed").await;
+    api.wait_for_status(&b, "completed").await;
     let mut ws = CheckedWs::connect(&server, &api.openapi).await;
     match WsClient::connect(&server.ws_url, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {

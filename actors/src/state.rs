@@ -850,7 +850,7 @@ impl FlowState {
             if dag.opts.on_failure == OnFailure::FailFast
                 && dag.indices().any(|i| self.is_hard_failure(i))
             {
-                self.cancel_rest(&mut tx, now);
+                self.cancel_rest(&mut tx, now, "the flow stopped at a failure (failFast)");
             } else {
                 let maps: Vec<u32> = self.maps.keys().copied().collect();
                 for m in maps {
@@ -958,7 +958,7 @@ impl FlowState {
             }
             Input::Cancel => {
                 if self.header.status == FlowStatus::Running && self.header.seq > 0 {
-                    self.cancel_rest(&mut tx, now);
+                    self.cancel_rest(&mut tx, now, "the flow was cancelled");
                     self.finish(&mut tx, FlowStatus::Cancelled, now);
                 }
             }
@@ -969,7 +969,7 @@ impl FlowState {
             }
             Input::Abort { reason } => {
                 if self.header.status == FlowStatus::Running {
-                    self.cancel_rest(&mut tx, now);
+                    self.cancel_rest(&mut tx, now, &format!("the flow was aborted: {reason}"));
                     self.header.status = FlowStatus::Failed;
                     self.header.finished_at = Some(now);
                     self.push_event(
@@ -1388,7 +1388,8 @@ impl FlowState {
         }
         self.hard_failures += 1;
         if self.dag.opts.on_failure == OnFailure::FailFast {
-            self.cancel_rest(tx, now);
+            let reason = format!("node '{}' failed (failFast)", self.node_name(i));
+            self.cancel_rest(tx, now, &reason);
             return false;
         }
         true
@@ -1437,7 +1438,11 @@ impl FlowState {
         if self.dag.opts.on_failure == OnFailure::FailFast
             && !self.dag.node(node).opts.continue_on_failure
         {
-            self.cancel_rest(tx, now);
+            let reason = format!(
+                "node '{}' was cancelled by its concurrency key (failFast)",
+                self.node_name(node)
+            );
+            self.cancel_rest(tx, now, &reason);
         } else {
             self.settle(tx, vec![node], now);
         }
@@ -1757,7 +1762,9 @@ impl FlowState {
     }
 
     /// Cancels everything not yet terminal: DAG nodes and live map elements.
-    fn cancel_rest(&mut self, tx: &mut Tx, now: u64) {
+    /// Cancels every node not yet ended, each with `reason` (on the node and its
+    /// event), and tells workers to stop their jobs.
+    fn cancel_rest(&mut self, tx: &mut Tx, now: u64, reason: &str) {
         let live: Vec<NodeIdx> = self
             .maps
             .keys()
@@ -1782,6 +1789,7 @@ impl FlowState {
             }
             let n = &mut self.nodes[i.as_usize()];
             n.status = NodeStatus::Cancelled;
+            n.reason = Some(reason.to_owned());
             n.due_at = None;
             n.finished_at = Some(now);
             if i.as_usize() < dag_len {
@@ -1796,6 +1804,9 @@ impl FlowState {
                 }
             }
             self.node_event(tx, i, now, None);
+            if let Some(event) = tx.events.last_mut() {
+                event.reason = Some(reason.to_owned());
+            }
         }
     }
 

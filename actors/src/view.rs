@@ -83,7 +83,8 @@ pub struct NodeView {
     /// The input its handler gets; only in the single-node view, once all parents are done.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub input: Option<serde_json::Value>,
-    /// Why the node was skipped (its trigger rule or its condition).
+    /// Why the node was skipped (its trigger rule or its condition) or cancelled
+    /// (the flow was cancelled or failed fast, or its concurrency key cancelled it).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
     /// Its trigger rule, when not the default `allSuccess`.
@@ -232,7 +233,8 @@ pub struct FlowEvent {
     /// The error, on failures and retries.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
-    /// Why the node was skipped, on skip events.
+    /// Why the node was skipped, on skip events; why it was cancelled, on cancel
+    /// events.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,
 }

@@ -402,8 +402,9 @@ pub(crate) enum NodeStatusSchema {
     Failed,
     /// Will not run: its trigger rule or its condition ruled it out (see `reason`).
     Skipped,
-    /// Will not run, or stopped: the flow was cancelled, or a concurrency key's
-    /// strategy (the node's own or its flow's) cancelled its job (see `reason`).
+    /// Will not run, or stopped: the flow was cancelled or failed fast, or a
+    /// concurrency key's strategy (the node's own or its flow's) cancelled its job
+    /// (see `reason`).
     Cancelled,
 }
 
@@ -511,8 +512,9 @@ pub(crate) struct NodeViewSchema {
     /// `{"data", "parents"}` as its handler gets it (a map element also `item` and
     /// `index`); only in the single-node view, once every parent is done.
     input: Option<serde_json::Value>,
-    /// Why it was skipped (its trigger rule or its condition), or why a
-    /// concurrency key (its own or its flow's) cancelled it.
+    /// Why it was skipped (its trigger rule or its condition), or why it was
+    /// cancelled (the flow was cancelled, failed fast or aborted, or a concurrency
+    /// key, its own or its flow's, cancelled it).
     #[schema(nullable = false)]
     reason: Option<String>,
     /// Its trigger rule, when not `allSuccess`.
@@ -736,8 +738,9 @@ pub(crate) struct FlowEventSchema {
     /// The error, on failures and retries.
     #[schema(nullable = false)]
     error: Option<String>,
-    /// Why the node was skipped, on skip events; why its concurrency key cancelled
-    /// it, on such cancel events.
+    /// Why the node was skipped, on skip events; why it was cancelled (the flow was
+    /// cancelled, failed fast or aborted, or its concurrency key cancelled it), on
+    /// cancel events.
     #[schema(nullable = false)]
     reason: Option<String>,
 }

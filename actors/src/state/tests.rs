@@ -672,6 +672,12 @@ fn fail_fast_cancels_everything_not_finished() {
     for name in ["r2", "r3", "x"] {
         assert_eq!(status_of(&state, name), NodeStatus::Cancelled, "{name}");
         assert_eq!(state.node(idx(&state, name)).finished_at, Some(T0 + 3));
+        // Each says why, on the node and on its event.
+        assert_eq!(reason_of(&state, name), "node 'r1' failed (failFast)");
+        assert_eq!(
+            event_of(&state, &effects, name).reason.as_deref(),
+            Some("node 'r1' failed (failFast)")
+        );
     }
     assert_eq!(status_of(&state, "done"), NodeStatus::Completed);
     assert_eq!(finished(&effects), Some(FlowStatus::Failed));
@@ -4770,4 +4776,21 @@ fn map_counts_after_a_cancel_count_the_cancelled_elements_as_done() {
         state.nodes().to_vec(),
     );
     assert_eq!(restored.map_counts(m), Some(counts));
+}
+
+#[test]
+fn a_cancelled_flow_says_why_on_every_node_it_stopped() {
+    let mut state = new_flow(json!({ "nodes": [
+        { "name": "a" },
+        { "name": "b", "parents": ["a"] }
+    ]}));
+    apply(&mut state, Input::Start, T0);
+    complete(&mut state, "a", json!(1), T0 + 1);
+    apply(&mut state, Input::Cancel, T0 + 2);
+    assert_eq!(status_of(&state, "b"), NodeStatus::Cancelled);
+    assert_eq!(reason_of(&state, "b"), "the flow was cancelled");
+    // A retry runs it again, without the reason.
+    apply(&mut state, Input::Retry, T0 + 3);
+    assert_eq!(state.node(idx(&state, "b")).reason, None);
+    assert_eq!(state.node(idx(&state, "a")).reason, None);
 }

@@ -635,7 +635,8 @@
         s += n.wait.kind === 'signal' ? ` · signal ${n.wait.signal}` : n.dueAt ? ` · until ${fmtClock(n.dueAt)}` : ' · timer';
       }
       if (n.status === 'skipped' && n.reason) s += /^condition/.test(n.reason) ? ' · condition' : ' · trigger';
-      if (n.status === 'cancelled' && n.reason) s += ' · by its key';
+      // A key's own cancels say "cancelled: ..."; a flow's cancel or failFast says otherwise.
+      if (n.status === 'cancelled' && n.reason && /^cancelled: /.test(n.reason)) s += ' · by its key';
       if (TERMINAL.has(n.status) && n.status !== 'skipped' && n.startedAt && n.finishedAt) s += ` · ${fmtDuration(n.finishedAt - n.startedAt)}`;
       return s;
     }
