@@ -21,9 +21,6 @@ pub enum QueueError {
     /// Redis had dropped the connection.
     #[error("injected fault at {0}")]
     Injected(String),
-    /// A flow kept changing while it was being removed; the caller may retry.
-    #[error("flow {0} changed during cleanup too many times")]
-    CleanupContended(String),
 }
 
 impl QueueError {

@@ -17,7 +17,7 @@ mod reply;
 mod scripts;
 mod stats;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -53,9 +53,6 @@ const PROMOTE_BATCH: usize = 256;
 /// Most promotion batches one `promote_due` call runs, so a huge backlog is promoted
 /// over several ticks rather than in one long call.
 const MAX_PROMOTE_BATCHES: usize = 16;
-
-/// How often `cleanup_flow` re-reads a flow that gained a queue while being removed.
-const CLEANUP_ATTEMPTS: usize = 5;
 
 /// What Redis holds for a job the snapshot says is queued or running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,39 +267,14 @@ impl Queue {
     /// the router acknowledges and drops records of unknown flows.
     pub async fn cleanup_flow(&self, flow_id: &str) -> Result<(), QueueError> {
         error::failpoint!("queue::cleanup");
-        let hash = self.keys.flow_jobs(flow_id);
+        // One script: it finds every key of the flow's jobs from their fields.
+        let mut invocation = scripts::CLEANUP.prepare_invoke();
+        invocation
+            .key(self.keys.flow_jobs(flow_id))
+            .arg(WORKERS_GROUP);
         let mut conn = self.conn.clone();
-        // The script must be told every queue the flow used, to declare their keys; read
-        // them first. The script re-checks and asks again if a queue was added meanwhile.
-        let values: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(&hash)
-            .query_async(&mut conn)
-            .await?;
-        let mut queues: BTreeSet<String> = values
-            .values()
-            .filter_map(|v| serde_json::from_str::<JobState>(v).ok())
-            .map(|state| state.q)
-            .collect();
-        for _ in 0..CLEANUP_ATTEMPTS {
-            let mut invocation = scripts::CLEANUP.prepare_invoke();
-            invocation.key(&hash).arg(WORKERS_GROUP);
-            for queue in &queues {
-                invocation.key(self.keys.delayed(queue));
-                for lane in self.keys.lanes(queue) {
-                    invocation.key(lane);
-                }
-                invocation.arg(queue);
-            }
-            match invocation.invoke_async::<Value>(&mut conn).await? {
-                Value::Int(_) => return Ok(()),
-                missing => {
-                    for value in reply::array(missing)? {
-                        queues.insert(reply::text(&value)?);
-                    }
-                }
-            }
-        }
-        Err(QueueError::CleanupContended(flow_id.to_owned()))
+        invocation.invoke_async::<i64>(&mut conn).await?;
+        Ok(())
     }
 
     /// Tells every worker to stop the running handlers of these jobs (`PUBLISH` on
@@ -587,11 +559,4 @@ impl Queue {
         let ready = counts.iter().take(LANES).sum();
         Ok((ready, delayed))
     }
-}
-
-/// The part of a jobs-hash value `cleanup_flow` needs: the queue the job is on.
-#[derive(serde::Deserialize)]
-struct JobState {
-    /// The queue name.
-    q: String,
 }

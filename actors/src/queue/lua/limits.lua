@@ -46,6 +46,11 @@ local function lane_key(P, queue, lane)
   return P .. ':q:' .. queue .. ':' .. priority
 end
 
+-- The job id "{flowId}:{node}:{attempt}" of a jobs hash and field.
+local function job_of(hash, field)
+  return string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+end
+
 -- Redis's clock in ms (fractional).
 local function clock_ms()
   local t = redis.call('TIME')
@@ -165,44 +170,56 @@ local function admit_waiting(P, ck, group, now)
       end
       redis.call('ZREM', wait, ref)
       count_held(P, st.q, 'c:' .. ck, -1)
-      local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
-      redis.call('ZADD', run, now, job)
+      redis.call('ZADD', run, now, job_of(hash, field))
       pass_rate(P, hash, field, st, group, now)
     end
   end
 end
 
--- Releases what a job whose state is `st` (decoded field) holds: its concurrency
--- slot, its place among waiting jobs; then lets the next waiting jobs of its key in.
-local function limits_release(P, hash, field, st, group)
-  if type(st) ~= 'table' then
-    return
-  end
-  local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+-- Takes a job out of the waiting list it is in (a concurrency key's, a rate
+-- limit's) and out of its queue's held-back count, by its state `st`.
+local function leave_waiting(P, hash, field, st)
   local ref = hash .. '|' .. field
   if st.s == 'rate' and st.rk then
     if redis.call('ZREM', P .. ':rl:' .. st.rk .. ':wait', ref) == 1 then
       count_held(P, st.q, 'r:' .. st.rk, -1)
     end
+  elseif st.s == 'held' and st.ck then
+    if redis.call('ZREM', P .. ':ck:' .. st.ck .. ':wait', ref) == 1 then
+      count_held(P, st.q, 'c:' .. st.ck, -1)
+    end
+  elseif st.s == 'fheld' and st.fk then
+    count_held(P, st.q, 'f:' .. st.fk, -1)
   end
-  if st.ck then
-    if st.s == 'held' then
-      if redis.call('ZREM', P .. ':ck:' .. st.ck .. ':wait', ref) == 1 then
-        count_held(P, st.q, 'c:' .. st.ck, -1)
-      end
-    elseif redis.call('ZREM', P .. ':ck:' .. st.ck .. ':run', job) == 1 then
+end
+
+-- Gives back the concurrency slot a job whose state is `st` holds (a job on its
+-- lane, or waiting for a token) to the next waiting job of its key.
+local function give_slot(P, hash, field, st, group)
+  if st.ck and st.s ~= 'held' and st.s ~= 'fheld' then
+    if redis.call('ZREM', P .. ':ck:' .. st.ck .. ':run', job_of(hash, field)) == 1 then
       admit_waiting(P, st.ck, group, clock_ms())
     end
   end
 end
+
+-- Releases what a job whose state is `st` (decoded field) holds: its place among
+-- waiting jobs, or its concurrency slot.
+local function limits_release(P, hash, field, st, group)
+  if type(st) ~= 'table' then
+    return
+  end
+  leave_waiting(P, hash, field, st)
+  give_slot(P, hash, field, st, group)
+end
 -- END limits_release
 
--- The jobs hash and field of a job id.
 -- Added to the arrival order of a new flow's first job waiting for a concurrency
 -- slot: it waits behind every job of a started flow (2^40, far above any count of
 -- arrivals and exact in a double).
 local FRESH_OFFSET = 1099511627776
 
+-- The jobs hash and field of a job id (a flow id never contains ':').
 local function job_place(P, job)
   local colon = string.find(job, ':', 1, true)
   if not colon then
@@ -218,48 +235,61 @@ local function cancel_record(P, job, reason)
   if redis.call('EXISTS', completions) == 0 then
     redis.call('XGROUP', 'CREATE', completions, 'engine', '0', 'MKSTREAM')
   end
-  local colon = string.find(job, ':', 1, true)
-  local flow = string.sub(job, 1, colon - 1)
-  local rest = string.sub(job, colon + 1)
+  local flow, rest = string.match(job, '^([^:]*):(.*)$')
   local node, attempt = string.match(rest, '^(.*):(%d+)$')
   redis.call('XADD', completions, '*', 'v', '1', 'flow', flow, 'node', node, 'attempt',
     attempt, 'job', job, 'outcome', cjson.encode({ kind = 'cancelled', message = reason }))
   redis.call('PUBLISH', P .. ':cancel', job)
 end
 
+-- Takes a job off wherever it is (its lane entry, acknowledged first; its delayed
+-- member; a waiting list), by its state `st`. A concurrency slot it holds is the
+-- caller's to give back (limits_release), after every job that must not get it is
+-- gone.
+local function drop_job(P, hash, field, st, group)
+  if st.s == 'queued' and st.e then
+    local stream = lane_key(P, st.q, tonumber(st.l) or 0)
+    redis.pcall('XACK', stream, group, st.e)
+    redis.call('XDEL', stream, st.e)
+  elseif st.s == 'delayed' and st.m then
+    redis.call('ZREM', P .. ':q:' .. st.q .. ':delayed', st.m)
+  else
+    leave_waiting(P, hash, field, st)
+  end
+end
+
+-- The decoded state of a job field, or nil for "done", a flow's own field (":fk")
+-- and anything that is not a job's JSON state.
+local function job_state(field, value)
+  if value == 'done' or string.sub(field, 1, 1) == ':' then
+    return nil
+  end
+  local ok, st = pcall(cjson.decode, value)
+  if ok and type(st) == 'table' and type(st.q) == 'string' then
+    return st
+  end
+  return nil
+end
+
 -- Cancels every live job of a flow (a flow that lost its slot to a newer one):
--- removes them from lanes, delayed sets and waiting lists, gives back their
--- concurrency slots and adds a cancel record for each.
+-- drops them, marks them done, adds a cancel record for each, then gives back the
+-- concurrency slots they held.
 local function cancel_flow_jobs(P, victim, reason, group)
   local hash = P .. ':flow:' .. victim .. ':jobs'
   local all = redis.call('HGETALL', hash)
   local slots = {}
   for j = 2, #all, 2 do
-    local field, value = all[j - 1], all[j]
-    if value ~= 'done' and string.sub(field, 1, 1) ~= ':' then
-      local ok, st = pcall(cjson.decode, value)
-      if ok and type(st) == 'table' and type(st.q) == 'string' then
-        if st.s == 'queued' and st.e then
-          local stream = lane_key(P, st.q, tonumber(st.l) or 0)
-          redis.pcall('XACK', stream, group, st.e)
-          redis.call('XDEL', stream, st.e)
-        elseif st.s == 'delayed' and st.m then
-          redis.call('ZREM', P .. ':q:' .. st.q .. ':delayed', st.m)
-        elseif st.s == 'fheld' then
-          count_held(P, st.q, 'f:' .. tostring(st.fk), -1)
-        end
-        redis.call('HSET', hash, field, 'done')
-        if st.s == 'held' or st.s == 'rate' then
-          limits_release(P, hash, field, st, group)
-        elseif st.s == 'queued' and st.ck then
-          slots[#slots + 1] = { field, st }
-        end
-        cancel_record(P, victim .. ':' .. field, reason)
-      end
+    local field = all[j - 1]
+    local st = job_state(field, all[j])
+    if st then
+      drop_job(P, hash, field, st, group)
+      redis.call('HSET', hash, field, 'done')
+      cancel_record(P, victim .. ':' .. field, reason)
+      slots[#slots + 1] = { field, st }
     end
   end
   for _, slot in ipairs(slots) do
-    limits_release(P, hash, slot[1], slot[2], group)
+    give_slot(P, hash, slot[1], slot[2], group)
   end
 end
 
@@ -311,7 +341,7 @@ end
 local function limits_admit(P, hash, field, st, group)
   local now = clock_ms()
   local flow = string.match(hash, ':flow:(.*):jobs$')
-  local job = flow .. ':' .. field
+  local job = job_of(hash, field)
   if st.fk then
     local gate = flow_gate(P, hash, flow, job, st, group, now)
     if gate then
@@ -329,11 +359,10 @@ local function limits_admit(P, hash, field, st, group)
     local run = P .. ':ck:' .. st.ck .. ':run'
     local wait = P .. ':ck:' .. st.ck .. ':wait'
     local limit = tonumber(st.cl)
-    local free = redis.call('ZSCORE', run, job) or redis.call('ZCARD', run) < limit
-    -- Jobs already waiting for this key go first.
-    if free and redis.call('ZCARD', wait) > 0 and not redis.call('ZSCORE', run, job) then
-      free = false
-    end
+    -- A job put back that still holds its slot keeps it; otherwise a slot is free
+    -- when the key is under its limit and no job waits for it (those go first).
+    local free = redis.call('ZSCORE', run, job)
+      or (redis.call('ZCARD', run) < limit and redis.call('ZCARD', wait) == 0)
     if not free then
       if st.cs == 'cancelNewest' then
         cancel_record(P, job, 'cancelled: concurrency key "' .. st.ck .. '" already runs ' .. limit ..
@@ -341,25 +370,15 @@ local function limits_admit(P, hash, field, st, group)
         redis.call('HSET', hash, field, 'done')
         return 'cancelled'
       elseif st.cs == 'cancelInProgress' then
+        -- The oldest job's slot goes to this one: no release, no admission.
         local oldest = redis.call('ZRANGE', run, 0, 0)
         if #oldest > 0 then
           local victim = oldest[1]
-          local vhash, vfield = job_place(P, victim)
           redis.call('ZREM', run, victim)
-          local vvalue = vhash and redis.call('HGET', vhash, vfield)
-          if vvalue and vvalue ~= 'done' then
-            local ok, vst = pcall(cjson.decode, vvalue)
-            if ok and type(vst) == 'table' then
-              if vst.s == 'queued' and vst.e then
-                local stream = lane_key(P, vst.q, vst.l)
-                redis.pcall('XACK', stream, group, vst.e)
-                redis.call('XDEL', stream, vst.e)
-              elseif vst.s == 'rate' and vst.rk then
-                if redis.call('ZREM', P .. ':rl:' .. vst.rk .. ':wait', vhash .. '|' .. vfield) == 1 then
-                  count_held(P, vst.q, 'r:' .. vst.rk, -1)
-                end
-              end
-            end
+          local vhash, vfield = job_place(P, victim)
+          local vst = vhash and job_state(vfield, redis.call('HGET', vhash, vfield) or 'done')
+          if vst then
+            drop_job(P, vhash, vfield, vst, group)
             redis.call('HSET', vhash, vfield, 'done')
           end
           cancel_record(P, victim, 'cancelled: a newer job of concurrency key "' .. st.ck ..

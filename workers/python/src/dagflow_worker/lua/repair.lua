@@ -28,7 +28,7 @@ local function lost(value, stream, delayed, field)
   if not ok or type(state) ~= 'table' then
     return true
   end
-  local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+  local job = job_of(hash, field)
   local ref = hash .. '|' .. field
   if state.s == 'queued' then
     if type(state.e) ~= 'string' or #redis.call('XRANGE', stream, state.e, state.e) == 0 then

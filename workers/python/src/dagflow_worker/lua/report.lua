@@ -31,6 +31,11 @@ local function lane_key(P, queue, lane)
   return P .. ':q:' .. queue .. ':' .. priority
 end
 
+-- The job id "{flowId}:{node}:{attempt}" of a jobs hash and field.
+local function job_of(hash, field)
+  return string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+end
+
 -- Redis's clock in ms (fractional).
 local function clock_ms()
   local t = redis.call('TIME')
@@ -150,35 +155,47 @@ local function admit_waiting(P, ck, group, now)
       end
       redis.call('ZREM', wait, ref)
       count_held(P, st.q, 'c:' .. ck, -1)
-      local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
-      redis.call('ZADD', run, now, job)
+      redis.call('ZADD', run, now, job_of(hash, field))
       pass_rate(P, hash, field, st, group, now)
     end
   end
 end
 
--- Releases what a job whose state is `st` (decoded field) holds: its concurrency
--- slot, its place among waiting jobs; then lets the next waiting jobs of its key in.
-local function limits_release(P, hash, field, st, group)
-  if type(st) ~= 'table' then
-    return
-  end
-  local job = string.match(hash, ':flow:(.*):jobs$') .. ':' .. field
+-- Takes a job out of the waiting list it is in (a concurrency key's, a rate
+-- limit's) and out of its queue's held-back count, by its state `st`.
+local function leave_waiting(P, hash, field, st)
   local ref = hash .. '|' .. field
   if st.s == 'rate' and st.rk then
     if redis.call('ZREM', P .. ':rl:' .. st.rk .. ':wait', ref) == 1 then
       count_held(P, st.q, 'r:' .. st.rk, -1)
     end
+  elseif st.s == 'held' and st.ck then
+    if redis.call('ZREM', P .. ':ck:' .. st.ck .. ':wait', ref) == 1 then
+      count_held(P, st.q, 'c:' .. st.ck, -1)
+    end
+  elseif st.s == 'fheld' and st.fk then
+    count_held(P, st.q, 'f:' .. st.fk, -1)
   end
-  if st.ck then
-    if st.s == 'held' then
-      if redis.call('ZREM', P .. ':ck:' .. st.ck .. ':wait', ref) == 1 then
-        count_held(P, st.q, 'c:' .. st.ck, -1)
-      end
-    elseif redis.call('ZREM', P .. ':ck:' .. st.ck .. ':run', job) == 1 then
+end
+
+-- Gives back the concurrency slot a job whose state is `st` holds (a job on its
+-- lane, or waiting for a token) to the next waiting job of its key.
+local function give_slot(P, hash, field, st, group)
+  if st.ck and st.s ~= 'held' and st.s ~= 'fheld' then
+    if redis.call('ZREM', P .. ':ck:' .. st.ck .. ':run', job_of(hash, field)) == 1 then
       admit_waiting(P, st.ck, group, clock_ms())
     end
   end
+end
+
+-- Releases what a job whose state is `st` (decoded field) holds: its place among
+-- waiting jobs, or its concurrency slot.
+local function limits_release(P, hash, field, st, group)
+  if type(st) ~= 'table' then
+    return
+  end
+  leave_waiting(P, hash, field, st)
+  give_slot(P, hash, field, st, group)
 end
 -- END limits_release
 

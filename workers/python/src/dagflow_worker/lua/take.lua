@@ -39,19 +39,18 @@ end
 
 local turn = tonumber(redis.call('GET', KEYS[LANES + 1]) or '0') or 0
 
--- Lanes known to hold nothing new. XLEN counts running entries too, so a lane with
--- entries may still have nothing new; such a lane is marked when a read comes back
--- short.
+-- Lanes known to hold nothing new: an empty (or missing) stream, or one whose read
+-- came back short (XLEN counts running entries too). Looked at only when a lane's
+-- turn comes, so a take served by the first lanes does not touch the others.
 local exhausted = {}
-for j = 0, LANES - 1 do
-  if redis.call('XLEN', KEYS[j + 1]) == 0 then
-    exhausted[j] = true
-  end
-end
 
 -- Reads up to n new entries of lane j for the consumer.
 local function read(j, n)
   local stream = KEYS[j + 1]
+  if redis.call('XLEN', stream) == 0 then
+    exhausted[j] = true
+    return {}
+  end
   local ok, reply = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', n,
     'STREAMS', stream, '>')
   if not ok then
