@@ -226,6 +226,7 @@ async fn a_rate_limit_holds_within_ten_percent_across_processes() {
         (180..=220).contains(&in_window),
         "{in_window} starts in 10 s at 20/s"
     );
+    only_global_keys(&redis.url, &deployment.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +262,7 @@ async fn under_load_the_high_priority_goes_first_and_the_low_one_still_progresse
         low_before >= 2,
         "{low_before} lows started before the last high"
     );
+    only_global_keys(&redis.url, &deployment.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,4 +397,5 @@ async fn the_readme_example_of_limits_runs() {
         .max()
         .unwrap();
     assert!(second_start >= first_end, "the two acme flows overlapped");
+    only_global_keys(&redis.url, &deployment.prefix).await;
 }

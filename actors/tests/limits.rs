@@ -108,6 +108,28 @@ async fn a_concurrency_key_never_runs_more_than_its_limit() {
     only_global_keys_left(&prefix).await;
 }
 
+/// An engine whose `block` handler runs until released or cancelled (counted).
+async fn blocking_engine(
+    prefix: &str,
+) -> (
+    dagflow_actors::Engine,
+    Arc<tokio::sync::Notify>,
+    Arc<AtomicUsize>,
+) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let engine = builder(prefix)
+        .queue("default", 4)
+        .handler(
+            "block",
+            blocking_handler(Arc::clone(&release), Arc::clone(&cancelled)),
+        )
+        .build()
+        .await
+        .unwrap();
+    (engine, release, cancelled)
+}
+
 /// A handler that runs until released or cancelled, counting its runs.
 fn blocking_handler(
     release: Arc<tokio::sync::Notify>,
@@ -138,17 +160,7 @@ fn keyed(strategy: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_newest_cancels_the_new_job_with_a_reason() {
     let prefix = testing::unique_prefix();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let cancelled = Arc::new(AtomicUsize::new(0));
-    let engine = builder(&prefix)
-        .queue("default", 4)
-        .handler(
-            "block",
-            blocking_handler(Arc::clone(&release), Arc::clone(&cancelled)),
-        )
-        .build()
-        .await
-        .unwrap();
+    let (engine, release, cancelled) = blocking_engine(&prefix).await;
     let first = create_running(&engine, &spec(keyed("cancelNewest"))).await;
     let second = engine
         .create(&spec(keyed("cancelNewest")), None)
@@ -175,17 +187,7 @@ async fn cancel_newest_cancels_the_new_job_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_in_progress_cancels_the_running_job_for_the_new_one() {
     let prefix = testing::unique_prefix();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let cancelled = Arc::new(AtomicUsize::new(0));
-    let engine = builder(&prefix)
-        .queue("default", 4)
-        .handler(
-            "block",
-            blocking_handler(Arc::clone(&release), Arc::clone(&cancelled)),
-        )
-        .build()
-        .await
-        .unwrap();
+    let (engine, release, cancelled) = blocking_engine(&prefix).await;
     let first = create_running(&engine, &spec(keyed("cancelInProgress"))).await;
     let second = engine
         .create(&spec(keyed("cancelInProgress")), None)
@@ -305,6 +307,7 @@ async fn a_key_that_cannot_be_evaluated_fails_the_node_and_a_bad_key_is_refused(
     let error = view.node("job").unwrap().error.clone().unwrap_or_default();
     assert!(error.contains("concurrency key"), "{error}");
     engine.shutdown(Duration::from_secs(5)).await;
+    only_global_keys_left(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,17 +372,7 @@ async fn a_flow_concurrency_key_runs_one_flow_of_a_key_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
     let prefix = testing::unique_prefix();
-    let release = Arc::new(tokio::sync::Notify::new());
-    let cancelled = Arc::new(AtomicUsize::new(0));
-    let engine = builder(&prefix)
-        .queue("default", 4)
-        .handler(
-            "block",
-            blocking_handler(Arc::clone(&release), Arc::clone(&cancelled)),
-        )
-        .build()
-        .await
-        .unwrap();
+    let (engine, release, cancelled) = blocking_engine(&prefix).await;
     let flow = spec(json!({
         "name": "nightly",
         "nodes": [{"name": "job", "handler": "block"}],
@@ -391,6 +384,8 @@ async fn a_flow_concurrency_key_with_cancel_newest_cancels_the_new_flow() {
     assert_eq!(view.status, FlowStatus::Cancelled, "{view:?}");
     let reason = view.node("job").unwrap().reason.clone().unwrap_or_default();
     assert!(reason.contains("flow concurrency key"), "{reason}");
+    // The running flow was left alone: only the new one was cancelled.
+    assert_eq!(cancelled.load(Ordering::SeqCst), 0);
     release.notify_waiters();
     let view = engine.wait(first, WAIT).await.unwrap();
     assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
@@ -441,6 +436,7 @@ async fn a_rate_key_value_cannot_take_the_name_of_another_key() {
         assert_eq!(view.status, FlowStatus::Completed, "{view:?}");
     }
     engine.shutdown(Duration::from_secs(5)).await;
+    only_global_keys_left(&prefix).await;
 }
 
 /// Creates a flow and waits until its node `job` runs.
