@@ -63,32 +63,14 @@ for k = 1, njobs do
   local stream = KEYS[2 * k]
   local delayed = KEYS[2 * k + 1]
   local field = ARGV[6 * k - 4]
-  local queue = ARGV[6 * k - 3]
-  local due = ARGV[6 * k - 2]
-  local lane = tonumber(ARGV[6 * k - 1])
-  local limits = ARGV[6 * k]
-  local envelope = ARGV[6 * k + 1]
+  local job = {
+    queue = ARGV[6 * k - 3], due = ARGV[6 * k - 2], lane = tonumber(ARGV[6 * k - 1]),
+    limits = ARGV[6 * k], envelope = ARGV[6 * k + 1], delayed = delayed,
+    delayed_queues = delayed_queues,
+  }
 
   if lost(redis.call('HGET', hash, field), stream, delayed, field) then
-    if due ~= '0' then
-      redis.call('ZADD', delayed, due, envelope)
-      redis.call('SADD', delayed_queues, queue)
-      local value = { s = 'delayed', q = queue, m = envelope }
-      if limits ~= '' then
-        value = cjson.decode(limits)
-        value.s = 'delayed'
-        value.q = queue
-        value.m = envelope
-      end
-      redis.call('HSET', hash, field, cjson.encode(value))
-    elseif limits ~= '' then
-      -- Through the limits again; a slot it still holds is kept (limits_admit).
-      local st = cjson.decode(limits)
-      st.q = queue
-      st.l = lane
-      st.env = envelope
-      limits_admit(P, hash, field, st, group)
-    else
+    if not place_job(P, hash, field, job, group) then
       -- The stream may exist without its group (restored from a snapshot taken
       -- before the group was created): create it from the start, as enqueue does.
       if redis.call('EXISTS', stream) == 0 then
@@ -96,8 +78,8 @@ for k = 1, njobs do
       else
         redis.pcall('XGROUP', 'CREATE', stream, group, '0')
       end
-      local id = redis.call('XADD', stream, '*', 'envelope', envelope)
-      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, l = lane, e = id }))
+      local id = redis.call('XADD', stream, '*', 'envelope', job.envelope)
+      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = job.queue, l = job.lane, e = id }))
     end
     repaired = repaired + 1
   end

@@ -33,36 +33,17 @@ local checked = {}
 
 for k = 1, njobs do
   local stream = KEYS[2 * k]
-  local delayed = KEYS[2 * k + 1]
   local field = ARGV[6 * k - 4]
-  local queue = ARGV[6 * k - 3]
-  local due = ARGV[6 * k - 2]
-  local lane = tonumber(ARGV[6 * k - 1])
-  local limits = ARGV[6 * k]
-  local envelope = ARGV[6 * k + 1]
+  local job = {
+    queue = ARGV[6 * k - 3], due = ARGV[6 * k - 2], lane = tonumber(ARGV[6 * k - 1]),
+    limits = ARGV[6 * k], envelope = ARGV[6 * k + 1], delayed = KEYS[2 * k + 1],
+    delayed_queues = delayed_queues,
+  }
 
   -- The field is the job's idempotency record: once it exists the job was enqueued
   -- (and maybe already run), so nothing is added twice.
   if redis.call('HEXISTS', hash, field) == 0 then
-    if due ~= '0' then
-      redis.call('ZADD', delayed, due, envelope)
-      -- The engine promotes due jobs of every queue named here.
-      redis.call('SADD', delayed_queues, queue)
-      local value = { s = 'delayed', q = queue, m = envelope }
-      if limits ~= '' then
-        value = cjson.decode(limits)
-        value.s = 'delayed'
-        value.q = queue
-        value.m = envelope
-      end
-      redis.call('HSET', hash, field, cjson.encode(value))
-    elseif limits ~= '' then
-      local st = cjson.decode(limits)
-      st.q = queue
-      st.l = lane
-      st.env = envelope
-      limits_admit(P, hash, field, st, group)
-    else
+    if not place_job(P, hash, field, job, group) then
       -- A missing stream means a new queue or a Redis that lost its data: create the
       -- group from the start of the stream so no entry is ever invisible to it.
       -- Checked once per stream per call: a batch of jobs for one queue pays one EXISTS.
@@ -72,8 +53,8 @@ for k = 1, njobs do
         end
         checked[stream] = true
       end
-      local id = redis.call('XADD', stream, '*', 'envelope', envelope)
-      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = queue, l = lane, e = id }))
+      local id = redis.call('XADD', stream, '*', 'envelope', job.envelope)
+      redis.call('HSET', hash, field, cjson.encode({ s = 'queued', q = job.queue, l = job.lane, e = id }))
     end
     added = added + 1
   end

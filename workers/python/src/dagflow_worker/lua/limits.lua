@@ -456,3 +456,34 @@ local function release_flow(P, flow, marker, group)
     admit_flows(P, m.fk, group)
   end
 end
+
+-- Puts a new or lost job (enqueue.lua, repair.lua) where it waits, when it is not
+-- simply ready: a retry into its delayed set (its limits kept in its field for
+-- promote.lua), a job with limits through them. Returns false for a job without
+-- either: the caller puts it on its lane.
+local function place_job(P, hash, field, job, group)
+  if job.due ~= '0' then
+    redis.call('ZADD', job.delayed, job.due, job.envelope)
+    -- The engine promotes due jobs of every queue named here.
+    redis.call('SADD', job.delayed_queues, job.queue)
+    local value = {}
+    if job.limits ~= '' then
+      value = cjson.decode(job.limits)
+    end
+    value.s = 'delayed'
+    value.q = job.queue
+    value.m = job.envelope
+    redis.call('HSET', hash, field, cjson.encode(value))
+    return true
+  end
+  if job.limits ~= '' then
+    -- A slot it still holds (a job put back) is kept: see limits_admit.
+    local st = cjson.decode(job.limits)
+    st.q = job.queue
+    st.l = job.lane
+    st.env = job.envelope
+    limits_admit(P, hash, field, st, group)
+    return true
+  end
+  return false
+end
