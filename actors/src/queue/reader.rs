@@ -160,36 +160,16 @@ impl StreamConn {
         }
     }
 
-    /// Reads a page of this consumer's own pending entries of `key` after `cursor`
-    /// (entries it received before a restart and never finished).
-    async fn read_pending(
+    /// Reads up to `count` entries of `key` for this consumer after `from`: its own
+    /// pending entries past a cursor (entries it received before a restart and
+    /// never finished), or new ones (`>`), blocking up to `block_ms` (0: no block).
+    async fn read_group(
         &mut self,
         key: &str,
-        cursor: &str,
-        count: usize,
-        create: bool,
-    ) -> Result<Vec<RawEntry>, QueueError> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count.max(1))
-            .arg("STREAMS")
-            .arg(key)
-            .arg(cursor);
-        match self.group_query(key, &cmd, COMMAND_TIMEOUT, create).await? {
-            Some(value) => reply::read_reply(value),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// Reads new entries of `key` (`>`), blocking up to `block_ms` (0: no block).
-    async fn read_new(
-        &mut self,
-        key: &str,
+        from: &str,
         count: usize,
         block_ms: u64,
+        create: bool,
     ) -> Result<Vec<RawEntry>, QueueError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -202,8 +182,8 @@ impl StreamConn {
             cmd.arg("BLOCK").arg(block_ms);
             timeout = Duration::from_millis(block_ms) + BLOCK_MARGIN;
         }
-        cmd.arg("STREAMS").arg(key).arg(">");
-        match self.group_query(key, &cmd, timeout, true).await? {
+        cmd.arg("STREAMS").arg(key).arg(from);
+        match self.group_query(key, &cmd, timeout, create).await? {
             Some(value) => reply::read_reply(value),
             None => Ok(Vec::new()),
         }
@@ -421,7 +401,7 @@ impl QueueReader {
             };
             let entries = self
                 .stream
-                .read_pending(&key, &cursor, count, false)
+                .read_group(&key, &cursor, count, 0, false)
                 .await?;
             let Some(last) = entries.last() else {
                 self.pending = (lane + 1 < LANES).then(|| (lane + 1, "0".to_owned()));
@@ -730,7 +710,7 @@ impl CompletionReader {
         while let Some(cursor) = self.pending_cursor.clone() {
             let entries = self
                 .stream
-                .read_pending(&self.key, &cursor, count, true)
+                .read_group(&self.key, &cursor, count, 0, true)
                 .await?;
             let Some(last) = entries.last() else {
                 self.pending_cursor = None;
@@ -742,10 +722,10 @@ impl CompletionReader {
                 return Ok(good);
             }
         }
-        let entries = match self.stream.read_new(&self.key, count, block_ms).await {
-            Ok(entries) => entries,
-            Err(e) => return Err(e),
-        };
+        let entries = self
+            .stream
+            .read_group(&self.key, ">", count, block_ms, true)
+            .await?;
         self.records(entries).await
     }
 }
