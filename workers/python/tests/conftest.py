@@ -9,6 +9,7 @@ missing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextlib
 import os
 import shutil
@@ -127,7 +128,14 @@ async def r(shared_redis: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
-ENQUEUE = Script.load("enqueue")
+def engine_script(name: str) -> Script:
+    """``lua/{name}.lua`` as the engine runs it: prefixed with ``limits.lua``, whose
+    functions (``place_job``, ...) it calls."""
+    source = Script.load("limits").source + Script.load(name).source
+    return Script(name, source, hashlib.sha1(source).hexdigest())
+
+
+ENQUEUE = engine_script("enqueue")
 
 
 def default_lane(keys: Keys, queue: str) -> str:
