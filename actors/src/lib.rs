@@ -16,6 +16,7 @@ pub mod hub;
 pub mod ids;
 pub mod queue;
 pub mod records;
+pub mod retention;
 pub mod spec;
 pub mod state;
 pub mod store;

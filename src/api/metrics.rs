@@ -45,6 +45,8 @@
 //! | `dagflow_reconcile_jobs_repaired_total` | counter | jobs Redis had lost, put back |
 //! | `dagflow_retries_promoted_total` | counter | due retries moved into their streams |
 //! | `dagflow_flow_actor_restarts_total` | counter | flow actors restarted from their snapshot after a failure |
+//! | `dagflow_flows_swept_total` | counter | finished flows the retention sweeper deleted |
+//! | `dagflow_store_bytes` | gauge | bytes sled's files take on disk |
 //!
 //! `dagflow_flows_running` counts every flow whose durable status is `running`,
 //! hibernating ones included.
@@ -191,6 +193,11 @@ fn describe() {
         "dagflow_flow_actor_restarts_total",
         "flow actors restarted from their snapshot after a failure"
     );
+    describe_counter!(
+        "dagflow_flows_swept_total",
+        "finished flows the retention sweeper deleted"
+    );
+    describe_gauge!("dagflow_store_bytes", "bytes sled's files take on disk");
     describe_gauge!(
         "dagflow_event_subscribers",
         "receivers of the engine's event feed"
@@ -229,6 +236,7 @@ fn register_at_zero() {
         "dagflow_reconcile_jobs_repaired_total",
         "dagflow_retries_promoted_total",
         "dagflow_flow_actor_restarts_total",
+        "dagflow_flows_swept_total",
     ] {
         counter!(name).increment(0);
     }
@@ -248,6 +256,7 @@ fn register_at_zero() {
         let _ = histogram!("dagflow_node_run_seconds", "outcome" => outcome);
     }
     gauge!("dagflow_flows_running").set(0.0);
+    gauge!("dagflow_store_bytes").set(0.0);
     gauge!("dagflow_ws_sessions").set(0.0);
     gauge!("dagflow_event_subscribers").set(0.0);
     for state in ["ready", "delayed"] {
@@ -377,6 +386,10 @@ fn engine_stats(engine: &Engine) {
         .absolute(stats.reconcile_repaired.load(Relaxed));
     counter!("dagflow_retries_promoted_total").absolute(stats.promoted.load(Relaxed));
     counter!("dagflow_flow_actor_restarts_total").absolute(stats.actor_restarts.load(Relaxed));
+    counter!("dagflow_flows_swept_total").absolute(stats.flows_swept.load(Relaxed));
+    if let Some(bytes) = engine.store_size() {
+        gauge!("dagflow_store_bytes").set(bytes as f64);
+    }
 }
 
 /// Attempt starts older than this are forgotten: their flow was deleted while they
@@ -600,6 +613,8 @@ mod tests {
             "dagflow_reconcile_jobs_repaired_total",
             "dagflow_retries_promoted_total",
             "dagflow_flow_actor_restarts_total",
+            "dagflow_flows_swept_total",
+            "dagflow_store_bytes",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

@@ -893,9 +893,17 @@ impl FlowActorState {
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
                 Effect::CancelJob { node, attempt } => work.cancel.push(self.job_id(node, attempt)),
                 Effect::Emit(event) => events.push(FlowEvent::from_event(&self.flow, &event)),
-                Effect::Finished(_) => {
+                Effect::Finished(status) => {
                     work.cleanup = true;
                     running_delta -= 1;
+                    // Its retention entry, in the same transaction as its end.
+                    let finished_at = self.flow.header().finished_at.unwrap_or(now);
+                    let own = self.flow.dag().retention;
+                    if let Some(entry) =
+                        crate::retention::expiry_entry(id, status, finished_at, own)
+                    {
+                        ops.push(WriteOp::Expiry(entry, finished_at));
+                    }
                 }
             }
         }
