@@ -200,55 +200,46 @@ pub(crate) async fn sweep_loop(
         if due.is_empty() {
             continue;
         }
-        let swept = futures::stream::iter(due)
+        futures::stream::iter(due)
             .map(|(key, finished_at)| {
                 let shared = Arc::clone(&shared);
                 let supervisor = supervisor.clone();
                 async move { sweep_one(&shared, &supervisor, key, finished_at).await }
             })
             .buffer_unordered(SWEEP_CONCURRENCY)
-            .filter(|deleted| futures::future::ready(*deleted))
-            .count()
+            .for_each(|_| futures::future::ready(()))
             .await;
-        shared
-            .stats
-            .flows_swept
-            .fetch_add(swept as u64, Ordering::Relaxed);
     }
 }
 
-/// Deletes the flow of one due entry if it is still the flow that ended then;
-/// whether it deleted it.
+/// Deletes the flow of one due entry if it is still the flow that ended then.
 async fn sweep_one(
     shared: &Shared,
     supervisor: &ActorRef<SupervisorMsg>,
     key: ExpiryKey,
     finished_at: u64,
-) -> bool {
+) {
     let Some(id) = entry_flow(&key) else {
         let _ = shared.store.remove_expiry(&key);
-        return false;
+        return;
     };
     let outcome = ractor::call_t!(supervisor, SupervisorMsg::Expire, 5_000, id, finished_at);
     match outcome {
         Ok(Expired::Deleted) => {
             let _ = shared.store.remove_expiry(&key);
-            true
+            shared.stats.flows_swept.fetch_add(1, Ordering::Relaxed);
         }
         Ok(Expired::Stale) => {
             // Gone already, running again after a retry, or ended again later (with
             // its own entry): this entry has nothing left to do.
             let _ = shared.store.remove_expiry(&key);
-            false
         }
-        Ok(Expired::Busy) => false,
+        Ok(Expired::Busy) => {}
         Ok(Expired::Failed(e)) => {
             debug!(flow = %id, error = %e, "deleting an expired flow failed; retrying at the next sweep");
-            false
         }
         Err(e) => {
             debug!(flow = %id, error = %e, "the supervisor did not answer an expiry");
-            false
         }
     }
 }
