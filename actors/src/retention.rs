@@ -142,6 +142,33 @@ pub fn expiry_entry(
     }
 }
 
+/// The entry a stored flow has now, if it ended: from its record and its spec's
+/// `opts.retention` (a delete and a retry remove it, so that nothing is left).
+pub(crate) fn entry_of_stored(
+    id: FlowId,
+    record: &crate::records::FlowRecord,
+    spec_json: &[u8],
+) -> Option<ExpiryKey> {
+    /// Only the one field, so that this reads any spec cheaply.
+    #[derive(serde::Deserialize, Default)]
+    struct Opts {
+        #[serde(default)]
+        retention: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spec {
+        #[serde(default)]
+        opts: Opts,
+    }
+    let status = record.flow_status().ok().filter(|s| s.is_terminal())?;
+    let finished_at = record.finished_at?;
+    let own = serde_json::from_slice::<Spec>(spec_json)
+        .ok()
+        .and_then(|s| s.opts.retention)
+        .and_then(|r| r.parse::<Keep>().ok());
+    expiry_entry(id, status, finished_at, own)
+}
+
 /// The flow an index entry names.
 pub(crate) fn entry_flow(key: &[u8]) -> Option<FlowId> {
     let bytes: [u8; 16] = key.get(9..25)?.try_into().ok()?;

@@ -113,6 +113,8 @@ pub enum WriteOp {
     /// A finished flow's retention entry (see [`crate::retention`]) with the time it
     /// finished, written with its terminal record so that no ended flow is missed.
     Expiry(crate::retention::ExpiryKey, u64),
+    /// Removes a retention entry: the flow it names runs again (a retry, a re-run).
+    Unexpire(crate::retention::ExpiryKey),
 }
 
 /// The record a [`WriteOp`] writes.
@@ -134,7 +136,7 @@ impl WriteOp {
             WriteOp::Node(id, idx, _) => RecordKey::Node(*id, *idx),
             WriteOp::Idempotency(key, _) => RecordKey::Idempotency(key),
             WriteOp::Delete(id) => RecordKey::Delete(*id),
-            WriteOp::Expiry(key, _) => RecordKey::Expiry(*key),
+            WriteOp::Expiry(key, _) | WriteOp::Unexpire(key) => RecordKey::Expiry(*key),
         }
     }
 }
@@ -246,6 +248,8 @@ impl Store {
                 WriteOp::Expiry(key, finished_at) => {
                     (5, key.to_vec(), finished_at.to_be_bytes().to_vec())
                 }
+                // Tree 7 is a removal from `expiry`.
+                WriteOp::Unexpire(key) => (7, key.to_vec(), Vec::new()),
             });
         }
         if encoded.is_empty() {
@@ -272,8 +276,12 @@ impl Store {
                         2 => nodes,
                         3 => idempotency,
                         5 => expiry,
+                        7 => {
+                            expiry.remove(key.as_slice())?;
+                            continue;
+                        }
                         _ => {
-                            delete_in(key, flows, specs, nodes, idempotency)?;
+                            delete_in(key, flows, specs, nodes, idempotency, expiry)?;
                             continue;
                         }
                     };
@@ -528,18 +536,25 @@ fn flow_id_of(bytes: &[u8]) -> Result<FlowId, StoreError> {
 
 /// Removes every record of the flow `id_bytes` inside a transaction: its node
 /// records (the flow record says how many there can be), spec, idempotency key
-/// (only while it still names this flow) and the flow record itself.
+/// (only while it still names this flow), retention entry and the flow record itself.
 fn delete_in(
     id_bytes: &[u8],
     flows: &sled::transaction::TransactionalTree,
     specs: &sled::transaction::TransactionalTree,
     nodes: &sled::transaction::TransactionalTree,
     idempotency: &sled::transaction::TransactionalTree,
+    expiry: &sled::transaction::TransactionalTree,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
     let Some(bytes) = flows.get(id_bytes)? else {
         return Ok(());
     };
     let record: FlowRecord = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+    let id = flow_id_of(id_bytes).map_err(ConflictableTransactionError::Abort)?;
+    let spec = specs.get(id_bytes)?;
+    let spec_json = spec.as_deref().unwrap_or_default();
+    if let Some(entry) = crate::retention::entry_of_stored(id, &record, spec_json) {
+        expiry.remove(entry.as_slice())?;
+    }
     for idx in 0..record.node_count {
         let mut key = Vec::with_capacity(20);
         key.extend_from_slice(id_bytes);
@@ -618,6 +633,38 @@ mod tests {
         store.remove_expiry(&due[0].0).unwrap();
         store.build_expiry_index().unwrap();
         assert_eq!(store.expiry_count(), 1);
+    }
+
+    #[test]
+    fn a_delete_removes_the_flows_retention_entry_whichever_retention_it_has() {
+        use crate::retention::{entry_of_stored, expiry_entry, Keep};
+        let store = Store::temporary().unwrap();
+        let ended = FlowRecord {
+            finished_at: Some(50),
+            ..record(FlowStatus::Failed)
+        };
+        for (spec, own) in [
+            (r#"{"nodes":[]}"#, None),
+            (
+                r#"{"nodes":[],"opts":{"retention":"1h"}}"#,
+                Some(Keep::For(std::time::Duration::from_secs(3600))),
+            ),
+        ] {
+            let id = FlowId::new();
+            let entry = expiry_entry(id, FlowStatus::Failed, 50, own).unwrap();
+            assert_eq!(entry_of_stored(id, &ended, spec.as_bytes()), Some(entry));
+            store
+                .apply(&[
+                    WriteOp::Flow(id, ended.clone()),
+                    WriteOp::Spec(id, spec.to_owned()),
+                    WriteOp::Expiry(entry, 50),
+                ])
+                .unwrap();
+            assert_eq!(store.expiry_count(), 1);
+            store.apply(&[WriteOp::Delete(id)]).unwrap();
+            assert_eq!(store.expiry_count(), 0, "{spec}");
+            assert_eq!(store.record_count(), 0);
+        }
     }
 
     #[tokio::test]

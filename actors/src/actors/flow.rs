@@ -691,12 +691,52 @@ impl FlowActorState {
             return;
         }
         let was_terminal = status.is_terminal();
+        let entry = self.expiry_entry();
         if matches!(input, Input::Retry) {
             self.engine_error = None;
         }
         let effects = self.flow.apply(input, now);
-        let delta = i64::from(was_terminal && !self.flow.status().is_terminal());
-        self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
+        self.persist_revived(myself, effects, Reply::Done(reply), was_terminal, entry);
+    }
+
+    /// The flow's retention entry while it is ended.
+    fn expiry_entry(&self) -> Option<crate::retention::ExpiryKey> {
+        let h = self.flow.header();
+        if !h.status.is_terminal() {
+            return None;
+        }
+        crate::retention::expiry_entry(
+            self.flow.id(),
+            h.status,
+            h.finished_at?,
+            self.flow.dag().retention,
+        )
+    }
+
+    /// Persists a client's operation on a flow, which may have brought an ended flow
+    /// back to life: then it counts as running again, and its retention entry
+    /// (`entry`, taken before) goes in the same write, so the sweeper has nothing
+    /// left to find and a later delete leaves nothing behind.
+    fn persist_revived(
+        &mut self,
+        myself: &ActorRef<FlowMsg>,
+        effects: Vec<Effect>,
+        reply: Reply,
+        was_terminal: bool,
+        entry: Option<crate::retention::ExpiryKey>,
+    ) {
+        let revived = was_terminal && !self.flow.status().is_terminal();
+        let commit = Commit {
+            reply: Some(reply),
+            running_delta: i64::from(revived),
+            ops: entry
+                .filter(|_| revived)
+                .map(WriteOp::Unexpire)
+                .into_iter()
+                .collect(),
+            ..Commit::default()
+        };
+        self.commit(myself, effects, commit);
     }
 
     /// A client's signal or re-run: refused with `NodeNotFound` or `Conflict` when
@@ -730,12 +770,12 @@ impl FlowActorState {
             return;
         }
         let was_terminal = self.flow.status().is_terminal();
+        let entry = self.expiry_entry();
         if matches!(input, Input::Rerun { .. }) {
             self.engine_error = None;
         }
         let effects = self.flow.apply(input, now);
-        let delta = i64::from(was_terminal && !self.flow.status().is_terminal());
-        self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
+        self.persist_revived(myself, effects, Reply::Done(reply), was_terminal, entry);
     }
 
     /// Arranges a `Tick` for the earliest wait deadline, unless one is on its way
@@ -828,23 +868,6 @@ impl FlowActorState {
         self.commit(myself, effects, commit);
     }
 
-    /// Carries out the effects of a client's request and answers it once durable;
-    /// `running_delta` is +1 when the request makes an ended flow run again.
-    fn persist_and_reply(
-        &mut self,
-        myself: &ActorRef<FlowMsg>,
-        effects: Vec<Effect>,
-        reply: Reply,
-        running_delta: i64,
-    ) {
-        let commit = Commit {
-            reply: Some(reply),
-            running_delta,
-            ..Commit::default()
-        };
-        self.commit(myself, effects, commit);
-    }
-
     /// Writes a new flow whole (spec, idempotency key, header, changed nodes) and
     /// answers its creator once durable.
     fn persist_new_flow(
@@ -893,16 +916,13 @@ impl FlowActorState {
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
                 Effect::CancelJob { node, attempt } => work.cancel.push(self.job_id(node, attempt)),
                 Effect::Emit(event) => events.push(FlowEvent::from_event(&self.flow, &event)),
-                Effect::Finished(status) => {
+                Effect::Finished(_) => {
                     work.cleanup = true;
                     running_delta -= 1;
                     // Its retention entry, in the same transaction as its end.
-                    let finished_at = self.flow.header().finished_at.unwrap_or(now);
-                    let own = self.flow.dag().retention;
-                    if let Some(entry) =
-                        crate::retention::expiry_entry(id, status, finished_at, own)
-                    {
-                        ops.push(WriteOp::Expiry(entry, finished_at));
+                    let finished_at = self.flow.header().finished_at;
+                    if let (Some(entry), Some(at)) = (self.expiry_entry(), finished_at) {
+                        ops.push(WriteOp::Expiry(entry, at));
                     }
                 }
             }
