@@ -66,6 +66,7 @@ pub struct EngineBuilder {
     hibernate_after: Option<Duration>,
     reconcile_every: Duration,
     redeliver_after: Duration,
+    notify: crate::notify::NotifyOptions,
 }
 
 impl Default for EngineBuilder {
@@ -86,6 +87,7 @@ impl Default for EngineBuilder {
             hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
             reconcile_every: DEFAULT_RECONCILE_EVERY,
             redeliver_after: REDELIVER_AFTER,
+            notify: crate::notify::NotifyOptions::default(),
         }
     }
 }
@@ -189,6 +191,21 @@ impl EngineBuilder {
         self
     }
 
+    /// The key that signs callbacks (`opts.notify`): `X-Dagflow-Signature` is
+    /// `sha256=` and the hex HMAC-SHA256 of the body. Without one, callbacks go
+    /// out unsigned.
+    pub fn webhook_secret(mut self, secret: impl Into<String>) -> Self {
+        self.notify.secret = Some(secret.into());
+        self
+    }
+
+    /// How callbacks are delivered (timeout, concurrency, backoff, maximum age;
+    /// the secret too, as with [`EngineBuilder::webhook_secret`]).
+    pub fn notify_options(mut self, options: crate::notify::NotifyOptions) -> Self {
+        self.notify = options;
+        self
+    }
+
     /// Runs only workers: no flows, no store (for extra worker processes).
     pub fn worker_only(mut self) -> Self {
         self.worker_only = true;
@@ -232,6 +249,9 @@ impl EngineBuilder {
             .await
             .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
             let (handback_tx, handback_rx) = tokio::sync::mpsc::unbounded_channel();
+            let notify_client = crate::notify::client(&self.notify)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let notify_wake = crate::notify::NotifyWake::default();
             let shared = Arc::new(Shared {
                 store,
                 queue: queue.clone(),
@@ -244,6 +264,7 @@ impl EngineBuilder {
                 redeliver_after: self.redeliver_after,
                 handback: Some(handback_tx),
                 stats: EngineStats::default(),
+                notify_wake: notify_wake.clone(),
             });
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
@@ -296,6 +317,12 @@ impl EngineBuilder {
                     Arc::clone(&shared),
                     supervisor.clone(),
                     self.reconcile_every,
+                )),
+                tokio::spawn(crate::notify::deliver_loop(
+                    Arc::clone(&shared),
+                    self.notify.clone(),
+                    notify_client,
+                    notify_wake,
                 )),
             ];
             let watchdog = tokio::spawn(watch_redis(

@@ -6,6 +6,8 @@
 //! - `nodes`: flow id ++ node index (u32, big-endian) → node record
 //! - `idempotency`: client key → flow id
 //! - `meta`: engine-wide values (the engine's stable consumer id)
+//! - `outbox`: callbacks owed (`crate::outbox`), written with the flow's end and
+//!   removed by the deliverer (`crate::notify`) once sent
 //!
 //! Records are bincode with a leading format version byte. A completion rewrites
 //! the flow record and the nodes it changed, never the spec or the other nodes, so
@@ -19,6 +21,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::ids::{FlowId, NodeIdx};
+use crate::outbox::{OutboxKey, OutboxRecord};
 pub use crate::records::{status_code, status_from, FlowRecord, NodeRecord, UnknownStatus};
 use crate::state::{FlowStatus, NodeState};
 
@@ -110,6 +113,10 @@ pub enum WriteOp {
     /// idempotency key) in the same transaction as the rest of the batch, so a
     /// crash never leaves a flow without its nodes or a record without its spec.
     Delete(FlowId),
+    /// Owe a callback: written in the same transaction as the flow's terminal
+    /// record, so a flow never ends on disk without the callbacks it owes. A
+    /// `Delete` of the flow leaves it (the record holds its own body).
+    Notify(OutboxKey, Box<OutboxRecord>),
 }
 
 /// The record a [`WriteOp`] writes.
@@ -120,6 +127,7 @@ enum RecordKey<'a> {
     Node(FlowId, NodeIdx),
     Idempotency(&'a str),
     Delete(FlowId),
+    Notify(OutboxKey),
 }
 
 impl WriteOp {
@@ -130,6 +138,7 @@ impl WriteOp {
             WriteOp::Node(id, idx, _) => RecordKey::Node(*id, *idx),
             WriteOp::Idempotency(key, _) => RecordKey::Idempotency(key),
             WriteOp::Delete(id) => RecordKey::Delete(*id),
+            WriteOp::Notify(key, _) => RecordKey::Notify(*key),
         }
     }
 }
@@ -168,6 +177,7 @@ pub struct Store {
     nodes: sled::Tree,
     idempotency: sled::Tree,
     meta: sled::Tree,
+    outbox: sled::Tree,
 }
 
 impl Store {
@@ -198,6 +208,7 @@ impl Store {
             nodes: db.open_tree("nodes")?,
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
+            outbox: db.open_tree("outbox")?,
             db,
         })
     }
@@ -235,25 +246,33 @@ impl Store {
                     )));
                     (4, id.as_bytes().to_vec(), Vec::new())
                 }
+                WriteOp::Notify(key, rec) => (5, key.as_bytes().to_vec(), encode(rec)?),
             });
         }
         if encoded.is_empty() {
             // A barrier: a transaction would still seal and write sled's log buffer.
             return Ok(());
         }
-        if let [(tree @ 0..=3, key, value)] = encoded.as_slice() {
+        if let [(tree @ (0..=3 | 5), key, value)] = encoded.as_slice() {
             // A single insert is atomic by itself.
             self.tree(*tree).insert(key.as_slice(), value.as_slice())?;
             return Ok(());
         }
-        (&self.flows, &self.specs, &self.nodes, &self.idempotency)
-            .transaction(|(flows, specs, nodes, idempotency)| {
+        (
+            &self.flows,
+            &self.specs,
+            &self.nodes,
+            &self.idempotency,
+            &self.outbox,
+        )
+            .transaction(|(flows, specs, nodes, idempotency, outbox)| {
                 for (tree, key, value) in &encoded {
                     let tree = match tree {
                         0 => flows,
                         1 => specs,
                         2 => nodes,
                         3 => idempotency,
+                        5 => outbox,
                         _ => {
                             delete_in(key, flows, specs, nodes, idempotency)?;
                             continue;
@@ -274,6 +293,7 @@ impl Store {
             0 => &self.flows,
             1 => &self.specs,
             2 => &self.nodes,
+            5 => &self.outbox,
             _ => &self.idempotency,
         }
     }
@@ -423,6 +443,55 @@ impl Store {
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta.insert(key.as_bytes(), value.as_bytes())?;
         self.flush().await
+    }
+
+    /// Up to `limit` outbox keys after `after` (exclusive), in key order: a page of
+    /// the callbacks owed, for the deliverer.
+    pub fn outbox_keys(
+        &self,
+        after: Option<&OutboxKey>,
+        limit: usize,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let iter = match after {
+            Some(cursor) => {
+                let mut start = cursor.as_bytes().to_vec();
+                start.push(0);
+                self.outbox.range(start..)
+            }
+            None => self.outbox.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        for item in iter.keys() {
+            let key = item?;
+            let key = OutboxKey::from_slice(&key)
+                .ok_or_else(|| StoreError::Decode("bad outbox key".to_owned()))?;
+            out.push(key);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One owed callback, if it is still owed.
+    pub fn outbox_record(&self, key: &OutboxKey) -> Result<Option<OutboxRecord>, StoreError> {
+        self.outbox
+            .get(key.as_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Forgets a callback (sent, or given up on); whether it was still there. Not
+    /// flushed here: a crash that takes the removal back sends the callback again,
+    /// which at-least-once allows.
+    pub fn remove_outbox(&self, key: &OutboxKey) -> Result<bool, StoreError> {
+        Ok(self.outbox.remove(key.as_bytes())?.is_some())
+    }
+
+    /// Number of callbacks owed (walks the tree: for start-up and the deliverer's
+    /// occasional recount, not for every scrape).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
     }
 
     /// Whether sled answers; for readiness checks.
