@@ -421,3 +421,57 @@ async fn bad_callback_targets_are_refused_with_every_problem_listed() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_still_failing_past_the_maximum_age_is_dropped_and_counted() {
+    let receiver = Receiver::start().await;
+    let options = NotifyOptions {
+        secret: Some(SECRET.to_owned()),
+        timeout: Duration::from_secs(2),
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(100),
+        max_age: Duration::from_millis(600),
+        ..NotifyOptions::default()
+    };
+    let server = start_server(ServerOpts {
+        engine: Some(Box::new(move |b: EngineBuilder| b.notify_options(options))),
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = Checked::new(&server).await;
+    // This receiver never answers 2xx; the other target of the same flow does.
+    let (never, fine) = ("/fail/1000000/never", "/ok/fine");
+    let id = api
+        .create_flow(&json!({"nodes": [{"name": "a", "handler": "noop"}],
+                             "opts": {"notify": [{"url": receiver.url(never)},
+                                                 {"url": receiver.url(fine)}]}}))
+        .await;
+    api.wait_for_status(&id, "completed").await;
+    eventually("the failing callback dropped", || async {
+        let (delivered, _, dropped, pending) = stats(&server.engine);
+        (delivered, dropped, pending) == (1, 1, 0)
+    })
+    .await;
+    let attempts = receiver.hits_on(never).len();
+    assert!(attempts >= 2, "retried before it was dropped: {attempts}");
+    let first = receiver.hits_on(never)[0].at;
+    let last = receiver.hits_on(never)[attempts - 1].at;
+    assert!(last - first < Duration::from_secs(3), "{:?}", last - first);
+    assert_eq!(receiver.hits_on(fine).len(), 1);
+    // Dropped means gone: no more attempts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.hits_on(never).len(), attempts);
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "dagflow_callbacks_dropped_total 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

@@ -676,6 +676,51 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_owed_callback_is_written_with_the_end_and_outlives_a_delete_of_its_flow() {
+        use crate::outbox::{OutboxKey, OutboxRecord};
+        let store = Store::temporary().unwrap();
+        let id = FlowId::new();
+        let key = OutboxKey::new(id, 9, 0);
+        let owed = OutboxRecord {
+            seq: 9,
+            event: "completed".into(),
+            url: "https://example.com/h".into(),
+            body: "{\"id\":1}".into(),
+            created_at: 5,
+        };
+        store
+            .apply(&[
+                WriteOp::Flow(id, record(FlowStatus::Completed)),
+                WriteOp::Spec(id, "{}".into()),
+                WriteOp::Notify(key, Box::new(owed.clone())),
+                WriteOp::Delete(id),
+            ])
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(store.load(id).unwrap().is_none());
+        assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![key]);
+        assert_eq!(store.outbox_record(&key).unwrap(), Some(owed));
+        assert_eq!(store.outbox_len(), 1);
+        let later = OutboxKey::new(id, 20, 0);
+        store
+            .apply(&[WriteOp::Notify(
+                later,
+                Box::new(OutboxRecord {
+                    seq: 20,
+                    event: "failed".into(),
+                    url: "https://example.com/h".into(),
+                    body: "{}".into(),
+                    created_at: 6,
+                }),
+            )])
+            .unwrap();
+        assert_eq!(store.outbox_keys(Some(&key), 10).unwrap(), vec![later]);
+        assert!(store.remove_outbox(&key).unwrap());
+        assert!(!store.remove_outbox(&key).unwrap());
+        assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![later]);
+    }
+
     #[test]
     fn unknown_version_is_refused() {
         let bytes = [9u8, 0, 0];
