@@ -56,6 +56,10 @@ pub const WINDOW: usize = 1024;
 const PAGE: usize = 256;
 /// Wait after a store error before reading the outbox again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Least time between two reads of the outbox: flows ending by the thousand wake the
+/// deliverer as often, and each read runs inside the group-commit writer; wakes in
+/// between are served by one read at the end of the gap.
+const FILL_GAP: Duration = Duration::from_millis(20);
 
 /// How callbacks are sent; see the module's documentation.
 #[derive(Debug, Clone)]
@@ -173,9 +177,20 @@ pub(crate) async fn deliver_loop(
     let mut more_in_store = false;
     let concurrency = opts.concurrency.max(1);
     let secret = opts.secret.clone().map(Arc::<str>::from);
+    let mut last_fill: Option<Instant> = None;
     loop {
+        // When the next read of the outbox may run, if one is wanted and not yet due.
+        let mut fill_at = None;
         if rescan && owed.len() < WINDOW {
+            if let Some(at) = last_fill.map(|t| t + FILL_GAP) {
+                if at > Instant::now() {
+                    fill_at = Some(at);
+                }
+            }
+        }
+        if rescan && owed.len() < WINDOW && fill_at.is_none() {
             rescan = false;
+            last_fill = Some(Instant::now());
             match fill(&shared, &owed).await {
                 Ok((keys, more)) => {
                     more_in_store = more;
@@ -292,6 +307,7 @@ pub(crate) async fn deliver_loop(
                 }
             }
             _ = sleep_until(next_due), if next_due.is_some() && can_start => {}
+            _ = sleep_until(fill_at), if fill_at.is_some() => {}
         }
     }
 }
