@@ -29,6 +29,7 @@ use crate::handler::{Handler, Handlers};
 use crate::hub::{EventHub, DEFAULT_EVENT_CAPACITY};
 use crate::ids::FlowId;
 use crate::queue::{Keys, Queue};
+use crate::retention::Retention;
 use crate::spec::{self, FlowSpec, Limits, DEFAULT_MAX_STALLED};
 use crate::state::FlowStatus;
 use crate::store::{Store, DEFAULT_CACHE_BYTES};
@@ -67,6 +68,7 @@ pub struct EngineBuilder {
     reconcile_every: Duration,
     redeliver_after: Duration,
     notify: crate::notify::NotifyOptions,
+    retention: Retention,
 }
 
 impl Default for EngineBuilder {
@@ -88,6 +90,7 @@ impl Default for EngineBuilder {
             reconcile_every: DEFAULT_RECONCILE_EVERY,
             redeliver_after: REDELIVER_AFTER,
             notify: crate::notify::NotifyOptions::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -206,6 +209,15 @@ impl EngineBuilder {
         self
     }
 
+    /// How long finished flows are kept before the sweeper deletes them, and how
+    /// many it deletes a second at most. The default keeps completed flows 7 days
+    /// and failed or cancelled ones 30 ([`Retention::default`]); a flow's
+    /// `opts.retention` overrides both for itself.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Runs only workers: no flows, no store (for extra worker processes).
     pub fn worker_only(mut self) -> Self {
         self.worker_only = true;
@@ -313,6 +325,11 @@ impl EngineBuilder {
             let background = vec![
                 tokio::spawn(promote_loop(Arc::clone(&shared))),
                 tokio::spawn(rate_loop(Arc::clone(&shared))),
+                tokio::spawn(crate::retention::sweep_loop(
+                    Arc::clone(&shared),
+                    supervisor.clone(),
+                    self.retention,
+                )),
                 tokio::spawn(reconcile_loop(
                     Arc::clone(&shared),
                     supervisor.clone(),
@@ -742,6 +759,12 @@ impl Engine {
     /// reconciliation repairs, promotions); `None` for a worker-only engine.
     pub fn stats(&self) -> Option<&EngineStats> {
         self.inner.flows.as_ref().map(|f| &f.shared.stats)
+    }
+
+    /// Bytes the store's files take on disk; `None` for a worker-only engine.
+    pub fn store_size(&self) -> Option<u64> {
+        let flows = self.inner.flows.as_ref()?;
+        flows.shared.store.size_on_disk().ok()
     }
 
     /// Number of event subscribers.

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod outbox;
 pub mod queue;
 pub mod records;
+pub mod retention;
 pub mod spec;
 pub mod state;
 pub mod store;

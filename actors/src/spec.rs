@@ -336,6 +336,11 @@ pub struct FlowOpts {
     /// least once by `crate::notify`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<NotifySpec>,
+    /// How long this flow is kept once it ended (`90s`, `7d`, `forever`),
+    /// whatever its outcome; overrides the engine's `--retain-completed` and
+    /// `--retain-failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
 }
 
 /// What a permanent node failure does to the rest of the flow.
@@ -515,6 +520,8 @@ pub struct Dag {
     pub nodes: Vec<DagNode>,
     /// The flow concurrency key, evaluated, with its limit and strategy.
     pub flow_key: Option<(String, u32, ConcurrencyStrategy)>,
+    /// `opts.retention`, parsed.
+    pub retention: Option<crate::retention::Keep>,
     index: HashMap<Arc<str>, NodeIdx>,
 }
 
@@ -589,6 +596,13 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
                     c.limit
                 ),
             );
+        }
+    }
+    let mut retention = None;
+    if let Some(text) = &spec.opts.retention {
+        match text.parse::<crate::retention::Keep>() {
+            Ok(keep) => retention = Some(keep),
+            Err(e) => push("bad_retention", None, format!("opts.retention: {e}")),
         }
     }
     if let Some(priority) = spec.opts.priority.filter(|p| *p > MAX_PRIORITY) {
@@ -1177,6 +1191,7 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         opts: spec.opts.clone(),
         nodes,
         flow_key,
+        retention,
         index,
     })
 }

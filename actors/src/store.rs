@@ -113,6 +113,9 @@ pub enum WriteOp {
     /// idempotency key) in the same transaction as the rest of the batch, so a
     /// crash never leaves a flow without its nodes or a record without its spec.
     Delete(FlowId),
+    /// A finished flow's retention entry (see [`crate::retention`]) with the time it
+    /// finished, written with its terminal record so that no ended flow is missed.
+    Expiry(crate::retention::ExpiryKey, u64),
     /// Owe a callback: written in the same transaction as the flow's terminal
     /// record, so a flow never ends on disk without the callbacks it owes. A
     /// `Delete` of the flow leaves it (the record holds its own body).
@@ -127,6 +130,7 @@ enum RecordKey<'a> {
     Node(FlowId, NodeIdx),
     Idempotency(&'a str),
     Delete(FlowId),
+    Expiry(crate::retention::ExpiryKey),
     Notify(OutboxKey),
 }
 
@@ -138,6 +142,7 @@ impl WriteOp {
             WriteOp::Node(id, idx, _) => RecordKey::Node(*id, *idx),
             WriteOp::Idempotency(key, _) => RecordKey::Idempotency(key),
             WriteOp::Delete(id) => RecordKey::Delete(*id),
+            WriteOp::Expiry(key, _) => RecordKey::Expiry(*key),
             WriteOp::Notify(key, _) => RecordKey::Notify(*key),
         }
     }
@@ -177,6 +182,9 @@ pub struct Store {
     nodes: sled::Tree,
     idempotency: sled::Tree,
     meta: sled::Tree,
+    /// Retention entries of ended flows, in time order (see [`crate::retention`]).
+    expiry: sled::Tree,
+    /// Callbacks owed (see [`crate::outbox`]), until their receiver answered 2xx.
     outbox: sled::Tree,
 }
 
@@ -208,6 +216,7 @@ impl Store {
             nodes: db.open_tree("nodes")?,
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
+            expiry: db.open_tree("expiry")?,
             outbox: db.open_tree("outbox")?,
             db,
         })
@@ -246,14 +255,17 @@ impl Store {
                     )));
                     (4, id.as_bytes().to_vec(), Vec::new())
                 }
-                WriteOp::Notify(key, rec) => (5, key.as_bytes().to_vec(), encode(rec)?),
+                WriteOp::Expiry(key, finished_at) => {
+                    (5, key.to_vec(), finished_at.to_be_bytes().to_vec())
+                }
+                WriteOp::Notify(key, rec) => (6, key.as_bytes().to_vec(), encode(rec)?),
             });
         }
         if encoded.is_empty() {
             // A barrier: a transaction would still seal and write sled's log buffer.
             return Ok(());
         }
-        if let [(tree @ (0..=3 | 5), key, value)] = encoded.as_slice() {
+        if let [(tree @ (0..=3 | 5 | 6), key, value)] = encoded.as_slice() {
             // A single insert is atomic by itself.
             self.tree(*tree).insert(key.as_slice(), value.as_slice())?;
             return Ok(());
@@ -263,16 +275,18 @@ impl Store {
             &self.specs,
             &self.nodes,
             &self.idempotency,
+            &self.expiry,
             &self.outbox,
         )
-            .transaction(|(flows, specs, nodes, idempotency, outbox)| {
+            .transaction(|(flows, specs, nodes, idempotency, expiry, outbox)| {
                 for (tree, key, value) in &encoded {
                     let tree = match tree {
                         0 => flows,
                         1 => specs,
                         2 => nodes,
                         3 => idempotency,
-                        5 => outbox,
+                        5 => expiry,
+                        6 => outbox,
                         _ => {
                             delete_in(key, flows, specs, nodes, idempotency)?;
                             continue;
@@ -293,7 +307,8 @@ impl Store {
             0 => &self.flows,
             1 => &self.specs,
             2 => &self.nodes,
-            5 => &self.outbox,
+            5 => &self.expiry,
+            6 => &self.outbox,
             _ => &self.idempotency,
         }
     }
@@ -431,6 +446,75 @@ impl Store {
         self.nodes.scan_prefix(id.as_bytes()).count()
     }
 
+    /// Up to `limit` retention entries inside `ranges` (oldest first in each), with
+    /// the time their flow finished.
+    pub(crate) fn due_expiries(
+        &self,
+        ranges: &[(crate::retention::ExpiryKey, crate::retention::ExpiryKey)],
+        limit: usize,
+    ) -> Result<Vec<(crate::retention::ExpiryKey, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for (start, end) in ranges {
+            for item in self.expiry.range(start.as_slice()..=end.as_slice()) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (key, value) = item?;
+                let (Ok(key), Ok(at)) = (
+                    <crate::retention::ExpiryKey>::try_from(key.as_ref()),
+                    <[u8; 8]>::try_from(value.as_ref()),
+                ) else {
+                    return Err(StoreError::Decode("bad retention entry".to_owned()));
+                };
+                out.push((key, u64::from_be_bytes(at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a retention entry. Not flushed: an entry that comes back after a crash
+    /// is found stale (or due) again by the next sweep.
+    pub(crate) fn remove_expiry(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.expiry.remove(key)?;
+        Ok(())
+    }
+
+    /// Number of retention entries (tests check that sweeping leaves none behind).
+    pub fn expiry_count(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Gives every ended flow written before retention existed its entry, once per
+    /// store (the `meta` key `expiry-index` remembers it is done).
+    pub(crate) fn build_expiry_index(&self) -> Result<(), StoreError> {
+        const DONE: &str = "expiry-index";
+        if self.meta(DONE)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.flows.iter() {
+            let (key, value) = item?;
+            let rec: FlowRecord = decode(&value)?;
+            let (Ok(status), Some(finished_at)) = (rec.flow_status(), rec.finished_at) else {
+                continue;
+            };
+            if status.is_terminal() {
+                let id = flow_id_of(&key)?;
+                if let Some(entry) = crate::retention::expiry_entry(id, status, finished_at, None) {
+                    batch.insert(entry.as_slice(), finished_at.to_be_bytes().as_slice());
+                }
+            }
+        }
+        self.expiry.apply_batch(batch)?;
+        self.meta.insert(DONE.as_bytes(), b"1".as_slice())?;
+        Ok(())
+    }
+
+    /// Bytes sled's files take on disk, for `/metrics` and the retention benchmark.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// A value of the `meta` tree.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.meta
@@ -557,6 +641,48 @@ mod tests {
             idempotency_key: Some("k".into()),
             engine_error: None,
         }
+    }
+
+    #[test]
+    fn flows_ended_before_retention_existed_get_their_entry_once() {
+        let store = Store::temporary().unwrap();
+        let (done, failed, running) = (FlowId::new(), FlowId::new(), FlowId::new());
+        let ended = |status, at| FlowRecord {
+            finished_at: Some(at),
+            ..record(status)
+        };
+        store
+            .apply(&[
+                WriteOp::Flow(done, ended(FlowStatus::Completed, 10)),
+                WriteOp::Flow(failed, ended(FlowStatus::Cancelled, 20)),
+                WriteOp::Flow(running, record(FlowStatus::Running)),
+            ])
+            .unwrap();
+        assert_eq!(store.expiry_count(), 0);
+        store.build_expiry_index().unwrap();
+        assert_eq!(
+            store.expiry_count(),
+            2,
+            "one per ended flow, none for the running one"
+        );
+        let policy = crate::retention::Retention {
+            completed: crate::retention::Keep::For(std::time::Duration::ZERO),
+            failed: crate::retention::Keep::For(std::time::Duration::ZERO),
+            sweep_rate: 10,
+        };
+        let due = store
+            .due_expiries(&crate::retention::due_ranges(&policy, 100), 10)
+            .unwrap();
+        let mut flows: Vec<(Option<FlowId>, u64)> = due
+            .iter()
+            .map(|(k, at)| (crate::retention::entry_flow(k), *at))
+            .collect();
+        flows.sort_by_key(|(_, at)| *at);
+        assert_eq!(flows, vec![(Some(done), 10), (Some(failed), 20)]);
+        // Once per store: an entry removed since is not brought back.
+        store.remove_expiry(&due[0].0).unwrap();
+        store.build_expiry_index().unwrap();
+        assert_eq!(store.expiry_count(), 1);
     }
 
     #[tokio::test]

@@ -45,6 +45,8 @@
 //! | `dagflow_reconcile_jobs_repaired_total` | counter | jobs Redis had lost, put back |
 //! | `dagflow_retries_promoted_total` | counter | due retries moved into their streams |
 //! | `dagflow_flow_actor_restarts_total` | counter | flow actors restarted from their snapshot after a failure |
+//! | `dagflow_flows_swept_total` | counter | finished flows the retention sweeper deleted |
+//! | `dagflow_store_bytes` | gauge | bytes sled's files take on disk |
 //! | `dagflow_callbacks_delivered_total` | counter | callbacks (`opts.notify`) a receiver answered with a 2xx |
 //! | `dagflow_callback_attempts_failed_total` | counter | callback POSTs that failed (error, timeout, non-2xx) and will be retried or dropped |
 //! | `dagflow_callbacks_dropped_total` | counter | callbacks given up on past `--webhook-max-age` |
@@ -197,6 +199,11 @@ fn describe() {
         "flow actors restarted from their snapshot after a failure"
     );
     describe_counter!(
+        "dagflow_flows_swept_total",
+        "finished flows the retention sweeper deleted"
+    );
+    describe_gauge!("dagflow_store_bytes", "bytes sled's files take on disk");
+    describe_counter!(
         "dagflow_callbacks_delivered_total",
         "callbacks (opts.notify) a receiver answered with a 2xx"
     );
@@ -253,6 +260,7 @@ fn register_at_zero() {
         "dagflow_reconcile_jobs_repaired_total",
         "dagflow_retries_promoted_total",
         "dagflow_flow_actor_restarts_total",
+        "dagflow_flows_swept_total",
         "dagflow_callbacks_delivered_total",
         "dagflow_callback_attempts_failed_total",
         "dagflow_callbacks_dropped_total",
@@ -275,6 +283,7 @@ fn register_at_zero() {
         let _ = histogram!("dagflow_node_run_seconds", "outcome" => outcome);
     }
     gauge!("dagflow_flows_running").set(0.0);
+    gauge!("dagflow_store_bytes").set(0.0);
     gauge!("dagflow_ws_sessions").set(0.0);
     gauge!("dagflow_event_subscribers").set(0.0);
     for state in ["ready", "delayed"] {
@@ -404,6 +413,10 @@ fn engine_stats(engine: &Engine) {
         .absolute(stats.reconcile_repaired.load(Relaxed));
     counter!("dagflow_retries_promoted_total").absolute(stats.promoted.load(Relaxed));
     counter!("dagflow_flow_actor_restarts_total").absolute(stats.actor_restarts.load(Relaxed));
+    counter!("dagflow_flows_swept_total").absolute(stats.flows_swept.load(Relaxed));
+    if let Some(bytes) = engine.store_size() {
+        gauge!("dagflow_store_bytes").set(bytes as f64);
+    }
     let notify = &stats.notify;
     counter!("dagflow_callbacks_delivered_total").absolute(notify.delivered.load(Relaxed));
     counter!("dagflow_callback_attempts_failed_total")
@@ -634,6 +647,8 @@ mod tests {
             "dagflow_reconcile_jobs_repaired_total",
             "dagflow_retries_promoted_total",
             "dagflow_flow_actor_restarts_total",
+            "dagflow_flows_swept_total",
+            "dagflow_store_bytes",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

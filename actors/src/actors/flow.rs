@@ -902,6 +902,14 @@ impl FlowActorState {
                     work.cleanup = true;
                     running_delta -= 1;
                     notify += self.owe_callbacks(status, now, &mut ops);
+                    // Its retention entry, in the same transaction as its end.
+                    let finished_at = self.flow.header().finished_at.unwrap_or(now);
+                    let own = self.flow.dag().retention;
+                    if let Some(entry) =
+                        crate::retention::expiry_entry(id, status, finished_at, own)
+                    {
+                        ops.push(WriteOp::Expiry(entry, finished_at));
+                    }
                 }
             }
         }

@@ -131,6 +131,8 @@ pub struct EngineStats {
     pub promoted: AtomicU64,
     /// Jobs released when their rate-limit tokens freed up.
     pub rate_released: AtomicU64,
+    /// Finished flows the retention sweeper deleted.
+    pub flows_swept: AtomicU64,
     /// Flow actors the supervisor restarted from their snapshot after a failure.
     pub actor_restarts: AtomicU64,
     /// Flows whose durable status is `running`, awake or hibernating: counted at
