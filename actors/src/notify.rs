@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::task::JoinSet;
@@ -245,7 +246,13 @@ pub(crate) async fn deliver_loop(
                     return (key, Attempt::Gone, 0);
                 };
                 let created_at = record.created_at;
-                let outcome = post(&client, secret.as_deref(), &key, &record, failures + 1).await;
+                // A panic (a bug in a dependency) is a failed attempt, retried like
+                // any other, not a key stuck "in flight" for ever.
+                let attempt = post(&client, secret.as_deref(), &key, &record, failures + 1);
+                let outcome = std::panic::AssertUnwindSafe(attempt)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Attempt::Failed("the POST panicked".to_owned()));
                 (key, outcome, created_at)
             });
         }
@@ -260,9 +267,9 @@ pub(crate) async fn deliver_loop(
             _ = wake.0.notified() => rescan = true,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 let Ok((key, outcome, created_at)) = joined else {
-                    // A delivery task panicked (a bug): its key stays owed and is
-                    // found again by the next read of the outbox.
-                    warn!("a callback delivery task failed");
+                    // Only a cancelled task ends without its key (panics are caught
+                    // in it), and no task is cancelled before the loop itself ends.
+                    warn!("a callback delivery task ended without a result");
                     continue;
                 };
                 in_flight.remove(&key);
