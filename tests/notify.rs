@@ -268,10 +268,10 @@ async fn a_failing_receiver_gets_it_after_retries_and_a_retried_flow_owes_a_new_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_receiver_is_retried_and_does_not_delay_another_flows_callback() {
     let receiver = Receiver::start().await;
-    let timeout = Duration::from_millis(1500);
+    let timeout = Duration::from_secs(3);
     let server = start_server(fast(Some(SECRET), timeout)).await;
     let api = Checked::new(&server).await;
-    // The first POST to the slow path sleeps 10 s, far past the 1.5 s timeout.
+    // The first POST to the slow path sleeps 10 s, far past the 3 s timeout.
     let slow_path = "/slow/1/10000/slow";
     let slow = api
         .create_flow(&json!({"nodes": [{"name": "a", "handler": "noop"}],
