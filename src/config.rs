@@ -44,6 +44,10 @@ pub const DEFAULT_RETAIN_COMPLETED: &str = dagflow_actors::retention::DEFAULT_RE
 pub const DEFAULT_RETAIN_FAILED: &str = dagflow_actors::retention::DEFAULT_RETAIN_FAILED;
 /// Default of `--sweep-rate`.
 pub const DEFAULT_SWEEP_RATE: u32 = dagflow_actors::retention::DEFAULT_SWEEP_RATE;
+/// Default of `--webhook-timeout` (the engine's own default).
+pub const DEFAULT_WEBHOOK_TIMEOUT: &str = "10s";
+/// Default of `--webhook-max-age`: a day (the engine's own default).
+pub const DEFAULT_WEBHOOK_MAX_AGE: &str = "24h";
 /// Server the client commands talk to.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
 /// Log filter when `RUST_LOG` is not set.
@@ -147,6 +151,37 @@ pub struct ServeConfig {
     /// Most expired flows deleted per second; the sweeper never takes more.
     #[arg(long, env = "DAGFLOW_SWEEP_RATE", default_value_t = DEFAULT_SWEEP_RATE)]
     pub sweep_rate: u32,
+    /// How flows' callbacks (`opts.notify`) are sent.
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
+}
+
+/// How `dagflow serve` sends flows' callbacks (`opts.notify`).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Key of the callbacks' `X-Dagflow-Signature` (`sha256=` + hex HMAC-SHA256 of
+    /// the body). Without one, callbacks are sent unsigned.
+    #[arg(long, env = "DAGFLOW_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Longest time one callback POST may take before it counts as failed.
+    #[arg(long, env = "DAGFLOW_WEBHOOK_TIMEOUT", default_value = DEFAULT_WEBHOOK_TIMEOUT)]
+    pub webhook_timeout: HumanDuration,
+    /// A callback still failing this long after its flow ended is dropped (logged
+    /// and counted in `dagflow_callbacks_dropped_total`).
+    #[arg(long, env = "DAGFLOW_WEBHOOK_MAX_AGE", default_value = DEFAULT_WEBHOOK_MAX_AGE)]
+    pub webhook_max_age: HumanDuration,
+}
+
+impl WebhookConfig {
+    /// The engine's callback options.
+    pub fn options(&self) -> dagflow_actors::notify::NotifyOptions {
+        dagflow_actors::notify::NotifyOptions {
+            secret: self.webhook_secret.clone().filter(|s| !s.is_empty()),
+            timeout: self.webhook_timeout.0,
+            max_age: self.webhook_max_age.0,
+            ..dagflow_actors::notify::NotifyOptions::default()
+        }
+    }
 }
 
 impl ServeConfig {

@@ -67,6 +67,7 @@ pub struct EngineBuilder {
     hibernate_after: Option<Duration>,
     reconcile_every: Duration,
     redeliver_after: Duration,
+    notify: crate::notify::NotifyOptions,
     retention: Retention,
 }
 
@@ -88,6 +89,7 @@ impl Default for EngineBuilder {
             hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
             reconcile_every: DEFAULT_RECONCILE_EVERY,
             redeliver_after: REDELIVER_AFTER,
+            notify: crate::notify::NotifyOptions::default(),
             retention: Retention::default(),
         }
     }
@@ -192,6 +194,21 @@ impl EngineBuilder {
         self
     }
 
+    /// The key that signs callbacks (`opts.notify`): `X-Dagflow-Signature` is
+    /// `sha256=` and the hex HMAC-SHA256 of the body. Without one, callbacks go
+    /// out unsigned.
+    pub fn webhook_secret(mut self, secret: impl Into<String>) -> Self {
+        self.notify.secret = Some(secret.into());
+        self
+    }
+
+    /// How callbacks are delivered (timeout, concurrency, backoff, maximum age;
+    /// the secret too, as with [`EngineBuilder::webhook_secret`]).
+    pub fn notify_options(mut self, options: crate::notify::NotifyOptions) -> Self {
+        self.notify = options;
+        self
+    }
+
     /// How long finished flows are kept before the sweeper deletes them, and how
     /// many it deletes a second at most. The default keeps completed flows 7 days
     /// and failed or cancelled ones 30 ([`Retention::default`]); a flow's
@@ -244,6 +261,9 @@ impl EngineBuilder {
             .await
             .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
             let (handback_tx, handback_rx) = tokio::sync::mpsc::unbounded_channel();
+            let notify_client = crate::notify::client(&self.notify)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let notify_wake = crate::notify::NotifyWake::default();
             let shared = Arc::new(Shared {
                 store,
                 queue: queue.clone(),
@@ -256,6 +276,7 @@ impl EngineBuilder {
                 redeliver_after: self.redeliver_after,
                 handback: Some(handback_tx),
                 stats: EngineStats::default(),
+                notify_wake: notify_wake.clone(),
             });
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
@@ -313,6 +334,12 @@ impl EngineBuilder {
                     Arc::clone(&shared),
                     supervisor.clone(),
                     self.reconcile_every,
+                )),
+                tokio::spawn(crate::notify::deliver_loop(
+                    Arc::clone(&shared),
+                    self.notify.clone(),
+                    notify_client,
+                    notify_wake,
                 )),
             ];
             let watchdog = tokio::spawn(watch_redis(

@@ -14,6 +14,8 @@ pub mod fuzzing;
 pub mod handler;
 pub mod hub;
 pub mod ids;
+pub mod notify;
+pub mod outbox;
 pub mod queue;
 pub mod records;
 pub mod retention;

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeIdx;
 
+mod notify;
+pub use notify::{NotifySpec, MAX_NOTIFY_TARGETS, MAX_NOTIFY_URL_LEN, NOTIFY_EVENTS};
+
 /// Default queue of a node that names none.
 pub const DEFAULT_QUEUE: &str = "default";
 /// The highest priority a node can have (0 is the lowest).
@@ -329,6 +332,10 @@ pub struct FlowOpts {
     /// node name), evaluated when the flow is submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencySpec>,
+    /// Where to POST the flow's final view when it ends (callbacks; delivered at
+    /// least once by `crate::notify`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifySpec>,
     /// How long this flow is kept once it ended (`90s`, `7d`, `forever`),
     /// whatever its outcome; overrides the engine's `--retain-completed` and
     /// `--retain-failed`.
@@ -604,6 +611,9 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
             None,
             format!("the flow has priority {priority}; priorities go from 0 to {MAX_PRIORITY}"),
         );
+    }
+    for (code, message) in notify::problems(&spec.opts.notify) {
+        push(code, None, message);
     }
     if spec.nodes.len() > limits.max_nodes {
         push(

@@ -6,6 +6,8 @@
 //! - `nodes`: flow id ++ node index (u32, big-endian) → node record
 //! - `idempotency`: client key → flow id
 //! - `meta`: engine-wide values (the engine's stable consumer id)
+//! - `outbox`: callbacks owed (`crate::outbox`), written with the flow's end and
+//!   removed by the deliverer (`crate::notify`) once sent
 //!
 //! Records are bincode with a leading format version byte. A completion rewrites
 //! the flow record and the nodes it changed, never the spec or the other nodes, so
@@ -19,6 +21,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::ids::{FlowId, NodeIdx};
+use crate::outbox::{OutboxKey, OutboxRecord};
 pub use crate::records::{status_code, status_from, FlowRecord, NodeRecord, UnknownStatus};
 use crate::state::{FlowStatus, NodeState};
 
@@ -115,6 +118,10 @@ pub enum WriteOp {
     Expiry(crate::retention::ExpiryKey, u64),
     /// Removes a retention entry: the flow it names runs again (a retry, a re-run).
     Unexpire(crate::retention::ExpiryKey),
+    /// Owe a callback: written in the same transaction as the flow's terminal
+    /// record, so a flow never ends on disk without the callbacks it owes. A
+    /// `Delete` of the flow leaves it (the record holds its own body).
+    Notify(OutboxKey, Box<OutboxRecord>),
 }
 
 /// The record a [`WriteOp`] writes.
@@ -126,6 +133,7 @@ enum RecordKey<'a> {
     Idempotency(&'a str),
     Delete(FlowId),
     Expiry(crate::retention::ExpiryKey),
+    Notify(OutboxKey),
 }
 
 impl WriteOp {
@@ -137,6 +145,7 @@ impl WriteOp {
             WriteOp::Idempotency(key, _) => RecordKey::Idempotency(key),
             WriteOp::Delete(id) => RecordKey::Delete(*id),
             WriteOp::Expiry(key, _) | WriteOp::Unexpire(key) => RecordKey::Expiry(*key),
+            WriteOp::Notify(key, _) => RecordKey::Notify(*key),
         }
     }
 }
@@ -177,6 +186,8 @@ pub struct Store {
     meta: sled::Tree,
     /// Retention entries of ended flows, in time order (see [`crate::retention`]).
     expiry: sled::Tree,
+    /// Callbacks owed (see [`crate::outbox`]), until their receiver answered 2xx.
+    outbox: sled::Tree,
 }
 
 impl Store {
@@ -208,6 +219,7 @@ impl Store {
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
             expiry: db.open_tree("expiry")?,
+            outbox: db.open_tree("outbox")?,
             db,
         })
     }
@@ -250,13 +262,14 @@ impl Store {
                 }
                 // Tree 7 is a removal from `expiry`.
                 WriteOp::Unexpire(key) => (7, key.to_vec(), Vec::new()),
+                WriteOp::Notify(key, rec) => (6, key.as_bytes().to_vec(), encode(rec)?),
             });
         }
         if encoded.is_empty() {
             // A barrier: a transaction would still seal and write sled's log buffer.
             return Ok(());
         }
-        if let [(tree @ (0..=3 | 5), key, value)] = encoded.as_slice() {
+        if let [(tree @ (0..=3 | 5 | 6), key, value)] = encoded.as_slice() {
             // A single insert is atomic by itself.
             self.tree(*tree).insert(key.as_slice(), value.as_slice())?;
             return Ok(());
@@ -267,8 +280,9 @@ impl Store {
             &self.nodes,
             &self.idempotency,
             &self.expiry,
+            &self.outbox,
         )
-            .transaction(|(flows, specs, nodes, idempotency, expiry)| {
+            .transaction(|(flows, specs, nodes, idempotency, expiry, outbox)| {
                 for (tree, key, value) in &encoded {
                     let tree = match tree {
                         0 => flows,
@@ -280,6 +294,7 @@ impl Store {
                             expiry.remove(key.as_slice())?;
                             continue;
                         }
+                        6 => outbox,
                         _ => {
                             delete_in(key, flows, specs, nodes, idempotency, expiry)?;
                             continue;
@@ -301,6 +316,7 @@ impl Store {
             1 => &self.specs,
             2 => &self.nodes,
             5 => &self.expiry,
+            6 => &self.outbox,
             _ => &self.idempotency,
         }
     }
@@ -519,6 +535,55 @@ impl Store {
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta.insert(key.as_bytes(), value.as_bytes())?;
         self.flush().await
+    }
+
+    /// Up to `limit` outbox keys after `after` (exclusive), in key order: a page of
+    /// the callbacks owed, for the deliverer.
+    pub fn outbox_keys(
+        &self,
+        after: Option<&OutboxKey>,
+        limit: usize,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let iter = match after {
+            Some(cursor) => {
+                let mut start = cursor.as_bytes().to_vec();
+                start.push(0);
+                self.outbox.range(start..)
+            }
+            None => self.outbox.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        for item in iter.keys() {
+            let key = item?;
+            let key = OutboxKey::from_slice(&key)
+                .ok_or_else(|| StoreError::Decode("bad outbox key".to_owned()))?;
+            out.push(key);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One owed callback, if it is still owed.
+    pub fn outbox_record(&self, key: &OutboxKey) -> Result<Option<OutboxRecord>, StoreError> {
+        self.outbox
+            .get(key.as_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Forgets a callback (sent, or given up on); whether it was still there. Not
+    /// flushed here: a crash that takes the removal back sends the callback again,
+    /// which at-least-once allows.
+    pub fn remove_outbox(&self, key: &OutboxKey) -> Result<bool, StoreError> {
+        Ok(self.outbox.remove(key.as_bytes())?.is_some())
+    }
+
+    /// Number of callbacks owed (walks the tree: for start-up and the deliverer's
+    /// occasional recount, not for every scrape).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
     }
 
     /// Whether sled answers; for readiness checks.
@@ -782,6 +847,51 @@ mod tests {
             ]),
             vec![false, true, true]
         );
+    }
+
+    #[tokio::test]
+    async fn an_owed_callback_is_written_with_the_end_and_outlives_a_delete_of_its_flow() {
+        use crate::outbox::{OutboxKey, OutboxRecord};
+        let store = Store::temporary().unwrap();
+        let id = FlowId::new();
+        let key = OutboxKey::new(id, 9, 0);
+        let owed = OutboxRecord {
+            seq: 9,
+            event: "completed".into(),
+            url: "https://example.com/h".into(),
+            body: "{\"id\":1}".into(),
+            created_at: 5,
+        };
+        store
+            .apply(&[
+                WriteOp::Flow(id, record(FlowStatus::Completed)),
+                WriteOp::Spec(id, "{}".into()),
+                WriteOp::Notify(key, Box::new(owed.clone())),
+                WriteOp::Delete(id),
+            ])
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(store.load(id).unwrap().is_none());
+        assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![key]);
+        assert_eq!(store.outbox_record(&key).unwrap(), Some(owed));
+        assert_eq!(store.outbox_len(), 1);
+        let later = OutboxKey::new(id, 20, 0);
+        store
+            .apply(&[WriteOp::Notify(
+                later,
+                Box::new(OutboxRecord {
+                    seq: 20,
+                    event: "failed".into(),
+                    url: "https://example.com/h".into(),
+                    body: "{}".into(),
+                    created_at: 6,
+                }),
+            )])
+            .unwrap();
+        assert_eq!(store.outbox_keys(Some(&key), 10).unwrap(), vec![later]);
+        assert!(store.remove_outbox(&key).unwrap());
+        assert!(!store.remove_outbox(&key).unwrap());
+        assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![later]);
     }
 
     #[test]

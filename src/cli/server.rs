@@ -38,6 +38,7 @@ pub async fn serve(config: ServeConfig) -> Result<ExitCode, CliError> {
         .hibernate_after(hibernate_after)
         .reconcile_every(config.reconcile_every.0)
         .retention(config.retention())
+        .notify_options(config.webhooks.options())
         .build()
         .await
         .map_err(|e| startup_error(e, &config.redis, Some(&config.data_dir)))?;

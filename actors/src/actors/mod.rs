@@ -107,6 +107,9 @@ pub struct Shared {
     /// Counters of the background work (hand-backs, redeliveries, repairs), for
     /// `/metrics`.
     pub stats: EngineStats,
+    /// Wakes the callback deliverer (`crate::notify`) once a flow's end that owes
+    /// callbacks is durable.
+    pub notify_wake: crate::notify::NotifyWake,
 }
 
 /// Counters of the engine's background work; every background task is visible.
@@ -136,6 +139,8 @@ pub struct EngineStats {
     /// start from the store, then moved by each durable create, end, retry and
     /// delete.
     pub running_flows: AtomicI64,
+    /// The callback deliverer's counters (`crate::notify`).
+    pub notify: crate::notify::NotifyStats,
 }
 
 pub use crate::clock::now_ms;
