@@ -20,6 +20,7 @@ use crate::error::EngineError;
 use crate::ids::FlowId;
 use crate::retention::Expired;
 use crate::spec::Dag;
+use crate::store::WriteOp;
 
 /// Restarts of one flow's actor allowed within [`RESTART_WINDOW`].
 pub const MAX_RESTARTS: u32 = 3;
@@ -84,10 +85,11 @@ pub enum SupervisorMsg {
     RetryFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
     /// Remove a flow everywhere.
     DeleteFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
-    /// The retention sweeper found this flow due: delete it if it is still the
-    /// flow that ended at this time and has no actor (a retry brings it back to
-    /// life; the sweeper must never delete a running flow).
-    Expire(FlowId, u64, RpcReplyPort<Expired>),
+    /// The retention sweeper found these flows due (each with the time it
+    /// finished): delete each that is still the flow that ended at that time and
+    /// has no actor (a retry brings a flow back to life; the sweeper must never
+    /// delete a running flow). Answered with one outcome per flow, in order.
+    Expire(Vec<(FlowId, u64)>, RpcReplyPort<Vec<Expired>>),
     /// Redis lost its data: every flow enqueues its jobs again.
     Resync,
     /// A create with an idempotency key became durable (or failed): answer every
@@ -275,40 +277,36 @@ impl Actor for FlowSupervisor {
                     None => state.delete_without_actor(&myself, id, reply),
                 }
             }
-            SupervisorMsg::Expire(id, finished_at, reply) => {
-                if state.deleting.contains_key(&id)
-                    || state.live_actor(id).is_some()
-                    || state.hibernating.contains_key(&id)
-                {
-                    let _ = reply.send(Expired::Busy);
-                    return Ok(());
-                }
-                // Without an actor nothing changes the record but this supervisor's
-                // own messages, handled one at a time: the check holds for the delete.
-                let still_due = match state.shared.store.flow_record(id) {
-                    Ok(Some(rec)) => {
-                        rec.finished_at == Some(finished_at)
-                            && rec.flow_status().is_ok_and(|s| s.is_terminal())
+            SupervisorMsg::Expire(due, reply) => {
+                // Without an actor nothing changes a record but this supervisor's own
+                // messages, handled one at a time: each check holds for its delete.
+                let mut outcomes = Vec::with_capacity(due.len());
+                let mut doomed = Vec::new();
+                for (id, finished_at) in due {
+                    let outcome = state.expiry_check(id, finished_at);
+                    if outcome.is_none() {
+                        state.deleting.insert(id, Vec::new());
+                        doomed.push(id);
                     }
-                    Ok(None) => false,
-                    Err(e) => {
-                        let _ = reply.send(Expired::Failed(e.to_string()));
-                        return Ok(());
-                    }
-                };
-                if !still_due {
-                    let _ = reply.send(Expired::Stale);
-                    return Ok(());
+                    outcomes.push(outcome);
                 }
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                state.delete_without_actor(&myself, id, tx.into());
+                let shared = Arc::clone(&state.shared);
+                let me = myself.clone();
                 tokio::spawn(async move {
-                    let outcome = match rx.await {
-                        Ok(Ok(())) => Expired::Deleted,
-                        Ok(Err(e)) => Expired::Failed(e.to_string()),
-                        Err(_) => Expired::Failed("the delete was dropped".to_owned()),
-                    };
-                    let _ = reply.send(outcome);
+                    let result = delete_ended_flows(&shared, &doomed).await;
+                    for id in &doomed {
+                        let _ = me.cast(SupervisorMsg::Deleted(*id, result.clone()));
+                    }
+                    let outcomes = outcomes
+                        .into_iter()
+                        .map(|o| {
+                            o.unwrap_or_else(|| match &result {
+                                Ok(()) => Expired::Deleted,
+                                Err(e) => Expired::Failed(e.to_string()),
+                            })
+                        })
+                        .collect();
+                    let _ = reply.send(outcomes);
                 });
             }
             SupervisorMsg::Resync => {
@@ -593,6 +591,26 @@ impl SupervisorState {
         });
     }
 
+    /// Why a due flow cannot be deleted now, or `None` when it can.
+    fn expiry_check(&self, id: FlowId, finished_at: u64) -> Option<Expired> {
+        if self.deleting.contains_key(&id)
+            || self.live_actor(id).is_some()
+            || self.hibernating.contains_key(&id)
+        {
+            return Some(Expired::Busy);
+        }
+        match self.shared.store.flow_record(id) {
+            Ok(Some(rec))
+                if rec.finished_at == Some(finished_at)
+                    && rec.flow_status().is_ok_and(|s| s.is_terminal()) =>
+            {
+                None
+            }
+            Ok(_) => Some(Expired::Stale),
+            Err(e) => Some(Expired::Failed(e.to_string())),
+        }
+    }
+
     fn live_actor(&self, id: FlowId) -> Option<ActorRef<FlowMsg>> {
         self.shared.directory.get(id).filter(is_live)
     }
@@ -718,4 +736,23 @@ impl SupervisorState {
         debug!(flow = %id, actor = %actor.get_id(), "flow actor restored from the snapshot");
         Ok(Some(actor))
     }
+}
+
+/// Deletes ended flows that have no actor, together: their Redis cleanups go out at
+/// once (pipelined on the shared connection) and their records leave in one write.
+/// An ended flow has no job left to cancel.
+async fn delete_ended_flows(shared: &Shared, ids: &[FlowId]) -> Result<(), EngineError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    let cleanups =
+        futures::future::join_all(names.iter().map(|id| shared.queue.cleanup_flow(id))).await;
+    for cleanup in cleanups {
+        cleanup?;
+    }
+    let ops = ids.iter().map(|id| WriteOp::Delete(*id)).collect();
+    super::writer::write(&shared.writer, ops)
+        .await
+        .map_err(EngineError::Store)
 }
