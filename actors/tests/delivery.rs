@@ -138,7 +138,7 @@ async fn a_report_that_reaches_a_flow_being_deleted_is_acknowledged() {
     fail::cfg("writer::callback", "1*sleep(1500)").unwrap();
     engine
         .queue()
-        .report_remote(&job, &Outcome::Started)
+        .report_remote(&job, &Outcome::Started { worker: None })
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -74,6 +74,7 @@ use super::models;
         models::MapViewSchema,
         models::FlowViewSchema,
         models::NodeViewSchema,
+        models::AttemptViewSchema,
         models::LimitViewSchema,
         models::FlowSummarySchema,
         models::FlowPageSchema,
@@ -395,6 +396,7 @@ mod tests {
             "QueueList",
             "Queue",
             "LimitView",
+            "AttemptView",
             "ConcurrencySpec",
             "RateLimitSpec",
         ] {

@@ -479,7 +479,11 @@ impl FlowActor {
                 };
                 let attempt = report.attempt;
                 let input = match &report.outcome {
-                    Outcome::Started => Input::JobStarted { node: idx, attempt },
+                    Outcome::Started { worker } => Input::JobStarted {
+                        node: idx,
+                        attempt,
+                        worker: worker.as_deref().map(Arc::from),
+                    },
                     Outcome::Completed { result } => Input::JobCompleted {
                         node: idx,
                         attempt,

@@ -527,7 +527,14 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
     }
     // One line per handler run: the crash tests count executions from these.
     debug!(job = %env.id, handler = %env.handler, "running job");
-    report(ctx, delivery, Outcome::Started).await;
+    report(
+        ctx,
+        delivery,
+        Outcome::Started {
+            worker: Some(ctx.consumer.clone()),
+        },
+    )
+    .await;
     let progress = Arc::new(ProgressSlot::default());
     let progress_slot = Arc::clone(&progress);
     let progress_ctx = Arc::clone(ctx);

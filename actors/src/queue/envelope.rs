@@ -168,7 +168,7 @@ pub struct Delivery {
 ///
 /// JSON with a `kind` tag: `{"kind":"completed","result":...}`,
 /// `{"kind":"failed","message":"...","retryable":true}`,
-/// `{"kind":"progress","progress":...}`, `{"kind":"started"}`.
+/// `{"kind":"progress","progress":...}`, `{"kind":"started","worker":"..."}`.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase", tag = "kind", try_from = "OutcomeWire")]
 pub enum Outcome {
@@ -190,7 +190,12 @@ pub enum Outcome {
         progress: Box<RawValue>,
     },
     /// A worker began running the job; the job goes on.
-    Started,
+    Started {
+        /// The worker's consumer name, shown in the node's attempt history;
+        /// optional on the wire (workers that predate it leave it out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+    },
     /// The job's concurrency key cancelled it (strategy `cancelNewest` or
     /// `cancelInProgress`); ends the job. Only the engine's scripts write it.
     Cancelled {
@@ -230,6 +235,9 @@ struct OutcomeWire {
     /// Set for `progress`.
     #[serde(default)]
     progress: Option<Box<RawValue>>,
+    /// Optional for `started`.
+    #[serde(default)]
+    worker: Option<String>,
 }
 
 impl TryFrom<OutcomeWire> for Outcome {
@@ -249,7 +257,9 @@ impl TryFrom<OutcomeWire> for Outcome {
             "progress" => Ok(Outcome::Progress {
                 progress: wire.progress.unwrap_or_else(json_null),
             }),
-            "started" => Ok(Outcome::Started),
+            "started" => Ok(Outcome::Started {
+                worker: wire.worker,
+            }),
             "cancelled" => Ok(Outcome::Cancelled {
                 message: wire.message.unwrap_or_default(),
             }),
@@ -357,7 +367,10 @@ mod tests {
             Outcome::Progress {
                 progress: raw("42"),
             },
-            Outcome::Started,
+            Outcome::Started { worker: None },
+            Outcome::Started {
+                worker: Some("host-1".into()),
+            },
         ];
         for outcome in cases {
             let json = serde_json::to_string(&outcome).unwrap();
@@ -367,8 +380,15 @@ mod tests {
         let json = serde_json::to_string(&Outcome::Completed { result: raw("[1]") }).unwrap();
         assert_eq!(json, r#"{"kind":"completed","result":[1]}"#);
         assert_eq!(
-            serde_json::to_string(&Outcome::Started).unwrap(),
+            serde_json::to_string(&Outcome::Started { worker: None }).unwrap(),
             r#"{"kind":"started"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Outcome::Started {
+                worker: Some("w-1".into())
+            })
+            .unwrap(),
+            r#"{"kind":"started","worker":"w-1"}"#
         );
     }
 

@@ -172,7 +172,15 @@ fn finished(effects: &[Effect]) -> Option<FlowStatus> {
 fn started(state: &mut FlowState, name: &str, now: u64) -> Vec<Effect> {
     let node = idx(state, name);
     let attempt = state.node(node).attempt;
-    apply(state, Input::JobStarted { node, attempt }, now)
+    apply(
+        state,
+        Input::JobStarted {
+            node,
+            attempt,
+            worker: Some(Arc::from("test-worker")),
+        },
+        now,
+    )
 }
 
 fn complete(state: &mut FlowState, name: &str, result: Value, now: u64) -> Vec<Effect> {
@@ -397,6 +405,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
         Input::JobStarted {
             node: a,
             attempt: 1,
+            worker: None,
         },
         Input::Progress {
             node: a,
@@ -417,6 +426,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
         Input::JobStarted {
             node: r,
             attempt: 2,
+            worker: None,
         },
         // A node that does not exist.
         Input::JobCompleted {
@@ -427,6 +437,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
         Input::JobStarted {
             node: NodeIdx::from_usize(99),
             attempt: 1,
+            worker: None,
         },
         Input::Progress {
             node: NodeIdx::from_usize(99),
@@ -469,6 +480,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
         Input::JobStarted {
             node: r,
             attempt: 1,
+            worker: None,
         },
     ] {
         assert!(apply(&mut state, input, T0 + 4).is_empty());
@@ -1408,7 +1420,7 @@ impl Sim {
                         .is_some());
                     self.accepted.push(input.clone());
                 }
-                Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
+                Input::JobStarted { node, attempt, .. } | Input::Progress { node, attempt, .. } => {
                     self.outstanding
                         .get_mut(&(node.as_usize(), *attempt))
                         .expect("start of a job that is not outstanding")
@@ -1544,6 +1556,7 @@ impl Sim {
     }
 
     fn check_invariants(&self) {
+        attempt_history::check_history(&self.state, &self.accepted);
         let state = &self.state;
         let all_terminal = state.nodes().iter().all(|n| n.status.is_terminal());
         assert_eq!(
@@ -1631,7 +1644,11 @@ impl Sim {
             _ => n.attempt,
         };
         match self.rng.below(4) {
-            0 => Input::JobStarted { node, attempt },
+            0 => Input::JobStarted {
+                node,
+                attempt,
+                worker: None,
+            },
             1 => Input::JobCompleted {
                 node,
                 attempt,
@@ -1714,7 +1731,11 @@ impl Sim {
                 let (node, attempt) = self.pick_outstanding();
                 let started = self.outstanding[&(node.as_usize(), attempt)].started;
                 let input = if !started && self.rng.chance(50) {
-                    Input::JobStarted { node, attempt }
+                    Input::JobStarted {
+                        node,
+                        attempt,
+                        worker: Some(Arc::from(format!("w{}", attempt % 3).as_str())),
+                    }
                 } else if inject_failures && self.rng.chance(fail_percent) {
                     Input::JobFailed {
                         node,
@@ -3818,7 +3839,7 @@ impl Rich {
                         .is_some());
                     self.accepted.push(input.clone());
                 }
-                Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
+                Input::JobStarted { node, attempt, .. } | Input::Progress { node, attempt, .. } => {
                     self.outstanding
                         .get_mut(&(node.as_usize(), *attempt))
                         .expect("start of a job that is not outstanding")
@@ -3989,6 +4010,7 @@ impl Rich {
     }
 
     fn check_invariants(&mut self) {
+        attempt_history::check_history(&self.state, &self.accepted);
         let n = self.n();
         let state = &self.state;
         let dag_nodes = &state.nodes()[..n];
@@ -4305,7 +4327,11 @@ impl Rich {
                 attempt,
                 reason: format!("{what}: cancelled by its concurrency key"),
             },
-            0 => Input::JobStarted { node, attempt },
+            0 => Input::JobStarted {
+                node,
+                attempt,
+                worker: None,
+            },
             1 => Input::JobCompleted {
                 node,
                 attempt,
@@ -4490,7 +4516,11 @@ impl Rich {
             } else if let Some((node, attempt)) = self.pick_outstanding() {
                 let started = self.outstanding[&(node.as_usize(), attempt)].started;
                 let input = if !started && self.rng.chance(50) {
-                    Input::JobStarted { node, attempt }
+                    Input::JobStarted {
+                        node,
+                        attempt,
+                        worker: Some(Arc::from(format!("w{}", attempt % 3).as_str())),
+                    }
                 } else if inject_failures && self.rng.chance(fail_percent) {
                     Input::JobFailed {
                         node,
@@ -4794,3 +4824,5 @@ fn a_cancelled_flow_says_why_on_every_node_it_stopped() {
     assert_eq!(state.node(idx(&state, "b")).reason, None);
     assert_eq!(state.node(idx(&state, "a")).reason, None);
 }
+
+mod attempt_history;
