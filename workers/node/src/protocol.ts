@@ -246,7 +246,8 @@ export type Outcome =
   | { kind: "completed"; result: unknown }
   | { kind: "failed"; message: string; retryable: boolean }
   | { kind: "progress"; progress: unknown }
-  | { kind: "started" };
+  /** `worker`: this worker's consumer name, shown in the node's attempt history. */
+  | { kind: "started"; worker?: string };
 
 /** Whether an outcome ends the job (acknowledges and deletes its entry). */
 export function isFinal(outcome: Outcome): boolean {
@@ -274,7 +275,9 @@ export function encodeOutcome(outcome: Outcome): string {
     case "failed":
       return JSON.stringify({ kind: "failed", message: outcome.message, retryable: outcome.retryable });
     case "started":
-      return '{"kind":"started"}';
+      return outcome.worker === undefined
+        ? '{"kind":"started"}'
+        : JSON.stringify({ kind: "started", worker: outcome.worker });
   }
 }
 

@@ -1029,7 +1029,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     const job = new Job(env, input, () => rj.signal(), (value) => this.progress(rj, value));
     rj.job = job;
-    void this.report(delivery, '{"kind":"started"}', false, rj);
+    // The consumer name goes with it: the engine keeps it in the attempt's history.
+    void this.report(delivery, encodeOutcome({ kind: "started", worker: this.consumer }), false, rj);
     if (env.timeoutMs !== undefined) {
       const ms = env.timeoutMs;
       rj.timer = setTimeout(() => {

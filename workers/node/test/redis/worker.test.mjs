@@ -172,7 +172,7 @@ describe("worker over a real Redis", () => {
     await finalRecord(prefix, env.id);
     const kinds = (await recordsOf(redis, prefix, env.id)).map((r) => r.outcome);
     assert.deepEqual(kinds, [
-      { kind: "started" },
+      { kind: "started", worker: w.consumer },
       { kind: "progress", progress: 10 },
       { kind: "progress", progress: { done: 2, total: 3 } },
       { kind: "completed", result: "ok" },

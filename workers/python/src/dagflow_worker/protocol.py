@@ -246,8 +246,14 @@ def progress(value: Any) -> str:
     return '{"kind":"progress","progress":' + _dumps(value) + "}"
 
 
-#: The outcome JSON of a job a worker began.
+#: The outcome JSON of a job a worker began, without the worker's name.
 STARTED = '{"kind":"started"}'
+
+
+def started(worker: str | None = None) -> str:
+    """The outcome JSON of a job a worker began; ``worker`` (its consumer name) is
+    kept by the engine in the node's attempt history."""
+    return STARTED if worker is None else _dumps({"kind": "started", "worker": worker})
 
 
 def record_args(envelope: Envelope, outcome: str) -> list[str | int]:

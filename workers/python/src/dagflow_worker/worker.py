@@ -438,7 +438,7 @@ class Worker:
                 f"no handler named '{env.handler}' on worker {self.consumer} (queue '{env.queue}')", False))
             return
         assert self._reporter is not None
-        self._reporter.submit(Report(job.wire, False, protocol.STARTED))
+        self._reporter.submit(Report(job.wire, False, protocol.started(self.consumer)))
         if env.timeout_ms is not None:
             job._timer = asyncio.get_running_loop().call_later(env.timeout_ms / 1000, self._expire, q, job)
         try:
