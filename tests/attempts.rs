@@ -159,6 +159,27 @@ async fn a_flow_retry_keeps_the_earlier_attempts_through_a_restart() {
     server.stop().await;
 }
 
+/// A handler past its `timeoutMs` shows as `timedOut`, each attempt with its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_time_out_say_so() {
+    let server = start_server(server_opts(None, None)).await;
+    let api = Checked::new(&server).await;
+    let spec = json!({"nodes": [
+        {"name": "slow", "handler": "sleep", "data": {"ms": 5000},
+         "opts": {"attempts": 2, "timeoutMs": 200}}
+    ]});
+    let id = api.create_flow(&spec).await;
+    api.wait_for_status(&id, "failed").await;
+    let list = attempts(&api, &id, "slow").await;
+    assert_eq!(list.len(), 2, "{list:#?}");
+    for (k, a) in list.iter().enumerate() {
+        assert_eq!(a["attempt"], k as u64 + 1, "{a}");
+        assert_eq!(a["outcome"], "timedOut", "{a}");
+        assert_eq!(a["error"], "timed out after 200 ms", "{a}");
+    }
+    server.stop().await;
+}
+
 /// A worker in another engine reports through the completions stream: its
 /// consumer name reaches the attempt history all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

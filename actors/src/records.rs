@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Attempt, AttemptOutcome, FlowHeader, FlowStatus, NodeState, NodeStatus};
+use crate::state::{
+    Attempt, AttemptOutcome, FailureCause, FlowHeader, FlowStatus, NodeState, NodeStatus,
+};
 
 /// A stored status number this build does not know (a newer build wrote it, or the
 /// record is damaged).
@@ -71,8 +73,27 @@ pub struct NodeRecord {
     pub elements: Option<(u32, u32)>,
     /// The worker (consumer name) that started the current attempt.
     pub worker: Option<String>,
+    /// Why the current attempt failed, when the worker said (0 stalled, 1 timed
+    /// out; see `cause_code`).
+    pub cause: Option<u8>,
     /// The earlier attempts, oldest first (at most `MAX_ATTEMPTS_KEPT - 1`).
     pub history: Vec<AttemptRecord>,
+}
+
+/// Stable number of a failure cause on disk (never reorder).
+fn cause_code(c: FailureCause) -> u8 {
+    match c {
+        FailureCause::Stalled => 0,
+        FailureCause::TimedOut => 1,
+    }
+}
+
+fn cause_from(c: u8) -> Result<FailureCause, UnknownStatus> {
+    match c {
+        0 => Ok(FailureCause::Stalled),
+        1 => Ok(FailureCause::TimedOut),
+        other => Err(UnknownStatus("failure cause", other)),
+    }
 }
 
 /// One earlier attempt of a node, as stored (format version 3 on).
@@ -145,6 +166,7 @@ impl From<NodeRecordV2> for NodeRecord {
             item: r.item,
             elements: r.elements,
             worker: None,
+            cause: None,
             history: Vec::new(),
         }
     }
@@ -264,6 +286,7 @@ impl NodeRecord {
             item: n.item.as_deref().map(str::to_owned),
             elements: n.elements,
             worker: n.worker.as_deref().map(str::to_owned),
+            cause: n.cause.map(cause_code),
             history: n
                 .history
                 .iter()
@@ -297,6 +320,7 @@ impl NodeRecord {
             item: self.item.map(Arc::from),
             elements: self.elements,
             worker: self.worker.map(Arc::from),
+            cause: self.cause.map(cause_from).transpose()?,
             history: self
                 .history
                 .into_iter()

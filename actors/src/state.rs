@@ -30,7 +30,9 @@ use crate::spec::{element_name, Dag, OnFailure, TriggerRule, WaitDef};
 
 pub mod attempts;
 
-pub use attempts::{Attempt, AttemptOutcome, MAX_ATTEMPTS_KEPT, MAX_ATTEMPT_ERROR_BYTES};
+pub use attempts::{
+    Attempt, AttemptOutcome, FailureCause, MAX_ATTEMPTS_KEPT, MAX_ATTEMPT_ERROR_BYTES,
+};
 
 /// Where a node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -159,6 +161,9 @@ pub struct NodeState {
     /// The worker (its consumer name) that started the current attempt, when it
     /// said; `None` before the start or for a worker that does not send it.
     pub worker: Option<Arc<str>>,
+    /// Why the current attempt failed, when the worker said more than its error
+    /// (it stalled, it timed out); `None` otherwise.
+    pub cause: Option<FailureCause>,
     /// The node's earlier attempts, oldest first, at most `MAX_ATTEMPTS_KEPT - 1`
     /// (the current one is in the fields above): see [`attempts`].
     pub history: Vec<Attempt>,
@@ -213,6 +218,9 @@ pub enum Input {
         error: String,
         /// Whether another attempt may succeed; `false` fails the node at once.
         retryable: bool,
+        /// Why, when the worker knows more than the error (stalled, timed out):
+        /// the attempt's outcome in its history.
+        cause: Option<FailureCause>,
     },
     /// A client reported progress of a running attempt (JSON text).
     Progress {
@@ -918,8 +926,10 @@ impl FlowState {
                 attempt,
                 error,
                 retryable,
+                cause,
             } => {
                 if self.current(node, attempt).is_some() {
+                    self.nodes[node.as_usize()].cause = cause;
                     self.fail(&mut tx, node, error, retryable, now);
                 }
             }
@@ -1054,6 +1064,7 @@ impl FlowState {
         n.finished_at = None;
         n.progress = None;
         n.worker = None;
+        n.cause = None;
         let attempt = n.attempt;
         tx.effects.push(Effect::Enqueue(EnqueueJob {
             node: idx,
@@ -1481,7 +1492,10 @@ impl FlowState {
             let n = &mut self.nodes[node.as_usize()];
             n.error = Some(error.clone());
             n.finished_at = Some(now);
-            n.archive_as(AttemptOutcome::Failed, Some(error.clone()));
+            let outcome = n
+                .cause
+                .map_or(AttemptOutcome::Failed, FailureCause::outcome);
+            n.archive_as(outcome, Some(error.clone()));
             self.queue(tx, node, false, delay, now, Some(error));
             return;
         }

@@ -140,7 +140,7 @@ pub struct AttemptView {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub worker: Option<String>,
     /// `queued`, `running` or `waiting` while it is the current attempt;
-    /// `completed`, `failed` or `cancelled` once it is over.
+    /// `completed`, `failed`, `cancelled`, `stalled` or `timedOut` once it is over.
     pub outcome: String,
     /// Its error (a failure), or why it was stopped (a cancellation).
     #[serde(skip_serializing_if = "Option::is_none", default)]

@@ -378,6 +378,7 @@ async fn failed_outcome_round_trips() {
     let failed = Outcome::Failed {
         message: "boom".into(),
         retryable: true,
+        cause: None,
     };
     queue.report_remote(&got[0], &failed).await.unwrap();
     let mut router = CompletionReader::connect(&url, keys, "router")
@@ -385,7 +386,9 @@ async fn failed_outcome_round_trips() {
         .unwrap();
     let records = router.read(10, 100).await.unwrap();
     match &records[0].outcome {
-        Outcome::Failed { message, retryable } => {
+        Outcome::Failed {
+            message, retryable, ..
+        } => {
             assert_eq!(message, "boom");
             assert!(*retryable);
         }

@@ -578,8 +578,10 @@ pub(crate) struct AttemptViewSchema {
     #[schema(nullable = false)]
     worker: Option<String>,
     /// `queued`, `running` or `waiting` while it is the current attempt;
-    /// `completed`, `failed` or `cancelled` once it is over.
-    #[schema(pattern = "^(queued|running|waiting|completed|failed|cancelled)$")]
+    /// `completed`, `failed` or `cancelled` once it is over; `stalled` (the workers
+    /// that took it stopped responding more often than `maxStalled` allows) and
+    /// `timedOut` (it ran past `timeoutMs`) are failures whose worker said why.
+    #[schema(pattern = "^(queued|running|waiting|completed|failed|cancelled|stalled|timedOut)$")]
     outcome: String,
     /// Its error (a failure; cut to 2048 bytes on earlier attempts), or why it
     /// was stopped (a cancellation).

@@ -489,11 +489,16 @@ impl FlowActor {
                         attempt,
                         result: Arc::from(result.get()),
                     },
-                    Outcome::Failed { message, retryable } => Input::JobFailed {
+                    Outcome::Failed {
+                        message,
+                        retryable,
+                        cause,
+                    } => Input::JobFailed {
                         node: idx,
                         attempt,
                         error: message.clone(),
                         retryable: *retryable,
+                        cause: *cause,
                     },
                     Outcome::Progress { progress } => Input::Progress {
                         node: idx,

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::error::QueueError;
 use super::keys::Lane;
 use crate::spec::DEFAULT_PRIORITY;
-use crate::state::JobLimits;
+use crate::state::{FailureCause, JobLimits};
 
 /// The envelope format version written by this code; readers reject other versions.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -183,6 +183,11 @@ pub enum Outcome {
         message: String,
         /// Whether another attempt may succeed.
         retryable: bool,
+        /// Why, when it is more than the handler's error: the job stalled or timed
+        /// out. Optional on the wire (`"cause": "stalled" | "timedOut"`); an
+        /// unknown cause reads as none. Shown as the attempt's outcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<FailureCause>,
     },
     /// The handler reported progress; the job goes on.
     Progress {
@@ -238,6 +243,9 @@ struct OutcomeWire {
     /// Optional for `started`.
     #[serde(default)]
     worker: Option<String>,
+    /// Optional for `failed`.
+    #[serde(default)]
+    cause: Option<String>,
 }
 
 impl TryFrom<OutcomeWire> for Outcome {
@@ -253,6 +261,7 @@ impl TryFrom<OutcomeWire> for Outcome {
             "failed" => Ok(Outcome::Failed {
                 message: wire.message.unwrap_or_default(),
                 retryable: wire.retryable.unwrap_or(false),
+                cause: wire.cause.as_deref().and_then(FailureCause::parse),
             }),
             "progress" => Ok(Outcome::Progress {
                 progress: wire.progress.unwrap_or_else(json_null),
@@ -363,6 +372,7 @@ mod tests {
             Outcome::Failed {
                 message: "boom".into(),
                 retryable: true,
+                cause: None,
             },
             Outcome::Progress {
                 progress: raw("42"),

@@ -16,6 +16,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::{NodeState, NodeStatus};
 
 /// How many attempts of a node are kept, the current one included; older ones are
@@ -30,6 +32,38 @@ pub const MAX_ATTEMPT_ERROR_BYTES: usize = 2048;
 
 /// The error of an attempt that a flow retry or re-run stopped before it ended.
 pub const REPLACED_BY_RETRY: &str = "replaced by a flow retry or re-run before it ended";
+
+/// Why a job failed, when the worker knows more than the handler's error. It
+/// decides the attempt's outcome (`stalled`, `timedOut`) instead of `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureCause {
+    /// Claimed from workers that stopped responding more often than `maxStalled`
+    /// allows: the job was lost with them.
+    Stalled,
+    /// The handler ran past the node's `timeoutMs`.
+    TimedOut,
+}
+
+impl FailureCause {
+    /// The cause of its wire name (`stalled`, `timedOut`); `None` for a name this
+    /// build does not know, which reads as a plain failure.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stalled" => Some(FailureCause::Stalled),
+            "timedOut" => Some(FailureCause::TimedOut),
+            _ => None,
+        }
+    }
+
+    /// The outcome of an attempt that failed for this cause.
+    pub fn outcome(self) -> AttemptOutcome {
+        match self {
+            FailureCause::Stalled => AttemptOutcome::Stalled,
+            FailureCause::TimedOut => AttemptOutcome::TimedOut,
+        }
+    }
+}
 
 /// How an attempt ended, or where it stands while it is the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +81,11 @@ pub enum AttemptOutcome {
     /// Stopped before it ended: the flow was cancelled or failed fast, its
     /// concurrency key cancelled it, or a flow retry or re-run replaced it.
     Cancelled,
+    /// Failed because it stalled: the workers that took it stopped responding
+    /// more often than `maxStalled` allows.
+    Stalled,
+    /// Failed because the handler ran past `timeoutMs` (a retry may follow).
+    TimedOut,
 }
 
 impl AttemptOutcome {
@@ -59,6 +98,8 @@ impl AttemptOutcome {
             AttemptOutcome::Completed => "completed",
             AttemptOutcome::Failed => "failed",
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Stalled => "stalled",
+            AttemptOutcome::TimedOut => "timedOut",
         }
     }
 
@@ -71,6 +112,8 @@ impl AttemptOutcome {
             AttemptOutcome::Completed => 3,
             AttemptOutcome::Failed => 4,
             AttemptOutcome::Cancelled => 5,
+            AttemptOutcome::Stalled => 6,
+            AttemptOutcome::TimedOut => 7,
         }
     }
 
@@ -83,6 +126,8 @@ impl AttemptOutcome {
             3 => AttemptOutcome::Completed,
             4 => AttemptOutcome::Failed,
             5 => AttemptOutcome::Cancelled,
+            6 => AttemptOutcome::Stalled,
+            7 => AttemptOutcome::TimedOut,
             _ => return None,
         })
     }
@@ -91,7 +136,11 @@ impl AttemptOutcome {
     pub fn is_over(self) -> bool {
         matches!(
             self,
-            AttemptOutcome::Completed | AttemptOutcome::Failed | AttemptOutcome::Cancelled
+            AttemptOutcome::Completed
+                | AttemptOutcome::Failed
+                | AttemptOutcome::Cancelled
+                | AttemptOutcome::Stalled
+                | AttemptOutcome::TimedOut
         )
     }
 }
@@ -127,7 +176,11 @@ impl NodeState {
             NodeStatus::Active => (AttemptOutcome::Running, None),
             NodeStatus::Waiting => (AttemptOutcome::Waiting, None),
             NodeStatus::Completed => (AttemptOutcome::Completed, None),
-            NodeStatus::Failed => (AttemptOutcome::Failed, self.error.clone()),
+            NodeStatus::Failed => (
+                self.cause
+                    .map_or(AttemptOutcome::Failed, FailureCause::outcome),
+                self.error.clone(),
+            ),
             NodeStatus::Cancelled => (AttemptOutcome::Cancelled, self.reason.clone()),
             NodeStatus::Pending | NodeStatus::Skipped => return None,
         };

@@ -208,6 +208,7 @@ fn fail(state: &mut FlowState, name: &str, error: &str, retryable: bool, now: u6
             attempt,
             error: error.to_owned(),
             retryable,
+            cause: None,
         },
         now,
     )
@@ -401,6 +402,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 1,
             error: "late".into(),
             retryable: false,
+            cause: None,
         },
         Input::JobStarted {
             node: a,
@@ -449,6 +451,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 1,
             error: "x".into(),
             retryable: true,
+            cause: None,
         },
         Input::Start,
         // Retry only applies to a failed or cancelled flow.
@@ -476,6 +479,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 1,
             error: "late".into(),
             retryable: true,
+            cause: None,
         },
         Input::JobStarted {
             node: r,
@@ -1664,6 +1668,7 @@ impl Sim {
                 attempt,
                 error: "stale".into(),
                 retryable: false,
+                cause: None,
             },
         }
     }
@@ -1742,6 +1747,11 @@ impl Sim {
                         attempt,
                         error: format!("boom {}/{attempt}", node.as_usize()),
                         retryable: self.rng.chance(60),
+                        cause: match self.rng.below(10) {
+                            0 => Some(FailureCause::TimedOut),
+                            1 => Some(FailureCause::Stalled),
+                            _ => None,
+                        },
                     }
                 } else {
                     Input::JobCompleted {
@@ -4347,6 +4357,7 @@ impl Rich {
                 attempt,
                 error: what.into(),
                 retryable: false,
+                cause: None,
             },
         }
     }
@@ -4527,6 +4538,11 @@ impl Rich {
                         attempt,
                         error: format!("boom {}/{attempt}", node.as_usize()),
                         retryable: self.rng.chance(60),
+                        cause: match self.rng.below(10) {
+                            0 => Some(FailureCause::TimedOut),
+                            1 => Some(FailureCause::Stalled),
+                            _ => None,
+                        },
                     }
                 } else {
                     let result = self.job_result(node, attempt);

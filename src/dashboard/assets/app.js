@@ -1351,12 +1351,15 @@
      * queued, started and ended, the worker that ran it, how it ended and its
      * error, so that a retry does not hide why an earlier attempt failed.
      */
+    /** The node status whose badge colour an attempt outcome borrows. */
+    const ATTEMPT_BADGE = { running: 'active', stalled: 'failed', timedOut: 'failed' };
+
     function attemptsPart(v) {
       const list = v.attempts || [];
       if (!list.length) return null;
       const rows = list.map((a) => el('tr', { class: 'attempt', 'data-attempt': String(a.attempt) },
         el('td', { text: String(a.attempt) }),
-        el('td', {}, el('span', { class: 'badge attempt-outcome', 'data-status': a.outcome === 'running' ? 'active' : a.outcome, text: a.outcome })),
+        el('td', {}, el('span', { class: 'badge attempt-outcome', 'data-status': ATTEMPT_BADGE[a.outcome] || a.outcome, text: a.outcome })),
         el('td', { class: 'small', text: fmtTime(a.queuedAt) }),
         el('td', { class: 'small', text: fmtTime(a.startedAt) }),
         el('td', { class: 'small', text: a.startedAt && a.finishedAt ? fmtDuration(a.finishedAt - a.startedAt) : '—' }),

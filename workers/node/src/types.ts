@@ -267,7 +267,7 @@ export interface AttemptView {
   /** The consumer name of the worker that started it, when the worker sent it. */
   worker?: string;
   /** Where the current attempt stands, or how an earlier one ended. */
-  outcome: "queued" | "running" | "waiting" | "completed" | "failed" | "cancelled";
+  outcome: "queued" | "running" | "waiting" | "completed" | "failed" | "cancelled" | "stalled" | "timedOut";
   /** Its error (a failure), or why it was stopped (a cancellation). */
   error?: string;
 }

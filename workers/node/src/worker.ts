@@ -45,6 +45,7 @@ import {
   splitInput,
   stalledMessage,
   type Envelope,
+  type Outcome,
   type RawEntry,
 } from "./protocol.js";
 import { closeConnection, openConnection, type RedisConnection } from "./redis.js";
@@ -935,7 +936,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
           const message = stalledMessage(deliveries, d.env.maxStalled, this.lease);
           // Held like any job whose final report is on its way: renewed, waited for by close().
           this.unwrittenFinals.set(handle, d);
-          void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then((ok) => {
+          void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false, cause: "stalled" }), true, undefined).then((ok) => {
             this.unwrittenFinals.delete(handle);
             if (ok) this.emit("stalled", d.env.id, message);
           });
@@ -1038,7 +1039,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const message = `timed out after ${ms} ms`;
         const reason = new JobAbortedError("timeout", message);
         rj.abort(reason);
-        this.finish(rj, { kind: "failed", message, retryable: true }, reason);
+        this.finish(rj, { kind: "failed", message, retryable: true, cause: "timedOut" }, reason);
       }, ms);
     }
     this.emit("active", job);
@@ -1079,7 +1080,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   /** Ends a job with a failure. */
-  private finish(rj: RunningJob, outcome: { kind: "failed"; message: string; retryable: boolean }, error: Error): void {
+  private finish(rj: RunningJob, outcome: Extract<Outcome, { kind: "failed" }>, error: Error): void {
     this.finishEncoded(rj, encodeOutcome(outcome), () => this.emit("failed", rj.job, error));
   }
 

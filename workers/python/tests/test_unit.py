@@ -120,6 +120,8 @@ def test_outcomes_are_the_engines_json() -> None:
     assert json.loads(protocol.STARTED) == {"kind": "started"}
     assert json.loads(protocol.started("py-w1")) == {"kind": "started", "worker": "py-w1"}
     assert protocol.started() == protocol.STARTED
+    assert json.loads(protocol.failed("late", True, "timedOut")) == {
+        "kind": "failed", "message": "late", "retryable": True, "cause": "timedOut"}
     with pytest.raises(ValueError):
         protocol.completed(float("nan"))
     with pytest.raises(TypeError):

@@ -54,6 +54,7 @@ pub(super) fn check_history(state: &FlowState, accepted: &[Input]) {
             node,
             attempt,
             error,
+            cause,
             ..
         } = input
         else {
@@ -67,7 +68,8 @@ pub(super) fn check_history(state: &FlowState, accepted: &[Input]) {
             .attempts()
             .find(|a| a.attempt == *attempt)
             .unwrap_or_else(|| panic!("failed attempt {attempt} of node {node:?} is gone"));
-        assert_eq!(kept.outcome, AttemptOutcome::Failed, "{kept:?}");
+        let outcome = cause.map_or(AttemptOutcome::Failed, FailureCause::outcome);
+        assert_eq!(kept.outcome, outcome, "{kept:?}");
         assert_eq!(kept.error.as_deref(), Some(error.as_str()), "{kept:?}");
     }
 }
@@ -228,6 +230,50 @@ fn a_map_retried_in_part_keeps_its_failed_run_and_its_elements_keep_theirs() {
         attempts_of(&state, "m")[1].outcome,
         AttemptOutcome::Completed
     );
+}
+
+#[test]
+fn a_timeout_and_a_stall_are_outcomes_of_their_own() {
+    let mut state = new_flow(json!({ "nodes": [{ "name": "a", "opts": { "attempts": 3 } }] }));
+    apply(&mut state, Input::Start, T0);
+    let a = idx(&state, "a");
+    apply(
+        &mut state,
+        Input::JobFailed {
+            node: a,
+            attempt: 1,
+            error: "timed out after 5 ms".into(),
+            retryable: true,
+            cause: Some(FailureCause::TimedOut),
+        },
+        T0 + 5,
+    );
+    apply(
+        &mut state,
+        Input::JobFailed {
+            node: a,
+            attempt: 2,
+            error: "job stalled: ...".into(),
+            retryable: false,
+            cause: Some(FailureCause::Stalled),
+        },
+        T0 + 9,
+    );
+    let all = attempts_of(&state, "a");
+    assert_eq!(
+        all.iter().map(|x| x.outcome).collect::<Vec<_>>(),
+        [AttemptOutcome::TimedOut, AttemptOutcome::Stalled]
+    );
+    assert_eq!(status_of(&state, "a"), NodeStatus::Failed);
+    // The cause survives the record, and a flow retry archives it as it was.
+    let n = crate::records::NodeRecord::from_state(state.node(a))
+        .into_state()
+        .unwrap();
+    assert_eq!(&n, state.node(a));
+    apply(&mut state, Input::Retry, T0 + 20);
+    let all = attempts_of(&state, "a");
+    assert_eq!(all[1].outcome, AttemptOutcome::Stalled);
+    assert_eq!(all[2].outcome, AttemptOutcome::Queued);
 }
 
 proptest! {

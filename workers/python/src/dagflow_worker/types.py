@@ -213,7 +213,7 @@ class NodeView(TypedDict):
 
 
 #: Where the current attempt stands, or how an earlier one ended.
-AttemptOutcome = Literal["queued", "running", "waiting", "completed", "failed", "cancelled"]
+AttemptOutcome = Literal["queued", "running", "waiting", "completed", "failed", "cancelled", "stalled", "timedOut"]
 
 
 class AttemptView(TypedDict):

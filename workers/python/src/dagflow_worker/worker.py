@@ -404,7 +404,7 @@ class Worker:
                 message = protocol.stalled_message(times_delivered, envelope.max_stalled, self.lease_ms)
                 assert self._reporter is not None
                 wire = protocol.ReportWire.of(scripts.REPORT.sha, self.keys, entry.stream, entry.id, envelope)
-                self._reporter.submit(Report(wire, True, protocol.failed(message, False)))
+                self._reporter.submit(Report(wire, True, protocol.failed(message, False, "stalled")))
                 continue
             log.info("job %s reclaimed from a worker that stopped renewing it", envelope.id)
             self.stats["reclaimed"] += 1
@@ -465,7 +465,7 @@ class Worker:
 
     def _stop_outcome(self, job: Job, reason: StopReason) -> str:
         if reason == "timeout":
-            return protocol.failed(f"timed out after {job.envelope.timeout_ms} ms", True)
+            return protocol.failed(f"timed out after {job.envelope.timeout_ms} ms", True, "timedOut")
         return protocol.failed("cancelled", False)
 
     def _expire(self, q: _Queue, job: Job) -> None:
