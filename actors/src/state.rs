@@ -12,7 +12,10 @@
 //! - the flow is terminal exactly when every node is terminal;
 //! - a node runs only when its trigger rule holds and its condition is true;
 //! - a map's result has one entry per element, in order;
-//! - a re-run changes only the node and its descendants.
+//! - a re-run changes only the node and its descendants;
+//! - a node keeps at most `MAX_ATTEMPTS_KEPT` attempts, in order, and a retry, a
+//!   flow retry or a re-run keeps the earlier ones with their errors
+//!   (`state/attempts.rs`, checked in `state/tests/attempt_history.rs`).
 //!
 //! A map node's elements are nodes too, kept after the DAG's own in `nodes` (a
 //! range per map node): each has its own attempts, job and record, so an element's
