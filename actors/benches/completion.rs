@@ -170,6 +170,7 @@ fn check(fx: &Fixture) {
         Input::JobStarted {
             node: fx.last,
             attempt: 1,
+            worker: Some(Arc::from("bench-worker")),
         },
         NOW,
     );
@@ -210,6 +211,7 @@ fn ops_of(s: &FlowState, effects: &[Effect]) -> Vec<WriteOp> {
 
 /// Middle completions on one state, clock stopped while a fresh state is cloned.
 fn run_middles(fx: &Fixture, iters: u64, with_start: bool) -> Duration {
+    let worker: Arc<str> = Arc::from("bench-worker");
     let mut total = Duration::ZERO;
     let mut state = fx.ready.clone();
     let mut next = 0;
@@ -224,7 +226,14 @@ fn run_middles(fx: &Fixture, iters: u64, with_start: bool) -> Duration {
         let start = Instant::now();
         for &node in chunk {
             if with_start {
-                black_box(state.apply(Input::JobStarted { node, attempt: 1 }, NOW));
+                black_box(state.apply(
+                    Input::JobStarted {
+                        node,
+                        attempt: 1,
+                        worker: Some(Arc::clone(&worker)),
+                    },
+                    NOW,
+                ));
             }
             black_box(state.apply(completed(node, &fx.result), NOW));
         }

@@ -32,4 +32,4 @@ pub use handler::{handler_fn, Handler, JobContext, JobError};
 pub use ids::{FlowId, JobId, NodeIdx};
 pub use spec::{FlowSpec, Limits};
 pub use state::{FlowStatus, NodeStatus};
-pub use view::{FlowEvent, FlowPage, FlowSummary, FlowView, NodeView};
+pub use view::{AttemptView, FlowEvent, FlowPage, FlowSummary, FlowView, NodeView};

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{FlowHeader, FlowStatus, NodeState, NodeStatus};
+use crate::state::{
+    Attempt, AttemptOutcome, FailureCause, FlowHeader, FlowStatus, NodeState, NodeStatus,
+};
 
 /// A stored status number this build does not know (a newer build wrote it, or the
 /// record is damaged).
@@ -69,6 +71,105 @@ pub struct NodeRecord {
     pub item: Option<String>,
     /// A map node's elements: first index and count.
     pub elements: Option<(u32, u32)>,
+    /// The worker (consumer name) that started the current attempt.
+    pub worker: Option<String>,
+    /// Why the current attempt failed, when the worker said (0 stalled, 1 timed
+    /// out; see `cause_code`).
+    pub cause: Option<u8>,
+    /// The earlier attempts, oldest first (at most `MAX_ATTEMPTS_KEPT - 1`).
+    pub history: Vec<AttemptRecord>,
+}
+
+/// Stable number of a failure cause on disk (never reorder).
+fn cause_code(c: FailureCause) -> u8 {
+    match c {
+        FailureCause::Stalled => 0,
+        FailureCause::TimedOut => 1,
+    }
+}
+
+fn cause_from(c: u8) -> Result<FailureCause, UnknownStatus> {
+    match c {
+        0 => Ok(FailureCause::Stalled),
+        1 => Ok(FailureCause::TimedOut),
+        other => Err(UnknownStatus("failure cause", other)),
+    }
+}
+
+/// One earlier attempt of a node, as stored (format version 3 on).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    /// Its number.
+    pub attempt: u32,
+    /// When it was queued (ms).
+    pub queued_at: Option<u64>,
+    /// When a worker started it.
+    pub started_at: Option<u64>,
+    /// When it ended.
+    pub finished_at: Option<u64>,
+    /// The worker that started it.
+    pub worker: Option<String>,
+    /// `AttemptOutcome` as a number (see `AttemptOutcome::code`).
+    pub outcome: u8,
+    /// Its error or why it was stopped.
+    pub error: Option<String>,
+}
+
+/// The node record of format version 2 (before the attempt history): read from
+/// stores an older build wrote.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeRecordV2 {
+    /// `NodeStatus` as a number.
+    pub status: u8,
+    /// Current attempt.
+    pub attempt: u32,
+    /// First attempt of the current run.
+    pub run_first_attempt: u32,
+    /// Result, as JSON text.
+    pub result: Option<String>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Last progress, as JSON text.
+    pub progress: Option<String>,
+    /// Times, in ms.
+    pub queued_at: Option<u64>,
+    /// When a delayed retry is due.
+    pub due_at: Option<u64>,
+    /// When the attempt started.
+    pub started_at: Option<u64>,
+    /// When the node ended.
+    pub finished_at: Option<u64>,
+    /// Why the node was skipped.
+    pub reason: Option<String>,
+    /// A map element's item, as JSON text.
+    pub item: Option<String>,
+    /// A map node's elements: first index and count.
+    pub elements: Option<(u32, u32)>,
+}
+
+impl From<NodeRecordV2> for NodeRecord {
+    fn from(r: NodeRecordV2) -> Self {
+        // The record kept only the current attempt: the history starts empty, and
+        // the current attempt shows as it always did.
+        NodeRecord {
+            status: r.status,
+            attempt: r.attempt,
+            run_first_attempt: r.run_first_attempt,
+            result: r.result,
+            error: r.error,
+            progress: r.progress,
+            queued_at: r.queued_at,
+            due_at: r.due_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            reason: r.reason,
+            item: r.item,
+            elements: r.elements,
+            worker: None,
+            cause: None,
+            history: Vec::new(),
+        }
+    }
 }
 
 /// The node record of format version 1 (before maps, conditions and waits): read
@@ -99,7 +200,7 @@ pub struct NodeRecordV1 {
 
 impl From<NodeRecordV1> for NodeRecord {
     fn from(r: NodeRecordV1) -> Self {
-        NodeRecord {
+        NodeRecordV2 {
             status: r.status,
             attempt: r.attempt,
             run_first_attempt: r.run_first_attempt,
@@ -114,6 +215,7 @@ impl From<NodeRecordV1> for NodeRecord {
             item: None,
             elements: None,
         }
+        .into()
     }
 }
 
@@ -183,6 +285,21 @@ impl NodeRecord {
             reason: n.reason.clone(),
             item: n.item.as_deref().map(str::to_owned),
             elements: n.elements,
+            worker: n.worker.as_deref().map(str::to_owned),
+            cause: n.cause.map(cause_code),
+            history: n
+                .history
+                .iter()
+                .map(|a| AttemptRecord {
+                    attempt: a.attempt,
+                    queued_at: a.queued_at,
+                    started_at: a.started_at,
+                    finished_at: a.finished_at,
+                    worker: a.worker.as_deref().map(str::to_owned),
+                    outcome: a.outcome.code(),
+                    error: a.error.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -202,6 +319,24 @@ impl NodeRecord {
             reason: self.reason,
             item: self.item.map(Arc::from),
             elements: self.elements,
+            worker: self.worker.map(Arc::from),
+            cause: self.cause.map(cause_from).transpose()?,
+            history: self
+                .history
+                .into_iter()
+                .map(|a| {
+                    Ok(Attempt {
+                        attempt: a.attempt,
+                        queued_at: a.queued_at,
+                        started_at: a.started_at,
+                        finished_at: a.finished_at,
+                        worker: a.worker.map(Arc::from),
+                        outcome: AttemptOutcome::from_code(a.outcome)
+                            .ok_or(UnknownStatus("attempt", a.outcome))?,
+                        error: a.error,
+                    })
+                })
+                .collect::<Result<_, UnknownStatus>>()?,
         })
     }
 }

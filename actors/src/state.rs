@@ -12,7 +12,10 @@
 //! - the flow is terminal exactly when every node is terminal;
 //! - a node runs only when its trigger rule holds and its condition is true;
 //! - a map's result has one entry per element, in order;
-//! - a re-run changes only the node and its descendants.
+//! - a re-run changes only the node and its descendants;
+//! - a node keeps at most `MAX_ATTEMPTS_KEPT` attempts, in order, and a retry, a
+//!   flow retry or a re-run keeps the earlier ones with their errors
+//!   (`state/attempts.rs`, checked in `state/tests/attempt_history.rs`).
 //!
 //! A map node's elements are nodes too, kept after the DAG's own in `nodes` (a
 //! range per map node): each has its own attempts, job and record, so an element's
@@ -27,6 +30,12 @@ use std::collections::BTreeMap;
 
 use crate::ids::{FlowId, NodeIdx};
 use crate::spec::{element_name, Dag, OnFailure, TriggerRule, WaitDef};
+
+pub mod attempts;
+
+pub use attempts::{
+    Attempt, AttemptOutcome, FailureCause, MAX_ATTEMPTS_KEPT, MAX_ATTEMPT_ERROR_BYTES,
+};
 
 /// Where a node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -152,6 +161,15 @@ pub struct NodeState {
     /// A map node's elements: the index of the first in the flow's node list, and
     /// how many there are. Elements live after the DAG's nodes.
     pub elements: Option<(u32, u32)>,
+    /// The worker (its consumer name) that started the current attempt, when it
+    /// said; `None` before the start or for a worker that does not send it.
+    pub worker: Option<Arc<str>>,
+    /// Why the current attempt failed, when the worker said more than its error
+    /// (it stalled, it timed out); `None` otherwise.
+    pub cause: Option<FailureCause>,
+    /// The node's earlier attempts, oldest first, at most `MAX_ATTEMPTS_KEPT - 1`
+    /// (the current one is in the fields above): see [`attempts`].
+    pub history: Vec<Attempt>,
 }
 
 /// The flow-level fields; what the store persists per flow besides the spec.
@@ -180,6 +198,9 @@ pub enum Input {
         node: NodeIdx,
         /// The attempt that started.
         attempt: u32,
+        /// The worker's consumer name, kept in the attempt's history; `None` when
+        /// the report did not carry it (an older worker or record).
+        worker: Option<Arc<str>>,
     },
     /// An attempt finished with a result (JSON text).
     JobCompleted {
@@ -200,6 +221,9 @@ pub enum Input {
         error: String,
         /// Whether another attempt may succeed; `false` fails the node at once.
         retryable: bool,
+        /// Why, when the worker knows more than the error (stalled, timed out):
+        /// the attempt's outcome in its history.
+        cause: Option<FailureCause>,
     },
     /// A client reported progress of a running attempt (JSON text).
     Progress {
@@ -875,13 +899,18 @@ impl FlowState {
         let mut tx = Tx::default();
         match input {
             Input::Start => self.start(&mut tx, now),
-            Input::JobStarted { node, attempt } => {
+            Input::JobStarted {
+                node,
+                attempt,
+                worker,
+            } => {
                 if let Some(n) = self.current(node, attempt) {
                     if n.status == NodeStatus::Queued {
                         let n = &mut self.nodes[node.as_usize()];
                         n.status = NodeStatus::Active;
                         n.started_at = Some(now);
                         n.due_at = None;
+                        n.worker = worker;
                         self.node_event(&mut tx, node, now, None);
                     }
                 }
@@ -900,8 +929,10 @@ impl FlowState {
                 attempt,
                 error,
                 retryable,
+                cause,
             } => {
                 if self.current(node, attempt).is_some() {
+                    self.nodes[node.as_usize()].cause = cause;
                     self.fail(&mut tx, node, error, retryable, now);
                 }
             }
@@ -1024,6 +1055,7 @@ impl FlowState {
         error: Option<String>,
     ) {
         let n = &mut self.nodes[idx.as_usize()];
+        n.archive();
         n.attempt += 1;
         if new_run {
             n.run_first_attempt = n.attempt;
@@ -1034,6 +1066,8 @@ impl FlowState {
         n.started_at = None;
         n.finished_at = None;
         n.progress = None;
+        n.worker = None;
+        n.cause = None;
         let attempt = n.attempt;
         tx.effects.push(Effect::Enqueue(EnqueueJob {
             node: idx,
@@ -1205,9 +1239,11 @@ impl FlowState {
         }
         if let Some(wait) = &node.wait {
             let n = &mut self.nodes[i.as_usize()];
+            n.archive();
             n.attempt += 1;
             n.run_first_attempt = n.attempt;
             n.status = NodeStatus::Waiting;
+            n.worker = None;
             n.queued_at = Some(now);
             n.started_at = Some(now);
             n.finished_at = None;
@@ -1456,7 +1492,13 @@ impl FlowState {
         let tries = n.attempt - n.run_first_attempt + 1;
         if retryable && tries < opts.attempts {
             let delay = opts.backoff.map_or(0, |b| b.delay_for(tries));
-            self.nodes[node.as_usize()].error = Some(error.clone());
+            let n = &mut self.nodes[node.as_usize()];
+            n.error = Some(error.clone());
+            n.finished_at = Some(now);
+            let outcome = n
+                .cause
+                .map_or(AttemptOutcome::Failed, FailureCause::outcome);
+            n.archive_as(outcome, Some(error.clone()));
             self.queue(tx, node, false, delay, now, Some(error));
             return;
         }
@@ -1565,9 +1607,11 @@ impl FlowState {
             });
         }
         let n = &mut self.nodes[m.as_usize()];
+        n.archive();
         n.attempt += 1;
         n.run_first_attempt = n.attempt;
         n.status = NodeStatus::Active;
+        n.worker = None;
         n.elements = Some((first, len));
         n.queued_at = Some(now);
         n.started_at = Some(now);
@@ -1866,9 +1910,11 @@ impl FlowState {
             if let Some((first, _)) = n.elements.take() {
                 self.ranges.remove(&first);
             }
+            n.archive_replaced(now);
             *n = NodeState {
                 attempt: n.attempt,
                 run_first_attempt: n.run_first_attempt,
+                history: std::mem::take(&mut n.history),
                 ..NodeState::default()
             };
             tx.touch(i);
@@ -1878,19 +1924,29 @@ impl FlowState {
             for el in first..first + len {
                 let n = &mut self.nodes[el as usize];
                 if n.status != NodeStatus::Completed {
+                    n.archive_replaced(now);
                     *n = NodeState {
                         attempt: n.attempt,
                         run_first_attempt: n.run_first_attempt,
                         item: n.item.take(),
+                        history: std::mem::take(&mut n.history),
                         ..NodeState::default()
                     };
                     tx.touch(NodeIdx::from_u32(el));
                 }
             }
+            // The map's run that failed is an attempt of its own: it keeps its
+            // error in the history, and the run of the elements left is the next.
             let n = &mut self.nodes[m.as_usize()];
+            n.archive();
+            n.attempt += 1;
+            n.run_first_attempt = n.attempt;
             n.status = NodeStatus::Active;
             n.error = None;
             n.result = None;
+            n.reason = None;
+            n.queued_at = Some(now);
+            n.started_at = Some(now);
             n.finished_at = None;
         }
         self.recount();

@@ -27,7 +27,7 @@ use crate::state::{FlowStatus, NodeState};
 
 /// Version byte in front of every record; bump it when a record's shape changes and
 /// keep a decoder for the old one.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Default sled page cache, far below sled's own 1 GiB default.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -73,6 +73,13 @@ fn decode_node(bytes: &[u8]) -> Result<NodeRecord, StoreError> {
         )
         .map(|(v, _)| v.into())
         .map_err(|e| StoreError::Decode(e.to_string())),
+        // Version 2: the node record before the attempt history.
+        Some((&2, rest)) => bincode::serde::decode_from_slice::<crate::records::NodeRecordV2, _>(
+            rest,
+            bincode::config::standard(),
+        )
+        .map(|(v, _)| v.into())
+        .map_err(|e| StoreError::Decode(e.to_string())),
         _ => decode(bytes),
     }
 }
@@ -81,7 +88,7 @@ fn decode_node(bytes: &[u8]) -> Result<NodeRecord, StoreError> {
 /// node record, see [`decode_node`]).
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&(1 | FORMAT_VERSION), rest)) => {
+        Some((&(1 | 2 | FORMAT_VERSION), rest)) => {
             bincode::serde::decode_from_slice(rest, bincode::config::standard())
                 .map(|(v, _)| v)
                 .map_err(|e| StoreError::Decode(e.to_string()))
@@ -892,6 +899,80 @@ mod tests {
         assert!(store.remove_outbox(&key).unwrap());
         assert!(!store.remove_outbox(&key).unwrap());
         assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![later]);
+    }
+
+    /// A store written by the build before the attempt history (format version 2)
+    /// still loads: its node records read with an empty history, every other field
+    /// as it was, and the flow record is read as it always was.
+    #[tokio::test]
+    async fn records_of_format_version_2_still_load() {
+        let store = Store::temporary().unwrap();
+        let id = FlowId::new();
+        let old = crate::records::NodeRecordV2 {
+            status: 4,
+            attempt: 3,
+            run_first_attempt: 1,
+            result: None,
+            error: Some("boom 3".into()),
+            progress: Some("7".into()),
+            queued_at: Some(10),
+            due_at: None,
+            started_at: Some(11),
+            finished_at: Some(12),
+            reason: None,
+            item: Some("[1]".into()),
+            elements: None,
+        };
+        let v2 = |bytes: Vec<u8>| {
+            let mut out = vec![2u8];
+            out.extend(bytes);
+            out
+        };
+        let node_bytes =
+            v2(bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap());
+        let flow_bytes = v2(bincode::serde::encode_to_vec(
+            record(FlowStatus::Failed),
+            bincode::config::standard(),
+        )
+        .unwrap());
+        store.flows.insert(id.as_bytes(), flow_bytes).unwrap();
+        store.specs.insert(id.as_bytes(), b"{}".to_vec()).unwrap();
+        store
+            .nodes
+            .insert(node_key(id, NodeIdx::from_u32(0)), node_bytes)
+            .unwrap();
+        assert_eq!(
+            store.flow_record(id).unwrap(),
+            Some(record(FlowStatus::Failed))
+        );
+        let loaded = store.load(id).unwrap().unwrap();
+        let node = &loaded.nodes[0];
+        assert_eq!(node.status, NodeStatus::Failed);
+        assert_eq!(node.attempt, 3);
+        assert_eq!(node.error.as_deref(), Some("boom 3"));
+        assert_eq!(node.item.as_deref(), Some("[1]"));
+        assert!(node.history.is_empty());
+        assert_eq!(node.worker, None);
+        // The current attempt still shows, as the only one known.
+        let attempts: Vec<_> = node.attempts().collect();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].attempt, 3);
+        assert_eq!(attempts[0].error.as_deref(), Some("boom 3"));
+        // Written again, it is a version 3 record with its history.
+        let mut again = node.clone();
+        again.history.push(crate::state::Attempt {
+            attempt: 2,
+            queued_at: Some(5),
+            started_at: Some(6),
+            finished_at: Some(7),
+            worker: Some(Arc::from("w")),
+            outcome: crate::state::AttemptOutcome::Failed,
+            error: Some("boom 2".into()),
+        });
+        let rec = NodeRecord::from_state(&again);
+        let bytes = encode(&rec).unwrap();
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode_node(&bytes).unwrap().into_state().unwrap(), again);
     }
 
     #[test]

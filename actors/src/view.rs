@@ -114,6 +114,51 @@ pub struct NodeView {
     /// Its rate limit, when it has one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rate_limit: Option<LimitView>,
+    /// Every attempt kept, oldest first, the current one last (at most
+    /// `MAX_ATTEMPTS_KEPT`, 20): only in the single-node view, so that a flow's
+    /// view and WebSocket snapshots do not grow with its retries.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attempts: Option<Vec<AttemptView>>,
+}
+
+/// One attempt of a node: when it ran, where, and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    /// Its number (job ids end with it).
+    pub attempt: u32,
+    /// When it was queued (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub queued_at: Option<u64>,
+    /// When a worker started it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub started_at: Option<u64>,
+    /// When it ended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub finished_at: Option<u64>,
+    /// The consumer name of the worker that started it, when the worker said.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub worker: Option<String>,
+    /// `queued`, `running` or `waiting` while it is the current attempt;
+    /// `completed`, `failed`, `cancelled`, `stalled` or `timedOut` once it is over.
+    pub outcome: String,
+    /// Its error (a failure), or why it was stopped (a cancellation).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl From<crate::state::Attempt> for AttemptView {
+    fn from(a: crate::state::Attempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            queued_at: a.queued_at,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            worker: a.worker.as_deref().map(str::to_owned),
+            outcome: a.outcome.as_str().to_owned(),
+            error: a.error,
+        }
+    }
 }
 
 fn default_priority() -> u8 {
@@ -269,7 +314,7 @@ impl FlowEvent {
 
 impl NodeView {
     /// The view of one node (a DAG node or a live map element); `with_input` adds
-    /// the input its handler gets (and an element's item).
+    /// the input its handler gets (and an element's item) and its attempts.
     pub fn from_state(state: &FlowState, idx: NodeIdx, with_input: bool) -> Self {
         let dag = state.dag();
         let owner = state.owner(idx);
@@ -370,6 +415,7 @@ impl NodeView {
                 strategy: None,
                 per_ms: Some(r.per_ms),
             }),
+            attempts: with_input.then(|| n.attempts().map(AttemptView::from).collect()),
         }
     }
 }

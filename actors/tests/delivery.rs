@@ -138,7 +138,7 @@ async fn a_report_that_reaches_a_flow_being_deleted_is_acknowledged() {
     fail::cfg("writer::callback", "1*sleep(1500)").unwrap();
     engine
         .queue()
-        .report_remote(&job, &Outcome::Started)
+        .report_remote(&job, &Outcome::Started { worker: None })
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -150,6 +150,7 @@ async fn a_report_that_reaches_a_flow_being_deleted_is_acknowledged() {
     let cancelled = Outcome::Failed {
         message: "cancelled".into(),
         retryable: false,
+        cause: None,
     };
     engine
         .queue()
@@ -666,6 +667,7 @@ async fn a_retry_that_redis_loses_is_promoted_for_a_queue_no_engine_worker_serve
     let failed = Outcome::Failed {
         message: "try again".into(),
         retryable: true,
+        cause: None,
     };
     engine.queue().report_remote(&first, &failed).await.unwrap();
     // The engine serves no worker of `remote`, yet it promotes the due retry.

@@ -308,7 +308,7 @@ async fn report_remote_adds_a_completion_record_and_removes_the_job() {
     assert_eq!(got.len(), 1);
 
     queue
-        .report_remote(&got[0], &Outcome::Started)
+        .report_remote(&got[0], &Outcome::Started { worker: None })
         .await
         .unwrap();
     let progress = Outcome::Progress {
@@ -333,7 +333,7 @@ async fn report_remote_adds_a_completion_record_and_removes_the_job() {
         .unwrap();
     let records = router.read(10, 100).await.unwrap();
     assert_eq!(records.len(), 3);
-    assert!(matches!(records[0].outcome, Outcome::Started));
+    assert!(matches!(records[0].outcome, Outcome::Started { .. }));
     assert!(matches!(records[1].outcome, Outcome::Progress { .. }));
     let last = &records[2];
     assert_eq!(last.flow_id, "f1");
@@ -378,6 +378,7 @@ async fn failed_outcome_round_trips() {
     let failed = Outcome::Failed {
         message: "boom".into(),
         retryable: true,
+        cause: None,
     };
     queue.report_remote(&got[0], &failed).await.unwrap();
     let mut router = CompletionReader::connect(&url, keys, "router")
@@ -385,7 +386,9 @@ async fn failed_outcome_round_trips() {
         .unwrap();
     let records = router.read(10, 100).await.unwrap();
     match &records[0].outcome {
-        Outcome::Failed { message, retryable } => {
+        Outcome::Failed {
+            message, retryable, ..
+        } => {
             assert_eq!(message, "boom");
             assert!(*retryable);
         }
@@ -485,7 +488,7 @@ async fn cleanup_flow_leaves_nothing_behind() {
     queue.ack_local(&[local_ack(mine[0])]).await.unwrap();
     if mine.len() > 1 {
         queue
-            .report_remote(mine[1], &Outcome::Started)
+            .report_remote(mine[1], &Outcome::Started { worker: None })
             .await
             .unwrap();
     }
@@ -663,12 +666,12 @@ async fn malformed_entries_are_dropped_without_error() {
             .unwrap();
     }
     queue
-        .report_remote(&got[0], &Outcome::Started)
+        .report_remote(&got[0], &Outcome::Started { worker: None })
         .await
         .unwrap();
     let records = router.read(10, 100).await.unwrap();
     assert_eq!(records.len(), 1);
-    assert!(matches!(records[0].outcome, Outcome::Started));
+    assert!(matches!(records[0].outcome, Outcome::Started { .. }));
     assert_eq!(pending_count(&url, &completions, "engine").await, 1);
 }
 
@@ -734,7 +737,7 @@ async fn readers_recreate_a_lost_group() {
     let got = reader.read(10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
     queue
-        .report_remote(&got[0], &Outcome::Started)
+        .report_remote(&got[0], &Outcome::Started { worker: None })
         .await
         .unwrap();
     assert_eq!(router.read(10, 100).await.unwrap().len(), 1);
@@ -824,7 +827,7 @@ async fn clients_survive_a_redis_restart() {
     let got = reader.read(10, 100).await.unwrap();
     assert_eq!(got.len(), 1);
     queue
-        .report_remote(&got[0], &Outcome::Started)
+        .report_remote(&got[0], &Outcome::Started { worker: None })
         .await
         .unwrap();
     let deadline = Deadline::new(Duration::from_secs(10), "router to reconnect");

@@ -199,6 +199,11 @@ async fn a_job_stalled_too_often_fails_with_a_clear_error() {
     assert_eq!(view.status, FlowStatus::Failed);
     let error = view.node("job").unwrap().error.clone().unwrap();
     assert!(error.contains("stalled"), "{error}");
+    // Its attempt history says it stalled, not merely failed.
+    let attempts = engine.node(id, "job").await.unwrap().attempts.unwrap();
+    let last = attempts.last().unwrap();
+    assert_eq!(last.outcome, "stalled", "{attempts:?}");
+    assert_eq!(last.error.as_deref(), Some(error.as_str()));
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -456,6 +461,7 @@ async fn duplicate_and_stale_reports_change_nothing() {
             &Outcome::Failed {
                 message: "late".into(),
                 retryable: false,
+                cause: None,
             },
         )
         .await

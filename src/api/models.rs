@@ -547,6 +547,46 @@ pub(crate) struct NodeViewSchema {
     /// Its rate limit, when it has one.
     #[schema(nullable = false)]
     rate_limit: Option<LimitViewSchema>,
+    /// Every attempt kept, oldest first, the current one last: the last 20 at
+    /// most (older ones are dropped). Only in the single-node view
+    /// (`GET /flows/{id}/nodes/{name}`); empty before the node was first queued.
+    #[schema(nullable = false, max_items = 20)]
+    attempts: Option<Vec<AttemptViewSchema>>,
+}
+
+/// One attempt of a node: when it was queued, started and ended, the worker that
+/// ran it, and how it ended. Optional fields are absent, never `null`.
+#[derive(ToSchema)]
+#[schema(as = AttemptView)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) struct AttemptViewSchema {
+    /// Its number; the job id of the attempt ends with it.
+    #[schema(minimum = 1)]
+    attempt: u32,
+    /// When it was queued, ms since the epoch.
+    #[schema(nullable = false)]
+    queued_at: Option<u64>,
+    /// When a worker started it, ms.
+    #[schema(nullable = false)]
+    started_at: Option<u64>,
+    /// When it ended, ms.
+    #[schema(nullable = false)]
+    finished_at: Option<u64>,
+    /// The consumer name of the worker that started it, when the worker sent it
+    /// (with its `started` report).
+    #[schema(nullable = false)]
+    worker: Option<String>,
+    /// `queued`, `running` or `waiting` while it is the current attempt;
+    /// `completed`, `failed` or `cancelled` once it is over; `stalled` (the workers
+    /// that took it stopped responding more often than `maxStalled` allows) and
+    /// `timedOut` (it ran past `timeoutMs`) are failures whose worker said why.
+    #[schema(pattern = "^(queued|running|waiting|completed|failed|cancelled|stalled|timedOut)$")]
+    outcome: String,
+    /// Its error (a failure; cut to 2048 bytes on earlier attempts), or why it
+    /// was stopped (a cancellation).
+    #[schema(nullable = false)]
+    error: Option<String>,
 }
 
 /// A node's concurrency key or rate limit: as the spec wrote it, and the key its
@@ -1161,7 +1201,9 @@ mod tests {
             "map": {"from": "p", "path": "", "total": 3, "done": 1, "running": 1, "failed": 0},
             "mapOf": "m", "index": 0, "priority": 7,
             "concurrency": {"key": "data.t", "value": "acme", "limit": 2, "strategy": "queue"},
-            "rateLimit": {"key": "'api'", "value": "api", "limit": 5, "perMs": 1000}
+            "rateLimit": {"key": "'api'", "value": "api", "limit": 5, "perMs": 1000},
+            "attempts": [{"attempt": 1, "queuedAt": 1, "startedAt": 3, "finishedAt": 4,
+                "worker": "w-1", "outcome": "completed", "error": "e"}]
         })
     }
 
@@ -1174,6 +1216,10 @@ mod tests {
         let mut limit_fields = keys(&node["concurrency"]);
         limit_fields.extend(keys(&node["rateLimit"]));
         assert_eq!(limit_fields, schema_fields::<LimitViewSchema>());
+        assert_eq!(
+            keys(&node["attempts"][0]),
+            schema_fields::<AttemptViewSchema>()
+        );
 
         let flow: FlowView = serde_json::from_value(json!({
             "id": id, "name": "f", "status": "failed", "seq": 3, "createdAt": 1,

@@ -76,6 +76,7 @@ use super::models;
         models::MapViewSchema,
         models::FlowViewSchema,
         models::NodeViewSchema,
+        models::AttemptViewSchema,
         models::LimitViewSchema,
         models::FlowSummarySchema,
         models::FlowPageSchema,
@@ -397,6 +398,7 @@ mod tests {
             "QueueList",
             "Queue",
             "LimitView",
+            "AttemptView",
             "ConcurrencySpec",
             "RateLimitSpec",
         ] {

@@ -313,7 +313,19 @@ async function run(page, result) {
   await waitNode(page, 'next', 'completed');
   // The open panel follows the node live.
   await page.waitForSelector('#node-result');
-  log(`flaky ${flakyId} failed, retried, completed`);
+  // Its attempts: the first one's error is still there after the retry.
+  await page.waitForFunction(() => document.querySelectorAll('#node-attempts tr.attempt').length === 2);
+  const attempts = await page.$$eval('#node-attempts tr.attempt', (rows) => rows.map((r) => ({
+    attempt: r.dataset.attempt,
+    outcome: r.querySelector('.attempt-outcome')?.textContent,
+    worker: r.querySelector('.attempt-worker')?.textContent || '',
+    error: r.querySelector('.attempt-error')?.textContent || '',
+  })));
+  check(attempts[0].attempt === '1' && attempts[0].outcome === 'failed', `first attempt failed: ${JSON.stringify(attempts)}`);
+  check(attempts[0].error.includes('kaboom'), `the first attempt's error is shown after the retry: ${JSON.stringify(attempts)}`);
+  check(attempts[1].attempt === '2' && attempts[1].outcome === 'completed' && attempts[1].error === '', `second attempt completed: ${JSON.stringify(attempts)}`);
+  check(attempts.every((a) => a.worker.length > 0), `each attempt names its worker: ${JSON.stringify(attempts)}`);
+  log(`flaky ${flakyId} failed, retried, completed; both attempts shown`);
 
   // The list: rows, live updates, filter, paging.
   await page.click('nav a[data-nav="flows"]');

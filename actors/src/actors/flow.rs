@@ -483,17 +483,26 @@ impl FlowActor {
                 };
                 let attempt = report.attempt;
                 let input = match &report.outcome {
-                    Outcome::Started => Input::JobStarted { node: idx, attempt },
+                    Outcome::Started { worker } => Input::JobStarted {
+                        node: idx,
+                        attempt,
+                        worker: worker.as_deref().map(Arc::from),
+                    },
                     Outcome::Completed { result } => Input::JobCompleted {
                         node: idx,
                         attempt,
                         result: Arc::from(result.get()),
                     },
-                    Outcome::Failed { message, retryable } => Input::JobFailed {
+                    Outcome::Failed {
+                        message,
+                        retryable,
+                        cause,
+                    } => Input::JobFailed {
                         node: idx,
                         attempt,
                         error: message.clone(),
                         retryable: *retryable,
+                        cause: *cause,
                     },
                     Outcome::Progress { progress } => Input::Progress {
                         node: idx,

@@ -33,6 +33,7 @@ use super::Directory;
 use crate::handler::{Handlers, JobContext};
 use crate::ids::{FlowId, JobId};
 use crate::queue::{CancelListener, Delivery, Keys, LocalAck, Outcome, Queue, QueueReader};
+use crate::state::FailureCause;
 
 /// How long one read blocks.
 const BLOCK_MS: u64 = 250;
@@ -317,6 +318,7 @@ async fn fetch_loop(
                             "job stalled: claimed from workers that stopped responding more often than maxStalled ({claims}) allows (lease {lease_ms} ms)"
                         ),
                         retryable: false,
+                        cause: Some(FailureCause::Stalled),
                     };
                     report(&ctx, &delivery, outcome).await;
                 }
@@ -494,6 +496,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
             Outcome::Failed {
                 message,
                 retryable: false,
+                cause: None,
             },
             false,
         ));
@@ -504,6 +507,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
             Outcome::Failed {
                 message,
                 retryable: false,
+                cause: None,
             },
             false,
         ));
@@ -516,6 +520,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
                 Outcome::Failed {
                     message,
                     retryable: false,
+                    cause: None,
                 },
                 false,
             ));
@@ -527,7 +532,14 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
     }
     // One line per handler run: the crash tests count executions from these.
     debug!(job = %env.id, handler = %env.handler, "running job");
-    report(ctx, delivery, Outcome::Started).await;
+    report(
+        ctx,
+        delivery,
+        Outcome::Started {
+            worker: Some(ctx.consumer.clone()),
+        },
+    )
+    .await;
     let progress = Arc::new(ProgressSlot::default());
     let progress_slot = Arc::clone(&progress);
     let progress_ctx = Arc::clone(ctx);
@@ -582,6 +594,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
             Some(Outcome::Failed {
                 message: format!("timed out after {} ms", env.timeout_ms.unwrap_or_default()),
                 retryable: true,
+                cause: Some(FailureCause::TimedOut),
             })
         }
         _ = token.cancelled() => {
@@ -613,6 +626,7 @@ fn cancelled() -> Outcome {
     Outcome::Failed {
         message: "cancelled".to_owned(),
         retryable: false,
+        cause: None,
     }
 }
 
@@ -632,11 +646,13 @@ fn joined_outcome(
             Err(e) => Outcome::Failed {
                 message: format!("result is not serializable: {e}"),
                 retryable: false,
+                cause: None,
             },
         },
         Ok(Err(e)) => Outcome::Failed {
             message: e.message,
             retryable: e.retryable,
+            cause: None,
         },
         Err(e) if e.is_panic() => {
             let payload = e.into_panic();
@@ -648,6 +664,7 @@ fn joined_outcome(
             Outcome::Failed {
                 message: format!("handler panicked: {msg}"),
                 retryable: true,
+                cause: None,
             }
         }
         Err(_) => cancelled(),

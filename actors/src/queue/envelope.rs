@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::error::QueueError;
 use super::keys::Lane;
 use crate::spec::DEFAULT_PRIORITY;
-use crate::state::JobLimits;
+use crate::state::{FailureCause, JobLimits};
 
 /// The envelope format version written by this code; readers reject other versions.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -168,7 +168,7 @@ pub struct Delivery {
 ///
 /// JSON with a `kind` tag: `{"kind":"completed","result":...}`,
 /// `{"kind":"failed","message":"...","retryable":true}`,
-/// `{"kind":"progress","progress":...}`, `{"kind":"started"}`.
+/// `{"kind":"progress","progress":...}`, `{"kind":"started","worker":"..."}`.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase", tag = "kind", try_from = "OutcomeWire")]
 pub enum Outcome {
@@ -183,6 +183,11 @@ pub enum Outcome {
         message: String,
         /// Whether another attempt may succeed.
         retryable: bool,
+        /// Why, when it is more than the handler's error: the job stalled or timed
+        /// out. Optional on the wire (`"cause": "stalled" | "timedOut"`); an
+        /// unknown cause reads as none. Shown as the attempt's outcome.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<FailureCause>,
     },
     /// The handler reported progress; the job goes on.
     Progress {
@@ -190,7 +195,12 @@ pub enum Outcome {
         progress: Box<RawValue>,
     },
     /// A worker began running the job; the job goes on.
-    Started,
+    Started {
+        /// The worker's consumer name, shown in the node's attempt history;
+        /// optional on the wire (workers that predate it leave it out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+    },
     /// The job's concurrency key cancelled it (strategy `cancelNewest` or
     /// `cancelInProgress`); ends the job. Only the engine's scripts write it.
     Cancelled {
@@ -230,6 +240,12 @@ struct OutcomeWire {
     /// Set for `progress`.
     #[serde(default)]
     progress: Option<Box<RawValue>>,
+    /// Optional for `started`.
+    #[serde(default)]
+    worker: Option<String>,
+    /// Optional for `failed`.
+    #[serde(default)]
+    cause: Option<String>,
 }
 
 impl TryFrom<OutcomeWire> for Outcome {
@@ -245,11 +261,14 @@ impl TryFrom<OutcomeWire> for Outcome {
             "failed" => Ok(Outcome::Failed {
                 message: wire.message.unwrap_or_default(),
                 retryable: wire.retryable.unwrap_or(false),
+                cause: wire.cause.as_deref().and_then(FailureCause::parse),
             }),
             "progress" => Ok(Outcome::Progress {
                 progress: wire.progress.unwrap_or_else(json_null),
             }),
-            "started" => Ok(Outcome::Started),
+            "started" => Ok(Outcome::Started {
+                worker: wire.worker,
+            }),
             "cancelled" => Ok(Outcome::Cancelled {
                 message: wire.message.unwrap_or_default(),
             }),
@@ -353,11 +372,15 @@ mod tests {
             Outcome::Failed {
                 message: "boom".into(),
                 retryable: true,
+                cause: None,
             },
             Outcome::Progress {
                 progress: raw("42"),
             },
-            Outcome::Started,
+            Outcome::Started { worker: None },
+            Outcome::Started {
+                worker: Some("host-1".into()),
+            },
         ];
         for outcome in cases {
             let json = serde_json::to_string(&outcome).unwrap();
@@ -367,8 +390,15 @@ mod tests {
         let json = serde_json::to_string(&Outcome::Completed { result: raw("[1]") }).unwrap();
         assert_eq!(json, r#"{"kind":"completed","result":[1]}"#);
         assert_eq!(
-            serde_json::to_string(&Outcome::Started).unwrap(),
+            serde_json::to_string(&Outcome::Started { worker: None }).unwrap(),
             r#"{"kind":"started"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Outcome::Started {
+                worker: Some("w-1".into())
+            })
+            .unwrap(),
+            r#"{"kind":"started","worker":"w-1"}"#
         );
     }
 

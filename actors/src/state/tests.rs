@@ -172,7 +172,15 @@ fn finished(effects: &[Effect]) -> Option<FlowStatus> {
 fn started(state: &mut FlowState, name: &str, now: u64) -> Vec<Effect> {
     let node = idx(state, name);
     let attempt = state.node(node).attempt;
-    apply(state, Input::JobStarted { node, attempt }, now)
+    apply(
+        state,
+        Input::JobStarted {
+            node,
+            attempt,
+            worker: Some(Arc::from("test-worker")),
+        },
+        now,
+    )
 }
 
 fn complete(state: &mut FlowState, name: &str, result: Value, now: u64) -> Vec<Effect> {
@@ -200,6 +208,7 @@ fn fail(state: &mut FlowState, name: &str, error: &str, retryable: bool, now: u6
             attempt,
             error: error.to_owned(),
             retryable,
+            cause: None,
         },
         now,
     )
@@ -393,10 +402,12 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 1,
             error: "late".into(),
             retryable: false,
+            cause: None,
         },
         Input::JobStarted {
             node: a,
             attempt: 1,
+            worker: None,
         },
         Input::Progress {
             node: a,
@@ -417,6 +428,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
         Input::JobStarted {
             node: r,
             attempt: 2,
+            worker: None,
         },
         // A node that does not exist.
         Input::JobCompleted {
@@ -427,6 +439,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
         Input::JobStarted {
             node: NodeIdx::from_usize(99),
             attempt: 1,
+            worker: None,
         },
         Input::Progress {
             node: NodeIdx::from_usize(99),
@@ -438,6 +451,7 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 1,
             error: "x".into(),
             retryable: true,
+            cause: None,
         },
         Input::Start,
         // Retry only applies to a failed or cancelled flow.
@@ -465,10 +479,12 @@ fn duplicate_and_stale_inputs_change_nothing() {
             attempt: 1,
             error: "late".into(),
             retryable: true,
+            cause: None,
         },
         Input::JobStarted {
             node: r,
             attempt: 1,
+            worker: None,
         },
     ] {
         assert!(apply(&mut state, input, T0 + 4).is_empty());
@@ -1408,7 +1424,7 @@ impl Sim {
                         .is_some());
                     self.accepted.push(input.clone());
                 }
-                Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
+                Input::JobStarted { node, attempt, .. } | Input::Progress { node, attempt, .. } => {
                     self.outstanding
                         .get_mut(&(node.as_usize(), *attempt))
                         .expect("start of a job that is not outstanding")
@@ -1544,6 +1560,7 @@ impl Sim {
     }
 
     fn check_invariants(&self) {
+        attempt_history::check_history(&self.state, &self.accepted);
         let state = &self.state;
         let all_terminal = state.nodes().iter().all(|n| n.status.is_terminal());
         assert_eq!(
@@ -1631,7 +1648,11 @@ impl Sim {
             _ => n.attempt,
         };
         match self.rng.below(4) {
-            0 => Input::JobStarted { node, attempt },
+            0 => Input::JobStarted {
+                node,
+                attempt,
+                worker: None,
+            },
             1 => Input::JobCompleted {
                 node,
                 attempt,
@@ -1647,6 +1668,7 @@ impl Sim {
                 attempt,
                 error: "stale".into(),
                 retryable: false,
+                cause: None,
             },
         }
     }
@@ -1714,13 +1736,22 @@ impl Sim {
                 let (node, attempt) = self.pick_outstanding();
                 let started = self.outstanding[&(node.as_usize(), attempt)].started;
                 let input = if !started && self.rng.chance(50) {
-                    Input::JobStarted { node, attempt }
+                    Input::JobStarted {
+                        node,
+                        attempt,
+                        worker: Some(Arc::from(format!("w{}", attempt % 3).as_str())),
+                    }
                 } else if inject_failures && self.rng.chance(fail_percent) {
                     Input::JobFailed {
                         node,
                         attempt,
                         error: format!("boom {}/{attempt}", node.as_usize()),
                         retryable: self.rng.chance(60),
+                        cause: match self.rng.below(10) {
+                            0 => Some(FailureCause::TimedOut),
+                            1 => Some(FailureCause::Stalled),
+                            _ => None,
+                        },
                     }
                 } else {
                     Input::JobCompleted {
@@ -3818,7 +3849,7 @@ impl Rich {
                         .is_some());
                     self.accepted.push(input.clone());
                 }
-                Input::JobStarted { node, attempt } | Input::Progress { node, attempt, .. } => {
+                Input::JobStarted { node, attempt, .. } | Input::Progress { node, attempt, .. } => {
                     self.outstanding
                         .get_mut(&(node.as_usize(), *attempt))
                         .expect("start of a job that is not outstanding")
@@ -3989,6 +4020,7 @@ impl Rich {
     }
 
     fn check_invariants(&mut self) {
+        attempt_history::check_history(&self.state, &self.accepted);
         let n = self.n();
         let state = &self.state;
         let dag_nodes = &state.nodes()[..n];
@@ -4305,7 +4337,11 @@ impl Rich {
                 attempt,
                 reason: format!("{what}: cancelled by its concurrency key"),
             },
-            0 => Input::JobStarted { node, attempt },
+            0 => Input::JobStarted {
+                node,
+                attempt,
+                worker: None,
+            },
             1 => Input::JobCompleted {
                 node,
                 attempt,
@@ -4321,6 +4357,7 @@ impl Rich {
                 attempt,
                 error: what.into(),
                 retryable: false,
+                cause: None,
             },
         }
     }
@@ -4490,13 +4527,22 @@ impl Rich {
             } else if let Some((node, attempt)) = self.pick_outstanding() {
                 let started = self.outstanding[&(node.as_usize(), attempt)].started;
                 let input = if !started && self.rng.chance(50) {
-                    Input::JobStarted { node, attempt }
+                    Input::JobStarted {
+                        node,
+                        attempt,
+                        worker: Some(Arc::from(format!("w{}", attempt % 3).as_str())),
+                    }
                 } else if inject_failures && self.rng.chance(fail_percent) {
                     Input::JobFailed {
                         node,
                         attempt,
                         error: format!("boom {}/{attempt}", node.as_usize()),
                         retryable: self.rng.chance(60),
+                        cause: match self.rng.below(10) {
+                            0 => Some(FailureCause::TimedOut),
+                            1 => Some(FailureCause::Stalled),
+                            _ => None,
+                        },
                     }
                 } else {
                     let result = self.job_result(node, attempt);
@@ -4794,3 +4840,5 @@ fn a_cancelled_flow_says_why_on_every_node_it_stopped() {
     assert_eq!(state.node(idx(&state, "b")).reason, None);
     assert_eq!(state.node(idx(&state, "a")).reason, None);
 }
+
+mod attempt_history;

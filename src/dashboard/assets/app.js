@@ -1335,6 +1335,7 @@
         ]),
         v.progress !== undefined ? [el('h3', { text: 'Progress' }), el('pre', { id: 'node-progress', text: jsonText(v.progress) })] : null,
         v.error ? [el('h3', { text: 'Error' }), el('pre', { class: 'error', id: 'node-error', text: v.error })] : null,
+        attemptsPart(v),
         item !== undefined ? [el('h3', { text: 'Item' }), el('pre', { id: 'node-item', text: jsonText(item) })] : null,
         v.result !== undefined ? [el('h3', { text: v.wait ? 'Result (the signal’s payload)' : 'Result' }), el('pre', { id: 'node-result', text: jsonText(v.result) })] : null,
         v.map ? el('p', { class: 'muted small', text: 'Each element gets the map’s data and its parents’ results, with its item and index: click an element for its input and result.' }) : null,
@@ -1343,6 +1344,34 @@
             : el('p', { class: 'muted small', text: 'The input (its data and its parents’ results) is known once every parent has finished.' })],
         hasInput && parentResults && Object.keys(parentResults).length
           ? [el('h3', { text: 'Input from parents' }), el('pre', { id: 'node-input', text: jsonText(parentResults) })] : null);
+    }
+
+    /**
+     * Every attempt the server kept (the last 20), oldest first: when it was
+     * queued, started and ended, the worker that ran it, how it ended and its
+     * error, so that a retry does not hide why an earlier attempt failed.
+     */
+    /** The node status whose badge colour an attempt outcome borrows. */
+    const ATTEMPT_BADGE = { running: 'active', stalled: 'failed', timedOut: 'failed' };
+
+    function attemptsPart(v) {
+      const list = v.attempts || [];
+      if (!list.length) return null;
+      const rows = list.map((a) => el('tr', { class: 'attempt', 'data-attempt': String(a.attempt) },
+        el('td', { text: String(a.attempt) }),
+        el('td', {}, el('span', { class: 'badge attempt-outcome', 'data-status': ATTEMPT_BADGE[a.outcome] || a.outcome, text: a.outcome })),
+        el('td', { class: 'small', text: fmtTime(a.queuedAt) }),
+        el('td', { class: 'small', text: fmtTime(a.startedAt) }),
+        el('td', { class: 'small', text: a.startedAt && a.finishedAt ? fmtDuration(a.finishedAt - a.startedAt) : '—' }),
+        el('td', {}, a.worker ? el('code', { class: 'attempt-worker', text: a.worker }) : el('span', { class: 'muted', text: '—' })),
+        el('td', {}, a.error ? el('pre', { class: 'error attempt-error', text: a.error }) : null)));
+      return [
+        el('h3', { text: `Attempts (${list.length})` }),
+        el('table', { id: 'node-attempts', class: 'attempts' },
+          el('thead', {}, el('tr', {}, ['#', 'outcome', 'queued', 'started', 'ran', 'worker', 'error'].map((h) => el('th', { text: h })))),
+          el('tbody', {}, rows)),
+        list.length >= 20 ? el('p', { class: 'muted small', text: 'Only the last 20 attempts are kept.' }) : null,
+      ];
     }
 
     // ---- node actions: signal a waiting node, re-run from a node

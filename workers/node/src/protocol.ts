@@ -244,9 +244,11 @@ export function splitInput(input: unknown): JobInput | string {
 /** What a worker reports about a job (the `outcome` JSON of a completion record). */
 export type Outcome =
   | { kind: "completed"; result: unknown }
-  | { kind: "failed"; message: string; retryable: boolean }
+  /** `cause`: why, when more than the handler's error; the engine shows it as the attempt's outcome. */
+  | { kind: "failed"; message: string; retryable: boolean; cause?: "stalled" | "timedOut" }
   | { kind: "progress"; progress: unknown }
-  | { kind: "started" };
+  /** `worker`: this worker's consumer name, shown in the node's attempt history. */
+  | { kind: "started"; worker?: string };
 
 /** Whether an outcome ends the job (acknowledges and deletes its entry). */
 export function isFinal(outcome: Outcome): boolean {
@@ -272,9 +274,15 @@ export function encodeOutcome(outcome: Outcome): string {
     case "progress":
       return `{"kind":"progress","progress":${toJson(outcome.progress)}}`;
     case "failed":
-      return JSON.stringify({ kind: "failed", message: outcome.message, retryable: outcome.retryable });
+      return JSON.stringify(
+        outcome.cause === undefined
+          ? { kind: "failed", message: outcome.message, retryable: outcome.retryable }
+          : { kind: "failed", message: outcome.message, retryable: outcome.retryable, cause: outcome.cause },
+      );
     case "started":
-      return '{"kind":"started"}';
+      return outcome.worker === undefined
+        ? '{"kind":"started"}'
+        : JSON.stringify({ kind: "started", worker: outcome.worker });
   }
 }
 

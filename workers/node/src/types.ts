@@ -252,6 +252,29 @@ export interface NodeView {
   concurrency?: LimitView;
   /** Its rate limit, likewise. */
   rateLimit?: LimitView;
+  /**
+   * Every attempt kept, oldest first, the current one last (the last 20 at most):
+   * only in `GET /flows/{id}/nodes/{name}`.
+   */
+  attempts?: AttemptView[];
+}
+
+/** One attempt of a node: when it ran, on which worker, and how it ended. */
+export interface AttemptView {
+  /** Its number; its job id ends with it. */
+  attempt: number;
+  /** When it was queued (ms since the epoch). */
+  queuedAt?: number;
+  /** When a worker started it (ms). */
+  startedAt?: number;
+  /** When it ended (ms). */
+  finishedAt?: number;
+  /** The consumer name of the worker that started it, when the worker sent it. */
+  worker?: string;
+  /** Where the current attempt stands, or how an earlier one ended. */
+  outcome: "queued" | "running" | "waiting" | "completed" | "failed" | "cancelled" | "stalled" | "timedOut";
+  /** Its error (a failure), or why it was stopped (a cancellation). */
+  error?: string;
 }
 
 /** A node's concurrency key or rate limit as views show it. */

@@ -45,6 +45,7 @@ import {
   splitInput,
   stalledMessage,
   type Envelope,
+  type Outcome,
   type RawEntry,
 } from "./protocol.js";
 import { closeConnection, openConnection, type RedisConnection } from "./redis.js";
@@ -935,7 +936,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
           const message = stalledMessage(deliveries, d.env.maxStalled, this.lease);
           // Held like any job whose final report is on its way: renewed, waited for by close().
           this.unwrittenFinals.set(handle, d);
-          void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false }), true, undefined).then((ok) => {
+          void this.report(d, encodeOutcome({ kind: "failed", message, retryable: false, cause: "stalled" }), true, undefined).then((ok) => {
             this.unwrittenFinals.delete(handle);
             if (ok) this.emit("stalled", d.env.id, message);
           });
@@ -1029,7 +1030,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     const job = new Job(env, input, () => rj.signal(), (value) => this.progress(rj, value));
     rj.job = job;
-    void this.report(delivery, '{"kind":"started"}', false, rj);
+    // The consumer name goes with it: the engine keeps it in the attempt's history.
+    void this.report(delivery, encodeOutcome({ kind: "started", worker: this.consumer }), false, rj);
     if (env.timeoutMs !== undefined) {
       const ms = env.timeoutMs;
       rj.timer = setTimeout(() => {
@@ -1037,7 +1039,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const message = `timed out after ${ms} ms`;
         const reason = new JobAbortedError("timeout", message);
         rj.abort(reason);
-        this.finish(rj, { kind: "failed", message, retryable: true }, reason);
+        this.finish(rj, { kind: "failed", message, retryable: true, cause: "timedOut" }, reason);
       }, ms);
     }
     this.emit("active", job);
@@ -1078,7 +1080,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   /** Ends a job with a failure. */
-  private finish(rj: RunningJob, outcome: { kind: "failed"; message: string; retryable: boolean }, error: Error): void {
+  private finish(rj: RunningJob, outcome: Extract<Outcome, { kind: "failed" }>, error: Error): void {
     this.finishEncoded(rj, encodeOutcome(outcome), () => this.emit("failed", rj.job, error));
   }
 

@@ -328,6 +328,9 @@ async def test_progress_reaches_watchers(dagflow_server: Callable[..., DagflowSe
     assert messages[-1]["type"] == "flow:updated" and messages[-1]["status"] == "completed"
     assert node["progress"] == {"pct": 75} and node["result"] == "done"
     assert node["input"] == {"data": None, "parents": {}}
+    # Its one attempt names this worker (its ``started`` report carries the consumer name).
+    assert [(a["attempt"], a["outcome"], a.get("worker")) for a in node["attempts"]] == [
+        (1, "completed", worker.consumer)]
 
 
 async def test_sigterm_lets_the_running_job_finish(

@@ -118,6 +118,10 @@ def test_outcomes_are_the_engines_json() -> None:
     assert json.loads(protocol.failed("boom", True)) == {"kind": "failed", "message": "boom", "retryable": True}
     assert json.loads(protocol.progress(42)) == {"kind": "progress", "progress": 42}
     assert json.loads(protocol.STARTED) == {"kind": "started"}
+    assert json.loads(protocol.started("py-w1")) == {"kind": "started", "worker": "py-w1"}
+    assert protocol.started() == protocol.STARTED
+    assert json.loads(protocol.failed("late", True, "timedOut")) == {
+        "kind": "failed", "message": "late", "retryable": True, "cause": "timedOut"}
     with pytest.raises(ValueError):
         protocol.completed(float("nan"))
     with pytest.raises(TypeError):

@@ -203,6 +203,7 @@ async def test_reclaims_after_the_lease_and_fails_stalled_jobs(r: redis.asyncio.
     assert done[stalled["id"]]["message"] == (
         "job stalled: claimed 1 times from workers that stopped responding, more than maxStalled 0 "
         "allows (lease 300 ms)")
+    assert done[stalled["id"]]["cause"] == "stalled"
     assert worker.stats["reclaimed"] == 1 and worker.stats["stalled"] == 1
     for lane in (default_lane(keys, "py"), enq.lane(stalled, new=True)):
         assert (await r.xpending(lane, "workers"))["pending"] == 0
@@ -252,7 +253,7 @@ async def test_progress_is_reported_in_order_and_coalesced(r: redis.asyncio.Redi
     async with running_worker(worker):
         await eventually(lambda: outcomes(r, keys), what="the outcome")
     kinds = (await outcomes(r, keys, final_only=False))[env["id"]]
-    assert kinds[0] == {"kind": "started"}
+    assert kinds[0] == {"kind": "started", "worker": worker.consumer}
     assert kinds[1] == {"kind": "progress", "progress": {"pct": 10}}
     assert kinds[-2] == {"kind": "progress", "progress": "last"}
     assert kinds[-1] == {"kind": "completed", "result": "ok"}
@@ -315,7 +316,8 @@ async def test_timeout_interrupts_the_handler_and_fails_retryable(r: redis.async
     worker = Worker(shared_redis.url, {"py": 1}, {"sleepy": sleepy}, prefix=prefix)
     async with running_worker(worker):
         done = await eventually(lambda: outcomes(r, keys), timeout=5, what="the timeout")
-    assert done[env["id"]] == {"kind": "failed", "message": "timed out after 200 ms", "retryable": True}
+    assert done[env["id"]] == {"kind": "failed", "message": "timed out after 200 ms", "retryable": True,
+                                 "cause": "timedOut"}
     assert interrupted == [True]
 
 

@@ -437,6 +437,8 @@ describe("run-time nodes: maps, waits, re-runs", () => {
     // The single-node view shows an element's input with item and index.
     const el1 = await client.node(id, "m[1]");
     assert.deepEqual(el1.input, { data: { factor: 10 }, parents: {}, item: 2, index: 1 });
+    // Its one attempt names this worker (its `started` report carries the consumer name).
+    assert.deepEqual(el1.attempts.map((a) => [a.attempt, a.outcome, a.worker]), [[1, "completed", w.consumer]]);
   });
 
   it("hands a null element to the handler as null, not as a missing item", async () => {

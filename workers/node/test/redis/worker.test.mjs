@@ -172,7 +172,7 @@ describe("worker over a real Redis", () => {
     await finalRecord(prefix, env.id);
     const kinds = (await recordsOf(redis, prefix, env.id)).map((r) => r.outcome);
     assert.deepEqual(kinds, [
-      { kind: "started" },
+      { kind: "started", worker: w.consumer },
       { kind: "progress", progress: 10 },
       { kind: "progress", progress: { done: 2, total: 3 } },
       { kind: "completed", result: "ok" },
@@ -197,7 +197,7 @@ describe("worker over a real Redis", () => {
     await w.waitUntilReady();
     const [env] = await enqueue(redis, prefix, [{ node: "hang", timeoutMs: 150 }]);
     const rec = await finalRecord(prefix, env.id);
-    assert.deepEqual(rec.outcome, { kind: "failed", message: "timed out after 150 ms", retryable: true });
+    assert.deepEqual(rec.outcome, { kind: "failed", message: "timed out after 150 ms", retryable: true, cause: "timedOut" });
     assert.equal(reason.why, "timeout");
     assert.equal(reason.name, "AbortError");
   });
@@ -314,6 +314,7 @@ describe("worker over a real Redis", () => {
     assert.equal(failed.outcome.kind, "failed");
     assert.equal(failed.outcome.retryable, false);
     assert.match(failed.outcome.message, /^job stalled: claimed 1 times .*more than maxStalled 0 allows/);
+    assert.equal(failed.outcome.cause, "stalled", "the engine shows the attempt as stalled");
     assert.deepEqual(ran, ["fresh"], "a stalled job is not run");
     await waitFor(() => stalledEvents.length === 1, { what: "stalled event" });
     assert.equal(stalledEvents[0].id, stalled.id);

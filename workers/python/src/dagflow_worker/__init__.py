@@ -10,6 +10,8 @@ from .client import Client
 from .errors import DagflowError, Fatal, JobError, Retryable
 from .job import Job, StopReason
 from .types import (
+    AttemptOutcome,
+    AttemptView,
     Backoff,
     FlowOpts,
     FlowPage,
@@ -34,6 +36,8 @@ from .worker import Handler, Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttemptOutcome",
+    "AttemptView",
     "Backoff",
     "Client",
     "DagflowError",

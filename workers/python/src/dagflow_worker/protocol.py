@@ -236,9 +236,13 @@ def completed(result: Any) -> str:
     return '{"kind":"completed","result":' + _dumps(result) + "}"
 
 
-def failed(message: str, retryable: bool) -> str:
-    """The outcome JSON of a failed job."""
-    return _dumps({"kind": "failed", "message": message, "retryable": retryable})
+def failed(message: str, retryable: bool, cause: str | None = None) -> str:
+    """The outcome JSON of a failed job; ``cause`` (``"stalled"`` or ``"timedOut"``)
+    says why when it is more than the handler's error, and the engine shows it as
+    the attempt's outcome."""
+    if cause is None:
+        return _dumps({"kind": "failed", "message": message, "retryable": retryable})
+    return _dumps({"kind": "failed", "message": message, "retryable": retryable, "cause": cause})
 
 
 def progress(value: Any) -> str:
@@ -246,8 +250,14 @@ def progress(value: Any) -> str:
     return '{"kind":"progress","progress":' + _dumps(value) + "}"
 
 
-#: The outcome JSON of a job a worker began.
+#: The outcome JSON of a job a worker began, without the worker's name.
 STARTED = '{"kind":"started"}'
+
+
+def started(worker: str | None = None) -> str:
+    """The outcome JSON of a job a worker began; ``worker`` (its consumer name) is
+    kept by the engine in the node's attempt history."""
+    return STARTED if worker is None else _dumps({"kind": "started", "worker": worker})
 
 
 def record_args(envelope: Envelope, outcome: str) -> list[str | int]:

@@ -210,6 +210,27 @@ class NodeView(TypedDict):
     #: Its concurrency key and rate limit, with ``value``, the key its job runs under.
     concurrency: NotRequired["LimitView"]
     rateLimit: NotRequired["LimitView"]
+    #: Every attempt kept, oldest first, the current one last (the last 20 at most);
+    #: only in ``GET /flows/{id}/nodes/{name}``.
+    attempts: NotRequired[list["AttemptView"]]
+
+
+#: Where the current attempt stands, or how an earlier one ended.
+AttemptOutcome = Literal["queued", "running", "waiting", "completed", "failed", "cancelled", "stalled", "timedOut"]
+
+
+class AttemptView(TypedDict):
+    """One attempt of a node: when it ran, on which worker, and how it ended."""
+
+    attempt: int
+    outcome: AttemptOutcome
+    queuedAt: NotRequired[int]
+    startedAt: NotRequired[int]
+    finishedAt: NotRequired[int]
+    #: The consumer name of the worker that started it, when the worker sent it.
+    worker: NotRequired[str]
+    #: Its error (a failure), or why it was stopped (a cancellation).
+    error: NotRequired[str]
 
 
 class LimitView(TypedDict):

@@ -404,7 +404,7 @@ class Worker:
                 message = protocol.stalled_message(times_delivered, envelope.max_stalled, self.lease_ms)
                 assert self._reporter is not None
                 wire = protocol.ReportWire.of(scripts.REPORT.sha, self.keys, entry.stream, entry.id, envelope)
-                self._reporter.submit(Report(wire, True, protocol.failed(message, False)))
+                self._reporter.submit(Report(wire, True, protocol.failed(message, False, "stalled")))
                 continue
             log.info("job %s reclaimed from a worker that stopped renewing it", envelope.id)
             self.stats["reclaimed"] += 1
@@ -438,7 +438,7 @@ class Worker:
                 f"no handler named '{env.handler}' on worker {self.consumer} (queue '{env.queue}')", False))
             return
         assert self._reporter is not None
-        self._reporter.submit(Report(job.wire, False, protocol.STARTED))
+        self._reporter.submit(Report(job.wire, False, protocol.started(self.consumer)))
         if env.timeout_ms is not None:
             job._timer = asyncio.get_running_loop().call_later(env.timeout_ms / 1000, self._expire, q, job)
         try:
@@ -465,7 +465,7 @@ class Worker:
 
     def _stop_outcome(self, job: Job, reason: StopReason) -> str:
         if reason == "timeout":
-            return protocol.failed(f"timed out after {job.envelope.timeout_ms} ms", True)
+            return protocol.failed(f"timed out after {job.envelope.timeout_ms} ms", True, "timedOut")
         return protocol.failed("cancelled", False)
 
     def _expire(self, q: _Queue, job: Job) -> None:
