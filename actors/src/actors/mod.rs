@@ -107,6 +107,9 @@ pub struct Shared {
     /// Counters of the background work (hand-backs, redeliveries, repairs), for
     /// `/metrics`.
     pub stats: EngineStats,
+    /// Whether the engine exports traces: job envelopes then name each attempt's
+    /// span; without it they carry only a caller's `traceparent` (`trace.rs`).
+    pub traces: bool,
 }
 
 /// Counters of the engine's background work; every background task is visible.
