@@ -130,6 +130,11 @@ pub struct ServeConfig {
     /// (a restart from an older snapshot, a failover), at up to 1,000 flows a second.
     #[arg(long, env = "DAGFLOW_RECONCILE_EVERY", default_value = DEFAULT_RECONCILE_EVERY)]
     pub reconcile_every: HumanDuration,
+    /// Export an OpenTelemetry trace per flow (a span per node attempt) over
+    /// OTLP/HTTP to this collector, e.g. `http://localhost:4318` (spans go to its
+    /// `/v1/traces`). Off by default, and free when off.
+    #[arg(long, env = "DAGFLOW_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `dagflow worker`.

@@ -430,3 +430,47 @@ async fn spans_survive_a_restart() {
     );
     second.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_in_another_engine_continues_the_trace() {
+    // The worker-only engine is what `dagflow worker` runs: it reads envelopes from
+    // Redis and reports through the completions stream.
+    let (provider, exporter) = in_memory();
+    let prefix = testing::unique_prefix();
+    let engine = builder(&prefix)
+        .tracer_provider(provider)
+        .build()
+        .await
+        .unwrap();
+    let seen = Seen::default();
+    let worker = builder(&prefix)
+        .worker_only()
+        .queue("remote", 2)
+        .handler("rec", recording(Arc::clone(&seen)))
+        .build()
+        .await
+        .unwrap();
+    let id = engine
+        .create(
+            &spec(json!({"nodes": [
+                {"name": "far", "handler": "rec", "queue": "remote"}
+            ]})),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(id, WAIT).await.unwrap().status,
+        FlowStatus::Completed
+    );
+    assert_eq!(
+        seen.lock().unwrap()[&("far".to_owned(), 1)],
+        Some(expected_traceparent(flow_trace_id(id), id, "far", 1))
+    );
+    let spans = exported(&exporter, 2).await;
+    let far = attempt(&spans, "far", 1);
+    assert_eq!(far.parent_span_id, flow_span_id(id));
+    assert!(attr(far, "dagflow.run_ms").is_some());
+    worker.shutdown(Duration::from_secs(5)).await;
+    engine.shutdown(Duration::from_secs(5)).await;
+}
