@@ -157,7 +157,7 @@ class Enqueuer:
     def envelope(self, node: str, handler: str, queue: str, *, data: Any = None,
                  parents: Optional[dict[str, Any]] = None, attempt: int = 1,
                  timeout_ms: Optional[int] = None, max_stalled: int = 1,
-                 priority: Optional[int] = None) -> dict[str, Any]:
+                 priority: Optional[int] = None, traceparent: Optional[str] = None) -> dict[str, Any]:
         env: dict[str, Any] = {
             "v": 1, "id": f"{self.flow_id}:{node}:{attempt}", "flowId": self.flow_id, "node": node,
             "attempt": attempt, "handler": handler, "queue": queue,
@@ -168,6 +168,8 @@ class Enqueuer:
             env["timeoutMs"] = timeout_ms
         if priority is not None:
             env["priority"] = priority
+        if traceparent is not None:
+            env["traceparent"] = traceparent
         return env
 
     def lane(self, env: dict[str, Any], new: bool = False) -> str:
