@@ -170,6 +170,10 @@ pub struct BenchArgs {
     /// (default: this program, which must then be `dagflow`).
     #[arg(long, value_name = "PATH", requires = "restart")]
     pub server_bin: Option<PathBuf>,
+    /// Export traces of the in-process engine over OTLP/HTTP to this collector, to
+    /// measure what traces cost (off when absent, as in `dagflow serve`).
+    #[arg(long, value_name = "URL", conflicts_with = "over_http")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How the first engine of a `--restart` run stops.
@@ -843,17 +847,18 @@ async fn embedded(
     let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     let data_dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
     let rss_reset = reset_peak_rss();
-    let engine = Engine::builder()
+    let mut builder = Engine::builder()
         .redis_url(args.redis_url.clone())
         .prefix(prefix.clone())
         .data_dir(data_dir.path.clone())
         .queue(QUEUE, args.concurrency)
         .handler("noop", crate::handlers::Noop)
         .handler("echo", crate::handlers::Echo)
-        .event_capacity(args.event_capacity)
-        .build()
-        .await
-        .context("starting the engine")?;
+        .event_capacity(args.event_capacity);
+    if let Some(endpoint) = &args.otlp_endpoint {
+        builder = builder.otlp_endpoint(endpoint);
+    }
+    let engine = builder.build().await.context("starting the engine")?;
     let result = async {
         let collector = tokio::spawn(collect(engine.events(), Arc::clone(tracker)));
         let before = Counters::take(probe).await;
