@@ -115,3 +115,70 @@ def test_the_envelope_field_must_be_a_string() -> None:
     assert parse_envelope(json.dumps(env)).traceparent is None
     with pytest.raises(EnvelopeError, match="traceparent"):
         parse_envelope(json.dumps({**env, "traceparent": 7}))
+
+
+async def test_a_real_server_hands_its_exported_attempt_span_to_the_handler(
+        shared_redis: RedisServer, prefix: str, dagflow_server: Any) -> None:
+    """``dagflow serve --otlp-endpoint`` exporting to a real HTTP receiver started
+    here; a flow created with a ``traceparent`` header; its node run by this worker.
+    The handler's span is the child of the engine's attempt span, which reached the
+    collector."""
+    import asyncio
+    import http.server
+    import threading
+
+    import httpx
+
+    bodies: list[bytes] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            if self.path == "/v1/traces":
+                bodies.append(body)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    try:
+        server = dagflow_server(extra_args=("--otlp-endpoint", f"http://127.0.0.1:{sink.server_port}"),
+                                env={"OTEL_BSP_SCHEDULE_DELAY": "100"})
+
+        async def traced(job: Job) -> Any:
+            return job.traceparent
+
+        worker = Worker(shared_redis.url, {"py-traced": 1}, {"traced": traced}, prefix=prefix)
+        async with running_worker(worker), httpx.AsyncClient(base_url=server.base_url) as http:
+            created = await http.post("/flows", headers={"traceparent": caller}, json={
+                "name": "traced", "nodes": [{"name": "src", "handler": "noop"},
+                                            {"name": "traced", "queue": "py-traced", "parents": ["src"]}]})
+            assert created.status_code == 201, created.text
+            flow_id = created.json()["flowId"]
+
+            async def ended() -> Any:
+                flow = (await http.get(f"/flows/{flow_id}")).json()
+                return flow if flow["status"] != "running" else None
+
+            flow = await eventually(ended, what="the flow to end")
+        assert flow["status"] == "completed", flow
+        result = next(n for n in flow["nodes"] if n["name"] == "traced")["result"]
+        seen = tracing.parse_traceparent(result)
+        assert seen is not None
+        assert seen.trace_id == 0x0af7651916cd43dd8448eb211c80319c, "the caller's trace"
+        assert seen.span_id != 0xb7ad6b7169203331, "a span of the engine's"
+        span = _span("traced")
+        assert span.parent is not None and span.parent.span_id == seen.span_id
+        span_bytes = seen.span_id.to_bytes(8, "big")
+        for _ in range(200):
+            if any(span_bytes in b for b in bodies):
+                break
+            await asyncio.sleep(0.05)
+        assert any(span_bytes in b for b in bodies), "the attempt span reached the collector"
+    finally:
+        sink.shutdown()
