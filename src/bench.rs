@@ -180,6 +180,10 @@ pub struct BenchArgs {
     /// (default: this program, which must then be `dagflow`).
     #[arg(long, value_name = "PATH", requires = "restart")]
     pub server_bin: Option<PathBuf>,
+    /// Export traces of the in-process engine over OTLP/HTTP to this collector, to
+    /// measure what traces cost (off when absent, as in `dagflow serve`).
+    #[arg(long, value_name = "URL", conflicts_with = "over_http")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How the first engine of a `--restart` run stops.
@@ -916,7 +920,7 @@ async fn embedded(
     let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     let data_dir = TempDir::new(parent.join(format!("dagflow-{prefix}")))?;
     let rss_reset = reset_peak_rss();
-    let engine = Engine::builder()
+    let mut builder = Engine::builder()
         .redis_url(args.redis_url.clone())
         .prefix(prefix.clone())
         .data_dir(data_dir.path.clone())
@@ -931,10 +935,11 @@ async fn embedded(
                 ..Retention::default()
             },
             None => Retention::default(),
-        })
-        .build()
-        .await
-        .context("starting the engine")?;
+        });
+    if let Some(endpoint) = &args.otlp_endpoint {
+        builder = builder.otlp_endpoint(endpoint);
+    }
+    let engine = builder.build().await.context("starting the engine")?;
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sampler = args.disk_every.filter(|s| *s > 0.0).map(|every| {
         tokio::spawn(sample_disk(

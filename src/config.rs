@@ -154,6 +154,11 @@ pub struct ServeConfig {
     /// How flows' callbacks (`opts.notify`) are sent.
     #[command(flatten)]
     pub webhooks: WebhookConfig,
+    /// Export an OpenTelemetry trace per flow (a span per node attempt) over
+    /// OTLP/HTTP to this collector, e.g. `http://localhost:4318` (spans go to its
+    /// `/v1/traces`). Off by default, and free when off.
+    #[arg(long, env = "DAGFLOW_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How `dagflow serve` sends flows' callbacks (`opts.notify`).

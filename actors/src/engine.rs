@@ -33,6 +33,7 @@ use crate::retention::Retention;
 use crate::spec::{self, FlowSpec, Limits, DEFAULT_MAX_STALLED};
 use crate::state::FlowStatus;
 use crate::store::{Store, DEFAULT_CACHE_BYTES};
+use crate::trace::{TraceExporter, TraceStats};
 use crate::view::{FlowEvent, FlowPage, FlowSummary, FlowView, NodeView};
 
 /// Default Redis.
@@ -69,6 +70,8 @@ pub struct EngineBuilder {
     redeliver_after: Duration,
     notify: crate::notify::NotifyOptions,
     retention: Retention,
+    tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    otlp_endpoint: Option<String>,
 }
 
 impl Default for EngineBuilder {
@@ -91,6 +94,8 @@ impl Default for EngineBuilder {
             redeliver_after: REDELIVER_AFTER,
             notify: crate::notify::NotifyOptions::default(),
             retention: Retention::default(),
+            tracer_provider: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -99,6 +104,25 @@ impl EngineBuilder {
     /// Redis to use (`redis://host:port/db`).
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = url.into();
+        self
+    }
+
+    /// Exports a trace per flow and a span per node attempt over OTLP/HTTP to this
+    /// collector (`http://host:4318`; see `trace.rs`). Off by default, and free
+    /// when off. A full engine only: a worker-only engine has no flows to trace.
+    pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Exports traces through this tracer provider instead (an embedder's own
+    /// pipeline, or the SDK's in-memory exporter in tests); wins over
+    /// [`EngineBuilder::otlp_endpoint`]. The engine shuts it down when it stops.
+    pub fn tracer_provider(
+        mut self,
+        provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    ) -> Self {
+        self.tracer_provider = Some(provider);
         self
     }
 
@@ -233,6 +257,13 @@ impl EngineBuilder {
         let mut flows = None;
         let redis_up = Arc::new(AtomicBool::new(true));
         let consumer;
+        let tracer_provider = match (self.tracer_provider, &self.otlp_endpoint) {
+            (Some(provider), _) => Some(provider),
+            (None, Some(endpoint)) if !self.worker_only => {
+                Some(crate::trace::otlp_provider(endpoint)?)
+            }
+            (None, _) => None,
+        };
         if self.worker_only {
             consumer = format!("worker-{}", uuid::Uuid::now_v7());
         } else {
@@ -277,7 +308,12 @@ impl EngineBuilder {
                 handback: Some(handback_tx),
                 stats: EngineStats::default(),
                 notify_wake: notify_wake.clone(),
+                traces: tracer_provider.is_some(),
             });
+            // Subscribed before the supervisor recovers a single flow, so that no
+            // event of this run is missed.
+            let traces = tracer_provider
+                .map(|provider| TraceExporter::start(&shared.hub, shared.store.clone(), provider));
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
             // Both are writes, which a Redis out of memory refuses until memory is
@@ -350,6 +386,7 @@ impl EngineBuilder {
                 (self.lease.as_millis() as u64, self.max_stalled),
             ));
             flows = Some(Flows {
+                traces,
                 shared,
                 supervisor,
                 router,
@@ -401,6 +438,8 @@ struct Flows {
     watchdog: JoinHandle<()>,
     /// The promoter and the reconciliation pass.
     background: Vec<JoinHandle<()>>,
+    /// The span assembler and its provider, when traces are exported.
+    traces: Option<TraceExporter>,
 }
 
 struct Inner {
@@ -767,6 +806,16 @@ impl Engine {
         flows.shared.store.size_on_disk().ok()
     }
 
+    /// Counters of the trace exporter; `None` when traces are off (or for a
+    /// worker-only engine).
+    pub fn trace_stats(&self) -> Option<&TraceStats> {
+        self.inner
+            .flows
+            .as_ref()
+            .and_then(|f| f.traces.as_ref())
+            .map(|t| t.stats.as_ref())
+    }
+
     /// Number of event subscribers.
     pub fn subscribers(&self) -> usize {
         self.inner.hub.subscriber_count()
@@ -813,6 +862,9 @@ impl Engine {
                 .await;
             if let Err(e) = flows.shared.store.flush().await {
                 warn!(error = %e, "final flush failed");
+            }
+            if let Some(traces) = &flows.traces {
+                traces.shutdown().await;
             }
         }
         info!("engine stopped");

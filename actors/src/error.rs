@@ -41,6 +41,9 @@ pub enum EngineError {
     /// Anything else; a bug.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Traces could not be set up (a bad OTLP endpoint); only from `build`.
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
 }
 
 impl EngineError {

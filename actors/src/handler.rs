@@ -73,6 +73,11 @@ pub struct JobContext {
     /// Fires when the job is cancelled or the engine shuts down; long handlers should
     /// watch it and return early.
     pub cancel: CancellationToken,
+    /// The W3C trace context from the job's envelope (`00-{trace}-{span}-{flags}`):
+    /// the attempt's span when the engine exports traces, else the flow creator's
+    /// context, else `None`. A handler that traces starts its span as a child of it
+    /// (see README, "Traces").
+    pub traceparent: Option<String>,
     pub(crate) progress: ProgressSink,
 }
 
@@ -92,6 +97,7 @@ impl JobContext {
             parents,
             item: None,
             cancel: CancellationToken::new(),
+            traceparent: None,
             progress: Arc::new(|_| {}),
         }
     }

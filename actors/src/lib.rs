@@ -24,6 +24,7 @@ pub mod state;
 pub mod store;
 #[doc(hidden)]
 pub mod testing;
+pub mod trace;
 pub mod view;
 
 pub use engine::{Engine, EngineBuilder, ListQuery, Subscription};

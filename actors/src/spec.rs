@@ -49,6 +49,13 @@ pub struct FlowSpec {
     /// Flow-wide behaviour.
     #[serde(default)]
     pub opts: FlowOpts,
+    /// The W3C trace context (`00-{trace id}-{span id}-{flags}`) the flow
+    /// continues: its trace becomes a child of that span. `POST /flows` sets it from
+    /// its `traceparent` header; an embedder may set it directly. Stored with the
+    /// spec, so that a restarted engine continues the same trace; a value that is
+    /// not a valid traceparent is ignored (see `trace.rs`), never an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One node (job) of a flow.
@@ -522,6 +529,9 @@ pub struct Dag {
     pub flow_key: Option<(String, u32, ConcurrencyStrategy)>,
     /// `opts.retention`, parsed.
     pub retention: Option<crate::retention::Keep>,
+    /// The caller's trace context from the spec, unparsed: the flow actor puts it
+    /// (or a span of the same trace) in each job envelope.
+    pub traceparent: Option<Arc<str>>,
     index: HashMap<Arc<str>, NodeIdx>,
 }
 
@@ -1192,6 +1202,7 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         nodes,
         flow_key,
         retention,
+        traceparent: spec.traceparent.as_deref().map(Arc::from),
         index,
     })
 }

@@ -45,6 +45,7 @@ fn envelope(flow: &str, node: &str, attempt: u32, queue: &str, max_stalled: u32)
         timeout_ms: Some(1000),
         max_stalled,
         enqueued_at_ms: now_ms(),
+        traceparent: None,
     }
 }
 

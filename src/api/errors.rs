@@ -193,7 +193,9 @@ impl From<EngineError> for HttpError {
                     "the engine did not answer in time; try again",
                 )
             }
-            e @ (EngineError::Store(_) | EngineError::Internal(_)) => HttpError::internal(&e),
+            e @ (EngineError::Store(_) | EngineError::Internal(_) | EngineError::Trace(_)) => {
+                HttpError::internal(&e)
+            }
         }
     }
 }

@@ -45,12 +45,21 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(&state))
         .and(warp::header::optional::<String>("idempotency-key"))
+        // A traceparent that is not even a header string (non-ASCII bytes) is
+        // ignored like any other malformed one, not a 400.
+        .and(
+            warp::header::optional::<String>("traceparent")
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::content_length_limit(state.cfg.body_limit))
         .and(body_within_deadline())
-        .then(|state, key, content_type, body: Bytes| async move {
-            handlers::create(state, key, content_type, body).await
-        });
+        .then(
+            |state, key, traceparent, content_type, body: Bytes| async move {
+                handlers::create(state, key, traceparent, content_type, body).await
+            },
+        );
     let list = flows()
         .and(get_or_head())
         .and(with_state(&state))

@@ -136,7 +136,9 @@ pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
         description = "the flow; `Content-Type: application/json` (optionally with `charset=utf-8`) is required"),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256,
         pattern = r"^[\t\x20-\x7E]*[\x21-\x7E][\t\x20-\x7E]*$",
-        description = "a repeated key returns the first flow's id and starts nothing: 1 to 256 bytes of visible ASCII")),
+        description = "a repeated key returns the first flow's id and starts nothing: 1 to 256 bytes of visible ASCII"),
+        ("traceparent" = Option<String>, Header,
+        description = "W3C trace context: the flow's trace continues the caller's (its span becomes the parent of the flow's span, and job envelopes carry the trace on). One that is not a valid traceparent (`00-{32 hex}-{16 hex}-{2 hex}`, not all zeros) is ignored, never an error")),
     responses(
         (status = 201, description = "started (or, with a known Idempotency-Key, the earlier flow)", body = CreatedFlow,
             headers(("Location" = String, description = "`/flows/{flowId}`"))),
@@ -150,15 +152,17 @@ pub(crate) async fn readyz(state: Arc<ApiState>) -> Response {
 pub(crate) async fn create(
     state: Arc<ApiState>,
     idempotency_key: Option<String>,
+    traceparent: Option<String>,
     content_type: Option<String>,
     body: Bytes,
 ) -> Response {
-    respond(create_inner(state, idempotency_key, content_type, body).await)
+    respond(create_inner(state, idempotency_key, traceparent, content_type, body).await)
 }
 
 async fn create_inner(
     state: Arc<ApiState>,
     idempotency_key: Option<String>,
+    traceparent: Option<String>,
     content_type: Option<String>,
     body: Bytes,
 ) -> Result<Response, HttpError> {
@@ -177,7 +181,15 @@ async fn create_inner(
             ));
         }
     }
-    let spec = dagflow_actors::spec::parse(&body).map_err(spec_parse_error)?;
+    let mut spec = dagflow_actors::spec::parse(&body).map_err(spec_parse_error)?;
+    // A valid header makes the flow a child of the caller's trace; a malformed one
+    // is ignored (W3C trace context asks receivers to restart the trace).
+    if let Some(sc) = traceparent
+        .as_deref()
+        .and_then(dagflow_actors::trace::parse_traceparent)
+    {
+        spec.traceparent = Some(dagflow_actors::trace::format_traceparent(&sc));
+    }
     // No PING here: the engine refuses new flows (`redis_unavailable`) as soon as
     // its watchdog, which looks every 500 ms, finds Redis gone, and a round trip
     // per create cost more than a quarter of the create rate.

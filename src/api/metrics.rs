@@ -52,6 +52,11 @@
 //! | `dagflow_callbacks_dropped_total` | counter | callbacks given up on past `--webhook-max-age` |
 //! | `dagflow_callbacks_pending` | gauge | callbacks owed (in the sled outbox) |
 //! | `dagflow_callbacks_in_flight` | gauge | callback POSTs under way |
+//! | `dagflow_trace_spans_total` | counter | spans the trace exporter built (with `--otlp-endpoint` only, as every `dagflow_trace_*`) |
+//! | `dagflow_trace_spans_partial_total` | counter | attempt spans built without their queued/started times (their events were lost) |
+//! | `dagflow_trace_events_lost_total` | counter | events the trace exporter fell behind on |
+//! | `dagflow_trace_flows_open` | gauge | flows whose spans are being assembled |
+//! | `dagflow_trace_flows_untraced_total` | counter | flows not traced because 100,000 were open |
 //!
 //! `dagflow_flows_running` counts every flow whose durable status is `running`,
 //! hibernating ones included.
@@ -220,6 +225,26 @@ fn describe() {
         "callbacks owed, in the sled outbox"
     );
     describe_gauge!("dagflow_callbacks_in_flight", "callback POSTs under way");
+    describe_counter!(
+        "dagflow_trace_spans_total",
+        "spans the trace exporter built (flow and attempt spans)"
+    );
+    describe_counter!(
+        "dagflow_trace_spans_partial_total",
+        "attempt spans built without their queued and started times"
+    );
+    describe_counter!(
+        "dagflow_trace_events_lost_total",
+        "events the trace exporter missed because it fell behind"
+    );
+    describe_gauge!(
+        "dagflow_trace_flows_open",
+        "flows whose spans the trace exporter is assembling"
+    );
+    describe_counter!(
+        "dagflow_trace_flows_untraced_total",
+        "flows not traced because the exporter's bound of open flows was reached"
+    );
     describe_gauge!(
         "dagflow_event_subscribers",
         "receivers of the engine's event feed"
@@ -424,6 +449,14 @@ fn engine_stats(engine: &Engine) {
     counter!("dagflow_callbacks_dropped_total").absolute(notify.dropped.load(Relaxed));
     gauge!("dagflow_callbacks_pending").set(notify.pending.load(Relaxed) as f64);
     gauge!("dagflow_callbacks_in_flight").set(notify.in_flight.load(Relaxed) as f64);
+    if let Some(traces) = engine.trace_stats() {
+        counter!("dagflow_trace_spans_total").absolute(traces.spans.load(Relaxed));
+        counter!("dagflow_trace_spans_partial_total").absolute(traces.partial.load(Relaxed));
+        counter!("dagflow_trace_events_lost_total").absolute(traces.events_lost.load(Relaxed));
+        gauge!("dagflow_trace_flows_open").set(traces.flows_open.load(Relaxed) as f64);
+        counter!("dagflow_trace_flows_untraced_total")
+            .absolute(traces.flows_untraced.load(Relaxed));
+    }
 }
 
 /// Attempt starts older than this are forgotten: their flow was deleted while they

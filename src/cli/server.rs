@@ -33,12 +33,16 @@ pub async fn serve(config: ServeConfig) -> Result<ExitCode, CliError> {
     let mut signals = Signals::install()?;
     // api::serve warns about a non-loopback address without a token.
     let hibernate_after = Some(config.hibernate_after.0).filter(|d| !d.is_zero());
-    let engine = engine_builder(&config.redis, &config.queues)
+    let mut builder = engine_builder(&config.redis, &config.queues)
         .data_dir(&config.data_dir)
         .hibernate_after(hibernate_after)
         .reconcile_every(config.reconcile_every.0)
         .retention(config.retention())
-        .notify_options(config.webhooks.options())
+        .notify_options(config.webhooks.options());
+    if let Some(endpoint) = &config.otlp_endpoint {
+        builder = builder.otlp_endpoint(endpoint);
+    }
+    let engine = builder
         .build()
         .await
         .map_err(|e| startup_error(e, &config.redis, Some(&config.data_dir)))?;

@@ -831,6 +831,18 @@ impl FlowActorState {
                 timeout_ms: node.opts.timeout_ms,
                 max_stalled: node.opts.max_stalled.unwrap_or(self.shared.max_stalled),
                 enqueued_at_ms: now,
+                // Off, and without a caller's trace, this is one branch: no
+                // name, no hash, no allocation on the hot path.
+                traceparent: match (self.shared.traces, &self.flow.dag().traceparent) {
+                    (false, None) => None,
+                    (traces, caller) => crate::trace::job_traceparent(
+                        traces,
+                        self.flow.id(),
+                        caller.as_deref(),
+                        &self.flow.node_name(job.node),
+                        job.attempt,
+                    ),
+                },
             },
             delay_ms: job.delay_ms,
             fresh: self.flow.is_fresh_job(job.node, job.attempt),

@@ -110,6 +110,9 @@ pub struct Shared {
     /// Wakes the callback deliverer (`crate::notify`) once a flow's end that owes
     /// callbacks is durable.
     pub notify_wake: crate::notify::NotifyWake,
+    /// Whether the engine exports traces: job envelopes then name each attempt's
+    /// span; without it they carry only a caller's `traceparent` (`trace.rs`).
+    pub traces: bool,
 }
 
 /// Counters of the engine's background work; every background task is visible.

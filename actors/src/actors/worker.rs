@@ -553,6 +553,7 @@ async fn run_job(ctx: &Arc<WorkerCtx>, delivery: &Delivery) -> Option<(Outcome, 
         parents: input.parents,
         item: input.item.zip(input.index),
         cancel: token.clone(),
+        traceparent: env.traceparent.clone(),
         progress: Arc::new(move |value: serde_json::Value| {
             // The latest value waits in the slot; one sender task per job at a time
             // sends it, at most every PROGRESS_EVERY.

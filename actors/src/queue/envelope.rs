@@ -68,6 +68,12 @@ pub struct JobEnvelope {
     pub max_stalled: u32,
     /// When the engine enqueued it (ms since the epoch), for queue-latency metrics.
     pub enqueued_at_ms: u64,
+    /// The W3C trace context a handler's own span continues: the attempt's span
+    /// when the engine exports traces, the caller's context (from `POST /flows`)
+    /// when it does not, absent when there is neither. Optional, so envelope
+    /// version 1 readers that do not know it are unaffected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl JobEnvelope {
@@ -439,11 +445,13 @@ mod tests {
             timeout_ms: None,
             max_stalled: 1,
             enqueued_at_ms: 5,
+            traceparent: None,
         };
         let json = env.to_json().unwrap();
         assert!(json.contains(r#""flowId":"f""#));
         assert!(json.contains(r#""maxStalled":1"#));
         assert!(!json.contains("timeoutMs"));
+        assert!(!json.contains("traceparent"), "absent, not null: {json}");
         let back = JobEnvelope::from_json(json.as_bytes()).unwrap();
         assert_eq!(back.id, "f:n:1");
         assert_eq!(back.job_field(), "n:1");

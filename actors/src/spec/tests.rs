@@ -635,6 +635,7 @@ fn ten_thousand_node_chain_validates_without_overflowing_the_stack() {
         name: "chain".to_owned(),
         nodes,
         opts: FlowOpts::default(),
+        traceparent: None,
     };
     // Run on a small stack, so a recursive walk would fail here rather than only
     // on a bigger chain.
@@ -811,7 +812,7 @@ proptest! {
     /// written edges; a cycle it reports is a real cycle of written edges.
     #[test]
     fn validation_is_sound_on_arbitrary_specs(nodes in prop::collection::vec(any_node(), 0..10)) {
-        let flow = FlowSpec { name: String::new(), nodes, opts: FlowOpts::default() };
+        let flow = FlowSpec { name: String::new(), nodes, opts: FlowOpts::default(), traceparent: None };
         match validate(&flow, &Limits::default()) {
             Ok(dag) => {
                 prop_assert_eq!(dag.len(), flow.nodes.len());
@@ -984,6 +985,7 @@ fn planted() -> impl Strategy<Value = (FlowSpec, Vec<Vec<usize>>, Mistake)> {
             name: "planted".to_owned(),
             nodes,
             opts: FlowOpts::default(),
+            traceparent: None,
         };
         (flow, parents, mistake)
     })

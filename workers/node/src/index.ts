@@ -8,6 +8,7 @@
 
 export { Worker, type Handler, type WorkerOptions, type WorkerEvents } from "./worker.js";
 export { Job } from "./job.js";
+export { parseTraceparent, type TraceParent } from "./tracing.js";
 export {
   RetryableError,
   FatalError,

@@ -53,6 +53,14 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
   readonly timeoutMs: number | undefined;
   /** When the engine enqueued this attempt (ms since the epoch). */
   readonly enqueuedAtMs: number;
+  /**
+   * The W3C trace context of this attempt (`00-{trace id}-{span id}-{flags}`): the
+   * attempt's span when the server exports traces (`--otlp-endpoint`), else the
+   * context the flow was created with; `undefined` when there is neither. With
+   * `@opentelemetry/api` installed the worker already runs the handler in a span
+   * that is its child.
+   */
+  readonly traceparent: string | undefined;
   readonly #report: (value: unknown) => Promise<void>;
   readonly #signal: () => AbortSignal;
 
@@ -72,6 +80,7 @@ export class Job<Data = unknown, Parents extends Record<string, unknown> = Recor
     this.#signal = signal;
     this.timeoutMs = env.timeoutMs;
     this.enqueuedAtMs = env.enqueuedAtMs;
+    this.traceparent = env.traceparent;
     this.#report = report;
   }
 

@@ -136,6 +136,12 @@ export interface Envelope {
   maxStalled: number;
   /** When the engine enqueued it (ms since the epoch). */
   enqueuedAtMs: number;
+  /**
+   * W3C trace context the handler's span continues: the attempt's span when the
+   * engine exports traces, the flow creator's context otherwise; absent when there
+   * is neither.
+   */
+  traceparent?: string;
 }
 
 /** Thrown by {@link parseEnvelope}; the message says what is wrong, for the log. */
@@ -186,6 +192,10 @@ export function parseEnvelope(json: string | null | undefined): Envelope {
     throw new MalformedEnvelope("field timeoutMs is not an integer >= 0");
   }
   if (env.timeoutMs === null) delete env.timeoutMs;
+  if (env.traceparent === null) delete env.traceparent;
+  else if (env.traceparent !== undefined && typeof env.traceparent !== "string") {
+    throw new MalformedEnvelope("field traceparent is not a string");
+  }
   return env as unknown as Envelope;
 }
 

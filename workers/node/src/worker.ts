@@ -51,6 +51,7 @@ import {
 import { closeConnection, openConnection, type RedisConnection } from "./redis.js";
 import { RawConnection } from "./reporter.js";
 import { luaScripts } from "./scripts.js";
+import { loadHandlerSpans, type HandlerSpans } from "./tracing.js";
 
 /**
  * A job handler: returns the node's result (any JSON value; `undefined` is `null`),
@@ -541,6 +542,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private renewTimer: NodeJS.Timeout | undefined;
   private reclaimTimer: NodeJS.Timeout | undefined;
   private runPromise: Promise<void> | undefined;
+  /** A span per handler run, when `@opentelemetry/api` is installed (see tracing.ts). */
+  private spans: HandlerSpans | undefined;
   private closePromise: Promise<void> | undefined;
   /** Past the close deadline: retries of reports stop, nothing more is written. */
   private hardStopped = false;
@@ -670,6 +673,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       }
     };
     checkOpen();
+    // Before the first job, so that every handler run gets its span.
+    this.spans = await loadHandlerSpans();
     const scripts = luaScripts();
     this.cmd = this.openConnection("cmd", true);
     this.reportLua = scripts.report;
@@ -1045,7 +1050,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.emit("active", job);
     let result: unknown;
     try {
-      result = handler(job);
+      result = this.spans ? this.spans.run(job, () => handler(job)) : handler(job);
     } catch (err) {
       this.settle(rj, err, false);
       return;

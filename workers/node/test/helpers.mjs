@@ -237,6 +237,7 @@ export function envelope(job) {
     maxStalled: job.maxStalled ?? 1,
     enqueuedAtMs: Date.now(),
     ...(job.timeoutMs !== undefined ? { timeoutMs: job.timeoutMs } : {}),
+    ...(job.traceparent !== undefined ? { traceparent: job.traceparent } : {}),
   };
 }
 

@@ -157,7 +157,7 @@ class Enqueuer:
     def envelope(self, node: str, handler: str, queue: str, *, data: Any = None,
                  parents: Optional[dict[str, Any]] = None, attempt: int = 1,
                  timeout_ms: Optional[int] = None, max_stalled: int = 1,
-                 priority: Optional[int] = None) -> dict[str, Any]:
+                 priority: Optional[int] = None, traceparent: Optional[str] = None) -> dict[str, Any]:
         env: dict[str, Any] = {
             "v": 1, "id": f"{self.flow_id}:{node}:{attempt}", "flowId": self.flow_id, "node": node,
             "attempt": attempt, "handler": handler, "queue": queue,
@@ -168,6 +168,8 @@ class Enqueuer:
             env["timeoutMs"] = timeout_ms
         if priority is not None:
             env["priority"] = priority
+        if traceparent is not None:
+            env["traceparent"] = traceparent
         return env
 
     def lane(self, env: dict[str, Any], new: bool = False) -> str:
@@ -242,7 +244,8 @@ def dagflow_server(shared_redis: RedisServer, prefix: str, tmp_path: Path) -> It
     """Starts ``dagflow serve`` (Rust handlers on queue ``default``) on a free port."""
     started: list[DagflowServer] = []
 
-    def start(lease: str = "30s", queues: str = "default", redis_url: Optional[str] = None) -> DagflowServer:
+    def start(lease: str = "30s", queues: str = "default", redis_url: Optional[str] = None,
+              extra_args: tuple[str, ...] = (), env: Optional[dict[str, str]] = None) -> DagflowServer:
         binary = dagflow_bin()
         port = free_port()
         log_path = tmp_path / f"dagflow-{len(started)}.log"
@@ -250,9 +253,9 @@ def dagflow_server(shared_redis: RedisServer, prefix: str, tmp_path: Path) -> It
         proc = subprocess.Popen(
             [str(binary), "serve", "--bind", f"127.0.0.1:{port}", "--redis-url", url,
              "--prefix", prefix, "--data-dir", str(tmp_path / f"data-{len(started)}"),
-             "--queues", queues, "--lease", lease, "--shutdown-timeout", "2s"],
+             "--queues", queues, "--lease", lease, "--shutdown-timeout", "2s", *extra_args],
             stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"), **(env or {})},
         )
         server = DagflowServer(proc, f"http://127.0.0.1:{port}", url, prefix, log_path)
         started.append(server)

@@ -8,6 +8,7 @@
 
 from .client import Client
 from .errors import DagflowError, Fatal, JobError, Retryable
+from . import tracing
 from .job import Job, StopReason
 from .types import (
     AttemptOutcome,

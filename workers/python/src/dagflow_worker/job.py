@@ -96,6 +96,15 @@ class Job:
         return self.envelope.attempt
 
     @property
+    def traceparent(self) -> Optional[str]:
+        """The W3C trace context of this attempt (``00-{trace id}-{span id}-{flags}``):
+        the attempt's span when the server exports traces (``--otlp-endpoint``), else
+        the context the flow was created with; ``None`` when there is neither. With
+        ``opentelemetry-api`` installed the worker already runs the handler in a span
+        that is its child."""
+        return self.envelope.traceparent
+
+    @property
     def data(self) -> Any:
         """The node's own ``data`` from the flow spec; ``None`` when it has none."""
         return self.envelope.data

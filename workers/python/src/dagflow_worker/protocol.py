@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 #: The key prefix used when none is configured (the engine's default too).
 DEFAULT_PREFIX = "dagflow"
@@ -146,6 +146,9 @@ class Envelope:
     index: int | None = None
     #: 0 (lowest) to 9 (highest); what decided its lane. 5 when the envelope has none.
     priority: int = DEFAULT_PRIORITY
+    #: The W3C trace context the handler's span continues; ``None`` when the
+    #: envelope has none.
+    traceparent: Optional[str] = None
 
     @property
     def field(self) -> str:
@@ -207,6 +210,9 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
         if type(value) is not str:
             raise _bad(name, "a string")
     enqueued = get("enqueuedAtMs", 0)
+    traceparent = get("traceparent")
+    if traceparent is not None and type(traceparent) is not str:
+        raise _bad("traceparent", "a string")
     return Envelope(
         id=cast(str, job_id),
         flow_id=cast(str, flow_id),
@@ -222,6 +228,7 @@ def parse_envelope(raw: bytes | str | None) -> Envelope:
         item=item,
         index=index,
         priority=priority,
+        traceparent=traceparent,
     )
 
 

@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import protocol, scripts
+from . import protocol, scripts, tracing
 from .errors import JobError
 from .job import Job, StopReason
 from .protocol import WORKERS_GROUP, Envelope, EnvelopeError, Keys
@@ -442,9 +442,15 @@ class Worker:
         if env.timeout_ms is not None:
             job._timer = asyncio.get_running_loop().call_later(env.timeout_ms / 1000, self._expire, q, job)
         try:
-            result = handler(job)
-            if inspect.isawaitable(result):
-                result = await result
+            if tracing.AVAILABLE:
+                with tracing.handler_span(job):
+                    result = handler(job)
+                    if inspect.isawaitable(result):
+                        result = await result
+            else:
+                result = handler(job)
+                if inspect.isawaitable(result):
+                    result = await result
             try:
                 outcome = protocol.completed(result)
             except (TypeError, ValueError) as e:
