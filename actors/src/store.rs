@@ -6,6 +6,7 @@
 //! - `nodes`: flow id ++ node index (u32, big-endian) → node record
 //! - `idempotency`: client key → flow id
 //! - `meta`: engine-wide values (the engine's stable consumer id)
+//! - `schedules`, `schedule_runs`: the schedules (see [`schedules`])
 //!
 //! Records are bincode with a leading format version byte. A completion rewrites
 //! the flow record and the nodes it changed, never the spec or the other nodes, so
@@ -17,6 +18,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+
+pub mod schedules;
 
 use crate::ids::{FlowId, NodeIdx};
 pub use crate::records::{status_code, status_from, FlowRecord, NodeRecord, UnknownStatus};
