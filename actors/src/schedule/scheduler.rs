@@ -366,6 +366,13 @@ impl Schedules {
                 }
             }
         }
+        // A crash between the create and step 3 (tests: only schedules whose name
+        // starts with `crash`, so that other tests' engines are not touched).
+        fail::fail_point!("schedule::before_record", name.starts_with("crash"), |_| {
+            Err(ScheduleError::Store(
+                "injected fault at schedule::before_record".to_owned(),
+            ))
+        });
         // Step 3: the tick is decided, with its run, durably.
         {
             let _guard = self.lock.lock().await;
