@@ -119,7 +119,9 @@ pub(crate) fn json(token: bool, limits: &Limits) -> String {
 
 /// The description as a JSON value (see [`json`]).
 pub(crate) fn document(token: bool, limits: &Limits) -> Value {
-    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+    let mut api = ApiDoc::openapi();
+    api.merge(super::schedules::ScheduleDoc::openapi());
+    let mut doc = match serde_json::to_value(api) {
         Ok(doc) => doc,
         Err(e) => return json!({ "error": format!("cannot render the OpenAPI description: {e}") }),
     };
