@@ -291,3 +291,102 @@ async fn a_schedule_fires_flows_through_the_server_and_once_across_a_restart() {
     );
     server.stop().await;
 }
+
+/// Runs the `dagflow` binary against `server`; returns exit code, stdout, stderr.
+fn cli(server: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dagflow"))
+        .args(args)
+        .arg("--server")
+        .arg(&server.base_url)
+        .env_remove("DAGFLOW_API_TOKEN")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_pauses_resumes_and_deletes() {
+    let server = start_server(ServerOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("flow.json");
+    std::fs::write(
+        &flow,
+        json!({"nodes": [{"name": "tick", "handler": "noop"}]}).to_string(),
+    )
+    .unwrap();
+    let flow = flow.to_str().unwrap().to_owned();
+    // The binary blocks; the server runs on the other worker threads.
+    let run = |args: Vec<&str>| tokio::task::block_in_place(|| cli(&server, &args));
+    let (code, out, err) = run(vec![
+        "schedule",
+        "create",
+        "cli-every-second",
+        "--cron",
+        "* * * * * *",
+        "--flow",
+        &flow,
+        "--overlap",
+        "allow",
+        "--catch-up",
+        "none",
+        "--timezone",
+        "Europe/Berlin",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["overlap"], "allow");
+    assert_eq!(created["catchUp"], "none");
+    assert!(created["nextFireAt"].as_u64().is_some());
+    // It fires through the server.
+    let api = Checked::new(&server).await;
+    eventually("a run", || async {
+        !runs(&api, "cli-every-second").await.is_empty()
+    })
+    .await;
+
+    let (code, out, _) = run(vec!["schedule", "list"]);
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["schedules"][0]["name"], "cli-every-second");
+
+    let (code, out, _) = run(vec!["schedule", "pause", "cli-every-second"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["paused"], true);
+    let (code, out, _) = run(vec!["schedule", "resume", "cli-every-second"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["paused"],
+        false
+    );
+
+    let (code, out, _) = run(vec!["schedule", "runs", "cli-every-second"]);
+    assert_eq!(code, 0);
+    assert!(!serde_json::from_str::<Value>(&out).unwrap()["runs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Errors: a bad cron and an unknown name exit 3 with the server's message.
+    let (code, _, err) = run(vec![
+        "schedule", "create", "bad", "--cron", "nope", "--flow", &flow,
+    ]);
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("invalid_schedule") && err.contains("cron"),
+        "{err}"
+    );
+    let (code, _, err) = run(vec!["schedule", "pause", "ghost"]);
+    assert_eq!(code, 3);
+    assert!(err.contains("schedule_not_found"), "{err}");
+
+    let (code, out, _) = run(vec!["schedule", "delete", "cli-every-second"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "cli-every-second");
+    let (code, _, _) = run(vec!["schedule", "delete", "cli-every-second"]);
+    assert_eq!(code, 3);
+    server.stop().await;
+}
