@@ -100,6 +100,7 @@ async fn create_get_list_pause_resume_delete() {
     let (status, none) = api.get("/schedules/nightly/runs").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(none["runs"], json!([]));
+    assert!(none["nextFireAt"].as_u64().is_some(), "{none}");
 
     let (status, _) = api.delete("/schedules/nightly").await;
     assert_eq!(status, StatusCode::NO_CONTENT);

@@ -453,3 +453,24 @@ fn civil_day_month(days: u64) -> (u64, u64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     (day as u64, month as u64)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_number_of_schedules_is_bounded() {
+    use dagflow_actors::schedule::MAX_SCHEDULES;
+    let prefix = testing::unique_prefix();
+    let dir = temp_dir();
+    let engine = engine(&prefix, dir.path()).await;
+    for i in 0..MAX_SCHEDULES {
+        let spec = schedule(&format!("s{i}"), "0 0 1 1 *", json!({"paused": true}));
+        engine.create_schedule(spec).await.unwrap();
+    }
+    let one_more = schedule("one-more", "0 0 1 1 *", json!({}));
+    assert!(matches!(
+        engine.create_schedule(one_more.clone()).await,
+        Err(ScheduleError::Full(n)) if n == MAX_SCHEDULES
+    ));
+    assert_eq!(engine.list_schedules().unwrap().len(), MAX_SCHEDULES);
+    engine.delete_schedule("s0").await.unwrap();
+    engine.create_schedule(one_more).await.unwrap();
+    engine.shutdown(Duration::from_secs(5)).await;
+}

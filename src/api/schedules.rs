@@ -135,6 +135,9 @@ impl From<ScheduleError> for HttpError {
             e @ ScheduleError::Exists(_) => {
                 HttpError::new(StatusCode::CONFLICT, "schedule_exists", e.to_string())
             }
+            e @ ScheduleError::Full(_) => {
+                HttpError::new(StatusCode::CONFLICT, "too_many_schedules", e.to_string())
+            }
             ScheduleError::Engine(e) => e.into(),
             e @ (ScheduleError::Store(_) | ScheduleError::Corrupt(_)) => HttpError::internal(&e),
         }
@@ -180,7 +183,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
             headers(("Location" = String, description = "`/schedules/{name}`"))),
         (status = 400, description = "malformed JSON, or an invalid schedule: `details.problems` lists every problem (`bad_name`, `bad_cron`, `unknown_timezone`, `bad_shape`, and the flow's own codes)", body = ErrorBody),
         (status = 408, description = "the body did not arrive within 30 s", body = ErrorBody),
-        (status = 409, description = "a schedule of this name exists (`schedule_exists`)", body = ErrorBody),
+        (status = 409, description = "a schedule of this name exists (`schedule_exists`), or the server holds 1,000 schedules already (`too_many_schedules`)", body = ErrorBody),
         (status = 411, description = "no Content-Length (a chunked body)", body = ErrorBody),
         (status = 413, description = "body over the limit", body = ErrorBody),
         (status = 415, description = "no `Content-Type: application/json`", body = ErrorBody),
@@ -334,7 +337,12 @@ pub(crate) async fn runs(
                 }
             }
             let runs: Vec<ScheduleRun> = state.engine.schedule_runs(&name, limit).await?;
-            Ok(json_reply(StatusCode::OK, &json!({ "runs": runs })))
+            let next = state.engine.schedule(&name)?.next_fire_at;
+            let mut body = json!({ "runs": runs });
+            if let Some(next) = next {
+                body["nextFireAt"] = json!(next);
+            }
+            Ok(json_reply(StatusCode::OK, &body))
         }
         .await,
     )
@@ -520,10 +528,14 @@ pub(crate) struct ScheduleRunSchema {
 
 /// `GET /schedules/{name}/runs`.
 #[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub(crate) struct ScheduleRunList {
     /// Newest first.
     runs: Vec<ScheduleRunSchema>,
+    /// The schedule's next tick, ms since the epoch; absent while paused.
+    #[schema(nullable = false)]
+    next_fire_at: Option<u64>,
 }
 
 /// The scheduler's figures for `/metrics` (inside the API's recorder): the number
@@ -562,4 +574,82 @@ pub(crate) fn record_metrics(engine: &dagflow_actors::Engine) {
     counter!("dagflow_schedule_cancelled_previous_total")
         .absolute(stats.cancelled_previous.load(Relaxed));
     counter!("dagflow_scheduler_passes_total").absolute(stats.passes.load(Relaxed));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeSet;
+
+    use serde_json::{json, Value};
+    use utoipa::openapi::schema::Schema;
+    use utoipa::openapi::RefOr;
+    use utoipa::PartialSchema;
+
+    use super::*;
+
+    fn schema_fields<S: PartialSchema>() -> BTreeSet<String> {
+        match S::schema() {
+            RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
+            _ => panic!("not an object schema"),
+        }
+    }
+
+    fn keys(v: &Value) -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+
+    /// The mirrors name exactly the fields the engine's types have on the wire
+    /// (every optional one set), so the description cannot drift from them.
+    #[test]
+    fn schema_mirrors_match_the_engine_types() {
+        let flow = json!({"name": "f", "nodes": [{"name": "a"}]});
+        let spec = json!({
+            "name": "n", "cron": "* * * * *", "timezone": "UTC", "flow": flow,
+            "overlap": "allow", "catchUp": "all", "paused": true
+        });
+        let parsed: ScheduleSpec = serde_json::from_value(spec).unwrap();
+        assert_eq!(
+            keys(&serde_json::to_value(parsed).unwrap()),
+            schema_fields::<ScheduleSpecSchema>()
+        );
+        let patch = json!({
+            "cron": "* * * * *", "timezone": "UTC", "flow": flow, "overlap": "skip",
+            "catchUp": "none", "paused": false
+        });
+        let parsed: SchedulePatch = serde_json::from_value(patch).unwrap();
+        assert_eq!(
+            keys(&serde_json::to_value(parsed).unwrap()),
+            schema_fields::<SchedulePatchSchema>()
+        );
+        let view: dagflow_actors::ScheduleView = serde_json::from_value(json!({
+            "name": "n", "cron": "* * * * *", "timezone": "UTC", "flow": flow,
+            "overlap": "cancelPrevious", "catchUp": "latest", "paused": false,
+            "createdAt": 1, "updatedAt": 2, "nextFireAt": 3, "lastTickAt": 4,
+            "lastFlowId": "x"
+        }))
+        .unwrap();
+        assert_eq!(
+            keys(&serde_json::to_value(view).unwrap()),
+            schema_fields::<ScheduleViewSchema>()
+        );
+        let run: ScheduleRun = serde_json::from_value(json!({
+            "tickAt": 1, "firedAt": 2, "outcome": "cancelledPrevious", "flowId": "a",
+            "previousFlowId": "b", "error": "e", "flowStatus": "running"
+        }))
+        .unwrap();
+        assert_eq!(
+            keys(&serde_json::to_value(run).unwrap()),
+            schema_fields::<ScheduleRunSchema>()
+        );
+        assert_eq!(
+            schema_fields::<ScheduleRunList>(),
+            ["nextFireAt", "runs"].map(String::from).into()
+        );
+        assert_eq!(
+            schema_fields::<ScheduleList>(),
+            ["schedules"].map(String::from).into()
+        );
+    }
 }

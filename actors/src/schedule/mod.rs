@@ -31,6 +31,9 @@ pub const MAX_RUNS: usize = 100;
 /// missed ticks are dropped (counted as missed). Bounds the burst of flows a long
 /// outage of an every-second schedule would otherwise start.
 pub const MAX_CATCH_UP: usize = 100;
+/// Most schedules an engine keeps: each pass of the scheduler reads every one, and
+/// `GET /schedules` lists them all with their flows, so their number is bounded.
+pub const MAX_SCHEDULES: usize = 1000;
 /// Longest schedule name.
 pub const MAX_NAME_LEN: usize = 128;
 /// Default of [`crate::EngineBuilder::schedule_grace`]: a tick found due less than
@@ -210,6 +213,9 @@ pub enum ScheduleError {
     /// A schedule of this name exists already.
     #[error("schedule '{0}' already exists")]
     Exists(String),
+    /// The engine holds [`MAX_SCHEDULES`] schedules already.
+    #[error("there are already {0} schedules, the most an engine keeps; delete one first")]
+    Full(usize),
     /// The store failed.
     #[error("store: {0}")]
     Store(String),

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     validate, CatchUp, Overlap, RunOutcome, ScheduleError, SchedulePatch, ScheduleRun,
-    ScheduleSpec, ScheduleView, Timetable, MAX_CATCH_UP, MAX_RUNS,
+    ScheduleSpec, ScheduleView, Timetable, MAX_CATCH_UP, MAX_RUNS, MAX_SCHEDULES,
 };
 use crate::actors::Shared;
 use crate::clock::now_ms;
@@ -211,9 +211,10 @@ impl Schedules {
     async fn pass(&self, engine: &Engine) -> Result<Option<u64>, ScheduleError> {
         let mut earliest: Option<u64> = None;
         let mut failed = None;
-        for (name, json) in self.shared.store.all_schedules()? {
-            let record = match ScheduleRecord::from_json(&json) {
-                Ok(r) => r,
+        for name in self.shared.store.schedule_names()? {
+            let record = match self.load(&name) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue, // deleted since the names were read
                 Err(e) => {
                     warn!(schedule = %name, error = %e, "unreadable schedule record; skipped");
                     continue;
@@ -439,6 +440,9 @@ impl Schedules {
         let name = record.spec.name.clone();
         {
             let _guard = self.lock.lock().await;
+            if self.count() >= MAX_SCHEDULES {
+                return Err(ScheduleError::Full(MAX_SCHEDULES));
+            }
             if !self
                 .shared
                 .store

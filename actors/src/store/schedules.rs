@@ -66,6 +66,13 @@ impl Store {
             .collect()
     }
 
+    /// Every schedule's name, in order (the scheduler then reads one record at a
+    /// time, so a pass holds one flow spec in memory, not all of them).
+    pub fn schedule_names(&self) -> Result<Vec<String>, StoreError> {
+        let (schedules, _) = self.schedules()?;
+        schedules.iter().keys().map(|k| text(&k?)).collect()
+    }
+
     /// Number of schedules.
     pub fn schedule_count(&self) -> Result<usize, StoreError> {
         Ok(self.schedules()?.0.len())
