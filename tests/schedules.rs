@@ -156,6 +156,7 @@ async fn bad_input_is_refused_clearly_and_stores_nothing() {
             "invalid_schedule",
         ),
         (every_second("no/slash", json!({})), "invalid_schedule"),
+        (json!(["x", "* * * * *"]), "invalid_schedule"),
     ] {
         let (status, body) = api.post("/schedules", &spec).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{spec}: {body}");
@@ -193,6 +194,10 @@ async fn bad_input_is_refused_clearly_and_stores_nothing() {
     assert_eq!(still["cron"], "* * * * * *");
     let (status, _) = patch(&api, "dup", &json!({"paused": "yes"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // serde reads a struct from an array too: only an object is a change.
+    let (status, body) = patch(&api, "dup", &json!([null, null])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_code(&body), "invalid_schedule");
     let (status, _) = api.get("/schedules/dup/runs?limit=0").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = api.get("/schedules/dup/runs?bogus=1").await;

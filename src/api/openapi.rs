@@ -127,6 +127,7 @@ pub(crate) fn document(token: bool, limits: &Limits) -> Value {
     };
     apply_limits(&mut doc, limits);
     add_links(&mut doc);
+    super::schedules::add_links(&mut doc);
     add_server_errors(&mut doc);
     add_retry_after(&mut doc);
     never_null_parameters(&mut doc);

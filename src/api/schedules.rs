@@ -145,8 +145,9 @@ impl From<ScheduleError> for HttpError {
 }
 
 /// The body of a POST or PATCH: declared JSON, then parsed into `T`. Malformed JSON
-/// is a 400 `malformed_json` naming where; JSON of the wrong shape (a missing
-/// field, an unknown one, a bad `overlap`) a 400 `invalid_schedule`.
+/// is a 400 `malformed_json` naming where; JSON of the wrong shape (not an object —
+/// serde would read a struct from an array —, a missing field, an unknown one, a
+/// bad `overlap`) a 400 `invalid_schedule`.
 fn parse_body<T: serde::de::DeserializeOwned>(
     content_type: Option<&str>,
     body: &[u8],
@@ -154,25 +155,48 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     if !content_type.is_some_and(super::handlers::is_json) {
         return Err(errors::unsupported_media_type());
     }
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         let (line, column) = (e.line(), e.column());
         let mut message = e.to_string();
         errors::clip_in_place(&mut message);
-        match e.classify() {
-            Category::Data => {
-                HttpError::bad_request("invalid_schedule", format!("invalid schedule: {message}"))
-                    .with_details(
-                        json!({ "problems": [{ "code": "bad_shape", "message": message }] }),
-                    )
-            }
-            _ => HttpError::bad_request(
-                "malformed_json",
-                format!("malformed JSON at line {line}, column {column}: {message}"),
-            )
-            .with_details(json!({ "line": line, "column": column })),
+        HttpError::bad_request(
+            "malformed_json",
+            format!("malformed JSON at line {line}, column {column}: {message}"),
+        )
+        .with_details(json!({ "line": line, "column": column }))
+    })?;
+    let bad_shape = |mut message: String| {
+        errors::clip_in_place(&mut message);
+        HttpError::bad_request("invalid_schedule", format!("invalid schedule: {message}"))
+            .with_details(json!({ "problems": [{ "code": "bad_shape", "message": message }] }))
+    };
+    if !value.is_object() {
+        return Err(bad_shape("the body must be a JSON object".to_owned()));
+    }
+    serde_json::from_value(value).map_err(|e| bad_shape(e.to_string()))
+}
+
+/// Links from a created or shown schedule to what can be done with it, so that a
+/// client (and Schemathesis's stateful phase) can follow a schedule from creation
+/// to deletion.
+pub(crate) fn add_links(doc: &mut serde_json::Value) {
+    let by_name = json!({ "name": "$response.body#/name" });
+    let link = |operation: &str, description: &str| json!({ "operationId": operation, "parameters": by_name, "description": description });
+    let links = json!({
+        "GetSchedule": link("getSchedule", "the schedule"),
+        "UpdateSchedule": link("updateSchedule", "pause, resume or change it"),
+        "ListScheduleRuns": link("listScheduleRuns", "its runs"),
+        "DeleteSchedule": link("deleteSchedule", "delete it"),
+    });
+    for (path, method, status) in [
+        ("/schedules", "post", "201"),
+        ("/schedules/{name}", "get", "200"),
+        ("/schedules/{name}", "patch", "200"),
+    ] {
+        if let Some(response) = doc["paths"][path][method]["responses"][status].as_object_mut() {
+            response.insert("links".to_owned(), links.clone());
         }
-    })
+    }
 }
 
 /// Creates a schedule; it fires from its next tick on.
