@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use async_trait::async_trait;
+use dagflow_actors::retention::{Keep, Retention};
 use dagflow_actors::{Engine, FlowId, FlowSpec, FlowStatus};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -161,6 +162,15 @@ pub struct BenchArgs {
     /// The limit of each key of `--keys`.
     #[arg(long, default_value_t = 2)]
     pub key_limit: u32,
+    /// How long the engine keeps ended flows (embedded runs): `90s`, `1m`,
+    /// `forever`... (default: the engine's, 7 days for completed flows). With
+    /// `--disk-every`, shows whether the store's size stays flat under retention.
+    #[arg(long, conflicts_with_all = ["over_http", "idle", "restart"])]
+    pub retain: Option<Keep>,
+    /// Every this many seconds, record the sled directory's size and the flows
+    /// swept so far (`disk` in the result; each sample also goes to stderr).
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["over_http", "idle", "restart"])]
+    pub disk_every: Option<f64>,
     /// How the first engine of a `--restart` run stops: `kill` runs it as a
     /// `dagflow serve` process and SIGKILLs it (a crash), `graceful` runs it in this
     /// process and calls `Engine::shutdown`.
@@ -354,6 +364,9 @@ pub struct BenchResult {
     /// The run's Redis key prefix (embedded runs; its keys are gone afterwards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The store's size over the run (`--disk-every`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk: Vec<DiskSample>,
     // The fields below are only in `idle` and `restart` runs. There, `wall_s`,
     // `flows_per_s` and `nodes_per_s` cover the creation of the flows (first
     // `create` called → every root job seen in Redis), and the Redis command and
@@ -566,6 +579,7 @@ pub async fn run_one(args: &BenchArgs, run: u32) -> anyhow::Result<BenchResult> 
         background_cpu_cores: window.background_cores,
         events_lagged: t.lagged,
         prefix: outcome.prefix.clone(),
+        disk: outcome.disk.clone(),
         ..BenchResult::empty()
     })
 }
@@ -614,6 +628,7 @@ impl BenchResult {
             background_cpu_cores: None,
             events_lagged: 0,
             prefix: None,
+            disk: Vec::new(),
             idle_flows: None,
             awake_flows: None,
             queued_jobs: None,
@@ -750,6 +765,64 @@ struct Outcome {
     peak_rss_mb: Option<f64>,
     /// The key prefix of an embedded run.
     prefix: Option<String>,
+    /// The store's size over the run (`--disk-every`).
+    disk: Vec<DiskSample>,
+}
+
+/// The store's size at one moment of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DiskSample {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    /// Bytes of every file in the sled directory, in MiB.
+    pub dir_mb: f64,
+    /// Flows the retention sweeper deleted so far.
+    pub swept: u64,
+    /// Flows ended so far, as the benchmark saw them.
+    pub ended: usize,
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Samples the store's size every `every` until aborted.
+async fn sample_disk(
+    engine: Engine,
+    dir: PathBuf,
+    every: Duration,
+    tracker: Arc<Mutex<Tracker>>,
+    samples: Arc<Mutex<Vec<DiskSample>>>,
+) {
+    let start = Instant::now();
+    loop {
+        tokio::time::sleep(every).await;
+        let sample = DiskSample {
+            t_s: round3(start.elapsed().as_secs_f64()),
+            dir_mb: round3(dir_bytes(&dir) as f64 / (1024.0 * 1024.0)),
+            swept: engine
+                .stats()
+                .map(|s| s.flows_swept.load(std::sync::atomic::Ordering::Relaxed))
+                .unwrap_or(0),
+            ended: lock(&tracker).ended(),
+        };
+        eprintln!(
+            "dagflow bench: t={:.0}s store={:.1} MiB swept={} ended={}",
+            sample.t_s, sample.dir_mb, sample.swept, sample.ended
+        );
+        lock(&samples).push(sample);
+    }
 }
 
 /// The counters read before and after a run.
@@ -851,9 +924,27 @@ async fn embedded(
         .handler("noop", crate::handlers::Noop)
         .handler("echo", crate::handlers::Echo)
         .event_capacity(args.event_capacity)
+        .retention(match args.retain {
+            Some(keep) => Retention {
+                completed: keep,
+                failed: keep,
+                ..Retention::default()
+            },
+            None => Retention::default(),
+        })
         .build()
         .await
         .context("starting the engine")?;
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = args.disk_every.filter(|s| *s > 0.0).map(|every| {
+        tokio::spawn(sample_disk(
+            engine.clone(),
+            data_dir.path.clone(),
+            Duration::from_secs_f64(every),
+            Arc::clone(tracker),
+            Arc::clone(&samples),
+        ))
+    });
     let result = async {
         let collector = tokio::spawn(collect(engine.events(), Arc::clone(tracker)));
         let before = Counters::take(probe).await;
@@ -874,6 +965,9 @@ async fn embedded(
         }
         let after = Counters::take(probe).await;
         collector.abort();
+        if let Some(sampler) = &sampler {
+            sampler.abort();
+        }
         let peak = if rss_reset { peak_rss_mb() } else { None };
         Ok::<_, anyhow::Error>(Outcome {
             started,
@@ -883,6 +977,7 @@ async fn embedded(
             after,
             peak_rss_mb: peak,
             prefix: Some(prefix.clone()),
+            disk: std::mem::take(&mut *lock(&samples)),
         })
     }
     .await;
@@ -1145,7 +1240,7 @@ fn round3(x: f64) -> f64 {
 
 /// The tracker, even if a task panicked while holding it (its data is still usable
 /// for a benchmark).
-fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
+fn lock<T>(tracker: &Mutex<T>) -> MutexGuard<'_, T> {
     tracker
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use dagflow_actors::retention::{Keep, Retention};
 
 /// Address `dagflow serve` listens on: loopback only, so that an instance without a
 /// token is not reachable from the network by accident.
@@ -37,6 +38,16 @@ pub const DEFAULT_HIBERNATE_AFTER: &str = "10s";
 pub const DEFAULT_RECONCILE_EVERY: &str = "30s";
 /// Default job lease (the engine's own default).
 pub const DEFAULT_LEASE: &str = "30s";
+/// Default of `--retain-completed`.
+pub const DEFAULT_RETAIN_COMPLETED: &str = dagflow_actors::retention::DEFAULT_RETAIN_COMPLETED;
+/// Default of `--retain-failed`.
+pub const DEFAULT_RETAIN_FAILED: &str = dagflow_actors::retention::DEFAULT_RETAIN_FAILED;
+/// Default of `--sweep-rate`.
+pub const DEFAULT_SWEEP_RATE: u32 = dagflow_actors::retention::DEFAULT_SWEEP_RATE;
+/// Default of `--webhook-timeout` (the engine's own default).
+pub const DEFAULT_WEBHOOK_TIMEOUT: &str = "10s";
+/// Default of `--webhook-max-age`: a day (the engine's own default).
+pub const DEFAULT_WEBHOOK_MAX_AGE: &str = "24h";
 /// Server the client commands talk to.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7700";
 /// Log filter when `RUST_LOG` is not set.
@@ -133,6 +144,58 @@ pub struct ServeConfig {
     /// (a restart from an older snapshot, a failover), at up to 1,000 flows a second.
     #[arg(long, env = "DAGFLOW_RECONCILE_EVERY", default_value = DEFAULT_RECONCILE_EVERY)]
     pub reconcile_every: HumanDuration,
+    /// How long a completed flow is kept before it is deleted with everything it
+    /// holds (`90s`, `12h`, `7d`, or `forever`). A flow's `opts.retention` overrides it.
+    #[arg(long, env = "DAGFLOW_RETAIN_COMPLETED", default_value = DEFAULT_RETAIN_COMPLETED)]
+    pub retain_completed: Keep,
+    /// How long a failed or cancelled flow is kept (`90s`, `12h`, `30d`, or `forever`).
+    #[arg(long, env = "DAGFLOW_RETAIN_FAILED", default_value = DEFAULT_RETAIN_FAILED)]
+    pub retain_failed: Keep,
+    /// Most expired flows deleted per second; the sweeper never takes more.
+    #[arg(long, env = "DAGFLOW_SWEEP_RATE", default_value_t = DEFAULT_SWEEP_RATE)]
+    pub sweep_rate: u32,
+    /// How flows' callbacks (`opts.notify`) are sent.
+    #[command(flatten)]
+    pub webhooks: WebhookConfig,
+}
+
+/// How `dagflow serve` sends flows' callbacks (`opts.notify`).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookConfig {
+    /// Key of the callbacks' `X-Dagflow-Signature` (`sha256=` + hex HMAC-SHA256 of
+    /// the body). Without one, callbacks are sent unsigned.
+    #[arg(long, env = "DAGFLOW_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Longest time one callback POST may take before it counts as failed.
+    #[arg(long, env = "DAGFLOW_WEBHOOK_TIMEOUT", default_value = DEFAULT_WEBHOOK_TIMEOUT)]
+    pub webhook_timeout: HumanDuration,
+    /// A callback still failing this long after its flow ended is dropped (logged
+    /// and counted in `dagflow_callbacks_dropped_total`).
+    #[arg(long, env = "DAGFLOW_WEBHOOK_MAX_AGE", default_value = DEFAULT_WEBHOOK_MAX_AGE)]
+    pub webhook_max_age: HumanDuration,
+}
+
+impl WebhookConfig {
+    /// The engine's callback options.
+    pub fn options(&self) -> dagflow_actors::notify::NotifyOptions {
+        dagflow_actors::notify::NotifyOptions {
+            secret: self.webhook_secret.clone().filter(|s| !s.is_empty()),
+            timeout: self.webhook_timeout.0,
+            max_age: self.webhook_max_age.0,
+            ..dagflow_actors::notify::NotifyOptions::default()
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The retention the flags ask for.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            completed: self.retain_completed,
+            failed: self.retain_failed,
+            sweep_rate: self.sweep_rate,
+        }
+    }
 }
 
 /// `dagflow worker`.
@@ -281,7 +344,8 @@ impl fmt::Display for QueueList {
     }
 }
 
-/// A duration flag: `250ms`, `30s`, `2m`, or a plain number of seconds.
+/// A duration flag: `250ms`, `30s`, `2m`, `12h`, `7d`, `1h 30m`, or a plain number
+/// of seconds (humantime's syntax, the same as `opts.retention`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -290,18 +354,12 @@ impl FromStr for HumanDuration {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m)"))?;
-        let duration = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            other => return Err(format!("unknown duration unit '{other}' (use ms, s or m)")),
-        };
-        Ok(HumanDuration(duration))
+        if let Ok(secs) = s.parse::<u64>() {
+            return Ok(HumanDuration(Duration::from_secs(secs)));
+        }
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("'{s}' is not a duration (e.g. 500ms, 30s, 2m, 7d): {e}"))
     }
 }
 
@@ -341,8 +399,10 @@ mod tests {
         assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(d("7"), Ok(Duration::from_secs(7)));
         assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(d("3h"), Ok(Duration::from_secs(3 * 3600)));
+        assert_eq!(d("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(d("soon").is_err());
-        assert!(d("3h").is_err());
+        assert!(d("-3s").is_err());
     }
 
     #[test]
@@ -358,6 +418,7 @@ mod tests {
             format!("default={DEFAULT_CONCURRENCY}")
         );
         assert_eq!(serve.shutdown_timeout.0, Duration::from_secs(30));
+        assert_eq!(serve.retention(), Retention::default());
         Config::command_for_tests().debug_assert();
     }
 

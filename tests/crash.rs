@@ -17,6 +17,10 @@
 //! `crash: flows N, kills K, lost 0, wrong 0, duplicate executions D, keys not listed
 //! as exactly their one flow 0`.
 //!
+//! Every third flow also names a callback (`opts.notify`) to an HTTP receiver in
+//! the test; at the end each of those flows' callback must have arrived at least
+//! once, signed, through all the kills (`callbacks lost 0`).
+//!
 //! A second test cuts one snapshot write short, as a crash can (sled writes its log
 //! buffers out as they fill, so part of a write may be on disk before the flush
 //! that covers it), and checks that the flow still completes.
@@ -37,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{get, ids_by_name, list_all};
 use common::process::{blocking, Deployment, Proc, ServeArgs, Server, WorkerArgs};
+use common::receiver::Receiver;
 use common::rng::{clock_seed, Rng};
 use dagflow::engine::store::{NodeRecord, Store, WriteOp, DEFAULT_CACHE_BYTES};
 use dagflow::engine::testing::{self, TestRedis};
@@ -380,8 +385,48 @@ fn server_args() -> ServeArgs {
     ServeArgs {
         hibernate_after: Some(HIBERNATE_AFTER.to_owned()),
         shutdown_timeout: Some("5s".to_owned()),
+        env: vec![(
+            "DAGFLOW_WEBHOOK_SECRET".to_owned(),
+            CALLBACK_SECRET.to_owned(),
+        )],
         ..ServeArgs::new(SERVER_QUEUES)
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Callbacks.
+// ---------------------------------------------------------------------------------
+
+/// `--webhook-secret` of every server of the test.
+const CALLBACK_SECRET: &str = "crash-callback-secret";
+
+/// The receiver path of flow `i`'s callback, for every third flow.
+fn callback_path(i: usize) -> Option<String> {
+    i.is_multiple_of(3).then(|| format!("/ok/crash-{i}"))
+}
+
+/// The flows whose callback never arrived signed, as "completed", with their id:
+/// a description of each.
+fn missing_callbacks(receiver: &Receiver, ids: &[String]) -> Vec<String> {
+    use hmac::Mac;
+    let hits = receiver.hits();
+    ids.iter()
+        .enumerate()
+        .filter_map(|(i, id)| Some((callback_path(i)?, id)))
+        .filter(|(path, id)| {
+            !hits.iter().any(|h| {
+                let mut mac =
+                    hmac::Hmac::<sha2::Sha256>::new_from_slice(CALLBACK_SECRET.as_bytes()).unwrap();
+                mac.update(&h.body);
+                let signed = format!("sha256={:x}", mac.finalize().into_bytes());
+                &h.path == path
+                    && h.header("x-dagflow-flow") == id.as_str()
+                    && h.header("x-dagflow-event") == "completed"
+                    && h.header("x-dagflow-signature") == signed
+            })
+        })
+        .map(|(path, id)| format!("flow {id}: no signed callback on {path}"))
+        .collect()
 }
 
 /// How every worker process of the test starts.
@@ -546,7 +591,18 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
 
     // The submitter runs on its own while the chaos goes on: a client retrying
     // through crashes, as a real one would.
-    let specs: Vec<Value> = flows.iter().map(|f| f.spec.clone()).collect();
+    let receiver = Receiver::start().await;
+    let specs: Vec<Value> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut spec = f.spec.clone();
+            if let Some(path) = callback_path(i) {
+                spec["opts"] = json!({"notify": [{"url": receiver.url(&path)}]});
+            }
+            spec
+        })
+        .collect();
     let mut submit_rng = Rng(seed ^ 0x5EED);
     let pauses: Vec<u64> = (0..specs.len())
         .map(|_| submit_rng.range(size.submit_pause.0, size.submit_pause.1))
@@ -739,6 +795,19 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
             }
         }
     }
+    // Every ended flow that names a callback got it at least once, whatever was
+    // killed between its end and the POST.
+    let callbacks_deadline = Instant::now() + Duration::from_secs(60);
+    let mut callbacks_lost = missing_callbacks(&receiver, &ids);
+    while !callbacks_lost.is_empty() && Instant::now() < callbacks_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        callbacks_lost = missing_callbacks(&receiver, &ids);
+    }
+    let callbacks = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| callback_path(*i).is_some())
+        .count();
     let (server_alive, workers_alive) = (
         server.proc.alive(),
         workers.iter_mut().map(|w| w.alive()).filter(|a| *a).count(),
@@ -767,12 +836,20 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     );
     println!(
         "crash: flows {}, kills {}, lost {lost}, wrong {wrong}, duplicate executions {duplicates}, \
-         keys not listed as exactly their one flow {}",
+         keys not listed as exactly their one flow {}, callbacks {callbacks} ({} POSTs), \
+         callbacks lost {}",
         ids.len(),
         server_kills + worker_kills,
-        key_problems.len()
+        key_problems.len(),
+        receiver.hits().len(),
+        callbacks_lost.len()
     );
-    for p in problems.iter().chain(&key_problems).take(20) {
+    for p in problems
+        .iter()
+        .chain(&key_problems)
+        .chain(&callbacks_lost)
+        .take(20)
+    {
         eprintln!("{p}");
     }
     assert!(server_alive, "the server died on its own");
@@ -797,6 +874,11 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
         tick_problems.join("\n")
     );
     assert_eq!(lost, 0, "flows that did not complete (seed {seed})");
+    assert!(
+        callbacks_lost.is_empty(),
+        "callbacks that never arrived (seed {seed}):\n{}",
+        callbacks_lost.join("\n")
+    );
     assert_eq!(wrong, 0, "nodes with a wrong result (seed {seed})");
     // Every slot, waiting list and held-back count was given back: the limits kept
     // nothing of flows that all ended.

@@ -29,6 +29,7 @@ use crate::handler::{Handler, Handlers};
 use crate::hub::{EventHub, DEFAULT_EVENT_CAPACITY};
 use crate::ids::FlowId;
 use crate::queue::{Keys, Queue};
+use crate::retention::Retention;
 use crate::schedule::Schedules;
 use crate::spec::{self, FlowSpec, Limits, DEFAULT_MAX_STALLED};
 use crate::state::FlowStatus;
@@ -68,6 +69,8 @@ pub struct EngineBuilder {
     reconcile_every: Duration,
     redeliver_after: Duration,
     schedule_grace: Duration,
+    notify: crate::notify::NotifyOptions,
+    retention: Retention,
 }
 
 impl Default for EngineBuilder {
@@ -89,6 +92,8 @@ impl Default for EngineBuilder {
             reconcile_every: DEFAULT_RECONCILE_EVERY,
             redeliver_after: REDELIVER_AFTER,
             schedule_grace: crate::schedule::DEFAULT_GRACE,
+            notify: crate::notify::NotifyOptions::default(),
+            retention: Retention::default(),
         }
     }
 }
@@ -200,6 +205,30 @@ impl EngineBuilder {
         self
     }
 
+    /// The key that signs callbacks (`opts.notify`): `X-Dagflow-Signature` is
+    /// `sha256=` and the hex HMAC-SHA256 of the body. Without one, callbacks go
+    /// out unsigned.
+    pub fn webhook_secret(mut self, secret: impl Into<String>) -> Self {
+        self.notify.secret = Some(secret.into());
+        self
+    }
+
+    /// How callbacks are delivered (timeout, concurrency, backoff, maximum age;
+    /// the secret too, as with [`EngineBuilder::webhook_secret`]).
+    pub fn notify_options(mut self, options: crate::notify::NotifyOptions) -> Self {
+        self.notify = options;
+        self
+    }
+
+    /// How long finished flows are kept before the sweeper deletes them, and how
+    /// many it deletes a second at most. The default keeps completed flows 7 days
+    /// and failed or cancelled ones 30 ([`Retention::default`]); a flow's
+    /// `opts.retention` overrides both for itself.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Runs only workers: no flows, no store (for extra worker processes).
     pub fn worker_only(mut self) -> Self {
         self.worker_only = true;
@@ -243,6 +272,9 @@ impl EngineBuilder {
             .await
             .map_err(|e| EngineError::Internal(format!("spawning snapshot writer: {e}")))?;
             let (handback_tx, handback_rx) = tokio::sync::mpsc::unbounded_channel();
+            let notify_client = crate::notify::client(&self.notify)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+            let notify_wake = crate::notify::NotifyWake::default();
             let shared = Arc::new(Shared {
                 store,
                 queue: queue.clone(),
@@ -255,6 +287,7 @@ impl EngineBuilder {
                 redeliver_after: self.redeliver_after,
                 handback: Some(handback_tx),
                 stats: EngineStats::default(),
+                notify_wake: notify_wake.clone(),
             });
             // Mark this Redis as known before anything is enqueued; a missing marker
             // later means Redis lost its data.
@@ -303,10 +336,21 @@ impl EngineBuilder {
             let background = vec![
                 tokio::spawn(promote_loop(Arc::clone(&shared))),
                 tokio::spawn(rate_loop(Arc::clone(&shared))),
+                tokio::spawn(crate::retention::sweep_loop(
+                    Arc::clone(&shared),
+                    supervisor.clone(),
+                    self.retention,
+                )),
                 tokio::spawn(reconcile_loop(
                     Arc::clone(&shared),
                     supervisor.clone(),
                     self.reconcile_every,
+                )),
+                tokio::spawn(crate::notify::deliver_loop(
+                    Arc::clone(&shared),
+                    self.notify.clone(),
+                    notify_client,
+                    notify_wake,
                 )),
             ];
             let watchdog = tokio::spawn(watch_redis(
@@ -745,6 +789,12 @@ impl Engine {
     /// reconciliation repairs, promotions); `None` for a worker-only engine.
     pub fn stats(&self) -> Option<&EngineStats> {
         self.inner.flows.as_ref().map(|f| &f.shared.stats)
+    }
+
+    /// Bytes the store's files take on disk; `None` for a worker-only engine.
+    pub fn store_size(&self) -> Option<u64> {
+        let flows = self.inner.flows.as_ref()?;
+        flows.shared.store.size_on_disk().ok()
     }
 
     /// Number of event subscribers.

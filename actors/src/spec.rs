@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::NodeIdx;
 
+mod notify;
+pub use notify::{NotifySpec, MAX_NOTIFY_TARGETS, MAX_NOTIFY_URL_LEN, NOTIFY_EVENTS};
+
 /// Default queue of a node that names none.
 pub const DEFAULT_QUEUE: &str = "default";
 /// The highest priority a node can have (0 is the lowest).
@@ -329,6 +332,15 @@ pub struct FlowOpts {
     /// node name), evaluated when the flow is submitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<ConcurrencySpec>,
+    /// Where to POST the flow's final view when it ends (callbacks; delivered at
+    /// least once by `crate::notify`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifySpec>,
+    /// How long this flow is kept once it ended (`90s`, `7d`, `forever`),
+    /// whatever its outcome; overrides the engine's `--retain-completed` and
+    /// `--retain-failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
 }
 
 /// What a permanent node failure does to the rest of the flow.
@@ -508,6 +520,8 @@ pub struct Dag {
     pub nodes: Vec<DagNode>,
     /// The flow concurrency key, evaluated, with its limit and strategy.
     pub flow_key: Option<(String, u32, ConcurrencyStrategy)>,
+    /// `opts.retention`, parsed.
+    pub retention: Option<crate::retention::Keep>,
     index: HashMap<Arc<str>, NodeIdx>,
 }
 
@@ -584,12 +598,22 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
             );
         }
     }
+    let mut retention = None;
+    if let Some(text) = &spec.opts.retention {
+        match text.parse::<crate::retention::Keep>() {
+            Ok(keep) => retention = Some(keep),
+            Err(e) => push("bad_retention", None, format!("opts.retention: {e}")),
+        }
+    }
     if let Some(priority) = spec.opts.priority.filter(|p| *p > MAX_PRIORITY) {
         push(
             "bad_priority",
             None,
             format!("the flow has priority {priority}; priorities go from 0 to {MAX_PRIORITY}"),
         );
+    }
+    for (code, message) in notify::problems(&spec.opts.notify) {
+        push(code, None, message);
     }
     if spec.nodes.len() > limits.max_nodes {
         push(
@@ -1167,6 +1191,7 @@ pub fn validate(spec: &FlowSpec, limits: &Limits) -> Result<Dag, SpecError> {
         opts: spec.opts.clone(),
         nodes,
         flow_key,
+        retention,
         index,
     })
 }

@@ -7,6 +7,8 @@
 //! - `idempotency`: client key → flow id
 //! - `meta`: engine-wide values (the engine's stable consumer id)
 //! - `schedules`, `schedule_runs`: the schedules (see [`schedules`])
+//! - `outbox`: callbacks owed (`crate::outbox`), written with the flow's end and
+//!   removed by the deliverer (`crate::notify`) once sent
 //!
 //! Records are bincode with a leading format version byte. A completion rewrites
 //! the flow record and the nodes it changed, never the spec or the other nodes, so
@@ -22,6 +24,7 @@ use sled::Transactional;
 pub mod schedules;
 
 use crate::ids::{FlowId, NodeIdx};
+use crate::outbox::{OutboxKey, OutboxRecord};
 pub use crate::records::{status_code, status_from, FlowRecord, NodeRecord, UnknownStatus};
 use crate::state::{FlowStatus, NodeState};
 
@@ -113,6 +116,15 @@ pub enum WriteOp {
     /// idempotency key) in the same transaction as the rest of the batch, so a
     /// crash never leaves a flow without its nodes or a record without its spec.
     Delete(FlowId),
+    /// A finished flow's retention entry (see [`crate::retention`]) with the time it
+    /// finished, written with its terminal record so that no ended flow is missed.
+    Expiry(crate::retention::ExpiryKey, u64),
+    /// Removes a retention entry: the flow it names runs again (a retry, a re-run).
+    Unexpire(crate::retention::ExpiryKey),
+    /// Owe a callback: written in the same transaction as the flow's terminal
+    /// record, so a flow never ends on disk without the callbacks it owes. A
+    /// `Delete` of the flow leaves it (the record holds its own body).
+    Notify(OutboxKey, Box<OutboxRecord>),
 }
 
 /// The record a [`WriteOp`] writes.
@@ -123,6 +135,8 @@ enum RecordKey<'a> {
     Node(FlowId, NodeIdx),
     Idempotency(&'a str),
     Delete(FlowId),
+    Expiry(crate::retention::ExpiryKey),
+    Notify(OutboxKey),
 }
 
 impl WriteOp {
@@ -133,6 +147,8 @@ impl WriteOp {
             WriteOp::Node(id, idx, _) => RecordKey::Node(*id, *idx),
             WriteOp::Idempotency(key, _) => RecordKey::Idempotency(key),
             WriteOp::Delete(id) => RecordKey::Delete(*id),
+            WriteOp::Expiry(key, _) | WriteOp::Unexpire(key) => RecordKey::Expiry(*key),
+            WriteOp::Notify(key, _) => RecordKey::Notify(*key),
         }
     }
 }
@@ -171,6 +187,10 @@ pub struct Store {
     nodes: sled::Tree,
     idempotency: sled::Tree,
     meta: sled::Tree,
+    /// Retention entries of ended flows, in time order (see [`crate::retention`]).
+    expiry: sled::Tree,
+    /// Callbacks owed (see [`crate::outbox`]), until their receiver answered 2xx.
+    outbox: sled::Tree,
 }
 
 impl Store {
@@ -201,6 +221,8 @@ impl Store {
             nodes: db.open_tree("nodes")?,
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
+            expiry: db.open_tree("expiry")?,
+            outbox: db.open_tree("outbox")?,
             db,
         })
     }
@@ -238,27 +260,46 @@ impl Store {
                     )));
                     (4, id.as_bytes().to_vec(), Vec::new())
                 }
+                WriteOp::Expiry(key, finished_at) => {
+                    (5, key.to_vec(), finished_at.to_be_bytes().to_vec())
+                }
+                // Tree 7 is a removal from `expiry`.
+                WriteOp::Unexpire(key) => (7, key.to_vec(), Vec::new()),
+                WriteOp::Notify(key, rec) => (6, key.as_bytes().to_vec(), encode(rec)?),
             });
         }
         if encoded.is_empty() {
             // A barrier: a transaction would still seal and write sled's log buffer.
             return Ok(());
         }
-        if let [(tree @ 0..=3, key, value)] = encoded.as_slice() {
+        if let [(tree @ (0..=3 | 5 | 6), key, value)] = encoded.as_slice() {
             // A single insert is atomic by itself.
             self.tree(*tree).insert(key.as_slice(), value.as_slice())?;
             return Ok(());
         }
-        (&self.flows, &self.specs, &self.nodes, &self.idempotency)
-            .transaction(|(flows, specs, nodes, idempotency)| {
+        (
+            &self.flows,
+            &self.specs,
+            &self.nodes,
+            &self.idempotency,
+            &self.expiry,
+            &self.outbox,
+        )
+            .transaction(|(flows, specs, nodes, idempotency, expiry, outbox)| {
                 for (tree, key, value) in &encoded {
                     let tree = match tree {
                         0 => flows,
                         1 => specs,
                         2 => nodes,
                         3 => idempotency,
+                        5 => expiry,
+                        7 => {
+                            expiry.remove(key.as_slice())?;
+                            continue;
+                        }
+                        6 => outbox,
                         _ => {
-                            delete_in(key, flows, specs, nodes, idempotency)?;
+                            delete_in(key, flows, specs, nodes, idempotency, expiry)?;
                             continue;
                         }
                     };
@@ -277,6 +318,8 @@ impl Store {
             0 => &self.flows,
             1 => &self.specs,
             2 => &self.nodes,
+            5 => &self.expiry,
+            6 => &self.outbox,
             _ => &self.idempotency,
         }
     }
@@ -414,6 +457,75 @@ impl Store {
         self.nodes.scan_prefix(id.as_bytes()).count()
     }
 
+    /// Up to `limit` retention entries inside `ranges` (oldest first in each), with
+    /// the time their flow finished.
+    pub(crate) fn due_expiries(
+        &self,
+        ranges: &[(crate::retention::ExpiryKey, crate::retention::ExpiryKey)],
+        limit: usize,
+    ) -> Result<Vec<(crate::retention::ExpiryKey, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for (start, end) in ranges {
+            for item in self.expiry.range(start.as_slice()..=end.as_slice()) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                let (key, value) = item?;
+                let (Ok(key), Ok(at)) = (
+                    <crate::retention::ExpiryKey>::try_from(key.as_ref()),
+                    <[u8; 8]>::try_from(value.as_ref()),
+                ) else {
+                    return Err(StoreError::Decode("bad retention entry".to_owned()));
+                };
+                out.push((key, u64::from_be_bytes(at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a retention entry. Not flushed: an entry that comes back after a crash
+    /// is found stale (or due) again by the next sweep.
+    pub(crate) fn remove_expiry(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.expiry.remove(key)?;
+        Ok(())
+    }
+
+    /// Number of retention entries (tests check that sweeping leaves none behind).
+    pub fn expiry_count(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// Gives every ended flow written before retention existed its entry, once per
+    /// store (the `meta` key `expiry-index` remembers it is done).
+    pub(crate) fn build_expiry_index(&self) -> Result<(), StoreError> {
+        const DONE: &str = "expiry-index";
+        if self.meta(DONE)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.flows.iter() {
+            let (key, value) = item?;
+            let rec: FlowRecord = decode(&value)?;
+            let (Ok(status), Some(finished_at)) = (rec.flow_status(), rec.finished_at) else {
+                continue;
+            };
+            if status.is_terminal() {
+                let id = flow_id_of(&key)?;
+                if let Some(entry) = crate::retention::expiry_entry(id, status, finished_at, None) {
+                    batch.insert(entry.as_slice(), finished_at.to_be_bytes().as_slice());
+                }
+            }
+        }
+        self.expiry.apply_batch(batch)?;
+        self.meta.insert(DONE.as_bytes(), b"1".as_slice())?;
+        Ok(())
+    }
+
+    /// Bytes sled's files take on disk, for `/metrics` and the retention benchmark.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// A value of the `meta` tree.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.meta
@@ -426,6 +538,55 @@ impl Store {
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta.insert(key.as_bytes(), value.as_bytes())?;
         self.flush().await
+    }
+
+    /// Up to `limit` outbox keys after `after` (exclusive), in key order: a page of
+    /// the callbacks owed, for the deliverer.
+    pub fn outbox_keys(
+        &self,
+        after: Option<&OutboxKey>,
+        limit: usize,
+    ) -> Result<Vec<OutboxKey>, StoreError> {
+        let iter = match after {
+            Some(cursor) => {
+                let mut start = cursor.as_bytes().to_vec();
+                start.push(0);
+                self.outbox.range(start..)
+            }
+            None => self.outbox.range::<Vec<u8>, _>(..),
+        };
+        let mut out = Vec::with_capacity(limit.min(1000));
+        for item in iter.keys() {
+            let key = item?;
+            let key = OutboxKey::from_slice(&key)
+                .ok_or_else(|| StoreError::Decode("bad outbox key".to_owned()))?;
+            out.push(key);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One owed callback, if it is still owed.
+    pub fn outbox_record(&self, key: &OutboxKey) -> Result<Option<OutboxRecord>, StoreError> {
+        self.outbox
+            .get(key.as_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Forgets a callback (sent, or given up on); whether it was still there. Not
+    /// flushed here: a crash that takes the removal back sends the callback again,
+    /// which at-least-once allows.
+    pub fn remove_outbox(&self, key: &OutboxKey) -> Result<bool, StoreError> {
+        Ok(self.outbox.remove(key.as_bytes())?.is_some())
+    }
+
+    /// Number of callbacks owed (walks the tree: for start-up and the deliverer's
+    /// occasional recount, not for every scrape).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
     }
 
     /// Whether sled answers; for readiness checks.
@@ -443,18 +604,25 @@ fn flow_id_of(bytes: &[u8]) -> Result<FlowId, StoreError> {
 
 /// Removes every record of the flow `id_bytes` inside a transaction: its node
 /// records (the flow record says how many there can be), spec, idempotency key
-/// (only while it still names this flow) and the flow record itself.
+/// (only while it still names this flow), retention entry and the flow record itself.
 fn delete_in(
     id_bytes: &[u8],
     flows: &sled::transaction::TransactionalTree,
     specs: &sled::transaction::TransactionalTree,
     nodes: &sled::transaction::TransactionalTree,
     idempotency: &sled::transaction::TransactionalTree,
+    expiry: &sled::transaction::TransactionalTree,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
     let Some(bytes) = flows.get(id_bytes)? else {
         return Ok(());
     };
     let record: FlowRecord = decode(&bytes).map_err(ConflictableTransactionError::Abort)?;
+    let id = flow_id_of(id_bytes).map_err(ConflictableTransactionError::Abort)?;
+    let spec = specs.get(id_bytes)?;
+    let spec_json = spec.as_deref().unwrap_or_default();
+    if let Some(entry) = crate::retention::entry_of_stored(id, &record, spec_json) {
+        expiry.remove(entry.as_slice())?;
+    }
     for idx in 0..record.node_count {
         let mut key = Vec::with_capacity(20);
         key.extend_from_slice(id_bytes);
@@ -490,6 +658,80 @@ mod tests {
             done_count: 0,
             idempotency_key: Some("k".into()),
             engine_error: None,
+        }
+    }
+
+    #[test]
+    fn flows_ended_before_retention_existed_get_their_entry_once() {
+        let store = Store::temporary().unwrap();
+        let (done, failed, running) = (FlowId::new(), FlowId::new(), FlowId::new());
+        let ended = |status, at| FlowRecord {
+            finished_at: Some(at),
+            ..record(status)
+        };
+        store
+            .apply(&[
+                WriteOp::Flow(done, ended(FlowStatus::Completed, 10)),
+                WriteOp::Flow(failed, ended(FlowStatus::Cancelled, 20)),
+                WriteOp::Flow(running, record(FlowStatus::Running)),
+            ])
+            .unwrap();
+        assert_eq!(store.expiry_count(), 0);
+        store.build_expiry_index().unwrap();
+        assert_eq!(
+            store.expiry_count(),
+            2,
+            "one per ended flow, none for the running one"
+        );
+        let policy = crate::retention::Retention {
+            completed: crate::retention::Keep::For(std::time::Duration::ZERO),
+            failed: crate::retention::Keep::For(std::time::Duration::ZERO),
+            sweep_rate: 10,
+        };
+        let due = store
+            .due_expiries(&crate::retention::due_ranges(&policy, 100), 10)
+            .unwrap();
+        let mut flows: Vec<(Option<FlowId>, u64)> = due
+            .iter()
+            .map(|(k, at)| (crate::retention::entry_flow(k), *at))
+            .collect();
+        flows.sort_by_key(|(_, at)| *at);
+        assert_eq!(flows, vec![(Some(done), 10), (Some(failed), 20)]);
+        // Once per store: an entry removed since is not brought back.
+        store.remove_expiry(&due[0].0).unwrap();
+        store.build_expiry_index().unwrap();
+        assert_eq!(store.expiry_count(), 1);
+    }
+
+    #[test]
+    fn a_delete_removes_the_flows_retention_entry_whichever_retention_it_has() {
+        use crate::retention::{entry_of_stored, expiry_entry, Keep};
+        let store = Store::temporary().unwrap();
+        let ended = FlowRecord {
+            finished_at: Some(50),
+            ..record(FlowStatus::Failed)
+        };
+        for (spec, own) in [
+            (r#"{"nodes":[]}"#, None),
+            (
+                r#"{"nodes":[],"opts":{"retention":"1h"}}"#,
+                Some(Keep::For(std::time::Duration::from_secs(3600))),
+            ),
+        ] {
+            let id = FlowId::new();
+            let entry = expiry_entry(id, FlowStatus::Failed, 50, own).unwrap();
+            assert_eq!(entry_of_stored(id, &ended, spec.as_bytes()), Some(entry));
+            store
+                .apply(&[
+                    WriteOp::Flow(id, ended.clone()),
+                    WriteOp::Spec(id, spec.to_owned()),
+                    WriteOp::Expiry(entry, 50),
+                ])
+                .unwrap();
+            assert_eq!(store.expiry_count(), 1);
+            store.apply(&[WriteOp::Delete(id)]).unwrap();
+            assert_eq!(store.expiry_count(), 0, "{spec}");
+            assert_eq!(store.record_count(), 0);
         }
     }
 
@@ -608,6 +850,51 @@ mod tests {
             ]),
             vec![false, true, true]
         );
+    }
+
+    #[tokio::test]
+    async fn an_owed_callback_is_written_with_the_end_and_outlives_a_delete_of_its_flow() {
+        use crate::outbox::{OutboxKey, OutboxRecord};
+        let store = Store::temporary().unwrap();
+        let id = FlowId::new();
+        let key = OutboxKey::new(id, 9, 0);
+        let owed = OutboxRecord {
+            seq: 9,
+            event: "completed".into(),
+            url: "https://example.com/h".into(),
+            body: "{\"id\":1}".into(),
+            created_at: 5,
+        };
+        store
+            .apply(&[
+                WriteOp::Flow(id, record(FlowStatus::Completed)),
+                WriteOp::Spec(id, "{}".into()),
+                WriteOp::Notify(key, Box::new(owed.clone())),
+                WriteOp::Delete(id),
+            ])
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(store.load(id).unwrap().is_none());
+        assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![key]);
+        assert_eq!(store.outbox_record(&key).unwrap(), Some(owed));
+        assert_eq!(store.outbox_len(), 1);
+        let later = OutboxKey::new(id, 20, 0);
+        store
+            .apply(&[WriteOp::Notify(
+                later,
+                Box::new(OutboxRecord {
+                    seq: 20,
+                    event: "failed".into(),
+                    url: "https://example.com/h".into(),
+                    body: "{}".into(),
+                    created_at: 6,
+                }),
+            )])
+            .unwrap();
+        assert_eq!(store.outbox_keys(Some(&key), 10).unwrap(), vec![later]);
+        assert!(store.remove_outbox(&key).unwrap());
+        assert!(!store.remove_outbox(&key).unwrap());
+        assert_eq!(store.outbox_keys(None, 10).unwrap(), vec![later]);
     }
 
     #[test]

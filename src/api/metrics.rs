@@ -49,6 +49,13 @@
 //! | `dagflow_schedule_ticks_total` | counter | `outcome`: fired, skipped (overlap), missed (catch-up), failed |
 //! | `dagflow_schedule_cancelled_previous_total` | counter | running flows cancelled by `overlap: cancelPrevious` |
 //! | `dagflow_scheduler_passes_total` | counter | passes of the scheduler task |
+//! | `dagflow_flows_swept_total` | counter | finished flows the retention sweeper deleted |
+//! | `dagflow_store_bytes` | gauge | bytes sled's files take on disk |
+//! | `dagflow_callbacks_delivered_total` | counter | callbacks (`opts.notify`) a receiver answered with a 2xx |
+//! | `dagflow_callback_attempts_failed_total` | counter | callback POSTs that failed (error, timeout, non-2xx) and will be retried or dropped |
+//! | `dagflow_callbacks_dropped_total` | counter | callbacks given up on past `--webhook-max-age` |
+//! | `dagflow_callbacks_pending` | gauge | callbacks owed (in the sled outbox) |
+//! | `dagflow_callbacks_in_flight` | gauge | callback POSTs under way |
 //!
 //! `dagflow_flows_running` counts every flow whose durable status is `running`,
 //! hibernating ones included.
@@ -196,6 +203,28 @@ fn describe() {
         "dagflow_flow_actor_restarts_total",
         "flow actors restarted from their snapshot after a failure"
     );
+    describe_counter!(
+        "dagflow_flows_swept_total",
+        "finished flows the retention sweeper deleted"
+    );
+    describe_gauge!("dagflow_store_bytes", "bytes sled's files take on disk");
+    describe_counter!(
+        "dagflow_callbacks_delivered_total",
+        "callbacks (opts.notify) a receiver answered with a 2xx"
+    );
+    describe_counter!(
+        "dagflow_callback_attempts_failed_total",
+        "callback POSTs that failed (error, timeout or a status other than 2xx)"
+    );
+    describe_counter!(
+        "dagflow_callbacks_dropped_total",
+        "callbacks given up on after the maximum age (--webhook-max-age)"
+    );
+    describe_gauge!(
+        "dagflow_callbacks_pending",
+        "callbacks owed, in the sled outbox"
+    );
+    describe_gauge!("dagflow_callbacks_in_flight", "callback POSTs under way");
     describe_gauge!(
         "dagflow_event_subscribers",
         "receivers of the engine's event feed"
@@ -226,6 +255,8 @@ const RUN_OUTCOMES: [&str; 3] = ["completed", "failed", "retried"];
 fn register_at_zero() {
     gauge!("dagflow_flows_awake").set(0.0);
     gauge!("dagflow_reports_parked").set(0.0);
+    gauge!("dagflow_callbacks_pending").set(0.0);
+    gauge!("dagflow_callbacks_in_flight").set(0.0);
     for name in [
         "dagflow_reports_handed_back_total",
         "dagflow_completions_redelivered_total",
@@ -234,6 +265,10 @@ fn register_at_zero() {
         "dagflow_reconcile_jobs_repaired_total",
         "dagflow_retries_promoted_total",
         "dagflow_flow_actor_restarts_total",
+        "dagflow_flows_swept_total",
+        "dagflow_callbacks_delivered_total",
+        "dagflow_callback_attempts_failed_total",
+        "dagflow_callbacks_dropped_total",
     ] {
         counter!(name).increment(0);
     }
@@ -253,6 +288,7 @@ fn register_at_zero() {
         let _ = histogram!("dagflow_node_run_seconds", "outcome" => outcome);
     }
     gauge!("dagflow_flows_running").set(0.0);
+    gauge!("dagflow_store_bytes").set(0.0);
     gauge!("dagflow_ws_sessions").set(0.0);
     gauge!("dagflow_event_subscribers").set(0.0);
     for state in ["ready", "delayed"] {
@@ -382,6 +418,17 @@ fn engine_stats(engine: &Engine) {
         .absolute(stats.reconcile_repaired.load(Relaxed));
     counter!("dagflow_retries_promoted_total").absolute(stats.promoted.load(Relaxed));
     counter!("dagflow_flow_actor_restarts_total").absolute(stats.actor_restarts.load(Relaxed));
+    counter!("dagflow_flows_swept_total").absolute(stats.flows_swept.load(Relaxed));
+    if let Some(bytes) = engine.store_size() {
+        gauge!("dagflow_store_bytes").set(bytes as f64);
+    }
+    let notify = &stats.notify;
+    counter!("dagflow_callbacks_delivered_total").absolute(notify.delivered.load(Relaxed));
+    counter!("dagflow_callback_attempts_failed_total")
+        .absolute(notify.failed_attempts.load(Relaxed));
+    counter!("dagflow_callbacks_dropped_total").absolute(notify.dropped.load(Relaxed));
+    gauge!("dagflow_callbacks_pending").set(notify.pending.load(Relaxed) as f64);
+    gauge!("dagflow_callbacks_in_flight").set(notify.in_flight.load(Relaxed) as f64);
 }
 
 /// Attempt starts older than this are forgotten: their flow was deleted while they
@@ -605,6 +652,8 @@ mod tests {
             "dagflow_reconcile_jobs_repaired_total",
             "dagflow_retries_promoted_total",
             "dagflow_flow_actor_restarts_total",
+            "dagflow_flows_swept_total",
+            "dagflow_store_bytes",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

@@ -63,7 +63,7 @@ pub(crate) struct ErrorObject {
     /// `name_too_long`, `empty_name`, `reserved_name`, `duplicate_name`,
     /// `bad_queue_name`, `bad_attempts`, `bad_timeout`, `data_too_large`,
     /// `bad_condition`, `bad_map`, `bad_wait`, `bad_priority`, `bad_concurrency`,
-    /// `bad_rate_limit`, `unknown_parent`, `unknown_child`, `self_edge`,
+    /// `bad_rate_limit`, `bad_retention`, `bad_notify`, `unknown_parent`, `unknown_child`, `self_edge`,
     /// `duplicate_edge`, `edge_mismatch`, `cycle`, `too_many_problems` (the count of
     /// those past the first 100), or `invalid_spec` (JSON that is not a flow spec,
     /// with `line` and `column`).
@@ -799,6 +799,52 @@ pub(crate) struct FlowOptsSchema {
     /// name), evaluated when the flow is submitted; one that cannot be evaluated is
     /// a 422 (`bad_concurrency`).
     concurrency: Option<ConcurrencySpecSchema>,
+    /// How long this flow is kept once it ended, whatever its outcome: `90s`,
+    /// `12h`, `7d`, `1h 30m`, a plain number of seconds, or `forever`. Overrides the
+    /// server's `--retain-completed` / `--retain-failed`; after it the flow is
+    /// deleted with everything it holds. Anything else is a 422 (`bad_retention`).
+    #[schema(example = "7d")]
+    retention: Option<String>,
+    /// Callbacks: when the flow ends with one of a target's `on` events, its final
+    /// view (as `GET /flows/{id}` shows it) is POSTed to the target's `url`, at
+    /// least once, signed (`X-Dagflow-Signature`), with `X-Dagflow-Flow`,
+    /// `X-Dagflow-Seq` and `X-Dagflow-Event` headers. At most 5 targets; a bad URL
+    /// or event is a 422 (`bad_notify`). See the README's "Callbacks".
+    #[schema(nullable = false, max_items = 5)]
+    notify: Option<Vec<NotifySpecSchema>>,
+}
+
+/// One callback target of `opts.notify`.
+#[derive(ToSchema)]
+#[schema(as = NotifySpec)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+pub(crate) struct NotifySpecSchema {
+    /// Absolute `http://` or `https://` URL (at most 2048 bytes) the final view is
+    /// POSTed to.
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        example = "https://example.com/hooks/dagflow"
+    )]
+    url: String,
+    /// The ends of the flow that are sent (default: all three).
+    #[schema(nullable = false, min_items = 1)]
+    on: Option<Vec<NotifyEventSchema>>,
+}
+
+/// An end of a flow a callback can be sent on.
+#[derive(ToSchema)]
+#[schema(as = NotifyEvent)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(crate) enum NotifyEventSchema {
+    /// The flow completed.
+    Completed,
+    /// The flow failed.
+    Failed,
+    /// The flow was cancelled.
+    Cancelled,
 }
 
 /// What a node's permanent failure does to the rest of the flow.

@@ -59,6 +59,8 @@ use super::models;
         models::ErrorObject,
         models::FlowSpecSchema,
         models::FlowOptsSchema,
+        models::NotifySpecSchema,
+        models::NotifyEventSchema,
         models::OnFailureSchema,
         models::NodeSpecSchema,
         models::NodeOptsSchema,

@@ -193,6 +193,7 @@ pub(super) async fn drive(
     let after = Counters::take(probe).await;
     reader.abort();
     Ok(Outcome {
+        disk: Vec::new(),
         started,
         submitted,
         timed_out,

@@ -37,6 +37,8 @@ pub async fn serve(config: ServeConfig) -> Result<ExitCode, CliError> {
         .data_dir(&config.data_dir)
         .hibernate_after(hibernate_after)
         .reconcile_every(config.reconcile_every.0)
+        .retention(config.retention())
+        .notify_options(config.webhooks.options())
         .build()
         .await
         .map_err(|e| startup_error(e, &config.redis, Some(&config.data_dir)))?;

@@ -16,11 +16,13 @@
 //! Tests that run the real binary instead of an in-process engine use the
 //! submodules: [`process`] (the `dagflow serve`/`dagflow worker` harness),
 //! [`http`] (requests that survive a server restart, the paged list),
+//! [`receiver`] (an HTTP receiver of callbacks that can fail, be slow or be down),
 //! [`redis_server`] (a Redis that can be killed and rolled back to a snapshot) and
 //! [`rng`] (the seeded generator every randomized test uses).
 
 pub mod http;
 pub mod process;
+pub mod receiver;
 pub mod redis_server;
 pub mod rng;
 

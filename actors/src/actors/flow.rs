@@ -27,6 +27,7 @@ use super::writer::WriterMsg;
 use super::{now_ms, Shared};
 use crate::error::EngineError;
 use crate::ids::{FlowId, JobId, NodeIdx};
+use crate::outbox::{OutboxKey, OutboxRecord};
 use crate::queue::{JobEnvelope, LocalAck, NewJob, Outcome, ENVELOPE_VERSION};
 use crate::records::{status_code, FlowRecord, NodeRecord};
 use crate::spec::Dag;
@@ -184,6 +185,9 @@ struct Pending {
     /// How the write changes the number of running flows (+1 created or retried,
     /// -1 ended), counted once it is durable.
     running_delta: i64,
+    /// Callbacks this write owes (outbox records); the deliverer is woken once it
+    /// is durable.
+    notify: u64,
 }
 
 /// The flow actor's state.
@@ -691,12 +695,52 @@ impl FlowActorState {
             return;
         }
         let was_terminal = status.is_terminal();
+        let entry = self.expiry_entry();
         if matches!(input, Input::Retry) {
             self.engine_error = None;
         }
         let effects = self.flow.apply(input, now);
-        let delta = i64::from(was_terminal && !self.flow.status().is_terminal());
-        self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
+        self.persist_revived(myself, effects, Reply::Done(reply), was_terminal, entry);
+    }
+
+    /// The flow's retention entry while it is ended.
+    fn expiry_entry(&self) -> Option<crate::retention::ExpiryKey> {
+        let h = self.flow.header();
+        if !h.status.is_terminal() {
+            return None;
+        }
+        crate::retention::expiry_entry(
+            self.flow.id(),
+            h.status,
+            h.finished_at?,
+            self.flow.dag().retention,
+        )
+    }
+
+    /// Persists a client's operation on a flow, which may have brought an ended flow
+    /// back to life: then it counts as running again, and its retention entry
+    /// (`entry`, taken before) goes in the same write, so the sweeper has nothing
+    /// left to find and a later delete leaves nothing behind.
+    fn persist_revived(
+        &mut self,
+        myself: &ActorRef<FlowMsg>,
+        effects: Vec<Effect>,
+        reply: Reply,
+        was_terminal: bool,
+        entry: Option<crate::retention::ExpiryKey>,
+    ) {
+        let revived = was_terminal && !self.flow.status().is_terminal();
+        let commit = Commit {
+            reply: Some(reply),
+            running_delta: i64::from(revived),
+            ops: entry
+                .filter(|_| revived)
+                .map(WriteOp::Unexpire)
+                .into_iter()
+                .collect(),
+            ..Commit::default()
+        };
+        self.commit(myself, effects, commit);
     }
 
     /// A client's signal or re-run: refused with `NodeNotFound` or `Conflict` when
@@ -730,12 +774,12 @@ impl FlowActorState {
             return;
         }
         let was_terminal = self.flow.status().is_terminal();
+        let entry = self.expiry_entry();
         if matches!(input, Input::Rerun { .. }) {
             self.engine_error = None;
         }
         let effects = self.flow.apply(input, now);
-        let delta = i64::from(was_terminal && !self.flow.status().is_terminal());
-        self.persist_and_reply(myself, effects, Reply::Done(reply), delta);
+        self.persist_revived(myself, effects, Reply::Done(reply), was_terminal, entry);
     }
 
     /// Arranges a `Tick` for the earliest wait deadline, unless one is on its way
@@ -828,23 +872,6 @@ impl FlowActorState {
         self.commit(myself, effects, commit);
     }
 
-    /// Carries out the effects of a client's request and answers it once durable;
-    /// `running_delta` is +1 when the request makes an ended flow run again.
-    fn persist_and_reply(
-        &mut self,
-        myself: &ActorRef<FlowMsg>,
-        effects: Vec<Effect>,
-        reply: Reply,
-        running_delta: i64,
-    ) {
-        let commit = Commit {
-            reply: Some(reply),
-            running_delta,
-            ..Commit::default()
-        };
-        self.commit(myself, effects, commit);
-    }
-
     /// Writes a new flow whole (spec, idempotency key, header, changed nodes) and
     /// answers its creator once durable.
     fn persist_new_flow(
@@ -878,6 +905,7 @@ impl FlowActorState {
         let now = now_ms();
         let mut work = RedisWork::default();
         let mut events = Vec::new();
+        let mut notify = 0;
         let changed = !effects.is_empty();
         for effect in effects {
             match effect {
@@ -893,9 +921,15 @@ impl FlowActorState {
                 Effect::Enqueue(job) => work.enqueue.push(self.new_job(job, now)),
                 Effect::CancelJob { node, attempt } => work.cancel.push(self.job_id(node, attempt)),
                 Effect::Emit(event) => events.push(FlowEvent::from_event(&self.flow, &event)),
-                Effect::Finished(_) => {
+                Effect::Finished(status) => {
                     work.cleanup = true;
                     running_delta -= 1;
+                    notify += self.owe_callbacks(status, now, &mut ops);
+                    // Its retention entry, in the same transaction as its end.
+                    let finished_at = self.flow.header().finished_at;
+                    if let (Some(entry), Some(at)) = (self.expiry_entry(), finished_at) {
+                        ops.push(WriteOp::Expiry(entry, at));
+                    }
                 }
             }
         }
@@ -905,6 +939,7 @@ impl FlowActorState {
             self.send_write(myself, ops, work, events, reply.into_iter().collect());
             if let Some(last) = self.pending.back_mut() {
                 last.running_delta = running_delta;
+                last.notify = notify;
             }
             return;
         }
@@ -931,6 +966,43 @@ impl FlowActorState {
         }
     }
 
+    /// Adds an outbox record for each `opts.notify` target that wants this end of
+    /// the flow, to the write that holds the end itself; the number added. The body
+    /// is the final view, taken now (the state already holds the end), so that a
+    /// later delete of the flow does not lose it.
+    fn owe_callbacks(&self, status: FlowStatus, now: u64, ops: &mut Vec<WriteOp>) -> u64 {
+        let targets = &self.flow.dag().opts.notify;
+        let event = status.as_str();
+        if !targets.iter().any(|t| t.wants(event)) {
+            return 0;
+        }
+        let view = FlowView::from_state(&self.flow, self.engine_error.clone());
+        let body = match serde_json::to_string(&view) {
+            Ok(body) => body,
+            Err(e) => {
+                warn!(flow = %view.id, error = %e, "the final view does not serialize; no callback");
+                return 0;
+            }
+        };
+        let mut added = 0;
+        for (i, target) in targets.iter().enumerate() {
+            if !target.wants(event) {
+                continue;
+            }
+            let key = OutboxKey::new(view.id, view.seq, i as u16);
+            let record = OutboxRecord {
+                seq: view.seq,
+                event: event.to_owned(),
+                url: target.url.clone(),
+                body: body.clone(),
+                created_at: now,
+            };
+            ops.push(WriteOp::Notify(key, Box::new(record)));
+            added += 1;
+        }
+        added
+    }
+
     fn send_write(
         &mut self,
         myself: &ActorRef<FlowMsg>,
@@ -954,6 +1026,7 @@ impl FlowActorState {
             events,
             replies,
             running_delta: 0,
+            notify: 0,
         });
     }
 
@@ -981,6 +1054,11 @@ impl FlowActorState {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            if p.notify != 0 {
+                self.shared
+                    .notify_wake
+                    .wake(&self.shared.stats.notify, p.notify);
+            }
             if p.running_delta != 0 {
                 self.shared
                     .stats

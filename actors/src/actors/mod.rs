@@ -107,6 +107,9 @@ pub struct Shared {
     /// Counters of the background work (hand-backs, redeliveries, repairs), for
     /// `/metrics`.
     pub stats: EngineStats,
+    /// Wakes the callback deliverer (`crate::notify`) once a flow's end that owes
+    /// callbacks is durable.
+    pub notify_wake: crate::notify::NotifyWake,
 }
 
 /// Counters of the engine's background work; every background task is visible.
@@ -128,12 +131,16 @@ pub struct EngineStats {
     pub promoted: AtomicU64,
     /// Jobs released when their rate-limit tokens freed up.
     pub rate_released: AtomicU64,
+    /// Finished flows the retention sweeper deleted.
+    pub flows_swept: AtomicU64,
     /// Flow actors the supervisor restarted from their snapshot after a failure.
     pub actor_restarts: AtomicU64,
     /// Flows whose durable status is `running`, awake or hibernating: counted at
     /// start from the store, then moved by each durable create, end, retry and
     /// delete.
     pub running_flows: AtomicI64,
+    /// The callback deliverer's counters (`crate::notify`).
+    pub notify: crate::notify::NotifyStats,
 }
 
 pub use crate::clock::now_ms;

@@ -18,6 +18,7 @@ use super::flow::{delete_flow, FlowActor, FlowArgs, FlowInit, FlowMsg, FlowOp};
 use super::{load_state, Shared};
 use crate::error::EngineError;
 use crate::ids::FlowId;
+use crate::retention::Expired;
 use crate::spec::Dag;
 
 /// Restarts of one flow's actor allowed within [`RESTART_WINDOW`].
@@ -83,6 +84,10 @@ pub enum SupervisorMsg {
     RetryFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
     /// Remove a flow everywhere.
     DeleteFlow(FlowId, RpcReplyPort<Result<(), EngineError>>),
+    /// The retention sweeper found this flow due: delete it if it is still the
+    /// flow that ended at this time and has no actor (a retry brings it back to
+    /// life; the sweeper must never delete a running flow).
+    Expire(FlowId, u64, RpcReplyPort<Expired>),
     /// Redis lost its data: every flow enqueues its jobs again.
     Resync,
     /// A create with an idempotency key became durable (or failed): answer every
@@ -267,38 +272,44 @@ impl Actor for FlowSupervisor {
                             warn!(flow = %id, error = %e, "flow actor vanished during delete");
                         }
                     }
-                    None => {
-                        // No actor: the supervisor owns "being deleted" until the
-                        // delete is done, so nothing restores the flow meanwhile.
-                        debug!(flow = %id, "deleting a flow that has no actor");
-                        state.deleting.insert(id, vec![reply]);
-                        let shared = Arc::clone(&state.shared);
-                        let me = myself.clone();
-                        tokio::spawn(async move {
-                            // A hibernating flow may have jobs running: tell them to stop.
-                            let cancels = match shared.queue.unfinished_jobs(&id.to_string()).await
-                            {
-                                Ok(jobs) => jobs,
-                                Err(e) => {
-                                    let _ = me.cast(SupervisorMsg::Deleted(id, Err(e.into())));
-                                    return;
-                                }
-                            };
-                            let was_running = matches!(
-                                shared.store.flow_record(id),
-                                Ok(Some(rec)) if rec.flow_status().ok() == Some(crate::state::FlowStatus::Running)
-                            );
-                            let result = delete_flow(&shared, id, cancels).await;
-                            if result.is_ok() && was_running {
-                                shared
-                                    .stats
-                                    .running_flows
-                                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            let _ = me.cast(SupervisorMsg::Deleted(id, result));
-                        });
-                    }
+                    None => state.delete_without_actor(&myself, id, reply),
                 }
+            }
+            SupervisorMsg::Expire(id, finished_at, reply) => {
+                if state.deleting.contains_key(&id)
+                    || state.live_actor(id).is_some()
+                    || state.hibernating.contains_key(&id)
+                {
+                    let _ = reply.send(Expired::Busy);
+                    return Ok(());
+                }
+                // Without an actor nothing changes the record but this supervisor's
+                // own messages, handled one at a time: the check holds for the delete.
+                let still_due = match state.shared.store.flow_record(id) {
+                    Ok(Some(rec)) => {
+                        rec.finished_at == Some(finished_at)
+                            && rec.flow_status().is_ok_and(|s| s.is_terminal())
+                    }
+                    Ok(None) => false,
+                    Err(e) => {
+                        let _ = reply.send(Expired::Failed(e.to_string()));
+                        return Ok(());
+                    }
+                };
+                if !still_due {
+                    let _ = reply.send(Expired::Stale);
+                    return Ok(());
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                state.delete_without_actor(&myself, id, tx.into());
+                tokio::spawn(async move {
+                    let outcome = match rx.await {
+                        Ok(Ok(())) => Expired::Deleted,
+                        Ok(Err(e)) => Expired::Failed(e.to_string()),
+                        Err(_) => Expired::Failed("the delete was dropped".to_owned()),
+                    };
+                    let _ = reply.send(outcome);
+                });
             }
             SupervisorMsg::Resync => {
                 let ids: Vec<FlowId> = state.hibernating.keys().copied().collect();
@@ -545,6 +556,43 @@ async fn created(
 
 impl SupervisorState {
     /// The flow's actor if one is running and not stopping.
+    /// Deletes a flow that has no actor. The supervisor owns "being deleted" until
+    /// the delete is done, so nothing restores the flow meanwhile; later deletes of
+    /// it wait for the same answer.
+    fn delete_without_actor(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: FlowId,
+        reply: RpcReplyPort<Result<(), EngineError>>,
+    ) {
+        debug!(flow = %id, "deleting a flow that has no actor");
+        self.deleting.insert(id, vec![reply]);
+        let shared = Arc::clone(&self.shared);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            // A hibernating flow may have jobs running: tell them to stop.
+            let cancels = match shared.queue.unfinished_jobs(&id.to_string()).await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    let _ = me.cast(SupervisorMsg::Deleted(id, Err(e.into())));
+                    return;
+                }
+            };
+            let was_running = matches!(
+                shared.store.flow_record(id),
+                Ok(Some(rec)) if rec.flow_status().ok() == Some(crate::state::FlowStatus::Running)
+            );
+            let result = delete_flow(&shared, id, cancels).await;
+            if result.is_ok() && was_running {
+                shared
+                    .stats
+                    .running_flows
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = me.cast(SupervisorMsg::Deleted(id, result));
+        });
+    }
+
     fn live_actor(&self, id: FlowId) -> Option<ActorRef<FlowMsg>> {
         self.shared.directory.get(id).filter(is_live)
     }

@@ -139,6 +139,11 @@ export interface FlowOpts {
   priority?: number;
   /** At most `limit` flows of the same key run at once (key: CEL over `name` and `data`). */
   concurrency?: ConcurrencySpec;
+  /**
+   * How long the flow is kept once it ended, whatever its outcome (`"90s"`, `"7d"`,
+   * `"forever"`); overrides the server's `--retain-completed` / `--retain-failed`.
+   */
+  retention?: string;
 }
 
 /** A flow as `POST /flows` takes it. */

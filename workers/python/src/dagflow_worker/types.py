@@ -141,6 +141,9 @@ class FlowOpts(TypedDict, total=False):
     priority: int
     #: At most ``limit`` flows of the same key run at once.
     concurrency: ConcurrencySpec
+    #: How long the flow is kept once it ended (``"90s"``, ``"7d"``, ``"forever"``);
+    #: overrides the server's ``--retain-completed`` / ``--retain-failed``.
+    retention: str
 
 
 class FlowSpec(TypedDict):
