@@ -108,6 +108,20 @@ enabled = false
 include-operation-id = "createFlow"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "422", "429", "5xx"]
 checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+# Schedules: JSON Schema cannot say which cron expressions or time zones exist (nor
+# what makes the flow inside a DAG), so a schema-valid schedule or change may be
+# rightly refused with 400 listing its problems; a create may also meet a name in
+# use (409) and a change a name that does not exist (404).
+[[operations]]
+include-operation-id = "createSchedule"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409", "429", "5xx"]
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
+
+[[operations]]
+include-operation-id = "updateSchedule"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409", "429", "5xx"]
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429", "5xx"]
 EOF
 
 auth=()

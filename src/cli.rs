@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> Result<ExitCode, CliError> {
         Command::Watch(watch) => client::watch(watch).await,
         Command::Signal(signal) => client::signal(signal).await,
         Command::Rerun(rerun) => client::rerun(rerun).await,
+        Command::Schedule(args) => client::schedule::run(args).await,
         Command::Bench(args) => match crate::bench::run(args).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(e) => {

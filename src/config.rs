@@ -85,6 +85,9 @@ pub enum Command {
     Signal(SignalConfig),
     /// Re-run a node and everything after it; prints the flow.
     Rerun(RerunConfig),
+    /// Create, list, pause, resume or delete schedules (flows started on a cron
+    /// timetable).
+    Schedule(crate::cli::client::schedule::ScheduleArgs),
     /// Benchmark an engine in this process (or a server, `--over-http`): one JSON
     /// line of throughput, latencies, memory and Redis commands per run.
     Bench(crate::bench::BenchArgs),

@@ -25,6 +25,9 @@
 //! buffers out as they fill, so part of a write may be on disk before the flush
 //! that covers it), and checks that the flow still completes.
 //!
+//! A schedule fires every two seconds (`catchUp: "all"`) through all the kills:
+//! each tick must have fired exactly once, none lost (see [`ScheduleCheck`]).
+//!
 //! `DAGFLOW_SOAK=1` runs a larger and longer version (`DAGFLOW_SOAK_FLOWS` flows,
 //! 400 by default); `DAGFLOW_CRASH_SEED` replays a run.
 
@@ -584,6 +587,7 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
+    let ticks = ScheduleCheck::start(&client, &server.url, soak).await;
 
     // The submitter runs on its own while the chaos goes on: a client retrying
     // through crashes, as a real one would.
@@ -702,6 +706,7 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     }
     submitter.await.unwrap();
     let ids = submitted.lock().unwrap().clone();
+    let ticks = ticks.pause(&client, &url).await;
     let chaos_over = Instant::now();
 
     // Every flow must finish; nothing is killed any more.
@@ -748,7 +753,9 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
     let ours: std::collections::HashSet<&str> = flows
         .iter()
         .map(|f| f.spec["name"].as_str().unwrap())
+        .chain([SCHEDULED_FLOW])
         .collect();
+    let tick_problems = ticks.check(&client, &server.url, &by_name).await;
     for name in by_name.keys().filter(|n| !ours.contains(n.as_str())) {
         key_problems.push(format!("listed flow {name} was never submitted"));
     }
@@ -860,6 +867,11 @@ async fn flows_survive_killed_servers_killed_workers_and_an_empty_redis() {
         key_problems.is_empty(),
         "not exactly one listed flow per Idempotency-Key (seed {seed}):\n{}",
         key_problems.join("\n")
+    );
+    assert!(
+        tick_problems.is_empty(),
+        "schedule ticks lost or fired twice (seed {seed}):\n{}",
+        tick_problems.join("\n")
     );
     assert_eq!(lost, 0, "flows that did not complete (seed {seed})");
     assert!(
@@ -1006,4 +1018,139 @@ async fn a_snapshot_write_cut_short_by_a_crash_does_not_strand_the_flow() {
         Some(json!({"data": 2, "parents": {"a": {"data": 1, "parents": {}}}}))
     );
     engine.shutdown(Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------
+// The schedule that runs through the kills.
+// ---------------------------------------------------------------------------------
+
+/// Name of the flows the schedule starts.
+const SCHEDULED_FLOW: &str = "crash-scheduled-tick";
+/// Runs a schedule keeps (`dagflow_actors::schedule::MAX_RUNS`).
+const KEPT_RUNS: usize = 100;
+
+/// A schedule firing every `every_ms` with `catchUp: "all"` while the server is
+/// killed: afterwards its runs must be every tick from its creation to its pause,
+/// each once, and each listed flow of its name must be one run's flow.
+struct ScheduleCheck {
+    every_ms: u64,
+    created_at: u64,
+    paused_at: u64,
+}
+
+impl ScheduleCheck {
+    async fn start(client: &reqwest::Client, base: &str, soak: bool) -> ScheduleCheck {
+        // A soak run lasts minutes: a tick every 5 s keeps it under the kept runs.
+        let every_ms = if soak { 5000 } else { 2000 };
+        let spec = json!({
+            "name": "crash-ticks",
+            "cron": format!("*/{} * * * * *", every_ms / 1000),
+            "catchUp": "all",
+            "overlap": "allow",
+            "flow": {"name": SCHEDULED_FLOW, "nodes": [{"name": "tick", "handler": "noop"}]},
+        });
+        let response = client
+            .post(format!("{base}/schedules"))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        let view: Value = response.json().await.unwrap();
+        ScheduleCheck {
+            every_ms,
+            created_at: view["createdAt"].as_u64().unwrap(),
+            paused_at: 0,
+        }
+    }
+
+    /// Pauses it (retrying while the server restarts), so that the flows drain.
+    async fn pause(mut self, client: &reqwest::Client, base: &RwLock<String>) -> ScheduleCheck {
+        let deadline = Instant::now() + SUBMIT_DEADLINE;
+        loop {
+            let url = format!("{}/schedules/crash-ticks", base.read().unwrap());
+            let sent = client
+                .patch(url)
+                .json(&json!({"paused": true}))
+                .send()
+                .await;
+            if let Ok(response) = sent {
+                if response.status().is_success() {
+                    let view: Value = response.json().await.unwrap();
+                    self.paused_at = view["updatedAt"].as_u64().unwrap();
+                    return self;
+                }
+            }
+            assert!(Instant::now() < deadline, "cannot pause the schedule");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// What is wrong with its runs, compared with the flows listed by name.
+    async fn check(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        by_name: &BTreeMap<String, Vec<String>>,
+    ) -> Vec<String> {
+        let (status, body) = get(client, base, "/schedules/crash-ticks/runs")
+            .await
+            .expect("GET runs: the server does not answer");
+        assert_eq!(status, 200, "{body}");
+        let mut runs = body["runs"].as_array().unwrap().clone();
+        runs.reverse();
+        let ticks: Vec<u64> = runs.iter().map(|r| r["tickAt"].as_u64().unwrap()).collect();
+        let mut problems = Vec::new();
+        // Every tick from creation to pause, each once: ticks step by `every_ms`.
+        for pair in ticks.windows(2) {
+            if pair[1] - pair[0] != self.every_ms {
+                problems.push(format!(
+                    "ticks {} then {}: lost or repeated",
+                    pair[0], pair[1]
+                ));
+            }
+        }
+        let first_due = (self.created_at / self.every_ms + 1) * self.every_ms;
+        let last_due = self.paused_at / self.every_ms * self.every_ms;
+        let whole = runs.len() < KEPT_RUNS;
+        if whole && ticks.first() != Some(&first_due) {
+            problems.push(format!("first tick {:?}, due {first_due}", ticks.first()));
+        }
+        // The pause may land just as the last tick fires, either side of it.
+        if ticks.last().is_none_or(|t| *t + self.every_ms < last_due) {
+            problems.push(format!("last tick {:?}, due {last_due}", ticks.last()));
+        }
+        // One flow per started run, and (when no run was dropped) one run per flow.
+        let run_flows: std::collections::BTreeSet<String> = runs
+            .iter()
+            .filter_map(|r| r["flowId"].as_str().map(str::to_owned))
+            .collect();
+        if run_flows.len() != runs.len() {
+            problems.push(format!(
+                "{} runs but {} distinct flows",
+                runs.len(),
+                run_flows.len()
+            ));
+        }
+        let listed: std::collections::BTreeSet<String> = by_name
+            .get(SCHEDULED_FLOW)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if !run_flows.is_subset(&listed) || (whole && run_flows != listed) {
+            problems.push(format!(
+                "runs' flows and listed {SCHEDULED_FLOW} flows differ: {} runs' flows, {} listed",
+                run_flows.len(),
+                listed.len()
+            ));
+        }
+        println!(
+            "crash: schedule fired {} ticks every {} ms, {} problems",
+            ticks.len(),
+            self.every_ms,
+            problems.len()
+        );
+        problems
+    }
 }

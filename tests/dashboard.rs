@@ -213,6 +213,14 @@ async fn dashboard_in_headless_chromium() {
     let (status, queue) = api.get("/queues/e2e-unserved").await;
     assert_eq!(status, StatusCode::OK, "{queue}");
     assert_eq!(queue["workers"], serde_json::json!([]), "{queue}");
+    // The schedule the Schedules page paused, resumed and paused again.
+    let (status, schedule) = api.get(&format!("/schedules/{}", id("schedule"))).await;
+    assert_eq!(status, StatusCode::OK, "{schedule}");
+    assert_eq!(schedule["paused"], true, "paused from the page: {schedule}");
+    let (_, runs) = api
+        .get(&format!("/schedules/{}/runs", id("schedule")))
+        .await;
+    assert!(runs["runs"].as_array().unwrap().len() >= 3, "{runs}");
     let (status, page) = guarded.api().get("/flows").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -259,7 +267,7 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 3, "{html}");
+    assert_eq!(urls.len(), 4, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");

@@ -30,6 +30,7 @@ use crate::hub::{EventHub, DEFAULT_EVENT_CAPACITY};
 use crate::ids::FlowId;
 use crate::queue::{Keys, Queue};
 use crate::retention::Retention;
+use crate::schedule::Schedules;
 use crate::spec::{self, FlowSpec, Limits, DEFAULT_MAX_STALLED};
 use crate::state::FlowStatus;
 use crate::store::{Store, DEFAULT_CACHE_BYTES};
@@ -68,6 +69,7 @@ pub struct EngineBuilder {
     hibernate_after: Option<Duration>,
     reconcile_every: Duration,
     redeliver_after: Duration,
+    schedule_grace: Duration,
     notify: crate::notify::NotifyOptions,
     retention: Retention,
     tracer_provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
@@ -92,6 +94,7 @@ impl Default for EngineBuilder {
             hibernate_after: Some(DEFAULT_HIBERNATE_AFTER),
             reconcile_every: DEFAULT_RECONCILE_EVERY,
             redeliver_after: REDELIVER_AFTER,
+            schedule_grace: crate::schedule::DEFAULT_GRACE,
             notify: crate::notify::NotifyOptions::default(),
             retention: Retention::default(),
             tracer_provider: None,
@@ -215,6 +218,14 @@ impl EngineBuilder {
     /// crashed). Redelivering a record still in flight is harmless, only wasted work.
     pub fn redeliver_after(mut self, after: Duration) -> Self {
         self.redeliver_after = after.max(Duration::from_millis(100));
+        self
+    }
+
+    /// How late a schedule's tick may be found and still count as on time rather
+    /// than missed (which `catchUp` then decides about); see
+    /// [`crate::schedule::DEFAULT_GRACE`].
+    pub fn schedule_grace(mut self, grace: Duration) -> Self {
+        self.schedule_grace = grace;
         self
     }
 
@@ -415,8 +426,12 @@ impl EngineBuilder {
             Some(WorkerPool::start(ctx, &self.queues).await?)
         };
         info!(prefix = %self.prefix, worker_only = self.worker_only, "engine started");
-        Ok(Engine {
+        let schedules = flows
+            .as_ref()
+            .map(|f| Arc::new(Schedules::new(Arc::clone(&f.shared), self.schedule_grace)));
+        let engine = Engine {
             inner: Arc::new(Inner {
+                schedules,
                 flows,
                 pool: tokio::sync::Mutex::new(pool),
                 queue,
@@ -425,7 +440,11 @@ impl EngineBuilder {
                 stopping: AtomicBool::new(false),
                 redis_up,
             }),
-        })
+        };
+        if let Some(schedules) = &engine.inner.schedules {
+            schedules.start(engine.clone());
+        }
+        Ok(engine)
     }
 }
 
@@ -444,6 +463,8 @@ struct Flows {
 
 struct Inner {
     flows: Option<Flows>,
+    /// The schedules and their scheduler task (full engines only).
+    schedules: Option<Arc<Schedules>>,
     pool: tokio::sync::Mutex<Option<WorkerPool>>,
     queue: Queue,
     hub: EventHub,
@@ -507,6 +528,15 @@ impl Engine {
         }
         self.inner
             .flows
+            .as_ref()
+            .ok_or_else(|| EngineError::NotRunning("this engine runs workers only".to_owned()))
+    }
+
+    /// The schedules, unless this engine runs workers only or is stopping.
+    pub(crate) fn schedules(&self) -> Result<&Arc<Schedules>, EngineError> {
+        self.flows()?;
+        self.inner
+            .schedules
             .as_ref()
             .ok_or_else(|| EngineError::NotRunning("this engine runs workers only".to_owned()))
     }
@@ -829,6 +859,11 @@ impl Engine {
         }
         if let Some(pool) = self.inner.pool.lock().await.take() {
             pool.shutdown(deadline).await;
+        }
+        if let Some(schedules) = &self.inner.schedules {
+            // Its task holds an engine handle and the store; a firing cut short
+            // here is finished by the next start (its tick is pending).
+            schedules.stop().await;
         }
         if let Some(flows) = &self.inner.flows {
             flows.watchdog.abort();

@@ -6,6 +6,7 @@
 //! - `nodes`: flow id ++ node index (u32, big-endian) → node record
 //! - `idempotency`: client key → flow id
 //! - `meta`: engine-wide values (the engine's stable consumer id)
+//! - `schedules`, `schedule_runs`: the schedules (see [`schedules`])
 //! - `outbox`: callbacks owed (`crate::outbox`), written with the flow's end and
 //!   removed by the deliverer (`crate::notify`) once sent
 //!
@@ -19,6 +20,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
+
+pub mod schedules;
 
 use crate::ids::{FlowId, NodeIdx};
 use crate::outbox::{OutboxKey, OutboxRecord};

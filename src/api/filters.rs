@@ -201,6 +201,8 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(socket.boxed())
         .unify()
+        .or(super::schedules::routes(&state))
+        .unify()
         .boxed()
 }
 
@@ -212,7 +214,7 @@ const POST_ONLY: &str = "POST, OPTIONS";
 /// GET, or HEAD answered as GET: hyper sends the head of the GET response (its
 /// status, headers and `Content-Length`) without the body, as RFC 9110 asks of
 /// every resource that serves GET.
-fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+pub(crate) fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
     warp::get().or(warp::head()).unify()
 }
 
@@ -266,7 +268,7 @@ fn too_large(limit: u64) -> HttpError {
     )
 }
 
-fn body_within_deadline() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+pub(crate) fn body_within_deadline() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::body::stream().and_then(|body| read_body(body, None))
 }
 
@@ -307,7 +309,7 @@ async fn read_body(
         })
 }
 
-fn with_state(
+pub(crate) fn with_state(
     state: &Arc<ApiState>,
 ) -> impl Filter<Extract = (Arc<ApiState>,), Error = Infallible> + Clone {
     let state = Arc::clone(state);
@@ -316,7 +318,7 @@ fn with_state(
 
 /// Lets the request through when no token is configured or it carries the token
 /// as `Authorization: Bearer <token>`; otherwise rejects with 401.
-fn auth(state: &Arc<ApiState>) -> BoxedFilter<()> {
+pub(crate) fn auth(state: &Arc<ApiState>) -> BoxedFilter<()> {
     let Some(token) = state.cfg.api_token.clone() else {
         return warp::any().boxed();
     };

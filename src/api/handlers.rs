@@ -208,7 +208,7 @@ async fn create_inner(
 
 /// `application/json`, alone or with `charset=utf-8` (JSON is UTF-8, RFC 8259), in
 /// any case and with optional whitespace and quotes around the charset.
-fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {

@@ -45,6 +45,10 @@
 //! | `dagflow_reconcile_jobs_repaired_total` | counter | jobs Redis had lost, put back |
 //! | `dagflow_retries_promoted_total` | counter | due retries moved into their streams |
 //! | `dagflow_flow_actor_restarts_total` | counter | flow actors restarted from their snapshot after a failure |
+//! | `dagflow_schedules` | gauge | schedules stored |
+//! | `dagflow_schedule_ticks_total` | counter | `outcome`: fired, skipped (overlap), missed (catch-up), failed |
+//! | `dagflow_schedule_cancelled_previous_total` | counter | running flows cancelled by `overlap: cancelPrevious` |
+//! | `dagflow_scheduler_passes_total` | counter | passes of the scheduler task |
 //! | `dagflow_flows_swept_total` | counter | finished flows the retention sweeper deleted |
 //! | `dagflow_store_bytes` | gauge | bytes sled's files take on disk |
 //! | `dagflow_callbacks_delivered_total` | counter | callbacks (`opts.notify`) a receiver answered with a 2xx |
@@ -122,6 +126,7 @@ impl Metrics {
         let reports = queue_reports(state).await;
         with_local_recorder(&*self.recorder, || {
             engine_stats(&state.engine);
+            super::schedules::record_metrics(&state.engine);
             gauge!("dagflow_ws_sessions").set(state.open_sessions() as f64);
             gauge!("dagflow_event_subscribers").set(state.engine.subscribers() as f64);
             for report in &reports {

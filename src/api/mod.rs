@@ -20,6 +20,10 @@
 //! | `DELETE /flows/{id}`            | `204`: its jobs leave Redis, its snapshot the disk |
 //! | `GET /queues`                   | `{"queues": [...]}`: every queue Redis knows, with its ready jobs by priority, running, delayed and held-back jobs and live workers |
 //! | `GET /queues/{name}`            | one queue; `404 unknown_queue` when nothing is known about it |
+//! | `POST /schedules`               | `201` with the schedule and its `nextFireAt`; `400 invalid_schedule` lists every problem, `409 schedule_exists` (see `schedules`) |
+//! | `GET /schedules`                | `{"schedules": [...]}`, by name |
+//! | `GET/PATCH/DELETE /schedules/{name}` | one schedule; PATCH `{"paused": bool}` (and other fields) pauses, resumes or changes it |
+//! | `GET /schedules/{name}/runs`    | `{"runs": [...]}`: its last ticks, newest first, with each flow's status |
 //! | `GET /ws`                       | WebSocket, see below |
 //! | `GET /healthz`                  | `200 {"status":"ok"}` while the process serves |
 //! | `GET /readyz`                   | `200` when Redis and the store answer, else `503` naming the failing check |
@@ -92,6 +96,7 @@ mod metrics;
 mod models;
 mod openapi;
 mod queues;
+mod schedules;
 mod ws;
 
 use std::convert::Infallible;

@@ -122,12 +122,15 @@ pub(crate) fn json(token: bool, limits: &Limits) -> String {
 
 /// The description as a JSON value (see [`json`]).
 pub(crate) fn document(token: bool, limits: &Limits) -> Value {
-    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+    let mut api = ApiDoc::openapi();
+    api.merge(super::schedules::ScheduleDoc::openapi());
+    let mut doc = match serde_json::to_value(api) {
         Ok(doc) => doc,
         Err(e) => return json!({ "error": format!("cannot render the OpenAPI description: {e}") }),
     };
     apply_limits(&mut doc, limits);
     add_links(&mut doc);
+    super::schedules::add_links(&mut doc);
     add_server_errors(&mut doc);
     add_retry_after(&mut doc);
     never_null_parameters(&mut doc);
@@ -428,7 +431,8 @@ mod tests {
             assert_eq!(op.get("security").is_none(), open, "{id}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{id}");
         }
-        assert_eq!(ops, 15);
+        // 15 flow, queue and operations routes, 6 schedule routes.
+        assert_eq!(ops, 15 + 6);
     }
 
     #[test]

@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
+pub mod schedule;
+
 use super::{flow_exit_code, CliError};
 use crate::config::{
     ClientConfig, RerunConfig, SignalConfig, StatusConfig, SubmitConfig, WatchConfig,

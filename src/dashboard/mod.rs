@@ -82,6 +82,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             Bytes::from_static(include_bytes!("assets/layout.js")),
         ),
         Asset::new(
+            "schedules.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/schedules.js")),
+        ),
+        Asset::new(
             "app.js",
             JS,
             Bytes::from_static(include_bytes!("assets/app.js")),

@@ -18,6 +18,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import os from 'node:os';
+import { schedulesScenario } from './schedules.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -419,6 +420,7 @@ async function run(page, result) {
   await wideMapScenario(page, result);
   await hugeMapScenario(page, result);
   await queuesScenario(page, result);
+  await schedulesScenario(page, result, { base: URL_PLAIN, rest, check, log });
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);

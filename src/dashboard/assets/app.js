@@ -1675,11 +1675,14 @@
     root.replaceChildren();
     const m = path.match(/^\/flows\/([^/]+)$/);
     const qm = path.match(/^\/queues(?:\/([^/]+))?$/);
-    const current = m ? 'flows' : path === '/submit' ? 'submit' : qm ? 'queues' : 'flows';
+    const schedules = path === '/schedules' && window.dagflowPages && window.dagflowPages.schedules;
+    const current = m ? 'flows' : path === '/submit' ? 'submit' : qm ? 'queues' : schedules ? 'schedules' : 'flows';
     document.querySelectorAll('[data-nav]').forEach((a) => a.classList.toggle('current', a.dataset.nav === current));
     if (m) teardown = flowView(root, decodeURIComponent(m[1]));
     else if (path === '/submit') teardown = submitView(root);
     else if (qm) teardown = queuesView(root, qm[1] ? decodeURIComponent(qm[1]) : null);
+    // schedules.js: a page in its own file, given these helpers.
+    else if (schedules) teardown = schedules(root, { api, el, fill, toast, fmtTime, fmtClock, fmtIn, errorMessage });
     else teardown = listView(root, params);
   }
 
