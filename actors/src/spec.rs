@@ -564,6 +564,12 @@ impl Dag {
 
 /// Parses a spec from JSON text, naming the line and column of a syntax error.
 pub fn parse(json: &[u8]) -> Result<FlowSpec, serde_json::Error> {
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // serde reads a struct from an array as well (`["x", [{"name": "a"}]]` made
+        // a flow): only an object is a spec. Reading the text as an object gives
+        // the JSON's own error, malformed or a type error with its position.
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json)?;
+    }
     serde_json::from_slice(json)
 }
 

@@ -604,5 +604,11 @@ mod tests {
         assert_eq!(h.details["line"], 2);
         let e = dagflow_actors::spec::parse(b"{\"nodez\": []}").unwrap_err();
         assert_eq!(spec_parse_error(e).status, StatusCode::UNPROCESSABLE_ENTITY);
+        // An array is not a spec, though serde would read a struct from one.
+        let e = dagflow_actors::spec::parse(br#"["x", [{"name": "a", "handler": "noop"}]]"#)
+            .unwrap_err();
+        assert_eq!(spec_parse_error(e).status, StatusCode::UNPROCESSABLE_ENTITY);
+        let e = dagflow_actors::spec::parse(b"  7").unwrap_err();
+        assert_eq!(spec_parse_error(e).status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }
