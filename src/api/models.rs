@@ -822,11 +822,8 @@ pub(crate) struct FlowSpecSchema {
     /// The W3C trace context the flow's trace continues (its span becomes the
     /// flow span's parent). A valid `traceparent` header on `POST /flows`
     /// replaces it; a value that is not a valid traceparent is ignored, never an
-    /// error.
-    #[schema(
-        nullable = false,
-        example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    )]
+    /// error. `null` is the same as leaving it out.
+    #[schema(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
     traceparent: Option<String>,
 }
 
