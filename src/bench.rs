@@ -130,8 +130,9 @@ pub struct BenchArgs {
     /// API token of that server.
     #[arg(long, env = "DAGFLOW_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Give up on a run after this many seconds (in `--idle` and `--restart` runs,
-    /// on each wait: for the root jobs, for the resumption, for the flows to end).
+    /// Give up waiting for the flows this many seconds after the last one was
+    /// submitted (in `--idle` and `--restart` runs, on each wait: for the root
+    /// jobs, for the resumption, for the flows to end).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
     /// No progress bar on stderr.
@@ -960,8 +961,13 @@ async fn embedded(
         });
         let started = Instant::now();
         let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;
-        let timed_out =
-            !wait_for_end(&*target, tracker, submitted.created, started + timeout).await;
+        let timed_out = !wait_for_end(
+            &*target,
+            tracker,
+            submitted.created,
+            Instant::now() + timeout,
+        )
+        .await;
         // The last flows' actors still ack and clean up in Redis after their final
         // event; their commands belong to the run.
         let settle = Instant::now() + SETTLE;

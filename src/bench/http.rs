@@ -189,7 +189,13 @@ pub(super) async fn drive(
     let before = Counters::take(probe).await;
     let started = Instant::now();
     let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;
-    let timed_out = !wait_for_end(&*target, tracker, submitted.created, started + timeout).await;
+    let timed_out = !wait_for_end(
+        &*target,
+        tracker,
+        submitted.created,
+        Instant::now() + timeout,
+    )
+    .await;
     let after = Counters::take(probe).await;
     reader.abort();
     Ok(Outcome {
