@@ -1171,29 +1171,40 @@ pub(crate) struct QueueWorker {
     pub(crate) last_seen_ms: u64,
 }
 
+/// Test helpers that compare a schema mirror's fields with what a type writes.
 #[cfg(test)]
-mod tests {
+pub(crate) mod mirror {
     #![allow(clippy::unwrap_used)]
 
     use std::collections::BTreeSet;
 
-    use serde_json::{json, Value};
+    use serde_json::Value;
     use utoipa::openapi::schema::Schema;
     use utoipa::openapi::RefOr;
     use utoipa::PartialSchema;
 
-    use super::*;
-
-    fn schema_fields<S: PartialSchema>() -> BTreeSet<String> {
+    /// The properties an object schema names.
+    pub(crate) fn schema_fields<S: PartialSchema>() -> BTreeSet<String> {
         match S::schema() {
             RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
             _ => panic!("not an object schema"),
         }
     }
 
-    fn keys(v: &Value) -> BTreeSet<String> {
+    /// The keys of a JSON object.
+    pub(crate) fn keys(v: &Value) -> BTreeSet<String> {
         v.as_object().unwrap().keys().cloned().collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::{json, Value};
+
+    use super::mirror::{keys, schema_fields};
+    use super::*;
 
     /// A view with every optional field set, as the engine serializes it.
     fn full_node() -> Value {

@@ -604,25 +604,10 @@ pub(crate) fn record_metrics(engine: &dagflow_actors::Engine) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::BTreeSet;
+    use serde_json::json;
 
-    use serde_json::{json, Value};
-    use utoipa::openapi::schema::Schema;
-    use utoipa::openapi::RefOr;
-    use utoipa::PartialSchema;
-
+    use super::super::models::mirror::{keys, schema_fields};
     use super::*;
-
-    fn schema_fields<S: PartialSchema>() -> BTreeSet<String> {
-        match S::schema() {
-            RefOr::T(Schema::Object(o)) => o.properties.keys().cloned().collect(),
-            _ => panic!("not an object schema"),
-        }
-    }
-
-    fn keys(v: &Value) -> BTreeSet<String> {
-        v.as_object().unwrap().keys().cloned().collect()
-    }
 
     /// The mirrors name exactly the fields the engine's types have on the wire
     /// (every optional one set), so the description cannot drift from them.
