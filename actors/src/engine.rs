@@ -809,6 +809,35 @@ impl Engine {
             .map_or(0, |f| f.shared.directory.len())
     }
 
+    /// Retention entries in the store (tests check that a revived flow has none).
+    #[doc(hidden)]
+    pub fn retention_entries(&self) -> usize {
+        self.inner
+            .flows
+            .as_ref()
+            .map_or(0, |f| f.shared.store.expiry_count())
+    }
+
+    /// Fault injection for retention tests: writes a retention entry for a flow as
+    /// if it had ended with `status` at `finished_at` (a stale entry, such as one
+    /// left by a crash), so that the sweeper's own check is what must keep the flow.
+    #[doc(hidden)]
+    pub fn inject_retention_entry(
+        &self,
+        id: FlowId,
+        status: FlowStatus,
+        finished_at: u64,
+    ) -> Result<(), EngineError> {
+        let flows = self.flows()?;
+        let key = crate::retention::expiry_entry(id, status, finished_at, None)
+            .ok_or_else(|| EngineError::Internal("no retention entry".to_owned()))?;
+        flows
+            .shared
+            .store
+            .apply(&[crate::store::WriteOp::Expiry(key, finished_at)])?;
+        Ok(())
+    }
+
     /// Fault injection for supervision tests: makes the flow's actor fail as if it
     /// had a bug. Returns whether the flow had a live actor.
     #[doc(hidden)]

@@ -205,8 +205,15 @@ pub(crate) async fn sweep_loop(
     supervisor: ActorRef<SupervisorMsg>,
     policy: Retention,
 ) {
-    if let Err(e) = shared.store.build_expiry_index() {
-        warn!(error = %e, "indexing the finished flows for retention failed; older flows will not expire");
+    // A scan of every flow record on a store written before retention existed:
+    // off the runtime's threads, so that it never stalls the engine at start.
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.build_expiry_index()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "indexing the finished flows for retention failed; older flows will not expire");
+        }
+        Err(e) => warn!(error = %e, "indexing the finished flows for retention panicked"),
     }
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;

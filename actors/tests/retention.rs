@@ -209,8 +209,17 @@ async fn a_failed_flow_retried_before_its_expiry_is_not_swept_while_it_runs_agai
         .await
         .unwrap();
     assert_eq!(ended(&engine, id).await, FlowStatus::Failed);
+    let failed_at = engine.get(id).await.unwrap().finished_at.unwrap();
+    assert_eq!(engine.retention_entries(), 1);
     fail.store(false, Ordering::SeqCst);
     engine.retry(id).await.unwrap();
+    // The retry took the failed run's entry away in the write that revived it...
+    assert_eq!(engine.retention_entries(), 0);
+    // ...and should one be left anyway (a stale entry), the sweeper's check of the
+    // durable record is what keeps the running flow.
+    engine
+        .inject_retention_entry(id, FlowStatus::Failed, failed_at)
+        .unwrap();
     // Past the failed run's expiry, with sweeps in between: it runs, so it stays.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     assert_eq!(engine.get(id).await.unwrap().status, FlowStatus::Running);

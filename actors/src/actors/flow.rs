@@ -712,18 +712,16 @@ impl FlowActorState {
         self.persist_revived(myself, effects, Reply::Done(reply), was_terminal, entry);
     }
 
-    /// The flow's retention entry while it is ended.
-    fn expiry_entry(&self) -> Option<crate::retention::ExpiryKey> {
+    /// The flow's retention entry while it is ended, with the time it finished.
+    fn expiry_entry(&self) -> Option<(crate::retention::ExpiryKey, u64)> {
         let h = self.flow.header();
         if !h.status.is_terminal() {
             return None;
         }
-        crate::retention::expiry_entry(
-            self.flow.id(),
-            h.status,
-            h.finished_at?,
-            self.flow.dag().retention,
-        )
+        let finished_at = h.finished_at?;
+        let own = self.flow.dag().retention;
+        let key = crate::retention::expiry_entry(self.flow.id(), h.status, finished_at, own)?;
+        Some((key, finished_at))
     }
 
     /// Persists a client's operation on a flow, which may have brought an ended flow
@@ -736,7 +734,7 @@ impl FlowActorState {
         effects: Vec<Effect>,
         reply: Reply,
         was_terminal: bool,
-        entry: Option<crate::retention::ExpiryKey>,
+        entry: Option<(crate::retention::ExpiryKey, u64)>,
     ) {
         let revived = was_terminal && !self.flow.status().is_terminal();
         let commit = Commit {
@@ -744,7 +742,7 @@ impl FlowActorState {
             running_delta: i64::from(revived),
             ops: entry
                 .filter(|_| revived)
-                .map(WriteOp::Unexpire)
+                .map(|(key, _)| WriteOp::Unexpire(key))
                 .into_iter()
                 .collect(),
             ..Commit::default()
@@ -947,9 +945,8 @@ impl FlowActorState {
                     running_delta -= 1;
                     notify += self.owe_callbacks(status, now, &mut ops);
                     // Its retention entry, in the same transaction as its end.
-                    let finished_at = self.flow.header().finished_at;
-                    if let (Some(entry), Some(at)) = (self.expiry_entry(), finished_at) {
-                        ops.push(WriteOp::Expiry(entry, at));
+                    if let Some((key, finished_at)) = self.expiry_entry() {
+                        ops.push(WriteOp::Expiry(key, finished_at));
                     }
                 }
             }
