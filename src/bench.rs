@@ -149,6 +149,11 @@ pub struct BenchArgs {
     /// (`hibernated_rss_mb`, `hibernated_rss_per_flow_kb`).
     #[arg(long, value_name = "SECONDS", requires = "idle")]
     pub hibernate_after: Option<f64>,
+    /// The engine's backlog limit (`EngineBuilder::backlog_limit`): finished jobs
+    /// not yet applied before its workers take no first job of a new flow; 0: off.
+    /// Default: the engine's (2 per worker slot).
+    #[arg(long, value_name = "JOBS")]
+    pub backlog_limit: Option<usize>,
     /// Restart mode: create `--flows` flows on a queue no worker serves with a first
     /// engine, stop it (`--stop`), start a second engine on the same data dir and
     /// prefix and report how long it took to resume them all (`restart_s`); then
@@ -939,6 +944,9 @@ async fn embedded(
         });
     if let Some(endpoint) = &args.otlp_endpoint {
         builder = builder.otlp_endpoint(endpoint);
+    }
+    if let Some(limit) = args.backlog_limit {
+        builder = builder.backlog_limit(limit);
     }
     let engine = builder.build().await.context("starting the engine")?;
     let samples = Arc::new(Mutex::new(Vec::new()));

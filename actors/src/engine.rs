@@ -45,6 +45,9 @@ pub const DEFAULT_PREFIX: &str = "dagflow";
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// Default time a cancelled handler gets to return before it is aborted.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Default backlog limit per worker slot of a queue ([`EngineBuilder::backlog_limit`]).
+pub const DEFAULT_BACKLOG_PER_SLOT: usize = 2;
 /// How long a running flow with nothing in flight keeps its actor by default.
 pub const DEFAULT_HIBERNATE_AFTER: Duration = Duration::from_secs(10);
 /// How long API calls wait for an actor's answer (it comes after a flush).
@@ -62,6 +65,7 @@ pub struct EngineBuilder {
     limits: Limits,
     lease: Duration,
     cancel_grace: Duration,
+    backlog_limit: Option<usize>,
     cache_bytes: u64,
     max_stalled: u32,
     event_capacity: usize,
@@ -87,6 +91,7 @@ impl Default for EngineBuilder {
             limits: Limits::default(),
             lease: DEFAULT_LEASE,
             cancel_grace: DEFAULT_CANCEL_GRACE,
+            backlog_limit: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             max_stalled: DEFAULT_MAX_STALLED,
             event_capacity: DEFAULT_EVENT_CAPACITY,
@@ -175,6 +180,20 @@ impl EngineBuilder {
     /// Time a cancelled handler gets to return before its task is aborted.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
         self.cancel_grace = grace;
+        self
+    }
+
+    /// How far the engine may fall behind its own workers before they stop taking
+    /// the first jobs of flows not yet started: a queue's workers take no fresh job
+    /// while this many of their finished jobs wait for the engine to apply them.
+    /// Jobs of started flows are always taken. 0 turns the limit off; the default is
+    /// [`DEFAULT_BACKLOG_PER_SLOT`] times the queue's concurrency.
+    ///
+    /// Without it, a burst of new flows starts as fast as workers free up while the
+    /// engine is still behind on the flows already started, and every started flow's
+    /// next node then waits for the engine to get through all of them.
+    pub fn backlog_limit(mut self, limit: usize) -> Self {
+        self.backlog_limit = Some(limit);
         self
     }
 
@@ -418,6 +437,7 @@ impl EngineBuilder {
                 handback: flows.as_ref().and_then(|f| f.shared.handback.clone()),
                 cancels: Mutex::default(),
                 cancel_grace: self.cancel_grace,
+                backlog_limit: self.backlog_limit,
                 lease: self.lease,
                 running: Default::default(),
                 consumer: consumer.clone(),

@@ -1045,3 +1045,87 @@ async fn a_blocked_read_wakes_up_for_a_job_on_any_lane() {
     assert_eq!(got[0].envelope.node, "late");
     assert!(waited < Duration::from_millis(3_000), "{waited:?}");
 }
+
+#[tokio::test]
+async fn the_backlog_limit_holds_new_flows_back_but_not_started_ones() {
+    let (url, keys, queue) = setup().await;
+    let started: Vec<NewJob> = (0..4)
+        .map(|i| lane_job("s", &format!("s{i}"), 5, false))
+        .collect();
+    queue.enqueue("s", &started).await.unwrap();
+    let fresh: Vec<NewJob> = (0..4)
+        .map(|i| lane_job(&format!("n{i}"), "root", 5, true))
+        .collect();
+    for job in &fresh {
+        let flow = job.envelope.flow_id.clone();
+        queue
+            .enqueue(&flow, std::slice::from_ref(job))
+            .await
+            .unwrap();
+    }
+    let mut reader = QueueReader::connect(&url, keys.clone(), "default", "c1")
+        .await
+        .unwrap();
+    reader.limit_backlog(3, &keys);
+    let fresh_lane = keys.lane("default", Lane::new(5, true));
+
+    // Three started jobs taken and finished (no longer running) but not acknowledged:
+    // a backlog of 3, the limit. The fourth started job is still taken; no new one.
+    let got = reader.read_running(3, 0, 0).await.unwrap();
+    assert_eq!(got.len(), 3);
+    let got = reader.read_running(4, 0, 0).await.unwrap();
+    let streams: Vec<&str> = got.iter().map(|d| d.stream.as_str()).collect();
+    assert_eq!(got.len(), 1, "{streams:?}");
+    assert_ne!(got[0].stream, fresh_lane);
+    assert!(reader.read_running(4, 0, 0).await.unwrap().is_empty());
+
+    // A blocking read while held comes back within milliseconds, not after `block`.
+    let t = std::time::Instant::now();
+    assert!(reader.read_running(4, 0, 5_000).await.unwrap().is_empty());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // The same four jobs still running are no backlog: new jobs are taken up to the
+    // limit (4 pending, 2 running: a backlog of 2, room for 1).
+    let got = reader.read_running(4, 2, 0).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].stream, fresh_lane);
+
+    // Acknowledged jobs leave the backlog: every remaining new job is taken.
+    let mut conn = raw_conn(&url).await;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(keys.lane("default", Lane::new(5, false)))
+        .arg("workers")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 4);
+    for (id, ..) in &pending {
+        let _: i64 = redis::cmd("XACK")
+            .arg(keys.lane("default", Lane::new(5, false)))
+            .arg("workers")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let got = reader.read_running(4, 1, 0).await.unwrap();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|d| d.stream == fresh_lane));
+
+    // Without a limit (the protocol's plain call), nothing is held back.
+    let mut plain = QueueReader::connect(&url, keys.clone(), "default", "c2")
+        .await
+        .unwrap();
+    queue
+        .enqueue("n9", &[lane_job("n9", "root", 5, true)])
+        .await
+        .unwrap();
+    assert_eq!(plain.read(4, 0).await.unwrap().len(), 1);
+}

@@ -70,6 +70,9 @@ pub struct WorkerCtx {
     pub cancels: Mutex<HashMap<String, CancellationToken>>,
     /// Time a cancelled handler gets to return before its task is aborted.
     pub cancel_grace: Duration,
+    /// Finished jobs not yet applied by the engine before a queue takes no fresh job
+    /// (`EngineBuilder::backlog_limit`); `None`: the default per slot.
+    pub backlog_limit: Option<usize>,
     /// A job reclaimed from a dead worker after this long.
     pub lease: Duration,
     /// Jobs running now, across queues.
@@ -112,10 +115,17 @@ impl WorkerPool {
                     Err(e) => return Err(e.into()),
                 }
             };
+            let mut reader = reader;
+            let concurrency = (*concurrency).max(1);
+            reader.limit_backlog(
+                ctx.backlog_limit
+                    .unwrap_or(crate::engine::DEFAULT_BACKLOG_PER_SLOT * concurrency),
+                &ctx.keys,
+            );
             let args = FetcherArgs {
                 ctx: Arc::clone(&ctx),
                 reader: Mutex::new(Some(reader)),
-                concurrency: (*concurrency).max(1),
+                concurrency,
                 stop: stop.clone(),
             };
             let (actor, _) = Actor::spawn(None, QueueFetcher, args).await.map_err(|e| {
@@ -338,7 +348,7 @@ async fn fetch_loop(
             }
             let deliveries = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                r = reader.read(idle.len(), BLOCK_MS) => r?,
+                r = reader.read_running(idle.len(), running_count(&running), BLOCK_MS) => r?,
             };
             for delivery in deliveries {
                 dispatch(&ctx, &mut idle, &running, delivery);
@@ -355,6 +365,11 @@ async fn fetch_loop(
         }
     }
     debug!(queue = reader.queue(), "fetcher stopped");
+}
+
+/// How many jobs this fetcher's workers hold now.
+fn running_count(running: &Mutex<HashSet<RunningJob>>) -> usize {
+    running.lock().map(|r| r.len()).unwrap_or(0)
 }
 
 fn dispatch(

@@ -328,11 +328,27 @@ pub struct QueueReader {
     pending: Option<(usize, String)>,
     /// Per lane, where the next `XAUTOCLAIM` scan of its pending list goes on from.
     autoclaim_cursors: Vec<String>,
+    /// The backlog limit, when set ([`QueueReader::limit_backlog`]).
+    backlog: Option<BacklogLimit>,
 }
 
 /// A `take.lua` reply: the jobs taken and, when there were none, the ids to wait
-/// after.
-type TakeReply = (Vec<RawEntry>, Vec<usize>, Vec<String>);
+/// after, and whether the backlog limit held a fresh job back.
+type TakeReply = (Vec<RawEntry>, Vec<usize>, Vec<String>, bool);
+
+/// Longest a reader waits for a new entry while the backlog limit holds fresh jobs
+/// back: the backlog clears without any entry being added (the last jobs of the
+/// started flows end them), so only a new look at it can let the fresh jobs go.
+const HELD_RECHECK_MS: u64 = 2;
+
+/// The engine's own readers' backlog limit (see [`QueueReader::limit_backlog`]).
+#[derive(Clone, Debug)]
+struct BacklogLimit {
+    /// Most finished, unapplied reports before fresh jobs wait.
+    limit: usize,
+    /// `P:completions`.
+    completions: String,
+}
 
 impl QueueReader {
     /// Connects a consumer of `queue` named `consumer`; fails if Redis cannot be
@@ -358,7 +374,23 @@ impl QueueReader {
             takes: keys.takes(queue),
             pending: Some((0, "0".to_owned())),
             autoclaim_cursors: vec!["0-0".to_owned(); LANES],
+            backlog: None,
         })
+    }
+
+    /// Takes no fresh job (the first job of a flow not yet started) while `limit`
+    /// or more of the jobs this consumer was handed are finished but not yet
+    /// acknowledged, counting the completion records not yet applied too.
+    ///
+    /// For the engine's own workers, whose finished jobs are acknowledged once the
+    /// engine has applied their reports: a backlog there means the engine is behind,
+    /// and starting new flows then only makes every started flow's next node wait
+    /// longer (issue 13's burst). Started flows' jobs are never held back.
+    pub fn limit_backlog(&mut self, limit: usize, keys: &Keys) {
+        self.backlog = (limit > 0).then(|| BacklogLimit {
+            limit,
+            completions: keys.completions(),
+        });
     }
 
     /// The queue this reader serves.
@@ -393,6 +425,17 @@ impl QueueReader {
     /// ready (0: do not wait). An empty result means nothing arrived in time. Entries
     /// that cannot be decoded are acknowledged, deleted and logged, never returned.
     pub async fn read(&mut self, count: usize, block_ms: u64) -> Result<Vec<Delivery>, QueueError> {
+        self.read_running(count, 0, block_ms).await
+    }
+
+    /// [`QueueReader::read`] for a consumer running `running` of the jobs it was
+    /// handed: what the backlog limit leaves out of the backlog.
+    pub async fn read_running(
+        &mut self,
+        count: usize,
+        running: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let count = count.max(1);
         while let Some((lane, cursor)) = self.pending.clone() {
             let Some(key) = self.lanes.get(lane).cloned() else {
@@ -424,10 +467,15 @@ impl QueueReader {
             // A page of pending entries that were all deleted or malformed says
             // nothing about the next page: keep going.
         }
-        let (entries, lanes, wait) = self.take(count).await?;
+        let (entries, lanes, wait, held) = self.take(count, running).await?;
         if !entries.is_empty() || block_ms == 0 {
             return self.sort_taken(entries, lanes).await;
         }
+        let block_ms = if held {
+            block_ms.min(HELD_RECHECK_MS)
+        } else {
+            block_ms
+        };
         // Nothing ready: wait for an entry newer than what take.lua saw, in any lane,
         // then take again (someone else may have taken it meanwhile).
         let mut cmd = redis::cmd("XREAD");
@@ -443,12 +491,12 @@ impl QueueReader {
         if matches!(woke, Value::Nil) {
             return Ok(Vec::new());
         }
-        let (entries, lanes, _) = self.take(count).await?;
+        let (entries, lanes, _, _) = self.take(count, running).await?;
         self.sort_taken(entries, lanes).await
     }
 
     /// Runs `take.lua` for up to `count` jobs.
-    async fn take(&mut self, count: usize) -> Result<TakeReply, QueueError> {
+    async fn take(&mut self, count: usize, running: usize) -> Result<TakeReply, QueueError> {
         let mut invocation = scripts::TAKE.prepare_invoke();
         for lane in &self.lanes {
             invocation.key(lane);
@@ -458,6 +506,12 @@ impl QueueReader {
             .arg(WORKERS_GROUP)
             .arg(&self.stream.consumer)
             .arg(count);
+        if let Some(backlog) = &self.backlog {
+            invocation
+                .key(&backlog.completions)
+                .arg(backlog.limit)
+                .arg(running);
+        }
         let reply: Value = self.stream.invoke(&invocation).await?;
         let mut parts = reply::array(reply)?.into_iter();
         let jobs = reply::array(parts.next().unwrap_or(Value::Nil))?;
@@ -465,6 +519,10 @@ impl QueueReader {
             .iter()
             .map(reply::text)
             .collect::<Result<Vec<_>, _>>()?;
+        let held = match parts.next() {
+            Some(flag) => reply::int(&flag)? == 1,
+            None => false,
+        };
         let mut entries = Vec::with_capacity(jobs.len() / 3);
         let mut lanes = Vec::with_capacity(jobs.len() / 3);
         let mut items = jobs.into_iter();
@@ -490,7 +548,7 @@ impl QueueReader {
                 self.lanes.len()
             )));
         }
-        Ok((entries, lanes, wait))
+        Ok((entries, lanes, wait, held))
     }
 
     /// Decodes the entries `take.lua` returned, lane by lane, keeping their order.

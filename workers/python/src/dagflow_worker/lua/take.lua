@@ -5,10 +5,18 @@
 -- KEYS[1..20]  the queue's lane streams in the order they are served:
 --              P:q:{queue}:9, P:q:{queue}:9:new, P:q:{queue}:8, ..., P:q:{queue}:0:new
 -- KEYS[21]     P:q:{queue}:takes   how many jobs the queue has handed out
+-- KEYS[22]     P:completions       (optional, with ARGV[4])
 -- ARGV[1]      consumer group of the queue streams ("workers")
 -- ARGV[2]      the consumer's name
 -- ARGV[3]      most jobs to take (the consumer's free slots), at least 1
--- Returns {jobs, wait}.
+-- ARGV[4]      (optional) the backlog limit: take no fresh job while the jobs this
+--              consumer was handed and that are not yet acknowledged, less the ones it
+--              is running (ARGV[5]), plus the records on P:completions, are this many
+--              or more. The engine's own workers pass it: those jobs are finished
+--              reports the engine has not applied yet, so starting new flows then only
+--              lengthens the wait of the flows already started. Absent or 0: no limit.
+-- ARGV[5]      (with ARGV[4]) how many jobs the consumer is running now
+-- Returns {jobs, wait}, and {jobs, wait, held} when ARGV[4] is given.
 --   jobs   a flat array of triples: lane index (0..19, the position of the entry's
 --          stream in KEYS), entry id, and the entry's `envelope` field (false when
 --          the entry has none). Each entry is now pending on the consumer, exactly as
@@ -18,6 +26,8 @@
 --          soon as an entry newer than what this call saw is added to any lane, and
 --          then call take.lua again. (XREAD does not consume: the entry goes to
 --          whoever takes it first.)
+--   held   1 when a fresh job was left because of the backlog limit (ARGV[4]), else
+--          0: nothing new may arrive when the backlog clears, so wait briefly only.
 --
 -- Order: the first lane (in KEYS order) that has an entry no consumer has read
 -- yet, oldest entry first. So a higher priority goes first and, within a priority,
@@ -38,6 +48,12 @@ if want < 1 then
 end
 
 local turn = tonumber(redis.call('GET', KEYS[LANES + 1]) or '0') or 0
+local backlog_limit = tonumber(ARGV[4] or '0') or 0
+local running = tonumber(ARGV[5] or '0') or 0
+-- How many fresh jobs the backlog limit still lets this call take; computed when a
+-- fresh lane's turn first comes.
+local fresh_room = nil
+local held = 0
 
 -- Lanes known to hold nothing new: an empty (or missing) stream, or one whose read
 -- came back short (XLEN counts running entries too). Looked at only when a lane's
@@ -77,7 +93,53 @@ end
 local jobs = {}
 local taken = 0
 
+-- The consumer's backlog: its unacknowledged jobs (every lane's pending entries)
+-- less those it runs or took in this call, plus the completion records not yet
+-- applied.
+local function backlog()
+  local pending = 0
+  for j = 0, LANES - 1 do
+    if redis.call('XLEN', KEYS[j + 1]) > 0 then
+      local ok, summary = pcall(redis.call, 'XPENDING', KEYS[j + 1], group)
+      if ok and type(summary) == 'table' and type(summary[4]) == 'table' then
+        for _, c in ipairs(summary[4]) do
+          if c[1] == consumer then
+            pending = pending + (tonumber(c[2]) or 0)
+          end
+        end
+      end
+    end
+  end
+  local records = 0
+  if KEYS[LANES + 2] then
+    records = redis.call('XLEN', KEYS[LANES + 2])
+  end
+  return pending - running - taken + records
+end
+
+-- How many entries of lane j this call may read, at most n.
+local function allowed(j, n)
+  if backlog_limit <= 0 or j % 2 == 0 then
+    return n
+  end
+  if fresh_room == nil then
+    fresh_room = math.max(0, backlog_limit - backlog())
+  end
+  if fresh_room < n then
+    if fresh_room <= 0 and redis.call('XLEN', KEYS[j + 1]) == 0 then
+      -- Nothing there to hold back.
+      exhausted[j] = true
+      return 0
+    end
+    held = 1
+  end
+  return math.min(n, fresh_room)
+end
+
 local function keep(j, entries)
+  if j % 2 == 1 and fresh_room ~= nil then
+    fresh_room = fresh_room - #entries
+  end
   for _, entry in ipairs(entries) do
     local envelope = false
     local fields = entry[2]
@@ -103,7 +165,7 @@ while taken < want do
     -- A share turn: one job, offered first to the priority whose turn it is.
     local priority = math.floor(next_turn / SHARE_EVERY) % 10
     for _, j in ipairs({ (9 - priority) * 2, (9 - priority) * 2 + 1 }) do
-      if not got and not exhausted[j] then
+      if not got and not exhausted[j] and allowed(j, 1) > 0 then
         local entries = read(j, 1)
         if #entries > 0 then
           keep(j, entries)
@@ -121,8 +183,12 @@ while taken < want do
     end
     local n = math.min(want - taken, room)
     for j = 0, LANES - 1 do
+      local m = n
       if not got and not exhausted[j] then
-        local entries = read(j, n)
+        m = allowed(j, n)
+      end
+      if not got and not exhausted[j] and m > 0 then
+        local entries = read(j, m)
         if #entries > 0 then
           keep(j, entries)
           got = true
@@ -137,6 +203,9 @@ end
 
 if taken > 0 then
   redis.call('SET', KEYS[LANES + 1], turn)
+  if backlog_limit > 0 then
+    return { jobs, {}, held }
+  end
   return { jobs, {} }
 end
 
@@ -148,5 +217,8 @@ for j = 0, LANES - 1 do
   else
     wait[j + 1] = '0-0'
   end
+end
+if backlog_limit > 0 then
+  return { jobs, wait, held }
 end
 return { jobs, wait }
