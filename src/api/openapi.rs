@@ -41,6 +41,7 @@ use super::models;
         handlers::create,
         handlers::list,
         handlers::get_flow,
+        handlers::get_flow_spec,
         handlers::get_node,
         handlers::cancel,
         handlers::retry,
