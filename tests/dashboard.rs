@@ -267,7 +267,7 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 4, "{html}");
+    assert_eq!(urls.len(), 5, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");
