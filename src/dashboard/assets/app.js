@@ -762,7 +762,7 @@
       const parts = [
         '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="img" aria-label="flow graph">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
-        '<path d="M0,1L9,5L0,9z" fill="#94a3b8"/></marker></defs><g id="viewport"><g class="edges">',
+        '<path class="arrowhead" d="M0,1L9,5L0,9z"/></marker></defs><g id="viewport"><g class="edges">',
       ];
       lay.edges.forEach((e) => parts.push(`<path class="edge" d="${e.d}" marker-end="url(#arrow)"/>`));
       parts.push('</g><g class="nodes">');
