@@ -281,6 +281,8 @@
     let alive = true;
     let refreshTimer = null;
     let lastLoad = 0;
+    // Set when a reconnected socket is subscribed again: the next load makes the list fresh.
+    let resynced = false;
     const rows = new Map();
 
     const filter = el('select', { id: 'status-filter', 'aria-label': 'status' },
@@ -356,7 +358,11 @@
         toast(`Listing flows failed: ${errorMessage(res)}`, true);
         return;
       }
-      if (live.ws && live.ws.readyState === WebSocket.OPEN) P.setStale(false);
+      // Fresh again: loaded after the server confirmed the new subscription.
+      if (resynced) {
+        resynced = false;
+        P.setStale(false);
+      }
       nextCursor = res.body.nextCursor || null;
       rows.clear();
       tbody.replaceChildren(...res.body.flows.map((f) => {
@@ -382,6 +388,11 @@
     }
 
     function onMessage(m) {
+      if (m.type === 'subscribed' && P.isStale()) {
+        resynced = true;
+        scheduleRefresh();
+        return;
+      }
       if (m.type === 'lagged') {
         scheduleRefresh();
         return;
