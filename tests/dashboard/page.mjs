@@ -238,6 +238,23 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
   check(gate.result && gate.result.opened === 'from the page', `signal reached the node: ${JSON.stringify(gate)}`);
   log('Signal from the panel delivered its JSON payload');
 
+  // A flow in every state, for the screenshots.
+  const showcase = NARROW_SHOT || DARK_SHOT ? await create({
+    name: 'checkout',
+    nodes: [
+      { name: 'reserve-stock', handler: 'echo', data: { sku: 'A-42' } },
+      { name: 'charge-card', handler: 'echo', parents: ['reserve-stock'] },
+      { name: 'retry-payment', handler: 'fail', parents: ['reserve-stock'], data: { message: 'gateway timeout', times: 2 },
+        opts: { attempts: 5, backoff: { type: 'fixed', delayMs: 60000 } } },
+      { name: 'fraud-check', handler: 'fail', parents: ['charge-card'], data: { message: 'scoring service answered 503' } },
+      { name: 'notify-customer', handler: 'echo', parents: ['fraud-check'] },
+      { name: 'pack-order', handler: 'sleep', parents: ['charge-card'], data: { ms: 120000 } },
+      { name: 'manager-approval', parents: ['charge-card'], wait: { signal: 'approve' } },
+      { name: 'ship', handler: 'echo', parents: ['pack-order', 'manager-approval'] },
+    ],
+    opts: { onFailure: 'continue' },
+  }) : null;
+
   // ---- any screen: 400x800, the panel a bottom sheet over an unchanged graph
   await page.setViewportSize({ width: 400, height: 800 });
   await open(failing);
@@ -271,6 +288,7 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
   const nodeHeight = await page.$eval('g.node[data-name="extract"] rect.box', (r) => r.getBoundingClientRect().height);
   check(nodeHeight >= 40, `a graph node is a 40 px tap target: ${nodeHeight}`);
   if (NARROW_SHOT) {
+    await shotFlow(page, showcase, 'fraud-check');
     await page.screenshot({ path: NARROW_SHOT });
     log(`narrow screenshot saved to ${NARROW_SHOT}`);
   }
@@ -332,6 +350,7 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
   check(new Set(dark.statuses).size === dark.statuses.length, `status colours stay distinct: ${dark.statuses.join(' ')}`);
   check(dark.statuses.every((c, i) => c !== light.statuses[i]) && dark.node !== light.node, 'status colours change with the theme');
   if (DARK_SHOT) {
+    await shotFlow(page, showcase, 'retry-payment');
     await page.screenshot({ path: DARK_SHOT });
     log(`dark screenshot saved to ${DARK_SHOT}`);
   }
@@ -340,4 +359,17 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
 
   check(consoleErrors.length === 0, `console errors: ${consoleErrors.join(' | ')}`);
   await context.close();
+}
+
+/** The showcase flow with `name` open, once its states have settled, for a screenshot. */
+async function shotFlow(page, id, name) {
+  await page.evaluate((fid) => { location.hash = `#/flows/${encodeURIComponent(fid)}`; }, id);
+  await page.waitForSelector('g.node[data-name="notify-customer"][data-status="skipped"]');
+  await page.waitForSelector('g.node[data-name="pack-order"][data-status="active"]');
+  await page.waitForSelector('g.node[data-name="manager-approval"][data-status="waiting"]');
+  await page.waitForSelector('g.node[data-name="retry-payment"][data-status="queued"]');
+  await page.click(`g.node[data-name="${name}"]`);
+  await page.waitForSelector(`#node-detail-name:text("${name}")`);
+  await page.waitForSelector('#node-attempts');
+  await page.waitForSelector('#toast', { state: 'hidden' });
 }
