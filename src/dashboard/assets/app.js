@@ -467,13 +467,17 @@
     const signalDrafts = new Map();
     // The node the URL names (`#/flows/{id}/nodes/{name}`), selected once the graph is drawn.
     let pendingNode = nodeInUrl || null;
-    // The submitted spec, for each node's `opts.attempts` (the retry countdown's "of 5").
+    // The submitted spec, for each node's `opts.attempts` (the retry countdown's "of 5"):
+    // asked when a retry is first shown, so an idle flow page makes no REST call.
     let spec = null;
-    P.loadSpec(id).then((res) => {
-      if (!alive || !res.ok) return;
-      spec = res.body;
-      if (selected >= 0) scheduleDetail();
-    });
+    function needSpec() {
+      if (spec) return;
+      P.loadSpec(id).then((res) => {
+        if (!alive || !res.ok || spec) return;
+        spec = res.body;
+        if (selected >= 0) scheduleDetail();
+      });
+    }
 
     const nameEl = el('h1', { id: 'flow-name', text: 'Flow' });
     const statusEl = el('span', { id: 'flow-status', class: 'badge', text: '…' });
@@ -1394,6 +1398,7 @@
         ]),
         (v.status === 'skipped' || v.status === 'cancelled') && v.reason
           ? [el('h3', { text: v.status === 'skipped' ? 'Why skipped' : 'Why cancelled' }), el('p', { id: 'node-reason', class: 'reason', text: v.reason })] : null,
+        v.status === 'queued' && v.dueAt && !v.wait && !spec ? needSpec() : null,
         P.retryCountdown(v, P.attemptsOf(spec, isElement ? v.mapOf : v.name)),
         queueHint(v),
         v.wait ? [el('h3', { text: 'Waits for' }), kv([
