@@ -97,6 +97,23 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
   log(`a node on an unserved queue says "0 workers serving ${Q}" and its place; its URL opens it, back closes it`);
   for (const id of [ahead, lonely]) await rest(base, 'POST', `/flows/${id}/cancel`);
 
+  // ---- a concurrency key holding a job back: who holds it, how many run and wait
+  const keyed = { nodes: [{ name: 'job', handler: 'sleep', data: { ms: 4000 }, concurrency: { key: "'tenant-a'", limit: 1 } }] };
+  const holder = await create({ name: 'holder', ...keyed });
+  await until('the holder runs', async () => (await node(holder, 'job')).status === 'active');
+  const heldFlow = await create({ name: 'held', ...keyed });
+  await until('tenant-a holds a job back', async () => {
+    const q = await rest(base, 'GET', '/queues/default');
+    return q.body.heldBack.some((h) => h.key === 'tenant-a' && h.waiting === 1);
+  });
+  await open(heldFlow);
+  await page.click('g.node[data-name="job"]');
+  await page.waitForSelector('.held-by[data-kind="concurrency"]');
+  const held = await page.textContent('.held-by');
+  check(held === 'Held by key tenant-a: 1 of 1 running, 1 waiting.', `the key holding it back: ${held}`);
+  log(`a job its key holds back says so: ${held}`);
+  await waitNode('job', 'completed');
+
   // ---- a retry's countdown, ticking; then every attempt with its error
   const retrying = await create({
     name: 'retrying',

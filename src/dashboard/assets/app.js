@@ -1142,7 +1142,7 @@
     }
 
     window.addEventListener('resize', refit);
-    const onKey = (e) => { if (e.key === 'Escape' && selected >= 0 && !$('#token-dialog').open) closePanel(); };
+    const onKey = (e) => { if (e.key === 'Escape' && selected >= 0 && !$('dialog[open]')) closePanel(); };
     window.addEventListener('keydown', onKey);
 
     // ---- node details
