@@ -183,6 +183,7 @@ fn add_links(doc: &mut Value) {
     node_params["name"] = json!("$request.body#/nodes/0/name");
     let created = json!({
         "GetFlow": link("getFlow", &by_created, "the new flow"),
+        "GetFlowSpec": link("getFlowSpec", &by_created, "the spec the new flow was submitted with"),
         "GetNode": link("getNode", &node_params, "the new flow's first node"),
         "CancelFlow": link("cancelFlow", &by_created, "cancel the new flow"),
         "RetryFlow": link("retryFlow", &by_created, "retry the new flow once it failed or was cancelled"),
@@ -460,6 +461,7 @@ mod tests {
         let links = &doc["paths"]["/flows"]["post"]["responses"]["201"]["links"];
         for link in [
             "GetFlow",
+            "GetFlowSpec",
             "GetNode",
             "CancelFlow",
             "RetryFlow",
