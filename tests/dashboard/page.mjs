@@ -210,6 +210,11 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
   const clonedFlow = (await rest(base, 'GET', `/flows/${cloned}`)).body;
   check(cloned !== approval && clonedFlow.name === 'approval (edited)' && clonedFlow.nodes.length === 3, `the edited clone was submitted: ${JSON.stringify(clonedFlow.name)}`);
   await rest(base, 'POST', `/flows/${cloned}/cancel`);
+  // The flow page's own Clone and edit does the same in one click.
+  await open(approval);
+  await page.click('#clone-flow');
+  await page.waitForFunction(() => location.hash === '#/submit');
+  check(JSON.stringify(JSON.parse(await page.inputValue('#spec-input'))) === JSON.stringify(served), 'Clone and edit on the flow page prefills Submit');
   log('Spec shows the submitted spec, Copy copies it, Clone and edit opened it in Submit, edited and submitted');
 
   // ---- stale while the WebSocket is cut: actions off, then on again after the resync
