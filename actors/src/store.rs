@@ -352,9 +352,8 @@ impl Store {
         self.specs
             .get(id.as_bytes())?
             .map(|b| {
-                String::from_utf8(b.to_vec()).map_err(|e| {
-                    StoreError::Decode(format!("spec of flow {id} is not UTF-8: {e}"))
-                })
+                String::from_utf8(b.to_vec())
+                    .map_err(|e| StoreError::Decode(format!("spec of flow {id} is not UTF-8: {e}")))
             })
             .transpose()
     }
