@@ -194,7 +194,7 @@ export async function pageScenario(browser, newPage, { base, rest, check, log, r
   const served = (await rest(base, 'GET', `/flows/${approval}/spec`)).body;
   check(JSON.stringify(shown) === JSON.stringify(served), 'the dialog shows the served spec');
   check(shown.name === waitSpec.name && shown.nodes.map((n) => n.name).join() === 'prepare,approve,ship'
-    && JSON.stringify(shown.nodes[0].data) === JSON.stringify(waitSpec.nodes[0].data)
+    && canonical(shown.nodes[0].data) === canonical(waitSpec.nodes[0].data)
     && shown.nodes[1].wait.signal === 'go', `the spec is the one posted: ${JSON.stringify(shown)}`);
   await page.click('#spec-copy');
   const copied = await page.evaluate(() => navigator.clipboard.readText());
@@ -394,4 +394,11 @@ async function shotFlow(page, id, name) {
   await page.waitForSelector(`#node-detail-name:text("${name}")`);
   await page.waitForSelector('#node-attempts');
   await page.waitForSelector('#toast', { state: 'hidden' });
+}
+
+/** JSON with object keys sorted: the server keeps `data` as a map sorted by key. */
+function canonical(v) {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  if (v && typeof v === 'object') return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(',')}}`;
+  return JSON.stringify(v);
 }
