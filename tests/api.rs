@@ -923,3 +923,73 @@ async fn routes_work_under_warp_test() {
     assert!(!debug.contains("hunter2"), "{debug}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_submitted_spec_is_served_as_parsed() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+    let spec = json!({
+        "name": "spec back",
+        "nodes": [
+            {"name": "first", "handler": "echo", "data": {"n": 1, "nested": {"list": [1, 2]}}},
+            {"name": "second", "handler": "noop", "parents": ["first"], "queue": "default",
+             "opts": {"attempts": 2, "backoff": {"type": "fixed", "delayMs": 10}}}
+        ],
+        "opts": {"onFailure": "continue"}
+    });
+    let id = api.create_flow(&spec).await;
+    // `Checked` holds the answer against the documented FlowSpec schema.
+    let (status, served) = api.get(&format!("/flows/{id}/spec")).await;
+    assert_eq!(status, StatusCode::OK, "{served}");
+    assert_eq!(served["name"], "spec back");
+    let nodes = served["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{served}");
+    assert_eq!(nodes[0]["name"], "first");
+    assert_eq!(nodes[0]["data"], spec["nodes"][0]["data"]);
+    assert_eq!(nodes[1]["parents"], json!(["first"]));
+    assert_eq!(nodes[1]["opts"]["attempts"], 2, "{served}");
+    assert_eq!(served["opts"]["onFailure"], "continue", "{served}");
+    // It is a spec the server takes again as it is: the same flow.
+    let again = api.create_flow(&served).await;
+    let (_, again_spec) = api.get(&format!("/flows/{again}/spec")).await;
+    assert_eq!(again_spec, served);
+    // HEAD as GET; OPTIONS lists GET alone.
+    let (s, _, body) = api
+        .send_full(api.request(Method::HEAD, &format!("/flows/{id}/spec")))
+        .await;
+    assert_eq!((s, body), (StatusCode::OK, Value::Null));
+    let (s, headers, _) = api
+        .send_full(api.request(Method::OPTIONS, &format!("/flows/{id}/spec")))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(headers["allow"], "GET, HEAD, OPTIONS");
+    // An unknown id and a string that is no id: 404, as for the flow itself.
+    let unknown = dagflow::engine::FlowId::new();
+    let (s, b) = api.get(&format!("/flows/{unknown}/spec")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    let (s, b) = api.get("/flows/not-an-id/spec").await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    // A deleted flow's spec is gone with it.
+    api.wait_for_status(&id, "completed").await;
+    let (s, _) = api.delete(&format!("/flows/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = api.get(&format!("/flows/{id}/spec")).await;
+    error_of(s, &b, StatusCode::NOT_FOUND, "flow_not_found");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spec_route_wants_the_token() {
+    let server = start_server(ServerOpts {
+        api_token: Some("spec-token".to_owned()),
+        ..ServerOpts::default()
+    })
+    .await;
+    let api = Checked::new(&server).await;
+    let id = api.create_flow(&single("noop", Value::Null)).await;
+    let (s, b) = api.with_token(None).get(&format!("/flows/{id}/spec")).await;
+    error_of(s, &b, StatusCode::UNAUTHORIZED, "unauthorized");
+    let (s, b) = api.get(&format!("/flows/{id}/spec")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    server.stop().await;
+}

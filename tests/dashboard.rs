@@ -103,7 +103,12 @@ async fn dashboard_in_headless_chromium() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(std::fs::File::create(&stderr_path).unwrap());
-    for var in ["DASHBOARD_SCREENSHOT", "DASHBOARD_MAP_SCREENSHOT"] {
+    for var in [
+        "DASHBOARD_SCREENSHOT",
+        "DASHBOARD_MAP_SCREENSHOT",
+        "DASHBOARD_NARROW_SCREENSHOT",
+        "DASHBOARD_DARK_SCREENSHOT",
+    ] {
         if let Some(shot) = std::env::var_os(var) {
             // Relative to the crate, not to the script's directory.
             cmd.env(var, Path::new(env!("CARGO_MANIFEST_DIR")).join(shot));
@@ -267,7 +272,7 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 4, "{html}");
+    assert_eq!(urls.len(), 5, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");

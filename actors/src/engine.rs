@@ -654,6 +654,22 @@ impl Engine {
         Ok(NodeView::from_state(&state, idx, true))
     }
 
+    /// The spec the flow was submitted with, as the engine parsed it (defaults the
+    /// submitter left out stay out), for a client to show it or to edit it into a
+    /// new flow. Read from the store, not from the flow's actor: the spec never
+    /// changes after creation, and it is durable before `create` answers, so a
+    /// direct read cannot see a flow a crash could take back.
+    pub async fn spec(&self, id: FlowId) -> Result<Box<serde_json::value::RawValue>, EngineError> {
+        let flows = self.flows()?;
+        let text = flows
+            .shared
+            .store
+            .spec_json(id)?
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        serde_json::value::RawValue::from_string(text)
+            .map_err(|e| EngineError::Internal(format!("the spec of flow {id} is not JSON: {e}")))
+    }
+
     /// A page of flows, newest first, as they are on disk: read between two group
     /// commits, so a list never shows a state (a new flow, a flow completed) that a
     /// crash could still take back.

@@ -345,6 +345,19 @@ impl Store {
             .transpose()
     }
 
+    /// The spec a flow was submitted with, as the JSON text the engine wrote when
+    /// it created the flow (the parsed spec, serialized once): what `GET
+    /// /flows/{id}/spec` answers, so a client can show or resubmit it.
+    pub fn spec_json(&self, id: FlowId) -> Result<Option<String>, StoreError> {
+        self.specs
+            .get(id.as_bytes())?
+            .map(|b| {
+                String::from_utf8(b.to_vec())
+                    .map_err(|e| StoreError::Decode(format!("spec of flow {id} is not UTF-8: {e}")))
+            })
+            .transpose()
+    }
+
     /// Everything stored about a flow.
     pub fn load(&self, id: FlowId) -> Result<Option<StoredFlow>, StoreError> {
         let Some(record) = self.flow_record(id)? else {

@@ -88,6 +88,14 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
             .map(|_: String, r| r))
         .unify();
 
+    let spec_path = || warp::path!("flows" / String / "spec").and(auth(&state));
+    let spec = spec_path()
+        .and(get_or_head())
+        .and(with_state(&state))
+        .then(handlers::get_flow_spec)
+        .or(spec_path().and(methods(GET_ONLY)).map(|_: String, r| r))
+        .unify();
+
     let node_path = || warp::path!("flows" / String / "nodes" / String).and(auth(&state));
     let node = node_path()
         .and(get_or_head())
@@ -180,6 +188,8 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(flows.boxed())
         .unify()
         .or(flow.boxed())
+        .unify()
+        .or(spec.boxed())
         .unify()
         .or(node.boxed())
         .unify()

@@ -302,6 +302,24 @@ pub(crate) async fn get_flow(id: String, state: Arc<ApiState>) -> Response {
     )
 }
 
+/// The spec the flow was submitted with, as the server parsed it: the body of a
+/// `POST /flows` that makes the same flow again (the dashboard's "Clone and edit").
+#[utoipa::path(get, path = "/flows/{id}/spec", tag = "flows", operation_id = "getFlowSpec",
+    params(("id" = String, Path, description = "flow id")),
+    responses(
+        (status = 200, description = "the submitted spec", body = FlowSpecSchema),
+        (status = 404, description = "unknown flow", body = ErrorBody),
+        (status = 503, description = "the engine is stopping", body = ErrorBody)))]
+pub(crate) async fn get_flow_spec(id: String, state: Arc<ApiState>) -> Response {
+    respond(
+        async {
+            let spec = state.engine.spec(flow_id(&id)?).await?;
+            Ok(json_reply(StatusCode::OK, &spec))
+        }
+        .await,
+    )
+}
+
 /// One node, with its input (once its parents are done) and result.
 #[utoipa::path(get, path = "/flows/{id}/nodes/{name}", tag = "flows", operation_id = "getNode",
     params(("id" = String, Path, description = "flow id"),

@@ -41,6 +41,7 @@ use super::models;
         handlers::create,
         handlers::list,
         handlers::get_flow,
+        handlers::get_flow_spec,
         handlers::get_node,
         handlers::cancel,
         handlers::retry,
@@ -182,6 +183,7 @@ fn add_links(doc: &mut Value) {
     node_params["name"] = json!("$request.body#/nodes/0/name");
     let created = json!({
         "GetFlow": link("getFlow", &by_created, "the new flow"),
+        "GetFlowSpec": link("getFlowSpec", &by_created, "the spec the new flow was submitted with"),
         "GetNode": link("getNode", &node_params, "the new flow's first node"),
         "CancelFlow": link("cancelFlow", &by_created, "cancel the new flow"),
         "RetryFlow": link("retryFlow", &by_created, "retry the new flow once it failed or was cancelled"),
@@ -431,8 +433,8 @@ mod tests {
             assert_eq!(op.get("security").is_none(), open, "{id}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{id}");
         }
-        // 15 flow, queue and operations routes, 6 schedule routes.
-        assert_eq!(ops, 15 + 6);
+        // 16 flow, queue and operations routes, 6 schedule routes.
+        assert_eq!(ops, 16 + 6);
     }
 
     #[test]
@@ -459,6 +461,7 @@ mod tests {
         let links = &doc["paths"]["/flows"]["post"]["responses"]["201"]["links"];
         for link in [
             "GetFlow",
+            "GetFlowSpec",
             "GetNode",
             "CancelFlow",
             "RetryFlow",

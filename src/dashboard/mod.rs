@@ -87,6 +87,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             Bytes::from_static(include_bytes!("assets/schedules.js")),
         ),
         Asset::new(
+            "page.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/page.js")),
+        ),
+        Asset::new(
             "app.js",
             JS,
             Bytes::from_static(include_bytes!("assets/app.js")),

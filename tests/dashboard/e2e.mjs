@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import os from 'node:os';
 import { schedulesScenario } from './schedules.mjs';
+import { pageScenario } from './page.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -147,6 +148,7 @@ async function main() {
   try {
     await run(page, result);
     await tokenScenario(browser, newPage);
+    await pageScenario(browser, newPage, { base: URL_PLAIN, rest, check, log, result });
     check(pageErrors.length === 0, `page errors: ${pageErrors.join(' | ')}`);
     check(dialogs.some((m) => m.startsWith('Cancel flow')), 'cancel asked for confirmation');
     check(dialogs.some((m) => m.startsWith('Delete flow')), 'delete asked for confirmation');

@@ -191,6 +191,10 @@
     }
   }
 
+  // page.js: spec, deep links, stale state, why a node waits.
+  const P = window.dagflowPage;
+  P.init({ api, el, fill, toast, errorMessage, fmtDuration });
+
   // -------------------------------------------------------------- websocket
 
   function setConn(state) {
@@ -245,6 +249,8 @@
       ws.onclose = async () => {
         if (this.closed || this.ws !== ws) return;
         setConn('reconnecting');
+        // What the page shows may be out of date until the view has resynced.
+        if (this.everOpen) P.setStale(true);
         if (!opened) await api('GET', '/flows?limit=1');
         if (this.closed) return;
         const delay = Math.min(5000, 250 * 2 ** this.retry++);
@@ -275,6 +281,8 @@
     let alive = true;
     let refreshTimer = null;
     let lastLoad = 0;
+    // Set when a reconnected socket is subscribed again: the next load makes the list fresh.
+    let resynced = false;
     const rows = new Map();
 
     const filter = el('select', { id: 'status-filter', 'aria-label': 'status' },
@@ -350,6 +358,11 @@
         toast(`Listing flows failed: ${errorMessage(res)}`, true);
         return;
       }
+      // Fresh again: loaded after the server confirmed the new subscription.
+      if (resynced) {
+        resynced = false;
+        P.setStale(false);
+      }
       nextCursor = res.body.nextCursor || null;
       rows.clear();
       tbody.replaceChildren(...res.body.flows.map((f) => {
@@ -375,6 +388,11 @@
     }
 
     function onMessage(m) {
+      if (m.type === 'subscribed' && P.isStale()) {
+        resynced = true;
+        scheduleRefresh();
+        return;
+      }
       if (m.type === 'lagged') {
         scheduleRefresh();
         return;
@@ -417,7 +435,7 @@
    * of chips inside the group when it is expanded; a 10,000-element map is never
    * laid out as 10,000 nodes.
    */
-  function flowView(root, id) {
+  function flowView(root, id, nodeInUrl) {
     const L = window.DagLayout;
     const W = L.defaults.nodeWidth;
     const H = L.defaults.nodeHeight;
@@ -447,15 +465,37 @@
     // Per node name: an action's last error, and a signal payload being written.
     const actionErrors = new Map();
     const signalDrafts = new Map();
+    // The node the URL names (`#/flows/{id}/nodes/{name}`), selected once the graph is drawn.
+    let pendingNode = nodeInUrl || null;
+    // The submitted spec, for each node's `opts.attempts` (the retry countdown's "of 5"):
+    // asked when a retry is first shown, so an idle flow page makes no REST call.
+    let spec = null;
+    function needSpec() {
+      if (spec) return;
+      P.loadSpec(id).then((res) => {
+        if (!alive || !res.ok || spec) return;
+        spec = res.body;
+        if (selected >= 0) scheduleDetail();
+      });
+    }
 
     const nameEl = el('h1', { id: 'flow-name', text: 'Flow' });
     const statusEl = el('span', { id: 'flow-status', class: 'badge', text: '…' });
     const search = el('input', { id: 'node-search', type: 'search', placeholder: 'Find node', list: 'node-names', 'aria-label': 'find node' });
     const names = el('datalist', { id: 'node-names' });
     const fitBtn = el('button', { id: 'fit', text: 'Fit', title: 'fit the graph to the view' });
-    const cancelBtn = el('button', { id: 'cancel-flow', text: 'Cancel', disabled: true });
-    const retryBtn = el('button', { id: 'retry-flow', text: 'Retry', disabled: true });
-    const deleteBtn = el('button', { id: 'delete-flow', class: 'danger', text: 'Delete', disabled: true });
+    const cancelBtn = el('button', { id: 'cancel-flow', text: 'Cancel', disabled: true, 'data-act': true });
+    const retryBtn = el('button', { id: 'retry-flow', text: 'Retry', disabled: true, 'data-act': true });
+    const deleteBtn = el('button', { id: 'delete-flow', class: 'danger', text: 'Delete', disabled: true, 'data-act': true });
+    const specBtn = el('button', { id: 'show-spec', text: 'Spec', title: 'the spec this flow was submitted with', onclick: () => P.showSpec(id) });
+    const cloneBtn = el('button', {
+      id: 'clone-flow', text: 'Clone and edit', title: 'open the Submit page with this flow’s spec',
+      onclick: async () => {
+        const res = await P.loadSpec(id);
+        if (res.ok) P.cloneAndEdit(res.body);
+        else toast(`The spec could not be loaded: ${errorMessage(res)}`, true);
+      },
+    });
     const meta = el('div', { id: 'flow-meta', class: 'meta' });
     const countsEl = el('div', { id: 'status-counts', class: 'counts', title: 'nodes by status (a map counts as one node)' });
     const flowError = el('div', { id: 'flow-error', class: 'flow-error', hidden: true });
@@ -470,7 +510,7 @@
       el('section', { class: 'flow-head' },
         el('div', { class: 'title' },
           el('a', { class: 'crumb', href: '#/', text: 'Flows /' }), nameEl, statusEl,
-          el('span', { class: 'spacer' }), search, names, fitBtn, retryBtn, cancelBtn, deleteBtn),
+          el('span', { class: 'spacer' }), search, names, fitBtn, specBtn, cloneBtn, retryBtn, cancelBtn, deleteBtn),
         meta, countsEl, flowError),
       el('div', { class: 'flow-body' }, graph, panel));
 
@@ -542,6 +582,7 @@
       flow = f;
       seq = f.seq;
       resyncing = false;
+      P.setStale(false);
       if (same) {
         const before = groupSizes();
         dag.forEach((n, i) => {
@@ -558,6 +599,7 @@
         if (groupSizes() !== before) scheduleRelayout();
       } else {
         buildGraph(dag, elements);
+        if (pendingNode) showNode(pendingNode);
       }
       updateHeader();
       if (selected >= 0) scheduleDetail();
@@ -735,7 +777,7 @@
       const parts = [
         '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="img" aria-label="flow graph">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
-        '<path d="M0,1L9,5L0,9z" fill="#94a3b8"/></marker></defs><g id="viewport"><g class="edges">',
+        '<path class="arrowhead" d="M0,1L9,5L0,9z"/></marker></defs><g id="viewport"><g class="edges">',
       ];
       lay.edges.forEach((e) => parts.push(`<path class="edge" d="${e.d}" marker-end="url(#arrow)"/>`));
       parts.push('</g><g class="nodes">');
@@ -939,9 +981,10 @@
       nameEl.textContent = flow.name || '(unnamed)';
       statusEl.dataset.status = flow.status;
       statusEl.textContent = flow.status;
-      cancelBtn.disabled = flow.status !== 'running';
-      retryBtn.disabled = !(flow.status === 'failed' || flow.status === 'cancelled');
-      deleteBtn.disabled = false;
+      const stale = P.isStale();
+      cancelBtn.disabled = stale || flow.status !== 'running';
+      retryBtn.disabled = stale || !(flow.status === 'failed' || flow.status === 'cancelled');
+      deleteBtn.disabled = stale;
       let elements = 0;
       groups.forEach((grp) => { elements += grp.elems.length; });
       const item = (label, value, attrs) => el('span', {}, `${label} `, el('b', Object.assign({ text: value }, attrs || {})));
@@ -974,6 +1017,8 @@
       const r = graph.getBoundingClientRect();
       if (!layoutSize.width || !r.width) return;
       view.k = Math.max(0.02, Math.min(1.25, (r.width - 24) / layoutSize.width, (r.height - 24) / layoutSize.height));
+      // On a narrow (touch) screen a node stays at least 40 px tall, a tap target: pan to the rest.
+      if (window.matchMedia('(max-width: 900px)').matches) view.k = Math.max(view.k, 40 / H);
       view.x = (r.width - layoutSize.width * view.k) / 2;
       view.y = (r.height - layoutSize.height * view.k) / 2;
       autoFit = true;
@@ -1097,7 +1142,7 @@
     }
 
     window.addEventListener('resize', refit);
-    const onKey = (e) => { if (e.key === 'Escape' && selected >= 0 && !$('#token-dialog').open) closePanel(); };
+    const onKey = (e) => { if (e.key === 'Escape' && selected >= 0 && !$('dialog[open]')) closePanel(); };
     window.addEventListener('keydown', onKey);
 
     // ---- node details
@@ -1118,6 +1163,43 @@
       selK = -1;
       nodes[i].el.classList.add('selected');
       openPanel();
+      nodeUrl();
+    }
+
+    /** The URL names the selected node (a deep link; back closes the panel again). */
+    function nodeUrl() {
+      const href = P.flowHref(id, selectedName());
+      if (location.hash !== href) location.hash = href;
+    }
+
+    /** Selects the node (or element) the URL names, or closes the panel for none. */
+    function showNode(name) {
+      if (!nodes.length) {
+        pendingNode = name;
+        return;
+      }
+      pendingNode = null;
+      if (!name) {
+        if (selected >= 0) closePanel();
+        return;
+      }
+      if (name === selectedName()) return;
+      const i = byName.get(name);
+      if (i !== undefined) {
+        select(i);
+        centerOn(i);
+        return;
+      }
+      const em = ELEMENT.exec(name);
+      const gi = em ? byName.get(em[1]) : undefined;
+      const grp = gi === undefined ? undefined : groups.get(gi);
+      if (grp && Number(em[2]) < grp.elems.length) {
+        selectElement(gi, Number(em[2]));
+        centerOn(gi);
+        return;
+      }
+      toast(`This flow has no node “${name}”.`, true);
+      location.hash = P.flowHref(id);
     }
 
     function selectElement(i, k) {
@@ -1131,6 +1213,7 @@
         if (chip) chip.classList.add('selected');
       }
       openPanel();
+      nodeUrl();
     }
 
     function openPanel() {
@@ -1152,6 +1235,8 @@
       selK = -1;
       panel.hidden = true;
       refit();
+      const href = P.flowHref(id);
+      if (location.hash !== href) location.hash = href;
     }
 
     function scheduleDetail() {
@@ -1248,9 +1333,7 @@
         if (!limit || limit.value === undefined) continue;
         const held = q.heldBack.find((h) => h.kind === kind && h.key === limit.value);
         if (!held) continue;
-        parts.push(el('br'), kind === 'concurrency'
-          ? `Key “${held.key}” holds back ${held.waiting} job${held.waiting === 1 ? '' : 's'} here; ${held.running} hold${held.running === 1 ? 's' : ''} its ${limit.limit} slot${limit.limit === 1 ? '' : 's'}.`
-          : `Rate limit “${held.key}” holds back ${held.waiting} job${held.waiting === 1 ? '' : 's'} here${held.nextTokenAt ? `; next token ${fmtIn(held.nextTokenAt)}` : ''}.`);
+        parts.push(el('br'), el('span', { class: 'held-by', 'data-kind': kind }, P.holdText(kind, limit, held, fmtIn)));
       }
       return parts;
     }
@@ -1315,6 +1398,8 @@
         ]),
         (v.status === 'skipped' || v.status === 'cancelled') && v.reason
           ? [el('h3', { text: v.status === 'skipped' ? 'Why skipped' : 'Why cancelled' }), el('p', { id: 'node-reason', class: 'reason', text: v.reason })] : null,
+        v.status === 'queued' && v.dueAt && !v.wait && !spec ? needSpec() : null,
+        P.retryCountdown(v, P.attemptsOf(spec, isElement ? v.mapOf : v.name)),
         queueHint(v),
         v.wait ? [el('h3', { text: 'Waits for' }), kv([
           ['what', el('span', { id: 'node-wait', text: waitText(v.wait) })],
@@ -1379,7 +1464,9 @@
     function actionsPart(v) {
       const canSignal = v.wait && v.wait.kind === 'signal' && v.status === 'waiting' && flow && flow.status === 'running';
       const rerun = canRerun(v);
+      const retryNode = rerun && v.status === 'failed';
       const error = actionErrors.get(v.name);
+      const stale = P.isStale();
       if (!canSignal && !rerun && !error) return null;
       const errorEl = el('pre', { class: 'error', id: 'action-error', hidden: !error, text: error || '' });
       const showError = (text) => {
@@ -1399,7 +1486,7 @@
           signalDrafts.set(v.name, payload.value);
           payload.classList.remove('invalid');
         });
-        const send = el('button', { id: 'signal-send', class: 'primary', text: 'Signal' });
+        const send = el('button', { id: 'signal-send', class: 'primary', text: 'Signal', 'data-act': true, disabled: stale });
         send.addEventListener('click', async () => {
           let body;
           try {
@@ -1425,8 +1512,25 @@
         parts.push(el('label', { class: 'small muted', for: 'signal-payload', text: `Payload of signal “${v.wait.signal}” (JSON; it becomes the node’s result)` }),
           payload, el('div', { class: 'row' }, send));
       }
+      if (retryNode) {
+        const btn = el('button', { id: 'retry-node', class: 'primary', text: 'Retry this node', title: 'run this failed node again (its skipped children follow)', 'data-act': true, disabled: stale });
+        btn.addEventListener('click', async () => {
+          if (!confirm(`Retry “${v.name}”? It runs again with fresh attempts; the nodes it held back follow.`)) return;
+          btn.disabled = true;
+          const res = await api('POST', `/flows/${encodeURIComponent(id)}/nodes/${encodeURIComponent(v.name)}/rerun`);
+          if (!alive) return;
+          btn.disabled = P.isStale();
+          if (!res.ok) {
+            showError(`Retry refused (HTTP ${res.status}): ${errorMessage(res)}`);
+            return;
+          }
+          showError(null);
+          toast(`Retrying “${v.name}”.`);
+        });
+        parts.push(el('div', { class: 'row' }, btn));
+      }
       if (rerun) {
-        const btn = el('button', { id: 'rerun-node', text: 'Re-run from here', title: 'run this node and everything downstream of it again' });
+        const btn = el('button', { id: 'rerun-node', text: 'Re-run from here', title: 'run this node and everything downstream of it again', 'data-act': true, disabled: stale });
         btn.addEventListener('click', async () => {
           if (!confirm(`Re-run “${v.name}” and every node downstream of it? The other nodes keep their results.`)) return;
           btn.disabled = true;
@@ -1477,7 +1581,7 @@
     });
 
     const live = new Live([id], onMessage);
-    return () => {
+    const teardownFlow = () => {
       alive = false;
       clearTimeout(detailTimer);
       live.close();
@@ -1487,6 +1591,10 @@
       window.removeEventListener('resize', refit);
       document.title = 'dagflow';
     };
+    // The router keeps this page when only the selected node in the URL changes.
+    teardownFlow.flowId = id;
+    teardownFlow.showNode = showNode;
+    return teardownFlow;
   }
 
   // ----------------------------------------------------------------- queues
@@ -1665,20 +1773,26 @@
   let teardown = null;
 
   function route() {
-    if (teardown) teardown();
-    teardown = null;
     const hash = location.hash.replace(/^#/, '') || '/';
     const q = hash.indexOf('?');
     const path = q < 0 ? hash : hash.slice(0, q);
     const params = new URLSearchParams(q < 0 ? '' : hash.slice(q + 1));
+    const m = P.parseFlowPath(path);
+    // The same flow with another node (or none) selected: the page stays, the panel follows.
+    if (m && teardown && teardown.flowId === m.id) {
+      teardown.showNode(m.node);
+      return;
+    }
+    if (teardown) teardown();
+    teardown = null;
+    P.setStale(false);
     const root = $('#view');
     root.replaceChildren();
-    const m = path.match(/^\/flows\/([^/]+)$/);
     const qm = path.match(/^\/queues(?:\/([^/]+))?$/);
     const schedules = path === '/schedules' && window.dagflowPages && window.dagflowPages.schedules;
     const current = m ? 'flows' : path === '/submit' ? 'submit' : qm ? 'queues' : schedules ? 'schedules' : 'flows';
     document.querySelectorAll('[data-nav]').forEach((a) => a.classList.toggle('current', a.dataset.nav === current));
-    if (m) teardown = flowView(root, decodeURIComponent(m[1]));
+    if (m) teardown = flowView(root, m.id, m.node);
     else if (path === '/submit') teardown = submitView(root);
     else if (qm) teardown = queuesView(root, qm[1] ? decodeURIComponent(qm[1]) : null);
     // schedules.js: a page in its own file, given these helpers.
