@@ -654,9 +654,9 @@ impl Engine {
         Ok(NodeView::from_state(&state, idx, true))
     }
 
-    /// The spec the flow was submitted with, as the engine parsed it (defaults the
-    /// submitter left out stay out), for a client to show it or to edit it into a
-    /// new flow. Read from the store, not from the flow's actor: the spec never
+    /// The spec the flow was submitted with, as the engine parsed it (with the
+    /// defaults it filled in, and `data` keys sorted), for a client to show it or to
+    /// edit it into a new flow. Read from the store, not from the flow's actor: the spec never
     /// changes after creation, and it is durable before `create` answers, so a
     /// direct read cannot see a flow a crash could take back.
     pub async fn spec(&self, id: FlowId) -> Result<Box<serde_json::value::RawValue>, EngineError> {

@@ -339,7 +339,7 @@ type TakeReply = (Vec<RawEntry>, Vec<usize>, Vec<String>, bool);
 /// Longest a reader waits for a new entry while the backlog limit holds fresh jobs
 /// back: the backlog clears without any entry being added (the last jobs of the
 /// started flows end them), so only a new look at it can let the fresh jobs go.
-const HELD_RECHECK_MS: u64 = 2;
+const HELD_RECHECK_MS: u64 = 10;
 
 /// The engine's own readers' backlog limit (see [`QueueReader::limit_backlog`]).
 #[derive(Clone, Debug)]
