@@ -8,7 +8,8 @@
 //!
 //! `DASHBOARD_SCREENSHOT=docs/dashboard.png cargo test --test dashboard` also saves
 //! the README's screenshot of a flow page from the run, and
-//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run.
+//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run,
+//! and `DASHBOARD_TIMELINE_SCREENSHOT=docs/dashboard-timeline.png` one of a flow's timeline.
 
 #![allow(clippy::unwrap_used)]
 
@@ -103,7 +104,11 @@ async fn dashboard_in_headless_chromium() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(std::fs::File::create(&stderr_path).unwrap());
-    for var in ["DASHBOARD_SCREENSHOT", "DASHBOARD_MAP_SCREENSHOT"] {
+    for var in [
+        "DASHBOARD_SCREENSHOT",
+        "DASHBOARD_MAP_SCREENSHOT",
+        "DASHBOARD_TIMELINE_SCREENSHOT",
+    ] {
         if let Some(shot) = std::env::var_os(var) {
             // Relative to the crate, not to the script's directory.
             cmd.env(var, Path::new(env!("CARGO_MANIFEST_DIR")).join(shot));
@@ -267,7 +272,7 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 4, "{html}");
+    assert_eq!(urls.len(), 6, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");

@@ -87,6 +87,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             Bytes::from_static(include_bytes!("assets/schedules.js")),
         ),
         Asset::new(
+            "timeline.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/timeline.js")),
+        ),
+        Asset::new(
             "app.js",
             JS,
             Bytes::from_static(include_bytes!("assets/app.js")),
@@ -95,6 +100,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "app.css",
             CSS,
             Bytes::from_static(include_bytes!("assets/app.css")),
+        ),
+        Asset::new(
+            "timeline.css",
+            CSS,
+            Bytes::from_static(include_bytes!("assets/timeline.css")),
         ),
     ];
     // index.html names each file as `{{name}}`; the page's own hash then covers

@@ -1,0 +1,381 @@
+/*
+ * dagflow dashboard: the flow page's Timeline view (#/flows/{id}?view=timeline).
+ *
+ * One row per DAG node, sorted by the time it was queued (then started): a light
+ * bar from queuedAt to startedAt (waiting in its queue) and a bar in the node's
+ * status colour from startedAt to finishedAt (or to now while it runs), under a
+ * time axis, with a "now" line while the flow runs and the critical path marked.
+ * A map node is one row (its elements are aggregated in it, like on the graph).
+ *
+ * Virtualised: the scroller holds one tall spacer and only the rows in view (a
+ * small pool of elements, reused) are drawn, so 10,000 nodes cost what 40 do.
+ * Changes are batched: app.js calls `changed()` once per animation frame at
+ * most (from its flush), and the order and the critical path are computed again
+ * at most every few hundred ms on big flows. While the flow runs, one
+ * requestAnimationFrame loop moves the visible rows' bars and the now line, and
+ * nothing else. Colours come from app.css's custom properties (timeline.css).
+ *
+ * Loaded before app.js, which creates it with `window.dagflowTimeline.create`.
+ */
+(function () {
+  'use strict';
+
+  // Row height (px); it matches `.tl-row` in timeline.css.
+  const ROW = 24;
+  // Rows drawn beyond the visible window, above and below.
+  const OVERSCAN = 6;
+  // On flows bigger than this, order and critical path are recomputed at most every REORDER_MS.
+  const BIG = 1500;
+  const REORDER_MS = 300;
+  // Critical paths longer than this are listed with their middle cut.
+  const PATH_SHOWN = 8;
+
+  /** "12s", "3m 12s", "1h 4m": elapsed time that ticks once a second. */
+  function fmtElapsed(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+    return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+  }
+
+  /** When a node entered the timeline: queued, else started (a wait node), else never. */
+  function beganAt(n) {
+    return n.queuedAt || n.startedAt || Infinity;
+  }
+
+  /** When a node that ran stopped running: its finish, or `now` while it still runs. */
+  function endOf(n, now) {
+    if (!n.startedAt) return null;
+    if (n.finishedAt) return n.finishedAt;
+    return n.status === 'active' || n.status === 'waiting' ? now : null;
+  }
+
+  /**
+   * The critical path: from the node that finished last (a running node counts
+   * as finishing now), back through each node's latest-finishing parent (the one
+   * that gated it), to a root. Returns the indexes root first and its length in ms
+   * (from the root's queuedAt to the last node's end), or null if nothing ran.
+   */
+  function criticalPath(nodes, byName, now) {
+    let last = -1;
+    let lastEnd = -Infinity;
+    nodes.forEach((n, i) => {
+      const e = endOf(n, now);
+      if (e !== null && e > lastEnd) {
+        lastEnd = e;
+        last = i;
+      }
+    });
+    if (last < 0) return null;
+    const path = [last];
+    const seen = new Set(path);
+    let cur = last;
+    for (;;) {
+      let gate = -1;
+      let gateEnd = -Infinity;
+      (nodes[cur].parents || []).forEach((p) => {
+        const j = byName.get(p);
+        if (j === undefined) return;
+        const e = endOf(nodes[j], now);
+        if (e !== null && e > gateEnd) {
+          gateEnd = e;
+          gate = j;
+        }
+      });
+      if (gate < 0 || seen.has(gate)) break;
+      path.push(gate);
+      seen.add(gate);
+      cur = gate;
+    }
+    path.reverse();
+    const root = nodes[path[0]];
+    return { path, ms: lastEnd - (root.queuedAt || root.startedAt) };
+  }
+
+  /** A "nice" tick step (1, 2 or 5 times a power of ten, in ms) for about `count` ticks over `span`. */
+  function tickStep(span, count) {
+    const raw = span / Math.max(1, count);
+    const p = 10 ** Math.floor(Math.log10(raw));
+    const m = raw / p;
+    return (m <= 1 ? 1 : m <= 2 ? 2 : m <= 5 ? 5 : 10) * p;
+  }
+
+  function tickLabel(ms, step) {
+    if (step < 1000) return `${(ms / 1000).toFixed(step < 100 ? 2 : 1)}s`;
+    if (ms < 60000) return `${Math.round(ms / 1000)}s`;
+    const s = Math.round(ms / 1000);
+    if (s < 3600) return `${Math.floor(s / 60)}m${s % 60 ? ` ${s % 60}s` : ''}`;
+    return `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60) ? ` ${Math.floor((s % 3600) / 60)}m` : ''}`;
+  }
+
+  /**
+   * Creates the view. `h` gives: `el` (app.js's element helper), `nodes()` (the
+   * flow page's DAG nodes, mutated in place by its events), `flow()`, `groups()`
+   * (map index → group with `elems`), `onSelect(i)` (the page's select), and
+   * `fmtDuration`.
+   */
+  function create(h) {
+    const { el } = h;
+    const critEl = el('span', { id: 'tl-critical', class: 'tl-critical', text: 'critical path —' });
+    const axis = el('div', { id: 'tl-axis', class: 'tl-axis', 'aria-hidden': 'true' });
+    const space = el('div', { class: 'tl-space' });
+    const nowLine = el('div', { id: 'tl-now', class: 'tl-now', hidden: true });
+    const scroller = el('div', { id: 'tl-scroll', class: 'tl-scroll', tabindex: '0', role: 'list', 'aria-label': 'nodes over time' }, space);
+    const root = el('section', { id: 'timeline', class: 'timeline', hidden: true },
+      el('div', { class: 'tl-head' }, critEl, el('span', { class: 'spacer' }),
+        el('span', { class: 'tl-key small muted' }, el('span', { class: 'tl-sw wait' }), 'queued ', el('span', { class: 'tl-sw run' }), 'ran ', el('span', { class: 'tl-sw crit' }), 'critical path')),
+      axis,
+      el('div', { class: 'tl-body' }, scroller, nowLine));
+
+    let order = []; // row → node index
+    let rowOf = new Int32Array(0); // node index → row
+    let byName = new Map();
+    let known = null; // the nodes array the name map was built for
+    let crit = null;
+    let critSet = new Set();
+    let dirty = true;
+    let lastOrder = 0;
+    let selected = -1;
+    let visible = false;
+    let frame = 0;
+    let reorderTimer = null;
+    const pool = []; // row elements, reused
+    const ticks = [];
+    let geo = { labelW: 0, durW: 0, trackW: 0, t0: 0, span: 1 };
+
+    /** Order, name map and critical path, from the nodes as they are now. */
+    function recompute(now) {
+      const nodes = h.nodes();
+      if (known !== nodes || byName.size !== nodes.length) {
+        known = nodes;
+        byName = new Map(nodes.map((n, i) => [n.name, i]));
+      }
+      order = nodes.map((n, i) => i);
+      order.sort((a, b) => {
+        const na = nodes[a];
+        const nb = nodes[b];
+        return (beganAt(na) - beganAt(nb)) || ((na.startedAt || Infinity) - (nb.startedAt || Infinity)) || (a - b);
+      });
+      rowOf = new Int32Array(nodes.length);
+      order.forEach((i, r) => { rowOf[i] = r; });
+      space.style.height = `${order.length * ROW}px`;
+      crit = criticalPath(nodes, byName, now);
+      critSet = new Set(crit ? crit.path : []);
+      if (!crit) {
+        critEl.textContent = 'critical path —';
+      } else {
+        const names = crit.path.map((i) => nodes[i].name);
+        const shown = names.length > PATH_SHOWN ? [...names.slice(0, 3), `… ${names.length - 6} more …`, ...names.slice(-3)] : names;
+        critEl.textContent = `critical path ${h.fmtDuration(crit.ms)}: ${shown.join(' → ')}`;
+        critEl.title = names.join(' → ');
+      }
+      dirty = false;
+      lastOrder = Date.now();
+    }
+
+    function running() {
+      const f = h.flow();
+      return !!f && f.status === 'running';
+    }
+
+    /** The time domain: from the first node queued (or the flow's creation) to the last end, or now. */
+    function domain(now) {
+      const f = h.flow();
+      const nodes = h.nodes();
+      let t0 = f && f.createdAt ? f.createdAt : Infinity;
+      let t1 = -Infinity;
+      for (const n of nodes) {
+        const b = beganAt(n);
+        if (b < t0) t0 = b;
+        const e = n.finishedAt || n.startedAt || n.queuedAt;
+        if (e && e > t1) t1 = e;
+      }
+      if (!Number.isFinite(t0)) t0 = now;
+      if (running()) t1 = Math.max(t1, now);
+      else if (f && f.finishedAt) t1 = Math.max(t1, f.finishedAt);
+      if (!Number.isFinite(t1)) t1 = now;
+      // A little room on the right, so the now line and the last bar's end show.
+      const span = Math.max(1000, (t1 - t0) * 1.04);
+      return { t0, span };
+    }
+
+    function rowEl() {
+      const label = el('span', { class: 'tl-label' });
+      const wait = el('div', { class: 'tl-wait' });
+      const run = el('div', { class: 'tl-run' });
+      const track = el('div', { class: 'tl-track' }, wait, run);
+      const dur = el('span', { class: 'tl-dur' });
+      const r = el('div', { class: 'tl-row', role: 'listitem' }, label, track, dur);
+      r.tl = { label, track, wait, run, dur, i: -1, text: '', durText: '' };
+      return r;
+    }
+
+    /** Elapsed time for a live node, its duration for a finished one. */
+    function durText(n, now) {
+      if (n.status === 'active') return n.startedAt ? `ran ${fmtElapsed(now - n.startedAt)}` : 'running';
+      if (n.status === 'queued') return n.queuedAt ? `queued ${fmtElapsed(now - n.queuedAt)}` : 'queued';
+      if (n.status === 'waiting') return n.startedAt ? `waiting ${fmtElapsed(now - n.startedAt)}` : 'waiting';
+      if (n.status === 'pending') return '';
+      if (n.startedAt && n.finishedAt) return h.fmtDuration(n.finishedAt - n.startedAt);
+      return n.status;
+    }
+
+    /** Places a bar between two times (clamped to the track); a bar never drawn is hidden. */
+    function place(bar, from, to) {
+      if (from === null || to === null || from === undefined || to === undefined || to < from) {
+        if (!bar.hidden) bar.hidden = true;
+        return;
+      }
+      const x0 = ((from - geo.t0) / geo.span) * geo.trackW;
+      const x1 = ((to - geo.t0) / geo.span) * geo.trackW;
+      bar.hidden = false;
+      bar.style.transform = `translateX(${x0.toFixed(1)}px)`;
+      bar.style.width = `${Math.max(2, x1 - x0).toFixed(1)}px`;
+      bar.dataset.x = x0.toFixed(1);
+      bar.dataset.w = Math.max(2, x1 - x0).toFixed(1);
+    }
+
+    function drawAxis(now) {
+      const step = tickStep(geo.span, Math.max(2, Math.floor(geo.trackW / 90)));
+      let k = 0;
+      for (let t = 0; t <= geo.span; t += step, k++) {
+        if (!ticks[k]) {
+          ticks[k] = el('span', { class: 'tl-tick' });
+          axis.append(ticks[k]);
+        }
+        const tick = ticks[k];
+        tick.hidden = false;
+        tick.style.transform = `translateX(${(geo.labelW + (t / geo.span) * geo.trackW).toFixed(1)}px)`;
+        const text = tickLabel(t, step);
+        if (tick.textContent !== text) tick.textContent = text;
+      }
+      for (; k < ticks.length; k++) ticks[k].hidden = true;
+      const live = running();
+      nowLine.hidden = !live;
+      if (live) nowLine.style.transform = `translateX(${(geo.labelW + ((now - geo.t0) / geo.span) * geo.trackW).toFixed(1)}px)`;
+    }
+
+    /** Draws the rows in view (and a few around): nothing else is in the DOM. */
+    function draw() {
+      frame = 0;
+      if (!visible) return;
+      const now = Date.now();
+      const nodes = h.nodes();
+      if (dirty || order.length !== nodes.length) {
+        // Big flows reorder at most every REORDER_MS while events stream in.
+        if (nodes.length <= BIG || Date.now() - lastOrder >= REORDER_MS || order.length !== nodes.length) recompute(now);
+        else if (!reorderTimer) reorderTimer = setTimeout(() => { reorderTimer = null; request(); }, REORDER_MS);
+      }
+      const width = scroller.clientWidth;
+      const narrow = width < 560;
+      geo.labelW = narrow ? 104 : 200;
+      geo.durW = narrow ? 74 : 96;
+      geo.trackW = Math.max(40, width - geo.labelW - geo.durW - 8);
+      const d = domain(now);
+      geo.t0 = d.t0;
+      geo.span = d.span;
+      root.style.setProperty('--tl-label', `${geo.labelW}px`);
+      root.style.setProperty('--tl-dur', `${geo.durW}px`);
+      drawAxis(now);
+      const top = scroller.scrollTop;
+      const height = scroller.clientHeight;
+      const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
+      const last = Math.min(order.length, Math.ceil((top + height) / ROW) + OVERSCAN);
+      const groups = h.groups ? h.groups() : null;
+      let used = 0;
+      for (let r = first; r < last; r++, used++) {
+        if (!pool[used]) {
+          pool[used] = rowEl();
+          space.append(pool[used]);
+        }
+        const row = pool[used];
+        const t = row.tl;
+        const i = order[r];
+        const n = nodes[i];
+        row.hidden = false;
+        row.style.transform = `translateY(${r * ROW}px)`;
+        if (t.i !== i) {
+          t.i = i;
+          row.dataset.i = String(i);
+          row.dataset.name = n.name;
+          row.title = n.name;
+        }
+        row.dataset.row = String(r);
+        const grp = groups && groups.get(i);
+        const label = grp ? `${n.name} ×${grp.elems.length.toLocaleString()}` : n.name;
+        if (t.text !== label) {
+          t.text = label;
+          t.label.textContent = label;
+        }
+        if (row.dataset.status !== n.status) row.dataset.status = n.status;
+        row.classList.toggle('critical', critSet.has(i));
+        row.classList.toggle('selected', i === selected);
+        const stop = n.finishedAt || (n.status === 'queued' || n.status === 'active' || n.status === 'waiting' ? now : null);
+        // The queue wait: queued until it started (or until now, or until it ended unstarted).
+        place(t.wait, n.queuedAt || null, n.startedAt || (n.queuedAt ? stop : null));
+        place(t.run, n.startedAt || null, n.startedAt ? stop : null);
+        const dt = durText(n, now);
+        if (t.durText !== dt) {
+          t.durText = dt;
+          t.dur.textContent = dt;
+        }
+      }
+      for (let k = used; k < pool.length; k++) {
+        if (!pool[k].hidden) pool[k].hidden = true;
+        pool[k].tl.i = -1;
+      }
+      // While the flow runs, bars grow and the now line moves: draw the window again next frame.
+      if (running()) request();
+    }
+
+    function request() {
+      if (!frame && visible) frame = requestAnimationFrame(draw);
+    }
+
+    scroller.addEventListener('scroll', request, { passive: true });
+    scroller.addEventListener('click', (e) => {
+      const row = e.target.closest && e.target.closest('.tl-row');
+      if (row && row.dataset.i !== undefined) h.onSelect(Number(row.dataset.i));
+    });
+    const resize = new ResizeObserver(request);
+    resize.observe(scroller);
+
+    return {
+      el: root,
+      show() {
+        visible = true;
+        root.hidden = false;
+        dirty = true;
+        request();
+      },
+      hide() {
+        visible = false;
+        root.hidden = true;
+      },
+      /** The nodes changed (events, a snapshot): order and marks follow on the next frame. */
+      changed() {
+        dirty = true;
+        request();
+      },
+      /** Marks the selected node's row (-1: none) and scrolls it into view. */
+      select(i) {
+        selected = i;
+        if (i >= 0 && visible && !dirty && i < rowOf.length) {
+          const y = rowOf[i] * ROW;
+          if (y < scroller.scrollTop || y + ROW > scroller.scrollTop + scroller.clientHeight) {
+            scroller.scrollTop = Math.max(0, y - scroller.clientHeight / 2);
+          }
+        }
+        request();
+      },
+      destroy() {
+        visible = false;
+        if (frame) cancelAnimationFrame(frame);
+        clearTimeout(reorderTimer);
+        resize.disconnect();
+      },
+    };
+  }
+
+  window.dagflowTimeline = { create, fmtElapsed, criticalPath };
+}());
