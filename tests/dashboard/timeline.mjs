@@ -1,0 +1,214 @@
+// The flow page's Timeline view in the browser (called by e2e.mjs with its helpers):
+// a real run with a slow node shows one bar per node, in start order, the running
+// bar growing and its elapsed time ticking on the timeline, the graph and the node
+// panel; the critical path goes through the slow branch; a click opens the node;
+// the view survives a reload; it reads at 1600x900 and at 400x800; and a
+// 10,000-node flow stays smooth (frame times measured in the page) and renders the
+// rows of whatever part is scrolled to.
+
+const WAIT = 20000;
+
+/** Seconds in an elapsed text ("ran 12s", "queued 3s", "1m 4s so far"). */
+function seconds(text) {
+  const m = /(?:(\d+)h )?(?:(\d+)m )?(\d+)s/.exec(text || '');
+  if (!m) return NaN;
+  return (Number(m[1] || 0) * 3600) + (Number(m[2] || 0) * 60) + Number(m[3]);
+}
+
+/** Waits until the elapsed text at `selector` reads more seconds than it does now. */
+async function waitTicks(page, selector, check, what) {
+  const before = seconds(await page.textContent(selector));
+  check(Number.isFinite(before), `${what} shows an elapsed time: “${await page.textContent(selector)}”`);
+  await page.waitForFunction(([sel, b]) => {
+    const m = /(?:(\d+)h )?(?:(\d+)m )?(\d+)s/.exec(document.querySelector(sel)?.textContent || '');
+    return m && (Number(m[1] || 0) * 3600) + (Number(m[2] || 0) * 60) + Number(m[3]) > b;
+  }, [selector, before], { timeout: WAIT });
+  return before;
+}
+
+/** The rows drawn now: name, row, status, critical, and their bars' pixels. */
+function rowsDrawn(page) {
+  return page.$$eval('#tl-scroll .tl-row:not([hidden])', (rows) => rows.map((r) => {
+    const run = r.querySelector('.tl-run');
+    const wait = r.querySelector('.tl-wait');
+    const box = (b) => (b.hidden ? null : { x: b.getBoundingClientRect().left, w: b.getBoundingClientRect().width });
+    return {
+      name: r.dataset.name, row: Number(r.dataset.row), status: r.dataset.status,
+      critical: r.classList.contains('critical'), run: box(run), wait: box(wait),
+      label: r.querySelector('.tl-label').textContent, labelW: r.querySelector('.tl-label').getBoundingClientRect().width,
+      right: r.getBoundingClientRect().right,
+    };
+  }));
+}
+
+export async function timelineScenario(page, result, { base, rest, check, log, screenshot }) {
+  await page.setViewportSize({ width: 1600, height: 900 });
+  const spec = {
+    name: 'timeline',
+    nodes: [
+      { name: 'fetch', handler: 'sleep', data: { ms: 300 } },
+      { name: 'parse', handler: 'sleep', parents: ['fetch'], data: { ms: 500 } },
+      { name: 'thumbs', handler: 'sleep', parents: ['parse'], data: { ms: 5000 } },
+      { name: 'index', handler: 'echo', parents: ['parse'] },
+      { name: 'stats', handler: 'sleep', parents: ['parse'], data: { ms: 800 } },
+      { name: 'publish', handler: 'echo', parents: ['thumbs', 'index', 'stats'] },
+    ],
+  };
+  const created = await rest(base, 'POST', '/flows', spec);
+  check(created.status === 201, `create the timeline flow: ${JSON.stringify(created.body)}`);
+  const id = created.body.flowId;
+  result.timeline = id;
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}?view=timeline`; }, id);
+  await page.waitForSelector('#timeline:not([hidden])');
+  check(await page.isHidden('#graph'), 'the graph is hidden in the timeline view');
+  check((await page.getAttribute('#view-timeline', 'aria-pressed')) === 'true', 'the switch shows Timeline');
+  await page.waitForSelector('.tl-row[data-name="thumbs"][data-status="active"]');
+  await page.waitForSelector('#tl-now:not([hidden])');
+
+  // One row per node, labelled with its name.
+  let rows = await rowsDrawn(page);
+  check(rows.length === 6 && new Set(rows.map((r) => r.name)).size === 6, `one row per node: ${JSON.stringify(rows.map((r) => r.name))}`);
+  check(rows.every((r) => r.label === r.name), 'each row is labelled with its node name');
+
+  // The running bar grows (measured in pixels), its elapsed time ticks.
+  const runW = () => page.$eval('.tl-row[data-name="thumbs"] .tl-run', (b) => b.getBoundingClientRect().width);
+  const w1 = await runW();
+  await page.waitForFunction((w) => document.querySelector('.tl-row[data-name="thumbs"] .tl-run').getBoundingClientRect().width > w + 8, w1);
+  const w2 = await runW();
+  const tlBefore = await waitTicks(page, '.tl-row[data-name="thumbs"] .tl-dur', check, 'the timeline');
+  check(/^ran \d+s$/.test(await page.textContent('.tl-row[data-name="thumbs"] .tl-dur')), 'the timeline says “ran Ns”');
+  log(`timeline: the running bar grew ${w1.toFixed(0)} → ${w2.toFixed(0)} px; its elapsed time ticked past ${tlBefore}s`);
+
+  // Clicking a row opens the node panel (the flow page's own), whose elapsed time ticks.
+  await page.click('.tl-row[data-name="thumbs"]');
+  await page.waitForSelector('#node-detail-name:text("thumbs")');
+  await page.waitForSelector('.tl-row[data-name="thumbs"].selected');
+  await page.waitForSelector('#node-ran[data-since]');
+  await waitTicks(page, '#node-ran', check, 'the panel');
+  check((await page.textContent('#node-ran')).endsWith('so far'), 'the panel says the run is not over');
+  if (screenshot) {
+    await page.screenshot({ path: screenshot });
+    log(`timeline screenshot saved to ${screenshot}`);
+  }
+
+  // The graph shows it too; the switch keeps the URL in step, and a reload keeps the view.
+  await page.click('#view-graph');
+  await page.waitForSelector('g.node[data-name="thumbs"]');
+  check(!/[?&]view=/.test(new URL(page.url()).hash), `the graph view's URL: ${page.url()}`);
+  check(await page.isHidden('#timeline'), 'the timeline is hidden in the graph view');
+  await waitTicks(page, 'g.node[data-name="thumbs"] text.sub', check, 'the graph node');
+  check(/^active · ran \d+s$/.test(await page.textContent('g.node[data-name="thumbs"] text.sub')), 'the graph node says “active · ran Ns”');
+  await page.click('#view-timeline');
+  check(new URL(page.url()).hash === `#/flows/${id}?view=timeline`, `the timeline view's URL: ${page.url()}`);
+  await page.reload();
+  await page.waitForSelector('#timeline:not([hidden]) .tl-row[data-name="thumbs"]');
+  check((await page.getAttribute('#view-timeline', 'aria-pressed')) === 'true', 'a reload keeps the timeline view');
+
+  // Once it is over: no now line; bars in start order; the critical path through the slow branch.
+  await page.waitForFunction(() => document.querySelector('#flow-status')?.textContent === 'completed', null, { timeout: WAIT });
+  await page.waitForSelector('#tl-now[hidden]', { state: 'attached' });
+  await page.waitForSelector('.tl-row[data-name="publish"][data-status="completed"]');
+  const flow = (await rest(base, 'GET', `/flows/${id}`)).body;
+  const byName = new Map(flow.nodes.map((n) => [n.name, n]));
+  rows = await rowsDrawn(page);
+  check(rows.every((r) => r.run && r.status === 'completed'), `every node has its run bar: ${JSON.stringify(rows)}`);
+  const byStart = [...rows].sort((a, b) => byName.get(a.name).startedAt - byName.get(b.name).startedAt);
+  for (let k = 1; k < byStart.length; k++) {
+    const [p, q] = [byStart[k - 1], byStart[k]];
+    const [sp, sq] = [byName.get(p.name).startedAt, byName.get(q.name).startedAt];
+    check(sp === sq ? Math.abs(p.run.x - q.run.x) < 1 : p.run.x < q.run.x, `bars in start order: ${p.name} at ${p.run.x} (${sp}), ${q.name} at ${q.run.x} (${sq})`);
+  }
+  const byRow = [...rows].sort((a, b) => a.row - b.row).map((r) => r.name);
+  const queuedOrder = [...byName.values()].sort((a, b) => (a.queuedAt - b.queuedAt) || (a.startedAt - b.startedAt)).map((n) => n.name);
+  check(JSON.stringify(byRow) === JSON.stringify(queuedOrder), `rows sorted by queued time: ${byRow} vs ${queuedOrder}`);
+  const thumbs = rows.find((r) => r.name === 'thumbs');
+  const stats = rows.find((r) => r.name === 'stats');
+  check(thumbs.run.w > 4 * stats.run.w, `a 5 s bar is much longer than a 0.8 s one: ${thumbs.run.w} vs ${stats.run.w}`);
+  const critical = rows.filter((r) => r.critical).map((r) => r.name).sort();
+  check(JSON.stringify(critical) === JSON.stringify(['fetch', 'parse', 'publish', 'thumbs']), `critical path marks: ${critical}`);
+  const critText = await page.textContent('#tl-critical');
+  const total = (byName.get('publish').finishedAt - byName.get('fetch').queuedAt) / 1000;
+  check(/^critical path [\d.]+ s: fetch → parse → thumbs → publish$/.test(critText), `critical path listed: ${critText}`);
+  check(Math.abs(parseFloat(critText.replace('critical path ', '')) - total) < 0.11, `critical path total ${critText} vs ${total} s`);
+  check(/^\d+(\.\d)? s$/.test(await page.textContent('.tl-row[data-name="thumbs"] .tl-dur')), 'a finished node shows its run time');
+  log(`timeline: bars in start order, “${critText}”`);
+
+  // Mobile: readable, inside the page, no horizontal overflow.
+  await page.setViewportSize({ width: 400, height: 800 });
+  await page.waitForFunction(() => {
+    const r = document.querySelector('.tl-row[data-name="thumbs"]');
+    return r && r.getBoundingClientRect().right <= 400;
+  });
+  rows = await rowsDrawn(page);
+  check(rows.length === 6 && rows.every((r) => r.labelW >= 80 && r.right <= 400 && r.run.x + r.run.w <= r.right + 0.5), `rows fit at 400 px: ${JSON.stringify(rows)}`);
+  const overflow = await page.evaluate(() => ({
+    page: document.documentElement.scrollWidth, view: innerWidth,
+    timeline: document.querySelector('#timeline').getBoundingClientRect().right,
+  }));
+  check(overflow.page <= overflow.view && overflow.timeline <= overflow.view, `no horizontal overflow at 400 px: ${JSON.stringify(overflow)}`);
+  const scrollH = await page.$eval('#tl-scroll', (s) => s.clientHeight);
+  check(scrollH >= 6 * 24, `the rows have room at 400x800: ${scrollH} px`);
+  await page.setViewportSize({ width: 1600, height: 900 });
+  log('timeline: readable at 400x800 with no horizontal overflow');
+
+  await bigTimeline(page, result, { base, rest, check, log });
+  await page.setViewportSize({ width: 1400, height: 860 });
+}
+
+/** 1 → 9,998 → 1: the timeline while it runs (frame times), and a scroll to the middle. */
+async function bigTimeline(page, result, { base, rest, check, log }) {
+  const nodes = [{ name: 'start', handler: 'noop' }];
+  for (let i = 0; i < 9998; i++) nodes.push({ name: `w${String(i).padStart(4, '0')}`, handler: 'noop', parents: ['start'] });
+  nodes.push({ name: 'end', handler: 'noop', parents: nodes.slice(1).map((n) => n.name) });
+  // Frames from before the page opens the flow to its end.
+  await page.evaluate(() => {
+    window.__tlFrames = [];
+    let last = performance.now();
+    const tick = (t) => {
+      window.__tlFrames.push(t - last);
+      last = t;
+      if (window.__tlFrames.length < 100000 && !window.__tlStop) requestAnimationFrame(tick);
+    };
+    window.__tlStop = false;
+    requestAnimationFrame(tick);
+  });
+  const created = await rest(base, 'POST', '/flows', { name: 'timeline 10k', nodes });
+  check(created.status === 201, `create the 10,000-node flow: ${JSON.stringify(created.body).slice(0, 300)}`);
+  const id = created.body.flowId;
+  result.timelineBig = id;
+  const t0 = Date.now();
+  await page.evaluate((fid) => { location.hash = `#/flows/${fid}?view=timeline`; }, id);
+  await page.waitForFunction(() => document.querySelector('#tl-scroll .tl-space')?.getBoundingClientRect().height === 10000 * 24, null, { timeout: 60000 });
+  const shownMs = Date.now() - t0;
+  const startFrames = await page.evaluate(() => window.__tlFrames.length);
+  await page.waitForFunction(() => document.querySelector('#flow-status')?.textContent === 'completed', null, { timeout: 120000 });
+  const runMs = Date.now() - t0;
+  const deltas = await page.evaluate((from) => { window.__tlStop = true; return window.__tlFrames.slice(from); }, startFrames);
+  check(deltas.length > 10, `frames while it ran: ${deltas.length}`);
+  const sorted = [...deltas].sort((a, b) => a - b);
+  const p95 = sorted[Math.floor(sorted.length * 0.95)];
+  const max = sorted[sorted.length - 1];
+  result.timelineP95 = p95;
+  check(p95 <= 50, `frame time p95 while 10,000 nodes ran: ${p95.toFixed(1)} ms (max ${max.toFixed(1)} ms)`);
+  check(await page.evaluate(() => document.querySelectorAll('g.node').length === 0), 'the 10,000-node graph was never laid out in the timeline view');
+
+  // Virtualised: a few dozen rows in the DOM; a scroll to the middle draws the rows there.
+  await page.waitForSelector('.tl-row[data-name="end"][data-status="completed"]', { state: 'attached' });
+  const inDom = await page.$$eval('#tl-scroll .tl-row', (rs) => rs.length);
+  check(inDom < 120, `only the rows in view are in the DOM: ${inDom}`);
+  await page.$eval('#tl-scroll', (s) => { s.scrollTop = s.scrollHeight / 2; });
+  await page.waitForFunction(() => [...document.querySelectorAll('#tl-scroll .tl-row:not([hidden])')]
+    .some((r) => Math.abs(Number(r.dataset.row) - 5000) < 40 && r.getBoundingClientRect().top >= 0));
+  const middle = await rowsDrawn(page);
+  const visible = middle.filter((r) => r.row >= 4950 && r.row <= 5050);
+  check(visible.length > 5 && visible.every((r) => /^w\d{4}$/.test(r.name) && r.run && r.status === 'completed'),
+    `rows in the middle are drawn with their bars: ${JSON.stringify(visible.slice(0, 3))}`);
+  const critText = await page.textContent('#tl-critical');
+  check(/^critical path [\d.]+ (ms|s): start → w\d{4} → end$/.test(critText), `the 10,000-node critical path: ${critText}`);
+  // A click in the middle opens that node.
+  const pick = visible[Math.floor(visible.length / 2)].name;
+  await page.click(`.tl-row[data-name="${pick}"]`);
+  await page.waitForSelector(`#node-detail-name:text("${pick}")`);
+  await page.click('#close-panel');
+  log(`timeline, 10,000 nodes: shown in ${shownMs} ms, ran ${runMs} ms, ${deltas.length} frames, p95 ${p95.toFixed(1)} ms, max ${max.toFixed(1)} ms; ${inDom} rows in the DOM; row 5,000 drawn after a scroll; “${critText}”`);
+}
