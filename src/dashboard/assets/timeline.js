@@ -10,10 +10,13 @@
  * Virtualised: the scroller holds one tall spacer and only the rows in view (a
  * small pool of elements, reused) are drawn, so 10,000 nodes cost what 40 do.
  * Changes are batched: app.js calls `changed()` once per animation frame at
- * most (from its flush), and the order and the critical path are computed again
- * at most every few hundred ms on big flows. While the flow runs, one
- * requestAnimationFrame loop moves the visible rows' bars and the now line, and
- * nothing else. Colours come from app.css's custom properties (timeline.css).
+ * most (from its flush); the rows in view are redrawn at most every LIVE_MS for
+ * them, and the order and the critical path are computed again at most every few
+ * hundred ms on big flows. While the flow runs, the same timed redraw moves the
+ * running bars and the now line on a time scale that grows in steps, and nothing
+ * else. A redraw writes only
+ * what changed (a style write invalidates the row). Colours come from app.css's
+ * custom properties (timeline.css).
  *
  * Loaded before app.js, which creates it with `window.dagflowTimeline.create`.
  */
@@ -29,6 +32,11 @@
   const REORDER_MS = 300;
   // Critical paths longer than this are listed with their middle cut.
   const PATH_SHOWN = 8;
+  // Redraws for events and for the running bars' growth come at most this often; a
+  // scroll or a resize redraws on the next frame. Every redraw repaints the rows in
+  // view, and a software-rendered page on a busy machine cannot repaint 60 times a
+  // second while 10,000 nodes stream in.
+  const LIVE_MS = 100;
 
   /** "12s", "3m 12s", "1h 4m": elapsed time that ticks once a second. */
   function fmtElapsed(ms) {
@@ -138,10 +146,14 @@
     let selected = -1;
     let visible = false;
     let frame = 0;
+    let liveTimer = null;
+    let lastDraw = 0;
     let reorderTimer = null;
     const pool = []; // row elements, reused
     const ticks = [];
     let geo = { labelW: 0, durW: 0, trackW: 0, t0: 0, span: 1 };
+    // While the flow runs: the time span shown, grown in steps (see domain).
+    let live = { t0: 0, span: 0 };
 
     /** Order, name map and critical path, from the nodes as they are now. */
     function recompute(now) {
@@ -191,10 +203,18 @@
         if (e && e > t1) t1 = e;
       }
       if (!Number.isFinite(t0)) t0 = now;
-      if (running()) t1 = Math.max(t1, now);
-      else if (f && f.finishedAt) t1 = Math.max(t1, f.finishedAt);
+      if (running()) {
+        // The scale stays put while the flow runs and grows by half when now nears its
+        // end: between two steps only the running bars and the now line move, so a
+        // redraw repaints those few, not every bar in view.
+        const need = Math.max(t1, now) - t0;
+        if (live.t0 !== t0 || need > live.span * 0.97) live = { t0, span: Math.max(2000, need * 1.5) };
+        return { t0, span: live.span };
+      }
+      live = { t0: 0, span: 0 };
+      if (f && f.finishedAt) t1 = Math.max(t1, f.finishedAt);
       if (!Number.isFinite(t1)) t1 = now;
-      // A little room on the right, so the now line and the last bar's end show.
+      // A little room on the right, so the last bar's end shows.
       const span = Math.max(1000, (t1 - t0) * 1.04);
       return { t0, span };
     }
@@ -220,7 +240,16 @@
       return n.status;
     }
 
-    /** Places a bar between two times (clamped to the track); a bar never drawn is hidden. */
+    /** Sets a style property only when it changes. */
+    function setStyle(e, prop, value) {
+      const key = `_${prop}`;
+      if (e[key] !== value) {
+        e[key] = value;
+        e.style[prop] = value;
+      }
+    }
+
+    /** Places a bar between two times on the track; a bar not to be drawn is hidden. */
     function place(bar, from, to) {
       if (from === null || to === null || from === undefined || to === undefined || to < from) {
         if (!bar.hidden) bar.hidden = true;
@@ -228,11 +257,9 @@
       }
       const x0 = ((from - geo.t0) / geo.span) * geo.trackW;
       const x1 = ((to - geo.t0) / geo.span) * geo.trackW;
-      bar.hidden = false;
-      bar.style.transform = `translateX(${x0.toFixed(1)}px)`;
-      bar.style.width = `${Math.max(2, x1 - x0).toFixed(1)}px`;
-      bar.dataset.x = x0.toFixed(1);
-      bar.dataset.w = Math.max(2, x1 - x0).toFixed(1);
+      if (bar.hidden) bar.hidden = false;
+      setStyle(bar, 'transform', `translateX(${x0.toFixed(1)}px)`);
+      setStyle(bar, 'width', `${Math.max(2, x1 - x0).toFixed(1)}px`);
     }
 
     function drawAxis(now) {
@@ -244,15 +271,15 @@
           axis.append(ticks[k]);
         }
         const tick = ticks[k];
-        tick.hidden = false;
-        tick.style.transform = `translateX(${(geo.labelW + (t / geo.span) * geo.trackW).toFixed(1)}px)`;
+        if (tick.hidden) tick.hidden = false;
+        setStyle(tick, 'transform', `translateX(${(geo.labelW + (t / geo.span) * geo.trackW).toFixed(1)}px)`);
         const text = tickLabel(t, step);
         if (tick.textContent !== text) tick.textContent = text;
       }
-      for (; k < ticks.length; k++) ticks[k].hidden = true;
+      for (; k < ticks.length; k++) if (!ticks[k].hidden) ticks[k].hidden = true;
       const live = running();
-      nowLine.hidden = !live;
-      if (live) nowLine.style.transform = `translateX(${(geo.labelW + ((now - geo.t0) / geo.span) * geo.trackW).toFixed(1)}px)`;
+      if (nowLine.hidden === live) nowLine.hidden = !live;
+      if (live) setStyle(nowLine, 'transform', `translateX(${(geo.labelW + ((now - geo.t0) / geo.span) * geo.trackW).toFixed(1)}px)`);
     }
 
     /** Draws the rows in view (and a few around): nothing else is in the DOM. */
@@ -260,6 +287,7 @@
       frame = 0;
       if (!visible) return;
       const now = Date.now();
+      lastDraw = now;
       const nodes = h.nodes();
       if (dirty || order.length !== nodes.length) {
         // Big flows reorder at most every REORDER_MS while events stream in.
@@ -274,8 +302,12 @@
       const d = domain(now);
       geo.t0 = d.t0;
       geo.span = d.span;
-      root.style.setProperty('--tl-label', `${geo.labelW}px`);
-      root.style.setProperty('--tl-dur', `${geo.durW}px`);
+      if (root._labelW !== geo.labelW) {
+        // Changes the grid of every row: only when the width class changes.
+        root._labelW = geo.labelW;
+        root.style.setProperty('--tl-label', `${geo.labelW}px`);
+        root.style.setProperty('--tl-dur', `${geo.durW}px`);
+      }
       drawAxis(now);
       const top = scroller.scrollTop;
       const height = scroller.clientHeight;
@@ -292,15 +324,18 @@
         const t = row.tl;
         const i = order[r];
         const n = nodes[i];
-        row.hidden = false;
-        row.style.transform = `translateY(${r * ROW}px)`;
+        if (row.hidden) row.hidden = false;
+        setStyle(row, 'transform', `translateY(${r * ROW}px)`);
         if (t.i !== i) {
           t.i = i;
           row.dataset.i = String(i);
           row.dataset.name = n.name;
           row.title = n.name;
         }
-        row.dataset.row = String(r);
+        if (t.r !== r) {
+          t.r = r;
+          row.dataset.row = String(r);
+        }
         const grp = groups && groups.get(i);
         const label = grp ? `${n.name} ×${grp.elems.length.toLocaleString()}` : n.name;
         if (t.text !== label) {
@@ -324,12 +359,21 @@
         if (!pool[k].hidden) pool[k].hidden = true;
         pool[k].tl.i = -1;
       }
-      // While the flow runs, bars grow and the now line moves: draw the window again next frame.
-      if (running()) request();
+      // While the flow runs, bars grow and the now line moves: draw the window again soon.
+      if (running()) later();
     }
 
+    /** Draws on the next frame (a scroll, a resize, a click). */
     function request() {
       if (!frame && visible) frame = requestAnimationFrame(draw);
+    }
+
+    /** Draws within LIVE_MS (events, the running bars' growth). */
+    function later() {
+      if (frame || liveTimer || !visible) return;
+      const wait = LIVE_MS - (Date.now() - lastDraw);
+      if (wait <= 0) request();
+      else liveTimer = setTimeout(() => { liveTimer = null; request(); }, wait);
     }
 
     scroller.addEventListener('scroll', request, { passive: true });
@@ -352,10 +396,10 @@
         visible = false;
         root.hidden = true;
       },
-      /** The nodes changed (events, a snapshot): order and marks follow on the next frame. */
+      /** The nodes changed (events, a snapshot): order, bars and marks follow within LIVE_MS. */
       changed() {
         dirty = true;
-        request();
+        later();
       },
       /** Marks the selected node's row (-1: none) and scrolls it into view. */
       select(i) {
@@ -372,6 +416,7 @@
         visible = false;
         if (frame) cancelAnimationFrame(frame);
         clearTimeout(reorderTimer);
+        clearTimeout(liveTimer);
         resize.disconnect();
       },
     };
