@@ -172,38 +172,60 @@ export async function timelineScenario(page, result, { base, rest, check, log, s
   await page.setViewportSize({ width: 1400, height: 860 });
 }
 
-/** 1 → 9,998 → 1: the timeline while it runs (frame times), and a scroll to the middle. */
-async function bigTimeline(page, result, { base, rest, check, log }) {
-  const nodes = [{ name: 'start', handler: 'noop' }];
-  for (let i = 0; i < 9998; i++) nodes.push({ name: `w${String(i).padStart(4, '0')}`, handler: 'noop', parents: ['start'] });
-  nodes.push({ name: 'end', handler: 'noop', parents: nodes.slice(1).map((n) => n.name) });
-  // The machine's own pace first: frames of this page doing nothing (the finished timeline) for 2 s.
-  const idle = await page.evaluate(() => new Promise((resolve) => {
-    const d = [];
-    let last = performance.now();
-    const end = last + 2000;
-    const tick = (t) => {
-      d.push(t - last);
-      last = t;
-      if (t < end) requestAnimationFrame(tick);
-      else resolve(d);
-    };
-    requestAnimationFrame(tick);
-  }));
-  const p95Of = (list) => [...list].sort((a, b) => a - b)[Math.floor(list.length * 0.95)];
-  const idleP95 = p95Of(idle);
-  // Frames from before the page opens the flow to its end.
+/** Frame deltas (ms) of the page from now until `done()` resolves. */
+async function framesDuring(page, done) {
   await page.evaluate(() => {
     window.__tlFrames = [];
+    window.__tlStop = false;
     let last = performance.now();
     const tick = (t) => {
       window.__tlFrames.push(t - last);
       last = t;
       if (window.__tlFrames.length < 100000 && !window.__tlStop) requestAnimationFrame(tick);
     };
-    window.__tlStop = false;
     requestAnimationFrame(tick);
   });
+  const t0 = Date.now();
+  await done();
+  const ms = Date.now() - t0;
+  const deltas = await page.evaluate(() => { window.__tlStop = true; return window.__tlFrames; });
+  return { deltas, ms };
+}
+
+const p95Of = (list) => [...list].sort((a, b) => a - b)[Math.floor(list.length * 0.95)];
+
+/** 1 → 9,998 → 1 noop nodes. */
+function fanFlow(name) {
+  const nodes = [{ name: 'start', handler: 'noop' }];
+  for (let i = 0; i < 9998; i++) nodes.push({ name: `w${String(i).padStart(4, '0')}`, handler: 'noop', parents: ['start'] });
+  nodes.push({ name: 'end', handler: 'noop', parents: nodes.slice(1).map((n) => n.name) });
+  return { name, nodes };
+}
+
+async function waitCompleted(base, rest, check, id) {
+  const deadline = Date.now() + 120000;
+  for (;;) {
+    const f = await rest(base, 'GET', `/flows/${id}`);
+    if (f.body && f.body.status === 'completed') return;
+    check(Date.now() < deadline, `flow ${id} completes: ${f.body && f.body.status}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** 1 → 9,998 → 1: the timeline while it runs (frame times), and a scroll to the middle. */
+async function bigTimeline(page, result, { base, rest, check, log }) {
+  // The control: the same run while the page shows the flows list, which does next to
+  // nothing; what the machine (its cores shared with the server and its 10,000 jobs)
+  // does to frame times shows here.
+  await page.evaluate(() => { location.hash = '#/'; });
+  await page.waitForSelector('#flows-table');
+  const control = await framesDuring(page, async () => {
+    const c = await rest(base, 'POST', '/flows', fanFlow('timeline 10k control'));
+    check(c.status === 201, `create the control flow: ${JSON.stringify(c.body).slice(0, 300)}`);
+    await waitCompleted(base, rest, check, c.body.flowId);
+  });
+  const controlP95 = p95Of(control.deltas);
+  const { nodes } = fanFlow('timeline 10k');
   const created = await rest(base, 'POST', '/flows', { name: 'timeline 10k', nodes });
   check(created.status === 201, `create the 10,000-node flow: ${JSON.stringify(created.body).slice(0, 300)}`);
   const id = created.body.flowId;
@@ -215,27 +237,28 @@ async function bigTimeline(page, result, { base, rest, check, log }) {
     if (String(f.payload).slice(0, 200).includes('"type":"snapshot"')) ws.snapshots++;
   });
   page.on('websocket', onWs);
-  const t0 = Date.now();
-  await page.evaluate((fid) => { location.hash = `#/flows/${fid}?view=timeline`; }, id);
-  await page.waitForFunction(() => document.querySelector('#tl-scroll .tl-space')?.getBoundingClientRect().height === 10000 * 24, null, { timeout: 60000 });
-  const shownMs = Date.now() - t0;
-  const startFrames = await page.evaluate(() => window.__tlFrames.length);
-  await page.waitForFunction(() => document.querySelector('#flow-status')?.textContent === 'completed', null, { timeout: 120000 });
-  const runMs = Date.now() - t0;
-  const deltas = await page.evaluate((from) => { window.__tlStop = true; return window.__tlFrames.slice(from); }, startFrames);
+  let shownMs = 0;
+  const { deltas, ms: runMs } = await framesDuring(page, async () => {
+    const t0 = Date.now();
+    await page.evaluate((fid) => { location.hash = `#/flows/${fid}?view=timeline`; }, id);
+    await page.waitForFunction(() => document.querySelector('#tl-scroll .tl-space')?.getBoundingClientRect().height === 10000 * 24, null, { timeout: 60000 });
+    shownMs = Date.now() - t0;
+    await page.waitForFunction(() => document.querySelector('#flow-status')?.textContent === 'completed', null, { timeout: 120000 });
+  });
   page.off('websocket', onWs);
   check(deltas.length > 10, `frames while it ran: ${deltas.length}`);
   const p95 = p95Of(deltas);
   const max = Math.max(...deltas);
   result.timelineP95 = p95;
-  // The bar is 50 ms. On a machine so busy that an idle page already misses frames
-  // (the test shares its cores with the server and its 10,000 jobs), twice the idle p95.
   const load = os.loadavg()[0].toFixed(1);
-  check(p95 <= Math.max(50, 2 * idleP95), `frame time p95 while 10,000 nodes ran: ${p95.toFixed(1)} ms (max ${max.toFixed(1)} ms; idle page p95 ${idleP95.toFixed(1)} ms; load ${load})`);
+  const facts = `timeline p95 ${p95.toFixed(1)} ms (max ${max.toFixed(1)} ms, ${deltas.length} frames in ${runMs} ms); flows list during the same run: p95 ${controlP95.toFixed(1)} ms (${control.deltas.length} frames in ${control.ms} ms); ${ws.frames} WebSocket messages, ${ws.snapshots} snapshots; load average ${load}`;
+  // The bar is 50 ms; where the machine itself misses it (the control), the timeline may not add half again.
+  check(p95 <= Math.max(50, 1.5 * controlP95), `frame times while 10,000 nodes ran: ${facts}`);
   check(await page.evaluate(() => document.querySelectorAll('g.node').length === 0), 'the 10,000-node graph was never laid out in the timeline view');
 
   // Virtualised: a few dozen rows in the DOM; a scroll to the middle draws the rows there.
-  await page.waitForSelector('.tl-row[data-name="end"][data-status="completed"]', { state: 'attached' });
+  // The last node's row is 10,000 rows down, not drawn: the header says it finished.
+  await page.waitForFunction(() => / → end$/.test(document.querySelector('#tl-critical').textContent));
   const inDom = await page.$$eval('#tl-scroll .tl-row', (rs) => rs.length);
   check(inDom < 120, `only the rows in view are in the DOM: ${inDom}`);
   await page.$eval('#tl-scroll', (s) => { s.scrollTop = s.scrollHeight / 2; });
@@ -252,5 +275,5 @@ async function bigTimeline(page, result, { base, rest, check, log }) {
   await page.click(`.tl-row[data-name="${pick}"]`);
   await page.waitForSelector(`#node-detail-name:text("${pick}")`);
   await page.click('#close-panel');
-  log(`timeline, 10,000 nodes: shown in ${shownMs} ms, ran ${runMs} ms, ${deltas.length} frames, p95 ${p95.toFixed(1)} ms, max ${max.toFixed(1)} ms (idle page p95 ${idleP95.toFixed(1)} ms, load average ${load}); ${ws.frames} WebSocket messages, ${ws.snapshots} of them snapshots; ${inDom} rows in the DOM; row 5,000 drawn after a scroll; “${critText}”`);
+  log(`timeline, 10,000 nodes: shown in ${shownMs} ms; ${facts}; ${inDom} rows in the DOM; row 5,000 drawn after a scroll; “${critText}”`);
 }
