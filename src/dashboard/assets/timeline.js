@@ -97,7 +97,9 @@
     }
     path.reverse();
     const root = nodes[path[0]];
-    return { path, ms: lastEnd - (root.queuedAt || root.startedAt) };
+    const start = root.queuedAt || root.startedAt;
+    // `running`: the last node still runs, so the path's length grows with the clock.
+    return { path, ms: lastEnd - start, start, running: !nodes[last].finishedAt };
   }
 
   /** A "nice" tick step (1, 2 or 5 times a power of ten, in ms) for about `count` ticks over `span`. */
@@ -178,11 +180,19 @@
       } else {
         const names = crit.path.map((i) => nodes[i].name);
         const shown = names.length > PATH_SHOWN ? [...names.slice(0, 3), `… ${names.length - 6} more …`, ...names.slice(-3)] : names;
-        critEl.textContent = `critical path ${h.fmtDuration(crit.ms)}: ${shown.join(' → ')}`;
+        crit.names = shown.join(' → ');
         critEl.title = names.join(' → ');
+        critHeader(now);
       }
       dirty = false;
       lastOrder = Date.now();
+    }
+
+    /** The header's "critical path 4.2 s: a → b → d"; it grows with the clock while its last node runs. */
+    function critHeader(now) {
+      const ms = crit.running ? now - crit.start : crit.ms;
+      const text = `critical path ${h.fmtDuration(ms)}: ${crit.names}`;
+      if (critEl.textContent !== text) critEl.textContent = text;
     }
 
     function running() {
@@ -309,6 +319,7 @@
         root.style.setProperty('--tl-dur', `${geo.durW}px`);
       }
       drawAxis(now);
+      if (crit && crit.running) critHeader(now);
       const top = scroller.scrollTop;
       const height = scroller.clientHeight;
       const first = Math.max(0, Math.floor(top / ROW) - OVERSCAN);
