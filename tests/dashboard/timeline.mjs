@@ -77,7 +77,12 @@ export async function timelineScenario(page, result, { base, rest, check, log, s
   const w1 = await runW();
   await page.waitForFunction((w) => document.querySelector('.tl-row[data-name="thumbs"] .tl-run').getBoundingClientRect().width > w + 8, w1);
   const w2 = await runW();
+  const critNow = () => page.textContent('#tl-critical');
+  const crit1 = await critNow();
+  check(/^critical path [\d.]+ s: fetch → parse → thumbs$/.test(crit1), `while thumbs runs, the critical path ends in it: ${crit1}`);
   const tlBefore = await waitTicks(page, '.tl-row[data-name="thumbs"] .tl-dur', check, 'the timeline');
+  const crit2 = await critNow();
+  check(parseFloat(crit2.replace('critical path ', '')) > parseFloat(crit1.replace('critical path ', '')), `the critical path grows while its last node runs: ${crit1} then ${crit2}`);
   check(/^ran \d+s$/.test(await page.textContent('.tl-row[data-name="thumbs"] .tl-dur')), 'the timeline says “ran Ns”');
   log(`timeline: the running bar grew ${w1.toFixed(0)} → ${w2.toFixed(0)} px; its elapsed time ticked past ${tlBefore}s`);
 
