@@ -518,6 +518,7 @@
         applyEvent(m);
       } else if (m.type === 'error' && m.flowId === id) {
         graph.replaceChildren(el('p', { class: 'empty muted', id: 'flow-missing', text: m.message || 'flow not found' }));
+        if (graph.hidden) setView('graph');
         statusEl.textContent = 'unknown';
         deleteBtn.disabled = true;
       }
