@@ -8,7 +8,8 @@
 //!
 //! `DASHBOARD_SCREENSHOT=docs/dashboard.png cargo test --test dashboard` also saves
 //! the README's screenshot of a flow page from the run, and
-//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run.
+//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run,
+//! and `DASHBOARD_TIMELINE_SCREENSHOT=docs/dashboard-timeline.png` one of a flow's timeline.
 
 #![allow(clippy::unwrap_used)]
 
@@ -108,6 +109,7 @@ async fn dashboard_in_headless_chromium() {
         "DASHBOARD_MAP_SCREENSHOT",
         "DASHBOARD_NARROW_SCREENSHOT",
         "DASHBOARD_DARK_SCREENSHOT",
+        "DASHBOARD_TIMELINE_SCREENSHOT",
     ] {
         if let Some(shot) = std::env::var_os(var) {
             // Relative to the crate, not to the script's directory.
@@ -272,7 +274,7 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 5, "{html}");
+    assert_eq!(urls.len(), 7, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");

@@ -90,6 +90,9 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "page.js",
             JS,
             Bytes::from_static(include_bytes!("assets/page.js")),
+            "timeline.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/timeline.js")),
         ),
         Asset::new(
             "app.js",
@@ -100,6 +103,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "app.css",
             CSS,
             Bytes::from_static(include_bytes!("assets/app.css")),
+        ),
+        Asset::new(
+            "timeline.css",
+            CSS,
+            Bytes::from_static(include_bytes!("assets/timeline.css")),
         ),
     ];
     // index.html names each file as `{{name}}`; the page's own hash then covers

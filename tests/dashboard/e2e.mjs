@@ -8,6 +8,8 @@
 //   DASHBOARD_SCREENSHOT when set, where to save the flow-page screenshot (docs/dashboard.png)
 //   DASHBOARD_MAP_SCREENSHOT when set, where to save a page with a map group expanded
 //                        mid-run (docs/dashboard-map.png)
+//   DASHBOARD_TIMELINE_SCREENSHOT when set, where to save a flow's timeline mid-run
+//                        (docs/dashboard-timeline.png)
 //   DASHBOARD_ARTIFACTS  where a failure screenshot goes (default: the temp dir)
 //
 // Prints one line `RESULT {json}` with the ids of the flows it made, for the Rust
@@ -20,6 +22,7 @@ import path from 'node:path';
 import os from 'node:os';
 import { schedulesScenario } from './schedules.mjs';
 import { pageScenario } from './page.mjs';
+import { timelineScenario } from './timeline.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -423,6 +426,7 @@ async function run(page, result) {
   await hugeMapScenario(page, result);
   await queuesScenario(page, result);
   await schedulesScenario(page, result, { base: URL_PLAIN, rest, check, log });
+  await timelineScenario(page, result, { base: URL_PLAIN, rest, check, log, screenshot: process.env.DASHBOARD_TIMELINE_SCREENSHOT || '' });
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);

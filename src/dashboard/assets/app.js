@@ -435,8 +435,9 @@
    * of chips inside the group when it is expanded; a 10,000-element map is never
    * laid out as 10,000 nodes.
    */
-  function flowView(root, id, nodeInUrl) {
+  function flowView(root, id, nodeInUrl, params) {
     const L = window.DagLayout;
+    const fmtElapsed = window.dagflowTimeline.fmtElapsed;
     const W = L.defaults.nodeWidth;
     const H = L.defaults.nodeHeight;
     let flow = null;
@@ -501,6 +502,12 @@
     const flowError = el('div', { id: 'flow-error', class: 'flow-error', hidden: true });
     const graph = el('div', { id: 'graph', class: 'graph' }, el('p', { class: 'muted loading', text: 'Loading…' }));
     const panel = el('aside', { id: 'node-panel', class: 'panel', hidden: true });
+    // The Timeline view (timeline.js); the graph is only laid out while it is shown.
+    const timeline = window.dagflowTimeline.create({
+      el, fmtDuration, nodes: () => nodes, flow: () => flow, groups: () => groups, onSelect: (i) => select(i),
+    });
+    let graphStale = false;
+    const viewBtns = { graph: el('button', { id: 'view-graph', text: 'Graph' }), timeline: el('button', { id: 'view-timeline', text: 'Timeline' }) };
     const chips = {};
     NODE_STATUSES.forEach((s) => {
       chips[s] = el('span', { class: 'chip zero', 'data-status': s }, el('span', { class: 'sw' }), el('span', { class: 'n', text: '0' }), s);
@@ -510,9 +517,36 @@
       el('section', { class: 'flow-head' },
         el('div', { class: 'title' },
           el('a', { class: 'crumb', href: '#/', text: 'Flows /' }), nameEl, statusEl,
-          el('span', { class: 'spacer' }), search, names, fitBtn, specBtn, cloneBtn, retryBtn, cancelBtn, deleteBtn),
+          el('span', { class: 'spacer' }), el('span', { class: 'view-switch', role: 'group', 'aria-label': 'view' }, viewBtns.graph, viewBtns.timeline),
+          search, names, fitBtn, specBtn, cloneBtn, retryBtn, cancelBtn, deleteBtn),
         meta, countsEl, flowError),
-      el('div', { class: 'flow-body' }, graph, panel));
+      el('div', { class: 'flow-body' }, graph, timeline.el, panel));
+
+    let shown = 'graph';
+    /** The URL of this page with `node` selected (or none), keeping the view. */
+    function hereHref(node) {
+      return P.flowHref(id, node) + (shown === 'timeline' ? '?view=timeline' : '');
+    }
+
+    /** Shows the graph or the timeline; the URL keeps the choice (`?view=timeline`) without a new route. */
+    function setView(v, node = selectedName()) {
+      shown = v;
+      Object.entries(viewBtns).forEach(([k, b]) => b.setAttribute('aria-pressed', String(k === v)));
+      graph.hidden = v !== 'graph';
+      fitBtn.hidden = v !== 'graph';
+      history.replaceState(null, '', hereHref(node));
+      if (v === 'timeline') {
+        timeline.show();
+        timeline.select(selected);
+      } else {
+        timeline.hide();
+        if (graphStale && nodes.length) render(true);
+        else refit();
+      }
+    }
+    viewBtns.graph.addEventListener('click', () => setView('graph'));
+    viewBtns.timeline.addEventListener('click', () => setView('timeline'));
+    setView(params && params.get('view') === 'timeline' ? 'timeline' : 'graph', nodeInUrl);
 
     // ---- state from the server
 
@@ -531,6 +565,7 @@
         applyEvent(m);
       } else if (m.type === 'error' && m.flowId === id) {
         graph.replaceChildren(el('p', { class: 'empty muted', id: 'flow-missing', text: m.message || 'flow not found' }));
+        if (graph.hidden) setView('graph');
         statusEl.textContent = 'unknown';
         deleteBtn.disabled = true;
       }
@@ -671,8 +706,11 @@
 
     function subLine(n) {
       let s = n.status;
+      // Live elapsed time, ticked once a second by tickElapsed.
+      if (n.status === 'queued' && n.queuedAt) s += ` ${fmtElapsed(Date.now() - n.queuedAt)}`;
       if (n.attempt > 1) s += ` · try ${n.attempt}`;
       if (n.status === 'active' && typeof n.progress === 'number') s += ` · ${n.progress}%`;
+      if (n.status === 'active' && n.startedAt) s += ` · ran ${fmtElapsed(Date.now() - n.startedAt)}`;
       if (n.status === 'waiting' && n.wait) {
         s += n.wait.kind === 'signal' ? ` · signal ${n.wait.signal}` : n.dueAt ? ` · until ${fmtClock(n.dueAt)}` : ' · timer';
       }
@@ -757,6 +795,13 @@
 
     /** Lays the graph out and draws it; `refitView` fits it to the box, else the view stays. */
     function render(refitView) {
+      if (graph.hidden) {
+        // Laid out when the graph is shown: a 10,000-node flow opened on its timeline never is.
+        graphStale = true;
+        recount();
+        return;
+      }
+      graphStale = false;
       const edges = [];
       nodes.forEach((n) => n.parents.forEach((p) => {
         const from = byName.get(p);
@@ -944,13 +989,14 @@
       if (!alive) return;
       dirty.forEach((i) => {
         const n = nodes[i];
-        if (!n || !n.el) return;
+        if (!n) return;
         if (n.shown !== n.status) {
           counts[n.shown] = (counts[n.shown] || 1) - 1;
           counts[n.status] = (counts[n.status] || 0) + 1;
-          n.el.setAttribute('data-status', n.status);
+          if (n.el) n.el.setAttribute('data-status', n.status);
           n.shown = n.status;
         }
+        if (!n.el) return;
         n.sub.textContent = subLine(n);
         n.title.textContent = titleOf(n);
         const grp = groups.get(i);
@@ -964,9 +1010,35 @@
         updateGroup(grp);
       });
       dirtyGroups.clear();
+      timeline.changed();
       renderCounts();
       $('#flow-seq', meta) && ($('#flow-seq', meta).textContent = String(seq));
     }
+
+    /** Status counts without the graph (render counts them while it draws). */
+    function recount() {
+      NODE_STATUSES.forEach((s) => { counts[s] = 0; });
+      nodes.forEach((n) => {
+        counts[n.status] = (counts[n.status] || 0) + 1;
+        n.shown = n.status;
+      });
+      renderCounts();
+    }
+
+    /** Once a second: the elapsed time of queued and running nodes, on the graph and in the panel. */
+    function tickElapsed() {
+      if (!graph.hidden) {
+        nodes.forEach((n, i) => {
+          if (!n.sub || (n.status !== 'active' && n.status !== 'queued')) return;
+          const grp = groups.get(i);
+          n.sub.textContent = grp ? groupLine(grp) : subLine(n);
+        });
+      }
+      panel.querySelectorAll('[data-since]').forEach((e) => {
+        e.textContent = `${fmtElapsed(Date.now() - Number(e.dataset.since))} so far`;
+      });
+    }
+    const elapsedTimer = setInterval(tickElapsed, 1000);
 
     function renderCounts() {
       NODE_STATUSES.forEach((s) => {
@@ -998,6 +1070,7 @@
         item('seq', String(seq), { id: 'flow-seq' }));
       flowError.hidden = !flow.error;
       flowError.textContent = flow.error || '';
+      timeline.changed();
     }
 
     // ---- pan and zoom
@@ -1032,6 +1105,7 @@
 
     function centerOn(i) {
       const n = nodes[i];
+      if (!n.el || graph.hidden) return;
       const t = n.el.transform.baseVal.consolidate();
       if (!t) return;
       const box = n.el.querySelector('rect.box');
@@ -1153,7 +1227,7 @@
     }
 
     function unmark() {
-      if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.remove('selected');
+      if (selected >= 0 && nodes[selected] && nodes[selected].el) nodes[selected].el.classList.remove('selected');
       graph.querySelectorAll('.el.selected').forEach((c) => c.classList.remove('selected'));
     }
 
@@ -1161,14 +1235,15 @@
       unmark();
       selected = i;
       selK = -1;
-      nodes[i].el.classList.add('selected');
+      if (nodes[i].el) nodes[i].el.classList.add('selected');
+      timeline.select(i);
       openPanel();
       nodeUrl();
     }
 
     /** The URL names the selected node (a deep link; back closes the panel again). */
     function nodeUrl() {
-      const href = P.flowHref(id, selectedName());
+      const href = hereHref(selectedName());
       if (location.hash !== href) location.hash = href;
     }
 
@@ -1199,7 +1274,7 @@
         return;
       }
       toast(`This flow has no node “${name}”.`, true);
-      location.hash = P.flowHref(id);
+      location.hash = hereHref(null);
     }
 
     function selectElement(i, k) {
@@ -1234,8 +1309,9 @@
       selected = -1;
       selK = -1;
       panel.hidden = true;
+      timeline.select(-1);
       refit();
-      const href = P.flowHref(id);
+      const href = hereHref(null);
       if (location.hash !== href) location.hash = href;
     }
 
@@ -1414,8 +1490,12 @@
           ['queued', fmtTime(v.queuedAt)],
           ['started', fmtTime(v.startedAt)],
           ['finished', fmtTime(v.finishedAt)],
-          v.wait ? null : ['waited', fmtDuration(waitMs)],
-          ['ran', fmtDuration(runMs)],
+          v.wait ? null : ['waited', v.status === 'queued' && v.queuedAt
+            ? el('span', { id: 'node-waited', 'data-since': v.queuedAt, text: `${fmtElapsed(Date.now() - v.queuedAt)} so far` })
+            : el('span', { id: 'node-waited', text: fmtDuration(waitMs) })],
+          ['ran', v.status === 'active' && v.startedAt
+            ? el('span', { id: 'node-ran', 'data-since': v.startedAt, text: `${fmtElapsed(Date.now() - v.startedAt)} so far` })
+            : el('span', { id: 'node-ran', text: fmtDuration(runMs) })],
           v.dueAt && !isWaiting ? ['retry due', fmtTime(v.dueAt)] : null,
         ]),
         v.progress !== undefined ? [el('h3', { text: 'Progress' }), el('pre', { id: 'node-progress', text: jsonText(v.progress) })] : null,
@@ -1584,6 +1664,8 @@
     const teardownFlow = () => {
       alive = false;
       clearTimeout(detailTimer);
+      clearInterval(elapsedTimer);
+      timeline.destroy();
       live.close();
       window.removeEventListener('pointermove', onMove);
       window.removeEventListener('pointerup', onUp);
@@ -1792,7 +1874,7 @@
     const schedules = path === '/schedules' && window.dagflowPages && window.dagflowPages.schedules;
     const current = m ? 'flows' : path === '/submit' ? 'submit' : qm ? 'queues' : schedules ? 'schedules' : 'flows';
     document.querySelectorAll('[data-nav]').forEach((a) => a.classList.toggle('current', a.dataset.nav === current));
-    if (m) teardown = flowView(root, m.id, m.node);
+    if (m) teardown = flowView(root, m.id, m.node, params);
     else if (path === '/submit') teardown = submitView(root);
     else if (qm) teardown = queuesView(root, qm[1] ? decodeURIComponent(qm[1]) : null);
     // schedules.js: a page in its own file, given these helpers.
