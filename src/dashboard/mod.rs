@@ -87,6 +87,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             Bytes::from_static(include_bytes!("assets/schedules.js")),
         ),
         Asset::new(
+            "bigflow.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/bigflow.js")),
+        ),
+        Asset::new(
             "app.js",
             JS,
             Bytes::from_static(include_bytes!("assets/app.js")),
