@@ -781,7 +781,8 @@
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
         '<path d="M0,1L9,5L0,9z" fill="#94a3b8"/></marker></defs><g id="viewport"><g class="frames">',
       ];
-      // An expanded shape group: a frame around its members, its header collapses it.
+      // An expanded shape group: a frame around its members (its collapse button is
+      // HTML over the graph, so that it is there at any zoom).
       shapes.forEach((sg, gi) => {
         if (!sg.expanded) return;
         let x0 = Infinity;
@@ -795,10 +796,7 @@
           x1 = Math.max(x1, lay.x[u] + W);
           y1 = Math.max(y1, lay.y[u] + H);
         });
-        parts.push(
-          `<g class="shape-frame" data-group="${gi}" transform="translate(${x0 - 6},${(y0 - 22).toFixed(1)})">`,
-          `<rect class="frame" width="${x1 - x0 + 12}" height="${(y1 - y0 + 28).toFixed(1)}" rx="9"/>`,
-          `<g class="collapse" role="button"><rect width="${W}" height="18" rx="5"/><text x="8" y="13">▾ ${esc(shapeName(sg))} · collapse</text></g></g>`);
+        parts.push(`<rect class="shape-frame" data-group="${gi}" x="${x0 - 6}" y="${(y0 - 6).toFixed(1)}" width="${x1 - x0 + 12}" height="${(y1 - y0 + 12).toFixed(1)}" rx="9"/>`);
       });
       parts.push('</g><g class="edges">');
       lay.edges.forEach((e) => parts.push(`<path class="edge" data-f="${e.from}" data-t="${e.to}" d="${e.d}" marker-end="url(#arrow)"/>`));
@@ -862,6 +860,13 @@
       graph.innerHTML = parts.join('');
       // Big graphs skip the running-node animation, which repaints every frame.
       graph.classList.toggle('large', units.length > 300);
+      const open = shapes.filter((sg) => sg.expanded);
+      if (open.length) {
+        graph.append(el('div', { class: 'shape-bar' }, open.map((sg) => el('button', {
+          type: 'button', 'data-group': shapes.indexOf(sg), text: `▾ ${shapeName(sg)} · collapse`,
+          title: 'draw these same-shape nodes as one group again',
+        }))));
+      }
       graph.append(el('div', { class: 'hint', text: `drag to pan · wheel to zoom · click a node for details · arrows move between nodes${groups.size ? ' · ▸ shows a map’s elements' : ''}` }));
       const elems = graph.querySelectorAll('g.node');
       nodes.forEach((n) => {
@@ -1281,9 +1286,9 @@
     window.addEventListener('pointerup', onUp);
     graph.addEventListener('click', (e) => {
       if (dragged || !e.target.closest) return;
-      const frame = e.target.closest('g.shape-frame g.collapse');
-      if (frame) {
-        toggleShape(Number(frame.parentNode.dataset.group), false);
+      const collapse = e.target.closest('.shape-bar button');
+      if (collapse) {
+        toggleShape(Number(collapse.dataset.group), false);
         return;
       }
       const g = e.target.closest('g.node');
