@@ -438,6 +438,8 @@
     const dirty = new Set();
     const dirtyGroups = new Set();
     const dirtyShapes = new Set();
+    // Nodes changed while the density layer drew them: their elements are behind.
+    const stale = new Set();
     let framePending = false;
     let relayoutPending = false;
     const view = { k: 1, x: 0, y: 0 };
@@ -869,6 +871,7 @@
       }
       graph.append(el('div', { class: 'hint', text: `drag to pan · wheel to zoom · click a node for details · arrows move between nodes${groups.size ? ' · ▸ shows a map’s elements' : ''}` }));
       const elems = graph.querySelectorAll('g.node');
+      stale.clear();
       nodes.forEach((n) => {
         n.el = null;
         n.title = null;
@@ -1142,15 +1145,20 @@
             sg.counts[n.status] = (sg.counts[n.status] || 0) + 1;
             if (!sg.expanded) dirtyShapes.add(sg);
           }
-          if (n.el) n.el.setAttribute('data-status', n.status);
           n.shown = n.status;
         }
         // A member of a collapsed shape group has no element of its own.
         if (!n.el) return;
-        n.sub.textContent = subLine(n);
-        n.title.textContent = titleOf(n);
         const grp = groups.get(i);
         if (grp) dirtyGroups.add(grp);
+        // The density layer paints from the data: the hidden SVG catches up when it is shown.
+        if (big.dense) {
+          stale.add(i);
+          return;
+        }
+        n.el.setAttribute('data-status', n.status);
+        n.sub.textContent = subLine(n);
+        n.title.textContent = titleOf(n);
       });
       dirty.clear();
       dirtyGroups.forEach((grp) => {
@@ -1210,7 +1218,11 @@
         graph.classList.toggle('far', far);
       }
       // Nodes too small for labels: the density layer draws them (bigflow.js).
-      big.setView(view);
+      if (!big.setView(view) && stale.size) {
+        stale.forEach((i) => dirty.add(i));
+        stale.clear();
+        requestFlush();
+      }
     }
 
     function fit() {

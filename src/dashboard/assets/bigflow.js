@@ -27,6 +27,9 @@
   // A node's block in the density view is at least this big (px).
   var MIN_W = 10;
   var MIN_H = 2;
+  // Status changes alone redraw the density layer and the minimap at most this often (ms).
+  var DENSE_EVERY = 100;
+  var MINI_EVERY = 250;
   // Drawn last (on top) where blocks overlap: the rare statuses stay visible.
   var DRAW_ORDER = ['pending', 'skipped', 'cancelled', 'completed', 'queued', 'waiting', 'active', 'failed'];
   var RUNNING = { queued: true, active: true, waiting: true };
@@ -103,6 +106,22 @@
     this.mini.setAttribute('role', 'img');
     this.mini.setAttribute('aria-label', 'minimap: click or drag to move the view');
     this.drawPending = false;
+    this.viewMoved = true;
+    this.miniAt = 0;
+    this.denseAt = 0;
+    this.trailing = null;
+    // The graph's size, kept by an observer: asking the layout every frame would
+    // make the browser lay out the SVG after each batch of status changes.
+    this.box = { width: 0, height: 0 };
+    var self = this;
+    if (window.ResizeObserver) {
+      new ResizeObserver(function (entries) {
+        var r = entries[entries.length - 1].contentRect;
+        self.box = { width: r.width, height: r.height };
+        self.miniSize = null;
+        self.requestDraw();
+      }).observe(graph);
+    }
     this.traced = [];
     this.traceOrigin = -1;
     this.focusU = -1;
@@ -148,6 +167,7 @@
       scene.cols.push(list);
     });
     this.scene = scene;
+    this.viewMoved = true;
     // The old elements are gone: the next trace starts afresh.
     this.traced = [];
     this.traceOrigin = -2;
@@ -161,6 +181,7 @@
   /** The view moved (`view` = { k, x, y }); returns whether the density layer is on. */
   Layers.prototype.setView = function (view) {
     this.view = view;
+    this.viewMoved = true;
     var dense = !!this.scene && view.k * this.scene.nodeHeight < DENSE_BELOW;
     if (dense !== this.dense) {
       this.dense = dense;
@@ -181,15 +202,33 @@
     });
   };
 
+  /**
+   * Draws what is due. A moved view draws both canvases at once; status changes
+   * alone redraw the density layer at most every DENSE_EVERY ms and the minimap
+   * every MINI_EVERY ms (a trailing draw catches the last change): colours need no
+   * 60 frames a second, and a 10,000-node run keeps its frames short.
+   */
   Layers.prototype.draw = function () {
     if (!this.scene || !this.view || !this.density.isConnected) return;
+    var now = Date.now();
+    var wantDense = this.dense && (this.viewMoved || now - this.denseAt >= DENSE_EVERY);
+    var wantMini = this.viewMoved || now - this.miniAt >= MINI_EVERY;
+    this.viewMoved = false;
+    if (!wantDense && this.dense) this.trailingDraw(DENSE_EVERY - (now - this.denseAt));
+    if (!wantMini) this.trailingDraw(MINI_EVERY - (now - this.miniAt));
+    if (!wantDense && !wantMini && this.dense) return;
     var colours = statusColours();
-    var box = this.graph.getBoundingClientRect();
-    this.drawMinimap(colours, box);
+    var box = this.box.width ? this.box : this.graph.getBoundingClientRect();
+    if (wantMini) {
+      this.miniAt = now;
+      this.drawMinimap(colours, box);
+    }
     if (!this.dense) {
       if (this.density.width) this.density.width = 0;
       return;
     }
+    if (!wantDense) return;
+    this.denseAt = now;
     var dpr = window.devicePixelRatio || 1;
     var cw = Math.round(box.width * dpr);
     var ch = Math.round(box.height * dpr);
@@ -202,58 +241,84 @@
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, box.width, box.height);
     var v = this.view;
+    this.paint(ctx, colours, { kx: v.k, ky: v.k, ox: v.x, oy: v.y, minW: MIN_W, minH: MIN_H, clip: box });
+  };
+
+  /** One more draw soon, for the changes a throttled draw left out. */
+  Layers.prototype.trailingDraw = function (wait) {
+    if (this.trailing) return;
     var self = this;
-    this.paint(ctx, colours, function (x, y, w, h) {
-      var sw = Math.max(MIN_W, w * v.k);
-      var sh = Math.max(MIN_H, h * v.k);
-      var sx = v.x + x * v.k + (w * v.k - sw) / 2;
-      var sy = v.y + y * v.k + (h * v.k - sh) / 2;
-      return [sx, sy, sw, sh];
-    }, function (sx, sy, sw, sh) {
-      return sx + sw >= 0 && sy + sh >= 0 && sx <= box.width && sy <= box.height;
-    });
-    self.density.dataset.drawn = String(Date.now());
+    this.trailing = setTimeout(function () {
+      self.trailing = null;
+      self.requestDraw();
+    }, Math.max(10, wait));
   };
 
   /**
-   * Paints every unit through `place` (layout box → screen box), batched: one
-   * path per status and filter state. A group is a bar split by its counts.
+   * Paints every unit, its layout box mapped to the canvas by `m` (scales kx, ky,
+   * offsets ox, oy; at least minW x minH; units outside m.clip skipped). Batched:
+   * one path per status (and filter state), and touching blocks of one status in
+   * a column merged into one rectangle, so that 10,000 nodes at Fit cost a few
+   * hundred rectangles. A group is a bar split by its counts.
    */
-  Layers.prototype.paint = function (ctx, colours, place, visible) {
+  Layers.prototype.paint = function (ctx, colours, m) {
     var s = this.scene;
     var hooks = this.hooks;
     var paths = {};
-    var add = function (status, dim, r) {
-      var key = status + (dim ? ':dim' : '');
-      (paths[key] || (paths[key] = [])).push(r);
+    var run = null;
+    var flushRun = function () {
+      if (!run) return;
+      (paths[run.key] || (paths[run.key] = [])).push(run.x, run.y, run.w, run.h);
+      run = null;
     };
-    for (var u = 0; u < s.count; u++) {
-      var r = place(s.x[u], s.y[u], s.w[u], s.h[u]);
-      if (!visible(r[0], r[1], r[2], r[3])) continue;
-      var fill = hooks.unitFill(u);
-      var dim = !hooks.unitMatches(u);
-      if (typeof fill === 'string') {
-        add(fill, dim, r);
-        continue;
+    var add = function (key, x, y, w, h) {
+      if (run && run.key === key && run.x === x && run.w === w && y <= run.y + run.h + 0.5) {
+        run.h = Math.max(run.h, y + h - run.y);
+        return;
       }
-      var total = 0;
-      fill.forEach(function (p) { total += p[1]; });
-      var at = r[0];
-      fill.forEach(function (p) {
-        if (!p[1] || !total) return;
-        var w = (r[2] * p[1]) / total;
-        add(p[0], dim, [at, r[1], w, r[3]]);
-        at += w;
-      });
+      flushRun();
+      run = { key: key, x: x, y: y, w: w, h: h };
+    };
+    var clip = m.clip;
+    for (var c = 0; c < s.cols.length; c++) {
+      var col = s.cols[c];
+      for (var r = 0; r < col.length; r++) {
+        var u = col[r];
+        var w = s.w[u] * m.kx;
+        var h = s.h[u] * m.ky;
+        var sw = Math.max(m.minW, w);
+        var sh = Math.max(m.minH, h);
+        var sx = m.ox + s.x[u] * m.kx + (w - sw) / 2;
+        var sy = m.oy + s.y[u] * m.ky + (h - sh) / 2;
+        if (clip && (sx + sw < 0 || sy + sh < 0 || sx > clip.width || sy > clip.height)) continue;
+        var fill = hooks.unitFill(u);
+        var dim = hooks.unitMatches(u) ? '' : ':dim';
+        if (typeof fill === 'string') {
+          add(fill + dim, sx, sy, sw, sh);
+          continue;
+        }
+        var total = 0;
+        var k;
+        for (k = 0; k < fill.length; k++) total += fill[k][1];
+        var at = sx;
+        for (k = 0; k < fill.length && total; k++) {
+          var part = (sw * fill[k][1]) / total;
+          flushRun();
+          add(fill[k][0] + dim, at, sy, part, sh);
+          at += part;
+        }
+        flushRun();
+      }
+      flushRun();
     }
-    [false, true].forEach(function (dim) {
+    ['', ':dim'].forEach(function (dim) {
       ctx.globalAlpha = dim ? 0.15 : 1;
       DRAW_ORDER.forEach(function (status) {
-        var list = paths[status + (dim ? ':dim' : '')];
+        var list = paths[status + dim];
         if (!list) return;
         ctx.fillStyle = colours[status] || colours.pending;
         ctx.beginPath();
-        list.forEach(function (q) { ctx.rect(q[0], q[1], q[2], q[3]); });
+        for (var q = 0; q < list.length; q += 4) ctx.rect(list[q], list[q + 1], list[q + 2], list[q + 3]);
         ctx.fill();
       });
     });
@@ -266,8 +331,9 @@
    */
   Layers.prototype.miniGeometry = function () {
     var s = this.scene;
-    var mw = this.mini.clientWidth;
-    var mh = this.mini.clientHeight;
+    if (!this.miniSize || !this.miniSize.w) this.miniSize = { w: this.mini.clientWidth, h: this.mini.clientHeight };
+    var mw = this.miniSize.w;
+    var mh = this.miniSize.h;
     var pad = 4;
     return {
       mw: mw, mh: mh,
@@ -295,11 +361,7 @@
     var ctx = c.getContext('2d');
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, g.mw, g.mh);
-    this.paint(ctx, colours, function (x, y, w, h) {
-      var sw = Math.max(2, w * g.sx);
-      var sh = Math.max(1, h * g.sy);
-      return [g.pad + x * g.sx + (w * g.sx - sw) / 2, g.pad + y * g.sy + (h * g.sy - sh) / 2, sw, sh];
-    }, function () { return true; });
+    this.paint(ctx, colours, { kx: g.sx, ky: g.sy, ox: g.pad, oy: g.pad, minW: 2, minH: 1, clip: null });
     // The view, as a rectangle in layout coordinates.
     var x0 = -v.x / v.k;
     var y0 = -v.y / v.k;
