@@ -8,7 +8,9 @@
 //!
 //! `DASHBOARD_SCREENSHOT=docs/dashboard.png cargo test --test dashboard` also saves
 //! the README's screenshot of a flow page from the run, and
-//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run.
+//! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run,
+//! and `DASHBOARD_BIG_SCREENSHOT=docs/dashboard-big.png` one of a 1,000-node flow at Fit
+//! mid-run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -103,7 +105,11 @@ async fn dashboard_in_headless_chromium() {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).unwrap())
         .stderr(std::fs::File::create(&stderr_path).unwrap());
-    for var in ["DASHBOARD_SCREENSHOT", "DASHBOARD_MAP_SCREENSHOT"] {
+    for var in [
+        "DASHBOARD_SCREENSHOT",
+        "DASHBOARD_MAP_SCREENSHOT",
+        "DASHBOARD_BIG_SCREENSHOT",
+    ] {
         if let Some(shot) = std::env::var_os(var) {
             // Relative to the crate, not to the script's directory.
             cmd.env(var, Path::new(env!("CARGO_MANIFEST_DIR")).join(shot));
@@ -156,6 +162,11 @@ async fn dashboard_in_headless_chromium() {
     assert_eq!(big["status"], "completed");
     assert_eq!(big["nodes"].as_array().unwrap().len(), 1000);
     assert_eq!(api.flow(&id("liveRow")).await["status"], "completed");
+    // Big flows (bigflow.mjs): the runs the page watched, as the API saw them.
+    assert_eq!(api.flow(&id("bigFanOut")).await["status"], "completed");
+    let ten = api.flow(&id("bigTenThousand")).await;
+    assert_eq!(ten["status"], "completed");
+    assert_eq!(ten["nodes"].as_array().unwrap().len(), 10_000);
 
     // The map, wait and re-run flow, as the page left it.
     let map_flow = api.flow(&id("mapFlow")).await;

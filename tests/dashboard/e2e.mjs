@@ -8,6 +8,8 @@
 //   DASHBOARD_SCREENSHOT when set, where to save the flow-page screenshot (docs/dashboard.png)
 //   DASHBOARD_MAP_SCREENSHOT when set, where to save a page with a map group expanded
 //                        mid-run (docs/dashboard-map.png)
+//   DASHBOARD_BIG_SCREENSHOT when set, where to save a 1,000-node flow at Fit mid-run
+//                        (docs/dashboard-big.png; bigflow.mjs)
 //   DASHBOARD_ARTIFACTS  where a failure screenshot goes (default: the temp dir)
 //
 // Prints one line `RESULT {json}` with the ids of the flows it made, for the Rust
@@ -19,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import os from 'node:os';
 import { schedulesScenario } from './schedules.mjs';
+import { bigFlowScenario } from './bigflow.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -421,6 +424,7 @@ async function run(page, result) {
   await hugeMapScenario(page, result);
   await queuesScenario(page, result);
   await schedulesScenario(page, result, { base: URL_PLAIN, rest, check, log });
+  await bigFlowScenario(page, result, { base: URL_PLAIN, rest, check, log });
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);
