@@ -31,7 +31,7 @@ function pixelsInPage(sel) {
     if (!want.has(key)) want.set(key, s);
   }
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  const counts = { total: 0 };
+  const counts = { total: 0, area: c.width * c.height };
   for (let p = 0; p < d.length; p += 4) {
     if (d[p + 3] !== 255) continue;
     const s = want.get((d[p] << 16) | (d[p + 1] << 8) | d[p + 2]);
@@ -125,6 +125,8 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   check(await page.isHidden('#dag #viewport'), 'the SVG nodes are not painted in the density view');
   const mid = await waitPixels(page, '#graph canvas.density',
     (c) => (c.active || 0) + (c.queued || 0) > 50 && (c.completed || 0) > 50, 'running and completed colours mid-run');
+  // Regions, not a sliver: the fan-out covers a good part of the graph's box.
+  check(mid.total > mid.area * 0.1, `the density view covers ${((100 * mid.total) / mid.area).toFixed(1)}% of the graph`);
   log(`density view mid-run: ${JSON.stringify(mid)}`);
   if (shot) {
     await page.screenshot({ path: shot });

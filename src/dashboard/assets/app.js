@@ -1308,7 +1308,8 @@
         // In the density view nodes are blocks: a click zooms in there.
         if (big.dense && e.target === big.density) {
           const r = graph.getBoundingClientRect();
-          big.hooks.moveTo((e.clientX - r.left - view.x) / view.k, (e.clientY - r.top - view.y) / view.k, true);
+          const p = big.toLayout(e.clientX - r.left, e.clientY - r.top);
+          big.hooks.moveTo(p.x, p.y, true);
         }
         return;
       }

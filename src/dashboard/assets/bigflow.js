@@ -26,7 +26,7 @@
   var DENSE_BELOW = 6;
   // A node's block in the density view is at least this big (px).
   var MIN_W = 10;
-  var MIN_H = 2;
+  var MIN_H = 3;
   // Status changes alone redraw the density layer and the minimap at most this often (ms).
   var DENSE_EVERY = 100;
   var MINI_EVERY = 250;
@@ -240,8 +240,36 @@
     var ctx = c.getContext('2d');
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, box.width, box.height);
+    var m = this.screenMap();
+    this.paint(ctx, colours, { kx: m.kx, ky: m.ky, ox: m.ox, oy: m.oy, minW: MIN_W, minH: MIN_H, clip: box });
+  };
+
+  /**
+   * Layout → screen: x' = ox + x·kx, y' = oy + y·ky. The view's own scale, except
+   * that the density view stretches a graph narrower than the box across it
+   * (about the graph's centre): a deep fan-out at Fit is a 1-pixel column at the
+   * view's scale, and a band of colour this way.
+   */
+  Layers.prototype.screenMap = function () {
     var v = this.view;
-    this.paint(ctx, colours, { kx: v.k, ky: v.k, ox: v.x, oy: v.y, minW: MIN_W, minH: MIN_H, clip: box });
+    var kx = v.k;
+    var ox = v.x;
+    if (this.dense && this.scene) {
+      var box = this.box.width ? this.box : this.graph.getBoundingClientRect();
+      var wide = (box.width * 0.9) / Math.max(1, this.scene.width);
+      if (wide > kx) {
+        var centre = v.x + (this.scene.width / 2) * v.k;
+        kx = wide;
+        ox = centre - (this.scene.width / 2) * kx;
+      }
+    }
+    return { kx: kx, ky: v.k, ox: ox, oy: v.y };
+  };
+
+  /** The layout point under a point of the graph's box (px from its top left corner). */
+  Layers.prototype.toLayout = function (px, py) {
+    var m = this.screenMap();
+    return { x: (px - m.ox) / m.kx, y: (py - m.oy) / m.ky };
   };
 
   /** One more draw soon, for the changes a throttled draw left out. */
@@ -363,11 +391,12 @@
     ctx.clearRect(0, 0, g.mw, g.mh);
     this.paint(ctx, colours, { kx: g.sx, ky: g.sy, ox: g.pad, oy: g.pad, minW: 2, minH: 1, clip: null });
     // The view, as a rectangle in layout coordinates.
-    var x0 = -v.x / v.k;
-    var y0 = -v.y / v.k;
+    var sm = this.screenMap();
+    var x0 = -sm.ox / sm.kx;
+    var y0 = -sm.oy / sm.ky;
     ctx.strokeStyle = colours.accent;
     ctx.lineWidth = 1.5;
-    ctx.strokeRect(g.pad + x0 * g.sx, g.pad + y0 * g.sy, Math.max(3, (box.width / v.k) * g.sx), Math.max(3, (box.height / v.k) * g.sy));
+    ctx.strokeRect(g.pad + x0 * g.sx, g.pad + y0 * g.sy, Math.max(3, (box.width / sm.kx) * g.sx), Math.max(3, (box.height / sm.ky) * g.sy));
   };
 
   Layers.prototype.bindMinimap = function () {
