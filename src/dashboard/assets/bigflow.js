@@ -508,7 +508,10 @@
       if (u >= 0) schedule(u);
     });
     this.graph.addEventListener('pointerout', function (e) {
-      if (unitOfTarget(e.target) >= 0 && unitOfTarget(e.relatedTarget) < 0) schedule(self.hooks.traceBase());
+      if (unitOfTarget(e.target) < 0 || unitOfTarget(e.relatedTarget) >= 0) return;
+      // Back to the focused node's paths, else the selected node's.
+      var focused = unitOfTarget(document.activeElement);
+      schedule(focused >= 0 ? focused : self.hooks.traceBase());
     });
   };
 
