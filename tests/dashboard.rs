@@ -165,7 +165,7 @@ async fn dashboard_in_headless_chromium() {
     // Big flows (bigflow.mjs): the runs the page watched, as the API saw them.
     assert_eq!(api.flow(&id("bigFanOut")).await["status"], "completed");
     let ten = api.flow(&id("bigTenThousand")).await;
-    assert_eq!(ten["status"], "completed");
+    assert_eq!(ten["status"], "cancelled", "cancelled from the page's test once measured");
     assert_eq!(ten["nodes"].as_array().unwrap().len(), 10_000);
 
     // The map, wait and re-run flow, as the page left it.

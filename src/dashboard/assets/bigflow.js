@@ -308,6 +308,41 @@
       run = { key: key, x: x, y: y, w: w, h: h };
     };
     var clip = m.clip;
+    // Blocks smaller than minH overlap once enlarged: they vote per 1-px row of
+    // their column instead, and each row takes its majority status (failed wins
+    // outright), so a region shows how far it got rather than whichever status is
+    // painted last.
+    var votes = [];
+    var vx = 0;
+    var vw = 0;
+    var firstRow = 0;
+    var vote = function (key, sy, sh) {
+      var top = Math.floor(sy);
+      if (!votes.length) firstRow = top;
+      for (var row = top; row < sy + sh; row++) {
+        var i = row - firstRow;
+        if (i < 0) continue;
+        var v = votes[i] || (votes[i] = {});
+        v[key] = (v[key] || 0) + 1;
+      }
+    };
+    var countVotes = function () {
+      for (var i = 0; i < votes.length; i++) {
+        var v = votes[i];
+        if (!v) continue;
+        var best = null;
+        for (var key in v) {
+          if (key.lastIndexOf('failed', 0) === 0) {
+            best = key;
+            break;
+          }
+          if (best === null || v[key] > v[best]) best = key;
+        }
+        add(best, vx, firstRow + i, vw, 1);
+      }
+      flushRun();
+      votes = [];
+    };
     for (var c = 0; c < s.cols.length; c++) {
       var col = s.cols[c];
       for (var r = 0; r < col.length; r++) {
@@ -321,6 +356,12 @@
         if (clip && (sx + sw < 0 || sy + sh < 0 || sx > clip.width || sy > clip.height)) continue;
         var fill = hooks.unitFill(u);
         var dim = hooks.unitMatches(u) ? '' : ':dim';
+        if (typeof fill === 'string' && h < m.minH) {
+          vx = sx;
+          vw = sw;
+          vote(fill + dim, sy, sh);
+          continue;
+        }
         if (typeof fill === 'string') {
           add(fill + dim, sx, sy, sw, sh);
           continue;
@@ -338,6 +379,7 @@
         flushRun();
       }
       flushRun();
+      countVotes();
     }
     ['', ':dim'].forEach(function (dim) {
       ctx.globalAlpha = dim ? 0.15 : 1;
