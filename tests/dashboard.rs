@@ -165,7 +165,10 @@ async fn dashboard_in_headless_chromium() {
     // Big flows (bigflow.mjs): the runs the page watched, as the API saw them.
     assert_eq!(api.flow(&id("bigFanOut")).await["status"], "completed");
     let ten = api.flow(&id("bigTenThousand")).await;
-    assert_eq!(ten["status"], "cancelled", "cancelled from the page's test once measured");
+    assert_eq!(
+        ten["status"], "cancelled",
+        "cancelled from the page's test once measured"
+    );
     assert_eq!(ten["nodes"].as_array().unwrap().len(), 10_000);
 
     // The map, wait and re-run flow, as the page left it.
@@ -278,7 +281,8 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 4, "{html}");
+    // layout.js, schedules.js, bigflow.js, app.js, app.css.
+    assert_eq!(urls.len(), 5, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");
