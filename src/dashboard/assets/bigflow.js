@@ -28,7 +28,7 @@
   var MIN_W = 10;
   var MIN_H = 3;
   // Status changes alone redraw the density layer and the minimap at most this often (ms).
-  var DENSE_EVERY = 100;
+  var DENSE_EVERY = 250;
   var MINI_EVERY = 250;
   // Drawn last (on top) where blocks overlap: the rare statuses stay visible.
   var DRAW_ORDER = ['pending', 'skipped', 'cancelled', 'completed', 'queued', 'waiting', 'active', 'failed'];
