@@ -43,6 +43,15 @@ function pixelsInPage(sel) {
 
 const pixels = (page, sel) => page.evaluate(pixelsInPage, sel);
 
+/** The share of the density canvas's middle pixel column that is painted: the fan-out's extent. */
+const columnCover = (page) => page.evaluate(() => {
+  const c = document.querySelector('#graph canvas.density');
+  const d = c.getContext('2d').getImageData(Math.floor(c.width / 2), 0, 1, c.height).data;
+  let painted = 0;
+  for (let p = 3; p < d.length; p += 4) if (d[p] === 255) painted++;
+  return painted / c.height;
+});
+
 /** Waits until the canvas's pixel counts satisfy `pred`; fails saying what it saw. */
 async function waitPixels(page, sel, pred, what, timeout) {
   const deadline = Date.now() + (timeout || WAIT);
@@ -125,8 +134,10 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   check(await page.isHidden('#dag #viewport'), 'the SVG nodes are not painted in the density view');
   const mid = await waitPixels(page, '#graph canvas.density',
     (c) => (c.active || 0) + (c.queued || 0) > 50 && (c.completed || 0) > 50, 'running and completed colours mid-run');
-  // Regions, not a sliver: the fan-out covers a good part of the graph's box.
+  // Regions, not a sliver: the fan-out covers a good part of the graph's box, all of its height in view.
   check(mid.total > mid.area * 0.1, `the density view covers ${((100 * mid.total) / mid.area).toFixed(1)}% of the graph`);
+  const cover = await columnCover(page);
+  check(cover > 0.85, `at Fit the whole fan-out is in view: ${(cover * 100).toFixed(0)}% of the height painted`);
   log(`density view mid-run: ${JSON.stringify(mid)}`);
   if (shot) {
     await page.screenshot({ path: shot });
@@ -361,7 +372,9 @@ export async function tenThousandNodes(page, result, { base, rest, check, log })
   // At Fit, mid-run: done and still-queued regions in their colours.
   const colours = await waitPixels(page, '#graph canvas.density', (c) => (c.completed || 0) > 1000 && (c.queued || 0) + (c.active || 0) > 1000,
     'the running 10,000 nodes show done and queued regions');
-  log(`10,000 nodes at Fit mid-run: ${JSON.stringify(colours)}`);
+  const cover = await columnCover(page);
+  check(cover > 0.85, `at Fit all 10,000 nodes are in view: ${(cover * 100).toFixed(0)}% of the height painted`);
+  log(`10,000 nodes at Fit mid-run: ${JSON.stringify(colours)}, ${(cover * 100).toFixed(0)}% of the height`);
   const cancelled = await rest(base, 'POST', `/flows/${hugeId}/cancel`);
   check(cancelled.status === 200, `cancel the 10,000-node flow: ${JSON.stringify(cancelled.body)}`);
   await flowStatus('cancelled', 60000);

@@ -28,6 +28,8 @@
   const GRID_PAD = 8;
   const MAP_PAGE = 1000; // chips drawn at once; more are paged
   const DENSE_FLUSH_MS = 100; // how often events are applied in the density view (bigflow.js)
+  // Farthest zoom: Fit shows a 10,000-node column whole (the density view draws it).
+  const MIN_SCALE = 0.001;
   const EXAMPLE = {
     name: 'image pipeline',
     nodes: [
@@ -780,7 +782,7 @@
         if (sg) sg.counts[n.status] = (sg.counts[n.status] || 0) + 1;
       });
       const parts = [
-        '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="img" aria-label="flow graph">',
+        '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="group" aria-label="flow graph: Tab to a node, arrows to move, Enter to open">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
         '<path d="M0,1L9,5L0,9z" fill="#94a3b8"/></marker></defs><g id="viewport"><g class="frames">',
       ];
@@ -1232,7 +1234,7 @@
     function fit() {
       const r = graph.getBoundingClientRect();
       if (!layoutSize.width || !r.width) return;
-      view.k = Math.max(0.02, Math.min(1.25, (r.width - 24) / layoutSize.width, (r.height - 24) / layoutSize.height));
+      view.k = Math.max(MIN_SCALE, Math.min(1.25, (r.width - 24) / layoutSize.width, (r.height - 24) / layoutSize.height));
       view.x = (r.width - layoutSize.width * view.k) / 2;
       view.y = (r.height - layoutSize.height * view.k) / 2;
       autoFit = true;
@@ -1267,7 +1269,7 @@
       const px = e.clientX - r.left;
       const py = e.clientY - r.top;
       const delta = e.deltaY * (e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1);
-      const k = Math.max(0.02, Math.min(2.5, view.k * Math.exp(-delta * 0.0015)));
+      const k = Math.max(MIN_SCALE, Math.min(2.5, view.k * Math.exp(-delta * 0.0015)));
       view.x = px - ((px - view.x) * k) / view.k;
       view.y = py - ((py - view.y) * k) / view.k;
       view.k = k;
