@@ -154,7 +154,8 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
     const g = document.querySelector('#dag #viewport');
     return g.getBBox().height;
   });
-  await page.mouse.click(mini.x + mini.w / 2, mini.y + mini.h * 0.8);
+  // page.click waits until nothing covers it (a toast from an earlier step may).
+  await page.click('#graph canvas.minimap', { position: { x: mini.w / 2, y: mini.h * 0.8 } });
   await page.waitForFunction(() => !document.querySelector('#graph').classList.contains('dense'));
   const after = await viewCentre(page);
   check(after.k >= 1, `a click on the minimap zooms in to a readable scale: ${after.k}`);
@@ -318,7 +319,7 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   const show = await page.$eval('#graph-show', (s) => s.getBoundingClientRect().toJSON());
   check(show.right <= 400 && show.left >= 0, `the filter is on screen: ${JSON.stringify(show)}`);
   const cBefore = await viewCentre(page);
-  await page.mouse.click(mbox.left + mbox.width / 2, mbox.top + mbox.height * 0.25);
+  await page.click('#graph canvas.minimap', { position: { x: mbox.width / 2, y: mbox.height * 0.25 } });
   await page.waitForFunction(() => !document.querySelector('#graph').classList.contains('dense'));
   const cAfter = await viewCentre(page);
   check(cAfter.cy < cBefore.cy, `the minimap moves the view on a phone too: ${cBefore.cy} -> ${cAfter.cy}`);
