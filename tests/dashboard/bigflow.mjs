@@ -140,6 +140,8 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   check(cover > 0.85, `at Fit the whole fan-out is in view: ${(cover * 100).toFixed(0)}% of the height painted`);
   log(`density view mid-run: ${JSON.stringify(mid)}`);
   if (shot) {
+    // Without an earlier step's toast over the minimap (it goes after 3 s; the run takes ~10 s).
+    await page.waitForSelector('#toast', { state: 'hidden' });
     await page.screenshot({ path: shot });
     log(`big flow screenshot saved to ${shot}`);
   }
