@@ -301,7 +301,22 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   await page.keyboard.press('Escape');
   await page.waitForSelector('#node-panel', { state: 'hidden' });
   check((await active()) === 'clean', 'the focus stays on the node after Escape');
-  log(`keyboard: Tab to load, arrows ${walked.join(' ')}, Enter opened clean, Escape closed it`);
+  // Enter on a group expands it, and the focus goes to its first member.
+  await page.keyboard.press('ArrowLeft');
+  await page.keyboard.press('ArrowRight');
+  await page.keyboard.press('Home');
+  let onGroup = await active();
+  for (let k = 0; k < 6 && onGroup !== '13'; k++) {
+    await page.keyboard.press('ArrowDown');
+    onGroup = await active();
+  }
+  check(onGroup === '13', `reached the group of 13 with the arrows: ${onGroup}`);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelectorAll('g.node[data-name^="shard-"]').length === 13);
+  check((await active()) === 'shard-0', `the focus moved to the group's first member: ${await active()}`);
+  await page.click('#graph .shape-bar button');
+  await page.waitForSelector(shardGroup);
+  log(`keyboard: Tab to load, arrows ${walked.join(' ')}, Enter opened clean, Escape closed it, Enter expanded a group`);
   await rest(base, 'POST', `/flows/${mixedId}/cancel`);
 
   // ---- mobile: the same flow, 400x800

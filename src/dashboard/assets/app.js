@@ -1070,8 +1070,13 @@
       reveal: (u) => revealUnit(u),
       open: (u) => {
         const unit = units[u];
-        if (unit.sg) toggleShape(shapes.indexOf(unit.sg), true);
-        else select(unit.i);
+        if (unit.sg) {
+          // The group's element is gone once expanded: the focus goes to its first member.
+          toggleShape(shapes.indexOf(unit.sg), true);
+          big.focusUnit(unitOf[unit.sg.members[0]]);
+        } else {
+          select(unit.i);
+        }
       },
     });
     if (show !== 'all') graph.dataset.show = show;
