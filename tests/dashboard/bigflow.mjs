@@ -31,9 +31,13 @@ function pixelsInPage(sel) {
     if (!want.has(key)) want.set(key, s);
   }
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-  const counts = { total: 0, area: c.width * c.height };
+  const counts = { total: 0, faint: 0, area: c.width * c.height };
   for (let p = 0; p < d.length; p += 4) {
-    if (d[p + 3] !== 255) continue;
+    if (d[p + 3] === 0) continue;
+    if (d[p + 3] !== 255) {
+      counts.faint++; // a dimmed block
+      continue;
+    }
     const s = want.get((d[p] << 16) | (d[p + 1] << 8) | d[p + 2]);
     if (s) counts[s] = (counts[s] || 0) + 1;
     counts.total++;
@@ -164,6 +168,16 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   check(after.cy > layoutH * 0.65 && after.cy < layoutH * 0.95 && Math.abs(after.cy - before.cy) > layoutH * 0.2,
     `the view moved to the clicked point: centre ${before.cy.toFixed(0)} -> ${after.cy.toFixed(0)} of ${layoutH.toFixed(0)}`);
   check(await page.isVisible('#graph canvas.minimap'), 'the minimap stays while the graph overflows the view');
+  // A drag on it pans the view along, at the same scale.
+  const m2 = await page.$eval('#graph canvas.minimap', (c) => c.getBoundingClientRect().toJSON());
+  await page.mouse.move(m2.x + m2.width / 2, m2.y + m2.height * 0.8);
+  await page.mouse.down();
+  await page.mouse.move(m2.x + m2.width / 2, m2.y + m2.height * 0.5, { steps: 5 });
+  await page.mouse.move(m2.x + m2.width / 2, m2.y + m2.height * 0.3, { steps: 5 });
+  await page.mouse.up();
+  const dragged = await viewCentre(page);
+  check(dragged.k === after.k && dragged.cy < layoutH * 0.4 && dragged.cy < after.cy - layoutH * 0.3,
+    `a drag on the minimap pans the view: centre ${after.cy.toFixed(0)} -> ${dragged.cy.toFixed(0)} at scale ${dragged.k}`);
   // Labels are drawn again where we landed.
   const shown = await page.evaluate(() => {
     const r = document.querySelector('#graph').getBoundingClientRect();
@@ -181,6 +195,11 @@ async function fanOutAndFilters(page, result, { base, rest, check, log }) {
   const miniDone = await pixels(page, '#graph canvas.minimap');
   check((miniDone.completed || 0) > 50, `the minimap shows the status colours: ${JSON.stringify(miniDone)}`);
   log(`density view when done: ${JSON.stringify(done)}; minimap ${JSON.stringify(miniDone)}`);
+  // The filter dims the density blocks too: nothing failed here, so no full-colour block is left.
+  await page.selectOption('#graph-show', 'failed');
+  await waitPixels(page, '#graph canvas.density', (c) => !c.completed && c.faint > 2000, 'show: failed dims the completed blocks');
+  await page.selectOption('#graph-show', 'all');
+  await waitPixels(page, '#graph canvas.density', (c) => (c.completed || 0) > 2000, 'show: all brings them back');
   // Collapse back from the frame's header.
   check((await page.textContent('#graph .shape-bar button')) === '▾ 998 × sleep · collapse', 'an expanded group can be collapsed at any zoom');
   await page.click('#graph .shape-bar button');
