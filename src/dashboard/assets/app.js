@@ -27,7 +27,7 @@
   const CHIP = 14; // a chip and its gap
   const GRID_PAD = 8;
   const MAP_PAGE = 1000; // chips drawn at once; more are paged
-  const DENSE_FLUSH_MS = 100; // how often events are applied in the density view (bigflow.js)
+  const DENSE_FLUSH_MS = 250; // how often events are applied in the density view (bigflow.js)
   // Farthest zoom: Fit shows a 10,000-node column whole (the density view draws it).
   const MIN_SCALE = 0.001;
   const EXAMPLE = {
@@ -1134,7 +1134,7 @@
       if (!framePending) {
         framePending = true;
         // In the density view (nodes too small to read) changes are applied in one
-        // frame every DENSE_FLUSH_MS: a big run then repaints 10 times a second, not 60.
+        // frame every DENSE_FLUSH_MS: a big run then repaints 4 times a second, not 60.
         if (big.dense) setTimeout(() => requestAnimationFrame(flush), DENSE_FLUSH_MS);
         else requestAnimationFrame(flush);
       }
