@@ -9,7 +9,9 @@
 //! `DASHBOARD_SCREENSHOT=docs/dashboard.png cargo test --test dashboard` also saves
 //! the README's screenshot of a flow page from the run, and
 //! `DASHBOARD_MAP_SCREENSHOT=docs/dashboard-map.png` one of a map group expanded mid-run,
-//! and `DASHBOARD_TIMELINE_SCREENSHOT=docs/dashboard-timeline.png` one of a flow's timeline.
+//! `DASHBOARD_TIMELINE_SCREENSHOT=docs/dashboard-timeline.png` one of a flow's timeline,
+//! and `DASHBOARD_BIG_SCREENSHOT=docs/dashboard-big.png` one of a 1,000-node flow at Fit
+//! mid-run.
 
 #![allow(clippy::unwrap_used)]
 
@@ -110,6 +112,7 @@ async fn dashboard_in_headless_chromium() {
         "DASHBOARD_NARROW_SCREENSHOT",
         "DASHBOARD_DARK_SCREENSHOT",
         "DASHBOARD_TIMELINE_SCREENSHOT",
+        "DASHBOARD_BIG_SCREENSHOT",
     ] {
         if let Some(shot) = std::env::var_os(var) {
             // Relative to the crate, not to the script's directory.
@@ -163,6 +166,14 @@ async fn dashboard_in_headless_chromium() {
     assert_eq!(big["status"], "completed");
     assert_eq!(big["nodes"].as_array().unwrap().len(), 1000);
     assert_eq!(api.flow(&id("liveRow")).await["status"], "completed");
+    // Big flows (bigflow.mjs): the runs the page watched, as the API saw them.
+    assert_eq!(api.flow(&id("bigFanOut")).await["status"], "completed");
+    let ten = api.flow(&id("bigTenThousand")).await;
+    assert_eq!(
+        ten["status"], "cancelled",
+        "cancelled from the page's test once measured"
+    );
+    assert_eq!(ten["nodes"].as_array().unwrap().len(), 10_000);
 
     // The map, wait and re-run flow, as the page left it.
     let map_flow = api.flow(&id("mapFlow")).await;
@@ -274,7 +285,9 @@ async fn page_and_assets_are_served_without_a_token() {
         .split('"')
         .filter(|s| s.starts_with("/dashboard/"))
         .collect();
-    assert_eq!(urls.len(), 7, "{html}");
+    // layout.js, schedules.js, page.js, timeline.js, bigflow.js, app.js, app.css,
+    // timeline.css.
+    assert_eq!(urls.len(), 8, "{html}");
     for url in urls {
         let res = client.get(server.url(url)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{url}");

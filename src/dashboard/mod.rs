@@ -93,6 +93,9 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "timeline.js",
             JS,
             Bytes::from_static(include_bytes!("assets/timeline.js")),
+            "bigflow.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/bigflow.js")),
         ),
         Asset::new(
             "app.js",

@@ -10,6 +10,8 @@
 //                        mid-run (docs/dashboard-map.png)
 //   DASHBOARD_TIMELINE_SCREENSHOT when set, where to save a flow's timeline mid-run
 //                        (docs/dashboard-timeline.png)
+//   DASHBOARD_BIG_SCREENSHOT when set, where to save a 1,000-node flow at Fit mid-run
+//                        (docs/dashboard-big.png; bigflow.mjs)
 //   DASHBOARD_ARTIFACTS  where a failure screenshot goes (default: the temp dir)
 //
 // Prints one line `RESULT {json}` with the ids of the flows it made, for the Rust
@@ -23,6 +25,7 @@ import os from 'node:os';
 import { schedulesScenario } from './schedules.mjs';
 import { pageScenario } from './page.mjs';
 import { timelineScenario } from './timeline.mjs';
+import { bigFlowScenario } from './bigflow.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -427,6 +430,7 @@ async function run(page, result) {
   await queuesScenario(page, result);
   await schedulesScenario(page, result, { base: URL_PLAIN, rest, check, log });
   await timelineScenario(page, result, { base: URL_PLAIN, rest, check, log, screenshot: process.env.DASHBOARD_TIMELINE_SCREENSHOT || '' });
+  await bigFlowScenario(page, result, { base: URL_PLAIN, rest, check, log });
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);

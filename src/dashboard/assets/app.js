@@ -27,6 +27,12 @@
   const CHIP = 14; // a chip and its gap
   const GRID_PAD = 8;
   const MAP_PAGE = 1000; // chips drawn at once; more are paged
+  const DENSE_FLUSH_MS = 250; // how often events are applied in the density view (bigflow.js)
+  // Farthest zoom: Fit shows a 10,000-node column whole (the density view draws it).
+  const MIN_SCALE = 0.001;
+  // On a narrow screen, flows of at most this many drawn nodes (a collapsed group is
+  // one) are fitted no smaller than 40 px a node: tap targets.
+  const NARROW_FLOOR_UNITS = 100;
   const EXAMPLE = {
     name: 'image pipeline',
     nodes: [
@@ -456,6 +462,9 @@
     const counts = {};
     const dirty = new Set();
     const dirtyGroups = new Set();
+    const dirtyShapes = new Set();
+    // Nodes changed while the density layer drew them: their elements are behind.
+    const stale = new Set();
     let framePending = false;
     let relayoutPending = false;
     const view = { k: 1, x: 0, y: 0 };
@@ -463,6 +472,14 @@
     let autoFit = true;
     let viewFar = false;
     let viewport = null;
+    // Same-shape siblings drawn as one group (bigflow.js), and the units laid out:
+    // a node, a map group or a collapsed shape group each; unitOf[i] is node i's.
+    let shapes = [];
+    let shapeOf = new Map();
+    let units = [];
+    let unitOf = [];
+    // The graph's filter: all, failed or running (`?show=` in the URL).
+    let show = ['failed', 'running'].includes(params.get('show')) ? params.get('show') : 'all';
     // Per node name: an action's last error, and a signal payload being written.
     const actionErrors = new Map();
     const signalDrafts = new Map();
@@ -485,6 +502,8 @@
     const search = el('input', { id: 'node-search', type: 'search', placeholder: 'Find node', list: 'node-names', 'aria-label': 'find node' });
     const names = el('datalist', { id: 'node-names' });
     const fitBtn = el('button', { id: 'fit', text: 'Fit', title: 'fit the graph to the view' });
+    const showSel = el('select', { id: 'graph-show', 'aria-label': 'show nodes', title: 'dim the other nodes' },
+      ['all', 'failed', 'running'].map((s) => el('option', { value: s, text: `show: ${s}`, selected: s === show })));
     const cancelBtn = el('button', { id: 'cancel-flow', text: 'Cancel', disabled: true, 'data-act': true });
     const retryBtn = el('button', { id: 'retry-flow', text: 'Retry', disabled: true, 'data-act': true });
     const deleteBtn = el('button', { id: 'delete-flow', class: 'danger', text: 'Delete', disabled: true, 'data-act': true });
@@ -518,7 +537,7 @@
         el('div', { class: 'title' },
           el('a', { class: 'crumb', href: '#/', text: 'Flows /' }), nameEl, statusEl,
           el('span', { class: 'spacer' }), el('span', { class: 'view-switch', role: 'group', 'aria-label': 'view' }, viewBtns.graph, viewBtns.timeline),
-          search, names, fitBtn, specBtn, cloneBtn, retryBtn, cancelBtn, deleteBtn),
+          search, names, showSel, fitBtn, specBtn, cloneBtn, retryBtn, cancelBtn, deleteBtn),
         meta, countsEl, flowError),
       el('div', { class: 'flow-body' }, graph, timeline.el, panel));
 
@@ -786,6 +805,9 @@
         groups.set(n.i, grp);
         setElements(grp, elements.get(n.name) || []);
       });
+      shapes = window.DagBig.shapeGroups(nodes).map((g) => ({ members: g.members, expanded: false, counts: {}, u: -1 }));
+      shapeOf = new Map();
+      shapes.forEach((sg) => sg.members.forEach((i) => shapeOf.set(i, sg)));
       selected = -1;
       selK = -1;
       panel.hidden = true;
@@ -799,13 +821,36 @@
         // Laid out when the graph is shown: a 10,000-node flow opened on its timeline never is.
         graphStale = true;
         recount();
+        // Shape groups count their members here when the graph is not drawn.
+        shapes.forEach((sg) => {
+          sg.counts = {};
+          sg.members.forEach((m) => { sg.counts[nodes[m].status] = (sg.counts[nodes[m].status] || 0) + 1; });
+        });
         return;
       }
       graphStale = false;
+      // The units: every node, except that a collapsed shape group is one unit.
+      units = [];
+      unitOf = new Array(nodes.length);
+      nodes.forEach((n) => {
+        const sg = shapeOf.get(n.i);
+        if (sg && !sg.expanded) {
+          if (sg.members[0] === n.i) {
+            sg.u = units.length;
+            units.push({ i: n.i, sg });
+          }
+          unitOf[n.i] = sg.u;
+          return;
+        }
+        unitOf[n.i] = units.length;
+        units.push({ i: n.i, sg: null });
+      });
+      // A group's unit comes at its first member: later members point to it too.
+      shapes.forEach((sg) => { if (!sg.expanded) sg.members.forEach((i) => { unitOf[i] = sg.u; }); });
       const edges = [];
       nodes.forEach((n) => n.parents.forEach((p) => {
         const from = byName.get(p);
-        if (from !== undefined) edges.push([from, n.i]);
+        if (from !== undefined) edges.push([unitOf[from], unitOf[n.i]]);
       }));
       const geo = new Map();
       const widths = [];
@@ -813,23 +858,67 @@
       groups.forEach((grp, i) => {
         const g = groupGeometry(grp);
         geo.set(i, g);
-        widths[i] = g.w;
-        heights[i] = g.h;
+        widths[unitOf[i]] = g.w;
+        heights[unitOf[i]] = g.h;
       });
-      const lay = L.layout(nodes.length, edges, { widths, heights });
+      shapes.forEach((sg) => {
+        if (sg.expanded) return;
+        widths[sg.u] = MAP_W;
+        heights[sg.u] = MAP_H;
+      });
+      const lay = L.layout(units.length, edges, { widths, heights });
       layoutSize = { width: lay.width, height: lay.height };
       NODE_STATUSES.forEach((s) => { counts[s] = 0; });
-      const parts = [
-        '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="img" aria-label="flow graph">',
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
-        '<path class="arrowhead" d="M0,1L9,5L0,9z"/></marker></defs><g id="viewport"><g class="edges">',
-      ];
-      lay.edges.forEach((e) => parts.push(`<path class="edge" d="${e.d}" marker-end="url(#arrow)"/>`));
-      parts.push('</g><g class="nodes">');
+      shapes.forEach((sg) => { sg.counts = {}; });
       nodes.forEach((n) => {
         counts[n.status] = (counts[n.status] || 0) + 1;
         n.shown = n.status;
-        const at = `transform="translate(${lay.x[n.i]},${lay.y[n.i].toFixed(1)})"`;
+        const sg = shapeOf.get(n.i);
+        if (sg) sg.counts[n.status] = (sg.counts[n.status] || 0) + 1;
+      });
+      const parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="group" aria-label="flow graph: Tab to a node, arrows to move, Enter to open">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
+        '<path class="arrowhead" d="M0,1L9,5L0,9z"/></marker></defs><g id="viewport"><g class="frames">',
+      ];
+      // An expanded shape group: a frame around its members (its collapse button is
+      // HTML over the graph, so that it is there at any zoom).
+      shapes.forEach((sg, gi) => {
+        if (!sg.expanded) return;
+        let x0 = Infinity;
+        let y0 = Infinity;
+        let x1 = -Infinity;
+        let y1 = -Infinity;
+        sg.members.forEach((i) => {
+          const u = unitOf[i];
+          x0 = Math.min(x0, lay.x[u]);
+          y0 = Math.min(y0, lay.y[u]);
+          x1 = Math.max(x1, lay.x[u] + W);
+          y1 = Math.max(y1, lay.y[u] + H);
+        });
+        parts.push(`<rect class="shape-frame" data-group="${gi}" x="${x0 - 6}" y="${(y0 - 6).toFixed(1)}" width="${x1 - x0 + 12}" height="${(y1 - y0 + 12).toFixed(1)}" rx="9"/>`);
+      });
+      parts.push('</g><g class="edges">');
+      lay.edges.forEach((e) => parts.push(`<path class="edge" data-f="${e.from}" data-t="${e.to}" d="${e.d}" marker-end="url(#arrow)"/>`));
+      parts.push('</g><g class="nodes">');
+      units.forEach((unit, u) => {
+        const n = nodes[unit.i];
+        const at = `data-u="${u}" transform="translate(${lay.x[u]},${lay.y[u].toFixed(1)})"`;
+        if (unit.sg) {
+          const sg = unit.sg;
+          const w = MAP_W - 20;
+          parts.push(
+            `<g class="node map shape" role="button" data-group="${shapes.indexOf(sg)}" data-size="${sg.members.length}" ${at}>`,
+            `<rect class="stack" x="5" y="5" width="${MAP_W}" height="${MAP_H}" rx="7"/>`,
+            `<rect class="box" width="${MAP_W}" height="${MAP_H}" rx="7"/>`,
+            `<text class="name" x="10" y="17">${esc(truncate(shapeName(sg), 24))}</text>`,
+            '<text class="counts" x="10" y="33"></text><text class="sub" x="10" y="48"></text>',
+            `<g class="bar" transform="translate(10,${MAP_H - 9})"><rect class="track" width="${w}" height="4" rx="2"/>`,
+            '<rect class="done" height="4"/><rect class="running" height="4"/><rect class="failed" height="4"/></g>',
+            `<g class="toggle"><rect x="${MAP_W - 28}" y="4" width="22" height="20" rx="5"/><text x="${MAP_W - 17}" y="18.5" text-anchor="middle">▸</text></g>`,
+            `<title>${esc(`${sg.members.length} nodes of the same shape: ${n.handler} on ${n.queue}, same parents and children\nclick to show them one by one`)}</title></g>`);
+          return;
+        }
         const grp = groups.get(n.i);
         if (!grp) {
           parts.push(
@@ -870,30 +959,61 @@
       parts.push('</g></g></svg>');
       graph.innerHTML = parts.join('');
       // Big graphs skip the running-node animation, which repaints every frame.
-      graph.classList.toggle('large', nodes.length > 300);
-      graph.append(el('div', { class: 'hint', text: `drag to pan · wheel to zoom · click a node for details${groups.size ? ' · ▸ shows a map’s elements' : ''}` }));
+      graph.classList.toggle('large', units.length > 300);
+      const open = shapes.filter((sg) => sg.expanded);
+      if (open.length) {
+        graph.append(el('div', { class: 'shape-bar' }, open.map((sg) => el('button', {
+          type: 'button', 'data-group': shapes.indexOf(sg), text: `▾ ${shapeName(sg)} · collapse`,
+          title: 'draw these same-shape nodes as one group again',
+        }))));
+      }
+      graph.append(el('div', { class: 'hint', text: `drag to pan · wheel to zoom · click a node for details · arrows move between nodes${groups.size ? ' · ▸ shows a map’s elements' : ''}` }));
       const elems = graph.querySelectorAll('g.node');
-      nodes.forEach((n, i) => {
-        n.el = elems[i];
-        n.title = elems[i].lastElementChild;
-        n.sub = elems[i].querySelector('text.sub');
+      stale.clear();
+      nodes.forEach((n) => {
+        n.el = null;
+        n.title = null;
+        n.sub = null;
+      });
+      units.forEach((unit, u) => {
+        const e = elems[u];
+        if (unit.sg) {
+          const sg = unit.sg;
+          sg.el = e;
+          sg.countsEl = e.querySelector('text.counts');
+          sg.sub = e.querySelector('text.sub');
+          sg.bar = e.querySelector('g.bar');
+          updateShape(sg);
+          return;
+        }
+        const i = unit.i;
+        const n = nodes[i];
+        n.el = e;
+        n.title = e.lastElementChild;
+        n.sub = e.querySelector('text.sub');
         const grp = groups.get(i);
         if (grp) {
-          grp.countsEl = elems[i].querySelector('text.counts');
-          grp.bar = elems[i].querySelector('g.bar');
-          grp.grid = grp.expanded ? elems[i].querySelector('.elgrid') : null;
+          grp.countsEl = e.querySelector('text.counts');
+          grp.bar = e.querySelector('g.bar');
+          grp.grid = grp.expanded ? e.querySelector('.elgrid') : null;
           if (grp.grid) grp.grid.style.gridTemplateColumns = `repeat(${groupGeometry(grp).cols}, ${CHIP - 2}px)`;
-          grp.range = grp.expanded ? elems[i].querySelector('.el-range') : null;
+          grp.range = grp.expanded ? e.querySelector('.el-range') : null;
           grp.chipEls = null;
           if (grp.grid) fillGrid(grp);
           updateGroup(grp);
         }
       });
       viewport = $('#viewport', graph);
-      if (selected >= 0 && nodes[selected]) nodes[selected].el.classList.toggle('selected', selK < 0);
+      if (selected >= 0 && nodes[selected] && nodes[selected].el) nodes[selected].el.classList.toggle('selected', selK < 0);
+      big.setScene({
+        count: units.length, x: lay.x, y: lay.y, width: lay.width, height: lay.height, nodeHeight: H,
+        w: units.map((unit, u) => widths[u] || W), h: units.map((unit, u) => heights[u] || H),
+        edges: lay.edges.map((e) => [e.from, e.to]), els: elems, edgeEls: graph.querySelectorAll('path.edge'),
+      });
       renderCounts();
       if (refitView || autoFit) fit();
       else applyView();
+      big.trace(traceBase());
     }
 
     /** Draws the chips of the group's current page. */
@@ -922,14 +1042,10 @@
       const t = groupTally(grp);
       grp.countsEl.textContent = tallyText(t);
       n.sub.textContent = groupLine(grp);
-      const [track, done, running, failed] = grp.bar.children;
-      const len = Number(track.getAttribute('width'));
-      const wOf = (x) => (t.total ? (len * x) / t.total : 0);
-      done.setAttribute('width', wOf(t.done).toFixed(1));
-      running.setAttribute('x', wOf(t.done).toFixed(1));
-      running.setAttribute('width', wOf(t.running).toFixed(1));
-      failed.setAttribute('x', wOf(t.done + t.running).toFixed(1));
-      failed.setAttribute('width', wOf(t.failed).toFixed(1));
+      setBar(grp.bar, t);
+      // For the graph's filter: a group shows when some of its elements match.
+      n.el.toggleAttribute('data-failed', t.failed > 0);
+      n.el.toggleAttribute('data-running', t.running > 0);
       if (grp.chipEls) {
         const start = grp.page * MAP_PAGE;
         grp.dirty.forEach((k) => {
@@ -945,6 +1061,139 @@
         const live = $('#map-counts', panel);
         if (live) live.textContent = `${tallyText(t)} of ${t.total}`;
       }
+    }
+
+    /** A group's bar: done, running and failed parts of its length. */
+    function setBar(bar, t) {
+      const [track, done, running, failed] = bar.children;
+      const len = Number(track.getAttribute('width'));
+      const wOf = (x) => (t.total ? (len * x) / t.total : 0);
+      done.setAttribute('width', wOf(t.done).toFixed(1));
+      running.setAttribute('x', wOf(t.done).toFixed(1));
+      running.setAttribute('width', wOf(t.running).toFixed(1));
+      failed.setAttribute('x', wOf(t.done + t.running).toFixed(1));
+      failed.setAttribute('width', wOf(t.failed).toFixed(1));
+    }
+
+    // ---- shape groups (bigflow.js finds them): counted live from their members
+
+    function shapeName(sg) {
+      return `${sg.members.length.toLocaleString()} × ${nodes[sg.members[0]].handler}`;
+    }
+
+    /** One status for a group: its members' if they agree, else the one that matters most. */
+    function shapeStatus(c, total) {
+      for (const s of NODE_STATUSES) if (c[s] === total) return s;
+      if (c.failed) return 'failed';
+      if (c.pending || c.queued || c.active || c.waiting) return 'active';
+      return c.cancelled ? 'cancelled' : 'skipped';
+    }
+
+    function updateShape(sg) {
+      const c = sg.counts;
+      const total = sg.members.length;
+      const t = { done: c.completed || 0, running: (c.queued || 0) + (c.active || 0), failed: c.failed || 0, total };
+      const first = nodes[sg.members[0]];
+      sg.countsEl.textContent = tallyText(t);
+      sg.sub.textContent = `of ${total.toLocaleString()} · ${first.queue} · ${truncate(first.name, 12)}…${truncate(nodes[sg.members[total - 1]].name, 12)}`;
+      sg.el.setAttribute('data-status', shapeStatus(c, total));
+      sg.el.toggleAttribute('data-failed', t.failed > 0);
+      sg.el.toggleAttribute('data-running', t.running + (c.waiting || 0) > 0);
+      setBar(sg.bar, t);
+    }
+
+    /** Expands (or collapses) shape group `gi`, keeping the view where it is. */
+    function toggleShape(gi, open) {
+      const sg = shapes[gi];
+      if (!sg) return;
+      sg.expanded = open === undefined ? !sg.expanded : open;
+      render(false);
+    }
+
+    /** Makes node i drawn on its own: a member of a collapsed shape group expands it. */
+    function revealNode(i) {
+      const sg = shapeOf.get(i);
+      if (sg && !sg.expanded) toggleShape(shapes.indexOf(sg), true);
+    }
+
+    /** What the graph's filter keeps: a status, or a group with such members. */
+    function statusMatches(status) {
+      return show === 'all' || (show === 'failed' ? status === 'failed' : window.DagBig.RUNNING[status] === true);
+    }
+
+    function unitMatches(u) {
+      const unit = units[u];
+      if (show === 'all') return true;
+      if (unit.sg) return NODE_STATUSES.some((s) => unit.sg.counts[s] && statusMatches(s));
+      const grp = groups.get(unit.i);
+      if (grp) return statusMatches(nodes[unit.i].status) || NODE_STATUSES.some((s) => grp.counts[s] && statusMatches(s));
+      return statusMatches(nodes[unit.i].status);
+    }
+
+    function unitFill(u) {
+      const unit = units[u];
+      const c = unit.sg ? unit.sg.counts : groups.has(unit.i) && groups.get(unit.i).elems.length ? groups.get(unit.i).counts : null;
+      return c ? NODE_STATUSES.filter((s) => c[s]).map((s) => [s, c[s]]) : nodes[unit.i].status;
+    }
+
+    /** The unit to trace when nothing is hovered or focused: the selected node's. */
+    function traceBase() {
+      return selected >= 0 && nodes[selected] && unitOf[selected] !== undefined ? unitOf[selected] : -1;
+    }
+
+    function setShow(value) {
+      show = value;
+      if (show === 'all') delete graph.dataset.show;
+      else graph.dataset.show = show;
+      // Kept in the URL without a new route (which would draw the page again).
+      history.replaceState(null, '', `#/flows/${encodeURIComponent(id)}${show === 'all' ? '' : `?show=${show}`}`);
+      big.requestDraw();
+    }
+
+    const big = new window.DagBig.Layers(graph, {
+      unitFill,
+      unitMatches,
+      traceBase,
+      moveTo: (x, y, zoomIn) => {
+        const r = graph.getBoundingClientRect();
+        if (zoomIn) view.k = Math.max(view.k, 1);
+        view.x = r.width / 2 - x * view.k;
+        view.y = r.height / 2 - y * view.k;
+        autoFit = false;
+        applyView();
+      },
+      reveal: (u) => revealUnit(u),
+      open: (u) => {
+        const unit = units[u];
+        if (unit.sg) {
+          // The group's element is gone once expanded: the focus goes to its first member.
+          toggleShape(shapes.indexOf(unit.sg), true);
+          big.focusUnit(unitOf[unit.sg.members[0]]);
+        } else {
+          select(unit.i);
+        }
+      },
+    });
+    if (show !== 'all') graph.dataset.show = show;
+    showSel.addEventListener('change', () => setShow(showSel.value));
+
+    /** Pans (and zooms in to a readable scale) so that unit u is in the view. */
+    function revealUnit(u) {
+      const r = graph.getBoundingClientRect();
+      const e = units[u] && big.scene ? u : -1;
+      if (e < 0) return;
+      const s = big.scene;
+      if (view.k * H < window.DagBig.DENSE_BELOW * 2) view.k = 1;
+      const x0 = view.x + s.x[u] * view.k;
+      const y0 = view.y + s.y[u] * view.k;
+      const x1 = x0 + s.w[u] * view.k;
+      const y1 = y0 + Math.min(s.h[u], 200) * view.k;
+      if (x0 < 8 || y0 < 8 || x1 > r.width - 8 || y1 > r.height - 8) {
+        view.x = r.width / 2 - (s.x[u] + s.w[u] / 2) * view.k;
+        view.y = r.height / 2 - (s.y[u] + Math.min(s.h[u], 200) / 2) * view.k;
+      }
+      autoFit = false;
+      applyView();
     }
 
     function toggleGroup(i, open) {
@@ -979,7 +1228,10 @@
     function requestFlush() {
       if (!framePending) {
         framePending = true;
-        requestAnimationFrame(flush);
+        // In the density view (nodes too small to read) changes are applied in one
+        // frame every DENSE_FLUSH_MS: a big run then repaints 4 times a second, not 60.
+        if (big.dense) setTimeout(() => requestAnimationFrame(flush), DENSE_FLUSH_MS);
+        else requestAnimationFrame(flush);
       }
     }
 
@@ -993,14 +1245,26 @@
         if (n.shown !== n.status) {
           counts[n.shown] = (counts[n.shown] || 1) - 1;
           counts[n.status] = (counts[n.status] || 0) + 1;
-          if (n.el) n.el.setAttribute('data-status', n.status);
+          const sg = shapeOf.get(i);
+          if (sg) {
+            sg.counts[n.shown] = (sg.counts[n.shown] || 1) - 1;
+            sg.counts[n.status] = (sg.counts[n.status] || 0) + 1;
+            if (!sg.expanded) dirtyShapes.add(sg);
+          }
           n.shown = n.status;
         }
+        // A member of a collapsed shape group has no element of its own.
         if (!n.el) return;
-        n.sub.textContent = subLine(n);
-        n.title.textContent = titleOf(n);
         const grp = groups.get(i);
         if (grp) dirtyGroups.add(grp);
+        // The density layer paints from the data: the hidden SVG catches up when it is shown.
+        if (big.dense) {
+          stale.add(i);
+          return;
+        }
+        n.el.setAttribute('data-status', n.status);
+        n.sub.textContent = subLine(n);
+        n.title.textContent = titleOf(n);
       });
       dirty.clear();
       dirtyGroups.forEach((grp) => {
@@ -1011,6 +1275,9 @@
       });
       dirtyGroups.clear();
       timeline.changed();
+      dirtyShapes.forEach((sg) => { if (sg.el && sg.el.isConnected) updateShape(sg); });
+      dirtyShapes.clear();
+      big.requestDraw();
       renderCounts();
       $('#flow-seq', meta) && ($('#flow-seq', meta).textContent = String(seq));
     }
@@ -1084,14 +1351,22 @@
         viewFar = far;
         graph.classList.toggle('far', far);
       }
+      // Nodes too small for labels: the density layer draws them (bigflow.js).
+      if (!big.setView(view) && stale.size) {
+        stale.forEach((i) => dirty.add(i));
+        stale.clear();
+        requestFlush();
+      }
     }
 
     function fit() {
       const r = graph.getBoundingClientRect();
       if (!layoutSize.width || !r.width) return;
-      view.k = Math.max(0.02, Math.min(1.25, (r.width - 24) / layoutSize.width, (r.height - 24) / layoutSize.height));
-      // On a narrow (touch) screen a node stays at least 40 px tall, a tap target: pan to the rest.
-      if (window.matchMedia('(max-width: 900px)').matches) view.k = Math.max(view.k, 40 / H);
+      view.k = Math.max(MIN_SCALE, Math.min(1.25, (r.width - 24) / layoutSize.width, (r.height - 24) / layoutSize.height));
+      // On a narrow (touch) screen the nodes of a flow of up to NARROW_FLOOR_UNITS drawn nodes
+      // stay at least 40 px tall, tap targets (pan for the rest); a bigger flow is fitted
+      // whole, in the density view, so that Fit shows all of it.
+      if (window.matchMedia('(max-width: 900px)').matches && units.length <= NARROW_FLOOR_UNITS) view.k = Math.max(view.k, 40 / H);
       view.x = (r.width - layoutSize.width * view.k) / 2;
       view.y = (r.height - layoutSize.height * view.k) / 2;
       autoFit = true;
@@ -1104,6 +1379,7 @@
     }
 
     function centerOn(i) {
+      revealNode(i);
       const n = nodes[i];
       if (!n.el || graph.hidden) return;
       const t = n.el.transform.baseVal.consolidate();
@@ -1126,7 +1402,7 @@
       const px = e.clientX - r.left;
       const py = e.clientY - r.top;
       const delta = e.deltaY * (e.deltaMode === 1 ? 16 : e.deltaMode === 2 ? 400 : 1);
-      const k = Math.max(0.02, Math.min(2.5, view.k * Math.exp(-delta * 0.0015)));
+      const k = Math.max(MIN_SCALE, Math.min(2.5, view.k * Math.exp(-delta * 0.0015)));
       view.x = px - ((px - view.x) * k) / view.k;
       view.y = py - ((py - view.y) * k) / view.k;
       view.k = k;
@@ -1161,8 +1437,25 @@
     window.addEventListener('pointerup', onUp);
     graph.addEventListener('click', (e) => {
       if (dragged || !e.target.closest) return;
+      const collapse = e.target.closest('.shape-bar button');
+      if (collapse) {
+        toggleShape(Number(collapse.dataset.group), false);
+        return;
+      }
       const g = e.target.closest('g.node');
-      if (!g) return;
+      if (!g) {
+        // In the density view nodes are blocks: a click zooms in there.
+        if (big.dense && e.target === big.density) {
+          const r = graph.getBoundingClientRect();
+          const p = big.toLayout(e.clientX - r.left, e.clientY - r.top);
+          big.hooks.moveTo(p.x, p.y, true);
+        }
+        return;
+      }
+      if (g.dataset.group !== undefined) {
+        toggleShape(Number(g.dataset.group), true);
+        return;
+      }
       const i = Number(g.dataset.i);
       const chip = e.target.closest('.el[data-k]');
       if (chip) {
@@ -1232,11 +1525,13 @@
     }
 
     function select(i) {
+      revealNode(i);
       unmark();
       selected = i;
       selK = -1;
       if (nodes[i].el) nodes[i].el.classList.add('selected');
       timeline.select(i);
+      big.trace(traceBase());
       openPanel();
       nodeUrl();
     }
@@ -1310,6 +1605,7 @@
       selK = -1;
       panel.hidden = true;
       timeline.select(-1);
+      big.trace(-1);
       refit();
       const href = hereHref(null);
       if (location.hash !== href) location.hash = href;
