@@ -40,6 +40,7 @@ use super::models;
         handlers::readyz,
         handlers::create,
         handlers::list,
+        handlers::count,
         handlers::get_flow,
         handlers::get_node,
         handlers::cancel,
@@ -80,6 +81,7 @@ use super::models;
         models::LimitViewSchema,
         models::FlowSummarySchema,
         models::FlowPageSchema,
+        models::FlowCountsSchema,
         models::FlowEventSchema,
         models::FlowStatusSchema,
         models::NodeStatusSchema,
@@ -376,6 +378,7 @@ mod tests {
         assert!(!text.contains(":null"), "{text}");
         for path in [
             "/flows",
+            "/flows/counts",
             "/flows/{id}",
             "/flows/{id}/nodes/{name}",
             "/flows/{id}/cancel",
@@ -393,6 +396,7 @@ mod tests {
             "FlowView",
             "NodeView",
             "FlowPage",
+            "FlowCounts",
             "FlowEvent",
             "ErrorBody",
             "FlowSpec",
