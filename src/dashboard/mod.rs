@@ -87,6 +87,16 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             Bytes::from_static(include_bytes!("assets/schedules.js")),
         ),
         Asset::new(
+            "flowlist.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/flowlist.js")),
+        ),
+        Asset::new(
+            "submit.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/submit.js")),
+        ),
+        Asset::new(
             "app.js",
             JS,
             Bytes::from_static(include_bytes!("assets/app.js")),
@@ -95,6 +105,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "app.css",
             CSS,
             Bytes::from_static(include_bytes!("assets/app.css")),
+        ),
+        Asset::new(
+            "listsubmit.css",
+            CSS,
+            Bytes::from_static(include_bytes!("assets/listsubmit.css")),
         ),
     ];
     // index.html names each file as `{{name}}`; the page's own hash then covers
