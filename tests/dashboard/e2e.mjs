@@ -19,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import os from 'node:os';
 import { schedulesScenario } from './schedules.mjs';
+import { listSubmitScenario } from './listsubmit.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -421,6 +422,7 @@ async function run(page, result) {
   await hugeMapScenario(page, result);
   await queuesScenario(page, result);
   await schedulesScenario(page, result, { base: URL_PLAIN, rest, check, log });
+  await listSubmitScenario(page, result, { base: URL_PLAIN, rest, check, log });
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);

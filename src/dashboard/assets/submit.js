@@ -214,13 +214,22 @@
         }
       }
     };
+    // `/nodes/2/opts/attempts` → node “x”: opts.attempts
+    const where = (ptr) => {
+      const m = /^\/nodes\/(\d+)(\/.*)?$/.exec(ptr);
+      if (!m) return ptr ? ptr.slice(1).split('/').join('.') : 'the flow';
+      const n = spec.nodes[Number(m[1])];
+      const label = n && typeof n.name === 'string' && n.name ? `node “${n.name}”` : `node #${m[1]}`;
+      return m[2] ? `${label}: ${m[2].slice(1).split('/').join('.')}` : label;
+    };
+    const shown = (v) => (typeof v === 'number' || typeof v === 'boolean' ? String(v) : typeof v === 'string' ? `a string (${JSON.stringify(v.length > 20 ? `${v.slice(0, 20)}…` : v)})` : typeOf(v));
     const want = (ok, ptr, what, v) => {
-      if (!ok) push('wrong_type', ptr, `${ptr.split('/').filter(Boolean).join('.')} must be ${what}, not ${typeOf(v)}`);
+      if (!ok) push('wrong_type', ptr, `${where(ptr)} must be ${what}, not ${shown(v)}`);
       return ok;
     };
     const optString = (obj, key, ptr) => obj[key] === undefined || want(typeof obj[key] === 'string', `${ptr}/${key}`, 'a string', obj[key]);
     const optUint = (obj, key, ptr, max) => obj[key] === undefined
-      || want(isInt(obj[key]) && obj[key] >= 0 && obj[key] <= max, `${ptr}/${key}`, `a whole number from 0 to ${max}`, obj[key]);
+      || want(isInt(obj[key]) && obj[key] >= 0 && obj[key] <= max, `${ptr}/${key}`, 'a whole number (0 or more)', obj[key]);
     const optBool = (obj, key, ptr) => obj[key] === undefined || want(typeof obj[key] === 'boolean', `${ptr}/${key}`, 'true or false', obj[key]);
     const stringList = (obj, key, ptr) => {
       const v = obj[key];
@@ -241,7 +250,7 @@
       if (spec.opts.onFailure !== undefined) {
         want(['continue', 'failFast'].includes(spec.opts.onFailure), '/opts/onFailure', '“continue” or “failFast”', spec.opts.onFailure);
       }
-      if (optUint(spec.opts, 'priority', '/opts', 255) && spec.opts.priority > MAX_PRIORITY) {
+      if (optUint(spec.opts, 'priority', '/opts', Number.MAX_SAFE_INTEGER) && spec.opts.priority > MAX_PRIORITY) {
         push('bad_priority', '/opts/priority', `the flow has priority ${spec.opts.priority}; priorities go from 0 to ${MAX_PRIORITY}`);
       }
       optString(spec.opts, 'retention', '/opts');
@@ -272,7 +281,7 @@
       }
       optBool(n, 'continueOnFailure', ptr);
       optString(n, 'when', ptr);
-      if (optUint(n, 'priority', ptr, 255) && n.priority > MAX_PRIORITY) {
+      if (optUint(n, 'priority', ptr, Number.MAX_SAFE_INTEGER) && n.priority > MAX_PRIORITY) {
         push('bad_priority', `${ptr}/priority`, `node “${label}” has priority ${n.priority}; priorities go from 0 to ${MAX_PRIORITY}`, name);
       }
       if (n.opts !== undefined && want(n.opts !== null && typeof n.opts === 'object' && !Array.isArray(n.opts), `${ptr}/opts`, 'an object', n.opts)) {
