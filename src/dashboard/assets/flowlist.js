@@ -61,21 +61,21 @@
       limit: Math.min(1000, Math.max(1, parseInt(params.get('limit'), 10) || PAGE_SIZE)),
     };
     if (state.status && !FLOW_STATUSES.includes(state.status)) {
-      problems.push(`status “${state.status}” is not one of ${FLOW_STATUSES.join(', ')}`);
+      problems.push(`The status “${state.status}” is not one of ${FLOW_STATUSES.join(', ')}: ignored.`);
       state.status = '';
     }
     if (!SORTS.includes(state.sort)) {
-      problems.push(`sort “${state.sort}” is not one of ${SORTS.join(', ')}`);
+      problems.push(`The sort “${state.sort}” is not one of ${SORTS.join(', ')}: ignored.`);
       state.sort = 'created';
     }
     for (const key of ['from', 'to']) {
       if (state[key] && dayStart(state[key]) === null) {
-        problems.push(`${key} “${state[key]}” is not a date (YYYY-MM-DD)`);
+        problems.push(`The ${key} date “${state[key]}” is not a date (YYYY-MM-DD): ignored.`);
         state[key] = '';
       }
     }
     if (state.from && state.to && state.from > state.to) {
-      problems.push(`the range starts (${state.from}) after it ends (${state.to})`);
+      problems.push(`The date range starts (${state.from}) after it ends (${state.to}).`);
     }
     return { state, problems };
   }
@@ -247,7 +247,7 @@
       });
       clear.disabled = !state.q && !state.status && !state.from && !state.to;
       message.hidden = problems.length === 0;
-      message.textContent = problems.length ? `Ignored in the address: ${problems.join('; ')}.` : '';
+      message.textContent = problems.join(' ');
       Object.entries(countEls).forEach(([s, c]) => c.classList.toggle('current', s === state.status));
       allChip.classList.toggle('current', !state.status);
     }
@@ -404,7 +404,7 @@
     async function load() {
       lastLoad = Date.now();
       const seq = ++loadSeq;
-      if (problems.some((p) => p.startsWith('the range'))) {
+      if (state.from && state.to && state.from > state.to) {
         flows = [];
         render();
         empty.hidden = false;
