@@ -417,7 +417,7 @@
     const W = L.defaults.nodeWidth;
     const H = L.defaults.nodeHeight;
     const lay = L.layout(n, kept);
-    const parts = [`<svg id="spec-preview-svg" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${Math.max(1, lay.width)} ${Math.max(1, lay.height)}" preserveAspectRatio="xMidYMin meet" role="img" aria-label="graph preview">`];
+    const parts = [`<svg id="spec-preview-svg" xmlns="http://www.w3.org/2000/svg" width="${Math.max(1, lay.width)}" height="${Math.max(1, lay.height)}" viewBox="0 0 ${Math.max(1, lay.width)} ${Math.max(1, lay.height)}" preserveAspectRatio="xMidYMin meet" role="img" aria-label="graph preview">`];
     lay.edges.forEach((e) => parts.push(`<path class="edge" d="${e.d}"/>`));
     spec.nodes.forEach((node, i) => {
       const name = node && typeof node.name === 'string' ? node.name : `#${i}`;
