@@ -607,9 +607,7 @@ async fn list_pages_with_a_cursor_and_filters_by_status() {
 async fn list_searches_names_and_times_and_counts_per_status() {
     let server = start_server(ServerOpts::default()).await;
     let api = Checked::new(&server).await;
-    let named = |name: &str, handler: &str| {
-        json!({"name": name, "nodes": [{"name": "only", "handler": handler}]})
-    };
+    let named = |name: &str, handler: &str| json!({"name": name, "nodes": [{"name": "only", "handler": handler}]});
     let etl = api.create_flow(&named("Nightly-ETL", "noop")).await;
     api.wait_for_status(&etl, "completed").await;
     let broken = api.create_flow(&named("etl-broken", "fail")).await;
@@ -634,14 +632,18 @@ async fn list_searches_names_and_times_and_counts_per_status() {
     let (_, page) = api.get("/flows?q=etl&limit=1").await;
     assert_eq!(ids(&page), [broken.clone()]);
     let cursor = page["nextCursor"].as_str().unwrap().to_owned();
-    let (_, page) = api.get(&format!("/flows?q=etl&limit=1&cursor={cursor}")).await;
+    let (_, page) = api
+        .get(&format!("/flows?q=etl&limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(ids(&page), [etl.clone()]);
     assert!(page.get("nextCursor").is_none(), "{page}");
     // Creation times: `createdAfter` takes its own ms, `createdBefore` does not.
     let at = report_flow["createdAt"].as_u64().unwrap();
     let (_, page) = api.get(&format!("/flows?createdAfter={at}")).await;
     assert_eq!(ids(&page), [report.clone()]);
-    let (_, page) = api.get(&format!("/flows?createdBefore={at}&q=report")).await;
+    let (_, page) = api
+        .get(&format!("/flows?createdBefore={at}&q=report"))
+        .await;
     assert_eq!(ids(&page), Vec::<String>::new());
 
     let (s, counts) = api.get("/flows/counts").await;
@@ -655,7 +657,9 @@ async fn list_searches_names_and_times_and_counts_per_status() {
         counts,
         json!({"running": 0, "completed": 1, "failed": 1, "cancelled": 0})
     );
-    let (_, counts) = api.get(&format!("/flows/counts?createdAfter={}", at + 1)).await;
+    let (_, counts) = api
+        .get(&format!("/flows/counts?createdAfter={}", at + 1))
+        .await;
     assert_eq!(
         counts,
         json!({"running": 0, "completed": 0, "failed": 0, "cancelled": 0})

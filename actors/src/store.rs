@@ -1024,12 +1024,16 @@ mod tests {
             page.iter().map(|p| p.0).collect::<Vec<_>>(),
             vec![ids[4], ids[3]]
         );
-        let next = store.list(None, &FlowFilter::default(), Some(ids[3]), 10).unwrap();
+        let next = store
+            .list(None, &FlowFilter::default(), Some(ids[3]), 10)
+            .unwrap();
         assert_eq!(
             next.iter().map(|p| p.0).collect::<Vec<_>>(),
             vec![ids[2], ids[1], ids[0]]
         );
-        let running = store.list(Some(FlowStatus::Running), &FlowFilter::default(), None, 10).unwrap();
+        let running = store
+            .list(Some(FlowStatus::Running), &FlowFilter::default(), None, 10)
+            .unwrap();
         assert_eq!(running.len(), 3);
         let counts = store.count(&FlowFilter::default()).unwrap();
         assert_eq!((counts.running, counts.completed, counts.failed), (3, 2, 0));

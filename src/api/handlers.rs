@@ -21,8 +21,7 @@ use super::errors::{self, HttpError};
 use super::models::{self, CreatedFlow, ErrorBody, Health, MAX_IDEMPOTENCY_KEY_LEN};
 use super::models::{
     FlowCountsSchema, FlowPageSchema, FlowSpecSchema, FlowStatusSchema, FlowViewSchema,
-    NodeViewSchema, QueueInfo,
-    QueueList,
+    NodeViewSchema, QueueInfo, QueueList,
 };
 use super::{queues, ApiState};
 

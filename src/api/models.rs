@@ -1387,8 +1387,14 @@ mod tests {
                     .collect(),
             )
         };
-        assert_eq!(counts(&[("q", "a")]).unwrap(), FlowFilter::default().name_contains("A"));
-        assert_eq!(counts(&[("status", "failed")]).unwrap_err().status.as_u16(), 400);
+        assert_eq!(
+            counts(&[("q", "a")]).unwrap(),
+            FlowFilter::default().name_contains("A")
+        );
+        assert_eq!(
+            counts(&[("status", "failed")]).unwrap_err().status.as_u16(),
+            400
+        );
     }
 
     #[test]
