@@ -628,19 +628,19 @@ async fn list_searches_names_and_times_and_counts_per_status() {
     assert_eq!(s, StatusCode::OK, "{page}");
     assert_eq!(ids(&page), [broken.clone(), etl.clone()]);
     let (_, page) = api.get("/flows?q=etl&status=failed").await;
-    assert_eq!(ids(&page), [broken.clone()]);
+    assert_eq!(ids(&page), [broken.as_str()]);
     let (_, page) = api.get("/flows?q=etl&limit=1").await;
-    assert_eq!(ids(&page), [broken.clone()]);
+    assert_eq!(ids(&page), [broken.as_str()]);
     let cursor = page["nextCursor"].as_str().unwrap().to_owned();
     let (_, page) = api
         .get(&format!("/flows?q=etl&limit=1&cursor={cursor}"))
         .await;
-    assert_eq!(ids(&page), [etl.clone()]);
+    assert_eq!(ids(&page), [etl.as_str()]);
     assert!(page.get("nextCursor").is_none(), "{page}");
     // Creation times: `createdAfter` takes its own ms, `createdBefore` does not.
     let at = report_flow["createdAt"].as_u64().unwrap();
     let (_, page) = api.get(&format!("/flows?createdAfter={at}")).await;
-    assert_eq!(ids(&page), [report.clone()]);
+    assert_eq!(ids(&page), [report.as_str()]);
     let (_, page) = api
         .get(&format!("/flows?createdBefore={at}&q=report"))
         .await;
