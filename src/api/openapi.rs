@@ -435,8 +435,8 @@ mod tests {
             assert_eq!(op.get("security").is_none(), open, "{id}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{id}");
         }
-        // 15 flow, queue and operations routes, 6 schedule routes.
-        assert_eq!(ops, 15 + 6);
+        // 16 flow, queue and operations routes, 6 schedule routes.
+        assert_eq!(ops, 16 + 6);
     }
 
     #[test]
