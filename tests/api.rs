@@ -294,6 +294,7 @@ async fn head_and_options_are_served_on_every_path() {
         "/healthz".to_owned(),
         "/readyz".to_owned(),
         "/flows?limit=1".to_owned(),
+        "/flows/counts".to_owned(),
         format!("/flows/{id}"),
         format!("/flows/{id}/nodes/only"),
         "/metrics".to_owned(),
@@ -317,6 +318,7 @@ async fn head_and_options_are_served_on_every_path() {
     // OPTIONS: 204 and `Allow`, listing every method the document has for the path.
     for (path, allow) in [
         ("/flows".to_owned(), "GET, HEAD, POST, OPTIONS"),
+        ("/flows/counts".to_owned(), "GET, HEAD, OPTIONS"),
         (format!("/flows/{id}"), "GET, HEAD, DELETE, OPTIONS"),
         (format!("/flows/{id}/nodes/only"), "GET, HEAD, OPTIONS"),
         (format!("/flows/{id}/cancel"), "POST, OPTIONS"),
@@ -598,6 +600,78 @@ async fn list_pages_with_a_cursor_and_filters_by_status() {
     let (_, all) = api.get("/flows").await;
     assert_eq!(all["flows"].as_array().unwrap().len(), 6);
     assert!(all.get("nextCursor").is_none(), "{all}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_searches_names_and_times_and_counts_per_status() {
+    let server = start_server(ServerOpts::default()).await;
+    let api = Checked::new(&server).await;
+    let named = |name: &str, handler: &str| json!({"name": name, "nodes": [{"name": "only", "handler": handler}]});
+    let etl = api.create_flow(&named("Nightly-ETL", "noop")).await;
+    api.wait_for_status(&etl, "completed").await;
+    let broken = api.create_flow(&named("etl-broken", "fail")).await;
+    api.wait_for_status(&broken, "failed").await;
+    let report = api.create_flow(&named("report", "noop")).await;
+    let report_flow = api.wait_for_status(&report, "completed").await;
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The name search ignores case, and goes with the status filter.
+    let (s, page) = api.get("/flows?q=eTl").await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page), [broken.clone(), etl.clone()]);
+    let (_, page) = api.get("/flows?q=etl&status=failed").await;
+    assert_eq!(ids(&page), [broken.as_str()]);
+    let (_, page) = api.get("/flows?q=etl&limit=1").await;
+    assert_eq!(ids(&page), [broken.as_str()]);
+    let cursor = page["nextCursor"].as_str().unwrap().to_owned();
+    let (_, page) = api
+        .get(&format!("/flows?q=etl&limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(ids(&page), [etl.as_str()]);
+    assert!(page.get("nextCursor").is_none(), "{page}");
+    // Creation times: `createdAfter` takes its own ms, `createdBefore` does not.
+    let at = report_flow["createdAt"].as_u64().unwrap();
+    let (_, page) = api.get(&format!("/flows?createdAfter={at}")).await;
+    assert_eq!(ids(&page), [report.as_str()]);
+    let (_, page) = api
+        .get(&format!("/flows?createdBefore={at}&q=report"))
+        .await;
+    assert_eq!(ids(&page), Vec::<String>::new());
+
+    let (s, counts) = api.get("/flows/counts").await;
+    assert_eq!(s, StatusCode::OK, "{counts}");
+    assert_eq!(
+        counts,
+        json!({"running": 0, "completed": 2, "failed": 1, "cancelled": 0})
+    );
+    let (_, counts) = api.get("/flows/counts?q=ETL").await;
+    assert_eq!(
+        counts,
+        json!({"running": 0, "completed": 1, "failed": 1, "cancelled": 0})
+    );
+    let (_, counts) = api
+        .get(&format!("/flows/counts?createdAfter={}", at + 1))
+        .await;
+    assert_eq!(
+        counts,
+        json!({"running": 0, "completed": 0, "failed": 0, "cancelled": 0})
+    );
+    for bad in [
+        "/flows/counts?status=failed",
+        "/flows/counts?createdAfter=soon",
+        "/flows?createdBefore=-5",
+    ] {
+        let (s, body) = api.get(bad).await;
+        error_of(s, &body, StatusCode::BAD_REQUEST, "invalid_query");
+    }
     server.stop().await;
 }
 

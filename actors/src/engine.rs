@@ -25,6 +25,7 @@ use crate::actors::worker::{WorkerCtx, WorkerPool};
 use crate::actors::writer::{SnapshotWriter, WriterArgs, WriterMsg};
 use crate::actors::{load_state, now_ms, Directory, EngineStats, Shared};
 use crate::error::EngineError;
+use crate::filter::{FlowCounts, FlowFilter};
 use crate::handler::{Handler, Handlers};
 use crate::hub::{EventHub, DEFAULT_EVENT_CAPACITY};
 use crate::ids::FlowId;
@@ -509,6 +510,8 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Page size (1 to [`MAX_PAGE`]; default 50).
     pub limit: Option<usize>,
+    /// Only flows this search takes (name, creation time).
+    pub filter: FlowFilter,
 }
 
 /// A live feed of events, with the snapshot it continues from.
@@ -684,8 +687,9 @@ impl Engine {
             None => None,
         };
         let status = query.status;
+        let filter = query.filter.clone();
         let records = durable_read(&flows.shared, move |store| {
-            store.list(status, after, limit + 1)
+            store.list(status, &filter, after, limit + 1)
         })
         .await??;
         let more = records.len() > limit;
@@ -700,6 +704,18 @@ impl Engine {
             None
         };
         Ok(FlowPage { flows, next_cursor })
+    }
+
+    /// How many flows `filter` takes, per status. One pass over every flow record,
+    /// on a blocking thread rather than the snapshot writer (which `list` reads on),
+    /// so that counting a large store never holds up a group commit; the counts may
+    /// so include a change not yet durable.
+    pub async fn count(&self, filter: FlowFilter) -> Result<FlowCounts, EngineError> {
+        let store = self.flows()?.shared.store.clone();
+        tokio::task::spawn_blocking(move || store.count(&filter))
+            .await
+            .map_err(|e| EngineError::Store(format!("counting flows stopped: {e}")))?
+            .map_err(EngineError::from)
     }
 
     /// Cancels a running flow: running jobs are told to stop, the rest never run.

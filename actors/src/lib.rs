@@ -9,6 +9,7 @@ pub mod actors;
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handler;
@@ -30,6 +31,7 @@ pub mod view;
 
 pub use engine::{Engine, EngineBuilder, ListQuery, Subscription};
 pub use error::EngineError;
+pub use filter::{FlowCounts, FlowFilter};
 pub use handler::{handler_fn, Handler, JobContext, JobError};
 pub use ids::{FlowId, JobId, NodeIdx};
 pub use schedule::{ScheduleError, ScheduleRun, ScheduleSpec, ScheduleView};

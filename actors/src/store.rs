@@ -23,6 +23,7 @@ use sled::Transactional;
 
 pub mod schedules;
 
+use crate::filter::{FlowCounts, FlowFilter};
 use crate::ids::{FlowId, NodeIdx};
 use crate::outbox::{OutboxKey, OutboxRecord};
 pub use crate::records::{status_code, status_from, FlowRecord, NodeRecord, UnknownStatus};
@@ -433,10 +434,12 @@ impl Store {
         Ok(out)
     }
 
-    /// A page of flow records, newest first, starting after `after` (exclusive).
+    /// A page of flow records taken by `status` and `filter`, newest first,
+    /// starting after `after` (exclusive).
     pub fn list(
         &self,
         status: Option<FlowStatus>,
+        filter: &FlowFilter,
         after: Option<FlowId>,
         limit: usize,
     ) -> Result<Vec<(FlowId, FlowRecord)>, StoreError> {
@@ -448,7 +451,7 @@ impl Store {
         for item in iter.rev() {
             let (key, value) = item?;
             let rec: FlowRecord = decode(&value)?;
-            if status.is_none_or(|s| status_code(s) == rec.status) {
+            if status.is_none_or(|s| status_code(s) == rec.status) && filter.matches(&rec) {
                 out.push((flow_id_of(&key)?, rec));
                 if out.len() >= limit {
                     break;
@@ -456,6 +459,20 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// How many flows `filter` takes, per status: one pass over every flow record
+    /// (a record of a status this build does not know is not counted).
+    pub fn count(&self, filter: &FlowFilter) -> Result<FlowCounts, StoreError> {
+        let mut counts = FlowCounts::default();
+        for item in self.flows.iter() {
+            let (_, value) = item?;
+            let rec: FlowRecord = decode(&value)?;
+            if let (true, Ok(status)) = (filter.matches(&rec), rec.flow_status()) {
+                counts.add(status);
+            }
+        }
+        Ok(counts)
     }
 
     /// The flow created with this idempotency key, if any.
@@ -1015,17 +1032,26 @@ mod tests {
             ids.push(id);
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let page = store.list(None, None, 2).unwrap();
+        let page = store.list(None, &FlowFilter::default(), None, 2).unwrap();
         assert_eq!(
             page.iter().map(|p| p.0).collect::<Vec<_>>(),
             vec![ids[4], ids[3]]
         );
-        let next = store.list(None, Some(ids[3]), 10).unwrap();
+        let next = store
+            .list(None, &FlowFilter::default(), Some(ids[3]), 10)
+            .unwrap();
         assert_eq!(
             next.iter().map(|p| p.0).collect::<Vec<_>>(),
             vec![ids[2], ids[1], ids[0]]
         );
-        let running = store.list(Some(FlowStatus::Running), None, 10).unwrap();
+        let running = store
+            .list(Some(FlowStatus::Running), &FlowFilter::default(), None, 10)
+            .unwrap();
         assert_eq!(running.len(), 3);
+        let counts = store.count(&FlowFilter::default()).unwrap();
+        assert_eq!((counts.running, counts.completed, counts.failed), (3, 2, 0));
+        let none = FlowFilter::default().name_contains("no such flow");
+        assert!(store.list(None, &none, None, 10).unwrap().is_empty());
+        assert_eq!(store.count(&none).unwrap(), FlowCounts::default());
     }
 }

@@ -71,6 +71,16 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(flows().and(methods("GET, HEAD, POST, OPTIONS")))
         .unify();
 
+    // Before `flows/{id}`, which would take "counts" for an id.
+    let counts_path = || warp::path!("flows" / "counts").and(auth(&state));
+    let counts = counts_path()
+        .and(get_or_head())
+        .and(with_state(&state))
+        .and(warp::query::<HashMap<String, String>>())
+        .then(handlers::count)
+        .or(counts_path().and(methods(GET_ONLY)))
+        .unify();
+
     let flow = || warp::path!("flows" / String).and(auth(&state));
     let get = flow()
         .and(get_or_head())
@@ -186,6 +196,8 @@ pub(crate) fn api(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
         .or(ready.boxed())
         .unify()
         .or(flows.boxed())
+        .unify()
+        .or(counts.boxed())
         .unify()
         .or(flow.boxed())
         .unify()

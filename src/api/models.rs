@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use dagflow_actors::engine::MAX_PAGE;
-use dagflow_actors::{FlowEvent, FlowId, FlowStatus, FlowView, ListQuery};
+use dagflow_actors::{FlowEvent, FlowFilter, FlowId, FlowStatus, FlowView, ListQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -119,14 +119,65 @@ pub(crate) fn list_query(params: &HashMap<String, String>) -> Result<ListQuery, 
                 query.cursor = Some(value.clone());
             }
             other => {
-                return Err(HttpError::bad_request(
-                    "invalid_query",
-                    format!("unknown query parameter '{other}': use status, limit or cursor"),
-                ))
+                if !filter_param(other, value, &mut query.filter)? {
+                    return Err(HttpError::bad_request(
+                        "invalid_query",
+                        format!(
+                            "unknown query parameter '{other}': use status, limit, cursor, q, \
+                             createdAfter or createdBefore"
+                        ),
+                    ));
+                }
             }
         }
     }
     Ok(query)
+}
+
+/// Longest name search `q` takes (a name is at most 256 bytes; the search is a
+/// part of one).
+pub(crate) const MAX_SEARCH: usize = 256;
+
+/// The query of `GET /flows/counts`, checked: the search parameters of `GET /flows`.
+pub(crate) fn counts_query(params: &HashMap<String, String>) -> Result<FlowFilter, HttpError> {
+    let mut filter = FlowFilter::default();
+    for (key, value) in params {
+        if !filter_param(key, value, &mut filter)? {
+            return Err(HttpError::bad_request(
+                "invalid_query",
+                format!("unknown query parameter '{key}': use q, createdAfter or createdBefore"),
+            ));
+        }
+    }
+    Ok(filter)
+}
+
+/// Reads one search parameter (`q`, `createdAfter`, `createdBefore`) into `filter`;
+/// `false` when `key` is not one of them.
+fn filter_param(key: &str, value: &str, filter: &mut FlowFilter) -> Result<bool, HttpError> {
+    let time = |value: &str| {
+        value.parse::<u64>().map_err(|_| {
+            HttpError::bad_request(
+                "invalid_query",
+                format!("{key} '{value}' is not a time in ms since the epoch"),
+            )
+        })
+    };
+    match key {
+        "q" => {
+            if value.chars().count() > MAX_SEARCH {
+                return Err(HttpError::bad_request(
+                    "invalid_query",
+                    format!("q is longer than {MAX_SEARCH} characters"),
+                ));
+            }
+            *filter = std::mem::take(filter).name_contains(value);
+        }
+        "createdAfter" => filter.created_after = Some(time(value)?),
+        "createdBefore" => filter.created_before = Some(time(value)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// A message from a WebSocket client.
@@ -739,6 +790,21 @@ pub(crate) struct FlowSummarySchema {
     nodes_done: u32,
 }
 
+/// `GET /flows/counts`: how many flows the search takes, per status.
+#[derive(ToSchema)]
+#[schema(as = FlowCounts)]
+#[allow(dead_code)]
+pub(crate) struct FlowCountsSchema {
+    /// Flows still running (hibernating ones included).
+    running: u64,
+    /// Flows that completed.
+    completed: u64,
+    /// Flows that failed.
+    failed: u64,
+    /// Flows that were cancelled.
+    cancelled: u64,
+}
+
 /// One page of `GET /flows`.
 #[derive(ToSchema)]
 #[schema(as = FlowPage)]
@@ -1296,10 +1362,34 @@ mod tests {
             &[("limit", "1001")],
             &[("cursor", "nope")],
             &[("state", "running")],
+            &[("createdAfter", "-1")],
+            &[("createdBefore", "yesterday")],
+            &[("q", "x".repeat(MAX_SEARCH + 1).as_str())],
         ] {
             let err = q(bad).unwrap_err();
             assert_eq!(err.status.as_u16(), 400, "{bad:?}");
         }
+        let search = q(&[("q", "ETL"), ("createdAfter", "5"), ("createdBefore", "9")]).unwrap();
+        let mut want = FlowFilter::default().name_contains("etl");
+        want.created_after = Some(5);
+        want.created_before = Some(9);
+        assert_eq!(search.filter, want);
+        let counts = |pairs: &[(&str, &str)]| {
+            counts_query(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        assert_eq!(
+            counts(&[("q", "a")]).unwrap(),
+            FlowFilter::default().name_contains("A")
+        );
+        assert_eq!(
+            counts(&[("status", "failed")]).unwrap_err().status.as_u16(),
+            400
+        );
     }
 
     #[test]

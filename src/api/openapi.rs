@@ -40,6 +40,7 @@ use super::models;
         handlers::readyz,
         handlers::create,
         handlers::list,
+        handlers::count,
         handlers::get_flow,
         handlers::get_flow_spec,
         handlers::get_node,
@@ -81,6 +82,7 @@ use super::models;
         models::LimitViewSchema,
         models::FlowSummarySchema,
         models::FlowPageSchema,
+        models::FlowCountsSchema,
         models::FlowEventSchema,
         models::FlowStatusSchema,
         models::NodeStatusSchema,
@@ -378,6 +380,7 @@ mod tests {
         assert!(!text.contains(":null"), "{text}");
         for path in [
             "/flows",
+            "/flows/counts",
             "/flows/{id}",
             "/flows/{id}/nodes/{name}",
             "/flows/{id}/cancel",
@@ -395,6 +398,7 @@ mod tests {
             "FlowView",
             "NodeView",
             "FlowPage",
+            "FlowCounts",
             "FlowEvent",
             "ErrorBody",
             "FlowSpec",

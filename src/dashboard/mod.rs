@@ -90,12 +90,26 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "page.js",
             JS,
             Bytes::from_static(include_bytes!("assets/page.js")),
+        ),
+        Asset::new(
             "timeline.js",
             JS,
             Bytes::from_static(include_bytes!("assets/timeline.js")),
+        ),
+        Asset::new(
             "bigflow.js",
             JS,
             Bytes::from_static(include_bytes!("assets/bigflow.js")),
+        ),
+        Asset::new(
+            "flowlist.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/flowlist.js")),
+        ),
+        Asset::new(
+            "submit.js",
+            JS,
+            Bytes::from_static(include_bytes!("assets/submit.js")),
         ),
         Asset::new(
             "app.js",
@@ -111,6 +125,11 @@ static ASSETS: LazyLock<Assets> = LazyLock::new(|| {
             "timeline.css",
             CSS,
             Bytes::from_static(include_bytes!("assets/timeline.css")),
+        ),
+        Asset::new(
+            "listsubmit.css",
+            CSS,
+            Bytes::from_static(include_bytes!("assets/listsubmit.css")),
         ),
     ];
     // index.html names each file as `{{name}}`; the page's own hash then covers

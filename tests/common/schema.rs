@@ -41,9 +41,11 @@ pub struct Route {
     pub method: String,
 }
 
-/// The paths the document describes, as templates.
-const TEMPLATES: [&str; 13] = [
+/// The paths the document describes, as templates; the first that fits is taken,
+/// so a concrete path comes before a template it also fits (as OpenAPI matches).
+const TEMPLATES: [&str; 14] = [
     "/flows",
+    "/flows/counts",
     "/flows/{id}",
     "/flows/{id}/nodes/{name}",
     "/flows/{id}/nodes/{name}/signal",

@@ -26,6 +26,7 @@ import { schedulesScenario } from './schedules.mjs';
 import { pageScenario } from './page.mjs';
 import { timelineScenario } from './timeline.mjs';
 import { bigFlowScenario } from './bigflow.mjs';
+import { listSubmitScenario } from './listsubmit.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const URL_PLAIN = mustEnv('DAGFLOW_URL');
@@ -431,6 +432,7 @@ async function run(page, result) {
   await schedulesScenario(page, result, { base: URL_PLAIN, rest, check, log });
   await timelineScenario(page, result, { base: URL_PLAIN, rest, check, log, screenshot: process.env.DASHBOARD_TIMELINE_SCREENSHOT || '' });
   await bigFlowScenario(page, result, { base: URL_PLAIN, rest, check, log });
+  await listSubmitScenario(page, result, { base: URL_PLAIN, rest, check, log });
 
   if (SCREENSHOT) await screenshot(page, result);
   if (MAP_SCREENSHOT) await mapScreenshot(page, result);

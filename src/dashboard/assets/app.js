@@ -1,6 +1,7 @@
 /*
- * dagflow dashboard: flows list, live flow graph, node details, submit form,
- * queues.
+ * dagflow dashboard: live flow graph, node details, queues, and the router.
+ * The flows list (flowlist.js), the submit page (submit.js) and the schedules
+ * page (schedules.js) live in files of their own and get this file's helpers.
  *
  * Built only on the public API: REST for lists, actions and node details, one
  * WebSocket per page for live state (the flows list follows "*", a flow page its
@@ -12,11 +13,8 @@
   'use strict';
 
   const TOKEN_KEY = 'dagflow.token';
-  const DRAFT_KEY = 'dagflow.draft';
   const NODE_STATUSES = ['pending', 'queued', 'active', 'waiting', 'completed', 'failed', 'skipped', 'cancelled'];
-  const FLOW_STATUSES = ['running', 'completed', 'failed', 'cancelled'];
   const TERMINAL = new Set(['completed', 'failed', 'skipped', 'cancelled']);
-  const PAGE_SIZE = 25;
   // How often the queues page asks again.
   const QUEUES_EVERY_MS = 3000;
   // A map element's name: `{map}[{index}]`.
@@ -33,19 +31,6 @@
   // On a narrow screen, flows of at most this many drawn nodes (a collapsed group is
   // one) are fitted no smaller than 40 px a node: tap targets.
   const NARROW_FLOOR_UNITS = 100;
-  const EXAMPLE = {
-    name: 'image pipeline',
-    nodes: [
-      { name: 'download-image', handler: 'echo', data: { url: 'https://example.com/a.png' } },
-      { name: 'resize-image', handler: 'echo', parents: ['download-image'], data: { width: 800, height: 600 } },
-      { name: 'add-watermark', handler: 'echo', parents: ['download-image'], data: { text: '© dagflow' } },
-      {
-        name: 'save-to-s3', handler: 'echo', parents: ['resize-image', 'add-watermark'], data: { bucket: 'images' },
-        opts: { attempts: 3, backoff: { type: 'exponential', delayMs: 500 }, timeoutMs: 30000 },
-      },
-    ],
-    opts: { onFailure: 'continue' },
-  };
 
   // ---------------------------------------------------------------- helpers
 
@@ -274,162 +259,6 @@
       if (this.ws) this.ws.close();
       setConn('idle');
     }
-  }
-
-  // ------------------------------------------------------------- flows list
-
-  function listView(root, params) {
-    const status = FLOW_STATUSES.includes(params.get('status')) ? params.get('status') : '';
-    const limit = Math.min(1000, Math.max(1, parseInt(params.get('limit'), 10) || PAGE_SIZE));
-    const cursors = [null];
-    let page = 0;
-    let nextCursor = null;
-    let alive = true;
-    let refreshTimer = null;
-    let lastLoad = 0;
-    // Set when a reconnected socket is subscribed again: the next load makes the list fresh.
-    let resynced = false;
-    const rows = new Map();
-
-    const filter = el('select', { id: 'status-filter', 'aria-label': 'status' },
-      el('option', { value: '', text: 'All statuses' }),
-      FLOW_STATUSES.map((s) => el('option', { value: s, text: s, selected: s === status })));
-    filter.addEventListener('change', () => {
-      const q = new URLSearchParams();
-      if (filter.value) q.set('status', filter.value);
-      if (limit !== PAGE_SIZE) q.set('limit', limit);
-      const qs = q.toString();
-      location.hash = `#/${qs ? `?${qs}` : ''}`;
-    });
-    const tbody = el('tbody', { id: 'flow-rows' });
-    const empty = el('p', { id: 'flows-empty', class: 'empty muted', hidden: true });
-    const prev = el('button', { id: 'prev-page', text: '← Newer', disabled: true });
-    const next = el('button', { id: 'next-page', text: 'Older →', disabled: true });
-    const pageLabel = el('span', { id: 'page-label', class: 'muted small' });
-    root.append(
-      el('div', { class: 'toolbar' },
-        el('h1', { text: 'Flows' }), filter, el('span', { class: 'spacer' }),
-        el('a', { class: 'button primary', href: '#/submit', text: 'New flow' })),
-      el('div', { class: 'card' },
-        el('table', { class: 'flows', id: 'flows-table' },
-          el('thead', {}, el('tr', {},
-            ['Name', 'Status', 'Progress', 'Created', 'Id'].map((h) => el('th', { text: h })))),
-          tbody),
-        empty),
-      el('div', { class: 'pager' }, pageLabel, prev, next));
-
-    prev.addEventListener('click', () => { if (page > 0) { page--; load(); } });
-    next.addEventListener('click', () => {
-      if (!nextCursor) return;
-      cursors[page + 1] = nextCursor;
-      page++;
-      load();
-    });
-
-    function updateRow(row) {
-      const f = row.flow;
-      row.badge.dataset.status = f.status;
-      row.badge.textContent = f.status;
-      row.bar.max = Math.max(1, f.nodesTotal);
-      row.bar.value = f.nodesDone;
-      row.bar.dataset.status = f.status;
-      row.count.textContent = `${f.nodesDone}/${f.nodesTotal}`;
-    }
-
-    function makeRow(f) {
-      const row = {
-        flow: f,
-        badge: el('span', { class: 'badge' }),
-        bar: el('progress'),
-        count: el('span', { class: 'count small' }),
-      };
-      row.tr = el('tr', { 'data-id': f.id },
-        el('td', { class: 'name' }, el('a', { href: `#/flows/${encodeURIComponent(f.id)}`, text: f.name || '(unnamed)' })),
-        el('td', {}, row.badge),
-        el('td', {}, el('span', { class: 'progress' }, row.bar, row.count)),
-        el('td', { class: 'small', text: fmtTime(f.createdAt) }),
-        el('td', { class: 'mono muted small', text: f.id }));
-      updateRow(row);
-      return row;
-    }
-
-    async function load() {
-      lastLoad = Date.now();
-      const q = new URLSearchParams({ limit: String(limit) });
-      if (status) q.set('status', status);
-      if (cursors[page]) q.set('cursor', cursors[page]);
-      const res = await api('GET', `/flows?${q}`);
-      if (!alive) return;
-      if (!res.ok) {
-        toast(`Listing flows failed: ${errorMessage(res)}`, true);
-        return;
-      }
-      // Fresh again: loaded after the server confirmed the new subscription.
-      if (resynced) {
-        resynced = false;
-        P.setStale(false);
-      }
-      nextCursor = res.body.nextCursor || null;
-      rows.clear();
-      tbody.replaceChildren(...res.body.flows.map((f) => {
-        const row = makeRow(f);
-        rows.set(f.id, row);
-        return row.tr;
-      }));
-      empty.hidden = res.body.flows.length > 0;
-      empty.textContent = status ? `No ${status} flows.` : 'No flows yet — submit one.';
-      prev.disabled = page === 0;
-      next.disabled = !nextCursor;
-      pageLabel.textContent = `Page ${page + 1}`;
-    }
-
-    /** Reloads the page soon, at most once a second, when events say it changed. */
-    function scheduleRefresh() {
-      if (refreshTimer) return;
-      const wait = Math.max(150, 1000 - (Date.now() - lastLoad));
-      refreshTimer = setTimeout(() => {
-        refreshTimer = null;
-        load();
-      }, wait);
-    }
-
-    function onMessage(m) {
-      if (m.type === 'subscribed' && P.isStale()) {
-        resynced = true;
-        scheduleRefresh();
-        return;
-      }
-      if (m.type === 'lagged') {
-        scheduleRefresh();
-        return;
-      }
-      if (m.type !== 'flow:updated') return;
-      const row = rows.get(m.flowId);
-      if (!row) {
-        // A flow not on this page: only a new or newly finished flow can join the first page.
-        if (page === 0 && m.node === undefined && (!status || status === m.status)) scheduleRefresh();
-        return;
-      }
-      const f = row.flow;
-      if (m.node === undefined) {
-        const wasTerminal = f.status !== 'running';
-        f.status = m.status;
-        // A retried flow resets nodes, and a finished one has exact counts: ask.
-        if (wasTerminal || m.status !== 'running' || (status && status !== m.status)) scheduleRefresh();
-      } else if (TERMINAL.has(m.status) && !ELEMENT.test(m.node)) {
-        // Map elements are not among the flow's nodes (nodesTotal counts the DAG's).
-        f.nodesDone = Math.min(f.nodesTotal, f.nodesDone + 1);
-      }
-      updateRow(row);
-    }
-
-    const live = new Live(['*'], onMessage, (again) => { if (again) scheduleRefresh(); });
-    load();
-    return () => {
-      alive = false;
-      clearTimeout(refreshTimer);
-      live.close();
-    };
   }
 
   // -------------------------------------------------------------- flow page
@@ -2062,90 +1891,6 @@
         w.handlers.length ? el('span', { class: 'muted' }, ` · ${w.handlers.join(', ')}`) : null)))] : null);
   }
 
-  // ----------------------------------------------------------------- submit
-
-  function submitView(root) {
-    const input = el('textarea', { id: 'spec-input', spellcheck: 'false', 'aria-label': 'flow JSON' });
-    input.value = sessionStorage.getItem(DRAFT_KEY) || JSON.stringify(EXAMPLE, null, 2);
-    const file = el('input', { id: 'spec-file', type: 'file', accept: '.json,application/json' });
-    const submit = el('button', { id: 'submit-flow', class: 'primary', text: 'Submit' });
-    const example = el('button', { id: 'load-example', text: 'Example' });
-    const problems = el('aside', { id: 'spec-errors', class: 'card problems', 'aria-live': 'polite' },
-      el('h2', { text: 'Flow spec' }),
-      el('p', { class: 'muted small', text: 'Nodes name their parents (or children); handler defaults to the node name, queue to "default". The server checks the flow and lists every problem here.' }));
-    root.append(
-      el('div', { class: 'toolbar' }, el('h1', { text: 'Submit a flow' })),
-      el('div', { class: 'submit-grid' },
-        el('div', { class: 'editor' }, input,
-          el('div', { class: 'row' }, el('label', { class: 'small muted' }, 'Upload ', file), example, el('span', { class: 'spacer' }), submit)),
-        problems));
-
-    let draftTimer = null;
-    input.addEventListener('input', () => {
-      input.classList.remove('invalid');
-      clearTimeout(draftTimer);
-      draftTimer = setTimeout(() => sessionStorage.setItem(DRAFT_KEY, input.value), 300);
-    });
-    example.addEventListener('click', () => {
-      input.value = JSON.stringify(EXAMPLE, null, 2);
-      input.classList.remove('invalid');
-      sessionStorage.removeItem(DRAFT_KEY);
-    });
-    file.addEventListener('change', async () => {
-      const f = file.files && file.files[0];
-      if (!f) return;
-      input.value = await f.text();
-      input.classList.remove('invalid');
-      sessionStorage.setItem(DRAFT_KEY, input.value);
-    });
-
-    function showProblems(title, items, note) {
-      problems.classList.add('bad');
-      fill(problems, el('h2', { id: 'spec-errors-title', text: title }),
-        note ? el('p', { class: 'small', text: note }) : null,
-        items.length ? el('ul', {}, items) : null);
-    }
-
-    function selectLine(line, column) {
-      const lines = input.value.split('\n');
-      let start = 0;
-      for (let l = 1; l < line && l <= lines.length; l++) start += lines[l - 1].length + 1;
-      const end = start + (lines[line - 1] || '').length;
-      input.focus();
-      input.setSelectionRange(Math.min(start + Math.max(0, column - 1), end), end);
-    }
-
-    submit.addEventListener('click', async () => {
-      submit.disabled = true;
-      const res = await api('POST', '/flows', input.value);
-      submit.disabled = false;
-      if (res.status === 201 && res.body && res.body.flowId) {
-        sessionStorage.removeItem(DRAFT_KEY);
-        location.hash = `#/flows/${encodeURIComponent(res.body.flowId)}`;
-        return;
-      }
-      input.classList.add('invalid');
-      const err = (res.body && res.body.error) || {};
-      const details = err.details || {};
-      if (res.status === 422 && Array.isArray(details.problems)) {
-        showProblems(`Invalid flow: ${details.problems.length} problem${details.problems.length === 1 ? '' : 's'}`,
-          details.problems.map((p) => el('li', { class: 'problem' },
-            el('code', { text: p.code || 'invalid' }), ' ',
-            p.node ? el('b', { text: `${p.node}: ` }) : null,
-            p.message || '',
-            p.line ? el('span', { class: 'muted', text: ` (line ${p.line}, column ${p.column})` }) : null)));
-        if (details.problems[0] && details.problems[0].line) selectLine(details.problems[0].line, details.problems[0].column);
-      } else if (res.status === 400 && details.line) {
-        showProblems('Not valid JSON', [el('li', { class: 'problem' }, el('code', { text: err.code || 'malformed_json' }), ' ', err.message || '')]);
-        selectLine(details.line, details.column);
-      } else {
-        showProblems(`Refused (HTTP ${res.status})`, [el('li', { class: 'problem' }, el('code', { text: err.code || 'error' }), ' ', errorMessage(res))]);
-      }
-    });
-
-    return () => clearTimeout(draftTimer);
-  }
-
   // ----------------------------------------------------------------- router
 
   let teardown = null;
@@ -2161,6 +1906,12 @@
       teardown.showNode(m.node);
       return;
     }
+    // A page that takes its state from the query (the flows list) follows a new
+    // query without being built again.
+    if (teardown && teardown.update && teardown.path === path) {
+      teardown.update(params);
+      return;
+    }
     if (teardown) teardown();
     teardown = null;
     P.setStale(false);
@@ -2171,11 +1922,14 @@
     const current = m ? 'flows' : path === '/submit' ? 'submit' : qm ? 'queues' : schedules ? 'schedules' : 'flows';
     document.querySelectorAll('[data-nav]').forEach((a) => a.classList.toggle('current', a.dataset.nav === current));
     if (m) teardown = flowView(root, m.id, m.node, params);
-    else if (path === '/submit') teardown = submitView(root);
+    else if (path === '/submit') teardown = window.dagflowPages.submit(root, { api, el, fill, errorMessage });
     else if (qm) teardown = queuesView(root, qm[1] ? decodeURIComponent(qm[1]) : null);
     // schedules.js: a page in its own file, given these helpers.
     else if (schedules) teardown = schedules(root, { api, el, fill, toast, fmtTime, fmtClock, fmtIn, errorMessage });
-    else teardown = listView(root, params);
+    else {
+      teardown = window.dagflowPages.flows(root, params, { api, el, fill, toast, fmtTime, fmtDuration, errorMessage, Live });
+      teardown.path = path;
+    }
   }
 
   initTokenDialog();
