@@ -112,10 +112,13 @@ export async function timelineScenario(page, result, { base, rest, check, log, s
   await waitTicks(page, 'g.node[data-name="thumbs"] text.sub', check, 'the graph node');
   check(/^active · ran \d+s$/.test(await page.textContent('g.node[data-name="thumbs"] text.sub')), 'the graph node says “active · ran Ns”');
   await page.click('#view-timeline');
-  check(new URL(page.url()).hash === `#/flows/${id}?view=timeline`, `the timeline view's URL: ${page.url()}`);
+  // The selected node (a deep link) stays in the URL with the view.
+  check(new URL(page.url()).hash === `#/flows/${id}/nodes/thumbs?view=timeline`, `the timeline view's URL: ${page.url()}`);
   await page.reload();
   await page.waitForSelector('#timeline:not([hidden]) .tl-row[data-name="thumbs"]');
   check((await page.getAttribute('#view-timeline', 'aria-pressed')) === 'true', 'a reload keeps the timeline view');
+  await page.waitForSelector('#node-detail-name:text("thumbs")');
+  await page.waitForSelector('.tl-row[data-name="thumbs"].selected');
 
   // Once it is over: no now line; bars in start order; the critical path through the slow branch.
   await page.waitForFunction(() => document.querySelector('#flow-status')?.textContent === 'completed', null, { timeout: WAIT });
