@@ -437,8 +437,9 @@ mod tests {
             assert_eq!(op.get("security").is_none(), open, "{id}");
             assert_eq!(op["responses"].get("401").is_none(), open, "{id}");
         }
-        // 16 flow, queue and operations routes, 6 schedule routes.
-        assert_eq!(ops, 16 + 6);
+        // 17 flow, queue and operations routes (with getFlowSpec and countFlows), 6
+        // schedule routes.
+        assert_eq!(ops, 17 + 6);
     }
 
     #[test]

@@ -102,23 +102,57 @@ fn utc() -> String {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SchedulePatch {
     /// New cron expression.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cron: Option<String>,
     /// New zone.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timezone: Option<String>,
     /// New flow for the ticks from now on.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub flow: Option<FlowSpec>,
     /// New overlap policy.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub overlap: Option<Overlap>,
     /// New catch-up policy.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub catch_up: Option<CatchUp>,
     /// Pause (`true`) or resume (`false`).
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub paused: Option<bool>,
+}
+
+/// A patch field that is given: `null` is refused like any other wrong type (the
+/// schema says so), instead of passing for "not given".
+fn given<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// What happened at one tick.
@@ -324,6 +358,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn a_patch_refuses_null_fields_and_round_trips() {
+        for field in ["cron", "timezone", "flow", "overlap", "catchUp", "paused"] {
+            let patch = serde_json::json!({ field: null });
+            let e = serde_json::from_value::<SchedulePatch>(patch).unwrap_err();
+            assert!(e.to_string().contains("null"), "{field}: {e}");
+        }
+        assert_eq!(
+            serde_json::from_value::<SchedulePatch>(serde_json::json!({})).unwrap(),
+            SchedulePatch::default()
+        );
+        let paused = SchedulePatch {
+            paused: Some(true),
+            ..SchedulePatch::default()
+        };
+        let text = serde_json::to_string(&paused).unwrap();
+        assert_eq!(text, r#"{"paused":true}"#);
+        assert_eq!(
+            serde_json::from_str::<SchedulePatch>(&text).unwrap(),
+            paused
+        );
+    }
 
     fn spec(json: serde_json::Value) -> ScheduleSpec {
         serde_json::from_value(json).unwrap()

@@ -1313,20 +1313,24 @@
     search.addEventListener('change', () => findNode(search.value));
     search.addEventListener('keydown', (e) => { if (e.key === 'Enter') findNode(search.value); });
 
+    /** Selects and centres the map element a name gives (`{map}[{i}]`); false when there is none. */
+    function showElement(name) {
+      const em = ELEMENT.exec(name);
+      const gi = em ? byName.get(em[1]) : undefined;
+      const grp = gi === undefined ? undefined : groups.get(gi);
+      if (!grp || Number(em[2]) >= grp.elems.length) return false;
+      selectElement(gi, Number(em[2]));
+      centerOn(gi);
+      return true;
+    }
+
     function findNode(text) {
       const q = text.trim().toLowerCase();
       if (!q) return;
       let i = nodes.findIndex((n) => n.name.toLowerCase() === q);
       if (i < 0) {
         // An element by its name, `{map}[{i}]`.
-        const em = ELEMENT.exec(text.trim());
-        const gi = em ? byName.get(em[1]) : undefined;
-        const grp = gi === undefined ? undefined : groups.get(gi);
-        if (grp && Number(em[2]) < grp.elems.length) {
-          selectElement(gi, Number(em[2]));
-          centerOn(gi);
-          return;
-        }
+        if (showElement(text.trim())) return;
       }
       if (i < 0) i = nodes.findIndex((n) => n.name.toLowerCase().includes(q));
       if (i < 0) {
@@ -1389,14 +1393,7 @@
         centerOn(i);
         return;
       }
-      const em = ELEMENT.exec(name);
-      const gi = em ? byName.get(em[1]) : undefined;
-      const grp = gi === undefined ? undefined : groups.get(gi);
-      if (grp && Number(em[2]) < grp.elems.length) {
-        selectElement(gi, Number(em[2]));
-        centerOn(gi);
-        return;
-      }
+      if (showElement(name)) return;
       toast(`This flow has no node “${name}”.`, true);
       location.hash = hereHref(null);
     }
