@@ -122,15 +122,16 @@ local function allowed(j, n)
   if backlog_limit <= 0 or j % 2 == 0 then
     return n
   end
+  -- An empty fresh lane holds nothing back: the backlog (20 lanes' counts) is
+  -- weighed only when there may be a new flow to start.
+  if redis.call('XLEN', KEYS[j + 1]) == 0 then
+    exhausted[j] = true
+    return 0
+  end
   if fresh_room == nil then
     fresh_room = math.max(0, backlog_limit - backlog())
   end
   if fresh_room < n then
-    if fresh_room <= 0 and redis.call('XLEN', KEYS[j + 1]) == 0 then
-      -- Nothing there to hold back.
-      exhausted[j] = true
-      return 0
-    end
     held = 1
   end
   return math.min(n, fresh_room)
