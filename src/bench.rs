@@ -968,14 +968,8 @@ async fn embedded(
             next: Default::default(),
         });
         let started = Instant::now();
-        let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;
-        let timed_out = !wait_for_end(
-            &*target,
-            tracker,
-            submitted.created,
-            Instant::now() + timeout,
-        )
-        .await;
+        let (submitted, timed_out) =
+            submit_and_wait(Arc::clone(&target), tracker, load, args.in_flight, timeout).await;
         // The last flows' actors still ack and clean up in Redis after their final
         // event; their commands belong to the run.
         let settle = Instant::now() + SETTLE;
@@ -1102,6 +1096,27 @@ async fn submit(
     }
     submitted.took = started.elapsed();
     submitted
+}
+
+/// Submits the load, then waits for every flow created to end, for at most `timeout`
+/// after the last submission (an open-loop run's submissions last its duration).
+/// Returns what was submitted and whether the wait timed out.
+async fn submit_and_wait(
+    target: Arc<dyn Target>,
+    tracker: &Arc<Mutex<Tracker>>,
+    load: &Load,
+    in_flight: usize,
+    timeout: Duration,
+) -> (Submitted, bool) {
+    let submitted = submit(Arc::clone(&target), tracker, load, in_flight).await;
+    let ended = wait_for_end(
+        &*target,
+        tracker,
+        submitted.created,
+        Instant::now() + timeout,
+    )
+    .await;
+    (submitted, !ended)
 }
 
 /// Creates one flow and records when it was asked for and how long it took.

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::redis_probe::RedisProbe;
 use super::tracker::Tracker;
-use super::{lock, submit, wait_for_end, BenchArgs, Counters, Load, Outcome, Target};
+use super::{lock, submit_and_wait, BenchArgs, Counters, Load, Outcome, Target};
 
 /// How long the WebSocket may take to connect and confirm the subscription.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -188,14 +188,8 @@ pub(super) async fn drive(
     )?);
     let before = Counters::take(probe).await;
     let started = Instant::now();
-    let submitted = submit(Arc::clone(&target), tracker, load, args.in_flight).await;
-    let timed_out = !wait_for_end(
-        &*target,
-        tracker,
-        submitted.created,
-        Instant::now() + timeout,
-    )
-    .await;
+    let (submitted, timed_out) =
+        submit_and_wait(Arc::clone(&target), tracker, load, args.in_flight, timeout).await;
     let after = Counters::take(probe).await;
     reader.abort();
     Ok(Outcome {
