@@ -650,11 +650,6 @@
         // Laid out when the graph is shown: a 10,000-node flow opened on its timeline never is.
         graphStale = true;
         recount();
-        // Shape groups count their members here when the graph is not drawn.
-        shapes.forEach((sg) => {
-          sg.counts = {};
-          sg.members.forEach((m) => { sg.counts[nodes[m].status] = (sg.counts[nodes[m].status] || 0) + 1; });
-        });
         return;
       }
       graphStale = false;
@@ -697,14 +692,7 @@
       });
       const lay = L.layout(units.length, edges, { widths, heights });
       layoutSize = { width: lay.width, height: lay.height };
-      NODE_STATUSES.forEach((s) => { counts[s] = 0; });
-      shapes.forEach((sg) => { sg.counts = {}; });
-      nodes.forEach((n) => {
-        counts[n.status] = (counts[n.status] || 0) + 1;
-        n.shown = n.status;
-        const sg = shapeOf.get(n.i);
-        if (sg) sg.counts[n.status] = (sg.counts[n.status] || 0) + 1;
-      });
+      tally();
       const parts = [
         '<svg xmlns="http://www.w3.org/2000/svg" id="dag" role="group" aria-label="flow graph: Tab to a node, arrows to move, Enter to open">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto">',
@@ -1113,12 +1101,20 @@
 
     /** Status counts without the graph (render counts them while it draws). */
     function recount() {
+      tally();
+      renderCounts();
+    }
+
+    /** Counts the nodes per status, for the flow and for each shape group (what `flush` then keeps up to date). */
+    function tally() {
       NODE_STATUSES.forEach((s) => { counts[s] = 0; });
+      shapes.forEach((sg) => { sg.counts = {}; });
       nodes.forEach((n) => {
         counts[n.status] = (counts[n.status] || 0) + 1;
         n.shown = n.status;
+        const sg = shapeOf.get(n.i);
+        if (sg) sg.counts[n.status] = (sg.counts[n.status] || 0) + 1;
       });
-      renderCounts();
     }
 
     /** Once a second: the elapsed time of queued and running nodes, on the graph and in the panel. */
