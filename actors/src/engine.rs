@@ -659,9 +659,9 @@ impl Engine {
 
     /// The spec the flow was submitted with, as the engine parsed it (with the
     /// defaults it filled in, and `data` keys sorted), for a client to show it or to
-    /// edit it into a new flow. Read from the store, not from the flow's actor: the spec never
-    /// changes after creation, and it is durable before `create` answers, so a
-    /// direct read cannot see a flow a crash could take back.
+    /// edit it into a new flow. Read from the store, not from the flow's actor (which
+    /// may be hibernating): the spec never changes after creation, and a client
+    /// learns a flow's id only once its creation is durable.
     pub async fn spec(&self, id: FlowId) -> Result<Box<serde_json::value::RawValue>, EngineError> {
         let flows = self.flows()?;
         let text = flows

@@ -364,11 +364,9 @@ impl Store {
         let Some(record) = self.flow_record(id)? else {
             return Ok(None);
         };
-        let spec_json = match self.specs.get(id.as_bytes())? {
-            Some(b) => String::from_utf8(b.to_vec())
-                .map_err(|e| StoreError::Decode(format!("spec of flow {id} is not UTF-8: {e}")))?,
-            None => return Err(StoreError::Decode(format!("flow {id} has no spec"))),
-        };
+        let spec_json = self
+            .spec_json(id)?
+            .ok_or_else(|| StoreError::Decode(format!("flow {id} has no spec")))?;
         let mut nodes = vec![NodeState::default(); record.node_count as usize];
         for item in self.nodes.scan_prefix(id.as_bytes()) {
             let (key, value) = item?;
